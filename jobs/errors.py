@@ -1,0 +1,29 @@
+"""Typed exceptions. Library code raises these; only the CLI layer turns them into exit codes."""
+
+
+class MmoeError(Exception):
+    """Base class: the message is the one-line error the CLI prints."""
+
+    exit_code = 1
+
+
+class ConfigError(MmoeError):
+    exit_code = 2
+
+
+class InputError(MmoeError):
+    """Bad command-line input (dates, paths, names), refused before any work."""
+
+    exit_code = 2
+
+
+class MissingInputError(MmoeError):
+    """A table partition or artifact the job needs does not exist."""
+
+
+class ValidationFailed(MmoeError):
+    """A table-level data-quality rule failed; nothing downstream was written."""
+
+
+class NotValidated(MmoeError):
+    """Scoring was asked for a ds whose validation failed or never ran."""

@@ -1,0 +1,72 @@
+"""Table schemas derived from a :class:`DatasetSpec`: Spark ``StructType`` and Arrow schemas of the
+features, labels, predictions, quarantine and metrics tables. The ``ds`` (and ``model_version``)
+partition columns live in the directory names, not in these schemas."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from pyspark.sql import types as T
+
+from schemas.spec import DatasetSpec
+
+_SPARK = {"long": T.LongType(), "string": T.StringType(), "double": T.DoubleType()}
+_ARROW = {"long": pa.int64(), "string": pa.string(), "double": pa.float64()}
+
+
+def _typed_feature_columns(spec: DatasetSpec) -> list[tuple[str, str]]:
+    cols = [(k.name, k.dtype) for k in spec.keys]
+    cols += [(f.name, f.dtype) for f in spec.features]
+    cols += [(a.name, a.dtype) for a in spec.attributes]
+    return cols
+
+
+def features_struct(spec: DatasetSpec) -> T.StructType:
+    """Keys (non-null), features and attributes, in spec order."""
+    keys = set(spec.key_names)
+    return T.StructType([T.StructField(n, _SPARK[d], nullable=n not in keys)
+                         for n, d in _typed_feature_columns(spec)])
+
+
+def labels_struct(spec: DatasetSpec) -> T.StructType:
+    """Keys + one 0/1 integer column per task."""
+    fields = [T.StructField(k.name, _SPARK[k.dtype], nullable=False) for k in spec.keys]
+    fields += [T.StructField(t, T.IntegerType(), nullable=False) for t in spec.task_names]
+    return T.StructType(fields)
+
+
+def predictions_struct(spec: DatasetSpec, with_gates: bool = False) -> T.StructType:
+    """Keys + ``p_<task>`` doubles + ``scored_at`` (+ per-task gate weight arrays)."""
+    fields = [T.StructField(k.name, _SPARK[k.dtype], nullable=False) for k in spec.keys]
+    fields += [T.StructField(c, T.DoubleType(), nullable=False) for c in spec.prediction_columns]
+    fields.append(T.StructField("scored_at", T.TimestampType(), nullable=False))
+    if with_gates:
+        fields += [T.StructField(f"gate_{t}", T.ArrayType(T.FloatType()), nullable=True)
+                   for t in spec.task_names]
+    return T.StructType(fields)
+
+
+def quarantine_struct(spec: DatasetSpec) -> T.StructType:
+    """The rejected feature rows as they were read, plus ``reason``."""
+    return T.StructType(features_struct(spec).fields + [T.StructField("reason", T.StringType())])
+
+
+METRICS_STRUCT = T.StructType([
+    T.StructField("model_version", T.StringType(), nullable=False),
+    T.StructField("task", T.StringType(), nullable=False),
+    T.StructField("segment", T.StringType(), nullable=False),
+    T.StructField("metric", T.StringType(), nullable=False),
+    T.StructField("value", T.DoubleType(), nullable=True),
+    T.StructField("n", T.LongType(), nullable=False),
+])
+
+
+def features_arrow_schema(spec: DatasetSpec) -> pa.Schema:
+    keys = set(spec.key_names)
+    return pa.schema([pa.field(n, _ARROW[d], nullable=n not in keys)
+                      for n, d in _typed_feature_columns(spec)])
+
+
+def labels_arrow_schema(spec: DatasetSpec) -> pa.Schema:
+    fields = [pa.field(k.name, _ARROW[k.dtype], nullable=False) for k in spec.keys]
+    fields += [pa.field(t, pa.int32(), nullable=False) for t in spec.task_names]
+    return pa.schema(fields)

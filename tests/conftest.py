@@ -1,0 +1,51 @@
+"""Shared fixtures: one local SparkSession for the whole test run, a fresh warehouse per test."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CENSUS_FILE = REPO.parent / "shared" / "data" / "census" / "census-income.dev.data.gz"
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("mmoe-tests")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", "2g")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def job_config(tmp_path):
+    """The embedded config with a per-test warehouse and the test Spark settings."""
+    from jobs.config import load_config
+
+    cfg = load_config(warehouse=tmp_path / "wh")
+    cfg.spark.master = "local[2]"
+    cfg.spark.conf["spark.sql.shuffle.partitions"] = "4"
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def census_file() -> Path:
+    if not CENSUS_FILE.exists():
+        pytest.fail(f"the shared census file is missing: {CENSUS_FILE}")
+    return CENSUS_FILE
