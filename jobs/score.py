@@ -1,0 +1,255 @@
+"""Score job: the validated rows of a ds → ``predictions/ds=D/model_version=V``.
+
+How the model reaches the executors: the artifact's files (a few hundred KB) are broadcast once;
+each Python worker verifies their SHA-256 manifest and builds the model once, caching it by
+checksum for every later batch and task (workers are reused). Batches arrive as Arrow record
+batches through ``mapInArrow``; the encoder turns their columns into tensors with numpy, with no
+per-row Python. The output partition is written in place with mode overwrite, so a rerun
+replaces exactly its (ds, model_version) partition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from jobs.config import JobConfig
+from jobs.errors import MissingInputError, NotValidated
+from jobs.manifest import RunManifest
+from jobs.warehouse import Warehouse
+from schemas.spec import DatasetSpec
+from schemas.tables import predictions_struct
+
+_WORKER_MODELS: dict[str, Any] = {}  # sha256 -> ModelArtifact, one per Python worker process
+
+
+def load_artifact(model_dir: Path):
+    """Read and verify an artifact on the driver (fails fast before any Spark work)."""
+    from mmoe_model.artifact import ModelArtifact, read_artifact_files
+
+    if not Path(model_dir).is_dir():
+        raise MissingInputError(f"--model {model_dir} is not an artifact directory")
+    files = read_artifact_files(model_dir)
+    return files, ModelArtifact.from_files(files)
+
+
+def _worker_artifact(files: dict[str, bytes], sha256: str):
+    artifact = _WORKER_MODELS.get(sha256)
+    if artifact is None:
+        from mmoe_model.artifact import ModelArtifact
+
+        artifact = ModelArtifact.from_files(files)  # verifies every checksum on the executor
+        _WORKER_MODELS.clear()  # keep one model per worker: a new version evicts the old one
+        _WORKER_MODELS[sha256] = artifact
+    return artifact
+
+
+def _set_threads(threads_per_task: int) -> None:
+    import torch
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    threads = threads_per_task or (ctx.cpus() if ctx is not None else 1)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def make_scorer(spark: SparkSession, files: dict[str, bytes], sha256: str, spec: DatasetSpec,
+                input_columns: list[str], out_schema: T.StructType, scored_at: dt.datetime,
+                with_gates: bool, threads_per_task: int,
+                extra_columns: tuple[str, ...] = ()) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The function handed to ``mapInArrow``. It closes over the broadcast handle only."""
+    broadcast = spark.sparkContext.broadcast(files)
+    keys = spec.key_names + list(extra_columns)
+    tasks = spec.task_names
+    arrow_schema = _arrow_schema(out_schema)
+    scored_at_utc = scored_at.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+    def score_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        artifact = _worker_artifact(broadcast.value, sha256)
+        _set_threads(threads_per_task)
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            frame = batch.select(input_columns).to_pandas()
+            if with_gates:
+                probs, gates = artifact.predict(frame, with_gates=True)
+            else:
+                probs, gates = artifact.predict(frame), None
+            arrays = [batch.column(k) for k in keys]
+            arrays += [pa.array(probs[:, i], type=pa.float64()) for i in range(len(tasks))]
+            arrays.append(pa.array([scored_at_utc] * batch.num_rows, type=pa.timestamp("us")))
+            if with_gates:
+                for i in range(len(tasks)):
+                    arrays.append(_gate_array(None if gates is None else gates[:, i, :],
+                                              batch.num_rows))
+            yield pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
+
+    return score_batches
+
+
+def _gate_array(gates, rows: int) -> pa.Array:
+    if gates is None or gates.size == 0:
+        return pa.nulls(rows, type=pa.list_(pa.float32()))
+    return pa.array(list(gates.astype("float32")), type=pa.list_(pa.float32()))
+
+
+def _arrow_schema(schema: T.StructType) -> pa.Schema:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(schema)
+
+
+def score_frame(spark: SparkSession, frame: DataFrame, files: dict[str, bytes], artifact,
+                spec: DatasetSpec, cfg: JobConfig, scored_at: dt.datetime,
+                with_gates: bool = False) -> DataFrame:
+    """Pure transform: keys + features → keys + p_<task> + scored_at (+ gate_<task>)."""
+    out_schema = predictions_struct(spec, with_gates=with_gates)
+    scorer = make_scorer(spark, files, artifact.sha256, spec, spec.feature_names, out_schema,
+                         scored_at, with_gates, cfg.scoring.threads_per_task)
+    needed = list(dict.fromkeys(spec.key_names + spec.feature_names))
+    return frame.select(*needed).mapInArrow(scorer, out_schema)
+
+
+def _spread_partitions(spark: SparkSession, frame: DataFrame) -> DataFrame:
+    """Give every core work: a single big file would otherwise be one task on one core."""
+    parallelism = spark.sparkContext.defaultParallelism
+    if frame.rdd.getNumPartitions() < parallelism:
+        return frame.repartition(parallelism)
+    return frame
+
+
+def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
+                    model_dir: Path, with_gates: bool, manifest: RunManifest) -> Path:
+    """Score the rows of ``ds`` that passed validation; returns the partition written."""
+    files, artifact = load_artifact(model_dir)
+    artifact.check_spec(spec)
+    manifest.model_version, manifest.model_sha256 = artifact.model_version, artifact.sha256
+    rows = _validated_rows(spark, cfg, spec, ds, manifest)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.scoring.batch_size))
+    scored_at = dt.datetime.now(dt.timezone.utc)  # one stamp for the whole run
+    predictions = score_frame(spark, _spread_partitions(spark, rows), files, artifact, spec, cfg,
+                              scored_at, with_gates)
+    out = Warehouse(cfg.warehouse).partition(spec.name, "predictions", ds,
+                                             model_version=artifact.model_version)
+    predictions.write.mode("overwrite").parquet(str(out))
+    manifest.output_rows = spark.read.parquet(str(out)).count()
+    manifest.outputs["predictions"] = str(out)
+    manifest.details["with_gates"] = with_gates
+    return out
+
+
+def _validated_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
+                    manifest: RunManifest) -> DataFrame:
+    """The rows that passed validation; validate first when configured to and never run."""
+    from jobs.validate import passed_rows, validate_partition
+
+    try:
+        rows = passed_rows(spark, cfg, spec, ds)
+    except NotValidated:
+        if not cfg.scoring.validate_inline:
+            raise
+        validation = RunManifest(job="validate", dataset=spec.name, ds=ds)
+        validate_partition(spark, cfg, spec, ds, validation)
+        manifest.details["inline_validation"] = {
+            "input_rows": validation.input_rows, "quarantined_rows": validation.quarantined_rows}
+        rows = passed_rows(spark, cfg, spec, ds)
+    status = _validation_status(cfg, spec, ds)
+    manifest.input_rows = int(status.get("passed_rows", 0))
+    manifest.quarantined_rows = int(status.get("quarantined_rows", 0))
+    return rows
+
+
+def _validation_status(cfg: JobConfig, spec: DatasetSpec, ds: str) -> dict:
+    import json
+
+    path = Warehouse(cfg.warehouse).partition(spec.name, "validation", ds) / "status.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# --------------------------------------------------------------------------------------------
+# Catalog mode
+
+
+def catalog_candidates(users: DataFrame, items: DataFrame, spec: DatasetSpec,
+                       max_items_per_user: int) -> DataFrame:
+    """Users × the catalog's ``max_items_per_user`` most popular items.
+
+    Columns the catalog does not know (context features such as the hour) are null: the model's
+    encoder maps them to its null handling (``fill`` for dense, index 0 for categoricals).
+    """
+    top_items = items.orderBy(F.col("item_popularity").desc(), F.col("item_id")).limit(max_items_per_user)
+    pairs = users.crossJoin(F.broadcast(top_items))
+    present = set(pairs.columns)
+    columns = []
+    for key in spec.keys:
+        if key.name not in present:  # a synthetic key per (user, item) pair
+            columns.append(F.xxhash64("user_id", "item_id").alias(key.name))
+    for feat in spec.features:
+        spark_type = "double" if feat.kind == "dense" else ("bigint" if feat.dtype == "long" else "string")
+        if feat.name in present:
+            columns.append(F.col(feat.name).cast(spark_type).alias(feat.name))
+        else:
+            columns.append(F.lit(None).cast(spark_type).alias(feat.name))
+    return pairs.select(*columns)
+
+
+def fuse(probabilities: dict[str, Any], weights: dict[str, float]):
+    """Weighted product of task probabilities, as a Spark column: Π p_t ** w_t (w default 1)."""
+    expr = F.lit(1.0)
+    for task, column in probabilities.items():
+        expr = expr * F.pow(column, F.lit(float(weights.get(task, 1.0))))
+    return expr
+
+
+def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
+                  model_dir: Path, manifest: RunManifest) -> Path:
+    """Score users × catalog items and write the top-K items per user to ``recommendations``."""
+    from pyspark.sql import Window
+
+    files, artifact = load_artifact(model_dir)
+    artifact.check_spec(spec)
+    manifest.model_version, manifest.model_sha256 = artifact.model_version, artifact.sha256
+    base = Path(cfg.warehouse) / spec.name / "catalog"
+    if spec.user_column is None or not (base / "users").is_dir() or not (base / "items").is_dir():
+        raise MissingInputError(f"catalog mode needs {base}/users and {base}/items "
+                                f"(written by `mmoe data synth`) and a spec user_column")
+    catalog = cfg.scoring.catalog
+    unknown = set(catalog.fusion_weights) - set(spec.task_names)
+    if unknown:
+        raise MissingInputError(f"scoring.catalog.fusion_weights names unknown task(s) {sorted(unknown)}")
+    candidates = catalog_candidates(spark.read.parquet(str(base / "users")),
+                                    spark.read.parquet(str(base / "items")), spec,
+                                    catalog.max_items_per_user)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.scoring.batch_size))
+    out_schema = T.StructType(predictions_struct(spec).fields[: len(spec.keys)]
+                              + [T.StructField("user_id", T.LongType()), T.StructField("item_id", T.LongType())]
+                              + predictions_struct(spec).fields[len(spec.keys):])
+    scored_at = dt.datetime.now(dt.timezone.utc)
+    scorer = make_scorer(spark, files, artifact.sha256, spec, spec.feature_names, out_schema,
+                         scored_at, False, cfg.scoring.threads_per_task,
+                         extra_columns=("user_id", "item_id"))
+    scored = _spread_partitions(spark, candidates).mapInArrow(scorer, out_schema)
+    fused = scored.withColumn(
+        "score", fuse({t: F.col(spec.prediction_column(t)) for t in spec.task_names},
+                      catalog.fusion_weights))
+    rank = F.row_number().over(Window.partitionBy("user_id").orderBy(F.col("score").desc(), "item_id"))
+    top = (fused.withColumn("rank", rank).where(F.col("rank") <= catalog.top_k)
+           .select("user_id", "rank", "item_id", "score", *spec.prediction_columns, "scored_at"))
+    out = Warehouse(cfg.warehouse).partition(spec.name, "recommendations", ds,
+                                             model_version=artifact.model_version)
+    top.write.mode("overwrite").parquet(str(out))
+    manifest.input_rows = candidates.count()
+    manifest.output_rows = spark.read.parquet(str(out)).count()
+    manifest.outputs["recommendations"] = str(out)
+    manifest.details.update(top_k=catalog.top_k, max_items_per_user=catalog.max_items_per_user)
+    return out

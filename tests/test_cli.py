@@ -1,0 +1,73 @@
+"""The CLI refuses bad input before any work, with one line on stderr and a failed manifest."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from jobs.cli import app
+from jobs.config import load_config
+from jobs.errors import ConfigError
+
+runner = CliRunner()
+
+
+def _run(args, tmp_path, env=None):
+    return runner.invoke(app, ["--warehouse", str(tmp_path / "wh"), *args], env=env)
+
+
+@pytest.mark.parametrize("bad_ds", ["2026-13-01", "../x", "2026-1-01", "20261101", "2026-02-30"])
+@pytest.mark.parametrize("command", [
+    ["validate", "--dataset", "synth"],
+    ["evaluate", "--dataset", "synth"],
+    ["score", "--dataset", "synth", "--model", "/nonexistent"],
+    ["data", "census", "--input", "/nonexistent"],
+])
+def test_bad_dates_are_refused_before_any_work(tmp_path, bad_ds, command):
+    result = _run([*command, "--ds", bad_ds], tmp_path)
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "--ds must be YYYY-MM-DD" in result.stderr or "is not a valid date" in result.stderr
+    manifest = json.loads(result.stdout.strip().splitlines()[-1])
+    assert manifest["status"] == "failed"
+    assert manifest["ds"] == bad_ds
+    assert not (tmp_path / "wh").exists()  # nothing written, not even a manifest
+
+
+def test_bad_dataset_and_arch_are_refused(tmp_path):
+    result = _run(["validate", "--dataset", "../etc", "--ds", "2026-11-01"], tmp_path)
+    assert result.exit_code == 2 and "--dataset '../etc'" in result.stderr
+    result = _run(["validate", "--dataset", "nope", "--ds", "2026-11-01"], tmp_path)
+    assert result.exit_code != 0 and "unknown dataset 'nope'" in result.stderr
+    result = _run(["train", "--dataset", "synth", "--arch", "xgboost", "--start", "2026-11-01",
+                   "--end", "2026-11-02", "--out", str(tmp_path / "m")], tmp_path)
+    assert result.exit_code == 2 and "--arch must be one of" in result.stderr
+    result = _run(["train", "--dataset", "synth", "--arch", "mmoe", "--start", "2026-11-03",
+                   "--end", "2026-11-02", "--out", str(tmp_path / "m")], tmp_path)
+    assert result.exit_code == 2 and "before --start" in result.stderr
+
+
+def test_manifest_has_the_contract_fields_on_failure(tmp_path):
+    result = _run(["evaluate", "--dataset", "synth", "--ds", "2026-13-01"], tmp_path)
+    manifest = json.loads(result.stdout.strip().splitlines()[-1])
+    for field in ("job", "dataset", "ds", "status", "input_rows", "output_rows", "quarantined_rows",
+                  "model_version", "model_sha256", "started_at", "finished_at", "manifest_path"):
+        assert field in manifest
+
+
+def test_config_file_and_env_override(tmp_path, monkeypatch):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("warehouse: /tmp/somewhere\nvalidation: {max_bad_row_fraction: 0.2}\n")
+    cfg = load_config(cfg_file)
+    assert str(cfg.warehouse) == "/tmp/somewhere"
+    assert cfg.validation.max_bad_row_fraction == 0.2
+    assert cfg.scoring.batch_size == 8192  # defaults fill what the file leaves out
+    assert load_config(cfg_file, tmp_path / "wh2").warehouse == (tmp_path / "wh2").resolve()
+    cfg_file.write_text("validation: {max_bad_rows: 0.2}\n")
+    with pytest.raises(ConfigError, match=r"config.validation: unknown key\(s\) \['max_bad_rows'\]"):
+        load_config(cfg_file)
+    result = runner.invoke(app, ["validate", "--dataset", "synth", "--ds", "2026-11-01"],
+                           env={"MMOE_CONFIG": str(cfg_file)})
+    assert result.exit_code == 2 and "unknown key(s)" in result.stderr
