@@ -77,7 +77,7 @@ def make_scorer(spark: SparkSession, files: dict[str, bytes], sha256: str, spec:
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            frame = batch.select(input_columns).to_pandas()
+            frame = batch.select(input_columns)  # Arrow straight to the encoder, no pandas
             if with_gates:
                 probs, gates = artifact.predict(frame, with_gates=True)
             else:

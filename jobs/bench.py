@@ -1,0 +1,260 @@
+"""`mmoe bench scoring|evaluation|validation`: measured on the same data in one run.
+
+Each bench returns a dict (printed as the last stdout line by the CLI) and appends a row to
+``docs/benchmarks.md`` with the machine, versions and command. Bench data lives under
+``<warehouse>/_bench`` and is reused when it already has the requested size.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from jobs.config import JobConfig
+
+BENCH_DS = "2026-01-01"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+# The documented reference model: MMoE, 8 experts of [64] → 32, towers [16], synth spec (3 tasks).
+REFERENCE_MODEL = dict(arch="mmoe", num_experts=8, expert_hidden=(64,), expert_dim=32,
+                       tower_hidden=(16,))
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - started, out
+
+
+def _bench_config(cfg: JobConfig) -> JobConfig:
+    import copy
+
+    bench_cfg = copy.deepcopy(cfg)
+    bench_cfg.warehouse = Path(cfg.warehouse) / "_bench"
+    return bench_cfg
+
+
+def ensure_synth_partition(cfg: JobConfig, rows: int, seed: int = 0) -> Path:
+    """A synth features/labels partition of exactly ``rows`` rows (generated once, then reused)."""
+    from jobs.synth import generate_synth
+    from jobs.warehouse import Warehouse
+
+    part = Warehouse(cfg.warehouse).partition("synth", "features", BENCH_DS)
+    marker = part.parent / f".rows-{BENCH_DS}"
+    if not (marker.exists() and marker.read_text() == str(rows)):
+        generate_synth(cfg, BENCH_DS, 1, rows, seed=seed)
+        marker.write_text(str(rows))
+    return part
+
+
+def reference_artifact(cfg: JobConfig, sample_rows: int = 20000) -> Path:
+    """The reference MMoE with seeded random weights (speed does not depend on training)."""
+    import pyarrow.dataset as pads
+    import torch
+
+    from jobs.warehouse import Warehouse
+    from mmoe_model.artifact import save_artifact
+    from mmoe_model.features import FeatureEncoder, InputLayout
+    from mmoe_model.models import ModelConfig, build_model
+    from schemas import load_spec
+
+    spec = load_spec("synth")
+    out = Path(cfg.warehouse) / "reference-mmoe"
+    if (out / "MANIFEST.json").exists():
+        return out
+    part = Warehouse(cfg.warehouse).partition("synth", "features", BENCH_DS)
+    sample = pads.dataset(str(part)).head(sample_rows)
+    encoder = FeatureEncoder.fit(spec, sample)
+    torch.manual_seed(0)
+    model_config = ModelConfig(**REFERENCE_MODEL)
+    model = build_model(model_config, InputLayout.from_spec(spec), len(spec.tasks)).eval()
+    save_artifact(out, model, model_config, spec, encoder, {"note": "benchmark reference, untrained"})
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    import pyspark
+    import torch
+
+    return {"machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                       f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
+            "python": platform.python_version(), "pyspark": pyspark.__version__,
+            "torch": torch.__version__}
+
+
+def _append_doc(title: str, result: dict[str, Any]) -> None:
+    DOCS.parent.mkdir(parents=True, exist_ok=True)
+    if not DOCS.exists():
+        DOCS.write_text("# Benchmarks\n\nRaw results appended by `mmoe bench`; the summary and "
+                        "analysis are in docs/performance.md.\n")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    with DOCS.open("a") as fh:
+        fh.write(f"\n## {title} — {stamp}\n\n`{' '.join(['mmoe', *sys.argv[1:]])}`\n\n```json\n"
+                 f"{json.dumps(result, indent=1, default=str)}\n```\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+
+
+def _loop_mmoe_forward(model, dense, cats):
+    """A straightforward MMoE forward with a Python loop over experts (the naive peer)."""
+    import torch
+
+    x = model.input(dense, cats)
+    bank = model.experts[0]
+    outs = []
+    for e in range(bank.num_experts):
+        h = x
+        for w, b in zip(bank.weights, bank.biases):
+            h = torch.relu(h @ w[e] + b[e])
+        outs.append(h)
+    gate = model.task_gate
+    logits = []
+    for t, tower in enumerate(model.towers):
+        g = torch.softmax((x @ gate.weight[t] + gate.bias[t]) / gate.temperature, dim=1)
+        mixed = sum(g[:, e:e + 1] * outs[e] for e in range(len(outs)))
+        logits.append(tower(mixed))
+    return torch.stack(logits, dim=1)
+
+
+def bench_scoring(cfg: JobConfig, rows: int | None = None) -> dict[str, Any]:
+    import pandas as pd
+    import pyarrow.dataset as pads
+    import torch
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from jobs.score import _spread_partitions, score_frame
+    from jobs.spark import get_spark
+    from mmoe_model.artifact import ModelArtifact, read_artifact_files
+    from schemas import load_spec
+
+    rows = rows or 1_000_000
+    cfg = _bench_config(cfg)
+    spec = load_spec("synth")
+    part = ensure_synth_partition(cfg, rows)
+    model_dir = reference_artifact(cfg)
+    files = read_artifact_files(model_dir)
+    artifact = ModelArtifact.from_files(files)
+    spark = get_spark(cfg.spark)
+    batch = cfg.scoring.batch_size
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch))
+    cores = spark.sparkContext.defaultParallelism
+    out_root = Path(cfg.warehouse) / "bench-out"
+    features = _spread_partitions(spark, spark.read.parquet(str(part)))
+    scored_at = dt.datetime.now(dt.timezone.utc)
+    keys, feats, tasks = spec.key_names, spec.feature_names, spec.task_names
+    pred_cols = spec.prediction_columns
+
+    def write(frame, name: str) -> float:
+        seconds, _ = _timed(lambda: frame.write.mode("overwrite").parquet(str(out_root / name)))
+        return seconds
+
+    # (d) the I/O floor: same read and write, no model.
+    floor = features.select(*keys, *feats).select(
+        *keys, *[F.lit(0.5).alias(c) for c in pred_cols],
+        F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"))
+    io_seconds = write(floor, "io_floor")
+    # (a) ours.
+    ours_seconds = write(score_frame(spark, features, files, artifact, spec, cfg, scored_at), "ours")
+    # (b) Spark's predict_batch_udf, same model, same encoder, same batch size.
+    broadcast = spark.sparkContext.broadcast(files)
+
+    def make_predict_fn():
+        art = ModelArtifact.from_files(broadcast.value)
+        torch.set_num_threads(1)
+
+        def predict(*columns: np.ndarray) -> dict[str, np.ndarray]:
+            probs = art.predict(pd.DataFrame(dict(zip(feats, columns))))
+            return {c: probs[:, i] for i, c in enumerate(pred_cols)}
+
+        return predict
+
+    pb_udf = predict_batch_udf(make_predict_fn, return_type=T.StructType(
+        [T.StructField(c, T.DoubleType()) for c in pred_cols]), batch_size=batch)
+    pb_frame = features.select(*keys, pb_udf(*feats).alias("p")).select(
+        *keys, "p.*", F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"))
+    pb_seconds = write(pb_frame, "predict_batch_udf")
+    # (c) a straightforward iterator pandas UDF over a struct, Python loop over experts.
+    naive_seconds = write(_naive_frame(spark, features, spec, broadcast, scored_at), "naive_udf")
+    # (e) in-process torch on the same rows in memory, same total thread count.
+    table = pads.dataset(str(part)).to_table(columns=feats)
+    torch.set_num_threads(cores)
+    inproc_seconds, _ = _timed(lambda: artifact.predict(table, batch_size=batch))
+    result = {
+        "bench": "scoring", "rows": rows, "batch_size": batch, "spark_cores": cores,
+        "ours_seconds": round(ours_seconds, 3),
+        "ours_rows_per_s": round(rows / ours_seconds),
+        "predict_batch_udf_rows_per_s": round(rows / pb_seconds),
+        "naive_udf_rows_per_s": round(rows / naive_seconds),
+        "io_floor_rows_per_s": round(rows / io_seconds),
+        "torch_inprocess_rows_per_s": round(rows / inproc_seconds),
+        "ours_vs_predict_batch_udf": round(pb_seconds / ours_seconds, 2),
+        "ours_vs_inprocess": round(inproc_seconds / ours_seconds, 2),
+        "ours_wall_vs_io_floor": round(ours_seconds / io_seconds, 2),
+        **_machine(),
+    }
+    _append_doc(f"scoring, {rows:,} rows", result)
+    return result
+
+
+def _naive_frame(spark, features, spec, broadcast, scored_at):
+    import pandas as pd
+    import torch
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+    from pyspark.sql.functions import pandas_udf
+
+    feats, pred_cols = spec.feature_names, spec.prediction_columns
+    schema = T.StructType([T.StructField(c, T.DoubleType()) for c in pred_cols])
+
+    @pandas_udf(schema)
+    def naive(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from mmoe_model.artifact import ModelArtifact
+
+        art = ModelArtifact.from_files(broadcast.value)
+        torch.set_num_threads(1)
+        for frame in batches:
+            with torch.inference_mode():
+                dense, cats = art.encoder.encode(frame)
+                probs = torch.sigmoid(_loop_mmoe_forward(art.model, dense, cats)).double().numpy()
+            yield pd.DataFrame({c: probs[:, i] for i, c in enumerate(pred_cols)})
+
+    return features.select(*spec.key_names, naive(F.struct(*feats)).alias("p")).select(
+        *spec.key_names, "p.*", F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"))
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation and validation benches are filled in by their own modules' owners.
+
+
+def bench_evaluation(cfg: JobConfig, rows: int | None = None) -> dict[str, Any]:
+    from jobs.bench_eval import run_evaluation_bench
+
+    result = run_evaluation_bench(_bench_config(cfg), rows or 20_000_000)
+    result.update(_machine())
+    _append_doc(f"evaluation, {result['rows']:,} rows", result)
+    return result
+
+
+def bench_validation(cfg: JobConfig, rows: int | None = None) -> dict[str, Any]:
+    from jobs.bench_validation import run_validation_bench
+
+    result = run_validation_bench(_bench_config(cfg), rows or 10_000_000)
+    result.update(_machine())
+    _append_doc(f"validation, {result['rows']:,} rows", result)
+    return result
