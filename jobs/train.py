@@ -1,0 +1,182 @@
+"""Train job: the features and labels tables of a ds range → a model artifact directory.
+
+No Spark: the partitions are read with ``pyarrow.dataset`` (one ds at a time, only the columns the
+model needs), joined with their labels on the spec's keys within each ds, and handed to
+``mmoe_model.trainer``. The artifact is written with ``mmoe_model.artifact.save_artifact``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from jobs.config import JobConfig, TrainingConfig
+from jobs.errors import InputError, MissingInputError
+from jobs.manifest import RunManifest
+from jobs.warehouse import Warehouse, date_range
+from schemas.spec import DatasetSpec, load_spec
+
+log = logging.getLogger(__name__)
+
+ARCHS = ("mmoe", "omoe", "shared-bottom", "ple", "single-task")
+
+
+def model_config_for(training: TrainingConfig, arch: str):
+    """The job config's ``training`` section → the model library's ``ModelConfig``."""
+    from mmoe_model.models import ModelConfig
+
+    # Optional knobs flow through as soon as the config grows them.
+    optional = {name: getattr(training, name)
+                for name in ("gate_temperature", "gate_dropout", "gate_prior", "dropout")
+                if getattr(training, name, None) is not None}
+    return ModelConfig(
+        arch=arch,
+        num_experts=training.num_experts,
+        expert_hidden=tuple(training.expert_hidden),
+        expert_dim=training.expert_dim,
+        tower_hidden=tuple(training.tower_hidden),
+        num_shared_experts=training.num_shared_experts,
+        num_levels=training.num_levels,
+        **optional,
+    )
+
+
+def train_config_for(training: TrainingConfig, epochs: int | None, seed: int):
+    """The job config's ``training`` section (+ CLI overrides) → ``TrainConfig``."""
+    from mmoe_model.trainer import TrainConfig
+
+    return TrainConfig(
+        epochs=epochs if epochs is not None else training.epochs,
+        batch_size=training.batch_size,
+        learning_rate=training.learning_rate,
+        validation_fraction=training.validation_fraction,
+        patience=training.patience,
+        task_weights=dict(training.task_weights),
+        seed=seed,
+        **({"weight_decay": training.weight_decay}
+           if getattr(training, "weight_decay", None) is not None else {}),
+    )
+
+
+def _read_partition(path: Path, columns: list[str], what: str) -> pa.Table:
+    """One partition directory (Spark's ``_SUCCESS`` / ``.crc`` files are skipped by pyarrow's
+    default ignore prefixes)."""
+    try:
+        dataset = pads.dataset(str(path), format="parquet")
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise MissingInputError(f"cannot read {what} at {path}: {exc}") from None
+    missing = [c for c in columns if c not in dataset.schema.names]
+    if missing:
+        raise InputError(f"{what} at {path} lacks column(s) {missing}")
+    return dataset.to_table(columns=columns)
+
+
+def load_training_frame(wh: Warehouse, spec: DatasetSpec,
+                        days: list[str]) -> tuple[pd.DataFrame, int]:
+    """Features joined with labels for every ds in ``days``: ``(frame, feature rows read)``.
+
+    Raises :class:`MissingInputError` naming the first ds/table without a partition.
+    """
+    for ds in days:  # check everything first: fail before reading gigabytes
+        for table in ("features", "labels"):
+            if not wh.has_partition(spec.name, table, ds):
+                raise MissingInputError(f"{spec.name}: no {table} partition for ds={ds} "
+                                        f"({wh.partition(spec.name, table, ds)})")
+    keys = spec.key_names
+    feature_cols = keys + spec.feature_names
+    label_cols = keys + spec.task_names
+    frames, rows_read = [], 0
+    for ds in days:
+        features = _read_partition(wh.partition(spec.name, "features", ds), feature_cols,
+                                   f"features ds={ds}")
+        labels = _read_partition(wh.partition(spec.name, "labels", ds), label_cols,
+                                 f"labels ds={ds}")
+        rows_read += features.num_rows
+        # Keys are unique within a ds; joining per ds keeps a key reused on another day apart.
+        joined = features.join(labels, keys=keys, join_type="inner")
+        frames.append(joined.to_pandas())
+        log.info("ds=%s: %d feature rows, %d labelled", ds, features.num_rows, joined.num_rows)
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    # Arrow joins do not keep row order; sort so training sees the same rows in the same order
+    # on every run (the shuffle is seeded, the split hashes keys).
+    frame = frame.sort_values(keys, kind="stable", ignore_index=True)
+    return frame, rows_read
+
+
+def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, out: Path,
+                epochs: int | None, seed: int, manifest: RunManifest) -> Path:
+    """Train ``arch`` on ``dataset``'s ds range [start, end] and write the artifact to ``out``.
+
+    ``out`` may be a new directory, an empty one or an existing artifact (replaced; the old
+    version is recorded in ``manifest.details["replaced_model_version"]``); any other non-empty
+    directory is refused. Returns ``out``.
+    """
+    from mmoe_model.artifact import MANIFEST, ModelArtifact, save_artifact
+    from mmoe_model.errors import MmoeModelError
+    from mmoe_model.trainer import train
+
+    if arch not in ARCHS:
+        raise InputError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    if epochs is not None and epochs < 1:
+        raise InputError(f"--epochs must be >= 1, got {epochs}")
+    days = date_range(start, end)
+    spec = load_spec(dataset)
+    out = Path(out)
+    replaced = _check_out(out, MANIFEST)
+    model_config = model_config_for(cfg.training, arch)
+    train_config = train_config_for(cfg.training, epochs, seed)
+
+    wh = Warehouse(cfg.warehouse)
+    frame, rows_read = load_training_frame(wh, spec, days)
+    manifest.input_rows = rows_read
+    if len(frame) == 0:
+        raise MissingInputError(f"{dataset}: no feature row of ds {start}..{end} has labels")
+
+    result = train(frame, spec, model_config, train_config)
+    if replaced is not None:
+        try:
+            replaced = ModelArtifact.load(out).model_version
+        except MmoeModelError:
+            replaced = "unreadable"
+    artifact = save_artifact(out, result.model, model_config, spec, result.encoder,
+                             {"dataset": dataset, "start": start, "end": end, "seed": seed,
+                              "arch": arch, **result.summary()})
+
+    manifest.output_rows = result.train_rows + result.val_rows
+    manifest.model_version = artifact.model_version
+    manifest.model_sha256 = artifact.sha256
+    manifest.outputs["artifact"] = str(out.resolve())
+    manifest.details.update({
+        "arch": arch,
+        "start": start,
+        "end": end,
+        "seed": seed,
+        "train_rows": result.train_rows,
+        "val_rows": result.val_rows,
+        "rows_without_labels": rows_read - len(frame),
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "val_auc": result.val_auc,
+    })
+    if replaced is not None:
+        manifest.details["replaced_model_version"] = replaced
+        log.warning("replaced the artifact at %s (was %s)", out, replaced)
+    return out
+
+
+def _check_out(out: Path, manifest_name: str) -> str | None:
+    """Refuse an ``--out`` we must not clobber; return "artifact" when one will be replaced."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a directory")
+    if (out / manifest_name).is_file():
+        return "artifact"
+    if any(out.iterdir()):
+        raise InputError(f"--out {out} is a non-empty directory that is not a model artifact")
+    return None

@@ -1,0 +1,298 @@
+"""The training wrapper: it owns the losses, the optimiser, the split and early stopping.
+
+Models only produce logits; here each task gets a binary cross-entropy, weighted by
+``task_weights`` (default 1.0) and averaged: ``loss = sum_t w_t * BCE_t / sum_t w_t``. Adam,
+shuffled mini-batches, early stopping on the mean validation AUC over tasks (the best epoch's
+weights are restored). Runs on CUDA when available unless ``device`` says otherwise.
+
+Reproducibility: the validation split is a pure function of the key columns (a row always lands
+in the same split, whatever the seed, the row order or the ds range), and ``seed`` fixes torch
+and numpy before the model is built, so two runs on the same data give identical weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from mmoe_model.errors import ModelConfigError, TrainingError
+from mmoe_model.features import FeatureEncoder, splitmix64
+from mmoe_model.models import ModelConfig, MultiTaskModel, build_model
+from schemas.spec import DatasetSpec
+
+log = logging.getLogger(__name__)
+
+_SPLIT_SALT = np.uint64(0x5EED_5917_7A11_0001)  # keeps the split independent of feature hashes
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (the model's shape lives in :class:`ModelConfig`)."""
+
+    epochs: int = 8
+    batch_size: int = 1024
+    learning_rate: float = 0.002
+    validation_fraction: float = 0.2
+    patience: int = 2  # stop after this many epochs without a better mean val AUC (min 1)
+    task_weights: Mapping[str, float] = field(default_factory=dict)
+    seed: int = 0
+    weight_decay: float = 0.0
+    device: str | None = None  # None: "cuda" when available, else "cpu"
+    progress: bool = True  # tqdm bars on stderr
+    # torch intra-op threads while training, restored afterwards (None: leave torch's setting).
+    # Training batches are small, so the maths is cheap and dispatch-bound: one thread avoids
+    # OpenMP barrier stalls, which on a busy 2-core box made an epoch ~9x slower with two.
+    num_threads: int | None = 1
+    eval_batch_size: int = 8192
+
+    def validate(self, task_names: Sequence[str]) -> None:
+        if self.epochs < 1:
+            raise ModelConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ModelConfigError("batch sizes must be >= 1")
+        if not self.learning_rate > 0:
+            raise ModelConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ModelConfigError(f"validation_fraction must be within [0, 1), got "
+                                   f"{self.validation_fraction}")
+        unknown = set(self.task_weights) - set(task_names)
+        if unknown:
+            raise ModelConfigError(f"task_weights name unknown task(s) {sorted(unknown)}; "
+                                   f"tasks: {list(task_names)}")
+        if any(w < 0 for w in self.task_weights.values()) or (
+                self.task_weights and sum(self.task_weights.get(t, 1.0) for t in task_names) <= 0):
+            raise ModelConfigError("task_weights must be >= 0 with a positive sum")
+
+
+@dataclass
+class TrainResult:
+    model: MultiTaskModel  # on CPU, eval mode, best epoch's weights
+    encoder: FeatureEncoder
+    model_config: ModelConfig
+    task_names: list[str]
+    metrics: list[dict[str, Any]]  # one dict per epoch run
+    best_epoch: int  # 1-based; the last epoch when there is no validation set
+    val_auc: dict[str, float | None]  # per task, at the best epoch (None: no val set / one class)
+    train_rows: int
+    val_rows: int
+    stopped_early: bool
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.metrics)
+
+    def summary(self) -> dict[str, Any]:
+        """What an artifact's metrics.json keeps."""
+        return {
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "stopped_early": self.stopped_early,
+            "train_rows": self.train_rows,
+            "val_rows": self.val_rows,
+            "val_auc": self.val_auc,
+            "epochs": self.metrics,
+        }
+
+
+def validation_mask(keys: pd.DataFrame, fraction: float) -> np.ndarray:
+    """True for the rows of the validation split: ``splitmix64`` of the key columns, mapped to
+    [0, 1), below ``fraction``. Deterministic per key, independent of row order and seed."""
+    h = np.full(len(keys), _SPLIT_SALT, dtype=np.uint64)
+    for name in keys.columns:
+        col = keys[name]
+        if pd.api.types.is_integer_dtype(col.dtype):
+            values = col.to_numpy(dtype=np.int64).view(np.uint64)
+        else:
+            values = pd.util.hash_array(col.to_numpy(dtype=object))
+        h = splitmix64(h ^ splitmix64(values))
+    uniform = (h >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+    return uniform < fraction
+
+
+def _labels_matrix(frame: pd.DataFrame, labels: Any, task_names: Sequence[str]) -> np.ndarray:
+    if labels is None:
+        missing = [t for t in task_names if t not in frame.columns]
+        if missing:
+            raise TrainingError(f"label column(s) {missing} missing from the training frame")
+        labels = frame[list(task_names)]
+    if isinstance(labels, pd.DataFrame):
+        missing = [t for t in task_names if t not in labels.columns]
+        if missing:
+            raise TrainingError(f"label column(s) {missing} missing from the labels frame")
+        labels = labels[list(task_names)]
+        if labels.isna().to_numpy().any():
+            bad = [t for t in task_names if labels[t].isna().any()]
+            raise TrainingError(f"label column(s) {bad} contain nulls")
+        y = labels.to_numpy(dtype=np.float32)
+    else:
+        y = np.asarray(labels, dtype=np.float32)
+    if y.shape != (len(frame), len(task_names)):
+        raise TrainingError(f"labels must be [{len(frame)}, {len(task_names)}], "
+                            f"got {list(y.shape)}")
+    not_binary = ~((y == 0) | (y == 1))
+    if not_binary.any():
+        task = task_names[int(np.nonzero(not_binary.any(axis=0))[0][0])]
+        raise TrainingError(f"labels of task {task!r} must be 0/1 "
+                            f"({int(not_binary.sum())} other value(s))")
+    return y
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _weighted_bce(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    per_task = F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(dim=0)  # [T]
+    return (per_task * weights).sum() / weights.sum()
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    if y.size == 0 or y.min() == y.max():  # one class only: AUC undefined
+        return None
+    return float(roc_auc_score(y, p))
+
+
+@torch.no_grad()
+def _evaluate(model: MultiTaskModel, dense: torch.Tensor, cats: torch.Tensor, y: torch.Tensor,
+              weights: torch.Tensor, batch_size: int, device: torch.device,
+              task_names: Sequence[str]) -> tuple[float, dict[str, float | None]]:
+    model.eval()
+    chunks = []
+    for start in range(0, dense.shape[0], batch_size):
+        stop = start + batch_size
+        chunks.append(model(dense[start:stop].to(device), cats[start:stop].to(device)).cpu())
+    logits = torch.cat(chunks)
+    loss = float(_weighted_bce(logits, y, weights.cpu()))
+    probs = torch.sigmoid(logits).numpy()
+    y_np = y.numpy()
+    aucs = {t: _auc(y_np[:, i], probs[:, i]) for i, t in enumerate(task_names)}
+    return loss, aucs
+
+
+def train(frame: pd.DataFrame, spec: DatasetSpec, model_config: ModelConfig,
+          config: TrainConfig | None = None, labels: Any = None) -> TrainResult:
+    """Train ``model_config.arch`` on ``frame`` (feature columns of ``spec``, its key columns and,
+    when ``labels`` is None, one 0/1 column per task; else ``labels`` is a [N, T] array or a frame
+    with the task columns, aligned with ``frame``)."""
+    config = config or TrainConfig()
+    if config.num_threads is None or torch.device(config.device or "cpu").type != "cpu":
+        return _train(frame, spec, model_config, config, labels)
+    if config.num_threads < 1:
+        raise ModelConfigError(f"num_threads must be >= 1, got {config.num_threads}")
+    # Small-batch training is dispatch-bound; on a busy machine OpenMP barriers across threads
+    # cost more than the maths, so callers may pin the thread count (restored afterwards).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(config.num_threads)
+    try:
+        return _train(frame, spec, model_config, config, labels)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(frame: pd.DataFrame, spec: DatasetSpec, model_config: ModelConfig,
+           config: TrainConfig, labels: Any) -> TrainResult:
+    task_names = spec.task_names
+    config.validate(task_names)
+    if len(frame) == 0:
+        raise TrainingError("no rows to train on")
+    y_all = _labels_matrix(frame, labels, task_names)
+    missing_keys = [k for k in spec.key_names if k not in frame.columns]
+    if missing_keys:
+        raise TrainingError(f"key column(s) {missing_keys} missing from the training frame")
+
+    is_val = (validation_mask(frame[spec.key_names], config.validation_fraction)
+              if config.validation_fraction > 0 else np.zeros(len(frame), dtype=bool))
+    train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    if train_idx.size == 0:
+        raise TrainingError(f"all {len(frame)} rows fell into the validation split")
+
+    # Normalisation statistics come from the training split only, like the weights.
+    encoder = FeatureEncoder.fit(spec, frame.iloc[train_idx])
+    dense_all, cats_all = encoder.encode(frame)
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tr_idx_t, va_idx_t = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+    dense_tr, cats_tr = dense_all[tr_idx_t].to(device), cats_all[tr_idx_t].to(device)
+    y_tr = torch.from_numpy(y_all[train_idx]).to(device)
+    dense_va, cats_va = dense_all[va_idx_t], cats_all[va_idx_t]
+    y_va = torch.from_numpy(y_all[val_idx])
+    weights = torch.tensor([float(config.task_weights.get(t, 1.0)) for t in task_names],
+                           device=device)
+
+    _seed_everything(config.seed)
+    model = build_model(model_config, encoder.layout, len(task_names)).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate,
+                                 weight_decay=config.weight_decay)
+    shuffle = torch.Generator().manual_seed(config.seed)
+
+    metrics: list[dict[str, Any]] = []
+    best_score, best_epoch, best_state = -math.inf, 0, None
+    best_auc: dict[str, float | None] = {t: None for t in task_names}
+    stale, stopped_early = 0, False
+    n_train = train_idx.size
+    batches = math.ceil(n_train / config.batch_size)
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(n_train, generator=shuffle).to(device)
+        total = 0.0
+        bar = tqdm(range(batches), desc=f"{model_config.arch} epoch {epoch}/{config.epochs}",
+                   file=sys.stderr, leave=False,
+                   disable=None if config.progress else True)  # None: off when not a TTY
+        for b in bar:
+            rows = order[b * config.batch_size:(b + 1) * config.batch_size]
+            loss = _weighted_bce(model(dense_tr[rows], cats_tr[rows]), y_tr[rows], weights)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            batch_loss = loss.detach().item()
+            total += batch_loss * rows.numel()
+            if b % 20 == 0:
+                bar.set_postfix(loss=f"{batch_loss:.4f}")
+        bar.close()
+        entry: dict[str, Any] = {"epoch": epoch, "train_loss": total / n_train}
+        if val_idx.size:
+            val_loss, aucs = _evaluate(model, dense_va, cats_va, y_va, weights,
+                                       config.eval_batch_size, device, task_names)
+            known = [a for a in aucs.values() if a is not None]
+            mean_auc = float(np.mean(known)) if known else None
+            entry.update(val_loss=val_loss, val_auc=aucs, mean_val_auc=mean_auc)
+            # No task with both classes in validation: fall back to the validation loss.
+            score = mean_auc if mean_auc is not None else -val_loss
+        else:
+            entry.update(val_loss=None, val_auc={t: None for t in task_names}, mean_val_auc=None)
+            score = float(epoch)  # no validation: the last epoch is the best
+        entry["seconds"] = round(time.perf_counter() - started, 3)
+        metrics.append(entry)
+        log.info("epoch %d: %s", epoch, {k: v for k, v in entry.items() if k != "epoch"})
+        if score > best_score + 1e-7:
+            best_score, best_epoch, stale = score, epoch, 0
+            best_auc = dict(entry["val_auc"])
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= max(1, config.patience) and epoch < config.epochs:
+                stopped_early = True
+                break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model = model.cpu().eval()
+    return TrainResult(model=model, encoder=encoder, model_config=model_config,
+                       task_names=list(task_names), metrics=metrics, best_epoch=best_epoch,
+                       val_auc=best_auc, train_rows=int(n_train), val_rows=int(val_idx.size),
+                       stopped_early=stopped_early)
