@@ -148,7 +148,7 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
 def _validated_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
                     manifest: RunManifest) -> DataFrame:
     """The rows that passed validation; validate first when configured to and never run."""
-    from jobs.validate import passed_rows, validate_partition
+    from jobs.validate import passed_rows, read_status, validate_partition
 
     try:
         rows = passed_rows(spark, cfg, spec, ds)
@@ -160,20 +160,10 @@ def _validated_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
         manifest.details["inline_validation"] = {
             "input_rows": validation.input_rows, "quarantined_rows": validation.quarantined_rows}
         rows = passed_rows(spark, cfg, spec, ds)
-    status = _validation_status(cfg, spec, ds)
+    status = read_status(cfg, spec, ds) or {}
     manifest.input_rows = int(status.get("passed_rows", 0))
     manifest.quarantined_rows = int(status.get("quarantined_rows", 0))
     return rows
-
-
-def _validation_status(cfg: JobConfig, spec: DatasetSpec, ds: str) -> dict:
-    import json
-
-    path = Warehouse(cfg.warehouse).partition(spec.name, "validation", ds) / "status.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 # --------------------------------------------------------------------------------------------

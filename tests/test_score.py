@@ -1,0 +1,156 @@
+"""The Spark score job against the in-process model, reruns, gates, refusals, catalog mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from jobs.errors import NotValidated
+from jobs.manifest import RunManifest
+from jobs.score import score_catalog, score_partition
+from jobs.validate import passed_rows, validate_partition
+from jobs.warehouse import Warehouse
+from mmoe_model.artifact import save_artifact
+from mmoe_model.errors import ArtifactTampered, SpecMismatch
+from mmoe_model.features import FeatureEncoder, InputLayout
+from mmoe_model.models import ModelConfig, build_model
+from mmoe_model.sample import sample_frame
+from schemas import load_spec
+from schemas.tables import features_arrow_schema, labels_arrow_schema
+
+DS = "2026-11-02"
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return load_spec("synth")
+
+
+@pytest.fixture(scope="module")
+def frame(synth):
+    # A few nulls and OOV values: rows with an unknown category (oov=quarantine) get quarantined.
+    return sample_frame(synth, 3000, seed=3, null_fraction=0.01, oov_fraction=0.005)
+
+
+def _write_partition(cfg, spec, frame, ds=DS):
+    wh = Warehouse(cfg.warehouse)
+    for table, schema in (("features", features_arrow_schema(spec)),
+                          ("labels", labels_arrow_schema(spec))):
+        out = wh.partition(spec.name, table, ds)
+        out.mkdir(parents=True, exist_ok=True)
+        cols = schema.names
+        pq.write_table(pa.Table.from_pandas(frame[cols], schema=schema, preserve_index=False),
+                       out / "part-0.parquet")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, synth, frame):
+    torch.manual_seed(0)
+    config = ModelConfig(arch="mmoe", num_experts=4, expert_hidden=(16,), expert_dim=8,
+                         tower_hidden=(8,))
+    model = build_model(config, InputLayout.from_spec(synth), len(synth.tasks)).eval()
+    out = tmp_path_factory.mktemp("model") / "mmoe"
+    save_artifact(out, model, config, synth, FeatureEncoder.fit(synth, frame))
+    return out
+
+
+@pytest.fixture(scope="module")
+def validated(spark, tmp_path_factory, synth, frame):
+    """One validated partition shared by the tests that only read it."""
+    from jobs.config import load_config
+
+    cfg = load_config(warehouse=tmp_path_factory.mktemp("wh"))
+    _write_partition(cfg, synth, frame)
+    validate_partition(spark, cfg, synth, DS, RunManifest("validate", synth.name, DS))
+    return cfg
+
+
+def _score(spark, cfg, spec, model_dir, with_gates=False):
+    manifest = RunManifest("score", spec.name, DS)
+    out = score_partition(spark, cfg, spec, DS, model_dir, with_gates, manifest)
+    return manifest, spark.read.parquet(str(out))
+
+
+def test_spark_scores_equal_the_in_process_model(spark, validated, synth, model_dir):
+    from mmoe_model.artifact import ModelArtifact
+
+    manifest, predictions = _score(spark, validated, synth, model_dir)
+    artifact = ModelArtifact.load(model_dir)
+    rows = passed_rows(spark, validated, synth, DS).toPandas()
+    expected = artifact.predict(rows)
+    got = predictions.toPandas().set_index("impression_id").loc[rows["impression_id"]]
+    np.testing.assert_allclose(got[synth.prediction_columns].to_numpy(), expected, atol=1e-6, rtol=0)
+    assert len(got) == len(rows) == manifest.output_rows == manifest.input_rows
+    assert manifest.input_rows + manifest.quarantined_rows == 3000
+    assert manifest.quarantined_rows > 0  # the sample carries unknown categories
+    assert manifest.model_version == artifact.model_version
+    assert predictions.where((F.col("p_click") < 0) | (F.col("p_click") > 1)).count() == 0
+    assert predictions.select("scored_at").distinct().count() == 1
+
+
+def test_rerun_replaces_the_partition(spark, validated, synth, model_dir):
+    _, first = _score(spark, validated, synth, model_dir)
+    first = first.drop("scored_at").toPandas()
+    _, second = _score(spark, validated, synth, model_dir)
+    assertDataFrameEqual(spark.createDataFrame(first), second.drop("scored_at"))
+    table = spark.read.parquet(str(Warehouse(validated.warehouse).table(synth.name, "predictions")))
+    assert table.count() == table.select("impression_id", "model_version").distinct().count()
+
+
+def test_with_gates_adds_gate_distributions(spark, validated, synth, model_dir):
+    _, predictions = _score(spark, validated, synth, model_dir, with_gates=True)
+    gates = np.stack(predictions.select("gate_like").toPandas()["gate_like"].to_numpy())
+    assert gates.shape[1] == 4
+    np.testing.assert_allclose(gates.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_unvalidated_ds_is_refused_unless_inline(spark, job_config, synth, frame, model_dir):
+    _write_partition(job_config, synth, frame)
+    with pytest.raises(NotValidated, match="has not been validated"):
+        _score(spark, job_config, synth, model_dir)
+    job_config.scoring.validate_inline = True
+    manifest, predictions = _score(spark, job_config, synth, model_dir)
+    assert manifest.details["inline_validation"]["input_rows"] == 3000
+    assert predictions.count() == manifest.output_rows > 0
+
+
+def test_tampered_artifact_and_wrong_spec_are_refused(spark, validated, synth, model_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(model_dir, bad)
+    weights = next(p for p in bad.iterdir() if p.suffix == ".safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactTampered):
+        _score(spark, validated, synth, bad)
+    census = load_spec("census-group1")
+    with pytest.raises(SpecMismatch):
+        score_partition(spark, validated, census, DS, model_dir, False,
+                        RunManifest("score", census.name, DS))
+
+
+def test_catalog_mode_writes_top_k_per_user(spark, job_config, synth, model_dir):
+    from jobs.synth import catalog_path, generate_synth
+
+    generate_synth(job_config, DS, 1, 500, seed=1)
+    job_config.scoring.catalog.top_k = 3
+    job_config.scoring.catalog.max_items_per_user = 20
+    manifest = RunManifest("score", synth.name, DS)
+    out = score_catalog(spark, job_config, synth, DS, model_dir, manifest)
+    recs = spark.read.parquet(str(out)).toPandas()
+    users = pq.read_table(catalog_path(job_config, "users")).num_rows
+    assert manifest.input_rows == users * 20
+    assert len(recs) == users * 3 == manifest.output_rows
+    assert sorted(recs["rank"].unique()) == [1, 2, 3]
+    # rank follows the fused score (product of task probabilities, weights 1)
+    fused = recs["p_click"] * recs["p_like"] * recs["p_conversion"]
+    np.testing.assert_allclose(recs["score"], fused, rtol=1e-12)
+    for _, group in recs.groupby("user_id"):
+        assert list(group.sort_values("rank")["score"]) == sorted(group["score"], reverse=True)
