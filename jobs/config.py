@@ -62,6 +62,11 @@ class TrainingConfig:
     tower_hidden: list[int] = field(default_factory=lambda: [16])
     num_shared_experts: int = 2
     num_levels: int = 1
+    gate_temperature: float = 1.0    # > 1 flattens the gates, < 1 sharpens them
+    gate_dropout: float = 0.0        # masks expert logits in training against gate collapse
+    gate_prior: list[list[float]] | None = None  # tasks x experts initial gate bias
+    dropout: float = 0.0
+    weight_decay: float = 0.0
 
 
 @dataclass

@@ -29,10 +29,7 @@ def model_config_for(training: TrainingConfig, arch: str):
     """The job config's ``training`` section → the model library's ``ModelConfig``."""
     from mmoe_model.models import ModelConfig
 
-    # Optional knobs flow through as soon as the config grows them.
-    optional = {name: getattr(training, name)
-                for name in ("gate_temperature", "gate_dropout", "gate_prior", "dropout")
-                if getattr(training, name, None) is not None}
+    prior = tuple(tuple(row) for row in training.gate_prior) if training.gate_prior else None
     return ModelConfig(
         arch=arch,
         num_experts=training.num_experts,
@@ -41,7 +38,10 @@ def model_config_for(training: TrainingConfig, arch: str):
         tower_hidden=tuple(training.tower_hidden),
         num_shared_experts=training.num_shared_experts,
         num_levels=training.num_levels,
-        **optional,
+        gate_temperature=training.gate_temperature,
+        gate_dropout=training.gate_dropout,
+        gate_prior=prior,
+        dropout=training.dropout,
     )
 
 
@@ -57,8 +57,7 @@ def train_config_for(training: TrainingConfig, epochs: int | None, seed: int):
         patience=training.patience,
         task_weights=dict(training.task_weights),
         seed=seed,
-        **({"weight_decay": training.weight_decay}
-           if getattr(training, "weight_decay", None) is not None else {}),
+        weight_decay=training.weight_decay,
     )
 
 
