@@ -1,0 +1,691 @@
+"""Validate job: one features partition against the Great Expectations suite of its spec.
+
+    features/ds=D  ──►  validation/ds=D/{result.json, data_docs/, status.json}
+                   └─►  quarantine/ds=D   (rows breaking a row-level rule, + ``reason``)
+
+How it keeps Spark work small (``manifest.details["spark_jobs"]`` counts the jobs):
+
+- the schema and the row counts (this partition's and the trailing ones') come from the parquet
+  footers, read with pyarrow on the driver: no schema-inference or count job;
+- the partition is read once and cached together with two derived columns: ``_key_copies``
+  (a window count per key: the only shuffle) and ``_reason`` (every row-level rule the row
+  breaks, ``;``-joined, null when none). The labels partition, when there is one, is folded in
+  per key beforehand (one value per key and task: the out-of-{0,1} one if any);
+- GX runs every expectation over that cached frame (``persist=False``: GX does not cache again);
+  its metrics are bundled into a few single-row aggregates (row count; non-null shares; all the
+  map counts). The result format is BASIC with ``partial_unexpected_count: 0``: counts, no
+  sample values (Spark optimises the ``LIMIT 0`` sample queries away: no job, only planning);
+- adaptive execution is off while the validation runs (it would split every shuffle into a job
+  of its own, with nothing to re-plan here) and restored after: 4 jobs on a synth partition
+  (5 with a labels partition, +1 when rows are quarantined);
+- the quarantine rows are written straight from the cache.
+
+Decisions (see CONTRACT.md and docs/DESIGN.md):
+
+- **failed** — a schema/table rule fails, the share of bad rows is over
+  ``validation.max_bad_row_fraction`` (any bad row when ``on_bad_rows: fail``), or GX could not
+  evaluate an expectation. ``ValidationFailed`` is raised with a one-line message naming rule,
+  column and counts; no quarantine partition is left; ``status.json`` says failed; the result
+  JSON and Data Docs are kept. The manifest's row counts stay 0 (nothing was passed on or
+  quarantined); ``details["rows_read"]`` has the partition's size.
+- **quarantined** — some rows break row-level rules: they go to the quarantine table, the rest
+  pass. A duplicated key sends *all* its copies to quarantine (which copy is right is unknown),
+  so "features minus quarantined keys" is exactly the passing rows (see :func:`passed_rows`).
+- **passed** — nothing to quarantine.
+
+Every run first removes the ds's previous validation partition (so a crash never leaves an old
+"passed" behind) and, unless rows are quarantined again, its quarantine partition.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import reduce
+from pathlib import Path
+from typing import Any, Iterator, NoReturn
+from uuid import uuid4
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
+
+from jobs.config import JobConfig
+from jobs.errors import MissingInputError, NotValidated, ValidationFailed
+from jobs.gx_suite import (
+    KEY_COPIES, LABEL_TYPE, REASON, SPARK_TYPE, RowCountBounds, build_suite, dense_bounds,
+    key_label, vocabulary_values,
+)
+from jobs.manifest import RunManifest, utc_now
+from jobs.warehouse import Warehouse
+from schemas.spec import DatasetSpec
+from schemas.tables import features_struct
+
+STATUS_FILE = "status.json"
+RESULT_FILE = "result.json"
+DOCS_DIR = "data_docs"
+RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": 0}
+
+
+@dataclass
+class RuleResult:
+    """One expectation's outcome, flattened from the GX result."""
+
+    rule: str
+    column: str
+    level: str
+    success: bool
+    expectation: str
+    unexpected_count: int | None = None
+    element_count: int | None = None
+    missing_count: int | None = None
+    observed_value: Any = None
+    limit: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class ValidationReport:
+    dataset: str
+    ds: str
+    status: str                      # passed | quarantined | failed
+    input_rows: int
+    passed_rows: int
+    quarantined_rows: int
+    message: str
+    reasons: dict[str, int] = field(default_factory=dict)
+    failed_rules: list[str] = field(default_factory=list)
+    rules: list[RuleResult] = field(default_factory=list)
+    spark_jobs: int = 0
+    seconds: float = 0.0
+    validation_dir: str = ""
+    result_json: str = ""
+    data_docs: str | None = None
+    quarantine: str | None = None
+
+    def status_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status, "dataset": self.dataset, "ds": self.ds,
+            "input_rows": self.input_rows, "passed_rows": self.passed_rows,
+            "quarantined_rows": self.quarantined_rows, "message": self.message,
+            "reasons": self.reasons, "failed_rules": self.failed_rules,
+            "result_json": self.result_json, "data_docs": self.data_docs,
+            "quarantine": self.quarantine,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# The job
+
+
+def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
+                       manifest: RunManifest) -> ValidationReport:
+    """Validate ``<wh>/<dataset>/features/ds=D``; see the module docstring for the decisions."""
+    started = time.perf_counter()
+    wh = Warehouse(cfg.warehouse)
+    features_dir = wh.partition(spec.name, "features", ds)
+    validation_dir = wh.partition(spec.name, "validation", ds)
+    quarantine_dir = wh.partition(spec.name, "quarantine", ds)
+    files = parquet_files(features_dir)
+    if not files:
+        raise MissingInputError(
+            f"features partition {features_dir} is missing or has no parquet files "
+            f"(dataset {spec.name}, ds {ds})")
+    shutil.rmtree(validation_dir, ignore_errors=True)  # no stale decision while we run
+    validation_dir.mkdir(parents=True)
+
+    def fail(message: str, rows: int = 0, cause: BaseException | None = None) -> NoReturn:
+        """Before a GX result exists: leave a failed status (and no quarantine) behind."""
+        shutil.rmtree(quarantine_dir, ignore_errors=True)
+        _write_json(validation_dir / STATUS_FILE, {
+            "status": "failed", "dataset": spec.name, "ds": ds, "input_rows": rows,
+            "passed_rows": 0, "quarantined_rows": 0, "message": message,
+            "validated_at": utc_now(), "run_id": manifest.run_id})
+        manifest.details.update({"validation_status": "failed", "rows_read": rows})
+        raise ValidationFailed(message) from cause
+
+    labels_dir = wh.partition(spec.name, "labels", ds)
+    labels_files = parquet_files(labels_dir)
+    try:
+        features_schema, rows_read = _footers(files)
+        labels_schema = _footers(labels_files)[0] if labels_files else None
+    except ValueError as exc:
+        fail(f"validation failed: {exc}")
+    bounds = row_count_bounds(wh, spec, ds)
+    max_bad = 0.0 if cfg.validation.on_bad_rows == "fail" else cfg.validation.max_bad_row_fraction
+    suite = build_suite(spec, bounds, with_labels=labels_schema is not None,
+                        max_bad_row_fraction=max_bad)
+    docs_dir = validation_dir / DOCS_DIR if cfg.validation.keep_data_docs else None
+
+    sc = spark.sparkContext
+    group = f"mmoe-validate-{uuid4().hex[:12]}"
+    frame: DataFrame | None = None
+    with _job_group(sc, group, f"validate {spec.name} ds={ds}"), _no_aqe(spark):
+        try:
+            raw = _read(spark, features_dir, features_schema)
+            labels = (_read(spark, labels_dir, labels_schema)
+                      if labels_schema is not None else None)
+            if schema_problems(spec, raw, labels):
+                # Only the schema expectations can run; they need no Spark job.
+                frame = _schema_frame(spec, raw, labels)
+                present = set(frame.columns)
+                suite.expectations = [e for e in suite.expectations
+                                      if e.meta["level"] == "schema"
+                                      and (e.meta["rule"] == "missing_column"
+                                           or e.column in present)]
+            else:
+                frame = prepare_frame(spec, raw, labels).cache()
+            try:
+                result = run_suite(frame, suite, docs_dir, run_name=f"{spec.name}-{ds}")
+            except Exception as exc:  # GX itself broke: still leave a failed status behind
+                fail(f"validation failed: Great Expectations could not run the suite: "
+                     f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}",
+                     rows_read, exc)
+            (validation_dir / RESULT_FILE).write_text(
+                json.dumps(result.to_json_dict(), indent=1, default=str) + "\n")
+            report = decide(spec, ds, result, rows_read, cfg, bounds)
+            report.validation_dir = str(validation_dir)
+            report.result_json = str(validation_dir / RESULT_FILE)
+            report.data_docs = str(docs_dir / "index.html") if docs_dir is not None else None
+            if report.status == "quarantined":
+                write_quarantine(frame, spec, quarantine_dir)
+                report.quarantine = str(quarantine_dir)
+                written, report.reasons = _reason_counts(quarantine_dir)
+                if written != report.quarantined_rows:  # a broken invariant must not pass
+                    fail(f"validation failed: {written:,} rows written to quarantine but GX "
+                         f"counted {report.quarantined_rows:,} rows breaking row-level rules",
+                         rows_read)
+            else:
+                shutil.rmtree(quarantine_dir, ignore_errors=True)
+        finally:
+            if frame is not None and frame.is_cached:
+                frame.unpersist()
+    report.spark_jobs = len(sc.statusTracker().getJobIdsForGroup(group))
+    report.seconds = round(time.perf_counter() - started, 3)
+
+    status = report.status_dict() | {
+        "validated_at": utc_now(), "run_id": manifest.run_id, "spark_jobs": report.spark_jobs,
+        "features_fingerprint": fingerprint(files, features_dir),
+        "row_count_bounds": asdict(bounds),
+    }
+    _write_json(validation_dir / STATUS_FILE, status)
+    _fill_manifest(manifest, report, rows_read, bounds, validation_dir)
+    if report.status == "failed":
+        raise ValidationFailed(report.message)
+    return report
+
+
+def passed_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str) -> DataFrame:
+    """The features rows of ``ds`` that passed validation: the partition minus the quarantined
+    keys (a null-safe left-anti join, so null-key rows stay out too).
+
+    Raises :class:`NotValidated` when the ds was never validated, failed, or its features
+    partition changed since it was validated.
+    """
+    wh = Warehouse(cfg.warehouse)
+    status = read_status(cfg, spec, ds)
+    where = f"{spec.name} ds={ds}"
+    if status is None:
+        raise NotValidated(f"{where} has not been validated; run: mmoe validate "
+                           f"--dataset {spec.name} --ds {ds}")
+    if status.get("status") not in ("passed", "quarantined"):
+        raise NotValidated(f"{where} did not pass validation: {status.get('message', '?')}")
+    features_dir = wh.partition(spec.name, "features", ds)
+    files = parquet_files(features_dir)
+    if fingerprint(files, features_dir) != status.get("features_fingerprint"):
+        raise NotValidated(f"{where}: the features partition changed after it was validated; "
+                           f"run mmoe validate --dataset {spec.name} --ds {ds} again")
+    rows = spark.read.schema(features_struct(spec)).parquet(str(features_dir))
+    if int(status.get("quarantined_rows", 0)) == 0:
+        return rows
+    quarantine_dir = wh.partition(spec.name, "quarantine", ds)
+    if not parquet_files(quarantine_dir):
+        raise NotValidated(f"{where}: status says {status['quarantined_rows']} rows were "
+                           f"quarantined but {quarantine_dir} is missing; validate again")
+    keys = spark.read.parquet(str(quarantine_dir)).select(*spec.key_names).distinct()
+    cond = reduce(lambda a, b: a & b, [rows[k].eqNullSafe(keys[k]) for k in spec.key_names])
+    return rows.join(keys, on=cond, how="left_anti")
+
+
+def read_status(cfg: JobConfig, spec: DatasetSpec, ds: str) -> dict[str, Any] | None:
+    """The ``status.json`` of a ds, or None when it was never validated (or is being validated)."""
+    path = Warehouse(cfg.warehouse).partition(spec.name, "validation", ds) / STATUS_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise NotValidated(f"cannot read {path}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs: footers, row-count history, schema
+
+
+def parquet_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    hidden = (".", "_")  # Spark's _temporary/, .crc files, ...
+    return sorted(p for p in directory.rglob("*.parquet")
+                  if not any(part.startswith(hidden) for part in p.relative_to(directory).parts))
+
+
+def fingerprint(files: list[Path], base: Path) -> list[list]:
+    """Names and sizes of a partition's files: a rewrite (new part-file names) changes it."""
+    return [[str(p.relative_to(base)), p.stat().st_size] for p in files]
+
+
+def _footers(files: list[Path]) -> tuple[pa.Schema, int]:
+    """The unified arrow schema and total row count of parquet files, from their footers."""
+    schemas, rows = [], 0
+    for path in files:
+        meta = pq.read_metadata(path)
+        rows += meta.num_rows
+        schemas.append(meta.schema.to_arrow_schema())
+    try:
+        schema = pa.unify_schemas(schemas)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ValueError(f"the files of {files[0].parent} disagree on their schema: "
+                         f"{(str(exc).splitlines() or [''])[0]}") from None
+    return pa.schema([f.remove_metadata() for f in schema]), rows
+
+
+def _read(spark: SparkSession, directory: Path, schema: pa.Schema) -> DataFrame:
+    """Read a partition with the schema its footers declare (no schema-inference job); fall back
+    to Spark's own inference for types pyspark cannot map from arrow."""
+    try:
+        spark_schema = from_arrow_schema(schema)
+    except (TypeError, ValueError, NotImplementedError):
+        return spark.read.parquet(str(directory))
+    return spark.read.schema(spark_schema).parquet(str(directory))
+
+
+def row_count_bounds(wh: Warehouse, spec: DatasetSpec, ds: str) -> RowCountBounds:
+    """``row_count.min_rows``, tightened by [min_ratio, max_ratio] x the median row count of up
+    to ``trailing_partitions`` previous features partitions (footer counts, no Spark job)."""
+    policy = spec.row_count
+    previous = [d for d in wh.partitions(spec.name, "features") if d < ds]
+    counts = []
+    for day in reversed(previous):
+        if len(counts) == policy.trailing_partitions:
+            break
+        files = parquet_files(wh.partition(spec.name, "features", day))
+        if files:
+            counts.append(sum(pq.read_metadata(p).num_rows for p in files))
+    if not counts:
+        return RowCountBounds(min_rows=policy.min_rows, max_rows=None)
+    median = float(statistics.median(counts))
+    lo = max(policy.min_rows, int(-(-policy.min_ratio_to_median * median // 1)))  # ceil
+    hi = int(policy.max_ratio_to_median * median)                                    # floor
+    return RowCountBounds(min_rows=lo, max_rows=max(hi, lo), median=median, trailing=len(counts))
+
+
+def _spark_type_name(frame: DataFrame, column: str) -> str:
+    return type(frame.schema[column].dataType).__name__
+
+
+def schema_problems(spec: DatasetSpec, features: DataFrame,
+                    labels: DataFrame | None) -> list[str]:
+    """Columns missing or of the wrong type (the GX result words the failure; this only decides
+    whether the full suite can run)."""
+    problems = []
+    typed = [(k.name, k.dtype) for k in spec.keys] + [(f.name, f.dtype) for f in spec.features]
+    typed += [(a.name, a.dtype) for a in spec.attributes]
+    for name, dtype in typed:
+        if name not in features.columns:
+            problems.append(f"missing:{name}")
+        elif _spark_type_name(features, name) != SPARK_TYPE[dtype]:
+            problems.append(f"type:{name}")
+    if labels is not None:
+        for name in spec.key_names:
+            if name not in labels.columns:
+                problems.append(f"labels_missing:{name}")
+        for task in spec.task_names:
+            if task not in labels.columns:
+                problems.append(f"missing:{task}")
+            elif _spark_type_name(labels, task) != LABEL_TYPE:
+                problems.append(f"type:{task}")
+    return problems
+
+
+def _schema_frame(spec: DatasetSpec, features: DataFrame, labels: DataFrame | None) -> DataFrame:
+    """Features (+ the label columns when both sides have the keys): only its schema is used."""
+    if labels is None or not all(k in features.columns and k in labels.columns
+                                 for k in spec.key_names):
+        return features
+    tasks = [t for t in spec.task_names if t in labels.columns and t not in features.columns]
+    return features.join(labels.select(*spec.key_names, *tasks), on=spec.key_names, how="left")
+
+
+# --------------------------------------------------------------------------------------------
+# The frame GX validates
+
+
+def _ident(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _literal(value: Any) -> str:
+    """A Spark SQL literal: strings escaped, floats as DOUBLE (``1.5D``), ints as-is."""
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, float):
+        return f"{value!r}D"
+    return str(int(value))
+
+
+def row_rules(spec: DatasetSpec, with_labels: bool) -> list[tuple[str, str]]:
+    """(reason, Spark SQL condition) of every row-level rule, in the order reasons are listed.
+    SQL text, so that the whole ``_reason`` column is one expression built in one JVM call."""
+    rules = [(f"null_key:{k}", f"{_ident(k)} IS NULL") for k in spec.key_names]
+    rules.append((f"duplicate_key:{key_label(spec)}", f"{_ident(KEY_COPIES)} > 1"))
+    for feat in spec.dense_features:
+        col = _ident(feat.name)
+        lo, hi = dense_bounds(feat)
+        outside = f"({col} < {_literal(lo)} OR {col} > {_literal(hi)})"
+        if feat.dtype == "double":
+            not_finite = (f"(isnan({col}) OR {col} IN (CAST('Infinity' AS DOUBLE), "
+                          f"CAST('-Infinity' AS DOUBLE)))")
+            rules.append((f"not_finite:{feat.name}", not_finite))
+            outside = f"(NOT {not_finite} AND {outside})"
+        rules.append((f"out_of_range:{feat.name}", outside))
+    for feat in spec.categorical_features:
+        if feat.vocabulary is not None and feat.oov == "quarantine":
+            col = _ident(feat.name)
+            values = ", ".join(_literal(v) for v in vocabulary_values(feat)) or "NULL"
+            rules.append((f"unknown_category:{feat.name}",
+                          f"({col} IS NOT NULL AND NOT {col} IN ({values}))"))
+    if with_labels:
+        for task in spec.task_names:
+            col = _ident(task)
+            rules.append((f"label_not_binary:{task}",
+                          f"({col} IS NOT NULL AND NOT {col} IN (0, 1))"))
+    return rules
+
+
+def prepare_frame(spec: DatasetSpec, features: DataFrame, labels: DataFrame | None) -> DataFrame:
+    """The partition's spec columns (+ one label value per key and task) + ``_key_copies`` +
+    ``_reason``."""
+    frame = features.select(*spec.features_table_columns)
+    if labels is not None:
+        folded = labels.groupBy(*spec.key_names).agg(*[
+            # out-of-{0,1} values are < 0 or > 1: keep one if there is one
+            F.when(F.min(t) < 0, F.min(t)).otherwise(F.max(t)).alias(t) for t in spec.task_names])
+        frame = frame.join(folded, on=spec.key_names, how="left")
+    # Hash-partition by key once: the window below reuses it (no second exchange), and the cached
+    # frame gets one partition per core whatever spark.sql.shuffle.partitions says.
+    parallelism = max(1, frame.sparkSession.sparkContext.defaultParallelism)
+    frame = frame.repartition(parallelism, *spec.key_names)
+    keys = ", ".join(_ident(k) for k in spec.key_names)
+    any_null_key = " OR ".join(f"{_ident(k)} IS NULL" for k in spec.key_names)
+    frame = frame.selectExpr(
+        "*", f"CASE WHEN {any_null_key} THEN NULL ELSE count(1) OVER (PARTITION BY {keys}) END "
+             f"AS {_ident(KEY_COPIES)}")
+    reasons = ", ".join(f"IF({cond}, {_literal(name)}, NULL)"
+                        for name, cond in row_rules(spec, labels is not None))
+    return frame.selectExpr("*", f"NULLIF(concat_ws(';', {reasons}), '') AS {_ident(REASON)}")
+
+
+def run_suite(frame: DataFrame, suite, docs_dir: Path | None, run_name: str):
+    """Run the suite on ``frame`` in an ephemeral GX context; with ``docs_dir``, GX's Data Docs
+    site builder renders the result there (``index.html`` + the validation page)."""
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.base import (
+        DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig,
+    )
+
+    sites = {}
+    if docs_dir is not None:
+        sites["local"] = {
+            "class_name": "SiteBuilder",
+            "show_how_to_buttons": False,
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        }
+    context = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        data_docs_sites=sites, analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False)))
+    source = context.data_sources.add_spark(name="warehouse", persist=False)
+    batch = source.add_dataframe_asset(name="features").add_batch_definition_whole_dataframe(
+        "partition")
+    suite = context.suites.add(suite)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=suite.name, data=batch, suite=suite))
+    actions = [UpdateDataDocsAction(name="data_docs")] if docs_dir is not None else []
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name="validate", validation_definitions=[definition], actions=actions,
+        result_format=RESULT_FORMAT))
+    outcome = checkpoint.run(batch_parameters={"dataframe": frame},
+                             run_id=RunIdentifier(run_name=run_name))
+    if docs_dir is not None:
+        _prune_static_images(docs_dir)
+    return next(iter(outcome.run_results.values()))
+
+
+def _prune_static_images(docs_dir: Path) -> None:
+    """GX copies ~3.4 MB of marketing images into every site; the pages use only the favicon."""
+    images = docs_dir / "static" / "images"
+    if images.is_dir():
+        for path in images.iterdir():
+            if path.is_file() and path.name != "favicon.ico":
+                path.unlink()
+
+
+# --------------------------------------------------------------------------------------------
+# Deciding
+
+
+def _rule_results(result) -> list[RuleResult]:
+    rules = []
+    for r in result.results:
+        cfg = r.expectation_config
+        meta = cfg.meta or {}
+        res = r.result or {}
+        info = r.exception_info or {}
+        error = None
+        if info.get("raised_exception"):
+            error = info.get("exception_message") or "error"
+        elif info and not {"raised_exception", "exception_message",
+                           "exception_traceback"} >= set(info):
+            # several metric errors, keyed by metric id
+            errors = [v.get("exception_message") for v in info.values() if isinstance(v, dict)
+                      and v.get("raised_exception")]
+            error = "; ".join(str(e) for e in errors if e) or None
+        rules.append(RuleResult(
+            rule=meta.get("rule", cfg.type), column=meta.get("column", ""),
+            level=meta.get("level", "table"), success=bool(r.success), expectation=cfg.type,
+            unexpected_count=res.get("unexpected_count"), element_count=res.get("element_count"),
+            missing_count=res.get("missing_count"),
+            observed_value=res.get("observed_value"), limit=meta.get("limit"), error=error))
+    return rules
+
+
+def decide(spec: DatasetSpec, ds: str, result, rows_read: int, cfg: JobConfig,
+           bounds: RowCountBounds) -> ValidationReport:
+    rules = _rule_results(result)
+    rows = next((int(r.observed_value) for r in rules if r.rule == "row_count"
+                 and r.observed_value is not None), rows_read)
+    errors = [r for r in rules if r.error]
+    failed = [r for r in rules if not r.success and r.level in ("schema", "table", "policy")]
+    row_failed = [r for r in rules if not r.success and r.level == "row"]
+    policy = next((r for r in rules if r.level == "policy"), None)
+    bad = int(policy.unexpected_count or 0) if policy is not None else 0
+    breakdown = ", ".join(f"{r.rule}:{r.column} {r.unexpected_count or 0:,}" for r in row_failed)
+    report = ValidationReport(dataset=spec.name, ds=ds, status="passed", input_rows=rows,
+                              passed_rows=rows, quarantined_rows=0, message="", rules=rules)
+    if errors or failed:
+        first = errors[0] if errors else failed[0]
+        msg = (_error_message(first) if errors
+               else _failure_message(first, spec, rows, bad, breakdown, cfg, bounds))
+        others = [f"{r.rule}:{r.column}" for r in (errors + failed) if r is not first]
+        if others:
+            more = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            msg += f" (+{len(others)} more: {more})"
+        report.status, report.message = "failed", msg
+        report.passed_rows = 0
+        report.failed_rules = [f"{r.rule}:{r.column}" for r in errors + failed]
+        return report
+    if bad:
+        report.status = "quarantined"
+        report.quarantined_rows, report.passed_rows = bad, rows - bad
+        report.failed_rules = [f"{r.rule}:{r.column}" for r in row_failed]
+        report.message = (f"validation quarantined {bad:,} of {rows:,} rows "
+                          f"({breakdown}); {rows - bad:,} passed")
+    else:
+        report.message = f"validation passed: {rows:,} rows"
+    return report
+
+
+def _fraction(value: float, limit: float) -> tuple[str, str]:
+    digits = 2
+    while digits < 6 and f"{value:.{digits}f}" == f"{limit:.{digits}f}":
+        digits += 1
+    return f"{value:.{digits}f}", f"{limit:.{digits}f}"
+
+
+def _error_message(rule: RuleResult) -> str:
+    return (f"validation failed: rule {rule.rule} on column '{rule.column}' could not be "
+            f"evaluated ({rule.expectation}): {str(rule.error).splitlines()[0][:300]}")
+
+
+def _failure_message(rule: RuleResult, spec: DatasetSpec, rows: int, bad: int, breakdown: str,
+                     cfg: JobConfig, bounds: RowCountBounds) -> str:
+    head = "validation failed: "
+    if rule.rule == "missing_column":
+        observed = set(rule.observed_value or [])
+        missing = [c for c in rule.column.split(",") if c not in observed]
+        return head + (f"missing column{'s' if len(missing) > 1 else ''} "
+                       f"{', '.join(repr(c) for c in missing)} (dataset {spec.name})")
+    if rule.rule == "wrong_type":
+        expected = LABEL_TYPE if rule.column in spec.task_names else \
+            SPARK_TYPE[spec.column(rule.column).dtype]
+        return head + (f"column '{rule.column}' has type {rule.observed_value}, "
+                       f"expected {expected}")
+    if rule.rule == "row_count":
+        policy = spec.row_count
+        if rows == 0:
+            return head + f"partition is empty (0 rows; row_count.min_rows {policy.min_rows:,})"
+        if rows < policy.min_rows:
+            return head + f"row count {rows:,} < row_count.min_rows {policy.min_rows:,}"
+        side = "<" if rows < bounds.min_rows else ">"
+        limit = bounds.min_rows if side == "<" else bounds.max_rows
+        return head + (f"row count {rows:,} {side} {limit:,} (row_count: "
+                       f"[{policy.min_ratio_to_median}, {policy.max_ratio_to_median}] x median "
+                       f"{bounds.median:,.0f} of the "
+                       f"{bounds.trailing} previous partition(s))")
+    if rule.rule == "null_fraction":
+        nulls = rows - round(float(rule.observed_value or 0.0) * rows)  # observed: non-null share
+        value, limit = _fraction(nulls / rows if rows else 0.0, float(rule.limit or 0.0))
+        return head + (f"column '{rule.column}' null fraction {value} > {limit} "
+                       f"({nulls:,} of {rows:,} rows)")
+    if rule.rule == "oov_fraction":
+        # GX's ``mostly`` is over the non-null values
+        oov = int(rule.unexpected_count or 0)
+        nonnull = int(rule.element_count or rows) - int(rule.missing_count or 0)
+        value, limit = _fraction(oov / nonnull if nonnull else 0.0, float(rule.limit or 0.0))
+        return head + (f"column '{rule.column}' out-of-vocabulary fraction {value} > {limit} "
+                       f"({oov:,} of {nonnull:,} non-null rows)")
+    if rule.rule == "bad_row_fraction":
+        if cfg.validation.on_bad_rows == "fail":
+            return head + (f"{bad:,} of {rows:,} rows break row-level rules and "
+                           f"validation.on_bad_rows is 'fail' ({breakdown})")
+        value, limit = _fraction(bad / rows if rows else 0.0,
+                                 cfg.validation.max_bad_row_fraction)
+        return head + (f"bad row fraction {value} > validation.max_bad_row_fraction {limit} "
+                       f"({bad:,} of {rows:,} rows: {breakdown})")
+    return head + f"rule {rule.rule} on column '{rule.column}' ({rule.expectation})"
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+
+
+def write_quarantine(frame: DataFrame, spec: DatasetSpec, quarantine_dir: Path) -> None:
+    """The rows as read (spec columns) + ``reason``; replaces the ds's quarantine partition."""
+    bad = frame.filter(F.col(REASON).isNotNull()).select(
+        *spec.features_table_columns, F.col(REASON).alias("reason"))
+    bad.coalesce(1).write.mode("overwrite").parquet(str(quarantine_dir))
+
+
+def _reason_counts(quarantine_dir: Path) -> tuple[int, dict[str, int]]:
+    """Rows written to quarantine, and rows per single rule (``rule:column``; a row breaking
+    several rules counts under each), read from the files with pyarrow (no Spark job)."""
+    table = pq.read_table(str(quarantine_dir), columns=["reason"])
+    counts: dict[str, int] = {}
+    for item in table.column("reason").value_counts().to_pylist():
+        for reason in str(item["values"]).split(";"):
+            counts[reason] = counts.get(reason, 0) + int(item["counts"])
+    return table.num_rows, dict(sorted(counts.items()))
+
+
+def _fill_manifest(manifest: RunManifest, report: ValidationReport, rows_read: int,
+                   bounds: RowCountBounds, validation_dir: Path) -> None:
+    if report.status != "failed":
+        manifest.input_rows = report.input_rows
+        manifest.output_rows = report.passed_rows
+        manifest.quarantined_rows = report.quarantined_rows
+    manifest.outputs["validation"] = str(validation_dir)
+    manifest.outputs["status"] = str(validation_dir / STATUS_FILE)
+    manifest.outputs["result_json"] = report.result_json
+    if report.data_docs:
+        manifest.outputs["data_docs"] = report.data_docs
+    if report.quarantine:
+        manifest.outputs["quarantine"] = report.quarantine
+    manifest.details.update({
+        "validation_status": report.status,
+        "rows_read": rows_read,
+        "spark_jobs": report.spark_jobs,
+        "seconds": report.seconds,
+        "reasons": report.reasons,
+        "failed_rules": report.failed_rules,
+        "expectations": len(report.rules),
+        "unsuccessful_expectations": sum(not r.success for r in report.rules),
+        "row_count_bounds": asdict(bounds),
+    })
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    tmp.replace(path)
+
+
+@contextmanager
+def _no_aqe(spark: SparkSession) -> Iterator[None]:
+    """Adaptive execution runs every shuffle stage as a job of its own; the validation's
+    shuffles (the key window, GX's global aggregates) leave it nothing to re-plan, so it is off
+    while the validation runs (about half the jobs) and restored after. A session setting: the
+    validation must not share its session with concurrent queries of other threads."""
+    key = "spark.sql.adaptive.enabled"
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, "false")
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
+
+
+@contextmanager
+def _job_group(sc, group: str, description: str) -> Iterator[None]:
+    """Tag the Spark jobs run inside (to count them), then restore the caller's group."""
+    keys = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
+    previous = {k: sc.getLocalProperty(k) for k in keys}
+    sc.setJobGroup(group, description)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            sc.setLocalProperty(key, value)
