@@ -11,13 +11,13 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import pandas as pd  # module level: the naive pandas UDF's type hints are resolved here
 
 from jobs.config import JobConfig
 
@@ -126,8 +126,16 @@ def _loop_mmoe_forward(model, dense, cats):
     return torch.stack(logits, dim=1)
 
 
-def bench_scoring(cfg: JobConfig, rows: int | None = None) -> dict[str, Any]:
-    import pandas as pd
+def _with_arity(fn: Callable, arity: int) -> Callable:
+    """predict_batch_udf counts the predict function's parameters (inspect.signature) to decide
+    how to pass the columns: give it one named parameter per input column."""
+    params = ", ".join(f"c{i}" for i in range(arity))
+    namespace: dict[str, Any] = {"fn": fn}
+    exec(f"def predict({params}):\n    return fn({params})", namespace)  # noqa: S102 - fixed text
+    return namespace["predict"]
+
+
+def bench_scoring(cfg: JobConfig, rows: int | None = None, record: bool = True) -> dict[str, Any]:
     import pyarrow.dataset as pads
     import torch
     from pyspark.ml.functions import predict_batch_udf
@@ -178,7 +186,7 @@ def bench_scoring(cfg: JobConfig, rows: int | None = None) -> dict[str, Any]:
             probs = art.predict(pd.DataFrame(dict(zip(feats, columns))))
             return {c: probs[:, i] for i, c in enumerate(pred_cols)}
 
-        return predict
+        return _with_arity(predict, len(feats))
 
     pb_udf = predict_batch_udf(make_predict_fn, return_type=T.StructType(
         [T.StructField(c, T.DoubleType()) for c in pred_cols]), batch_size=batch)
@@ -204,12 +212,12 @@ def bench_scoring(cfg: JobConfig, rows: int | None = None) -> dict[str, Any]:
         "ours_wall_vs_io_floor": round(ours_seconds / io_seconds, 2),
         **_machine(),
     }
-    _append_doc(f"scoring, {rows:,} rows", result)
+    if record:
+        _append_doc(f"scoring, {rows:,} rows", result)
     return result
 
 
 def _naive_frame(spark, features, spec, broadcast, scored_at):
-    import pandas as pd
     import torch
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -234,27 +242,25 @@ def _naive_frame(spark, features, spec, broadcast, scored_at):
         *spec.key_names, "p.*", F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"))
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-
-
 # --------------------------------------------------------------------------------------------
-# Evaluation and validation benches are filled in by their own modules' owners.
+# Evaluation and validation (their harnesses live in bench_eval.py / bench_validation.py)
 
 
-def bench_evaluation(cfg: JobConfig, rows: int | None = None) -> dict[str, Any]:
+def bench_evaluation(cfg: JobConfig, rows: int | None = None, record: bool = True) -> dict[str, Any]:
     from jobs.bench_eval import run_evaluation_bench
 
     result = run_evaluation_bench(_bench_config(cfg), rows or 20_000_000)
     result.update(_machine())
-    _append_doc(f"evaluation, {result['rows']:,} rows", result)
+    if record:
+        _append_doc(f"evaluation, {result['rows']:,} rows", result)
     return result
 
 
-def bench_validation(cfg: JobConfig, rows: int | None = None) -> dict[str, Any]:
+def bench_validation(cfg: JobConfig, rows: int | None = None, record: bool = True) -> dict[str, Any]:
     from jobs.bench_validation import run_validation_bench
 
     result = run_validation_bench(_bench_config(cfg), rows or 10_000_000)
     result.update(_machine())
-    _append_doc(f"validation, {result['rows']:,} rows", result)
+    if record:
+        _append_doc(f"validation, {result['rows']:,} rows", result)
     return result

@@ -46,8 +46,10 @@ def predictions_struct(spec: DatasetSpec, with_gates: bool = False) -> T.StructT
 
 
 def quarantine_struct(spec: DatasetSpec) -> T.StructType:
-    """The rejected feature rows as they were read, plus ``reason``."""
-    return T.StructType(features_struct(spec).fields + [T.StructField("reason", T.StringType())])
+    """The rejected feature rows as they were read (a null key is a reason to be here, so keys
+    are nullable), plus ``reason``."""
+    fields = [T.StructField(f.name, f.dataType, nullable=True) for f in features_struct(spec).fields]
+    return T.StructType(fields + [T.StructField("reason", T.StringType())])
 
 
 METRICS_STRUCT = T.StructType([

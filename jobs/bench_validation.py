@@ -1,0 +1,90 @@
+"""`mmoe bench validation`: the GX validation job on a big synth partition vs its floor.
+
+The floor is ONE Spark aggregation (one action) over the same partition, features joined with
+labels as validation does, computing the same counts: rows, distinct keys, every row-level rule's
+violations, per-column nulls and out-of-vocabulary counts. Scoring the same partition is timed
+too, so the validation cost can be read against the job it protects.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any
+
+from jobs.config import JobConfig
+
+
+def one_pass_counts(spark, spec, features_dir: Path, labels_dir: Path | None) -> dict[str, int]:
+    """Every count the suite needs, in a single aggregation."""
+    from pyspark.sql import functions as F
+
+    from jobs.gx_suite import vocabulary_values
+    from jobs.validate import row_rules
+
+    frame = spark.read.parquet(str(features_dir))
+    with_labels = labels_dir is not None
+    if with_labels:
+        frame = frame.join(spark.read.parquet(str(labels_dir)), on=spec.key_names, how="left")
+    # duplicate keys are counted as rows - distinct keys, so the key-copies rule is skipped here
+    rules = [(name, cond) for name, cond in row_rules(spec, with_labels)
+             if not name.startswith("duplicate_key")]
+    aggs = [F.count(F.lit(1)).alias("rows"),
+            F.countDistinct(*[F.col(k) for k in spec.key_names]).alias("distinct_keys")]
+    aggs += [F.sum(F.expr(cond).cast("int")).alias(name) for name, cond in rules]
+    for col in spec.features_table_columns:
+        aggs.append(F.sum(F.col(col).isNull().cast("int")).alias(f"null:{col}"))
+    for feat in spec.categorical_features:
+        if feat.vocabulary is not None and feat.oov == "bucket":
+            known = F.col(feat.name).isin(vocabulary_values(feat))
+            aggs.append(F.sum((F.col(feat.name).isNotNull() & ~known).cast("int")).alias(f"oov:{feat.name}"))
+    row = frame.agg(*aggs).first()
+    return {k: int(v or 0) for k, v in row.asDict().items()}
+
+
+def run_validation_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
+    from jobs.bench import ensure_synth_partition, reference_artifact, BENCH_DS
+    from jobs.manifest import RunManifest
+    from jobs.score import score_frame
+    from jobs.spark import get_spark
+    from jobs.validate import validate_partition
+    from jobs.warehouse import Warehouse
+    from mmoe_model.artifact import ModelArtifact, read_artifact_files
+    from schemas import load_spec
+
+    spec = load_spec("synth")
+    features_dir = ensure_synth_partition(cfg, rows)
+    wh = Warehouse(cfg.warehouse)
+    labels_dir = wh.partition(spec.name, "labels", BENCH_DS)
+    spark = get_spark(cfg.spark)
+
+    manifest = RunManifest("validate", spec.name, BENCH_DS)
+    started = time.perf_counter()
+    validate_partition(spark, cfg, spec, BENCH_DS, manifest)
+    validation_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    counts = one_pass_counts(spark, spec, features_dir, labels_dir)
+    floor_seconds = time.perf_counter() - started
+
+    files = read_artifact_files(reference_artifact(cfg))
+    artifact = ModelArtifact.from_files(files)
+    started = time.perf_counter()
+    scored = score_frame(spark, spark.read.parquet(str(features_dir)), files, artifact, spec, cfg,
+                         dt.datetime.now(dt.timezone.utc))
+    scored.write.mode("overwrite").parquet(str(Path(cfg.warehouse) / "bench-out" / "validation-scoring"))
+    scoring_seconds = time.perf_counter() - started
+
+    return {
+        "bench": "validation", "rows": rows,
+        "seconds": round(validation_seconds, 2),
+        "spark_jobs": manifest.details.get("spark_jobs"),
+        "one_pass_floor_seconds": round(floor_seconds, 2),
+        "validation_vs_floor": round(validation_seconds / floor_seconds, 2),
+        "scoring_seconds": round(scoring_seconds, 2),
+        "quarantined_rows": manifest.quarantined_rows,
+        "floor_rows": counts["rows"], "floor_distinct_keys": counts["distinct_keys"],
+        "expectations": manifest.details.get("expectations"),
+        "spark_cores": spark.sparkContext.defaultParallelism,
+    }

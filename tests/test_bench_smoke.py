@@ -1,0 +1,37 @@
+"""Tiny runs of every bench: the harnesses work and report what the contract names (speed is
+measured by `mmoe bench`, never here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.bench import bench_evaluation, bench_scoring, bench_validation
+
+
+@pytest.fixture
+def cfg(job_config):
+    job_config.scoring.batch_size = 256
+    return job_config
+
+
+def test_scoring_bench_smoke(spark, cfg):
+    result = bench_scoring(cfg, rows=3000, record=False)
+    for key in ("rows", "ours_rows_per_s", "predict_batch_udf_rows_per_s", "naive_udf_rows_per_s",
+                "io_floor_rows_per_s", "torch_inprocess_rows_per_s"):
+        assert result[key] > 0, key
+    assert result["rows"] == 3000
+
+
+def test_evaluation_bench_smoke(spark, cfg):
+    result = bench_evaluation(cfg, rows=20000, record=False)
+    assert result["rows"] == 20000
+    assert result["ours_seconds"] > 0 and result["mllib_seconds"] > 0
+    assert result["max_abs_auc_error_vs_sklearn"] < 1e-9
+    assert {"auc", "gauc", "logloss", "ne", "calibration", "pr_auc", "count", "positives"} <= set(result["metrics"])
+
+
+def test_validation_bench_smoke(spark, cfg):
+    result = bench_validation(cfg, rows=3000, record=False)
+    assert result["rows"] == result["floor_rows"] == 3000
+    assert result["spark_jobs"] >= 1
+    assert result["seconds"] > 0 and result["one_pass_floor_seconds"] > 0 and result["scoring_seconds"] > 0
