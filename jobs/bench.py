@@ -28,6 +28,38 @@ REFERENCE_MODEL = dict(arch="mmoe", num_experts=8, expert_hidden=(64,), expert_d
                        tower_hidden=(16,))
 
 
+class WorkerRssSampler:
+    """Samples the resident memory of Spark's Python worker processes in a background thread;
+    ``peak_mib`` is the largest RSS any single worker reached."""
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        import threading
+
+        self.interval_s = interval_s
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            for proc in psutil.process_iter(["cmdline", "memory_info"]):
+                cmd = " ".join(proc.info.get("cmdline") or [])
+                if "pyspark.daemon" in cmd or "pyspark.worker" in cmd:
+                    rss = proc.info["memory_info"].rss / 2**20
+                    self.peak_mib = max(self.peak_mib, rss)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "WorkerRssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     started = time.perf_counter()
     out = fn()
@@ -180,8 +212,9 @@ def bench_scoring(cfg: JobConfig, rows: int | None = None, record: bool = True) 
         *keys, *[F.lit(0.5).alias(c) for c in pred_cols],
         F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"))
     io_seconds = write(floor, "io_floor")
-    # (a) ours.
-    ours_seconds = write(score_frame(spark, features, files, artifact, spec, cfg, scored_at), "ours")
+    # (a) ours, with the peak RSS of any Python worker while it runs.
+    with WorkerRssSampler() as rss:
+        ours_seconds = write(score_frame(spark, features, files, artifact, spec, cfg, scored_at), "ours")
     # (b) Spark's predict_batch_udf, same model, same encoder, same batch size.
     broadcast = spark.sparkContext.broadcast(files)
 
@@ -216,6 +249,7 @@ def bench_scoring(cfg: JobConfig, rows: int | None = None, record: bool = True) 
         "ours_vs_predict_batch_udf": round(pb_seconds / ours_seconds, 2),
         "ours_vs_inprocess": round(inproc_seconds / ours_seconds, 2),
         "ours_wall_vs_io_floor": round(ours_seconds / io_seconds, 2),
+        "ours_peak_python_worker_rss_mib": round(rss.peak_mib, 1),
         **_machine(),
     }
     if record:
@@ -269,4 +303,39 @@ def bench_validation(cfg: JobConfig, rows: int | None = None, record: bool = Tru
     result.update(_machine())
     if record:
         _append_doc(f"validation, {result['rows']:,} rows", result)
+    return result
+
+
+def bench_scaling(cfg: JobConfig, rows: int | None = None, record: bool = True,
+                  sizes: tuple[int, ...] = (1_000_000, 4_000_000, 16_000_000)) -> dict[str, Any]:
+    """Our score job alone at growing sizes: time should grow linearly, worker RSS stay flat.
+    ``--rows N`` runs N, 4N and 16N instead of the default 1M, 4M, 16M."""
+    from jobs.score import _spread_partitions, score_frame
+    from jobs.spark import get_spark
+    from mmoe_model.artifact import ModelArtifact, read_artifact_files
+    from schemas import load_spec
+
+    if rows:
+        sizes = (rows, 4 * rows, 16 * rows)
+    cfg = _bench_config(cfg)
+    spec = load_spec("synth")
+    spark = get_spark(cfg.spark)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.scoring.batch_size))
+    runs = []
+    for size in sizes:
+        part = ensure_synth_partition(cfg, size)
+        files = read_artifact_files(reference_artifact(cfg))
+        artifact = ModelArtifact.from_files(files)
+        features = _spread_partitions(spark, spark.read.parquet(str(part)))
+        scored = score_frame(spark, features, files, artifact, spec, cfg, dt.datetime.now(dt.timezone.utc))
+        with WorkerRssSampler() as rss:
+            seconds, _ = _timed(lambda: scored.write.mode("overwrite").parquet(
+                str(Path(cfg.warehouse) / "bench-out" / "scaling")))
+        runs.append({"rows": size, "seconds": round(seconds, 2), "rows_per_s": round(size / seconds),
+                     "peak_python_worker_rss_mib": round(rss.peak_mib, 1)})
+    result = {"bench": "scaling", "rows": sizes[-1], "runs": runs,
+              "seconds_per_million_rows": [round(r["seconds"] / r["rows"] * 1e6, 2) for r in runs],
+              **_machine()}
+    if record:
+        _append_doc(f"scoring scaling, {', '.join(f'{s:,}' for s in sizes)} rows", result)
     return result

@@ -28,7 +28,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Write the features and labels
 app.add_typer(data_app, name="data")
 
 ARCHS = ("mmoe", "omoe", "shared-bottom", "ple", "single-task")
-BENCHES = ("scoring", "evaluation", "validation")
+BENCHES = ("scoring", "evaluation", "validation", "scaling")
 
 
 @dataclass

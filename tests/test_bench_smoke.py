@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.bench import bench_evaluation, bench_scoring, bench_validation
+from jobs.bench import bench_evaluation, bench_scaling, bench_scoring, bench_validation
 
 
 @pytest.fixture
@@ -35,3 +35,9 @@ def test_validation_bench_smoke(spark, cfg):
     assert result["rows"] == result["floor_rows"] == 3000
     assert result["spark_jobs"] >= 1
     assert result["seconds"] > 0 and result["one_pass_floor_seconds"] > 0 and result["scoring_seconds"] > 0
+
+
+def test_scaling_bench_smoke(spark, cfg):
+    result = bench_scaling(cfg, rows=500, record=False)
+    assert [r["rows"] for r in result["runs"]] == [500, 2000, 8000]
+    assert all(r["seconds"] > 0 and r["peak_python_worker_rss_mib"] > 0 for r in result["runs"])
