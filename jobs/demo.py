@@ -75,13 +75,37 @@ def _print_summary(spark, cfg: JobConfig, spec, ds: str, runs: dict[str, RunMani
                .toPandas().set_index("task").reindex(spec.task_names))
     cols = [c for c in ("count", "positives", "auc", "gauc", "pr_auc", "logloss", "ne", "calibration")
             if c in metrics.columns]
+    for col in ("count", "positives"):
+        if col in metrics.columns:
+            metrics[col] = metrics[col].astype("int64")
     print(f"\n== Offline metrics, {spec.name} ds={ds}, model {runs['score'].model_version}")
     print(metrics[cols].to_string(float_format=lambda v: f"{v:.4f}"))
+    _print_gates(spark, cfg, spec, ds, Path(runs["train"].outputs["artifact"]))
     print("\n== Outputs")
     print(f"   warehouse        {wh.root}")
     for name in ("features", "labels", "quarantine", "validation", "predictions", "metrics", "_runs"):
         print(f"   {name:<16} {wh.table(spec.name, name)}")
     print(f"   model artifact   {runs['train'].outputs.get('artifact')}")
+
+
+def _print_gates(spark, cfg: JobConfig, spec, ds: str, model_dir: Path, rows: int = 5000) -> None:
+    """Which experts each task's gate uses, on a sample of the scored day (in-process)."""
+    from jobs.validate import passed_rows
+    from mmoe_model.artifact import ModelArtifact
+    from mmoe_model.gates import gate_summary
+
+    artifact = ModelArtifact.load(model_dir)
+    sample = passed_rows(spark, cfg, spec, ds).limit(rows).toPandas()
+    _, gates = artifact.predict(sample, with_gates=True)  # [B, T, E]
+    summary = gate_summary(gates.transpose(1, 0, 2), spec.task_names)
+    print(f"\n== Gates ({len(sample)} rows): mean weight per expert, normalised entropy")
+    for task, s in summary.items():
+        if not s["mean_weight"]:
+            print(f"   {task:<12} (no gates in this architecture)")
+            continue
+        weights = " ".join(f"{w:.2f}" for w in s["mean_weight"])
+        flag = "  COLLAPSED onto one expert" if s["collapsed"] else ""
+        print(f"   {task:<12} [{weights}]  H={s['normalized_entropy']:.2f}{flag}")
 
 
 def main() -> int:
