@@ -37,6 +37,7 @@ class CatalogConfig:
 @dataclass
 class ScoringConfig:
     validate_inline: bool = False
+    reader: Literal["direct", "spark"] = "direct"
     batch_size: int = 8192
     threads_per_task: int = 0
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
@@ -137,6 +138,8 @@ def _check(cfg: JobConfig) -> None:
         raise ConfigError("validation.on_bad_rows must be 'quarantine' or 'fail'")
     if not 0.0 <= cfg.validation.max_bad_row_fraction <= 1.0:
         raise ConfigError("validation.max_bad_row_fraction must be within [0, 1]")
+    if cfg.scoring.reader not in ("direct", "spark"):
+        raise ConfigError("scoring.reader must be 'direct' or 'spark'")
     if cfg.scoring.batch_size < 1:
         raise ConfigError("scoring.batch_size must be >= 1")
     if cfg.evaluation.label_wait_days < 0:

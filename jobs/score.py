@@ -14,6 +14,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -60,6 +61,27 @@ def _set_threads(threads_per_task: int) -> None:
         torch.set_num_threads(threads)
 
 
+def score_batch(artifact, batch: pa.RecordBatch, input_columns: list[str], keys: list[str],
+                num_tasks: int, arrow_schema: pa.Schema, scored_at_us: np.datetime64,
+                with_gates: bool) -> pa.RecordBatch:
+    """keys + p_<task> (+ scored_at, gate_<task>) for one Arrow batch; columnar end to end."""
+    frame = batch.select(input_columns)  # Arrow straight to the encoder, no pandas
+    if with_gates:
+        probs, gates = artifact.predict(frame, with_gates=True)
+    else:
+        probs, gates = artifact.predict(frame), None
+    arrays = [batch.column(k) for k in keys]
+    arrays += [pa.array(probs[:, i], type=pa.float64()) for i in range(num_tasks)]
+    arrays.append(pa.array(np.full(batch.num_rows, scored_at_us), type=pa.timestamp("us", tz="UTC")))
+    if with_gates:
+        arrays += [_gate_array(gates[:, i, :], batch.num_rows) for i in range(num_tasks)]
+    return pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
+
+
+def _utc_us(scored_at: dt.datetime) -> np.datetime64:
+    return np.datetime64(scored_at.astimezone(dt.timezone.utc).replace(tzinfo=None), "us")
+
+
 def make_scorer(spark: SparkSession, files: dict[str, bytes], sha256: str, spec: DatasetSpec,
                 input_columns: list[str], out_schema: T.StructType, scored_at: dt.datetime,
                 with_gates: bool, threads_per_task: int,
@@ -67,37 +89,28 @@ def make_scorer(spark: SparkSession, files: dict[str, bytes], sha256: str, spec:
     """The function handed to ``mapInArrow``. It closes over the broadcast handle only."""
     broadcast = spark.sparkContext.broadcast(files)
     keys = spec.key_names + list(extra_columns)
-    tasks = spec.task_names
+    num_tasks = len(spec.tasks)
     arrow_schema = _arrow_schema(out_schema)
-    scored_at_utc = scored_at.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    scored_at_us = _utc_us(scored_at)
 
     def score_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         artifact = _worker_artifact(broadcast.value, sha256)
         _set_threads(threads_per_task)
         for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            frame = batch.select(input_columns)  # Arrow straight to the encoder, no pandas
-            if with_gates:
-                probs, gates = artifact.predict(frame, with_gates=True)
-            else:
-                probs, gates = artifact.predict(frame), None
-            arrays = [batch.column(k) for k in keys]
-            arrays += [pa.array(probs[:, i], type=pa.float64()) for i in range(len(tasks))]
-            arrays.append(pa.array([scored_at_utc] * batch.num_rows, type=pa.timestamp("us")))
-            if with_gates:
-                for i in range(len(tasks)):
-                    arrays.append(_gate_array(None if gates is None else gates[:, i, :],
-                                              batch.num_rows))
-            yield pa.RecordBatch.from_arrays(arrays, schema=arrow_schema)
+            if batch.num_rows:
+                yield score_batch(artifact, batch, input_columns, keys, num_tasks, arrow_schema,
+                                  scored_at_us, with_gates)
 
     return score_batches
 
 
-def _gate_array(gates, rows: int) -> pa.Array:
-    if gates is None or gates.size == 0:
+def _gate_array(gates: np.ndarray, rows: int) -> pa.Array:
+    """[B, E] gate weights → a list<float> column (null for archs without gates)."""
+    if gates.size == 0:
         return pa.nulls(rows, type=pa.list_(pa.float32()))
-    return pa.array(list(gates.astype("float32")), type=pa.list_(pa.float32()))
+    flat = pa.array(np.ascontiguousarray(gates, dtype=np.float32).reshape(-1))
+    offsets = pa.array(np.arange(0, rows * gates.shape[1] + 1, gates.shape[1], dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, flat)
 
 
 def _arrow_schema(schema: T.StructType) -> pa.Schema:
@@ -117,6 +130,99 @@ def score_frame(spark: SparkSession, frame: DataFrame, files: dict[str, bytes], 
     return frame.select(*needed).mapInArrow(scorer, out_schema)
 
 
+# --------------------------------------------------------------------------------------------
+# Direct path: Spark schedules, the Python workers read and write parquet themselves.
+#
+# Measured on 2 cores (docs/performance.md): through mapInArrow, Spark's conversion of rows to
+# Arrow for ~27 columns costs about 3x the model itself. When the input is a parquet partition
+# the executors can open, each task instead reads one row group with pyarrow (columnar, no row
+# conversion), scores it and writes one parquet file into a staging directory; the driver then
+# swaps the staging directory in for the partition, so a rerun still replaces it whole.
+
+
+def parquet_fragments(directory: Path) -> list[tuple[str, int]]:
+    """(file, row group) pairs of a partition directory: the unit of parallel work."""
+    import pyarrow.parquet as pq
+
+    fragments = []
+    for path in sorted(directory.rglob("*.parquet")):
+        if path.name.startswith(("_", ".")):
+            continue
+        fragments += [(str(path), rg) for rg in range(pq.ParquetFile(path).metadata.num_row_groups)]
+    return fragments
+
+
+def quarantined_keys(cfg: JobConfig, spec: DatasetSpec, ds: str) -> np.ndarray | None:
+    """The keys validation quarantined for ``ds`` (single-key specs), or None when none were."""
+    import pyarrow.dataset as pads
+
+    from jobs.validate import parquet_files
+
+    directory = Warehouse(cfg.warehouse).partition(spec.name, "quarantine", ds)
+    if not parquet_files(directory):
+        return None
+    keys = pads.dataset(str(directory)).to_table(columns=spec.key_names).column(0)
+    return keys.drop_null().unique().to_numpy(zero_copy_only=False)
+
+
+def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files: dict[str, bytes],
+                    artifact, spec: DatasetSpec, cfg: JobConfig, staging: Path,
+                    scored_at: dt.datetime, with_gates: bool,
+                    excluded: np.ndarray | None) -> int:
+    """Score every fragment into ``staging/part-NNNNN.parquet``; returns the rows written.
+    Rows with a null key or a key in ``excluded`` (the quarantine) are left out."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    sc = spark.sparkContext
+    files_bc = sc.broadcast(files)
+    excluded_bc = sc.broadcast(excluded)
+    sha256, keys, features = artifact.sha256, spec.key_names, spec.feature_names
+    columns = list(dict.fromkeys(keys + features))
+    arrow_schema = _arrow_schema(predictions_struct(spec, with_gates=with_gates))
+    num_tasks, batch_size = len(spec.tasks), cfg.scoring.batch_size
+    threads, scored_at_us, out_dir = cfg.scoring.threads_per_task, _utc_us(scored_at), str(staging)
+
+    def run(items: Iterator[tuple[int, tuple[str, int]]]) -> Iterator[int]:
+        model = _worker_artifact(files_bc.value, sha256)
+        _set_threads(threads)
+        skip = excluded_bc.value
+        for index, (path, row_group) in items:
+            table = pq.ParquetFile(path).read_row_group(row_group, columns=columns)
+            keep = pc.is_valid(table.column(keys[0]))
+            for key in keys[1:]:
+                keep = pc.and_(keep, pc.is_valid(table.column(key)))
+            if skip is not None:
+                keep = pc.and_(keep, pc.invert(pc.is_in(table.column(keys[0]), value_set=pa.array(skip))))
+            table = table.filter(keep)
+            with pq.ParquetWriter(f"{out_dir}/part-{index:05d}.parquet", arrow_schema) as writer:
+                for batch in table.to_batches(max_chunksize=batch_size):
+                    if batch.num_rows:
+                        writer.write_batch(score_batch(model, batch, features, keys, num_tasks,
+                                                       arrow_schema, scored_at_us, with_gates))
+            yield table.num_rows
+
+    staging.mkdir(parents=True)
+    work = sc.parallelize(list(enumerate(fragments)), max(len(fragments), 1))
+    return sum(work.mapPartitions(run).collect())
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Replace ``out`` by ``staging`` (rename, so readers never see a half-written partition)."""
+    import shutil
+
+    old = out.with_name(f".{out.name}.old-{staging.name}")
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _direct_reader_applies(cfg: JobConfig, spec: DatasetSpec, features_dir: Path) -> bool:
+    return (cfg.scoring.reader == "direct" and len(spec.keys) == 1
+            and features_dir.is_dir() and bool(parquet_fragments(features_dir)))
+
+
 def _spread_partitions(spark: SparkSession, frame: DataFrame) -> DataFrame:
     """Give every core work: a single big file would otherwise be one task on one core."""
     parallelism = spark.sparkContext.defaultParallelism
@@ -131,15 +237,31 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
     files, artifact = load_artifact(model_dir)
     artifact.check_spec(spec)
     manifest.model_version, manifest.model_sha256 = artifact.model_version, artifact.sha256
-    rows = _validated_rows(spark, cfg, spec, ds, manifest)
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.scoring.batch_size))
+    rows = _validated_rows(spark, cfg, spec, ds, manifest)  # refuses an unvalidated ds
     scored_at = dt.datetime.now(dt.timezone.utc)  # one stamp for the whole run
-    predictions = score_frame(spark, _spread_partitions(spark, rows), files, artifact, spec, cfg,
-                              scored_at, with_gates)
-    out = Warehouse(cfg.warehouse).partition(spec.name, "predictions", ds,
-                                             model_version=artifact.model_version)
-    predictions.write.mode("overwrite").parquet(str(out))
-    manifest.output_rows = spark.read.parquet(str(out)).count()
+    wh = Warehouse(cfg.warehouse)
+    features_dir = wh.partition(spec.name, "features", ds)
+    out = wh.partition(spec.name, "predictions", ds, model_version=artifact.model_version)
+    if _direct_reader_applies(cfg, spec, features_dir):
+        staging = out.with_name(f".staging-{out.name}-{manifest.run_id}")
+        try:
+            manifest.output_rows = score_fragments(
+                spark, parquet_fragments(features_dir), files, artifact, spec, cfg, staging,
+                scored_at, with_gates, quarantined_keys(cfg, spec, ds))
+            _swap_in(staging, out)
+        finally:
+            if staging.exists():
+                import shutil
+
+                shutil.rmtree(staging, ignore_errors=True)
+        manifest.details["reader"] = "direct"
+    else:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.scoring.batch_size))
+        predictions = score_frame(spark, _spread_partitions(spark, rows), files, artifact, spec,
+                                  cfg, scored_at, with_gates)
+        predictions.write.mode("overwrite").parquet(str(out))
+        manifest.output_rows = spark.read.parquet(str(out)).count()
+        manifest.details["reader"] = "spark"
     manifest.outputs["predictions"] = str(out)
     manifest.details["with_gates"] = with_gates
     return out

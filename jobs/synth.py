@@ -51,6 +51,7 @@ from schemas.tables import features_arrow_schema, labels_arrow_schema
 
 DATASET = "synth"
 CHUNK_ROWS = 1_000_000          # rows per generated chunk and per parquet file
+ROW_GROUP_ROWS = 131_072        # parquet row groups: the unit of parallel work when scoring
 REQUEST_SIZE = 10               # impressions per request (one user, one hour)
 ID_STRIDE = 10 ** 10            # impression_id = day_number * ID_STRIDE + row
 N_USERS = 20_000
@@ -482,8 +483,8 @@ def generate_synth(cfg: JobConfig, start: str, days: int, rows_per_day: int, see
         files = 0
         try:
             for k, (feats, labels, _) in enumerate(_chunks(world, ds, rows_per_day)):
-                pq.write_table(feats, tmp_f / f"part-{k:05d}.parquet")
-                pq.write_table(labels, tmp_l / f"part-{k:05d}.parquet")
+                pq.write_table(feats, tmp_f / f"part-{k:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
+                pq.write_table(labels, tmp_l / f"part-{k:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
                 for t in world.tasks:
                     counts[t] += int(np.asarray(labels.column(t)).sum())
                 files += 1

@@ -70,16 +70,19 @@ def validated(spark, tmp_path_factory, synth, frame):
     return cfg
 
 
-def _score(spark, cfg, spec, model_dir, with_gates=False):
+def _score(spark, cfg, spec, model_dir, with_gates=False, reader="direct"):
+    cfg.scoring.reader = reader
     manifest = RunManifest("score", spec.name, DS)
     out = score_partition(spark, cfg, spec, DS, model_dir, with_gates, manifest)
     return manifest, spark.read.parquet(str(out))
 
 
-def test_spark_scores_equal_the_in_process_model(spark, validated, synth, model_dir):
+@pytest.mark.parametrize("reader", ["direct", "spark"])
+def test_spark_scores_equal_the_in_process_model(spark, validated, synth, model_dir, reader):
     from mmoe_model.artifact import ModelArtifact
 
-    manifest, predictions = _score(spark, validated, synth, model_dir)
+    manifest, predictions = _score(spark, validated, synth, model_dir, reader=reader)
+    assert manifest.details["reader"] == reader
     artifact = ModelArtifact.load(model_dir)
     rows = passed_rows(spark, validated, synth, DS).toPandas()
     expected = artifact.predict(rows)
@@ -102,11 +105,26 @@ def test_rerun_replaces_the_partition(spark, validated, synth, model_dir):
     assert table.count() == table.select("impression_id", "model_version").distinct().count()
 
 
-def test_with_gates_adds_gate_distributions(spark, validated, synth, model_dir):
-    _, predictions = _score(spark, validated, synth, model_dir, with_gates=True)
-    gates = np.stack(predictions.select("gate_like").toPandas()["gate_like"].to_numpy())
-    assert gates.shape[1] == 4
+@pytest.mark.parametrize("reader", ["direct", "spark"])
+def test_with_gates_adds_gate_distributions(spark, validated, synth, model_dir, reader):
+    from mmoe_model.artifact import ModelArtifact
+
+    _, predictions = _score(spark, validated, synth, model_dir, with_gates=True, reader=reader)
+    got = predictions.orderBy("impression_id").toPandas()
+    gates = np.stack(got["gate_like"].to_numpy())
+    assert gates.shape == (len(got), 4)
     np.testing.assert_allclose(gates.sum(axis=1), 1.0, atol=1e-5)
+    rows = passed_rows(spark, validated, synth, DS).orderBy("impression_id").toPandas()
+    _, expected = ModelArtifact.load(model_dir).predict(rows, with_gates=True)  # [B, T, E]
+    np.testing.assert_allclose(gates, expected[:, synth.task_names.index("like"), :], atol=1e-6)
+
+
+def test_both_readers_write_the_same_table(spark, validated, synth, model_dir):
+    _, direct = _score(spark, validated, synth, model_dir, reader="direct")
+    direct = spark.createDataFrame(direct.toPandas())  # materialise before the rerun replaces it
+    _, via_spark = _score(spark, validated, synth, model_dir, reader="spark")
+    assert direct.schema == via_spark.schema
+    assertDataFrameEqual(direct.drop("scored_at"), via_spark.drop("scored_at"))
 
 
 def test_unvalidated_ds_is_refused_unless_inline(spark, job_config, synth, frame, model_dir):
