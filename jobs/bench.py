@@ -205,6 +205,8 @@ def bench_scoring(cfg: JobConfig, rows: int | None = None, record: bool = True) 
     warm = features.limit(4 * batch)
     score_frame(spark, warm, files, artifact, spec, cfg, scored_at).write.mode("overwrite").parquet(
         str(out_root / "warmup"))
+    _score_direct(spark, part, files, artifact, spec, cfg, out_root / "warmup-direct", scored_at,
+                  max_fragments=cores)
     torch.set_num_threads(cores)
     artifact.predict(pads.dataset(str(part)).head(batch, columns=feats))
     # (d) the I/O floor: same read and write, no model.
@@ -212,9 +214,14 @@ def bench_scoring(cfg: JobConfig, rows: int | None = None, record: bool = True) 
         *keys, *[F.lit(0.5).alias(c) for c in pred_cols],
         F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"))
     io_seconds = write(floor, "io_floor")
-    # (a) ours, with the peak RSS of any Python worker while it runs.
+    # (a) ours: the score job's direct reader (what `mmoe score` runs on a parquet partition),
+    # with the peak RSS of any Python worker while it runs.
     with WorkerRssSampler() as rss:
-        ours_seconds = write(score_frame(spark, features, files, artifact, spec, cfg, scored_at), "ours")
+        ours_seconds, _ = _timed(lambda: _score_direct(spark, part, files, artifact, spec, cfg,
+                                                       out_root / "ours", scored_at))
+    # (a') ours through mapInArrow (scoring.reader: spark), for the record.
+    spark_reader_seconds = write(score_frame(spark, features, files, artifact, spec, cfg, scored_at),
+                                 "ours_spark_reader")
     # (b) Spark's predict_batch_udf, same model, same encoder, same batch size.
     broadcast = spark.sparkContext.broadcast(files)
 
@@ -242,6 +249,7 @@ def bench_scoring(cfg: JobConfig, rows: int | None = None, record: bool = True) 
         "bench": "scoring", "rows": rows, "batch_size": batch, "spark_cores": cores,
         "ours_seconds": round(ours_seconds, 3),
         "ours_rows_per_s": round(rows / ours_seconds),
+        "ours_spark_reader_rows_per_s": round(rows / spark_reader_seconds),
         "predict_batch_udf_rows_per_s": round(rows / pb_seconds),
         "naive_udf_rows_per_s": round(rows / naive_seconds),
         "io_floor_rows_per_s": round(rows / io_seconds),
@@ -255,6 +263,20 @@ def bench_scoring(cfg: JobConfig, rows: int | None = None, record: bool = True) 
     if record:
         _append_doc(f"scoring, {rows:,} rows", result)
     return result
+
+
+def _score_direct(spark, part: Path, files, artifact, spec, cfg: JobConfig, out: Path,
+                  scored_at: dt.datetime, max_fragments: int | None = None) -> int:
+    import shutil
+
+    from jobs.score import _swap_in, parquet_fragments, score_fragments
+
+    staging = out.with_name(f".staging-{out.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    fragments = parquet_fragments(part)[:max_fragments]
+    rows = score_fragments(spark, fragments, files, artifact, spec, cfg, staging, scored_at, False, None)
+    _swap_in(staging, out)
+    return rows
 
 
 def _naive_frame(spark, features, spec, broadcast, scored_at):
@@ -310,7 +332,6 @@ def bench_scaling(cfg: JobConfig, rows: int | None = None, record: bool = True,
                   sizes: tuple[int, ...] = (1_000_000, 4_000_000, 16_000_000)) -> dict[str, Any]:
     """Our score job alone at growing sizes: time should grow linearly, worker RSS stay flat.
     ``--rows N`` runs N, 4N and 16N instead of the default 1M, 4M, 16M."""
-    from jobs.score import _spread_partitions, score_frame
     from jobs.spark import get_spark
     from mmoe_model.artifact import ModelArtifact, read_artifact_files
     from schemas import load_spec
@@ -326,11 +347,10 @@ def bench_scaling(cfg: JobConfig, rows: int | None = None, record: bool = True,
         part = ensure_synth_partition(cfg, size)
         files = read_artifact_files(reference_artifact(cfg))
         artifact = ModelArtifact.from_files(files)
-        features = _spread_partitions(spark, spark.read.parquet(str(part)))
-        scored = score_frame(spark, features, files, artifact, spec, cfg, dt.datetime.now(dt.timezone.utc))
         with WorkerRssSampler() as rss:
-            seconds, _ = _timed(lambda: scored.write.mode("overwrite").parquet(
-                str(Path(cfg.warehouse) / "bench-out" / "scaling")))
+            seconds, _ = _timed(lambda: _score_direct(
+                spark, part, files, artifact, spec, cfg, Path(cfg.warehouse) / "bench-out" / "scaling",
+                dt.datetime.now(dt.timezone.utc)))
         runs.append({"rows": size, "seconds": round(seconds, 2), "rows_per_s": round(size / seconds),
                      "peak_python_worker_rss_mib": round(rss.peak_mib, 1)})
     result = {"bench": "scaling", "rows": sizes[-1], "runs": runs,

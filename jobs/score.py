@@ -170,7 +170,8 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
                     scored_at: dt.datetime, with_gates: bool,
                     excluded: np.ndarray | None) -> int:
     """Score every fragment into ``staging/part-NNNNN.parquet``; returns the rows written.
-    Rows with a null key or a key in ``excluded`` (the quarantine) are left out."""
+    Rows with a null key or a key in ``excluded`` (the quarantine) are left out. Direct scoring
+    needs a single key column (``_direct_reader_applies``)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -187,20 +188,23 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
         model = _worker_artifact(files_bc.value, sha256)
         _set_threads(threads)
         skip = excluded_bc.value
+        skip_set = None if skip is None else pa.array(skip)
         for index, (path, row_group) in items:
-            table = pq.ParquetFile(path).read_row_group(row_group, columns=columns)
-            keep = pc.is_valid(table.column(keys[0]))
-            for key in keys[1:]:
-                keep = pc.and_(keep, pc.is_valid(table.column(key)))
-            if skip is not None:
-                keep = pc.and_(keep, pc.invert(pc.is_in(table.column(keys[0]), value_set=pa.array(skip))))
-            table = table.filter(keep)
+            written = 0
+            # Streamed batch by batch: worker memory stays flat whatever the row group's size.
+            batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size, row_groups=[row_group],
+                                                        columns=columns)
             with pq.ParquetWriter(f"{out_dir}/part-{index:05d}.parquet", arrow_schema) as writer:
-                for batch in table.to_batches(max_chunksize=batch_size):
+                for batch in batches:
+                    keep = pc.is_valid(batch.column(keys[0]))
+                    if skip_set is not None:
+                        keep = pc.and_(keep, pc.invert(pc.is_in(batch.column(keys[0]), value_set=skip_set)))
+                    batch = batch.filter(keep)
                     if batch.num_rows:
                         writer.write_batch(score_batch(model, batch, features, keys, num_tasks,
                                                        arrow_schema, scored_at_us, with_gates))
-            yield table.num_rows
+                        written += batch.num_rows
+            yield written
 
     staging.mkdir(parents=True)
     work = sc.parallelize(list(enumerate(fragments)), max(len(fragments), 1))
