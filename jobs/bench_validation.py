@@ -44,9 +44,8 @@ def one_pass_counts(spark, spec, features_dir: Path, labels_dir: Path | None) ->
 
 
 def run_validation_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
-    from jobs.bench import ensure_synth_partition, reference_artifact, BENCH_DS
+    from jobs.bench import BENCH_DS, _score_direct, ensure_synth_partition, reference_artifact
     from jobs.manifest import RunManifest
-    from jobs.score import score_frame
     from jobs.spark import get_spark
     from jobs.validate import validate_partition
     from jobs.warehouse import Warehouse
@@ -71,9 +70,10 @@ def run_validation_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
     files = read_artifact_files(reference_artifact(cfg))
     artifact = ModelArtifact.from_files(files)
     started = time.perf_counter()
-    scored = score_frame(spark, spark.read.parquet(str(features_dir)), files, artifact, spec, cfg,
-                         dt.datetime.now(dt.timezone.utc))
-    scored.write.mode("overwrite").parquet(str(Path(cfg.warehouse) / "bench-out" / "validation-scoring"))
+    # the score job's direct reader (what `mmoe score` runs on a parquet partition)
+    _score_direct(spark, features_dir, files, artifact, spec, cfg,
+                  Path(cfg.warehouse) / "bench-out" / "validation-scoring",
+                  dt.datetime.now(dt.timezone.utc))
     scoring_seconds = time.perf_counter() - started
 
     return {

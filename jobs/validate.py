@@ -8,16 +8,20 @@ How it keeps Spark work small (``manifest.details["spark_jobs"]`` counts the job
 - the schema and the row counts (this partition's and the trailing ones') come from the parquet
   footers, read with pyarrow on the driver: no schema-inference or count job;
 - the partition is read once and cached together with two derived columns: ``_key_copies``
-  (a window count per key: the only shuffle) and ``_reason`` (every row-level rule the row
-  breaks, ``;``-joined, null when none). The labels partition, when there is one, is folded in
-  per key beforehand (one value per key and task: the out-of-{0,1} one if any);
+  (rows sharing the row's key) and ``_reason`` (every row-level rule the row breaks,
+  ``;``-joined, null when none). No wide row is shuffled for ``_key_copies`` alone: without a
+  labels partition, the duplicated keys come from a group-by over the key columns (one job; only
+  keys move, normally none survive ``count > 1``) and are broadcast back. With one, the labels
+  are folded per key (one value per key and task: the out-of-{0,1} one if any) and joined on;
+  the window count per key then reuses the join's partitioning and order (one shuffle in all);
 - GX runs every expectation over that cached frame (``persist=False``: GX does not cache again);
   its metrics are bundled into a few single-row aggregates (row count; non-null shares; all the
   map counts). The result format is BASIC with ``partial_unexpected_count: 0``: counts, no
   sample values (Spark optimises the ``LIMIT 0`` sample queries away: no job, only planning);
 - adaptive execution is off while the validation runs (it would split every shuffle into a job
-  of its own, with nothing to re-plan here) and restored after: 4 jobs on a synth partition
-  (5 with a labels partition, +1 when rows are quarantined);
+  of its own, with nothing to re-plan here) and so is whole-stage code generation of methods
+  the JVM would not JIT-compile (see :data:`VALIDATION_CONF`), both restored after: 3 jobs with
+  a labels partition, 4 without (the duplicate-key job), +1 when rows are quarantined;
 - the quarantine rows are written straight from the cache.
 
 Decisions (see CONTRACT.md and docs/DESIGN.md):
@@ -409,26 +413,60 @@ def row_rules(spec: DatasetSpec, with_labels: bool) -> list[tuple[str, str]]:
     return rules
 
 
+# Duplicated keys (no labels partition) up to this many are collected to the driver and broadcast
+# back onto the partition; more (a badly broken partition), and they are joined back with a
+# shuffle instead.
+MAX_BROADCAST_KEYS = 100_000
+
+
 def prepare_frame(spec: DatasetSpec, features: DataFrame, labels: DataFrame | None) -> DataFrame:
     """The partition's spec columns (+ one label value per key and task) + ``_key_copies`` +
-    ``_reason``."""
+    ``_reason``.
+
+    With labels: the folded labels are joined on (the one shuffle of the wide rows) and
+    ``_key_copies`` is a window count that reuses the join's partitioning and order. Without:
+    no wide row is shuffled; duplicated keys come from a group-by over the key columns alone
+    (only keys move; normally none survive ``count > 1``), broadcast back when few.
+    """
+    spark = features.sparkSession
+    keys = spec.key_names
+    any_null_key = " OR ".join(f"{_ident(k)} IS NULL" for k in keys)
     frame = features.select(*spec.features_table_columns)
     if labels is not None:
-        folded = labels.groupBy(*spec.key_names).agg(*[
+        folded = labels.groupBy(*keys).agg(*[
             # out-of-{0,1} values are < 0 or > 1: keep one if there is one
             F.when(F.min(t) < 0, F.min(t)).otherwise(F.max(t)).alias(t) for t in spec.task_names])
-        frame = frame.join(folded, on=spec.key_names, how="left")
-    # Hash-partition by key once: the window below reuses it (no second exchange), and the cached
-    # frame gets one partition per core whatever spark.sql.shuffle.partitions says.
-    parallelism = max(1, frame.sparkSession.sparkContext.defaultParallelism)
-    frame = frame.repartition(parallelism, *spec.key_names)
-    keys = ", ".join(_ident(k) for k in spec.key_names)
-    any_null_key = " OR ".join(f"{_ident(k)} IS NULL" for k in spec.key_names)
-    frame = frame.selectExpr(
-        "*", f"CASE WHEN {any_null_key} THEN NULL ELSE count(1) OVER (PARTITION BY {keys}) END "
-             f"AS {_ident(KEY_COPIES)}")
+        frame = frame.join(folded, on=keys, how="left")
+        # The join's output is hash-partitioned and sorted by the key already: the window
+        # count reuses both (no second exchange, no sort).
+        key_list = ", ".join(_ident(k) for k in keys)
+        frame = frame.selectExpr(
+            "*", f"CASE WHEN {any_null_key} THEN NULL ELSE count(1) OVER (PARTITION BY "
+                 f"{key_list}) END AS {_ident(KEY_COPIES)}")
+        return _with_reason(spec, frame, with_labels=True)
+    copies = "_copies"
+    dups = (features.groupBy(*keys).agg(F.count(F.lit(1)).alias(copies))
+            .where(f"{copies} > 1 AND NOT ({any_null_key})"))
+    # one job (a limit + a one-row aggregate; ``limit().collect()`` may run several)
+    found = dups.limit(MAX_BROADCAST_KEYS + 1).agg(
+        F.collect_list(F.struct(*keys, copies)).alias("found")).first()["found"]
+    if not found:
+        frame = frame.selectExpr(
+            "*", f"CAST(CASE WHEN {any_null_key} THEN NULL ELSE 1 END AS BIGINT) "
+                 f"AS {_ident(KEY_COPIES)}")
+    else:
+        if len(found) <= MAX_BROADCAST_KEYS:
+            dups = F.broadcast(spark.createDataFrame(found, schema=dups.schema))
+        frame = frame.join(dups, on=keys, how="left").selectExpr(
+            *[_ident(c) for c in frame.columns],
+            f"CASE WHEN {any_null_key} THEN NULL ELSE coalesce({_ident(copies)}, 1) END "
+            f"AS {_ident(KEY_COPIES)}")
+    return _with_reason(spec, frame, with_labels=False)
+
+
+def _with_reason(spec: DatasetSpec, frame: DataFrame, with_labels: bool) -> DataFrame:
     reasons = ", ".join(f"IF({cond}, {_literal(name)}, NULL)"
-                        for name, cond in row_rules(spec, labels is not None))
+                        for name, cond in row_rules(spec, with_labels))
     return frame.selectExpr("*", f"NULLIF(concat_ws(';', {reasons}), '') AS {_ident(REASON)}")
 
 
@@ -660,22 +698,34 @@ def _write_json(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
+# Session settings while the validation runs, restored after (session settings: the validation
+# must not share its session with concurrent queries of other threads).
+# - adaptive execution runs every shuffle stage as a job of its own; the validation's shuffles
+#   (the duplicate-key count, the labels join, GX's global aggregates) leave it nothing to re-plan;
+# - GX's bundled aggregate (dozens of CASE WHENs) and the ``_reason`` expression compile to one
+#   whole-stage method over 8000 bytecode bytes, which the JVM never JIT-compiles: that stage
+#   ran interpreted, 4-5x slower. With the limit at the JIT's 8000 Spark falls back to
+#   per-operator code generation for such a stage instead.
+VALIDATION_CONF = {
+    "spark.sql.adaptive.enabled": "false",
+    "spark.sql.codegen.hugeMethodLimit": "8000",
+}
+
+
 @contextmanager
 def _no_aqe(spark: SparkSession) -> Iterator[None]:
-    """Adaptive execution runs every shuffle stage as a job of its own; the validation's
-    shuffles (the key window, GX's global aggregates) leave it nothing to re-plan, so it is off
-    while the validation runs (about half the jobs) and restored after. A session setting: the
-    validation must not share its session with concurrent queries of other threads."""
-    key = "spark.sql.adaptive.enabled"
-    previous = spark.conf.get(key, None)
-    spark.conf.set(key, "false")
+    """Apply :data:`VALIDATION_CONF` to the session while the validation runs; restore after."""
+    previous = {key: spark.conf.get(key, None) for key in VALIDATION_CONF}
+    for key, value in VALIDATION_CONF.items():
+        spark.conf.set(key, value)
     try:
         yield
     finally:
-        if previous is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, previous)
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 @contextmanager
