@@ -21,13 +21,13 @@ from jobs.config import JobConfig, load_config
 from jobs.errors import InputError, MmoeError
 from jobs.manifest import RunManifest
 from jobs.warehouse import Warehouse, date_range, parse_date, safe_name
+from mmoe_model.archs import ARCHS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Batch scoring and offline evaluation of multi-task (MMoE) models on Spark.")
 data_app = typer.Typer(no_args_is_help=True, help="Write the features and labels tables.")
 app.add_typer(data_app, name="data")
 
-ARCHS = ("mmoe", "omoe", "shared-bottom", "ple", "single-task")
 BENCHES = ("scoring", "evaluation", "validation", "scaling")
 
 

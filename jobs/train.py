@@ -18,11 +18,11 @@ from jobs.config import JobConfig, TrainingConfig
 from jobs.errors import InputError, MissingInputError
 from jobs.manifest import RunManifest
 from jobs.warehouse import Warehouse, date_range
+from mmoe_model.archs import ARCHS
 from schemas.spec import DatasetSpec, load_spec
 
 log = logging.getLogger(__name__)
 
-ARCHS = ("mmoe", "omoe", "shared-bottom", "ple", "single-task")
 
 
 def model_config_for(training: TrainingConfig, arch: str):

@@ -31,11 +31,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from mmoe_model.archs import ARCHS
 from mmoe_model.errors import ModelConfigError
 from mmoe_model.features import InputLayout
 from mmoe_model.layers import MLP, EmbeddingInput, ExpertBank, Gate, Tower, mix
 
-ARCHS = ("mmoe", "omoe", "shared-bottom", "ple", "single-task")
 
 
 @dataclass(frozen=True)
