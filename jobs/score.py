@@ -364,7 +364,12 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
     out = Warehouse(cfg.warehouse).partition(spec.name, "recommendations", ds,
                                              model_version=artifact.model_version)
     top.write.mode("overwrite").parquet(str(out))
-    manifest.input_rows = candidates.count()
+    # users x min(items, cap) candidates, from the parquet footers: no second pass over the join
+    import pyarrow.dataset as pads
+
+    users_rows = pads.dataset(str(base / "users"), format="parquet").count_rows()
+    items_rows = pads.dataset(str(base / "items"), format="parquet").count_rows()
+    manifest.input_rows = users_rows * min(items_rows, catalog.max_items_per_user)
     manifest.output_rows = spark.read.parquet(str(out)).count()
     manifest.outputs["recommendations"] = str(out)
     manifest.details.update(top_k=catalog.top_k, max_items_per_user=catalog.max_items_per_user)

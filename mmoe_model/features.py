@@ -187,6 +187,17 @@ def _as_int64(values: np.ndarray, nulls: np.ndarray | None) -> tuple[np.ndarray,
 # Categorical encoders
 
 
+def _column_values(col: Any, is_long: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """A column's values and null mask; object columns of a long-typed feature become int64
+    when every value is integral (shared by the vocabulary and hash encoders)."""
+    values, nulls = _int_or_object_values(col)
+    if values.dtype.kind == "O" and is_long:
+        as_long = _long_from_objects(values)
+        if as_long is not None:
+            values, nulls = as_long
+    return values, nulls
+
+
 class _VocabularyEncoder:
     """1 + position in the vocabulary; null / OOV → 0."""
 
@@ -218,11 +229,7 @@ class _VocabularyEncoder:
                                                or pa.types.is_large_string(col.type)):
             found = pc.index_in(col, value_set=self.arrow_values)
             return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
-        values, nulls = _int_or_object_values(col)
-        if values.dtype.kind == "O" and self.is_long:
-            as_long = _long_from_objects(values)
-            if as_long is not None:
-                values, nulls = as_long
+        values, nulls = _column_values(col, self.is_long)
         if values.dtype.kind == "O":
             # get_indexer returns -1 for anything not in the vocabulary, None/NaN included.
             return self.index.get_indexer(values).astype(np.int64) + 1
@@ -253,11 +260,7 @@ class _HashEncoder:
         self.modulus = np.uint64(feature.hash_buckets - 1)
 
     def __call__(self, col: Any) -> np.ndarray:
-        values, nulls = _int_or_object_values(col)
-        if values.dtype.kind == "O" and self.is_long:
-            as_long = _long_from_objects(values)
-            if as_long is not None:
-                values, nulls = as_long
+        values, nulls = _column_values(col, self.is_long)
         if values.dtype.kind == "f":
             values, nulls = _as_int64(values, nulls)
         elif values.dtype.kind == "O":
