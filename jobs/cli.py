@@ -134,7 +134,7 @@ def data_census(
     with _job(ctx, "data-census", "census", ds) as (cfg, manifest):
         if not input.is_file():
             raise InputError(f"--input {input} is not a readable file")
-        from jobs.census import ingest_census
+        from jobs.data.census import ingest_census
 
         ingest_census(_spark(cfg), cfg, input, ds, manifest)
 
@@ -151,7 +151,7 @@ def data_synth(
 ) -> None:
     """Generate synthetic impression logs (click, like, conversion) plus catalog tables."""
     with _job(ctx, "data-synth", "synth", start) as (cfg, manifest):
-        from jobs.synth import generate_synth
+        from jobs.data.synth import generate_synth
 
         generate_synth(cfg, start, days, rows_per_day, seed=seed,
                        task_correlation=task_correlation, manifest=manifest)
@@ -173,7 +173,7 @@ def train(
         _check_choice(arch, ARCHS, "--arch")
         date_range(start, end)
         _spec(dataset)
-        from jobs.train import train_model
+        from jobs.stages.train import train_model
 
         train_model(cfg, dataset, arch, start, end, out, epochs, seed, manifest)
 
@@ -187,7 +187,7 @@ def validate(
     """Validate a features partition with the Great Expectations suite derived from the spec."""
     with _job(ctx, "validate", dataset, ds) as (cfg, manifest):
         spec = _spec(dataset)
-        from jobs.validate import validate_partition
+        from jobs.stages.validate import validate_partition
 
         validate_partition(_spark(cfg), cfg, spec, ds, manifest)
 
@@ -205,7 +205,7 @@ def score(
     """Score the validated rows of a partition and write the predictions table."""
     with _job(ctx, "score", dataset, ds) as (cfg, manifest):
         spec = _spec(dataset)
-        from jobs.score import score_catalog, score_partition
+        from jobs.stages.score import score_catalog, score_partition
 
         if catalog:
             score_catalog(_spark(cfg), cfg, spec, ds, model, manifest)
@@ -226,7 +226,7 @@ def evaluate(
         spec = _spec(dataset)
         for version in model_version or []:
             safe_name(version, "--model-version")
-        from jobs.evaluate import evaluate_partition
+        from jobs.stages.evaluate import evaluate_partition
 
         evaluate_partition(_spark(cfg), cfg, spec, ds, model_version or None, manifest)
 

@@ -34,12 +34,12 @@ def _step(name: str, dataset: str, ds: str, cfg: JobConfig, fn) -> RunManifest:
 
 
 def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
-    from jobs.evaluate import evaluate_partition
-    from jobs.score import score_partition
+    from jobs.stages.evaluate import evaluate_partition
+    from jobs.stages.score import score_partition
     from jobs.spark import get_spark
-    from jobs.synth import generate_synth
-    from jobs.train import train_model
-    from jobs.validate import validate_partition
+    from jobs.data.synth import generate_synth
+    from jobs.stages.train import train_model
+    from jobs.stages.validate import validate_partition
     from schemas import load_spec
 
     demo = cfg.demo
@@ -90,7 +90,7 @@ def _print_summary(spark, cfg: JobConfig, spec, ds: str, runs: dict[str, RunMani
 
 def _print_gates(spark, cfg: JobConfig, spec, ds: str, model_dir: Path, rows: int = 5000) -> None:
     """Which experts each task's gate uses, on a sample of the scored day (in-process)."""
-    from jobs.validate import passed_rows
+    from jobs.stages.validate import passed_rows
     from mmoe_model.artifact import ModelArtifact
     from mmoe_model.gates import gate_summary
 

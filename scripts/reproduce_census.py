@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in __import__("sys").path:
     __import__("sys").path.insert(0, str(REPO))
 
-from jobs.train import load_training_frame  # noqa: E402
+from jobs.stages.train import load_training_frame  # noqa: E402
 from jobs.warehouse import Warehouse  # noqa: E402
 from mmoe_model.features import splitmix64  # noqa: E402
 from mmoe_model.models import ModelConfig, build_model  # noqa: E402

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.census import ingest_census
+from jobs.data.census import ingest_census
 from jobs.config import load_config
 from jobs.errors import InputError
 from jobs.manifest import RunManifest

@@ -13,7 +13,7 @@ from pyspark.testing import assertDataFrameEqual
 from sklearn.metrics import roc_auc_score
 
 from jobs.errors import MissingInputError
-from jobs.evaluate import evaluate_partition
+from jobs.stages.evaluate import evaluate_partition
 from jobs.manifest import RunManifest
 from jobs.warehouse import Warehouse
 from schemas.spec import load_spec

@@ -12,8 +12,8 @@ from pyspark.testing import assertDataFrameEqual
 
 from jobs.errors import NotValidated
 from jobs.manifest import RunManifest
-from jobs.score import score_catalog, score_partition
-from jobs.validate import passed_rows, validate_partition
+from jobs.stages.score import score_catalog, score_partition
+from jobs.stages.validate import passed_rows, validate_partition
 from jobs.warehouse import Warehouse
 from mmoe_model.artifact import save_artifact
 from mmoe_model.errors import ArtifactTampered, SpecMismatch
@@ -155,7 +155,7 @@ def test_tampered_artifact_and_wrong_spec_are_refused(spark, validated, synth, m
 
 
 def test_catalog_mode_writes_top_k_per_user(spark, job_config, synth, model_dir):
-    from jobs.synth import catalog_path, generate_synth
+    from jobs.data.synth import catalog_path, generate_synth
 
     generate_synth(job_config, DS, 1, 500, seed=1)
     job_config.scoring.catalog.top_k = 3

@@ -9,7 +9,7 @@ import pytest
 
 from jobs.errors import InputError
 from jobs.manifest import RunManifest
-from jobs.synth import catalog_path, generate_synth, synth_day
+from jobs.data.synth import catalog_path, generate_synth, synth_day
 from jobs.warehouse import Warehouse
 from schemas.spec import CategoricalFeature, DenseFeature, load_spec
 from schemas.tables import features_arrow_schema, labels_arrow_schema

@@ -11,7 +11,7 @@ import pytest
 
 from jobs.errors import InputError, MissingInputError
 from jobs.manifest import RunManifest
-from jobs.train import train_model
+from jobs.stages.train import train_model
 from jobs.warehouse import Warehouse
 from mmoe_model.artifact import ModelArtifact
 from mmoe_model.sample import sample_frame

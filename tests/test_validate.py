@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.errors import MissingInputError, NotValidated, ValidationFailed
-from jobs.gx_suite import KEY_COPIES, REASON, RowCountBounds, build_suite
+from jobs.stages.gx_suite import KEY_COPIES, REASON, RowCountBounds, build_suite
 from jobs.manifest import RunManifest
-from jobs.validate import passed_rows, read_status, row_count_bounds, validate_partition
+from jobs.stages.validate import passed_rows, read_status, row_count_bounds, validate_partition
 from jobs.warehouse import Warehouse
 from schemas.spec import load_spec
 from schemas.tables import features_arrow_schema, features_struct, labels_arrow_schema

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from jobs.config import JobConfig
 from jobs.errors import ConfigError, MissingInputError
 from jobs.manifest import RunManifest
-from jobs.metrics import compute_metrics
+from jobs.stages.metrics import compute_metrics
 from jobs.warehouse import Warehouse, parse_date
 from schemas.spec import DatasetSpec
 from schemas.tables import METRICS_STRUCT

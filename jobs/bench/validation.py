@@ -20,8 +20,8 @@ def one_pass_counts(spark, spec, features_dir: Path, labels_dir: Path | None) ->
     """Every count the suite needs, in a single aggregation."""
     from pyspark.sql import functions as F
 
-    from jobs.gx_suite import vocabulary_values
-    from jobs.validate import row_rules
+    from jobs.stages.gx_suite import vocabulary_values
+    from jobs.stages.validate import row_rules
 
     frame = spark.read.parquet(str(features_dir))
     with_labels = labels_dir is not None
@@ -47,7 +47,7 @@ def run_validation_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
     from jobs.bench import BENCH_DS, _score_direct, ensure_synth_partition, reference_artifact
     from jobs.manifest import RunManifest
     from jobs.spark import get_spark
-    from jobs.validate import validate_partition
+    from jobs.stages.validate import validate_partition
     from jobs.warehouse import Warehouse
     from mmoe_model.artifact import ModelArtifact, read_artifact_files
     from schemas import load_spec

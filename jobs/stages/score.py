@@ -156,7 +156,7 @@ def quarantined_keys(cfg: JobConfig, spec: DatasetSpec, ds: str) -> np.ndarray |
     """The keys validation quarantined for ``ds`` (single-key specs), or None when none were."""
     import pyarrow.dataset as pads
 
-    from jobs.validate import parquet_files
+    from jobs.stages.validate import parquet_files
 
     directory = Warehouse(cfg.warehouse).partition(spec.name, "quarantine", ds)
     if not parquet_files(directory):
@@ -274,7 +274,7 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
 def _validated_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
                     manifest: RunManifest) -> DataFrame:
     """The rows that passed validation; validate first when configured to and never run."""
-    from jobs.validate import passed_rows, read_status, validate_partition
+    from jobs.stages.validate import passed_rows, read_status, validate_partition
 
     try:
         rows = passed_rows(spark, cfg, spec, ds)

@@ -42,7 +42,7 @@ def _sklearn_errors(spark, table: Path, sample_fraction: float) -> float:
     """Largest |ours - sklearn| over auc, pr_auc and logloss of every task, on a sample."""
     from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
-    from jobs.metrics import compute_metrics
+    from jobs.stages.metrics import compute_metrics
 
     sample = spark.read.parquet(str(table)).sample(fraction=sample_fraction, seed=7).cache()
     ours = compute_metrics(sample, TASKS, [], None).where("segment = 'all'").toPandas()
@@ -63,7 +63,7 @@ def run_evaluation_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
     from pyspark.ml.evaluation import BinaryClassificationEvaluator
     from pyspark.sql import functions as F
 
-    from jobs.metrics import compute_metrics
+    from jobs.stages.metrics import compute_metrics
     from jobs.spark import get_spark
 
     spark = get_spark(cfg.spark)

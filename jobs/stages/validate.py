@@ -62,7 +62,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from jobs.config import JobConfig
 from jobs.errors import MissingInputError, NotValidated, ValidationFailed
-from jobs.gx_suite import (
+from jobs.stages.gx_suite import (
     KEY_COPIES, LABEL_TYPE, REASON, SPARK_TYPE, RowCountBounds, build_suite, dense_bounds,
     key_label, vocabulary_values,
 )

@@ -76,7 +76,7 @@ def _bench_config(cfg: JobConfig) -> JobConfig:
 
 def ensure_synth_partition(cfg: JobConfig, rows: int, seed: int = 0) -> Path:
     """A synth features/labels partition of exactly ``rows`` rows (generated once, then reused)."""
-    from jobs.synth import generate_synth
+    from jobs.data.synth import generate_synth
     from jobs.warehouse import Warehouse
 
     part = Warehouse(cfg.warehouse).partition("synth", "features", BENCH_DS)
@@ -174,7 +174,7 @@ def bench_scoring(cfg: JobConfig, rows: int | None = None, record: bool = True) 
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from jobs.score import _spread_partitions, score_frame
+    from jobs.stages.score import _spread_partitions, score_frame
     from jobs.spark import get_spark
     from mmoe_model.artifact import ModelArtifact, read_artifact_files
     from schemas import load_spec
@@ -269,7 +269,7 @@ def _score_direct(spark, part: Path, files, artifact, spec, cfg: JobConfig, out:
                   scored_at: dt.datetime, max_fragments: int | None = None) -> int:
     import shutil
 
-    from jobs.score import _swap_in, parquet_fragments, score_fragments
+    from jobs.stages.score import _swap_in, parquet_fragments, score_fragments
 
     staging = out.with_name(f".staging-{out.name}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -309,7 +309,7 @@ def _naive_frame(spark, features, spec, broadcast, scored_at):
 
 
 def bench_evaluation(cfg: JobConfig, rows: int | None = None, record: bool = True) -> dict[str, Any]:
-    from jobs.bench_eval import run_evaluation_bench
+    from jobs.bench.evaluation import run_evaluation_bench
 
     result = run_evaluation_bench(_bench_config(cfg), rows or 20_000_000)
     result.update(_machine())
@@ -319,7 +319,7 @@ def bench_evaluation(cfg: JobConfig, rows: int | None = None, record: bool = Tru
 
 
 def bench_validation(cfg: JobConfig, rows: int | None = None, record: bool = True) -> dict[str, Any]:
-    from jobs.bench_validation import run_validation_bench
+    from jobs.bench.validation import run_validation_bench
 
     result = run_validation_bench(_bench_config(cfg), rows or 10_000_000)
     result.update(_machine())

@@ -1,0 +1,1 @@
+"""Data generators and ingest: the UCI census ingest and the seeded synthetic impression logs."""
