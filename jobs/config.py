@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
 import yaml
 
 from jobs.errors import ConfigError
+from mmoe_model.config import ModelConfig, TrainConfig
+from mmoe_model.errors import ModelConfigError
 
 DEFAULT_CONFIG = Path(__file__).parent / "default_config.yaml"
 
@@ -49,25 +51,40 @@ class EvaluationConfig:
     segments: list[str] | None = None
 
 
+# The ``training`` section is flat in YAML (``num_experts: 8``, ``epochs: 8``) but has no
+# defaults of its own: every key is a field of the model library's ModelConfig (architecture)
+# or TrainConfig (optimisation), and whatever the file leaves out keeps that class's default.
+# ``arch`` and ``seed`` come from the command line, the rest of TrainConfig is runtime plumbing.
+MODEL_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name != "arch")
+TRAIN_KEYS = ("epochs", "batch_size", "learning_rate", "validation_fraction", "patience",
+              "task_weights", "weight_decay")
+
+
 @dataclass
 class TrainingConfig:
-    epochs: int = 8
-    batch_size: int = 1024
-    learning_rate: float = 0.002
-    validation_fraction: float = 0.2
-    patience: int = 2
-    task_weights: dict[str, float] = field(default_factory=dict)
-    num_experts: int = 8
-    expert_hidden: list[int] = field(default_factory=lambda: [64])
-    expert_dim: int = 32
-    tower_hidden: list[int] = field(default_factory=lambda: [16])
-    num_shared_experts: int = 2
-    num_levels: int = 1
-    gate_temperature: float = 1.0    # > 1 flattens the gates, < 1 sharpens them
-    gate_dropout: float = 0.0        # masks expert logits in training against gate collapse
-    gate_prior: list[list[float]] | None = None  # tasks x experts initial gate bias
-    dropout: float = 0.0
-    weight_decay: float = 0.0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimiser: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_flat(cls, raw: dict[str, Any], where: str = "config.training") -> "TrainingConfig":
+        unknown = set(raw) - set(MODEL_KEYS) - set(TRAIN_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
+        model = {k: v for k, v in raw.items() if k in MODEL_KEYS}
+        optimiser = {k: v for k, v in raw.items() if k in TRAIN_KEYS}
+        for cls_, values in ((ModelConfig, model), (TrainConfig, optimiser)):
+            _check_types(cls_, values, where)
+        try:
+            return cls(ModelConfig(**model), TrainConfig(**optimiser))
+        except (ModelConfigError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def model_config(self, arch: str) -> ModelConfig:
+        return replace(self.model, arch=arch)
+
+    def train_config(self, epochs: int | None = None, seed: int = 0) -> TrainConfig:
+        return replace(self.optimiser, seed=seed,
+                       epochs=self.optimiser.epochs if epochs is None else epochs)
 
 
 @dataclass
@@ -118,7 +135,11 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for name, value in raw.items():
         hint = hints[name]
-        if is_dataclass(hint):
+        if hint is TrainingConfig:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{name}: must be a mapping")
+            kwargs[name] = TrainingConfig.from_flat(value, f"{where}.{name}")
+        elif is_dataclass(hint):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}.{name}: must be a mapping")
             kwargs[name] = _build(hint, value, f"{where}.{name}")
@@ -131,6 +152,15 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def _check_types(cls: type, values: dict[str, Any], where: str) -> None:
+    """Numbers must be numbers: YAML's ``"8"`` would otherwise fail deep inside torch."""
+    hints = get_type_hints(cls)
+    for name, value in values.items():
+        if hints[name] in (int, float) and (isinstance(value, bool)
+                                            or not isinstance(value, (int, float))):
+            raise ConfigError(f"{where}.{name}: must be a number, got {value!r}")
 
 
 def _check(cfg: JobConfig) -> None:

@@ -32,79 +32,11 @@ import torch
 from torch import nn
 
 from mmoe_model.archs import ARCHS
+from mmoe_model.config import ModelConfig
 from mmoe_model.errors import ModelConfigError
 from mmoe_model.features import InputLayout
 from mmoe_model.layers import MLP, EmbeddingInput, ExpertBank, Gate, Tower, mix
 
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture hyper-parameters. ``gate_prior`` [gates x experts] initialises the bias of the
-    last layer's task gates: T rows for mmoe/ple, 1 row for omoe; ``num_experts`` columns
-    (ple: ``num_experts + num_shared_experts``, own experts first). Archs without gates refuse it.
-    """
-
-    arch: str = "mmoe"
-    num_experts: int = 8
-    expert_hidden: tuple[int, ...] = (64,)
-    expert_dim: int = 32
-    tower_hidden: tuple[int, ...] = (16,)
-    num_shared_experts: int = 2
-    num_levels: int = 1
-    gate_temperature: float = 1.0
-    gate_dropout: float = 0.0
-    gate_prior: tuple[tuple[float, ...], ...] | None = None
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        # Accept lists (JSON, YAML) but store tuples so the config stays hashable and frozen.
-        object.__setattr__(self, "expert_hidden", tuple(int(h) for h in self.expert_hidden))
-        object.__setattr__(self, "tower_hidden", tuple(int(h) for h in self.tower_hidden))
-        if self.gate_prior is not None:
-            object.__setattr__(self, "gate_prior",
-                               tuple(tuple(float(v) for v in row) for row in self.gate_prior))
-        self.validate()
-
-    def validate(self) -> None:
-        if self.arch not in ARCHS:
-            raise ModelConfigError(f"arch must be one of {', '.join(ARCHS)}; got {self.arch!r}")
-        for name in ("num_experts", "expert_dim", "num_levels"):
-            if int(getattr(self, name)) < 1:
-                raise ModelConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_shared_experts < 0:
-            raise ModelConfigError(f"num_shared_experts must be >= 0, got "
-                                   f"{self.num_shared_experts}")
-        if any(h < 1 for h in (*self.expert_hidden, *self.tower_hidden)):
-            raise ModelConfigError("hidden layer widths must be >= 1")
-        if self.gate_temperature <= 0:
-            raise ModelConfigError(f"gate_temperature must be > 0, got {self.gate_temperature}")
-        for name in ("gate_dropout", "dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ModelConfigError(f"{name} must be within [0, 1), got {getattr(self, name)}")
-        if self.gate_prior is not None and self.arch in ("shared-bottom", "single-task"):
-            raise ModelConfigError(f"gate_prior given, but arch {self.arch!r} has no gates")
-
-    def to_dict(self) -> dict[str, Any]:
-        raw = asdict(self)
-        raw["expert_hidden"] = list(self.expert_hidden)
-        raw["tower_hidden"] = list(self.tower_hidden)
-        if self.gate_prior is not None:
-            raw["gate_prior"] = [list(row) for row in self.gate_prior]
-        return raw
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ModelConfigError(f"unknown model config key(s): {sorted(unknown)}")
-        try:
-            return cls(**raw)
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, ModelConfigError):
-                raise
-            raise ModelConfigError(f"malformed model config: {exc}") from None
 
 
 class MultiTaskModel(nn.Module):

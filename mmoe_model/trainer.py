@@ -28,51 +28,13 @@ from tqdm import tqdm
 
 from mmoe_model.errors import ModelConfigError, TrainingError
 from mmoe_model.features import FeatureEncoder, splitmix64
-from mmoe_model.models import ModelConfig, MultiTaskModel, build_model
+from mmoe_model.config import ModelConfig, TrainConfig
+from mmoe_model.models import MultiTaskModel, build_model
 from schemas.spec import DatasetSpec
 
 log = logging.getLogger(__name__)
 
 _SPLIT_SALT = np.uint64(0x5EED_5917_7A11_0001)  # keeps the split independent of feature hashes
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings (the model's shape lives in :class:`ModelConfig`)."""
-
-    epochs: int = 8
-    batch_size: int = 1024
-    learning_rate: float = 0.002
-    validation_fraction: float = 0.2
-    patience: int = 2  # stop after this many epochs without a better mean val AUC (min 1)
-    task_weights: Mapping[str, float] = field(default_factory=dict)
-    seed: int = 0
-    weight_decay: float = 0.0
-    device: str | None = None  # None: "cuda" when available, else "cpu"
-    progress: bool = True  # tqdm bars on stderr
-    # torch intra-op threads while training, restored afterwards (None: leave torch's setting).
-    # Training batches are small, so the maths is cheap and dispatch-bound: one thread avoids
-    # OpenMP barrier stalls, which on a busy 2-core box made an epoch ~9x slower with two.
-    num_threads: int | None = 1
-    eval_batch_size: int = 8192
-
-    def validate(self, task_names: Sequence[str]) -> None:
-        if self.epochs < 1:
-            raise ModelConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ModelConfigError("batch sizes must be >= 1")
-        if not self.learning_rate > 0:
-            raise ModelConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ModelConfigError(f"validation_fraction must be within [0, 1), got "
-                                   f"{self.validation_fraction}")
-        unknown = set(self.task_weights) - set(task_names)
-        if unknown:
-            raise ModelConfigError(f"task_weights name unknown task(s) {sorted(unknown)}; "
-                                   f"tasks: {list(task_names)}")
-        if any(w < 0 for w in self.task_weights.values()) or (
-                self.task_weights and sum(self.task_weights.get(t, 1.0) for t in task_names) <= 0):
-            raise ModelConfigError("task_weights must be >= 0 with a positive sum")
 
 
 @dataclass

@@ -61,60 +61,31 @@ LABELS = {"single-task": "Single-task", "shared-bottom": "Shared-Bottom", "omoe"
           "mmoe": "MMoE", "ple": "PLE", "lgbm": "LightGBM",
           "lgbm-leaky": "LightGBM + leaky hh columns"}
 
-# Model / training presets. "default" is the library's embedded job config (jobs/default_config
-# .yaml); the others were tried as the "tune a bit" step (docs/reproduction.md lists what each
-# gave). The architecture knobs are the same for every arch within a preset. The reported
-# comparison uses "wd1e-4-b1024" (the --presets default): the library defaults plus Adam weight
-# decay 1e-4, up to 40 epochs, patience 6.
+# Model / training presets: each is a set of OVERRIDES of the model library's defaults
+# (mmoe_model.config.ModelConfig / TrainConfig, the same defaults the job config uses), so the
+# defaults live in one place. "default" overrides nothing. The others were tried as the "tune a
+# bit" step (docs/reproduction.md lists what each gave). The architecture knobs are the same for
+# every arch within a preset. The reported comparison uses "wd1e-4-b1024" (the --presets
+# default): the library defaults plus Adam weight decay 1e-4, up to 40 epochs, patience 6.
+_LONG = {"epochs": 30, "batch_size": 512, "learning_rate": 0.001, "patience": 4}
 PRESETS: dict[str, dict[str, Any]] = {
-    "default": {"model": {"num_experts": 8, "expert_hidden": [64], "expert_dim": 32,
-                          "tower_hidden": [16], "num_shared_experts": 2},
-                "train": {"epochs": 8, "batch_size": 1024, "learning_rate": 0.002,
-                          "patience": 2}},
-    "long": {"model": {"num_experts": 8, "expert_hidden": [64], "expert_dim": 32,
-                       "tower_hidden": [16], "num_shared_experts": 2},
-             "train": {"epochs": 30, "batch_size": 512, "learning_rate": 0.001,
-                       "patience": 4}},
-    "long-wd": {"model": {"num_experts": 8, "expert_hidden": [64], "expert_dim": 32,
-                          "tower_hidden": [16], "num_shared_experts": 2, "dropout": 0.1},
-                "train": {"epochs": 30, "batch_size": 512, "learning_rate": 0.001,
-                          "patience": 4, "weight_decay": 1e-5}},
-    "wide": {"model": {"num_experts": 8, "expert_hidden": [128], "expert_dim": 64,
-                       "tower_hidden": [32], "num_shared_experts": 2},
-             "train": {"epochs": 30, "batch_size": 512, "learning_rate": 0.001,
-                       "patience": 4}},
-    "wd1e-4": {"model": {"num_experts": 8, "expert_hidden": [64], "expert_dim": 32,
-                         "tower_hidden": [16], "num_shared_experts": 2},
-               "train": {"epochs": 30, "batch_size": 512, "learning_rate": 0.001,
-                         "patience": 4, "weight_decay": 1e-4}},
-    "wd3e-4": {"model": {"num_experts": 8, "expert_hidden": [64], "expert_dim": 32,
-                         "tower_hidden": [16], "num_shared_experts": 2},
-               "train": {"epochs": 40, "batch_size": 512, "learning_rate": 0.001,
-                         "patience": 6, "weight_decay": 3e-4}},
-    "wd1e-4-b1024": {"model": {"num_experts": 8, "expert_hidden": [64], "expert_dim": 32,
-                               "tower_hidden": [16], "num_shared_experts": 2},
-                     "train": {"epochs": 40, "batch_size": 1024, "learning_rate": 0.002,
-                               "patience": 6, "weight_decay": 1e-4}},
+    "default": {"model": {}, "train": {}},
+    "long": {"model": {}, "train": _LONG},
+    "long-wd": {"model": {"dropout": 0.1}, "train": {**_LONG, "weight_decay": 1e-5}},
+    "wide": {"model": {"expert_hidden": [128], "expert_dim": 64, "tower_hidden": [32]},
+             "train": _LONG},
+    "wd1e-4": {"model": {}, "train": {**_LONG, "weight_decay": 1e-4}},
+    "wd3e-4": {"model": {}, "train": {**_LONG, "epochs": 40, "patience": 6, "weight_decay": 3e-4}},
+    "wd1e-4-b1024": {"model": {}, "train": {"epochs": 40, "patience": 6, "weight_decay": 1e-4}},
     # Tuning probes (MMoE or single-task, group 1, seed 0 only; see docs/reproduction.md).
-    "income-w3": {"model": {"num_experts": 8, "expert_hidden": [64], "expert_dim": 32,
-                            "tower_hidden": [16]},
-                  "train": {"epochs": 30, "batch_size": 512, "learning_rate": 0.001,
-                            "patience": 4, "task_weights": {"income": 3.0}}},
-    "b256-do": {"model": {"num_experts": 8, "expert_hidden": [64], "expert_dim": 32,
-                          "tower_hidden": [16], "dropout": 0.1},
-                "train": {"epochs": 30, "batch_size": 256, "learning_rate": 0.0005,
-                          "patience": 4}},
-    "small": {"model": {"num_experts": 8, "expert_hidden": [], "expert_dim": 16,
-                        "tower_hidden": [8]},
-              "train": {"epochs": 30, "batch_size": 512, "learning_rate": 0.002, "patience": 4}},
-    "deep-do": {"model": {"num_experts": 8, "expert_hidden": [128, 64], "expert_dim": 32,
-                          "tower_hidden": [16], "dropout": 0.2},
-                "train": {"epochs": 30, "batch_size": 512, "learning_rate": 0.001,
-                          "patience": 4}},
-    "deep256-do": {"model": {"expert_hidden": [256, 128], "expert_dim": 64, "tower_hidden": [16],
-                             "dropout": 0.2},
-                   "train": {"epochs": 30, "batch_size": 512, "learning_rate": 0.001,
-                             "patience": 4}},
+    "income-w3": {"model": {}, "train": {**_LONG, "task_weights": {"income": 3.0}}},
+    "b256-do": {"model": {"dropout": 0.1},
+                "train": {**_LONG, "batch_size": 256, "learning_rate": 0.0005}},
+    "small": {"model": {"expert_hidden": [], "expert_dim": 16, "tower_hidden": [8]},
+              "train": {**_LONG, "learning_rate": 0.002}},
+    "deep-do": {"model": {"expert_hidden": [128, 64], "dropout": 0.2}, "train": _LONG},
+    "deep256-do": {"model": {"expert_hidden": [256, 128], "expert_dim": 64, "dropout": 0.2},
+                   "train": _LONG},
 }
 
 LGBM_PARAMS = {"objective": "binary", "learning_rate": 0.05, "num_leaves": 31,

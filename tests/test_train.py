@@ -28,9 +28,11 @@ def cfg(job_config, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    t = job_config.training
-    t.num_experts, t.expert_hidden, t.expert_dim, t.tower_hidden = 2, [8], 4, [4]
-    t.batch_size, t.epochs = 128, 2
+    from jobs.config import TrainingConfig
+
+    job_config.training = TrainingConfig.from_flat({
+        "num_experts": 2, "expert_hidden": [8], "expert_dim": 4, "tower_hidden": [4],
+        "batch_size": 128, "epochs": 2})
     return job_config
 
 

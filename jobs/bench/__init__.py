@@ -23,9 +23,6 @@ from jobs.config import JobConfig
 
 BENCH_DS = "2026-01-01"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-# The documented reference model: MMoE, 8 experts of [64] → 32, towers [16], synth spec (3 tasks).
-REFERENCE_MODEL = dict(arch="mmoe", num_experts=8, expert_hidden=(64,), expert_dim=32,
-                       tower_hidden=(16,))
 
 
 class WorkerRssSampler:
@@ -88,7 +85,7 @@ def ensure_synth_partition(cfg: JobConfig, rows: int, seed: int = 0) -> Path:
 
 
 def reference_artifact(cfg: JobConfig, sample_rows: int = 20000) -> Path:
-    """The reference MMoE with seeded random weights (speed does not depend on training)."""
+    """The reference MMoE (the model library's defaults) with seeded random weights (speed does not depend on training)."""
     import pyarrow.dataset as pads
     import torch
 
@@ -106,7 +103,7 @@ def reference_artifact(cfg: JobConfig, sample_rows: int = 20000) -> Path:
     sample = pads.dataset(str(part)).head(sample_rows)
     encoder = FeatureEncoder.fit(spec, sample)
     torch.manual_seed(0)
-    model_config = ModelConfig(**REFERENCE_MODEL)
+    model_config = ModelConfig(arch="mmoe")  # the library's default MMoE: the documented reference
     model = build_model(model_config, InputLayout.from_spec(spec), len(spec.tasks)).eval()
     save_artifact(out, model, model_config, spec, encoder, {"note": "benchmark reference, untrained"})
     return out

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from jobs.config import JobConfig, TrainingConfig
+from jobs.config import JobConfig
 from jobs.errors import InputError, MissingInputError
 from jobs.manifest import RunManifest
 from jobs.warehouse import Warehouse, date_range
@@ -23,42 +23,6 @@ from schemas.spec import DatasetSpec, load_spec
 
 log = logging.getLogger(__name__)
 
-
-
-def model_config_for(training: TrainingConfig, arch: str):
-    """The job config's ``training`` section → the model library's ``ModelConfig``."""
-    from mmoe_model.models import ModelConfig
-
-    prior = tuple(tuple(row) for row in training.gate_prior) if training.gate_prior else None
-    return ModelConfig(
-        arch=arch,
-        num_experts=training.num_experts,
-        expert_hidden=tuple(training.expert_hidden),
-        expert_dim=training.expert_dim,
-        tower_hidden=tuple(training.tower_hidden),
-        num_shared_experts=training.num_shared_experts,
-        num_levels=training.num_levels,
-        gate_temperature=training.gate_temperature,
-        gate_dropout=training.gate_dropout,
-        gate_prior=prior,
-        dropout=training.dropout,
-    )
-
-
-def train_config_for(training: TrainingConfig, epochs: int | None, seed: int):
-    """The job config's ``training`` section (+ CLI overrides) → ``TrainConfig``."""
-    from mmoe_model.trainer import TrainConfig
-
-    return TrainConfig(
-        epochs=epochs if epochs is not None else training.epochs,
-        batch_size=training.batch_size,
-        learning_rate=training.learning_rate,
-        validation_fraction=training.validation_fraction,
-        patience=training.patience,
-        task_weights=dict(training.task_weights),
-        seed=seed,
-        weight_decay=training.weight_decay,
-    )
 
 
 def _read_partition(path: Path, columns: list[str], what: str) -> pa.Table:
@@ -126,8 +90,8 @@ def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, o
     spec = load_spec(dataset)
     out = Path(out)
     replaced = _check_out(out, MANIFEST)
-    model_config = model_config_for(cfg.training, arch)
-    train_config = train_config_for(cfg.training, epochs, seed)
+    model_config = cfg.training.model_config(arch)
+    train_config = cfg.training.train_config(epochs, seed)
 
     wh = Warehouse(cfg.warehouse)
     frame, rows_read = load_training_frame(wh, spec, days)

@@ -1,0 +1,42 @@
+"""The job config: one set of training defaults (the model library's), unknown keys refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.config import load_config
+from jobs.errors import ConfigError
+from mmoe_model.config import ModelConfig, TrainConfig
+
+
+def test_training_defaults_are_the_model_librarys(tmp_path):
+    cfg = load_config(warehouse=tmp_path)
+    assert cfg.training.model_config("mmoe") == ModelConfig(arch="mmoe")
+    assert cfg.training.train_config(seed=3) == TrainConfig(seed=3)
+    assert cfg.training.train_config(epochs=5).epochs == 5
+
+
+def test_training_keys_reach_the_model_and_optimiser(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training: {num_experts: 3, gate_temperature: 0.5, epochs: 4, "
+                    "weight_decay: 0.001, expert_hidden: [7, 5]}\n")
+    training = load_config(path).training
+    model = training.model_config("ple")
+    assert (model.arch, model.num_experts, model.gate_temperature, model.expert_hidden) == \
+        ("ple", 3, 0.5, (7, 5))
+    assert model.expert_dim == ModelConfig().expert_dim  # left out: the library default
+    assert (training.train_config().epochs, training.train_config().weight_decay) == (4, 0.001)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("training: {num_expert: 3}", r"config.training: unknown key\(s\) \['num_expert'\]"),
+    ("training: {seed: 3}", r"unknown key\(s\) \['seed'\]"),
+    ("training: {epochs: '8'}", r"config.training.epochs: must be a number"),
+    ("training: {num_experts: 0}", r"config.training: num_experts must be >= 1"),
+    ("training: [1, 2]", r"config.training: must be a mapping"),
+])
+def test_bad_training_section_is_refused(tmp_path, body, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(body + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
