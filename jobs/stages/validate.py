@@ -185,23 +185,26 @@ def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
             f"features partition {features_dir} is missing or has no parquet files "
             f"(dataset {spec.name}, ds {ds})")
     validation_dir = wh.partition(spec.name, "validation", ds)
-    remove(validation_dir)  # no stale decision while we run
-    validation_dir.mkdir(parents=True)
-    try:
-        inputs = read_inputs(wh, spec, ds)
-    except ValueError as exc:
-        _fail(wh, spec, ds, run_id, f"validation failed: {exc}", 0)
-    group = f"mmoe-validate-{uuid4().hex[:12]}"
-    docs_dir = validation_dir / DOCS_DIR if cfg.validation.keep_data_docs else None
-    with job_group(spark, group, f"validate {spec.name} ds={ds}"), \
-            session_conf(spark, VALIDATION_CONF):
-        report = _check_and_write(spark, cfg, spec, ds, inputs, wh, docs_dir, run_id)
-    report.spark_jobs = jobs_in_group(spark, group)
-    report.seconds = round(time.perf_counter() - started, 3)
-    report.validation_dir = str(validation_dir)
-    write_json(wh.status_path(spec.name, ds), report.status_dict() | {
-        "validated_at": utc_now(), "run_id": run_id, "spark_jobs": report.spark_jobs,
-        "features_fingerprint": inputs.fingerprint, "row_count_bounds": asdict(inputs.bounds)})
+    # One writer of the ds's validation, quarantine and status at a time (nightly vs backfill).
+    with wh.lock(spec.name, "validation", ds, wait_seconds=cfg.locks.wait_seconds,
+                 poll_seconds=cfg.locks.poll_seconds):
+        remove(validation_dir)  # no stale decision while we run
+        validation_dir.mkdir(parents=True)
+        try:
+            inputs = read_inputs(wh, spec, ds)
+        except ValueError as exc:
+            _fail(wh, spec, ds, run_id, f"validation failed: {exc}", 0)
+        group = f"mmoe-validate-{uuid4().hex[:12]}"
+        docs_dir = validation_dir / DOCS_DIR if cfg.validation.keep_data_docs else None
+        with job_group(spark, group, f"validate {spec.name} ds={ds}"), \
+                session_conf(spark, VALIDATION_CONF):
+            report = _check_and_write(spark, cfg, spec, ds, inputs, wh, docs_dir, run_id)
+        report.spark_jobs = jobs_in_group(spark, group)
+        report.seconds = round(time.perf_counter() - started, 3)
+        report.validation_dir = str(validation_dir)
+        write_json(wh.status_path(spec.name, ds), report.status_dict() | {
+            "validated_at": utc_now(), "run_id": run_id, "spark_jobs": report.spark_jobs,
+            "features_fingerprint": inputs.fingerprint, "row_count_bounds": asdict(inputs.bounds)})
     if report.status == "failed":
         raise ValidationFailed(report.message, details=_failure_details(report))
     return report
