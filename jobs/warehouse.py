@@ -29,9 +29,11 @@ Locks: ``<wh>/<dataset>/_locks/<table>.ds=D[.model_version=V].lock`` (the regist
 ``models.lock``), created with ``O_CREAT|O_EXCL`` and holding pid, host, start time, command
 and a random token. A writer finding it present polls for up to ``locks.wait_seconds``, then
 raises :class:`~jobs.errors.PartitionLocked` naming the holder. A lock whose holder runs on this
-host and is dead (``os.kill(pid, 0)`` fails) is stale and broken by renaming it to a private
-name first (only one breaker's rename succeeds); the breaker then re-reads the renamed file and,
-if it turns out to be a fresh lock taken after the check, links it back. Locks of other hosts
+host and is dead (``os.kill(pid, 0)`` fails) is stale. Breakers take turns through a guard
+file (``<lock>.break``); under it the lock is re-read and, only if it is still the same stale
+file, renamed to a private name and deleted (see :func:`_break_stale`), so two breakers never
+both win and none removes a fresh lock. A lock file still unreadable 10 s after its creation
+(its writer died between create and write) is stale too. Locks of other hosts
 are never broken automatically (we cannot tell whether their holder lives): delete such a file
 by hand after checking. PID reuse on this host can make a dead holder look alive; the waiter
 then refuses after ``locks.wait_seconds`` with the holder's details, never writes concurrently.
@@ -460,22 +462,43 @@ def _is_stale(path: Path, holder: LockHolder | None) -> bool:
     return holder.host == socket.gethostname() and not _pid_alive(holder.pid)
 
 
+# Breaking takes milliseconds; a breaker's guard file older than this belongs to a dead breaker.
+_BREAK_GUARD_STALE_S = 30.0
+
+
 def _break_stale(path: Path, seen: LockHolder | None) -> None:
-    """Remove a stale lock so that two breakers cannot both win, nor remove a fresh lock."""
-    private = path.with_name(f".broken-{path.name}-{uuid.uuid4().hex[:12]}")
+    """Remove the stale lock ``seen`` without ever removing a live one.
+
+    Breakers take turns through a guard file (``<lock>.break``, ``O_CREAT|O_EXCL``). Under it
+    the lock is read again: only if it is still the very file judged stale (same token) and
+    still stale is it renamed to a private name (one atomic step) and deleted. Nobody else can
+    remove or replace that file meanwhile: its holder is dead, creators fail while it exists,
+    and other breakers wait for the guard. Without the guard two breakers that read the same
+    stale lock could each remove a file, the second one a fresh lock taken in between."""
+    guard = path.with_name(path.name + ".break")
     try:
-        os.rename(path, private)  # atomic: exactly one breaker moves this file
+        os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        _drop_dead_guard(guard)
+        return  # another breaker is at it: look again on the next poll
+    try:
+        current = _read_holder(path)
+        same = (current.token if current else None) == (seen.token if seen else None)
+        if not path.exists() or not same or not _is_stale(path, current):
+            return
+        private = path.with_name(f".broken-{path.name}-{uuid.uuid4().hex[:12]}")
+        os.rename(path, private)
+        private.unlink(missing_ok=True)
+    finally:
+        guard.unlink(missing_ok=True)
+
+
+def _drop_dead_guard(guard: Path) -> None:
+    try:
+        if time.time() - guard.stat().st_mtime > _BREAK_GUARD_STALE_S:
+            guard.unlink(missing_ok=True)
     except FileNotFoundError:
-        return  # another breaker (or the holder's release) got there first
-    moved = _read_holder(private)
-    if moved is not None and (seen is None or moved.token != seen.token):
-        # Between our check and our rename the stale lock was broken and a live writer took a
-        # new one: give it back (link fails if yet another lock exists; that one then rules).
-        try:
-            os.link(private, path)
-        except FileExistsError:
-            pass
-    private.unlink(missing_ok=True)
+        pass
 
 
 def _try_create(path: Path, holder: LockHolder) -> bool:

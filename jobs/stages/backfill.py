@@ -31,7 +31,7 @@ from typing import Any, Callable
 from pyspark.sql import SparkSession
 
 from jobs.config import JobConfig
-from jobs.errors import BackfillFailed, NotValidated
+from jobs.errors import BackfillFailed
 from jobs.manifest import RunRecord, error_line
 from jobs.registry import ModelChoice, resolve_model
 from jobs.warehouse import (
@@ -150,22 +150,16 @@ def backfill_day(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, day: Da
 
 def ensure_validated(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, day: DayResult,
                      force: bool) -> dict[str, Any]:
-    """The day's validation status, validating first when it is missing, stale or forced."""
-    from jobs.stages.validate import checked_status, read_status, validate_partition
+    """The day's validation status, validating first when it is missing, stale or forced (a
+    stored failure for unchanged features fails the day without running GX again)."""
+    from jobs.stages.validate import checked_status, validate_partition
 
-    wh = Warehouse(cfg.warehouse)
-    stored = read_status(cfg, spec, day.ds)
-    current = (stored is not None and stored.get("features_fingerprint")
-               == fingerprint(wh.partition(spec.name, "features", day.ds)))
-    if current and not force:
-        if stored.get("status") == "failed":  # same features, same verdict: no GX rerun
-            day.validation = "failed"
-            raise NotValidated(f"{spec.name} ds={day.ds} failed validation: "
-                               f"{stored.get('message', '?')}")
-        day.validation = f"{stored['status']} (reused)"
-        return checked_status(cfg, spec, day.ds)
-    report = validate_partition(spark, cfg, spec, day.ds)
-    day.validation = report.status
+    try:
+        report = validate_partition(spark, cfg, spec, day.ds, reuse_current=not force)
+    except Exception:
+        day.validation = "failed"
+        raise
+    day.validation = report.status + (" (reused)" if report.reused else "")
     return checked_status(cfg, spec, day.ds)
 
 
