@@ -101,7 +101,7 @@ def models_in_force(**context) -> list[str]:
 
 @task(outlets=[METRICS], **JOB_TASK)
 def evaluate_matured(**context) -> dict:
-    from airflow.exceptions import AirflowSkipException
+    from airflow.sdk.exceptions import AirflowSkipException
 
     from airflow_dags.runner import has_predictions, matured_ds, run_ds, run_job
 
@@ -126,7 +126,7 @@ def challenger_pairs(versions: list[str]) -> list[dict[str, str]]:
 def compare(pair: dict[str, str], **context) -> dict:
     import datetime as dt
 
-    from airflow.exceptions import AirflowSkipException
+    from airflow.sdk.exceptions import AirflowSkipException
 
     from airflow_dags.runner import cli_has, matured_ds, run_ds, run_job
 

@@ -106,7 +106,11 @@ def test_changed_features_or_model_are_not_skipped(spark, cfg, models):
     from jobs.data.synth import generate_synth
     from jobs.registry import promote_model
 
-    _run(spark, cfg)
+    cfg.evaluation.label_wait_days = 8  # 2025-03-02 + 8 = 2025-03-10 = as_of: just matured
+    first = _run(spark, cfg)
+    assert [d.evaluation for d in first.days] == ["evaluated", "evaluated", "labels not matured"]
+    assert not parquet_files(Warehouse(cfg.warehouse).partition("synth", "metrics", DAYS[2]))
+    cfg.evaluation.label_wait_days = 0
     generate_synth(cfg, "2025-03-02", 1, ROWS, seed=6)  # new features for one day
     again = _run(spark, cfg)
     assert [d.status for d in again.days] == ["skipped", "scored", "skipped"]
@@ -117,13 +121,6 @@ def test_changed_features_or_model_are_not_skipped(spark, cfg, models):
     third = _run(spark, cfg)
     assert [d.status for d in third.days] == ["skipped", "skipped", "scored"]
     assert third.days[2].model_version == version_b != third.days[0].model_version
-
-
-def test_labels_not_matured_are_not_evaluated(spark, cfg):
-    cfg.evaluation.label_wait_days = 8  # 2025-03-02 + 8 = 2025-03-10 = as_of: just matured
-    result = _run(spark, cfg)
-    assert [d.evaluation for d in result.days] == ["evaluated", "evaluated", "labels not matured"]
-    assert not parquet_files(Warehouse(cfg.warehouse).partition("synth", "metrics", DAYS[2]))
 
 
 def test_failed_day_does_not_stop_the_others_and_fails_the_run(spark, cfg):
