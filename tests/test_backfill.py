@@ -209,3 +209,18 @@ def test_a_killed_backfill_completes_on_rerun(spark, cfg, tmp_path):
     assert [d.ds for d in rerun.days if d.status == "scored"] == [
         ds for ds in DAYS if ds not in done]
     assert all(wh.sub_partitions("synth", "predictions", ds, "model_version") for ds in DAYS)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--start", "2025-03-01", "--end", "2025-02-30"], "--end '2025-02-30' is not a valid date"),
+    (["--start", "2025/03/01", "--end", "2025-03-02"], "--ds must be YYYY-MM-DD"),
+    (["--start", "2025-03-03", "--end", "2025-03-01"], "--end 2025-03-01 is before --start"),
+])
+def test_bad_ranges_are_refused_before_any_spark_work(tmp_path, args, message):
+    from jobs.cli import app
+
+    out = CliRunner().invoke(app, ["--warehouse", str(tmp_path / "wh"), "backfill",
+                                   "--dataset", "synth", *args])
+    assert out.exit_code == 2
+    assert out.stderr.strip().count("\n") == 0 and message in out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["status"] == "failed"

@@ -292,3 +292,18 @@ def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, tmp_path
         assert parquet_files(wh.table("synth", "ab_reports"))
     else:
         assert "no `compare` sub-command" in log
+
+
+def test_backfill_dag_command_parses_with_the_real_cli():
+    import typer.main
+
+    from jobs.cli import app
+
+    cmd = build_command(["backfill"], None, "synth", None, "/c.yaml", "python -m jobs.cli",
+                        start="2026-10-01", end="2026-10-31", model="@champion", force=True)
+    assert cmd == ["python", "-m", "jobs.cli", "--config", "/c.yaml", "backfill", "--dataset",
+                   "synth", "--start", "2026-10-01", "--end", "2026-10-31", "--model",
+                   "@champion", "--force"]
+    group = typer.main.get_command(app)
+    sub = group.commands["backfill"].make_context("backfill", cmd[6:])
+    assert sub.params["force"] is True and sub.params["model"] == "@champion"
