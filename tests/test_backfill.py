@@ -126,8 +126,8 @@ def test_changed_features_or_model_are_not_skipped(spark, cfg, models):
 def test_failed_day_does_not_stop_the_others_and_fails_the_run(spark, cfg):
     from jobs.cli import app
 
-    shutil_features = Warehouse(cfg.warehouse).partition("synth", "features", DAYS[1])
-    for f in parquet_files(shutil_features):
+    features_dir = Warehouse(cfg.warehouse).partition("synth", "features", DAYS[1])
+    for f in parquet_files(features_dir):
         f.unlink()
     out = CliRunner().invoke(app, ["--warehouse", str(cfg.warehouse), "backfill", "--dataset",
                                    "synth", "--start", START, "--end", END, "--model",

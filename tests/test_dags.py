@@ -228,6 +228,7 @@ def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, tmp_path
     is 2026-06-02, which an earlier night scored): the real jobs leave both models'
     predictions for ds and both models' metrics for the matured day, and nothing else."""
     import os
+    import shlex
     import subprocess
     import sys
     from pathlib import Path
@@ -267,7 +268,7 @@ def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, tmp_path
            "AIRFLOW__CORE__DAGS_FOLDER": str(repo / "airflow_dags"),
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "AIRFLOW_VAR_MMOE_DATASET": "synth", "AIRFLOW_VAR_MMOE_CONFIG": str(config),
-           "AIRFLOW_VAR_MMOE_BIN": f"{sys.executable} -m jobs.cli"}
+           "AIRFLOW_VAR_MMOE_BIN": f"{shlex.quote(sys.executable)} -m jobs.cli"}
     env.pop("MMOE_WAREHOUSE", None)
     env.pop("MMOE_START_DATE", None)  # the default start date must not skip 2026-06-05
     airflow = str(Path(sys.executable).parent / "airflow")
