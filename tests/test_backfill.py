@@ -224,3 +224,44 @@ def test_bad_ranges_are_refused_before_any_spark_work(tmp_path, args, message):
     assert out.exit_code == 2
     assert out.stderr.strip().count("\n") == 0 and message in out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1])["status"] == "failed"
+
+
+def test_every_stage_writes_under_its_partition_lock(spark, cfg):
+    """A live holder (here: this process, as a nightly job would be) of a partition's lock makes
+    validate, score and evaluate of that partition wait, then refuse with one line naming the
+    holder, leaving the partition as it was."""
+    import socket
+
+    from jobs.errors import PartitionLocked
+    from jobs.stages.evaluate import evaluate_partition
+    from jobs.stages.score import score_partition
+    from jobs.stages.validate import validate_partition
+
+    spec, ds = load_spec("synth"), DAYS[0]
+    validate_partition(spark, cfg, spec, ds)
+    version = score_partition(spark, cfg, spec, ds, "@champion").model_version
+    evaluate_partition(spark, cfg, spec, ds)
+    wh = Warehouse(cfg.warehouse)
+    cfg.locks.wait_seconds = 0.3
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "token": "nightly",
+              "started_at": "2025-03-02T03:00:00+00:00", "command": "mmoe score (nightly)"}
+    attempts = [
+        ("validation", {}, lambda: validate_partition(spark, cfg, spec, ds),
+         wh.partition("synth", "validation", ds)),
+        ("predictions", {"model_version": version},
+         lambda: score_partition(spark, cfg, spec, ds, "@champion"),
+         wh.partition("synth", "predictions", ds, model_version=version)),
+        ("metrics", {}, lambda: evaluate_partition(spark, cfg, spec, ds),
+         wh.partition("synth", "metrics", ds)),
+    ]
+    for table, more, attempt, partition in attempts:
+        before = sorted((str(p), p.stat().st_mtime_ns) for p in partition.rglob("*"))
+        lock = wh.lock_path("synth", table, ds, more.get("model_version"))
+        lock.write_text(json.dumps(holder))
+        with pytest.raises(PartitionLocked) as err:
+            attempt()
+        lock.unlink()
+        message = str(err.value)
+        assert "\n" not in message and f"synth {table} ds={ds}" in message
+        assert f"pid {os.getpid()}" in message and "mmoe score (nightly)" in message
+        assert sorted((str(p), p.stat().st_mtime_ns) for p in partition.rglob("*")) == before
