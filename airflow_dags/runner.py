@@ -1,12 +1,23 @@
-"""What an Airflow task does: run an `mmoe` sub-command, return its manifest or fail loudly.
+"""What an Airflow task does: run an `mmoe` sub-command, return its manifest or fail loudly; and
+the small decisions the nightly DAG needs (is the day's features partition there, which models
+are in force, which day's labels have matured, does the CLI have `compare`).
 
-Kept out of the DAG file so the DAG parses fast and this logic is testable without Airflow.
+Kept out of the DAG files so they parse fast and this logic is testable without Airflow. It
+imports neither Spark, torch nor Great Expectations: the jobs run in their own `mmoe` process
+(a Spark driver), the decisions read the warehouse through ``jobs.warehouse`` / ``jobs.registry``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
+import os
+import shlex
 import subprocess
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 
 class JobFailed(RuntimeError):
@@ -19,21 +30,64 @@ def run_ds(data_interval_start) -> str:
     return data_interval_start.date().isoformat()
 
 
-def build_command(subcommand: list[str], ds: str, dataset: str, model_dir: str | None,
-                  config: str | None, mmoe_bin: str = "mmoe") -> list[str]:
-    """The ``mmoe`` command line, its flags taken from the CLI's own definitions."""
+@dataclass(frozen=True)
+class Settings:
+    """The DAGs' settings: Airflow Variables (or ``AIRFLOW_VAR_*``), then ``MMOE_*`` env vars."""
+
+    dataset: str = "synth"
+    config: str | None = None
+    warehouse: str | None = None
+    mmoe_bin: str = "mmoe"
+    model_dir: str | None = None     # legacy: score this directory when no registry exists
+    compare_days: int = 7
+
+    @classmethod
+    def from_airflow(cls) -> "Settings":
+        from airflow.sdk import Variable
+
+        def var(name: str, env: str | None = None, default=None):
+            value = Variable.get(name, default=None)
+            return value if value not in (None, "") else os.environ.get(env or "", default)
+
+        return cls(dataset=var("mmoe_dataset", default="synth"),
+                   config=var("mmoe_config", "MMOE_CONFIG"),
+                   warehouse=var("mmoe_warehouse", "MMOE_WAREHOUSE"),
+                   mmoe_bin=var("mmoe_bin", default="mmoe"),
+                   model_dir=var("mmoe_model_dir"),
+                   compare_days=int(var("mmoe_compare_days", default=7)))
+
+    def job_config(self):
+        from jobs.config import load_config
+
+        return load_config(self.config, self.warehouse)
+
+
+def build_command(subcommand: list[str], ds: str | None, dataset: str, model_dir: str | None,
+                  config: str | None, mmoe_bin: str = "mmoe", warehouse: str | None = None,
+                  **options: object) -> list[str]:
+    """The ``mmoe`` command line, its flags taken from the CLI's own definitions. ``mmoe_bin``
+    is split like a shell would: ``spark-submit --master yarn /opt/mmoe/jobs/submit.py`` runs
+    the same job through spark-submit."""
     from jobs.cli import command_line
 
-    options: dict[str, object] = {"config": config or None, "dataset": dataset, "ds": ds}
+    given: dict[str, object] = {"config": config or None, "warehouse": warehouse or None,
+                                "dataset": dataset, "ds": ds, **options}
     if subcommand[0] == "score":
-        options["model"] = model_dir or None
-    return [mmoe_bin, *command_line(subcommand, **options)]
+        given["model"] = model_dir or None
+    return [*shlex.split(mmoe_bin), *command_line(subcommand, **given)]
 
 
-def run_job(subcommand: list[str], ds: str, dataset: str, model_dir: str | None = None,
-            config: str | None = None, mmoe_bin: str = "mmoe") -> dict:
-    cmd = build_command(subcommand, ds, dataset, model_dir, config, mmoe_bin)
+def run_job(subcommand: list[str], ds: str | None, dataset: str, model_dir: str | None = None,
+            config: str | None = None, mmoe_bin: str = "mmoe", warehouse: str | None = None,
+            **options: object) -> dict:
+    """Run one job; its manifest (the last stdout line) is the return value. Non-zero exit:
+    :class:`JobFailed` with the command and the job's one-line error (stderr's last line)."""
+    cmd = build_command(subcommand, ds, dataset, model_dir, config, mmoe_bin, warehouse,
+                        **options)
+    log.info("running %s", " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.stderr.strip():  # progress lines and summaries: the task log shows them
+        log.info("%s", proc.stderr.strip()[-4000:])
     lines = proc.stdout.strip().splitlines()
     try:
         manifest = json.loads(lines[-1]) if lines else {}
@@ -43,3 +97,72 @@ def run_job(subcommand: list[str], ds: str, dataset: str, model_dir: str | None 
         error = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no error output"
         raise JobFailed(f"{' '.join(cmd)} exited {proc.returncode}: {error}")
     return manifest
+
+
+def log_failure(context) -> None:
+    """``on_failure_callback``: one line naming the task, the ds and the job's error."""
+    exc = context.get("exception")
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0] if exc else "unknown"
+    ti = context.get("task_instance") or context.get("ti")
+    interval = context.get("data_interval_start")
+    log.error("mmoe task %s failed for ds=%s: %s", getattr(ti, "task_id", "?"),
+              run_ds(interval) if interval is not None else "?", first)
+
+
+# --------------------------------------------------------------------------------------------
+# The nightly DAG's decisions
+
+
+def features_ready(settings: Settings, ds: str) -> bool:
+    """The sensor's check: the day's features partition holds data."""
+    from jobs.warehouse import Warehouse
+
+    cfg = settings.job_config()
+    return Warehouse(cfg.warehouse).has_partition(settings.dataset, "features", ds)
+
+
+def models_to_score(settings: Settings, ds: str) -> list[str]:
+    """The registered versions to score on ``ds``: the champion in force, then every challenger
+    in force. Without any registry for the dataset, the legacy ``mmoe_model_dir`` Variable."""
+    from jobs.registry import Registry, models_in_force
+    from jobs.warehouse import Warehouse
+
+    cfg = settings.job_config()
+    registry = Registry.read(Warehouse(cfg.warehouse), settings.dataset)
+    if not registry.models and settings.model_dir:
+        return [settings.model_dir]
+    chosen = models_in_force(cfg, settings.dataset, ds)
+    if not chosen or chosen[0]["alias"] != "champion":
+        raise JobFailed(f"no @champion of {settings.dataset} in force on {ds}: register and "
+                        f"promote one (mmoe models promote V --alias champion --effective D)")
+    return [c["version"] for c in chosen]
+
+
+def matured_ds(settings: Settings, ds: str) -> str:
+    """The day whose labels are final on ``ds``: ds - evaluation.label_wait_days."""
+    wait = settings.job_config().evaluation.label_wait_days
+    return (dt.date.fromisoformat(ds) - dt.timedelta(days=wait)).isoformat()
+
+
+def has_predictions(settings: Settings, ds: str) -> bool:
+    from jobs.warehouse import Warehouse
+
+    cfg = settings.job_config()
+    return bool(Warehouse(cfg.warehouse).sub_partitions(settings.dataset, "predictions", ds,
+                                                        "model_version"))
+
+
+def cli_has(path: list[str]) -> bool:
+    """Whether the installed CLI has a sub-command (``compare`` arrives with its own issue)."""
+    from jobs.cli import command_line
+
+    try:
+        command_line(path)
+    except KeyError:
+        return False
+    return True
+
+
+def compare_pairs(versions: list[str]) -> list[dict[str, str]]:
+    """Champion (the first) against each challenger."""
+    return [{"baseline": versions[0], "candidate": v} for v in versions[1:]]

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import typer
 
@@ -25,6 +26,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Batch scoring and offline evaluation of multi-task (MMoE) models on Spark.")
 data_app = typer.Typer(no_args_is_help=True, help="Write the features and labels tables.")
 app.add_typer(data_app, name="data")
+models_app = typer.Typer(no_args_is_help=True,
+                         help="The model registry in the warehouse: register, promote, list.")
+app.add_typer(models_app, name="models")
+
+MODEL_HELP = ("Model: an artifact directory, a registered version, or @alias (the promotion of "
+              "that alias in force on each ds).")
 
 BENCHES = ("scoring", "evaluation", "validation", "scaling")
 
@@ -171,7 +178,7 @@ def score(
     ctx: typer.Context,
     dataset: str = typer.Option(..., "--dataset"),
     ds: str = typer.Option(..., "--ds"),
-    model: Path = typer.Option(..., "--model", help="Model artifact directory."),
+    model: str = typer.Option(..., "--model", help=MODEL_HELP),
     with_gates: bool = typer.Option(False, "--with-gates", help="Add per-row gate weights."),
     catalog: bool = typer.Option(False, "--catalog",
                                  help="Score users x catalog items and write top-K recommendations."),
@@ -181,11 +188,66 @@ def score(
         spec = _spec(dataset)
         from jobs.stages.score import score_catalog, score_partition
 
+        target = _model_arg(model)
         if catalog:
-            return score_catalog(_spark(cfg), cfg, spec, ds, model)
-        return score_partition(_spark(cfg), cfg, spec, ds, model, with_gates)
+            return score_catalog(_spark(cfg), cfg, spec, ds, target)
+        return score_partition(_spark(cfg), cfg, spec, ds, target, with_gates)
 
     _job(ctx, "score", dataset, ds, body)
+
+
+def _model_arg(model: str) -> "Path | str":
+    """An existing directory stays a directory (the old behaviour); anything else is a
+    registered version or @alias, resolved through the registry for the ds."""
+    return Path(model) if not model.startswith("@") and Path(model).is_dir() else model
+
+
+@app.command()
+def backfill(
+    ctx: typer.Context,
+    dataset: str = typer.Option(..., "--dataset"),
+    start: str = typer.Option(..., "--start", help="First ds YYYY-MM-DD."),
+    end: str = typer.Option(..., "--end", help="Last ds YYYY-MM-DD (inclusive)."),
+    model: str = typer.Option("@champion", "--model", help=MODEL_HELP),
+    force: bool = typer.Option(False, "--force", help="Validate, score and evaluate every day "
+                                                      "again, even when up to date."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed day."),
+) -> None:
+    """Validate, score and evaluate every day of a range in one Spark application."""
+    def body(cfg: JobConfig, run_id: str):
+        days = date_range(start, end)
+        spec = _spec(dataset)
+        from jobs.stages.backfill import backfill_range, summary_table
+
+        with _progress(len(days), f"backfill {dataset}") as on_day:
+            result = backfill_range(_spark(cfg), cfg, spec, start, end, _model_arg(model),
+                                    force=force, fail_fast=fail_fast, on_day=on_day)
+        print(summary_table(result), file=sys.stderr, flush=True)
+        result.raise_if_failed()
+        return result
+
+    _job(ctx, "backfill", dataset, start, body)
+
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Callable]:
+    """A tqdm bar on stderr when it is a terminal, and one plain line per finished day always
+    (so logs and Airflow show progress too)."""
+    from tqdm import tqdm
+
+    from jobs.stages.backfill import day_line
+
+    bar = tqdm(total=total, desc=label, unit="day", file=sys.stderr,
+               disable=not sys.stderr.isatty(), leave=False)
+
+    def on_day(day) -> None:
+        tqdm.write(day_line(label.split()[-1], day), file=sys.stderr)
+        bar.update(1)
+
+    try:
+        yield on_day
+    finally:
+        bar.close()
 
 
 @app.command()
@@ -206,6 +268,90 @@ def evaluate(
         return evaluate_partition(_spark(cfg), cfg, spec, ds, model_version or None)
 
     _job(ctx, "evaluate", dataset, ds, body)
+
+
+@models_app.command("register")
+def models_register(
+    ctx: typer.Context,
+    directory: Path = typer.Argument(..., help="Model artifact directory."),
+    alias: Optional[str] = typer.Option(None, "--alias", help="Also promote it to this alias."),
+    effective: Optional[str] = typer.Option(None, "--effective",
+                                            help="With --alias: first ds it is in force "
+                                                 "(default: today, UTC)."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the history)."),
+) -> None:
+    """Copy an artifact into its dataset's registry (content-addressed) and record it."""
+    def body(cfg: JobConfig, run_id: str):
+        from jobs.registry import register_model
+
+        return register_model(cfg, directory, alias, effective, reason)
+
+    _registry_job(ctx, "models-register", lambda: _artifact_dataset(directory), body)
+
+
+@models_app.command("promote")
+def models_promote(
+    ctx: typer.Context,
+    version: str = typer.Argument(..., help="A registered model version."),
+    alias: str = typer.Option(..., "--alias", help="champion, challenger[-NAME], or any name."),
+    effective: Optional[str] = typer.Option(None, "--effective",
+                                            help="First ds it is in force (default: today, UTC)."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the history)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset",
+                                          help="Needed only when several datasets hold V."),
+) -> None:
+    """Point an alias at a registered version from an effective date on."""
+    def body(cfg: JobConfig, run_id: str):
+        from jobs.registry import promote_model
+
+        return promote_model(cfg, version, alias, effective, reason, dataset)
+
+    def which_dataset() -> str:
+        from jobs.registry import find_dataset
+
+        return dataset or find_dataset(ctx.obj.job_config(), safe_name(version, "version"))
+
+    _registry_job(ctx, "models-promote", which_dataset, body)
+
+
+@models_app.command("list")
+def models_list(
+    ctx: typer.Context,
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON list instead of the table."),
+) -> None:
+    """The registered versions: version, checksum, spec, registered, aliases (effective dates)."""
+    try:
+        from jobs.registry import format_table, list_models
+
+        rows = list_models(ctx.obj.job_config(), dataset)
+    except Exception as exc:
+        print(f"error: {error_line(exc)}", file=sys.stderr)
+        raise typer.Exit(getattr(exc, "exit_code", 1))
+    if as_json:
+        print(json.dumps(rows))
+    else:
+        shown = [r | {"checksum": r["checksum"][:12]} for r in rows]
+        print(format_table(shown, ["dataset", "version", "checksum", "spec", "registered",
+                                   "aliases"]))
+
+
+def _artifact_dataset(directory: Path) -> str:
+    from jobs.registry import artifact_dataset
+
+    return artifact_dataset(directory)
+
+
+def _registry_job(ctx: typer.Context, job: str, dataset: Callable[[], str],
+                  body: Callable[[JobConfig, str], object]) -> None:
+    """Registry writes are jobs with a manifest under the dataset they touch; that dataset is
+    found first (a one-line error when it cannot be)."""
+    try:
+        name = dataset()
+    except Exception as exc:
+        print(f"error: {error_line(exc)}", file=sys.stderr)
+        raise typer.Exit(getattr(exc, "exit_code", 1))
+    _job(ctx, job, name, None, body)
 
 
 @app.command()

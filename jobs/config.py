@@ -88,6 +88,14 @@ class TrainingConfig:
 
 
 @dataclass
+class LocksConfig:
+    """Partition locks (one writer per partition, see jobs/warehouse.py ``partition_lock``)."""
+
+    wait_seconds: float = 300.0   # how long a writer waits for a busy partition, then refuses
+    poll_seconds: float = 0.5     # how often it looks again while waiting
+
+
+@dataclass
 class DemoConfig:
     dataset: str = "synth"
     start: str = "2026-11-01"
@@ -106,6 +114,7 @@ class JobConfig:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    locks: LocksConfig = field(default_factory=LocksConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
@@ -174,3 +183,7 @@ def _check(cfg: JobConfig) -> None:
         raise ConfigError("scoring.batch_size must be >= 1")
     if cfg.evaluation.label_wait_days < 0:
         raise ConfigError("evaluation.label_wait_days must be >= 0")
+    if cfg.locks.wait_seconds < 0:
+        raise ConfigError("locks.wait_seconds must be >= 0")
+    if cfg.locks.poll_seconds <= 0:
+        raise ConfigError("locks.poll_seconds must be > 0")

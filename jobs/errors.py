@@ -33,3 +33,18 @@ class ValidationFailed(MmoeError):
 
 class NotValidated(MmoeError):
     """Scoring was asked for a ds whose validation failed or never ran."""
+
+
+class PartitionLocked(MmoeError):
+    """Another process holds the lock of the partition this job writes, longer than
+    ``locks.wait_seconds``; the message names the holder."""
+
+
+class RegistryError(MmoeError):
+    """The model registry refused a request: an unknown version or alias, an alias with no
+    promotion in force on the ds, a version registered twice with different content, or a
+    stored artifact that no longer matches its checksum."""
+
+
+class BackfillFailed(MmoeError):
+    """At least one day of a backfill failed (the others ran, unless --fail-fast)."""

@@ -13,7 +13,30 @@ path or lists files:
 - **atomic replace** — :func:`replacing`, the only way a partition (or an artifact directory)
   is written: the new content goes to a hidden staging sibling, then two renames swap it in;
 - **small JSON files** — :func:`write_json` (write to a temporary name, rename),
-  :func:`read_json`; the validation ``status.json`` and the run manifests use them.
+  :func:`read_json`; the validation ``status.json``, the run manifests and the score stamps
+  (``predictions/ds=D/model_version=V/_scored.json``) use them; :func:`append_json_line` /
+  :func:`read_json_lines` for append-only logs (the model registry's history);
+- **plain file sets** — :func:`read_files` / :func:`write_files_once` (the registry's
+  content-addressed artifact copies);
+- **locks** — :func:`partition_lock`, one writer per partition (see "Locks" below).
+
+Registry layout (per dataset, ``<wh>/<dataset>/models/``, see :mod:`jobs.registry`)::
+
+    models/history.jsonl           append-only events: register / promote (who, when, why)
+    models/artifacts/<sha256>/     the artifact's files; <sha256> = SHA-256 of its MANIFEST.json
+
+Locks: ``<wh>/<dataset>/_locks/<table>.ds=D[.model_version=V].lock`` (the registry's own is
+``models.lock``), created with ``O_CREAT|O_EXCL`` and holding pid, host, start time, command
+and a random token. A writer finding it present polls for up to ``locks.wait_seconds``, then
+raises :class:`~jobs.errors.PartitionLocked` naming the holder. A lock whose holder runs on this
+host and is dead (``os.kill(pid, 0)`` fails) is stale. Breakers take turns through a guard
+file (``<lock>.break``); under it the lock is re-read and, only if it is still the same stale
+file, renamed to a private name and deleted (see :func:`_break_stale`), so two breakers never
+both win and none removes a fresh lock. A lock file still unreadable 10 s after its creation
+(its writer died between create and write) is stale too. Locks of other hosts
+are never broken automatically (we cannot tell whether their holder lives): delete such a file
+by hand after checking. PID reuse on this host can make a dead holder look alive; the waiter
+then refuses after ``locks.wait_seconds`` with the holder's details, never writes concurrently.
 
 Crash window of :func:`replacing` (documented, tested by the reliability tests): the swap is
 ``target → .old-<name>-<id>`` then ``staging → target``. A crash before the first rename
@@ -26,16 +49,21 @@ hidden names, so debris is never mistaken for data.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import os
 import re
 import shutil
+import socket
+import sys
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from jobs.errors import InputError
+from jobs.errors import InputError, PartitionLocked
 
 TABLES = ("features", "labels", "predictions", "quarantine", "metrics", "ab_reports",
           "validation", "recommendations", "catalog", "models", "_runs", "_locks")
@@ -43,6 +71,8 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 HIDDEN = (".", "_")  # staging / old copies, Spark's _temporary, _SUCCESS, .crc files
 STATUS_FILE = "status.json"
+SCORE_STAMP = "_scored.json"  # in a predictions partition: what it was scored from (hidden name)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,6 +132,53 @@ class Warehouse:
     def status_path(self, dataset: str, ds: str) -> Path:
         """The validation decision of a ds (``validation/ds=D/status.json``)."""
         return self.partition(dataset, "validation", ds) / STATUS_FILE
+
+    def score_stamp_path(self, dataset: str, ds: str, model_version: str) -> Path:
+        """What a predictions partition was scored from (model checksum, features fingerprint);
+        written inside the partition by the score stage, read by the backfill's skip check."""
+        return self.partition(dataset, "predictions", ds, model_version=model_version) / SCORE_STAMP
+
+    # ---- the model registry (jobs/registry.py)
+
+    def registry_history(self, dataset: str) -> Path:
+        return self.table(dataset, "models") / "history.jsonl"
+
+    def registry_artifact(self, dataset: str, sha256: str) -> Path:
+        """The content-addressed copy of an artifact: named by the SHA-256 of its MANIFEST.json."""
+        if not _SHA256.match(sha256 or ""):
+            raise InputError(f"artifact checksum {sha256!r} is not a SHA-256 hex digest")
+        return self.table(dataset, "models") / "artifacts" / sha256
+
+    def registry_datasets(self) -> list[str]:
+        """The datasets that have a model registry, sorted."""
+        root = Path(self.root)
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir()
+                      if _SAFE_NAME.match(p.name) and (p / "models" / "history.jsonl").is_file())
+
+    # ---- locks
+
+    def lock_path(self, dataset: str, table: str, ds: str | None = None,
+                  model_version: str | None = None) -> Path:
+        """``_locks/<table>[.ds=D][.model_version=V].lock``: one lock per written partition."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        name = table
+        if ds is not None:
+            name += f".ds={parse_date(ds, 'ds').isoformat()}"
+        if model_version is not None:
+            name += f".model_version={safe_name(model_version, 'model_version')}"
+        return self.table(dataset, "_locks") / f"{name}.lock"
+
+    def lock(self, dataset: str, table: str, ds: str | None = None,
+             model_version: str | None = None, *, wait_seconds: float = 0.0,
+             poll_seconds: float = 0.5):
+        """The context manager holding the lock of one partition (see :func:`partition_lock`)."""
+        what = " ".join([dataset, table] + ([f"ds={ds}"] if ds else [])
+                        + ([f"model_version={model_version}"] if model_version else []))
+        return partition_lock(self.lock_path(dataset, table, ds, model_version), what,
+                              wait_seconds=wait_seconds, poll_seconds=poll_seconds)
 
     def has_partition(self, dataset: str, table: str, ds: str, **more: str) -> bool:
         """True when the partition holds at least one data file."""
@@ -269,3 +346,201 @@ def read_json(path: Path) -> Any | None:
         return None
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
+
+
+def append_json_line(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON object as one line. One ``write`` on an ``O_APPEND`` descriptor: concurrent
+    appenders never interleave inside a line; fsync'ed, since the history is the record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """Every object of a JSON-lines file ([] when it does not exist); ``ValueError`` names the
+    first unreadable line."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as exc:
+            raise ValueError(f"{path} line {number} is not JSON: {exc}") from None
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# Plain file sets (content-addressed artifact copies)
+
+
+def read_files(directory: Path) -> dict[str, bytes]:
+    """The top-level, non-hidden files of a directory by name ({} when it does not exist)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return {}
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())
+            if p.is_file() and not p.name.startswith(HIDDEN)}
+
+
+def write_files_once(target: Path, files: dict[str, bytes]) -> bool:
+    """Write a content-addressed directory unless it exists (its name is its content): staged
+    and swapped in whole by :func:`replacing`. Returns True when it was written now."""
+    target = Path(target)
+    recover(target)
+    if target.is_dir():
+        return False
+    with replacing(target) as staging:
+        staging.mkdir(parents=True)
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+    return True
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Locks (layout and rules in the module docstring)
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    pid: int
+    host: str
+    started_at: str
+    command: str
+    token: str
+
+    def describe(self) -> str:
+        return (f"pid {self.pid} on {self.host} since {self.started_at} "
+                f"({self.command[:120] or '?'})")
+
+
+def _read_holder(path: Path) -> LockHolder | None:
+    """The holder recorded in a lock file; None when it is unreadable (being written, or torn)."""
+    try:
+        raw = json.loads(Path(path).read_text())
+        return LockHolder(int(raw["pid"]), str(raw["host"]), str(raw["started_at"]),
+                          str(raw.get("command", "")), str(raw["token"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+# A lock file is created empty and then written; one still unreadable after this long belongs
+# to a process that died between the two steps.
+_UNREADABLE_LOCK_GRACE_S = 10.0
+
+
+def _is_stale(path: Path, holder: LockHolder | None) -> bool:
+    if holder is None:
+        try:
+            return time.time() - path.stat().st_mtime > _UNREADABLE_LOCK_GRACE_S
+        except FileNotFoundError:
+            return False
+    return holder.host == socket.gethostname() and not _pid_alive(holder.pid)
+
+
+# Breaking takes milliseconds; a breaker's guard file older than this belongs to a dead breaker.
+_BREAK_GUARD_STALE_S = 30.0
+
+
+def _break_stale(path: Path, seen: LockHolder | None) -> None:
+    """Remove the stale lock ``seen`` without ever removing a live one.
+
+    Breakers take turns through a guard file (``<lock>.break``, ``O_CREAT|O_EXCL``). Under it
+    the lock is read again: only if it is still the very file judged stale (same token) and
+    still stale is it renamed to a private name (one atomic step) and deleted. Nobody else can
+    remove or replace that file meanwhile: its holder is dead, creators fail while it exists,
+    and other breakers wait for the guard. Without the guard two breakers that read the same
+    stale lock could each remove a file, the second one a fresh lock taken in between."""
+    guard = path.with_name(path.name + ".break")
+    try:
+        os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        _drop_dead_guard(guard)
+        return  # another breaker is at it: look again on the next poll
+    try:
+        current = _read_holder(path)
+        same = (current.token if current else None) == (seen.token if seen else None)
+        if not path.exists() or not same or not _is_stale(path, current):
+            return
+        private = path.with_name(f".broken-{path.name}-{uuid.uuid4().hex[:12]}")
+        os.rename(path, private)
+        private.unlink(missing_ok=True)
+    finally:
+        guard.unlink(missing_ok=True)
+
+
+def _drop_dead_guard(guard: Path) -> None:
+    try:
+        if time.time() - guard.stat().st_mtime > _BREAK_GUARD_STALE_S:
+            guard.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
+
+
+def _try_create(path: Path, holder: LockHolder) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, json.dumps(holder.__dict__).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
+@contextmanager
+def partition_lock(path: Path, what: str, *, wait_seconds: float = 0.0,
+                   poll_seconds: float = 0.5) -> Iterator[LockHolder]:
+    """Hold the lock file ``path`` for the body: wait up to ``wait_seconds`` while another live
+    process holds it, break it when its holder is dead (this host), refuse with
+    :class:`PartitionLocked` naming the holder otherwise. Not re-entrant: a process asking for a
+    lock it holds waits for itself, so stages never nest the same lock."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mine = LockHolder(os.getpid(), socket.gethostname(),
+                      dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                      " ".join([Path(sys.argv[0]).name] + sys.argv[1:])[:300] if sys.argv else "",
+                      uuid.uuid4().hex)
+    deadline = time.monotonic() + wait_seconds
+    while not _try_create(path, mine):
+        holder = _read_holder(path)
+        if _is_stale(path, holder):
+            _break_stale(path, holder)
+            continue
+        if time.monotonic() >= deadline:
+            who = holder.describe() if holder else "a process that is still writing the lock file"
+            raise PartitionLocked(f"{what} is being written by another job: locked by {who}; "
+                                  f"waited {wait_seconds:g}s (locks.wait_seconds), lock file {path}")
+        time.sleep(min(poll_seconds, max(deadline - time.monotonic(), 0.01)))
+    try:
+        yield mine
+    finally:
+        current = _read_holder(path)
+        if current is not None and current.token == mine.token:  # never release someone else's
+            path.unlink(missing_ok=True)

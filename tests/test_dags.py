@@ -1,5 +1,8 @@
-"""The nightly DAG parses, wires validate → score → evaluate, and its task runner passes the
-run manifest on (or fails with the job's one-line error)."""
+"""The DAGs parse (fast, without Spark/torch/GX), the nightly one is wired sensor → validate →
+models in force → score (mapped) → evaluate (matured day) → compare, its task runner passes the
+run manifest on (or fails with the job's one-line error), and — end to end — `airflow dags test
+mmoe_nightly` on a fresh SQLite AIRFLOW_HOME really runs the jobs for a champion and a
+challenger."""
 
 from __future__ import annotations
 
@@ -24,7 +27,20 @@ def test_nightly_dag_parses_and_is_wired(dagbag):
     assert dagbag.import_errors == {}
     dag = dagbag.dags["mmoe_nightly"]
     downstream = {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks}
-    assert downstream == {"validate": ["score"], "score": ["evaluate"], "evaluate": []}
+    assert downstream == {
+        "wait_for_features": ["validate"], "validate": ["models_in_force"],
+        "models_in_force": ["challenger_pairs", "score"], "score": ["evaluate"],
+        "evaluate": ["compare"], "challenger_pairs": ["compare"], "compare": []}
+    sensor = dag.get_task("wait_for_features")
+    assert sensor.mode == "reschedule" and sensor.timeout > 0
+    assert dag.get_task("score").is_mapped and dag.get_task("compare").is_mapped
+    assert {a.name for a in dag.get_task("score").partial_kwargs["outlets"]} == {"mmoe_predictions"}
+    assert {a.name for a in dag.get_task("evaluate").outlets} == {"mmoe_metrics"}
+    for task_id in ("validate", "evaluate", "models_in_force"):
+        task_ = dag.get_task(task_id)
+        assert task_.retries >= 1 and task_.execution_timeout and task_.on_failure_callback
+    # an early default start date: no date a user asks for is silently before it
+    assert dag.start_date.year <= 2020
     assert not dag.catchup
     # a data-interval timetable, so the run's ds is the day before the run, not a zero-width interval
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
@@ -125,3 +141,170 @@ def test_nightly_task_passes_the_interval_start_as_ds(dagbag, monkeypatch):
                               data_interval_start=pendulum.datetime(2026, 11, 3, 3, tz="UTC"),
                               data_interval_end=pendulum.datetime(2026, 11, 4, 3, tz="UTC"))
     assert calls and calls[0][:2] == (["validate"], "2026-11-03")
+
+
+def test_backfill_dag_has_the_range_params(dagbag):
+    dag = dagbag.dags["mmoe_backfill"]
+    assert set(dag.params) >= {"dataset", "start", "end", "model", "force"}
+    assert type(dag.timetable).__name__ == "NullTimetable"  # on demand only
+    assert [t.task_id for t in dag.tasks] == ["backfill"]
+
+
+def test_dag_files_parse_fast_without_spark_torch_or_gx():
+    """Import the DAG files in a fresh interpreter (Airflow itself already imported, as in the
+    DAG processor): under a second of CPU, and none of the heavy libraries loaded."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import json, sys, time\n"
+        "import airflow.sdk\n"
+        "from airflow.sdk import task\n"
+        "task.sensor  # the decorator's own lazy import, shared by every DAG file\n"
+        "cpu, wall = time.process_time(), time.perf_counter()\n"
+        "import airflow_dags.mmoe_nightly, airflow_dags.mmoe_backfill\n"
+        "print(json.dumps({'cpu': time.process_time() - cpu, 'wall': time.perf_counter() - wall,\n"
+        "  'heavy': [m for m in ('pyspark', 'torch', 'great_expectations', 'pandas', 'jobs.cli')\n"
+        "            if m in sys.modules]}))\n")
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(repo)}, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == []
+    assert result["cpu"] < 1.0, result
+
+
+def test_decisions_use_the_registry_and_the_label_delay(tmp_path, monkeypatch):
+    from jobs.registry import register_model
+    from airflow_dags.runner import (
+        JobFailed, Settings, cli_has, compare_pairs, matured_ds, models_to_score,
+    )
+    from tiny_models import tiny_model
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"warehouse: {tmp_path / 'wh'}\nevaluation: {{label_wait_days: 3}}\n")
+    settings = Settings(dataset="synth", config=str(config))
+    assert matured_ds(settings, "2026-11-05") == "2026-11-02"
+    assert models_to_score(Settings(dataset="synth", config=str(config), model_dir="/m"),
+                           "2026-11-05") == ["/m"]  # no registry: the legacy Variable
+    cfg = settings.job_config()
+    champion = register_model(cfg, tiny_model(tmp_path / "a", 1), alias="champion",
+                              effective="2026-11-01").version
+    with pytest.raises(JobFailed, match="no @champion of synth in force on 2026-10-31"):
+        models_to_score(settings, "2026-10-31")
+    challenger = register_model(cfg, tiny_model(tmp_path / "b", 2), alias="challenger",
+                                effective="2026-11-04").version
+    assert models_to_score(settings, "2026-11-03") == [champion]
+    assert models_to_score(settings, "2026-11-04") == [champion, challenger]
+    assert compare_pairs([champion, challenger]) == [
+        {"baseline": champion, "candidate": challenger}]
+    assert cli_has(["score"]) and not cli_has(["no-such-command"])
+
+
+def test_failure_callback_logs_the_one_line_error(caplog):
+    import logging
+
+    import pendulum
+
+    from airflow_dags.runner import JobFailed, log_failure
+
+    class TI:
+        task_id = "score"
+
+    with caplog.at_level(logging.ERROR, logger="airflow_dags.runner"):
+        log_failure({"exception": JobFailed("mmoe score exited 1: error: no rows\ntrace"),
+                     "task_instance": TI(),
+                     "data_interval_start": pendulum.datetime(2026, 11, 3, 3, tz="UTC")})
+    assert caplog.messages == [
+        "mmoe task score failed for ds=2026-11-03: mmoe score exited 1: error: no rows"]
+
+
+def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, tmp_path):
+    """Fresh SQLite AIRFLOW_HOME, `airflow db migrate`, two registered models, then `airflow
+    dags test mmoe_nightly 2026-06-05` (ds 2026-06-03; labels wait 1 day, so the matured day
+    is 2026-06-02, which an earlier night scored): the real jobs leave both models'
+    predictions for ds and both models' metrics for the matured day, and nothing else."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from jobs.config import load_config
+    from jobs.data.synth import generate_synth
+    from jobs.registry import register_model
+    from jobs.stages.score import score_partition
+    from jobs.stages.validate import validate_partition
+    from jobs.warehouse import Warehouse, parquet_files, read_table
+    from airflow_dags.runner import cli_has
+    from schemas import load_spec
+    from tiny_models import tiny_model
+
+    repo = Path(__file__).resolve().parents[1]
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"warehouse: {tmp_path / 'wh'}\n"
+        "spark: {master: 'local[1]', conf: {spark.ui.enabled: 'false', "
+        "spark.sql.shuffle.partitions: '2', spark.driver.memory: 1g, "
+        "spark.sql.session.timeZone: UTC}}\n"
+        "validation: {keep_data_docs: false}\n"
+        "evaluation: {label_wait_days: 1, segments: []}\n")
+    cfg = load_config(config)
+    generate_synth(cfg, "2026-06-02", 2, 150, seed=3)
+    champion = register_model(cfg, tiny_model(tmp_path / "a", 1), alias="champion",
+                              effective="2026-01-01").version
+    challenger = register_model(cfg, tiny_model(tmp_path / "b", 2), alias="challenger",
+                                effective="2026-01-01").version
+    spec = load_spec("synth")
+    validate_partition(spark, cfg, spec, "2026-06-02")  # the earlier night, in-process
+    for alias in ("@champion", "@challenger"):
+        score_partition(spark, cfg, spec, "2026-06-02", alias)
+
+    home = tmp_path / "airflow"
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "PYTHONPATH": str(repo),
+           "AIRFLOW__CORE__DAGS_FOLDER": str(repo / "airflow_dags"),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW_VAR_MMOE_DATASET": "synth", "AIRFLOW_VAR_MMOE_CONFIG": str(config),
+           "AIRFLOW_VAR_MMOE_BIN": f"{shlex.quote(sys.executable)} -m jobs.cli"}
+    env.pop("MMOE_WAREHOUSE", None)
+    env.pop("MMOE_START_DATE", None)  # the default start date must not skip 2026-06-05
+    airflow = str(Path(sys.executable).parent / "airflow")
+    migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    run = subprocess.run([airflow, "dags", "test", "mmoe_nightly", "2026-06-05"], env=env,
+                         capture_output=True, text=True, timeout=1800)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-5000:]
+
+    wh = Warehouse(cfg.warehouse)
+    assert wh.sub_partitions("synth", "predictions", "2026-06-03", "model_version") == sorted(
+        [champion, challenger])
+    metrics = read_table(wh.partition("synth", "metrics", "2026-06-02"),
+                         columns=["model_version", "metric"])
+    assert set(metrics.column("model_version").to_pylist()) == {champion, challenger}
+    assert "auc" in metrics.column("metric").to_pylist()
+    assert not parquet_files(wh.partition("synth", "metrics", "2026-06-03"))  # not matured
+    assert "evaluate --dataset synth --ds 2026-06-02" in log
+    if cli_has(["compare"]):
+        assert parquet_files(wh.table("synth", "ab_reports"))
+    else:
+        assert "no `compare` sub-command" in log
+
+
+def test_backfill_dag_command_parses_with_the_real_cli():
+    import typer.main
+
+    from jobs.cli import app
+
+    cmd = build_command(["backfill"], None, "synth", None, "/c.yaml", "python -m jobs.cli",
+                        start="2026-10-01", end="2026-10-31", model="@champion", force=True)
+    assert cmd == ["python", "-m", "jobs.cli", "--config", "/c.yaml", "backfill", "--dataset",
+                   "synth", "--start", "2026-10-01", "--end", "2026-10-31", "--model",
+                   "@champion", "--force"]
+    group = typer.main.get_command(app)
+    sub = group.commands["backfill"].make_context("backfill", cmd[6:])
+    assert sub.params["force"] is True and sub.params["model"] == "@champion"

@@ -130,7 +130,11 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     metrics = compute_metrics(scored, tasks, segments, user)
 
     target = wh.partition(spec.name, "metrics", ds)
-    rows_written, kept = _replace_partition(spark, target, metrics, versions)
+    # The lock covers reading the other versions' rows too: two evaluations of one ds (for
+    # different versions) must not each keep what the other is about to replace.
+    with wh.lock(spec.name, "metrics", ds, wait_seconds=cfg.locks.wait_seconds,
+                 poll_seconds=cfg.locks.poll_seconds):
+        rows_written, kept = _replace_partition(spark, target, metrics, versions)
 
     summary = (spark.read.parquet(str(target))
                .where(F.col("model_version").isin(versions) & (F.col("segment") == "all")

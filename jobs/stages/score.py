@@ -29,7 +29,10 @@ from jobs.config import JobConfig
 from jobs.errors import ConfigError, MissingInputError, NotValidated
 from jobs.manifest import RunRecord
 from jobs.spark import session_conf
-from jobs.warehouse import Warehouse, count_rows, parquet_files, read_table, replacing
+from jobs.warehouse import (
+    SCORE_STAMP, Warehouse, count_rows, fingerprint, parquet_files, read_table, replacing,
+    write_json,
+)
 from schemas.spec import DatasetSpec
 from schemas.tables import predictions_struct
 
@@ -44,6 +47,25 @@ def load_artifact(model_dir: Path):
         raise MissingInputError(f"--model {model_dir} is not an artifact directory")
     files = read_artifact_files(model_dir)
     return files, ModelArtifact.from_files(files)
+
+
+def load_model(cfg: JobConfig, spec: DatasetSpec, ds: str, model) -> tuple[dict, Any, Any]:
+    """(files, verified artifact, ModelChoice) for ``model`` on ``ds``; refuses a model trained
+    on a spec that differs from the dataset's."""
+    from jobs.registry import ModelChoice, directory_choice, resolve_model
+    from mmoe_model.artifact import ModelArtifact
+
+    if isinstance(model, ModelChoice):
+        choice = model
+    elif isinstance(model, Path):  # the old behaviour: a directory, nothing else
+        if not model.is_dir():
+            raise MissingInputError(f"--model {model} is not an artifact directory")
+        choice = directory_choice(model)
+    else:
+        choice = resolve_model(cfg, spec.name, ds, model)
+    artifact = ModelArtifact.from_files(choice.files)  # verifies every checksum again
+    artifact.check_spec(spec)
+    return choice.files, artifact, choice
 
 
 def _worker_artifact(files: dict[str, bytes], sha256: str):
@@ -245,23 +267,29 @@ class ScoreResult:
 
 
 def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
-                    model_dir: Path, with_gates: bool = False) -> ScoreResult:
-    """Score the rows of ``ds`` that passed validation into its predictions partition."""
-    files, artifact = load_artifact(model_dir)
-    artifact.check_spec(spec)
-    model = {"model_version": artifact.model_version, "model_sha256": artifact.sha256}
+                    model, with_gates: bool = False) -> ScoreResult:
+    """Score the rows of ``ds`` that passed validation into its predictions partition.
+
+    ``model``: an artifact directory (Path), a registered version or ``@alias`` (str), or a
+    :class:`jobs.registry.ModelChoice`. The write holds the partition's lock (dataset,
+    predictions, ds, model_version) and leaves a stamp (``_scored.json``: model checksum,
+    features fingerprint) in the partition, which a backfill reads to skip up-to-date days."""
+    files, artifact, choice = load_model(cfg, spec, ds, model)
+    model_fields = {"model_version": artifact.model_version, "model_sha256": artifact.sha256}
     try:
         rows, status, inline = _validated_rows(spark, cfg, spec, ds)  # refuses an unvalidated ds
     except NotValidated as exc:
-        raise NotValidated(str(exc), details=model) from None
-    scored_at = dt.datetime.now(dt.timezone.utc)  # one stamp for the whole run
+        raise NotValidated(str(exc), details=model_fields) from None
     wh = Warehouse(cfg.warehouse)
     features_dir = wh.partition(spec.name, "features", ds)
     out = wh.partition(spec.name, "predictions", ds, model_version=artifact.model_version)
-    details: dict[str, Any] = {"with_gates": with_gates}
+    details: dict[str, Any] = {"with_gates": with_gates, **choice.details()}
     if inline is not None:
         details["inline_validation"] = inline
-    with replacing(out) as staging:
+    with wh.lock(spec.name, "predictions", ds, artifact.model_version,
+                 wait_seconds=cfg.locks.wait_seconds, poll_seconds=cfg.locks.poll_seconds), \
+            replacing(out) as staging:
+        scored_at = dt.datetime.now(dt.timezone.utc)  # one stamp for the whole run
         if _direct_reader_applies(cfg, spec, features_dir):
             written = score_fragments(
                 spark, parquet_fragments(features_dir), files, artifact, spec, cfg, staging,
@@ -275,6 +303,10 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
                 predictions.write.mode("overwrite").parquet(str(staging))
             written = count_rows(staging)
             details["reader"] = "spark"
+        write_json(staging / SCORE_STAMP, {
+            "model_version": artifact.model_version, "model_sha256": artifact.sha256,
+            "features_fingerprint": fingerprint(features_dir), "with_gates": with_gates,
+            "rows": written, "scored_at": scored_at.isoformat()})
     return ScoreResult(artifact.model_version, artifact.sha256,
                        input_rows=int(status.get("passed_rows", 0)), output_rows=written,
                        quarantined_rows=int(status.get("quarantined_rows", 0)), output=out,
@@ -358,10 +390,10 @@ def top_k_per_user(scored: DataFrame, spec: DatasetSpec, weights: dict[str, floa
 
 
 def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
-                  model_dir: Path) -> ScoreResult:
-    """Score users × catalog items and write the top-K items per user to ``recommendations``."""
-    files, artifact = load_artifact(model_dir)
-    artifact.check_spec(spec)
+                  model) -> ScoreResult:
+    """Score users × catalog items and write the top-K items per user to ``recommendations``.
+    ``model`` as for :func:`score_partition`."""
+    files, artifact, _ = load_model(cfg, spec, ds, model)
     catalog_spec = _catalog_spec(spec)
     wh = Warehouse(cfg.warehouse)
     users_dir, items_dir = wh.catalog(spec.name, "users"), wh.catalog(spec.name, "items")
@@ -385,7 +417,10 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
                          extra_columns=pair_columns)
     out = wh.partition(spec.name, "recommendations", ds, model_version=artifact.model_version)
     with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
-                              str(cfg.scoring.batch_size)}), replacing(out) as staging:
+                              str(cfg.scoring.batch_size)}), \
+            wh.lock(spec.name, "recommendations", ds, artifact.model_version,
+                    wait_seconds=cfg.locks.wait_seconds, poll_seconds=cfg.locks.poll_seconds), \
+            replacing(out) as staging:
         scored = spread_partitions(spark, candidates).mapInArrow(scorer, out_schema)
         top_k_per_user(scored, spec, catalog.fusion_weights, catalog.top_k) \
             .write.mode("overwrite").parquet(str(staging))

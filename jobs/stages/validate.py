@@ -116,6 +116,7 @@ class ValidationReport:
     quarantine: str | None = None
     rows_read: int = 0
     bounds: RowCountBounds | None = None
+    reused: bool = False             # the stored decision, features unchanged (reuse_current)
 
     def status_dict(self) -> dict[str, Any]:
         return {
@@ -145,6 +146,7 @@ class ValidationReport:
             outputs=outputs,
             details={
                 "validation_status": self.status,
+                "reused_decision": self.reused,
                 "rows_read": self.rows_read,
                 "spark_jobs": self.spark_jobs,
                 "seconds": self.seconds,
@@ -174,9 +176,13 @@ class ValidationInputs:
 
 
 def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str, *,
-                       run_id: str | None = None) -> ValidationReport:
+                       run_id: str | None = None, reuse_current: bool = False) -> ValidationReport:
     """Validate ``<wh>/<dataset>/features/ds=D``; see the module docstring for the decisions.
-    Raises :class:`ValidationFailed` (its ``details`` carry the counts) when the partition fails."""
+    Raises :class:`ValidationFailed` (its ``details`` carry the counts) when the partition fails.
+
+    ``reuse_current`` (the backfill): when the stored decision is for the features as they are
+    now, return it (``report.reused``) instead of running GX again; checked under the lock, so
+    of two jobs wanting the same day validated only the first one validates."""
     started = time.perf_counter()
     wh = Warehouse(cfg.warehouse)
     features_dir = wh.partition(spec.name, "features", ds)
@@ -185,26 +191,60 @@ def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
             f"features partition {features_dir} is missing or has no parquet files "
             f"(dataset {spec.name}, ds {ds})")
     validation_dir = wh.partition(spec.name, "validation", ds)
-    remove(validation_dir)  # no stale decision while we run
-    validation_dir.mkdir(parents=True)
-    try:
-        inputs = read_inputs(wh, spec, ds)
-    except ValueError as exc:
-        _fail(wh, spec, ds, run_id, f"validation failed: {exc}", 0)
-    group = f"mmoe-validate-{uuid4().hex[:12]}"
-    docs_dir = validation_dir / DOCS_DIR if cfg.validation.keep_data_docs else None
-    with job_group(spark, group, f"validate {spec.name} ds={ds}"), \
-            session_conf(spark, VALIDATION_CONF):
-        report = _check_and_write(spark, cfg, spec, ds, inputs, wh, docs_dir, run_id)
-    report.spark_jobs = jobs_in_group(spark, group)
-    report.seconds = round(time.perf_counter() - started, 3)
-    report.validation_dir = str(validation_dir)
-    write_json(wh.status_path(spec.name, ds), report.status_dict() | {
-        "validated_at": utc_now(), "run_id": run_id, "spark_jobs": report.spark_jobs,
-        "features_fingerprint": inputs.fingerprint, "row_count_bounds": asdict(inputs.bounds)})
+    # One writer of the ds's validation, quarantine and status at a time (nightly vs backfill).
+    with wh.lock(spec.name, "validation", ds, wait_seconds=cfg.locks.wait_seconds,
+                 poll_seconds=cfg.locks.poll_seconds):
+        if reuse_current:
+            current = _current_decision(wh, spec, ds)
+            if current is not None:
+                return current
+        remove(validation_dir)  # no stale decision while we run
+        validation_dir.mkdir(parents=True)
+        try:
+            inputs = read_inputs(wh, spec, ds)
+        except ValueError as exc:
+            _fail(wh, spec, ds, run_id, f"validation failed: {exc}", 0)
+        group = f"mmoe-validate-{uuid4().hex[:12]}"
+        docs_dir = validation_dir / DOCS_DIR if cfg.validation.keep_data_docs else None
+        with job_group(spark, group, f"validate {spec.name} ds={ds}"), \
+                session_conf(spark, VALIDATION_CONF):
+            report = _check_and_write(spark, cfg, spec, ds, inputs, wh, docs_dir, run_id)
+        report.spark_jobs = jobs_in_group(spark, group)
+        report.seconds = round(time.perf_counter() - started, 3)
+        report.validation_dir = str(validation_dir)
+        write_json(wh.status_path(spec.name, ds), report.status_dict() | {
+            "validated_at": utc_now(), "run_id": run_id, "spark_jobs": report.spark_jobs,
+            "features_fingerprint": inputs.fingerprint, "row_count_bounds": asdict(inputs.bounds)})
     if report.status == "failed":
         raise ValidationFailed(report.message, details=_failure_details(report))
     return report
+
+
+def _current_decision(wh: Warehouse, spec: DatasetSpec, ds: str) -> ValidationReport | None:
+    """The stored decision when it was made on the features as they are now (None otherwise);
+    a stored failure is raised again."""
+    try:
+        status = read_json(wh.status_path(spec.name, ds))
+    except ValueError:
+        return None
+    if not status or status.get("features_fingerprint") != fingerprint(
+            wh.partition(spec.name, "features", ds)):
+        return None
+    if status.get("status") == "failed":
+        raise ValidationFailed(f"{spec.name} ds={ds} failed validation (features unchanged "
+                               f"since): {status.get('message', '?')}")
+    quarantine = wh.partition(spec.name, "quarantine", ds)
+    if int(status.get("quarantined_rows", 0)) and not parquet_files(quarantine):
+        return None  # the decision's quarantine went missing: decide again
+    return ValidationReport(
+        dataset=spec.name, ds=ds, status=status["status"],
+        input_rows=int(status.get("input_rows", 0)), passed_rows=int(status.get("passed_rows", 0)),
+        quarantined_rows=int(status.get("quarantined_rows", 0)),
+        message=status.get("message", ""), reasons=status.get("reasons") or {},
+        failed_rules=status.get("failed_rules") or [], rows_read=int(status.get("input_rows", 0)),
+        validation_dir=str(wh.partition(spec.name, "validation", ds)),
+        result_json=status.get("result_json") or "", data_docs=status.get("data_docs"),
+        quarantine=status.get("quarantine"), reused=True)
 
 
 def _failure_details(report: ValidationReport) -> dict[str, Any]:

@@ -1,0 +1,55 @@
+"""Backfill a ds range on demand: one `mmoe backfill` job (one Spark application for the whole
+range; resumable, skips up-to-date days, see README "Backfills").
+
+Trigger it with params, e.g. `airflow dags trigger mmoe_backfill -c '{"start": "2026-10-01",
+"end": "2026-10-31", "model": "@champion"}'`. Settings (config, warehouse, console script) are
+the nightly DAG's Variables. This file only wires the task.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+
+def _log_failure(context) -> None:
+    from airflow_dags.runner import log_failure
+
+    log_failure(context)
+
+
+@task(retries=0, execution_timeout=pendulum.duration(hours=24), on_failure_callback=_log_failure)
+def backfill(**context) -> dict:
+    """Run `mmoe backfill` with the run's params and return its manifest (every day's status)."""
+    from airflow_dags.runner import Settings, run_job
+
+    params = context["params"]
+    settings = Settings.from_airflow()
+    return run_job(["backfill"], None, dataset=params["dataset"] or settings.dataset,
+                   config=settings.config, mmoe_bin=settings.mmoe_bin,
+                   warehouse=settings.warehouse, start=params["start"], end=params["end"],
+                   model=params["model"], force=bool(params["force"]))
+
+
+@dag(
+    dag_id="mmoe_backfill",
+    schedule=None,
+    start_date=pendulum.datetime(2020, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["mmoe", "backfill"],
+    doc_md=__doc__,
+    params={
+        "dataset": Param("", type="string", description="Dataset (empty: Variable mmoe_dataset)"),
+        "start": Param("2026-01-01", type="string", format="date", description="First ds"),
+        "end": Param("2026-01-31", type="string", format="date", description="Last ds"),
+        "model": Param("@champion", type="string",
+                       description="Artifact directory, registered version, or @alias"),
+        "force": Param(False, type="boolean", description="Redo up-to-date days"),
+    },
+)
+def mmoe_backfill():
+    backfill()
+
+
+mmoe_backfill()

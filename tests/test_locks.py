@@ -1,0 +1,136 @@
+"""Partition locks: one writer at a time, a bounded wait then a one-line refusal naming the
+holder, stale locks of dead processes broken by exactly one breaker."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from jobs.errors import PartitionLocked
+from jobs.warehouse import Warehouse, partition_lock
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()  # reaped: os.kill(pid, 0) now fails
+    return proc.pid
+
+
+def _plant(path, pid: int, host: str | None = None, token: str = "planted") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(),
+                                "started_at": "2026-11-05T03:00:00+00:00",
+                                "command": "mmoe backfill --dataset synth", "token": token}))
+
+
+def test_lock_path_per_dataset_table_ds_and_version(tmp_path):
+    wh = Warehouse(tmp_path)
+    assert wh.lock_path("synth", "predictions", "2026-11-05", "mmoe-abc") == (
+        tmp_path / "synth" / "_locks" / "predictions.ds=2026-11-05.model_version=mmoe-abc.lock")
+    assert wh.lock_path("synth", "metrics", "2026-11-05").name == "metrics.ds=2026-11-05.lock"
+
+
+def test_a_held_lock_makes_the_second_writer_wait_then_refuse_naming_the_holder(tmp_path):
+    wh = Warehouse(tmp_path)
+    path = wh.lock_path("synth", "predictions", "2026-11-05", "mmoe-abc")
+    _plant(path, os.getpid())  # a live holder: this very process
+    started = time.monotonic()
+    with pytest.raises(PartitionLocked) as err:
+        with wh.lock("synth", "predictions", "2026-11-05", "mmoe-abc", wait_seconds=0.6,
+                     poll_seconds=0.1):
+            pytest.fail("acquired a lock another live process holds")
+    waited = time.monotonic() - started
+    assert 0.6 <= waited < 5
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"pid {os.getpid()} on {socket.gethostname()}" in message
+    assert "mmoe backfill --dataset synth" in message and "waited 0.6s" in message
+    assert path.exists()  # the holder's lock is untouched
+
+
+def test_the_waiter_gets_the_lock_once_the_holder_releases(tmp_path):
+    path = tmp_path / "_locks" / "x.lock"
+    order = []
+    ready = threading.Event()
+
+    def holder():
+        with partition_lock(path, "x"):
+            ready.set()
+            time.sleep(0.5)
+            order.append("holder done")
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    ready.wait(5)
+    with partition_lock(path, "x", wait_seconds=10, poll_seconds=0.05):
+        order.append("waiter in")
+    thread.join()
+    assert order == ["holder done", "waiter in"]
+    assert not path.exists()  # released
+
+
+def test_a_dead_holders_lock_is_broken(tmp_path):
+    path = tmp_path / "_locks" / "x.lock"
+    _plant(path, _dead_pid())
+    with partition_lock(path, "x", wait_seconds=0) as me:
+        assert json.loads(path.read_text())["token"] == me.token
+    assert not path.exists()
+
+
+def test_another_hosts_lock_is_never_broken(tmp_path):
+    path = tmp_path / "_locks" / "x.lock"
+    _plant(path, _dead_pid(), host="some-other-host")
+    with pytest.raises(PartitionLocked, match="on some-other-host"):
+        with partition_lock(path, "x", wait_seconds=0.2, poll_seconds=0.05):
+            pass
+
+
+def test_racing_breakers_of_a_stale_lock_never_hold_it_together(tmp_path):
+    """Many threads find the same stale lock at once: each gets the lock in turn, never two at
+    a time (a breaker that removed a fresh lock would let two in)."""
+    path = tmp_path / "_locks" / "x.lock"
+    for _ in range(5):
+        _plant(path, _dead_pid())
+        inside, most, errors = [0], [0], []
+        guard = threading.Lock()
+        start = threading.Barrier(8)
+
+        def writer():
+            start.wait()
+            try:
+                with partition_lock(path, "x", wait_seconds=20, poll_seconds=0.005):
+                    with guard:
+                        inside[0] += 1
+                        most[0] = max(most[0], inside[0])
+                    time.sleep(0.01)
+                    with guard:
+                        inside[0] -= 1
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and most[0] == 1
+        assert not path.exists()
+        assert not list(path.parent.glob(".broken-*"))
+
+
+def test_locks_config_is_read_and_checked(tmp_path):
+    from jobs.config import load_config
+    from jobs.errors import ConfigError
+
+    config = tmp_path / "c.yaml"
+    config.write_text("locks: {wait_seconds: 7}\n")
+    assert load_config(config).locks.wait_seconds == 7
+    config.write_text("locks: {wait_seconds: -1}\n")
+    with pytest.raises(ConfigError, match="locks.wait_seconds"):
+        load_config(config)
