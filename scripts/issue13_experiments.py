@@ -343,7 +343,7 @@ def report_trainability(records: list[dict[str, Any]], plot: Path | None) -> str
         for ax, rho in zip(axes[0], rhos):
             data = [[r["test_loss"] for r in records if r["rho"] == rho and r["arch"] == a]
                     for a in TRAIN_ARCHS]
-            ax.boxplot(data, labels=list(TRAIN_ARCHS), showfliers=False)
+            ax.boxplot(data, tick_labels=list(TRAIN_ARCHS), showfliers=False)
             for i, d in enumerate(data, start=1):
                 ax.scatter(np.full(len(d), i) + np.random.default_rng(i).uniform(-.12, .12,
                                                                                  len(d)),
