@@ -144,10 +144,20 @@ def train(
     out: Path = typer.Option(..., "--out", help="Artifact directory to write."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
     seed: int = typer.Option(0, "--seed"),
+    gate: Optional[str] = typer.Option(None, "--gate",
+                                       help="Gate kind: softmax, topk, max or constant "
+                                            "(default: the config's training.gate)."),
 ) -> None:
     """Train a model on the features/labels tables of a ds range and save an artifact."""
     def body(cfg: JobConfig, run_id: str):
         _check_choice(arch, ARCHS, "--arch")
+        if gate is not None:
+            from dataclasses import replace
+
+            from mmoe_model.config import GATE_KINDS
+
+            _check_choice(gate, GATE_KINDS, "--gate")
+            cfg.training.model = replace(cfg.training.model, gate=gate)
         date_range(start, end)
         _spec(dataset)
         from jobs.stages.train import train_model

@@ -2,9 +2,12 @@
 
 Layout (format ``mmoe-artifact/1``)::
 
-    config.json          arch, ModelConfig, task names, input layout
-    spec.json            the dataset spec the model was trained on (parse_spec-compatible dict)
-    normalization.json   per dense feature {"mean", "std"}
+    config.json          arch, ModelConfig (gate kind, k, expert layout, ...), task names,
+                         input layout
+    spec.json            the dataset spec the model was trained on (parse_spec-compatible dict;
+                         numeric encodings and feature groups included)
+    normalization.json   per dense feature {"mean", "std"}, plus "edges" (bins + 1 training-set
+                         quantiles) for quantile / pwl encoded features
     model.safetensors    the weights (state_dict)
     metrics.json         training metrics (per epoch, best epoch, validation AUC, versions)
     model_version        one line: the version string below
@@ -55,7 +58,7 @@ _VERSIONED = (CONFIG, SPEC, NORMALIZATION, WEIGHTS)
 # Fields that change how a feature is encoded. Validation-only settings (null / OOV thresholds,
 # the OOV policy) may change without invalidating a model.
 _ENCODING_FIELDS = {
-    "dense": ("dtype", "min", "max", "fill", "normalize"),
+    "dense": ("dtype", "min", "max", "fill", "normalize", "encoding", "bins", "embedding_dim"),
     "categorical": ("dtype", "vocabulary", "hash_buckets", "embedding_dim"),
 }
 
@@ -291,7 +294,9 @@ class ModelArtifact:
         if spec.task_names != task_names or InputLayout.from_spec(spec) != layout:
             raise ArtifactError(f"artifact {CONFIG} and {SPEC} disagree on tasks or inputs")
         encoder = FeatureEncoder(spec, _load_json(files, NORMALIZATION))
-        model = build_model(model_config, layout, len(task_names))
+        # The spec's layout equals the recorded one and also carries the feature names that
+        # field-split experts select their columns by.
+        model = build_model(model_config, encoder.layout, len(task_names))
         try:
             state = load_safetensors(bytes(files[WEIGHTS]))
             model.load_state_dict(state, strict=True)

@@ -14,7 +14,16 @@ null / out-of-vocabulary:
   ``pandas.util.hash_array`` (a fixed key, so stable across processes) and then mixed the same way.
 
 Dense features: nulls → ``fill``, clip into ``[min, max]``, ``log1p`` for ``log1p_standard``, then
-``(x - mean) / std`` with the training-set statistics (``normalize: none`` skips the last step).
+by the feature's ``encoding``:
+
+* ``raw``: ``(x - mean) / std`` with the training-set statistics (``normalize: none`` skips it),
+  one dense column;
+* ``pwl``: piecewise-linear encoding over ``bins`` bins with edges ``b_0 <= ... <= b_bins`` (the
+  training-set quantiles): column ``t`` is ``clip((x - b_t) / (b_{t+1} - b_t), 0, 1)`` (a bin of
+  zero width gives ``x >= b_{t+1}``), ``bins`` dense columns;
+* ``quantile``: ``1 + `` the index of the bin ``x`` falls in (``searchsorted`` of the inner
+  edges, right side), a categorical index appended after the spec's categorical features;
+  index 0 is never produced.
 
 ``encode`` accepts a pandas DataFrame or a pyarrow Table / RecordBatch. Passing Arrow directly is
 cheaper (no pandas conversion) and exact for nullable long columns, which pandas turns into
@@ -23,8 +32,8 @@ float64 (exact only up to 2**53).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping, Union
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -36,7 +45,7 @@ from mmoe_model.errors import ModelConfigError, ModelInputError
 from schemas.spec import CategoricalFeature, DatasetSpec, DenseFeature
 
 Frame = Union[pd.DataFrame, pa.Table, pa.RecordBatch]
-Stats = dict[str, dict[str, float]]
+Stats = dict[str, dict[str, Any]]  # per dense feature: mean, std (+ edges when binned)
 
 # splitmix64 constants (Steele, Lea & Flood 2014; Vigna's reference implementation).
 _GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
@@ -66,18 +75,52 @@ def splitmix64(values: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class InputLayout:
-    """What the model's input layer needs to know: the dense width and, per categorical feature
-    (spec order), its embedding table size (including index 0) and embedding width."""
+    """What the model's input layer needs to know: the dense width and, per categorical index
+    (the spec's categorical features, then its ``quantile``-encoded dense features), its
+    embedding table size (including index 0) and embedding width.
+
+    ``columns`` (from a spec only; not serialised, not compared): per feature ``(name, group,
+    start, stop)``, the columns ``[start, stop)`` it fills in ``EmbeddingInput``'s output (dense
+    columns first, then the embeddings), which field-split experts select from."""
 
     dense_dim: int
     embeddings: tuple[tuple[int, int], ...]
+    columns: tuple[tuple[str, str | None, int, int], ...] = field(default=(), compare=False)
 
     @classmethod
     def from_spec(cls, spec: DatasetSpec) -> "InputLayout":
+        quantile = [f for f in spec.dense_features if f.encoding == "quantile"]
+        embedded = [(f.name, f.group, f.embedding_dim) for f in spec.categorical_features] + \
+                   [(f.name, f.group, f.embedding_dim) for f in quantile]
+        columns, start = [], 0
+        for f in spec.dense_features:
+            if f.width:
+                columns.append((f.name, f.group, start, start + f.width))
+                start += f.width
+        for name, group, dim in embedded:
+            columns.append((name, group, start, start + dim))
+            start += dim
         return cls(
-            dense_dim=len(spec.dense_features),
-            embeddings=tuple((f.cardinality, f.embedding_dim) for f in spec.categorical_features),
+            dense_dim=sum(f.width for f in spec.dense_features),
+            embeddings=tuple((f.cardinality, f.embedding_dim) for f in spec.categorical_features)
+            + tuple((f.bins + 1, f.embedding_dim) for f in quantile),
+            columns=tuple(columns),
         )
+
+    def field_columns(self, fields: Sequence[str]) -> list[int]:
+        """Input columns of the features named in ``fields`` (feature names or groups), in
+        input order. Raises ModelConfigError for a name that matches nothing."""
+        if not self.columns:
+            raise ModelConfigError("this input layout has no feature names (build it from the "
+                                   "spec) so field-split experts cannot select fields")
+        picked: list[int] = []
+        for name in fields:
+            spans = [(a, b) for n, g, a, b in self.columns if name in (n, g)]
+            if not spans:
+                raise ModelConfigError(f"expert field {name!r} is neither a feature nor a "
+                                       f"feature group of the spec")
+            picked += [c for a, b in spans for c in range(a, b)]
+        return sorted(set(picked))
 
     @property
     def num_categorical(self) -> int:
@@ -305,13 +348,33 @@ def fit_stats(spec: DatasetSpec, frame: Frame) -> Stats:
     scratch = np.empty(rows, dtype=np.float64)
     stats: Stats = {}
     for feature in spec.dense_features:
-        if feature.normalize == "none":
+        if feature.normalize == "none" and feature.encoding == "raw":
             stats[feature.name] = {"mean": 0.0, "std": 1.0}
             continue
         x = _pre_standardise(feature, _column(frame, feature.name), scratch)
         mean, std = float(x.mean()), float(x.std())
-        stats[feature.name] = {"mean": mean, "std": std if std > 1e-12 else 1.0}
+        entry: dict[str, Any] = {"mean": mean, "std": std if std > 1e-12 else 1.0}
+        if feature.normalize == "none":
+            entry = {"mean": 0.0, "std": 1.0}
+        if feature.encoding != "raw":
+            # bins + 1 training-set quantiles; repeated values give zero-width bins.
+            edges = np.quantile(x, np.linspace(0.0, 1.0, feature.bins + 1))
+            entry["edges"] = [float(e) for e in np.maximum.accumulate(edges)]
+        stats[feature.name] = entry
     return stats
+
+
+def _pwl(x: np.ndarray, edges: np.ndarray, out: np.ndarray) -> None:
+    """Piecewise-linear encoding of ``x`` [B] into ``out`` [B, bins] (see module doc)."""
+    lo, hi = edges[:-1], edges[1:]
+    width = hi - lo
+    flat = width <= 0
+    safe = np.where(flat, 1.0, width)
+    enc = (x[:, None] - lo[None, :]) / safe[None, :]
+    np.clip(enc, 0.0, 1.0, out=enc)
+    if flat.any():
+        enc[:, flat] = x[:, None] >= hi[None, flat]
+    out[...] = enc
 
 
 class FeatureEncoder:
@@ -331,8 +394,18 @@ class FeatureEncoder:
                 raise ModelConfigError(f"bad normalisation stats for {feature.name!r}: "
                                        f"mean={mean}, std={std}")
             self.stats[feature.name] = {"mean": mean, "std": std}
+            if feature.encoding != "raw":
+                edges = np.asarray(entry.get("edges", []), dtype=np.float64)
+                if (edges.shape != (feature.bins + 1,) or not np.isfinite(edges).all()
+                        or (np.diff(edges) < 0).any()):
+                    raise ModelConfigError(
+                        f"{feature.name!r} ({feature.encoding}) needs {feature.bins + 1} finite "
+                        f"non-decreasing bin edges, got {edges.size}")
+                self.stats[feature.name]["edges"] = [float(e) for e in edges]
         self._dense = [(f, self.stats[f.name]["mean"], 1.0 / self.stats[f.name]["std"])
                        for f in spec.dense_features]
+        self._edges = {f.name: np.asarray(self.stats[f.name]["edges"])
+                       for f in spec.dense_features if f.encoding != "raw"}
         self._cats = [(_VocabularyEncoder(f) if f.vocabulary is not None else _HashEncoder(f))
                       for f in spec.categorical_features]
 
@@ -348,15 +421,24 @@ class FeatureEncoder:
         lookups and concat read as cheaply as contiguous ones).
         """
         rows = len(frame) if isinstance(frame, pd.DataFrame) else frame.num_rows
-        dense = np.empty((rows, len(self._dense)), dtype=np.float32, order="F")
+        dense = np.empty((rows, self.layout.dense_dim), dtype=np.float32, order="F")
+        cats = np.empty((rows, self.layout.num_categorical), dtype=np.int64, order="F")
         scratch = np.empty(rows, dtype=np.float64)
-        for j, (feature, mean, inv_std) in enumerate(self._dense):
+        j, q = 0, len(self._cats)
+        for feature, mean, inv_std in self._dense:
             x = _pre_standardise(feature, _column(frame, feature.name), scratch)
-            if feature.normalize != "none":
-                x -= mean
-                x *= inv_std
-            dense[:, j] = x
-        cats = np.empty((rows, len(self._cats)), dtype=np.int64, order="F")
-        for j, encoder in enumerate(self._cats):
-            cats[:, j] = encoder(_column(frame, encoder.name))
+            if feature.encoding == "pwl":
+                _pwl(x, self._edges[feature.name], dense[:, j:j + feature.bins])
+            elif feature.encoding == "quantile":
+                inner = self._edges[feature.name][1:-1]
+                cats[:, q] = np.searchsorted(inner, x, side="right") + 1
+                q += 1
+            else:
+                if feature.normalize != "none":
+                    x -= mean
+                    x *= inv_std
+                dense[:, j] = x
+            j += feature.width
+        for c, encoder in enumerate(self._cats):
+            cats[:, c] = encoder(_column(frame, encoder.name))
         return torch.from_numpy(dense), torch.from_numpy(cats)

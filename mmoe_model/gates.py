@@ -24,7 +24,9 @@ def gate_summary(gates: Any, task_names: Sequence[str],
     * ``entropy``: mean per-row entropy (nats); ``normalized_entropy``: that over ``log(E)``
       (1 = uniform gates, 0 = one-hot gates);
     * ``top_expert`` / ``max_mean_weight``: the most used expert and its mean weight;
-    * ``collapsed``: ``max_mean_weight > collapse_threshold``.
+    * ``collapsed``: ``max_mean_weight > collapse_threshold``;
+    * ``usage``: list of E, the fraction of rows giving the expert a non-zero weight (below 1
+      only for sparse gates: ``topk`` / ``max``; an expert at 0 is starved).
 
     Archs without gates give E = 0: every task then maps to an empty summary with
     ``collapsed`` False.
@@ -37,7 +39,8 @@ def gate_summary(gates: Any, task_names: Sequence[str],
     for t, task in enumerate(task_names):
         if experts == 0 or batch == 0:
             out[task] = {"mean_weight": [], "entropy": None, "normalized_entropy": None,
-                         "top_expert": None, "max_mean_weight": None, "collapsed": False}
+                         "top_expert": None, "max_mean_weight": None, "collapsed": False,
+                         "usage": []}
             continue
         w = g[t]
         mean = w.mean(axis=0)
@@ -51,5 +54,6 @@ def gate_summary(gates: Any, task_names: Sequence[str],
             "top_expert": top,
             "max_mean_weight": float(mean[top]),
             "collapsed": bool(mean[top] > collapse_threshold),
+            "usage": [float(v) for v in (w > 0).mean(axis=0)],
         }
     return out

@@ -1,9 +1,17 @@
 """The training wrapper: it owns the losses, the optimiser, the split and early stopping.
 
 Models only produce logits; here each task gets a binary cross-entropy, weighted by
-``task_weights`` (default 1.0) and averaged: ``loss = sum_t w_t * BCE_t / sum_t w_t``. Adam,
-shuffled mini-batches, early stopping on the mean validation AUC over tasks (the best epoch's
-weights are restored). Runs on CUDA when available unless ``device`` says otherwise.
+``task_weights`` (default 1.0) and averaged: ``loss = sum_t w_t * BCE_t / sum_t w_t``. Sparse
+gates (``topk``, ``max``) add ``balance_weight`` times their load-balancing loss
+(:func:`load_balance_loss`). Adam, shuffled mini-batches, early stopping on the mean validation
+AUC over tasks (the best epoch's weights are restored). Runs on CUDA when available unless
+``device`` says otherwise.
+
+Progress: a tqdm bar per epoch and, with ``progress``, one line per epoch on stderr (losses,
+validation AUC per task). With ``checkpoint_dir`` the state after every epoch (weights, Adam,
+RNGs, early-stopping bookkeeping) is written to ``checkpoint_dir/last.pt``; a later run with
+the same configuration and ``resume`` continues after that epoch and ends with the same weights
+as an uninterrupted run.
 
 Reproducibility: the validation split is a pure function of the key columns (a row always lands
 in the same split, whatever the seed, the row order or the ds range), and ``seed`` fixes torch
@@ -14,10 +22,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -29,6 +39,7 @@ from tqdm import tqdm
 from mmoe_model.errors import ModelConfigError, TrainingError
 from mmoe_model.features import FeatureEncoder, splitmix64
 from mmoe_model.config import ModelConfig, TrainConfig
+from mmoe_model.layers import Gate
 from mmoe_model.models import MultiTaskModel, build_model
 from schemas.spec import DatasetSpec
 
@@ -121,6 +132,26 @@ def _weighted_bce(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) 
     return (per_task * weights).sum() / weights.sum()
 
 
+def load_balance_loss(model: torch.nn.Module) -> torch.Tensor | None:
+    """The Switch Transformer load-balancing loss (Fedus et al. 2021) of the sparse gates that
+    ran in the last training forward pass, averaged over gates, and those gates' stash cleared.
+
+    Per gate row ``g``: ``E * sum_e f_e * P_e``, ``f_e`` the fraction of (row, choice) slots that
+    went to expert ``e`` and ``P_e`` its mean softmax probability over the batch. It is 1 when
+    the experts are used uniformly and grows to ``E`` when one expert takes everything; only
+    ``P`` carries gradient. None when no sparse gate ran.
+    """
+    terms = []
+    for gate in model.modules():
+        if isinstance(gate, Gate) and gate.last_probs is not None:
+            probs, chosen = gate.last_probs, gate.last_chosen       # [G, E, B] each
+            f = chosen.mean(dim=2) / gate.k                         # [G, E], rows sum to 1
+            p = probs.mean(dim=2)                                   # [G, E]
+            terms.append((gate.num_experts * (f * p).sum(dim=1)).mean())
+            gate.last_probs = gate.last_chosen = None
+    return torch.stack(terms).mean() if terms else None
+
+
 def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
     from sklearn.metrics import roc_auc_score
 
@@ -144,6 +175,27 @@ def _evaluate(model: MultiTaskModel, dense: torch.Tensor, cats: torch.Tensor, y:
     y_np = y.numpy()
     aucs = {t: _auc(y_np[:, i], probs[:, i]) for i, t in enumerate(task_names)}
     return loss, aucs
+
+
+def _progress_line(entry: Mapping[str, Any], epochs: int) -> str:
+    parts = [f"epoch {entry['epoch']}/{epochs}", f"train_loss {entry['train_loss']:.4f}"]
+    if "balance_loss" in entry:
+        parts.append(f"balance {entry['balance_loss']:.3f}")
+    if entry.get("val_loss") is not None:
+        parts.append(f"val_loss {entry['val_loss']:.4f}")
+        aucs = " ".join(f"{t}={a:.4f}" if a is not None else f"{t}=n/a"
+                        for t, a in entry["val_auc"].items())
+        parts.append(f"val_auc {aucs}")
+    parts.append(f"{entry['seconds']:.1f}s")
+    return " | ".join(parts)
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically (temp file + rename), so a crash mid-write keeps the previous one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def train(frame: pd.DataFrame, spec: DatasetSpec, model_config: ModelConfig,
@@ -207,26 +259,56 @@ def _train(frame: pd.DataFrame, spec: DatasetSpec, model_config: ModelConfig,
     stale, stopped_early = 0, False
     n_train = train_idx.size
     batches = math.ceil(n_train / config.batch_size)
-    for epoch in range(1, config.epochs + 1):
+    first_epoch = 1
+    ckpt_path = Path(config.checkpoint_dir) / "last.pt" if config.checkpoint_dir else None
+    fingerprint = {"model": model_config.to_dict(), "seed": config.seed,
+                   "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+                   "train_rows": int(n_train), "val_rows": int(val_idx.size)}
+    if ckpt_path is not None and config.resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ckpt.get("fingerprint") != fingerprint:
+            raise TrainingError(f"checkpoint {ckpt_path} was written by a different model, "
+                                f"seed or data; remove it or set resume=False")
+        model.load_state_dict(ckpt["model"])
+        optimiser.load_state_dict(ckpt["optimiser"])
+        shuffle.set_state(ckpt["shuffle"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        metrics = list(ckpt["metrics"])
+        best_score, best_epoch, stale = ckpt["best_score"], ckpt["best_epoch"], ckpt["stale"]
+        best_state = ckpt["best_state"]
+        best_auc = dict(ckpt["best_auc"])
+        stopped_early = bool(ckpt["stopped_early"])
+        first_epoch = len(metrics) + 1
+        log.info("resumed from %s after epoch %d", ckpt_path, len(metrics))
+        if config.progress:
+            print(f"resumed from {ckpt_path} after epoch {len(metrics)}", file=sys.stderr)
+    for epoch in range(first_epoch, config.epochs + 1 if not stopped_early else first_epoch):
         started = time.perf_counter()
         model.train()
         order = torch.randperm(n_train, generator=shuffle).to(device)
-        total = 0.0
+        total, total_balance = 0.0, 0.0
         bar = tqdm(range(batches), desc=f"{model_config.arch} epoch {epoch}/{config.epochs}",
                    file=sys.stderr, leave=False,
                    disable=None if config.progress else True)  # None: off when not a TTY
         for b in bar:
             rows = order[b * config.batch_size:(b + 1) * config.batch_size]
             loss = _weighted_bce(model(dense_tr[rows], cats_tr[rows]), y_tr[rows], weights)
+            balance = load_balance_loss(model)
+            objective = loss if balance is None or config.balance_weight == 0 \
+                else loss + config.balance_weight * balance
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             optimiser.step()
             batch_loss = loss.detach().item()
             total += batch_loss * rows.numel()
+            if balance is not None:
+                total_balance += balance.detach().item() * rows.numel()
             if b % 20 == 0:
                 bar.set_postfix(loss=f"{batch_loss:.4f}")
         bar.close()
         entry: dict[str, Any] = {"epoch": epoch, "train_loss": total / n_train}
+        if total_balance:
+            entry["balance_loss"] = total_balance / n_train
         if val_idx.size:
             val_loss, aucs = _evaluate(model, dense_va, cats_va, y_va, weights,
                                        config.eval_batch_size, device, task_names)
@@ -241,6 +323,8 @@ def _train(frame: pd.DataFrame, spec: DatasetSpec, model_config: ModelConfig,
         entry["seconds"] = round(time.perf_counter() - started, 3)
         metrics.append(entry)
         log.info("epoch %d: %s", epoch, {k: v for k, v in entry.items() if k != "epoch"})
+        if config.progress:
+            print(_progress_line(entry, config.epochs), file=sys.stderr, flush=True)
         if score > best_score + 1e-7:
             best_score, best_epoch, stale = score, epoch, 0
             best_auc = dict(entry["val_auc"])
@@ -249,7 +333,15 @@ def _train(frame: pd.DataFrame, spec: DatasetSpec, model_config: ModelConfig,
             stale += 1
             if stale >= max(1, config.patience) and epoch < config.epochs:
                 stopped_early = True
-                break
+        if ckpt_path is not None:
+            _save_checkpoint(ckpt_path, {
+                "fingerprint": fingerprint, "model": model.state_dict(),
+                "optimiser": optimiser.state_dict(), "shuffle": shuffle.get_state(),
+                "torch_rng": torch.get_rng_state(), "metrics": metrics,
+                "best_score": best_score, "best_epoch": best_epoch, "stale": stale,
+                "best_state": best_state, "best_auc": best_auc, "stopped_early": stopped_early})
+        if stopped_early:
+            break
 
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -22,6 +22,7 @@ KeyDtype = Literal["long", "string"]
 DenseDtype = Literal["double", "long"]
 CatDtype = Literal["string", "long"]
 Normalize = Literal["standard", "log1p_standard", "none"]
+Encoding = Literal["raw", "quantile", "pwl"]
 OovPolicy = Literal["bucket", "quarantine"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -41,7 +42,13 @@ class KeyColumn:
 @dataclass(frozen=True)
 class DenseFeature:
     """A numeric model input. ``min``/``max`` bound valid values (inclusive); nulls are allowed up
-    to ``max_null_fraction`` of a partition and are replaced by ``fill`` before normalisation."""
+    to ``max_null_fraction`` of a partition and are replaced by ``fill`` before normalisation.
+
+    ``encoding`` says how the model sees the value: ``raw`` (one normalised number), ``quantile``
+    (the index of its quantile bin, ``bins`` bins, looked up in an ``embedding_dim`` embedding),
+    ``pwl`` (piecewise-linear encoding, Gorishniy et al. 2022: ``bins`` numbers in [0, 1]). Bin
+    edges are fitted on the training data and stored in the model artifact. ``group`` names a
+    field group that field-split experts can read (``ModelConfig.expert_layout``)."""
 
     name: str
     dtype: DenseDtype = "double"
@@ -50,7 +57,16 @@ class DenseFeature:
     max_null_fraction: float = 0.0
     fill: float = 0.0
     normalize: Normalize = "standard"
+    encoding: Encoding = "raw"
+    bins: int = 16
+    embedding_dim: int = 4
+    group: str | None = None
     kind: Literal["dense"] = "dense"
+
+    @property
+    def width(self) -> int:
+        """Dense columns this feature takes in the model input (quantile: none, an index)."""
+        return {"raw": 1, "pwl": self.bins, "quantile": 0}[self.encoding]
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,7 @@ class CategoricalFeature:
     max_oov_fraction: float = 0.01
     max_null_fraction: float = 0.0
     embedding_dim: int = 4
+    group: str | None = None
     kind: Literal["categorical"] = "categorical"
 
     @property
@@ -286,9 +303,27 @@ def _parse_task(raw: dict[str, Any]) -> Task:
     )
 
 
-_DENSE_FIELDS = {"name", "kind", "dtype", "min", "max", "max_null_fraction", "fill", "normalize"}
+_DENSE_FIELDS = {"name", "kind", "dtype", "min", "max", "max_null_fraction", "fill", "normalize",
+                 "encoding", "bins", "embedding_dim", "group"}
 _CAT_FIELDS = {"name", "kind", "dtype", "vocabulary", "hash_buckets", "oov", "max_oov_fraction",
-               "max_null_fraction", "embedding_dim"}
+               "max_null_fraction", "embedding_dim", "group"}
+MAX_BINS = 1024
+
+
+def _group(raw: dict[str, Any], name: str) -> str | None:
+    group = raw.get("group")
+    if group is not None and (not isinstance(group, str) or not _NAME.match(group)):
+        raise SpecError(f"feature {name!r}: group must match [a-z][a-z0-9_]*, got {group!r}")
+    return group
+
+
+def _positive_int(raw: dict[str, Any], key: str, default: int, name: str, lo: int,
+                  hi: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise SpecError(f"feature {name!r}: {key} must be an integer within [{lo}, {hi}], "
+                        f"got {value!r}")
+    return value
 
 
 def _parse_feature(raw: dict[str, Any]) -> Feature:
@@ -305,6 +340,11 @@ def _parse_feature(raw: dict[str, Any]) -> Feature:
             fill=float(raw.get("fill", 0.0)),
             normalize=_choice(raw.get("normalize", "standard"),
                               ("standard", "log1p_standard", "none"), f"{name}.normalize"),
+            encoding=_choice(raw.get("encoding", "raw"), ("raw", "quantile", "pwl"),
+                             f"{name}.encoding"),
+            bins=_positive_int(raw, "bins", 16, name, 2, MAX_BINS),
+            embedding_dim=_positive_int(raw, "embedding_dim", 4, name, 1, 1024),
+            group=_group(raw, name),
         )
         if feat.min is not None and feat.max is not None and feat.min > feat.max:
             raise SpecError(f"feature {name!r}: min {feat.min} > max {feat.max}")
@@ -335,6 +375,7 @@ def _parse_feature(raw: dict[str, Any]) -> Feature:
             max_oov_fraction=float(raw.get("max_oov_fraction", 0.01)),
             max_null_fraction=float(raw.get("max_null_fraction", 0.0)),
             embedding_dim=int(raw.get("embedding_dim", 4)),
+            group=_group(raw, name),
         )
         _check_fraction(feat.max_null_fraction, f"{name}.max_null_fraction")
         _check_fraction(feat.max_oov_fraction, f"{name}.max_oov_fraction")
@@ -374,6 +415,11 @@ def _check_consistency(spec: DatasetSpec) -> None:
         if name in seen:
             raise SpecError(f"column {name!r} is defined twice")
         seen.add(name)
+    feature_names = {f.name for f in spec.features}
+    for f in spec.features:
+        if f.group is not None and f.group in feature_names and f.group != f.name:
+            raise SpecError(f"feature {f.name!r}: group {f.group!r} is also a feature's name; "
+                            "field-split experts could not tell them apart")
     table_columns = set(spec.features_table_columns)
     for seg in spec.segments:
         if seg not in table_columns:

@@ -71,3 +71,11 @@ def test_config_file_and_env_override(tmp_path, monkeypatch):
     result = runner.invoke(app, ["validate", "--dataset", "synth", "--ds", "2026-11-01"],
                            env={"MMOE_CONFIG": str(cfg_file)})
     assert result.exit_code == 2 and "unknown key(s)" in result.stderr
+
+
+def test_train_gate_option_is_checked(tmp_path):
+    result = _run(["train", "--dataset", "synth", "--arch", "mmoe", "--start", "2026-11-01",
+                   "--end", "2026-11-02", "--out", str(tmp_path / "m"), "--gate", "argmax"],
+                  tmp_path)
+    assert result.exit_code == 2 and "--gate must be one of softmax, topk, max, constant" \
+        in result.stderr

@@ -40,3 +40,15 @@ def test_bad_training_section_is_refused(tmp_path, body, message):
     path.write_text(body + "\n")
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_gate_and_expert_layout_are_training_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training: {gate: topk, gate_k: 3, num_experts: 4, "
+                    "expert_layout: ['2xmlp:16@age', '2xcross:2']}\n")
+    model = load_config(path).training.model_config("mmoe")
+    assert (model.gate, model.gate_k, model.expert_layout) == \
+        ("topk", 3, ("2xmlp:16@age", "2xcross:2"))
+    path.write_text("training: {gate: argmax}\n")
+    with pytest.raises(ConfigError, match="gate must be one of"):
+        load_config(path)

@@ -172,3 +172,39 @@ def test_catalog_mode_writes_top_k_per_user(spark, job_config, synth, model_dir)
     np.testing.assert_allclose(recs["score"], fused, rtol=1e-12)
     for _, group in recs.groupby("user_id"):
         assert list(group.sort_values("rank")["score"]) == sorted(group["score"], reverse=True)
+
+
+@pytest.mark.parametrize("gate,reader", [("max", "direct"), ("topk", "spark"),
+                                         ("constant", "direct")])
+def test_spark_scores_new_gates_experts_and_encodings(spark, validated, synth, frame, tmp_path,
+                                                      gate, reader):
+    """Issue 13: quantile / PWL numeric encodings, field-split + cross experts and the new gate
+    kinds score on Spark exactly as in process (1e-6), gates included."""
+    import dataclasses
+
+    from mmoe_model.artifact import ModelArtifact
+
+    dense = tuple(dataclasses.replace(f, encoding=("pwl", "quantile", "raw")[i % 3], bins=6,
+                                      group="numbers" if i % 2 else None)
+                  for i, f in enumerate(synth.dense_features))
+    spec = dataclasses.replace(synth, features=dense + synth.categorical_features)
+    torch.manual_seed(1)
+    config = ModelConfig(arch="mmoe", num_experts=5, expert_hidden=(16,), expert_dim=8,
+                         tower_hidden=(8,), gate=gate, gate_k=2,
+                         expert_layout=("2xmlp@numbers", "2xcross:2", "1xmlp:8@item_category"))
+    model = build_model(config, InputLayout.from_spec(spec), len(spec.tasks)).eval()
+    with torch.no_grad():
+        for gate_bias in (model.task_gate.bias,):
+            gate_bias.normal_()
+    out = tmp_path / f"m-{gate}"
+    save_artifact(out, model, config, spec, FeatureEncoder.fit(spec, frame))
+    _, predictions = _score(spark, validated, spec, out, with_gates=True, reader=reader)
+    artifact = ModelArtifact.load(out)
+    rows = passed_rows(spark, validated, synth, DS).orderBy("impression_id").toPandas()
+    expected, gates = artifact.predict(rows, with_gates=True)
+    got = predictions.orderBy("impression_id").toPandas()
+    np.testing.assert_allclose(got[spec.prediction_columns].to_numpy(), expected, atol=1e-6,
+                               rtol=0)
+    like = np.stack(got["gate_like"].to_numpy())
+    np.testing.assert_allclose(like, gates[:, spec.task_names.index("like"), :], atol=1e-6)
+    assert (like > 0).sum(axis=1).max() == {"max": 1, "topk": 2, "constant": 5}[gate]

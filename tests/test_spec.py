@@ -129,3 +129,30 @@ def test_parse_is_pure_and_repeatable():
     a, b = parse_spec(copy.deepcopy(raw)), parse_spec(copy.deepcopy(raw))
     assert a == b
     assert load_spec("synth") == a
+
+
+def test_numeric_encoding_and_group_fields_parse_and_round_trip():
+    from mmoe_model.artifact import spec_to_dict
+
+    raw = {"name": "enc", "keys": [{"name": "id"}], "tasks": [{"name": "t"}],
+           "features": [{"name": "a", "kind": "dense", "encoding": "pwl", "bins": 8,
+                         "group": "money"},
+                        {"name": "b", "kind": "dense", "encoding": "quantile",
+                         "embedding_dim": 3},
+                        {"name": "c", "kind": "dense"},
+                        {"name": "d", "kind": "categorical", "hash_buckets": 5,
+                         "group": "money"}]}
+    spec = parse_spec(raw)
+    a, b, c = spec.dense_features
+    assert (a.encoding, a.bins, a.group, a.width) == ("pwl", 8, "money", 8)
+    assert (b.encoding, b.bins, b.embedding_dim, b.width) == ("quantile", 16, 3, 0)
+    assert (c.encoding, c.width, c.group) == ("raw", 1, None)
+    assert spec.categorical_features[0].group == "money"
+    assert parse_spec(spec_to_dict(spec)) == spec
+    for bad, message in (({"encoding": "log"}, "encoding must be one of"),
+                         ({"bins": 4096}, r"bins must be an integer within \[2, 1024\]"),
+                         ({"group": 3}, "group must match")):
+        broken = copy.deepcopy(raw)
+        broken["features"][2].update(bad)
+        with pytest.raises(SpecError, match=message):
+            parse_spec(broken)

@@ -1,0 +1,478 @@
+"""Issue 13 experiments: gate kinds / stacking / sharpening / prior, the trainability study, and
+census with numeric encodings and expert types against LightGBM.
+
+Subcommands (results are appended to JSON-lines files and skipped on rerun; ``report`` writes
+the tables and plots):
+
+    synth-gates   gate variants on the paper's synthetic data, rho in {0.5, 0.9}
+    trainability  >= 20 runs per arch per rho, random initialisation and hyper-parameters
+    census        census variants (gates, encodings, expert types) + LightGBM, both groups
+    report        markdown tables (paired differences, 95% t-intervals) and PNG plots
+
+Every comparison is paired: one seed fixes the data (synthetic) or the split is fixed (census)
+and the seed fixes the initialisation, shared by all variants of that seed; differences are
+taken per seed, then ``mean +- t_{0.975, n-1} * sd / sqrt(n)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+for p in (REPO, REPO / "scripts"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from mmoe_model.config import ModelConfig, TrainConfig  # noqa: E402
+from mmoe_model.features import InputLayout  # noqa: E402
+from mmoe_model.gates import gate_summary  # noqa: E402
+from mmoe_model.models import build_model  # noqa: E402
+from mmoe_model.trainer import load_balance_loss  # noqa: E402
+from reproduce_synthetic import make_data, model_configs, param_count, synthetic_spec  # noqa: E402
+
+RESULTS = Path("/tmp/repro-results")
+IMG = REPO / "docs" / "img"
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+
+
+def t_interval(diffs: list[float]) -> tuple[float, float, int]:
+    """Mean and half-width of the 95% t-interval of paired differences, and n."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=np.float64)
+    n = d.size
+    if n < 2:
+        return float(d.mean()) if n else math.nan, math.nan, n
+    half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n))
+    return float(d.mean()), half, n
+
+
+def fmt_ci(diffs: list[float], scale: float = 1.0, digits: int = 4) -> str:
+    mean, half, n = t_interval([v * scale for v in diffs])
+    if math.isnan(half):
+        return "n/a"
+    flag = " *" if abs(mean) > half else ""
+    return f"{mean:+.{digits}f} ± {half:.{digits}f}{flag}"
+
+
+def append(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic: gate variants
+
+
+def synth_variants(num_experts: int = 8, units: int = 16) -> dict[str, ModelConfig]:
+    """One factor at a time around the paper's MMoE (8 single-layer experts of 16 units),
+    plus the combinations the article suggests. Parameter counts: every gate kind but
+    ``constant`` has the same count (constant drops the gate's input weights)."""
+    base = model_configs(num_experts, units)["mmoe"]
+    half = num_experts // 2
+    prior = tuple(tuple((1.0 if (e < half) == (t == 0) else -1.0) for e in range(num_experts))
+                  for t in range(2))
+    r = dataclasses.replace
+    return {
+        "softmax": base,
+        "topk2": r(base, gate="topk", gate_k=2),
+        "max": r(base, gate="max"),
+        "constant": r(base, gate="constant"),
+        "levels2": r(base, num_levels=2),
+        "temp0.5": r(base, gate_temperature=0.5),
+        "prior": r(base, gate_prior=prior),
+        "topk2-levels2": r(base, gate="topk", gate_k=2, num_levels=2),
+        "max-temp0.5-prior": r(base, gate="max", gate_temperature=0.5, gate_prior=prior),
+    }
+
+
+def train_synth(config: ModelConfig, rho: float, seed: int, n_train: int, n_test: int,
+                steps: int, batch_size: int, lr: float, balance_weight: float = 0.01,
+                init_seed: int | None = None) -> dict[str, Any]:
+    """MSE + Adam on the paper's synthetic data (sum of the two tasks' MSEs), plus the
+    load-balancing loss for sparse gates. Data from ``seed``; init from ``init_seed``."""
+    torch.set_num_threads(1)
+    x, y = make_data(rho, n_train + n_test, seed)
+    x_tr, y_tr = torch.from_numpy(x[:n_train]), torch.from_numpy(y[:n_train])
+    x_te, y_te = torch.from_numpy(x[n_train:]), torch.from_numpy(y[n_train:])
+    cats_tr = torch.zeros((n_train, 0), dtype=torch.int64)
+    cats_te = torch.zeros((n_test, 0), dtype=torch.int64)
+    layout = InputLayout.from_spec(synthetic_spec(x.shape[1]))
+    torch.manual_seed(seed if init_seed is None else init_seed)
+    model = build_model(config, layout, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
+    order, pos = torch.randperm(n_train, generator=gen), 0
+    model.train()
+    for _ in range(steps):
+        if pos + batch_size > n_train:
+            order, pos = torch.randperm(n_train, generator=gen), 0
+        rows = order[pos:pos + batch_size]
+        pos += batch_size
+        loss = ((model(x_tr[rows], cats_tr[rows]) - y_tr[rows]) ** 2).mean(dim=0).sum()
+        balance = load_balance_loss(model)
+        if balance is not None and balance_weight > 0:
+            loss = loss + balance_weight * balance
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        test_mse = ((model(x_te, cats_te) - y_te) ** 2).mean(dim=0).tolist()
+        train_mse = ((model(x_tr, cats_tr) - y_tr) ** 2).mean(dim=0).tolist()
+        _, gates = model(x_te, cats_te, return_gates=True)
+    summary = gate_summary(gates.numpy(), ["y1", "y2"]) if gates.shape[2] else {}
+    return {"rho": rho, "seed": seed, "params": param_count(model),
+            "test_loss": float(np.mean(test_mse)), "train_loss": float(np.mean(train_mse)),
+            "gates": {t: s["mean_weight"] for t, s in summary.items()},
+            "seconds": round(time.perf_counter() - started, 2)}
+
+
+def cmd_synth_gates(args: argparse.Namespace) -> None:
+    path = args.results / "issue13_synth_gates.jsonl"
+    done = {(r["variant"], r["rho"], r["seed"]) for r in load(path)}
+    variants = synth_variants()
+    for seed in range(args.seeds):
+        for rho in args.rhos:
+            for name in args.variants or list(variants):
+                if (name, rho, seed) in done:
+                    continue
+                rec = train_synth(variants[name], rho, seed, args.n_train, 2000, args.steps,
+                                  128, 1e-3)
+                rec["variant"] = name
+                append(path, rec)
+                print(f"synth {name} rho={rho} seed={seed} test={rec['test_loss']:.5f} "
+                      f"{rec['seconds']}s", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Trainability study (paper section 5.4)
+
+TRAIN_ARCHS = ("shared-bottom", "omoe", "mmoe")
+
+
+def draw_hparams(rng: np.random.Generator) -> dict[str, Any]:
+    """Ranges: lr log-uniform [1e-4, 1e-2]; experts {4, 8}; expert units {8, 16, 32};
+    batch {64, 128, 256}. Shared-Bottom's width is matched to MMoE's parameter count."""
+    return {"lr": float(10 ** rng.uniform(-4, -2)), "num_experts": int(rng.choice([4, 8])),
+            "units": int(rng.choice([8, 16, 32])), "batch_size": int(rng.choice([64, 128, 256]))}
+
+
+def cmd_trainability(args: argparse.Namespace) -> None:
+    path = args.results / "issue13_trainability.jsonl"
+    done = {(r["arch"], r["rho"], r["run"]) for r in load(path)}
+    for run in range(args.runs):
+        hp = draw_hparams(np.random.default_rng(10_000 + run))
+        configs = model_configs(hp["num_experts"], hp["units"])
+        for rho in args.rhos:
+            for arch in TRAIN_ARCHS:
+                if (arch, rho, run) in done:
+                    continue
+                # Data seed fixed per rho (the paper: same data, random init / hyper-params);
+                # init seed differs per run.
+                rec = train_synth(configs[arch], rho, 0, args.n_train, 2000, args.steps,
+                                  hp["batch_size"], hp["lr"], init_seed=1000 + run)
+                rec.update(arch=arch, run=run, hparams=hp)
+                append(path, rec)
+                print(f"train {arch} rho={rho} run={run} {hp} test={rec['test_loss']:.5f} "
+                      f"{rec['seconds']}s", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Census
+
+
+def census_spec(spec, encoding: str, bins: int = 16):
+    """The group's spec with every dense feature encoded ``encoding``."""
+    if encoding == "raw":
+        return spec
+    dense = {f.name: dataclasses.replace(f, encoding=encoding, bins=bins)
+             for f in spec.dense_features}
+    return dataclasses.replace(spec, features=tuple(dense.get(f.name, f) for f in spec.features))
+
+
+# name -> (encoding, ModelConfig overrides). Training for all: the library defaults + weight
+# decay 1e-4 (the preset chosen in docs/reproduction.md), capped at --epochs, patience 3.
+CENSUS_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "mmoe": ("raw", {}),
+    "mmoe-topk2": ("raw", {"gate": "topk", "gate_k": 2}),
+    "mmoe-max": ("raw", {"gate": "max"}),
+    "mmoe-constant": ("raw", {"gate": "constant"}),
+    "mmoe-levels2": ("raw", {"num_levels": 2}),
+    "mmoe-temp0.5": ("raw", {"gate_temperature": 0.5}),
+    "mmoe-pwl": ("pwl", {}),
+    "mmoe-quantile": ("quantile", {}),
+    "mmoe-pwl-cross": ("pwl", {"expert_layout": ("6xmlp", "2xcross:2")}),
+    "shared-bottom-pwl": ("pwl", {"arch": "shared-bottom"}),
+    "single-task-pwl": ("pwl", {"arch": "single-task"}),
+    "omoe-pwl": ("pwl", {"arch": "omoe"}),
+    "ple-pwl": ("pwl", {"arch": "ple"}),
+}
+
+
+def cmd_census(args: argparse.Namespace) -> None:
+    import reproduce_census as rc
+
+    path = args.results / "issue13_census.jsonl"
+    done = {(r["group"], r["variant"], r["seed"]) for r in load(path)}
+    for group in args.groups:
+        dataset = f"census-{group}"
+        spec, frame = rc.load_group(args.warehouse, dataset, args.ds)
+        is_test = rc.test_mask(frame["row_id"].to_numpy(), 0.2)
+        if "lgbm" in args.variants and (group, "lgbm", 0) not in done:
+            started = time.perf_counter()
+            rec = rc.run_lgbm(spec, frame, is_test, False, 0)
+            append(path, {"group": group, "variant": "lgbm", "seed": 0,
+                          "test_auc": rec["test_auc"], "val_auc": rec["val_auc"],
+                          "seconds": round(time.perf_counter() - started, 1)})
+            print(f"census {group} lgbm {rec['test_auc']}", flush=True)
+        trainable = frame.loc[~is_test].reset_index(drop=True)
+        test = frame.loc[is_test].reset_index(drop=True)
+        for seed in range(args.seeds):
+            for name in args.variants:
+                if name == "lgbm" or (group, name, seed) in done:
+                    continue
+                encoding, overrides = CENSUS_VARIANTS[name]
+                gspec = census_spec(spec, encoding)
+                config = ModelConfig(**{"arch": "mmoe", **overrides})
+                tconfig = TrainConfig(epochs=args.epochs, patience=3, weight_decay=1e-4,
+                                      seed=seed, progress=False, num_threads=1, device="cpu")
+                started = time.perf_counter()
+                result = rc.train(trainable, gspec, config, tconfig)
+                probs = rc.predict(result, test)
+                with torch.no_grad():
+                    dense, cats = result.encoder.encode(test)
+                    _, gates = result.model(dense, cats, return_gates=True)
+                summary = gate_summary(gates.numpy(), spec.task_names) if gates.shape[2] else {}
+                rec = {"group": group, "variant": name, "seed": seed,
+                       "test_auc": {t: rc.auc(test[t].to_numpy(), probs[:, i])
+                                    for i, t in enumerate(spec.task_names)},
+                       "val_auc": result.val_auc, "best_epoch": result.best_epoch,
+                       "epochs_run": result.epochs_run,
+                       "params": sum(q.numel() for q in result.model.parameters()),
+                       "gates": {t: s["mean_weight"] for t, s in summary.items()},
+                       "seconds": round(time.perf_counter() - started, 1)}
+                append(path, rec)
+                print(f"census {group} {name} seed={seed} {rec['test_auc']} "
+                      f"epochs={rec['epochs_run']} {rec['seconds']}s", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def _paired(records: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any],
+            value: Callable[[dict[str, Any]], float], a: str, b: str,
+            field: str = "variant") -> list[float]:
+    by = {}
+    for r in records:
+        by[(r[field], key(r))] = value(r)
+    return [by[(a, k)] - by[(b, k)] for (v, k) in sorted(by, key=str)
+            if v == a and (b, k) in by]
+
+
+def report_synth(records: list[dict[str, Any]]) -> str:
+    variants = list(dict.fromkeys(r["variant"] for r in records))
+    rhos = sorted({r["rho"] for r in records})
+    lines = ["| variant | params | " + " | ".join(
+        f"ρ={rho}: test MSE | ρ={rho}: variant − softmax (95% CI)" for rho in rhos) + " |",
+        "|---|---|" + "---|---|" * len(rhos)]
+    for v in variants:
+        row = [v, str(next(r["params"] for r in records if r["variant"] == v))]
+        for rho in rhos:
+            sub = [r for r in records if r["rho"] == rho]
+            vals = [r["test_loss"] for r in sub if r["variant"] == v]
+            diffs = _paired(sub, lambda r: r["seed"], lambda r: r["test_loss"], v, "softmax")
+            row += [f"{np.mean(vals):.5f} ± {np.std(vals):.5f} (n={len(vals)})",
+                    "–" if v == "softmax" else fmt_ci(diffs, digits=5)]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def report_trainability(records: list[dict[str, Any]], plot: Path | None) -> str:
+    rhos = sorted({r["rho"] for r in records})
+    lines = ["| ρ | arch | runs | median test MSE | IQR | std | min | max | train-MSE std |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for rho in rhos:
+        for arch in TRAIN_ARCHS:
+            v = np.array([r["test_loss"] for r in records if r["rho"] == rho and r["arch"] == arch])
+            tr = np.array([r["train_loss"] for r in records
+                           if r["rho"] == rho and r["arch"] == arch])
+            if not v.size:
+                continue
+            q1, q3 = np.percentile(v, [25, 75])
+            lines.append(f"| {rho} | {arch} | {v.size} | {np.median(v):.4f} | {q3 - q1:.4f} | "
+                         f"{v.std():.4f} | {v.min():.4f} | {v.max():.4f} | {tr.std():.4f} |")
+    lines.append("")
+    lines.append("Paired by run (same hyper-parameters and init seed), difference of test MSE:")
+    lines.append("")
+    lines.append("| ρ | MMoE − OMoE (95% CI) | MMoE − Shared-Bottom (95% CI) |")
+    lines.append("|---|---|---|")
+    for rho in rhos:
+        sub = [r for r in records if r["rho"] == rho]
+        d1 = _paired(sub, lambda r: r["run"], lambda r: r["test_loss"], "mmoe", "omoe", "arch")
+        d2 = _paired(sub, lambda r: r["run"], lambda r: r["test_loss"], "mmoe", "shared-bottom",
+                     "arch")
+        lines.append(f"| {rho} | {fmt_ci(d1)} (n={len(d1)}) | {fmt_ci(d2)} (n={len(d2)}) |")
+    if plot is not None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(rhos), figsize=(5 * len(rhos), 4), squeeze=False)
+        for ax, rho in zip(axes[0], rhos):
+            data = [[r["test_loss"] for r in records if r["rho"] == rho and r["arch"] == a]
+                    for a in TRAIN_ARCHS]
+            ax.boxplot(data, tick_labels=list(TRAIN_ARCHS), showfliers=False)
+            for i, d in enumerate(data, start=1):
+                ax.scatter(np.full(len(d), i) + np.random.default_rng(i).uniform(-.12, .12,
+                                                                                 len(d)),
+                           d, s=10, alpha=0.6)
+            ax.set_yscale("log")
+            ax.set_title(f"final held-out MSE, ρ = {rho}")
+        fig.tight_layout()
+        fig.savefig(plot, dpi=110)
+    return "\n".join(lines)
+
+
+def report_census(records: list[dict[str, Any]]) -> str:
+    out = []
+    for group in sorted({r["group"] for r in records}):
+        sub = [r for r in records if r["group"] == group]
+        tasks = list(next(r for r in sub if r["variant"] != "lgbm")["test_auc"])
+        lgbm = next((r for r in sub if r["variant"] == "lgbm"), None)
+        out.append(f"**{group}**\n")
+        out.append("| variant | params | " + " | ".join(
+            f"{t} test AUC | {t}: − MMoE (95% CI) | {t}: − LightGBM (95% CI)" for t in tasks)
+            + " |")
+        out.append("|---|---|" + "---|---|---|" * len(tasks))
+        if lgbm:
+            out.append("| LightGBM | – | " + " | ".join(
+                f"{lgbm['test_auc'][t]:.4f} | | " for t in tasks) + " |")
+        for v in dict.fromkeys(r["variant"] for r in sub if r["variant"] != "lgbm"):
+            rows = [r for r in sub if r["variant"] == v]
+            cells = [v, str(rows[0]["params"])]
+            for t in tasks:
+                vals = [r["test_auc"][t] for r in rows]
+                d = _paired(sub, lambda r: r["seed"], lambda r: r["test_auc"][t], v, "mmoe")
+                lg = [x - lgbm["test_auc"][t] for x in vals] if lgbm else []
+                cells += [f"{np.mean(vals):.4f} ± {np.std(vals):.4f} (n={len(vals)})",
+                          "–" if v == "mmoe" else fmt_ci(d), fmt_ci(lg) if lg else "n/a"]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def heatmaps(synth: list[dict[str, Any]], census: list[dict[str, Any]], path: Path) -> None:
+    """Mean gate weight per task and expert (mean over seeds) for the softmax / topk / max /
+    constant MMoE: synthetic (rho 0.5) and both census groups."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for v in ("softmax", "topk2", "max", "constant"):
+        rows = [r for r in synth if r["variant"] == v and r["rho"] == 0.5 and r["gates"]]
+        if rows:
+            panels.append((f"synthetic ρ=0.5, {v}", rows))
+    for group in ("group1", "group2"):
+        for v in ("mmoe-pwl", "mmoe-topk2", "mmoe-max", "mmoe-constant"):
+            rows = [r for r in census if r["group"] == group and r["variant"] == v and r["gates"]]
+            if rows:
+                panels.append((f"census {group}, {v}", rows))
+    if not panels:
+        return
+    cols = 4
+    fig, axes = plt.subplots(math.ceil(len(panels) / cols), cols,
+                             figsize=(4 * cols, 1.9 * math.ceil(len(panels) / cols)),
+                             squeeze=False)
+    for ax, (title, rows) in zip(axes.flat, panels):
+        tasks = list(rows[0]["gates"])
+        m = np.mean([[r["gates"][t] for t in tasks] for r in rows[:1]], axis=0)  # first seed
+        ax.imshow(m, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
+        ax.set_xticks(range(m.shape[1]))
+        ax.set_title(title + " (seed 0)", fontsize=8)
+        for (i, j), val in np.ndenumerate(m):
+            ax.text(j, i, f"{val:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if val < 0.5 else "black")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    synth = load(args.results / "issue13_synth_gates.jsonl")
+    train = load(args.results / "issue13_trainability.jsonl")
+    census = load(args.results / "issue13_census.jsonl")
+    parts = []
+    if synth:
+        parts += ["### Synthetic: gate variants\n", report_synth(synth), ""]
+    if train:
+        parts += ["### Trainability\n",
+                  report_trainability(train, IMG / "issue13_trainability.png"), ""]
+    if census:
+        parts += ["### Census\n", report_census(census), ""]
+    heatmaps(synth, census, IMG / "issue13_gate_heatmaps.png")
+    text = "\n".join(parts)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("synth-gates")
+    s.add_argument("--seeds", type=int, default=6)
+    s.add_argument("--rhos", type=float, nargs="+", default=[0.5, 0.9])
+    s.add_argument("--variants", nargs="+", default=None, choices=list(synth_variants()))
+    s.add_argument("--steps", type=int, default=1000)
+    s.add_argument("--n-train", type=int, default=10000)
+    s.set_defaults(fn=cmd_synth_gates)
+    t = sub.add_parser("trainability")
+    t.add_argument("--runs", type=int, default=20)
+    t.add_argument("--rhos", type=float, nargs="+", default=[0.5, 0.9])
+    t.add_argument("--steps", type=int, default=600)
+    t.add_argument("--n-train", type=int, default=5000)
+    t.set_defaults(fn=cmd_trainability)
+    c = sub.add_parser("census")
+    c.add_argument("--warehouse", type=Path, default=Path("/tmp/repro-wh"))
+    c.add_argument("--ds", default="2026-11-01")
+    c.add_argument("--groups", nargs="+", default=["group1", "group2"])
+    c.add_argument("--variants", nargs="+", default=["lgbm", *CENSUS_VARIANTS],
+                   choices=["lgbm", *CENSUS_VARIANTS])
+    c.add_argument("--seeds", type=int, default=5)
+    c.add_argument("--epochs", type=int, default=12)
+    c.set_defaults(fn=cmd_census)
+    r = sub.add_parser("report")
+    r.add_argument("--out", type=Path, default=None)
+    r.set_defaults(fn=cmd_report)
+    args = ap.parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
