@@ -2,9 +2,15 @@
 
 
 class MmoeError(Exception):
-    """Base class: the message is the one-line error the CLI prints."""
+    """Base class: the message is the one-line error the CLI prints. ``details`` records what the
+    job got to before it failed (keys named like manifest fields, e.g. ``model_version``, land at
+    the manifest's top level; see :func:`jobs.manifest.run_job`)."""
 
     exit_code = 1
+
+    def __init__(self, message: str = "", details: dict | None = None) -> None:
+        super().__init__(message)
+        self.details = dict(details or {})
 
 
 class ConfigError(MmoeError):

@@ -1,18 +1,52 @@
-"""Where every table lives under the warehouse root (CONTRACT.md, "Tables")."""
+"""The warehouse: the one I/O edge of the jobs (CONTRACT.md, "Tables").
+
+Everything that touches the warehouse's files lives here, and nothing else builds a warehouse
+path or lists files:
+
+- **paths** — :class:`Warehouse` builds every table, partition, catalog and run-manifest path
+  from validated parts (dates are strict ``YYYY-MM-DD``, names cannot escape the tree);
+- **listing** — :func:`parquet_files` (the data files of a directory: names starting with ``.``
+  or ``_`` anywhere under it are staging debris or Spark bookkeeping, never data),
+  :meth:`Warehouse.has_partition`, :meth:`Warehouse.partitions`, :func:`fingerprint`;
+- **footers** — :func:`read_footers` / :func:`count_rows`: schema and row counts without a Spark
+  job;
+- **atomic replace** — :func:`replacing`, the only way a partition (or an artifact directory)
+  is written: the new content goes to a hidden staging sibling, then two renames swap it in;
+- **small JSON files** — :func:`write_json` (write to a temporary name, rename),
+  :func:`read_json`; the validation ``status.json`` and the run manifests use them.
+
+Crash window of :func:`replacing` (documented, tested by the reliability tests): the swap is
+``target → .old-<name>-<id>`` then ``staging → target``. A crash before the first rename
+leaves the previous content in place plus hidden staging debris; a crash between the two
+renames leaves no ``target`` but a complete ``.old-`` copy, which the next :func:`replacing`
+of that target (or :func:`recover`) renames back before doing anything else. Readers skip
+hidden names, so debris is never mistaken for data.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
+import shutil
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 from jobs.errors import InputError
 
 TABLES = ("features", "labels", "predictions", "quarantine", "metrics", "ab_reports",
-          "validation", "recommendations", "_runs")
+          "validation", "recommendations", "catalog", "models", "_runs", "_locks")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+HIDDEN = (".", "_")  # staging / old copies, Spark's _temporary, _SUCCESS, .crc files
+STATUS_FILE = "status.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Validated parts
 
 
 def parse_date(value: str, what: str = "date") -> dt.date:
@@ -34,9 +68,13 @@ def date_range(start: str, end: str) -> list[str]:
 
 def safe_name(value: str, what: str) -> str:
     """Names that become path components (dataset, model_version) must not escape the tree."""
-    if not _SAFE_NAME.match(value or ""):
+    if not _SAFE_NAME.match(value or "") or ".." in value:
         raise InputError(f"{what} {value!r} may only contain letters, digits, '.', '_' and '-'")
     return value
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
 
 
 @dataclass(frozen=True)
@@ -46,7 +84,7 @@ class Warehouse:
     def table(self, dataset: str, table: str) -> Path:
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r}")
-        return self.root / safe_name(dataset, "dataset") / table
+        return Path(self.root) / safe_name(dataset, "dataset") / table
 
     def partition(self, dataset: str, table: str, ds: str, **more: str) -> Path:
         path = self.table(dataset, table) / f"ds={parse_date(ds, 'ds').isoformat()}"
@@ -54,13 +92,180 @@ class Warehouse:
             path = path / f"{key}={safe_name(value, key)}"
         return path
 
-    def has_partition(self, dataset: str, table: str, ds: str) -> bool:
-        path = self.partition(dataset, table, ds)
-        return path.is_dir() and any(path.rglob("*.parquet"))
+    def catalog(self, dataset: str, name: str) -> Path:
+        """``<wh>/<dataset>/catalog/<name>`` (e.g. ``users``, ``items``): unpartitioned tables."""
+        return self.table(dataset, "catalog") / safe_name(name, "catalog table")
+
+    def runs_dir(self, dataset: str) -> Path:
+        return self.table(dataset, "_runs")
+
+    def status_path(self, dataset: str, ds: str) -> Path:
+        """The validation decision of a ds (``validation/ds=D/status.json``)."""
+        return self.partition(dataset, "validation", ds) / STATUS_FILE
+
+    def has_partition(self, dataset: str, table: str, ds: str, **more: str) -> bool:
+        """True when the partition holds at least one data file."""
+        return bool(parquet_files(self.partition(dataset, table, ds, **more)))
 
     def partitions(self, dataset: str, table: str) -> list[str]:
-        """The ds values present in a table, sorted."""
+        """The ds values present in a table (visible ``ds=`` directories), sorted."""
         base = self.table(dataset, table)
         if not base.is_dir():
             return []
-        return sorted(p.name[3:] for p in base.glob("ds=*") if p.is_dir())
+        return sorted(p.name[3:] for p in base.iterdir()
+                      if p.is_dir() and p.name.startswith("ds=") and _DATE.match(p.name[3:]))
+
+    def sub_partitions(self, dataset: str, table: str, ds: str, key: str) -> list[str]:
+        """The values of ``key`` under one ds that hold data, e.g. the model versions with
+        predictions for a day."""
+        base = self.partition(dataset, table, ds)
+        if not base.is_dir():
+            return []
+        prefix = f"{key}="
+        return sorted(p.name[len(prefix):] for p in base.iterdir()
+                      if p.is_dir() and p.name.startswith(prefix) and parquet_files(p))
+
+
+# --------------------------------------------------------------------------------------------
+# Listing and footers
+
+
+def parquet_files(directory: Path) -> list[Path]:
+    """The data files of a directory, sorted; nothing under a hidden name counts."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.rglob("*.parquet")
+                  if not any(part.startswith(HIDDEN) for part in p.relative_to(directory).parts))
+
+
+def fingerprint(directory: Path) -> list[list]:
+    """Names and sizes of a partition's files: a rewrite (new part-file names) or a file changed
+    in place (a new size) changes it."""
+    directory = Path(directory)
+    return [[str(p.relative_to(directory)), p.stat().st_size] for p in parquet_files(directory)]
+
+
+def read_footers(files: list[Path]):
+    """The unified arrow schema (field metadata dropped) and total row count of parquet files,
+    from their footers. Raises ``ValueError`` naming the file that cannot be read, or the
+    directory whose files disagree on the schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schemas, rows = [], 0
+    for path in files:
+        try:
+            meta = pq.read_metadata(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise ValueError(f"cannot read parquet file {path}: "
+                             f"{(str(exc).splitlines() or [''])[0]}") from None
+        rows += meta.num_rows
+        schemas.append(meta.schema.to_arrow_schema())
+    try:
+        schema = pa.unify_schemas(schemas)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ValueError(f"the files of {files[0].parent} disagree on their schema: "
+                         f"{(str(exc).splitlines() or [''])[0]}") from None
+    return pa.schema([f.remove_metadata() for f in schema]), rows
+
+
+def count_rows(directory: Path) -> int:
+    """Rows of a directory's data files, from their footers (0 when it has none)."""
+    files = parquet_files(directory)
+    return read_footers(files)[1] if files else 0
+
+
+def read_table(directory: Path, columns: list[str] | None = None):
+    """A (small) directory's data files as one arrow table, read on the driver."""
+    import pyarrow.dataset as pads
+
+    files = parquet_files(directory)
+    if not files:
+        raise FileNotFoundError(f"{directory} has no parquet files")
+    return pads.dataset([str(p) for p in files], format="parquet").to_table(columns=columns)
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic replace
+
+
+def _sibling(target: Path, kind: str, token: str) -> Path:
+    return target.parent / f".{kind}-{target.name}-{token}"
+
+
+def recover(target: Path) -> None:
+    """Undo a swap interrupted between its two renames: no ``target`` but an ``.old-`` copy of
+    it → rename the newest copy back. Leftover staging and old copies are removed."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    olds = sorted(target.parent.glob(f".old-{glob_escape(target.name)}-*"),
+                  key=lambda p: p.stat().st_mtime)
+    if olds and not target.exists():
+        olds.pop().rename(target)
+    for debris in olds + list(target.parent.glob(f".staging-{glob_escape(target.name)}-*")):
+        shutil.rmtree(debris, ignore_errors=True)
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+@contextmanager
+def replacing(target: Path) -> Iterator[Path]:
+    """Replace the directory ``target`` as a whole.
+
+    Yields a hidden staging path beside it (not yet created: Spark's writer creates it, direct
+    writers ``mkdir`` it). When the body returns, the staging directory is swapped in for
+    ``target`` (created empty when the body wrote nothing); when the body raises, it is removed
+    and ``target`` is left as it was. See the module docstring for the crash window.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover(target)
+    token = uuid.uuid4().hex[:12]
+    staging = _sibling(target, "staging", token)
+    try:
+        yield staging
+        staging.mkdir(parents=True, exist_ok=True)
+        old = _sibling(target, "old", token)
+        if target.exists():
+            target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove(target: Path) -> None:
+    """Delete a partition (e.g. a stale quarantine) so that no reader sees it."""
+    target = Path(target)
+    if target.exists():
+        doomed = _sibling(target, "old", uuid.uuid4().hex[:12])
+        target.rename(doomed)  # one rename: readers see all of it or none
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Small JSON files
+
+
+def write_json(path: Path, payload: Any, indent: int | None = 1) -> Path:
+    """Write JSON atomically (temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(payload, indent=indent, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_json(path: Path) -> Any | None:
+    """The parsed file, or None when it does not exist; ``ValueError`` when it is unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
