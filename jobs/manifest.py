@@ -16,6 +16,19 @@ def utc_now() -> str:
 
 
 @dataclass
+class RunRecord:
+    """What a finished stage reports: the manifest's counts, model, outputs and details."""
+
+    input_rows: int = 0
+    output_rows: int = 0
+    quarantined_rows: int = 0
+    model_version: str | None = None
+    model_sha256: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class RunManifest:
     job: str
     dataset: str

@@ -1,0 +1,3 @@
+"""placeholder"""
+def render_html(result): return "<html></html>"
+def render_markdown(result): return ""
