@@ -81,12 +81,13 @@ def warehouse(job_config, spec):
         labelled = labels.iloc[7:]  # 7 rows per day have no labels
         _write(wh.partition(spec.name, "labels", ds),
                pa.Table.from_pandas(labelled, schema=labels_arrow_schema(spec), preserve_index=False))
-        # A scores every row plus 10 unknown ones; B skips the first 3 rows
+        # A scores every row plus 10 unknown ones; B skips the first 3 rows and adds 4 of its own
         a_ids = np.concatenate([ids, ids[-1] + 1 + np.arange(10)])
         _write(wh.partition(spec.name, "predictions", ds, model_version="A"),
                _predictions(spec, a_ids, labels, 2.0, rng, gates=True))
         _write(wh.partition(spec.name, "predictions", ds, model_version="B"),
-               _predictions(spec, ids[3:], labels, 1.0, rng, gates=True))
+               _predictions(spec, np.concatenate([ids[3:], ids[-1] + 100 + np.arange(4)]), labels,
+                            1.0, rng, gates=True))
     return wh
 
 
@@ -106,8 +107,8 @@ def _oracle_rows(wh, spec, days):
 def test_pairing_values_rerun_and_gates(spark, job_config, spec, warehouse):
     result = compare_models(spark, job_config, spec, "A", "B", DAYS[0], DAYS[1])
     p = result.pairing
-    assert (p.baseline_rows, p.candidate_rows) == (2 * (N + 10), 2 * (N - 3))
-    assert (p.paired_rows, p.baseline_only_rows, p.candidate_only_rows) == (2 * (N - 3), 2 * 13, 0)
+    assert (p.baseline_rows, p.candidate_rows) == (2 * (N + 10), 2 * (N - 3 + 4))
+    assert (p.paired_rows, p.baseline_only_rows, p.candidate_only_rows) == (2 * (N - 3), 2 * 13, 2 * 4)
     assert p.paired_without_labels == 2 * (7 - 3)
     rec = result.record()
     assert rec.details["pairing"]["labelled_rows"] == 2 * (N - 7)
@@ -136,7 +137,7 @@ def test_pairing_values_rerun_and_gates(spark, job_config, spec, warehouse):
     assert set(table.p_value_adjusted.dropna() >= table.p_value.dropna()) == {True}
     # gates: task mass mostly on expert 0 (Dirichlet(20, 1, 1, 0.01)): collapsed? 20/22 = 0.91
     g = result.gates["candidate"]["tasks"]["click"]
-    assert g["experts"] == EXPERTS and g["rows"] == 2 * (N - 3)
+    assert g["experts"] == EXPERTS and g["rows"] == 2 * (N - 3 + 4)
     assert g["mean_weight"][0] == pytest.approx(20 / 22.01, abs=0.02)
     assert 3 in g["dead_experts"] and g["collapsed"] is True
 
