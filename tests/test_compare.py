@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from browser import visit
 from jobs import stats
 from jobs.errors import InputError, MissingInputError
 from jobs.stages.compare import compare_models
@@ -104,7 +105,7 @@ def _oracle_rows(wh, spec, days):
     return pd.concat(frames, ignore_index=True)
 
 
-def test_pairing_values_rerun_and_gates(spark, job_config, spec, warehouse):
+def test_pairing_values_rerun_and_gates(spark, job_config, spec, warehouse, chromium):
     result = compare_models(spark, job_config, spec, "A", "B", DAYS[0], DAYS[1])
     p = result.pairing
     assert (p.baseline_rows, p.candidate_rows) == (2 * (N + 10), 2 * (N - 3 + 4))
@@ -148,7 +149,25 @@ def test_pairing_values_rerun_and_gates(spark, job_config, spec, warehouse):
     pd.testing.assert_frame_equal(table2, table)
     assert sorted(p.name for p in warehouse.table(spec.name, "ab_reports").iterdir()) == \
         ["_docs", "report=A_vs_B_2026-11-02_2026-11-03"]
-    assert again.outputs["html"].endswith("report.html")
+    # the HTML report as a user sees it: offline, no console error, every figure and table shown
+    page = visit(chromium, again.outputs["html"])
+    assert page.errors == [] and page.requests == []
+    # a figure row per task, per-day deltas, gates; tables: tasks, pairing, verdicts, segments
+    assert page.images == len(spec.task_names) + 2 and page.tables == 4
+    assert page.screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(page.screenshot) > 50_000
+    summary = open(again.outputs["summary"]).read()
+    assert "**SHIP**" in summary and "| click | better |" in summary
+
+
+def test_browser_check_sees_errors_and_requests(chromium, tmp_path):
+    """The checker itself: a page that logs an error and fetches from the network is caught."""
+    page = tmp_path / "bad.html"
+    page.write_text("<html><body><table><tr><td>x</td></tr></table>"
+                    "<script>console.error('boom'); undefined_call();</script>"
+                    "<img src='http://192.0.2.1/x.png'></body></html>")
+    seen = visit(chromium, page)
+    assert any("boom" in e for e in seen.errors) and any("exception" in e for e in seen.errors)
+    assert seen.requests == ["http://192.0.2.1/x.png"] and seen.tables == 1 and seen.images == 0
 
 
 def test_refusals(spark, job_config, spec, warehouse):
