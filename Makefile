@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m jobs.demo
+	$(BIN)/mmoe demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -7,8 +7,9 @@ tasks and alerting can read row counts and model versions.
 
 Airflow Variables (all optional): `mmoe_dataset` (default `synth`), `mmoe_model_dir` (the
 artifact to score with; default `artifacts/mmoe`), `mmoe_config` (a job config YAML),
-`mmoe_bin` (the console script; default `mmoe` on PATH). Evaluation waits for labels: it runs
-`evaluation.label_wait_days` after the ds by rescheduling (see the sensor task).
+`mmoe_bin` (the console script; default `mmoe` on PATH). Evaluation runs on the same ds; when
+its labels are not there yet it fails with a one-line error naming the deadline
+(`evaluation.label_wait_days`) and Airflow retries it.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from airflow.sdk import CronDataIntervalTimetable, Variable, dag, task
 @task(retries=2, retry_delay=pendulum.duration(minutes=5))
 def run_mmoe(subcommand: list[str], **context) -> dict:
     """Run one `mmoe` job for this run's ds and return its manifest."""
-    from airflow_dags.runner import run_job
+    from airflow_dags.runner import run_ds, run_job
 
-    ds = context["data_interval_start"].date().isoformat()
+    ds = run_ds(context["data_interval_start"])
     return run_job(subcommand, ds, dataset=Variable.get("mmoe_dataset", default="synth"),
                    model_dir=Variable.get("mmoe_model_dir", default="artifacts/mmoe"),
                    config=Variable.get("mmoe_config", default=None),

@@ -13,15 +13,21 @@ class JobFailed(RuntimeError):
     """The job exited non-zero; the message is its one-line error."""
 
 
+def run_ds(data_interval_start) -> str:
+    """The ds a scheduled run works on: the data interval's START date (the day whose data the
+    interval covers), never the run's wall-clock time."""
+    return data_interval_start.date().isoformat()
+
+
 def build_command(subcommand: list[str], ds: str, dataset: str, model_dir: str | None,
                   config: str | None, mmoe_bin: str = "mmoe") -> list[str]:
-    cmd = [mmoe_bin]
-    if config:
-        cmd += ["--config", config]
-    cmd += [*subcommand, "--dataset", dataset, "--ds", ds]
-    if subcommand[0] == "score" and model_dir:
-        cmd += ["--model", model_dir]
-    return cmd
+    """The ``mmoe`` command line, its flags taken from the CLI's own definitions."""
+    from jobs.cli import command_line
+
+    options: dict[str, object] = {"config": config or None, "dataset": dataset, "ds": ds}
+    if subcommand[0] == "score":
+        options["model"] = model_dir or None
+    return [mmoe_bin, *command_line(subcommand, **options)]
 
 
 def run_job(subcommand: list[str], ds: str, dataset: str, model_dir: str | None = None,

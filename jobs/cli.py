@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import json
 import sys
-import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import typer
 
 from jobs.config import JobConfig, load_config
 from jobs.errors import InputError, MmoeError
-from jobs.manifest import RunManifest
-from jobs.warehouse import Warehouse, date_range, parse_date, safe_name
+from jobs.manifest import error_line, run_job
+from jobs.warehouse import date_range, safe_name
 from mmoe_model.archs import ARCHS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -52,54 +50,22 @@ def _globals(
 
 
 # --------------------------------------------------------------------------------------------
-# Running a job: manifest in, manifest out, one-line errors.
+# Running a job: the shared helper finishes the manifest; this layer prints it and exits.
 
 
-def _error_line(exc: BaseException) -> str:
-    if isinstance(exc, MmoeError):
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def _exit_code(exc: BaseException) -> int:
-    return getattr(exc, "exit_code", 1)
-
-
-@contextmanager
-def _job(ctx: typer.Context, job: str, dataset: str, ds: Optional[str]) -> Iterator[tuple[JobConfig, RunManifest]]:
-    """Validate inputs before any work, run the body, finish and print the manifest."""
-    manifest = RunManifest(job=job, dataset=dataset, ds=ds)
-    runs_dir: Optional[Path] = None
-    try:
-        if ds is not None:
-            parse_date(ds, "--ds")
-        cfg = ctx.obj.job_config()
-        safe_name(dataset, "--dataset")
-        runs_dir = Warehouse(cfg.warehouse).table(dataset, "_runs")
-        yield cfg, manifest
-    except KeyboardInterrupt:
-        manifest.finish("failed", runs_dir, "interrupted")
-        print(manifest.to_json())
+def _job(ctx: typer.Context, job: str, dataset: str, ds: Optional[str],
+         body: Callable[[JobConfig, str], object]) -> None:
+    """Run ``body(cfg, run_id)`` (it returns the stage's result); print the manifest as the last
+    stdout line; on failure print one line on stderr and exit non-zero."""
+    outcome = run_job(job, dataset, ds, ctx.obj.job_config, body)
+    print(outcome.manifest.to_json(), flush=True)
+    exc = outcome.error
+    if exc is None:
+        return
+    if isinstance(exc, KeyboardInterrupt):
         raise typer.Exit(130)
-    except Exception as exc:  # every failure becomes a manifest + one line, never a traceback
-        line = _error_line(exc)
-        if not isinstance(exc, MmoeError) and not isinstance(exc, _model_errors()):
-            traceback.print_exc(file=sys.stderr)  # unexpected: keep the detail for debugging
-        manifest.finish("failed", runs_dir, line)
-        print(manifest.to_json())
-        print(f"error: {line}", file=sys.stderr)
-        raise typer.Exit(_exit_code(exc))
-    manifest.finish("succeeded", runs_dir)
-    print(manifest.to_json())
-
-
-def _model_errors() -> tuple[type, ...]:
-    try:
-        from mmoe_model.errors import MmoeModelError
-    except ImportError:  # pragma: no cover - model package always present once installed
-        return ()
-    return (MmoeModelError,)
+    print(f"error: {error_line(exc)}", file=sys.stderr, flush=True)
+    raise typer.Exit(getattr(exc, "exit_code", 1))
 
 
 def _spec(dataset: str):
@@ -131,12 +97,14 @@ def data_census(
     ds: str = typer.Option(..., "--ds", help="Partition date YYYY-MM-DD."),
 ) -> None:
     """Ingest a raw UCI Census-Income file into census-group1 and census-group2."""
-    with _job(ctx, "data-census", "census", ds) as (cfg, manifest):
+    def body(cfg: JobConfig, run_id: str):
         if not input.is_file():
             raise InputError(f"--input {input} is not a readable file")
         from jobs.data.census import ingest_census
 
-        ingest_census(_spark(cfg), cfg, input, ds, manifest)
+        return ingest_census(_spark(cfg), cfg, input, ds)
+
+    _job(ctx, "data-census", "census", ds, body)
 
 
 @data_app.command("synth")
@@ -150,11 +118,13 @@ def data_synth(
                                            help="Cosine between the tasks' weight vectors (rho)."),
 ) -> None:
     """Generate synthetic impression logs (click, like, conversion) plus catalog tables."""
-    with _job(ctx, "data-synth", "synth", start) as (cfg, manifest):
+    def body(cfg: JobConfig, run_id: str):
         from jobs.data.synth import generate_synth
 
-        generate_synth(cfg, start, days, rows_per_day, seed=seed,
-                       task_correlation=task_correlation, manifest=manifest)
+        return generate_synth(cfg, start, days, rows_per_day, seed=seed,
+                              task_correlation=task_correlation)
+
+    _job(ctx, "data-synth", "synth", start, body)
 
 
 @app.command()
@@ -169,13 +139,15 @@ def train(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Train a model on the features/labels tables of a ds range and save an artifact."""
-    with _job(ctx, "train", dataset, end) as (cfg, manifest):
+    def body(cfg: JobConfig, run_id: str):
         _check_choice(arch, ARCHS, "--arch")
         date_range(start, end)
         _spec(dataset)
         from jobs.stages.train import train_model
 
-        train_model(cfg, dataset, arch, start, end, out, epochs, seed, manifest)
+        return train_model(cfg, dataset, arch, start, end, out, epochs, seed)
+
+    _job(ctx, "train", dataset, end, body)
 
 
 @app.command()
@@ -185,11 +157,13 @@ def validate(
     ds: str = typer.Option(..., "--ds"),
 ) -> None:
     """Validate a features partition with the Great Expectations suite derived from the spec."""
-    with _job(ctx, "validate", dataset, ds) as (cfg, manifest):
+    def body(cfg: JobConfig, run_id: str):
         spec = _spec(dataset)
         from jobs.stages.validate import validate_partition
 
-        validate_partition(_spark(cfg), cfg, spec, ds, manifest)
+        return validate_partition(_spark(cfg), cfg, spec, ds, run_id=run_id)
+
+    _job(ctx, "validate", dataset, ds, body)
 
 
 @app.command()
@@ -203,14 +177,15 @@ def score(
                                  help="Score users x catalog items and write top-K recommendations."),
 ) -> None:
     """Score the validated rows of a partition and write the predictions table."""
-    with _job(ctx, "score", dataset, ds) as (cfg, manifest):
+    def body(cfg: JobConfig, run_id: str):
         spec = _spec(dataset)
         from jobs.stages.score import score_catalog, score_partition
 
         if catalog:
-            score_catalog(_spark(cfg), cfg, spec, ds, model, manifest)
-        else:
-            score_partition(_spark(cfg), cfg, spec, ds, model, with_gates, manifest)
+            return score_catalog(_spark(cfg), cfg, spec, ds, model)
+        return score_partition(_spark(cfg), cfg, spec, ds, model, with_gates)
+
+    _job(ctx, "score", dataset, ds, body)
 
 
 @app.command()
@@ -222,13 +197,28 @@ def evaluate(
                                                       help="Only these versions (repeatable)."),
 ) -> None:
     """Join predictions with labels and write the metrics table for a ds."""
-    with _job(ctx, "evaluate", dataset, ds) as (cfg, manifest):
+    def body(cfg: JobConfig, run_id: str):
         spec = _spec(dataset)
         for version in model_version or []:
             safe_name(version, "--model-version")
         from jobs.stages.evaluate import evaluate_partition
 
-        evaluate_partition(_spark(cfg), cfg, spec, ds, model_version or None, manifest)
+        return evaluate_partition(_spark(cfg), cfg, spec, ds, model_version or None)
+
+    _job(ctx, "evaluate", dataset, ds, body)
+
+
+@app.command()
+def demo(ctx: typer.Context) -> None:
+    """The nightly flow end to end on the config's demo section (what `make demo` runs)."""
+    try:
+        cfg = ctx.obj.job_config()
+        from jobs.demo import main as run_demo
+
+        run_demo(cfg)
+    except Exception as exc:
+        print(f"error: {error_line(exc)}", file=sys.stderr)
+        raise typer.Exit(getattr(exc, "exit_code", 1))
 
 
 @app.command()
@@ -236,18 +226,48 @@ def bench(
     ctx: typer.Context,
     which: str = typer.Argument(..., help=f"One of: {', '.join(BENCHES)}."),
     rows: Optional[int] = typer.Option(None, "--rows", min=1),
+    results: Optional[Path] = typer.Option(
+        None, "--results", help="Markdown file to append the results to "
+                                "(default: <warehouse>/_bench/benchmarks.md)."),
 ) -> None:
-    """Benchmark a stage; prints one JSON object as the last line and appends to docs/."""
+    """Benchmark a stage; prints one JSON object as the last line and appends it to --results."""
     try:
         _check_choice(which, BENCHES, "bench")
         cfg = ctx.obj.job_config()
         from jobs import bench as bench_mod
 
-        result = getattr(bench_mod, f"bench_{which}")(cfg, rows)
+        result = getattr(bench_mod, f"bench_{which}")(cfg, rows, results)
     except Exception as exc:
-        print(f"error: {_error_line(exc)}", file=sys.stderr)
-        raise typer.Exit(_exit_code(exc))
+        print(f"error: {error_line(exc)}", file=sys.stderr)
+        raise typer.Exit(getattr(exc, "exit_code", 1))
     print(json.dumps(result, default=str))
+
+
+def command_line(path: list[str], **options: object) -> list[str]:
+    """The arguments of an ``mmoe`` call built from the CLI's own definitions: ``path`` names the
+    sub-command (``["score"]``, ``["data", "synth"]``), ``options`` its parameters by their
+    Python names (``ds="2026-11-03"``; global ones like ``config`` go before the sub-command).
+    A name the command does not declare is a ``KeyError``, so a renamed option breaks callers
+    (the Airflow runner) in a test, not at 3 a.m. None values and False flags are left out."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    command, head = group, []
+    for name in path:
+        command = command.commands[name]  # KeyError: no such sub-command
+    flags = {p.name: p for p in group.params} | {p.name: p for p in command.params}
+    tail: list[str] = []
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        param = flags[name]  # KeyError: the command has no such option
+        target = head if param in group.params else tail
+        if getattr(param, "is_flag", False):
+            target.append(param.opts[0])
+            continue
+        for item in (value if isinstance(value, (list, tuple)) else [value]):
+            target += [param.opts[0], str(item)]
+    return head + list(path) + tail
 
 
 def main() -> None:

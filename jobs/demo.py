@@ -8,58 +8,61 @@ run manifest, exactly as the CLI does.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 import time
 from pathlib import Path
 
 from jobs.config import JobConfig, load_config
-from jobs.manifest import RunManifest
-from jobs.warehouse import Warehouse
+from jobs.errors import MmoeError
+from jobs.manifest import RunManifest, error_line, run_job
+from jobs.warehouse import Warehouse, date_range
 
 
-def _step(name: str, dataset: str, ds: str, cfg: JobConfig, fn) -> RunManifest:
-    manifest = RunManifest(job=name, dataset=dataset, ds=ds)
+class DemoFailed(MmoeError):
+    """A demo step failed; its manifest (printed above) has the details."""
+
+
+def _step(name: str, dataset: str, ds: str, cfg: JobConfig, body) -> RunManifest:
+    """One step, run and recorded exactly as the CLI runs a job (:func:`run_job`)."""
     started = time.perf_counter()
     print(f"\n== {name} ({dataset}, ds={ds})", flush=True)
-    try:
-        fn(manifest)
-    except Exception as exc:
-        manifest.finish("failed", Warehouse(cfg.warehouse).table(dataset, "_runs"), str(exc))
-        print(manifest.to_json())
-        raise
-    manifest.finish("succeeded", Warehouse(cfg.warehouse).table(dataset, "_runs"))
-    print(manifest.to_json())
+    outcome = run_job(name, dataset, ds, lambda: cfg, lambda cfg, run_id: body())
+    print(outcome.manifest.to_json(), flush=True)
+    if outcome.error is not None:
+        raise DemoFailed(f"demo step {name} failed: {error_line(outcome.error)}") \
+            from outcome.error
     print(f"   {name}: {time.perf_counter() - started:.1f}s", flush=True)
-    return manifest
+    return outcome.manifest
 
 
 def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
+    from jobs.data.synth import generate_synth
+    from jobs.spark import get_spark
     from jobs.stages.evaluate import evaluate_partition
     from jobs.stages.score import score_partition
-    from jobs.spark import get_spark
-    from jobs.data.synth import generate_synth
     from jobs.stages.train import train_model
     from jobs.stages.validate import validate_partition
     from schemas import load_spec
 
     demo = cfg.demo
     spec = load_spec(demo.dataset)
-    first = dt.date.fromisoformat(demo.start)
-    days = [(first + dt.timedelta(days=i)).isoformat() for i in range(demo.days)]
+    days = date_range(demo.start, (dt.date.fromisoformat(demo.start)
+                                   + dt.timedelta(days=demo.days - 1)).isoformat())
     train_end, last = days[-2] if len(days) > 1 else days[-1], days[-1]
     model_dir = Path(cfg.warehouse).parent / "artifacts" / f"{demo.dataset}-{demo.arch}"
     runs: dict[str, RunManifest] = {}
-    runs["data"] = _step("data-synth", spec.name, days[0], cfg, lambda m: generate_synth(
-        cfg, days[0], demo.days, demo.rows_per_day, seed=demo.seed, manifest=m))
-    runs["train"] = _step("train", spec.name, train_end, cfg, lambda m: train_model(
-        cfg, spec.name, demo.arch, days[0], train_end, model_dir, demo.epochs, demo.seed, m))
+    runs["data"] = _step("data-synth", spec.name, days[0], cfg, lambda: generate_synth(
+        cfg, days[0], demo.days, demo.rows_per_day, seed=demo.seed))
+    runs["train"] = _step("train", spec.name, train_end, cfg, lambda: train_model(
+        cfg, spec.name, demo.arch, days[0], train_end, model_dir, demo.epochs, demo.seed))
     spark = get_spark(cfg.spark)
     runs["validate"] = _step("validate", spec.name, last, cfg,
-                             lambda m: validate_partition(spark, cfg, spec, last, m))
-    runs["score"] = _step("score", spec.name, last, cfg, lambda m: score_partition(
-        spark, cfg, spec, last, model_dir, False, m))
-    runs["evaluate"] = _step("evaluate", spec.name, last, cfg, lambda m: evaluate_partition(
-        spark, cfg, spec, last, None, m))
+                             lambda: validate_partition(spark, cfg, spec, last))
+    runs["score"] = _step("score", spec.name, last, cfg, lambda: score_partition(
+        spark, cfg, spec, last, model_dir, False))
+    runs["evaluate"] = _step("evaluate", spec.name, last, cfg, lambda: evaluate_partition(
+        spark, cfg, spec, last, None))
     _print_summary(spark, cfg, spec, last, runs)
     return runs
 
@@ -108,9 +111,13 @@ def _print_gates(spark, cfg: JobConfig, spec, ds: str, model_dir: Path, rows: in
         print(f"   {task:<12} [{weights}]  H={s['normalized_entropy']:.2f}{flag}")
 
 
-def main() -> int:
+def main(cfg: JobConfig | None = None) -> int:
+    """``make demo`` runs ``mmoe demo``, so ``--config`` / ``--warehouse`` and ``MMOE_CONFIG`` /
+    ``MMOE_WAREHOUSE`` apply; ``python -m jobs.demo`` reads the same environment variables."""
     started = time.perf_counter()
-    cfg = load_config()
+    if cfg is None:
+        cfg = load_config(os.environ.get("MMOE_CONFIG") or None,
+                          os.environ.get("MMOE_WAREHOUSE") or None)
     run_demo(cfg)
     print(f"\ndemo finished in {time.perf_counter() - started:.0f}s", flush=True)
     return 0

@@ -1,14 +1,24 @@
 """Run manifests: one JSON object per job run, printed as the last stdout line and kept under
-``<wh>/<dataset>/_runs/`` (CONTRACT.md)."""
+``<wh>/<dataset>/_runs/`` (CONTRACT.md).
+
+Stages never see a manifest. A stage returns a typed result whose ``record()`` gives a
+:class:`RunRecord` (counts, model, outputs, details), or raises an ``MmoeError`` whose
+``details`` say what it got to. :func:`run_job` — the one helper the CLI and the demo share —
+turns either into a finished manifest and writes it through the warehouse.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Protocol
+
+MANIFEST_FIELDS = ("input_rows", "output_rows", "quarantined_rows", "model_version",
+                   "model_sha256")
 
 
 def utc_now() -> str:
@@ -26,6 +36,10 @@ class RunRecord:
     model_sha256: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+
+
+class StageResult(Protocol):
+    def record(self) -> RunRecord: ...
 
 
 @dataclass
@@ -50,19 +64,96 @@ class RunManifest:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=False, default=str)
 
-    def finish(self, status: Literal["succeeded", "failed"], runs_dir: Path | None,
-               error: str | None = None) -> "RunManifest":
-        """Stamp the end, and write the manifest under ``runs_dir`` when there is one."""
-        self.status = status
-        self.error = error
-        self.finished_at = utc_now()
-        if runs_dir is not None:
-            stamp = self.started_at.replace(":", "").replace("-", "").replace(".", "")
-            name = f"{self.job}_{self.ds or 'nods'}_{stamp}_{self.run_id}.json"
-            path = runs_dir / name
-            self.manifest_path = str(path)
-            runs_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(self.to_json() + "\n")
-            tmp.replace(path)
+    def apply(self, record: RunRecord) -> "RunManifest":
+        for name in MANIFEST_FIELDS:
+            setattr(self, name, getattr(record, name))
+        self.outputs.update(record.outputs)
+        self.details.update(record.details)
         return self
+
+    def apply_error(self, exc: BaseException) -> "RunManifest":
+        """What a failed stage got to: ``MmoeError.details`` keys named like manifest fields
+        (e.g. ``model_version``) go to the top level, the rest to ``details``."""
+        for key, value in (getattr(exc, "details", None) or {}).items():
+            if key == "outputs":
+                self.outputs.update(value)
+            elif key in MANIFEST_FIELDS:
+                setattr(self, key, value)
+            else:
+                self.details[key] = value
+        return self
+
+    def file_name(self) -> str:
+        stamp = self.started_at.replace(":", "").replace("-", "").replace(".", "")
+        return f"{self.job}_{self.ds or 'nods'}_{stamp}_{self.run_id}.json"
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line a failure is reported with: the message of our typed errors, else the
+    exception's type and first line."""
+    from jobs.errors import MmoeError
+
+    text = str(exc).strip().splitlines()
+    if isinstance(exc, MmoeError) or _is_model_error(exc):
+        return text[0] if text else type(exc).__name__
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _is_model_error(exc: BaseException) -> bool:
+    from mmoe_model.errors import MmoeModelError
+
+    return isinstance(exc, MmoeModelError)
+
+
+def is_expected(exc: BaseException) -> bool:
+    """Our typed errors (a one-line cause is the whole story) vs bugs worth a traceback."""
+    from jobs.errors import MmoeError
+
+    return isinstance(exc, (MmoeError, KeyboardInterrupt)) or _is_model_error(exc)
+
+
+@dataclass
+class Outcome:
+    manifest: RunManifest
+    result: Any = None
+    error: BaseException | None = None
+
+
+def run_job(job: str, dataset: str, ds: str | None, prepare: Callable[[], Any],
+            body: Callable[[Any, str], StageResult]) -> Outcome:
+    """Run one job and finish its manifest, whatever happens.
+
+    ``prepare()`` checks the inputs and returns the job config (nothing is written when it
+    fails: there is no warehouse yet); ``body(cfg, run_id)`` runs the stage and returns its
+    result. The manifest is written under ``<wh>/<dataset>/_runs/`` once the config is known.
+    Exceptions (``KeyboardInterrupt`` included) are returned, never raised: the caller decides
+    how to report them.
+    """
+    from jobs.warehouse import Warehouse, parse_date, safe_name, write_json
+
+    manifest = RunManifest(job=job, dataset=dataset, ds=ds)
+    runs_dir: Path | None = None
+    outcome = Outcome(manifest)
+    try:
+        if ds is not None:
+            parse_date(ds, "--ds")
+        cfg = prepare()
+        safe_name(dataset, "--dataset")
+        runs_dir = Warehouse(cfg.warehouse).runs_dir(dataset)
+        outcome.result = body(cfg, manifest.run_id)
+        manifest.apply(outcome.result.record())
+        manifest.status = "succeeded"
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes a manifest
+        outcome.error = exc
+        manifest.apply_error(exc)
+        if not is_expected(exc):  # a bug: keep the traceback in the manifest, not on stderr
+            manifest.details["traceback"] = "".join(traceback.format_exception(exc))[-8000:]
+        manifest.status, manifest.error = "failed", error_line(exc)
+    manifest.finished_at = utc_now()
+    if runs_dir is not None:
+        path = runs_dir / manifest.file_name()
+        manifest.manifest_path = str(path)
+        write_json(path, asdict(manifest), indent=None)
+    return outcome

@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
@@ -89,7 +86,7 @@ def spec_to_dict(spec: DatasetSpec) -> dict[str, Any]:
     def clean(d: dict[str, Any]) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if v is not None}
 
-    return {
+    out = {
         "name": spec.name,
         "description": spec.description,
         "keys": [asdict(k) for k in spec.keys],
@@ -101,6 +98,9 @@ def spec_to_dict(spec: DatasetSpec) -> dict[str, Any]:
         "row_count": asdict(spec.row_count),
         "source": spec.source,
     }
+    if spec.catalog is not None:  # only when set: specs without one keep their old bytes
+        out["catalog"] = asdict(spec.catalog)
+    return out
 
 
 def model_version_of(arch: str, files: Mapping[str, bytes]) -> str:
@@ -149,37 +149,35 @@ def build_artifact_files(model: MultiTaskModel, model_config: ModelConfig, spec:
 def save_artifact(path: str | Path, model: MultiTaskModel, model_config: ModelConfig,
                   spec: DatasetSpec, encoder: FeatureEncoder,
                   metrics: Mapping[str, Any] | None = None) -> "ModelArtifact":
-    """Write the artifact directory ``path`` and return it loaded back (so the caller holds what
-    is on disk, checksums verified).
+    """Write the artifact files into directory ``path`` and return it loaded back (so the caller
+    holds what is on disk, checksums verified).
 
-    The files are written to a temporary sibling directory first and renamed into place, so a
-    crash never leaves a half-written artifact. An existing artifact at ``path`` is replaced; an
-    existing non-empty directory that is not an artifact is refused.
+    A plain write, for library callers (scripts, tests). The ``mmoe train`` job does not use it:
+    it stages :func:`build_artifact_files` and swaps the directory in through the warehouse's
+    one atomic-replace implementation (``jobs.warehouse.replacing``). An existing non-empty
+    directory that is not an artifact is refused.
     """
     path = Path(path)
     files = build_artifact_files(model, model_config, spec, encoder, metrics)
+    check_artifact_target(path)
+    write_artifact_files(path, files)
+    return ModelArtifact.from_files(files)
+
+
+def check_artifact_target(path: Path) -> None:
+    """Refuse to overwrite anything but an artifact (or an empty directory)."""
     if path.exists():
         if not path.is_dir():
             raise ArtifactError(f"{path} exists and is not a directory")
         if any(path.iterdir()) and not (path / MANIFEST).is_file():
             raise ArtifactError(f"{path} is a non-empty directory that is not a model artifact; "
                                 "refusing to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return ModelArtifact.from_files(files)
+
+
+def write_artifact_files(path: Path, files: Mapping[str, bytes]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (path / name).write_bytes(data)
 
 
 def read_artifact_files(path: str | Path) -> dict[str, bytes]:

@@ -115,6 +115,16 @@ class RowCountPolicy:
 
 
 @dataclass(frozen=True)
+class CatalogSpec:
+    """How catalog mode builds (user, item) candidates: the user and item id columns, and the
+    item column that ranks the catalog when only the top items are crossed with users."""
+
+    user_key: str
+    item_key: str
+    rank_by: str
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     name: str
     description: str
@@ -124,6 +134,7 @@ class DatasetSpec:
     attributes: tuple[Attribute, ...] = ()
     segments: tuple[str, ...] = ()
     user_column: str | None = None
+    catalog: CatalogSpec | None = None
     row_count: RowCountPolicy = field(default_factory=RowCountPolicy)
     source: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
@@ -227,7 +238,7 @@ def parse_spec(raw: dict[str, Any], origin: str = "<dict>") -> DatasetSpec:
 
 _TOP_LEVEL = {
     "name", "description", "keys", "features", "tasks", "attributes", "segments", "user_column",
-    "row_count", "source", "exclude",
+    "row_count", "source", "exclude", "catalog",
 }
 
 
@@ -252,6 +263,7 @@ def _parse(raw: dict[str, Any]) -> DatasetSpec:
                          for a in raw.get("attributes", []) if a["name"] not in excluded),
         segments=tuple(raw.get("segments", [])),
         user_column=raw.get("user_column"),
+        catalog=CatalogSpec(**raw["catalog"]) if raw.get("catalog") else None,
         row_count=RowCountPolicy(**raw.get("row_count", {})),
         source=dict(raw.get("source", {})),
     )
@@ -368,3 +380,8 @@ def _check_consistency(spec: DatasetSpec) -> None:
             raise SpecError(f"segment column {seg!r} is not a column of the features table")
     if spec.user_column is not None and spec.user_column not in table_columns:
         raise SpecError(f"user_column {spec.user_column!r} is not a column of the features table")
+    if spec.catalog is not None:
+        for role in ("user_key", "item_key", "rank_by"):
+            column = getattr(spec.catalog, role)
+            if column not in table_columns:
+                raise SpecError(f"catalog.{role} {column!r} is not a column of the features table")

@@ -3,6 +3,8 @@ measured by `mmoe bench`, never here)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from jobs.bench import bench_evaluation, bench_scaling, bench_scoring, bench_validation
@@ -30,8 +32,13 @@ def test_evaluation_bench_smoke(spark, cfg):
     assert {"auc", "gauc", "logloss", "ne", "calibration", "pr_auc", "count", "positives"} <= set(result["metrics"])
 
 
-def test_validation_bench_smoke(spark, cfg):
-    result = bench_validation(cfg, rows=3000, record=False)
+def test_validation_bench_smoke(spark, cfg, tmp_path):
+    docs = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+    before = docs.read_bytes()
+    results = tmp_path / "out" / "bench.md"
+    result = bench_validation(cfg, rows=3000, results=results)
+    assert docs.read_bytes() == before  # never into the source tree
+    assert '"one_pass_floor_seconds"' in results.read_text()
     assert result["rows"] == result["floor_rows"] == 3000
     assert result["spark_jobs"] >= 1
     assert result["seconds"] > 0 and result["one_pass_floor_seconds"] > 0 and result["scoring_seconds"] > 0

@@ -38,9 +38,10 @@ def ingested(spark, census_file, raw_lines, tmp_path_factory):
     cfg = load_config(warehouse=root / "wh")
     head = root / "head.data"
     head.write_text("\n".join(raw_lines[:100]) + "\n")
-    first = ingest_census(spark, cfg, head, DS, RunManifest("data-census", "census", DS))
-    manifest = RunManifest("data-census", "census", DS)
-    result = ingest_census(spark, cfg, census_file, DS, manifest)
+    first = ingest_census(spark, cfg, head, DS).written
+    outcome = ingest_census(spark, cfg, census_file, DS)
+    manifest = RunManifest("data-census", "census", DS).apply(outcome.record())
+    result = outcome.written
     return {"cfg": cfg, "wh": Warehouse(cfg.warehouse), "first": first, "result": result,
             "manifest": manifest}
 
@@ -152,7 +153,7 @@ def test_malformed_line_is_refused(spark, raw_lines, tmp_path, job_config):
     lines[3] = lines[3].rsplit(",", 2)[0] + "," + lines[3].rsplit(",", 1)[1]  # one field fewer
     bad = _write_lines(tmp_path / "bad.data", lines)
     with pytest.raises(InputError) as err:
-        ingest_census(spark, cfg, bad, DS, RunManifest("data-census", "census", DS))
+        ingest_census(spark, cfg, bad, DS)
     msg = str(err.value)
     assert "line 4 (row_id 3)" in msg and "41" in msg and "expected 42" in msg and "1 of 6" in msg
     assert not Warehouse(cfg.warehouse).has_partition("census-group1", "features", DS)
@@ -164,6 +165,6 @@ def test_non_numeric_and_missing_input_are_refused(spark, raw_lines, tmp_path, j
     lines[2] = " abc" + lines[2][lines[2].index(","):]  # age is not a number
     bad = _write_lines(tmp_path / "bad_age.data", lines)
     with pytest.raises(InputError, match=r"line 3 \(row_id 2\): column age value 'abc'"):
-        ingest_census(spark, cfg, bad, DS, RunManifest("data-census", "census", DS))
+        ingest_census(spark, cfg, bad, DS)
     with pytest.raises(InputError, match="does not exist"):
-        ingest_census(spark, cfg, tmp_path / "nope.gz", DS, RunManifest("data-census", "census", DS))
+        ingest_census(spark, cfg, tmp_path / "nope.gz", DS)

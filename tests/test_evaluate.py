@@ -77,8 +77,8 @@ def warehouse(job_config, spec):
 
 
 def _run(spark, cfg, spec, versions):
-    manifest = RunManifest(job="evaluate", dataset=spec.name, ds=DS)
-    evaluate_partition(spark, cfg, spec, DS, versions, manifest)
+    result = evaluate_partition(spark, cfg, spec, DS, versions)
+    manifest = RunManifest(job="evaluate", dataset=spec.name, ds=DS).apply(result.record())
     metrics = spark.read.parquet(str(Warehouse(cfg.warehouse).partition(spec.name, "metrics", DS)))
     return metrics.localCheckpoint(), manifest
 
@@ -130,16 +130,14 @@ def test_missing_labels_names_the_deadline(spark, job_config, spec, warehouse):
     for f in labels.iterdir():
         f.unlink()
     job_config.evaluation.label_wait_days = 3
-    manifest = RunManifest(job="evaluate", dataset=spec.name, ds=DS)
     with pytest.raises(MissingInputError, match=r"labels .*ds=2026-11-03.*expected by 2026-11-06"):
-        evaluate_partition(spark, job_config, spec, DS, None, manifest)
+        evaluate_partition(spark, job_config, spec, DS, None)
     passed = dt.date.today() > dt.date(2026, 11, 6)
     with pytest.raises(MissingInputError, match="has passed" if passed else "has not passed"):
-        evaluate_partition(spark, job_config, spec, DS, None, manifest)
+        evaluate_partition(spark, job_config, spec, DS, None)
 
 
 def test_missing_requested_version_is_named(spark, job_config, spec, warehouse):
-    manifest = RunManifest(job="evaluate", dataset=spec.name, ds=DS)
     with pytest.raises(MissingInputError, match="model_version C "):
-        evaluate_partition(spark, job_config, spec, DS, ["A", "C"], manifest)
+        evaluate_partition(spark, job_config, spec, DS, ["A", "C"])
     assert not warehouse.partition(spec.name, "metrics", DS).exists()

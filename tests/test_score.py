@@ -66,15 +66,15 @@ def validated(spark, tmp_path_factory, synth, frame):
 
     cfg = load_config(warehouse=tmp_path_factory.mktemp("wh"))
     _write_partition(cfg, synth, frame)
-    validate_partition(spark, cfg, synth, DS, RunManifest("validate", synth.name, DS))
+    validate_partition(spark, cfg, synth, DS)
     return cfg
 
 
 def _score(spark, cfg, spec, model_dir, with_gates=False, reader="direct"):
     cfg.scoring.reader = reader
-    manifest = RunManifest("score", spec.name, DS)
-    out = score_partition(spark, cfg, spec, DS, model_dir, with_gates, manifest)
-    return manifest, spark.read.parquet(str(out))
+    result = score_partition(spark, cfg, spec, DS, model_dir, with_gates)
+    manifest = RunManifest("score", spec.name, DS).apply(result.record())
+    return manifest, spark.read.parquet(str(result.output))
 
 
 @pytest.mark.parametrize("reader", ["direct", "spark"])
@@ -150,8 +150,7 @@ def test_tampered_artifact_and_wrong_spec_are_refused(spark, validated, synth, m
         _score(spark, validated, synth, bad)
     census = load_spec("census-group1")
     with pytest.raises(SpecMismatch):
-        score_partition(spark, validated, census, DS, model_dir, False,
-                        RunManifest("score", census.name, DS))
+        score_partition(spark, validated, census, DS, model_dir, False)
 
 
 def test_catalog_mode_writes_top_k_per_user(spark, job_config, synth, model_dir):
@@ -160,8 +159,9 @@ def test_catalog_mode_writes_top_k_per_user(spark, job_config, synth, model_dir)
     generate_synth(job_config, DS, 1, 500, seed=1)
     job_config.scoring.catalog.top_k = 3
     job_config.scoring.catalog.max_items_per_user = 20
-    manifest = RunManifest("score", synth.name, DS)
-    out = score_catalog(spark, job_config, synth, DS, model_dir, manifest)
+    result = score_catalog(spark, job_config, synth, DS, model_dir)
+    manifest = RunManifest("score", synth.name, DS).apply(result.record())
+    out = result.output
     recs = spark.read.parquet(str(out)).toPandas()
     users = pq.read_table(catalog_path(job_config, "users")).num_rows
     assert manifest.input_rows == users * 20

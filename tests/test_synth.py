@@ -119,8 +119,8 @@ def test_label_correlation_grows_with_rho():
 def test_generate_writes_days_catalog_and_manifest(job_config):
     cfg = job_config
     wh = Warehouse(cfg.warehouse)
-    m = RunManifest("data-synth", "synth", DS)
-    result = generate_synth(cfg, DS, 2, 4_000, seed=9, task_correlation=0.5, manifest=m)
+    result = generate_synth(cfg, DS, 2, 4_000, seed=9, task_correlation=0.5)
+    m = RunManifest("data-synth", "synth", DS).apply(result.record())
     days = [DS, "2026-11-02"]
     assert result["rows"] == 8_000 and m.output_rows == 8_000
     assert sorted(m.details["days"]) == days

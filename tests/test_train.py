@@ -11,7 +11,7 @@ import pytest
 
 from jobs.errors import InputError, MissingInputError
 from jobs.manifest import RunManifest
-from jobs.stages.train import train_model
+from jobs.stages.train import train_model as train_stage
 from jobs.warehouse import Warehouse
 from mmoe_model.artifact import ModelArtifact
 from mmoe_model.sample import sample_frame
@@ -60,6 +60,12 @@ def warehouse(cfg):
 
 def manifest() -> RunManifest:
     return RunManifest(job="train", dataset="synth", ds=DAYS[-1])
+
+
+def train_model(cfg, dataset, arch, start, end, out, epochs, seed, m: RunManifest):
+    """The stage, with its result recorded into ``m`` the way the CLI records it."""
+    m.apply(train_stage(cfg, dataset, arch, start, end, out, epochs, seed).record())
+    return out
 
 
 def test_train_model_writes_an_artifact_and_fills_the_manifest(cfg, warehouse, tmp_path):

@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.errors import MissingInputError, NotValidated, ValidationFailed
-from jobs.stages.gx_suite import KEY_COPIES, REASON, RowCountBounds, build_suite
-from jobs.manifest import RunManifest
+from jobs.stages.rules import KEY_COPIES, REASON, RowCountBounds, build_suite
+from jobs.manifest import RunManifest, run_job
 from jobs.stages.validate import passed_rows, read_status, row_count_bounds, validate_partition
 from jobs.warehouse import Warehouse
 from schemas.spec import load_spec
@@ -78,16 +78,19 @@ def write_features(cfg, spec, cols, ds=DS, schema=None) -> None:
 
 
 def run(spark, cfg, spec, ds=DS) -> tuple[RunManifest, object]:
-    manifest = RunManifest(job="validate", dataset=spec.name, ds=ds)
-    return manifest, validate_partition(spark, cfg, spec, ds, manifest)
+    outcome = run_job("validate", spec.name, ds, lambda: cfg,
+                      lambda cfg, run_id: validate_partition(spark, cfg, spec, ds, run_id=run_id))
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.manifest, outcome.result
 
 
 def run_failing(spark, cfg, spec, ds=DS) -> tuple[RunManifest, str]:
     cfg.validation.keep_data_docs = False  # the docs are checked once, in the clean case
-    manifest = RunManifest(job="validate", dataset=spec.name, ds=ds)
-    with pytest.raises(ValidationFailed) as err:
-        validate_partition(spark, cfg, spec, ds, manifest)
-    return manifest, str(err.value)
+    outcome = run_job("validate", spec.name, ds, lambda: cfg,
+                      lambda cfg, run_id: validate_partition(spark, cfg, spec, ds, run_id=run_id))
+    assert isinstance(outcome.error, ValidationFailed), outcome.error
+    return outcome.manifest, str(outcome.error)
 
 
 def assert_failed_cleanly(cfg, spec, manifest, ds=DS) -> None:
@@ -152,9 +155,9 @@ def test_row_level_failures_are_quarantined_and_reruns_replace(spark, job_config
     bad(0, key, None, f"null_key:{key}")
     bad(2, key, cols[key][1], f"duplicate_key:{key}")
     expected[1] = f"duplicate_key:{key}"          # all copies of a duplicated key
-    bad(3, "x0", float("nan"), "not_finite:x0")
-    bad(4, "x1", float("inf"), "not_finite:x1")
-    bad(5, "x5", float("-inf"), "not_finite:x5")
+    bad(3, "x0", float("nan"), "out_of_range:x0")   # NaN and ±inf are outside every range
+    bad(4, "x1", float("inf"), "out_of_range:x1")
+    bad(5, "x5", float("-inf"), "out_of_range:x5")
     bad(6, "user_age", 130.0, "out_of_range:user_age")
     bad(7, "platform", "tv", "unknown_category:platform")
     bad(8, "hour", 24, "unknown_category:hour")   # long-typed vocabulary
@@ -291,7 +294,7 @@ def test_row_count_against_trailing_median(spark, job_config, spec):
 
 def test_missing_partition_and_unvalidated_ds(job_config, spec):
     with pytest.raises(MissingInputError, match="features partition"):
-        validate_partition(None, job_config, spec, DS, RunManifest("validate", spec.name, DS))
+        validate_partition(None, job_config, spec, DS)
     with pytest.raises(NotValidated, match="has not been validated"):
         passed_rows(None, job_config, spec, DS)
 
@@ -339,8 +342,7 @@ def test_files_that_disagree_on_the_schema_fail(job_config, spec):
     other = other.set(other.get_field_index("x0"), pa.field("x0", pa.string()))
     write_parquet(features_dir(job_config, spec) / "more", cols | {"x0": ["a"] * 5}, other)
 
-    manifest = RunManifest(job="validate", dataset=spec.name, ds=DS)
-    with pytest.raises(ValidationFailed, match="disagree on their schema"):
-        validate_partition(None, job_config, spec, DS, manifest)  # refused before Spark
+    manifest, message = run_failing(None, job_config, spec)  # refused before Spark
+    assert "disagree on their schema" in message
     assert read_status(job_config, spec, DS)["status"] == "failed"
     assert manifest.input_rows == manifest.output_rows + manifest.quarantined_rows == 0

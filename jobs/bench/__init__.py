@@ -1,8 +1,10 @@
-"""`mmoe bench scoring|evaluation|validation`: measured on the same data in one run.
+"""`mmoe bench scoring|evaluation|validation|scaling`: measured on the same data in one run.
 
-Each bench returns a dict (printed as the last stdout line by the CLI) and appends a row to
-``docs/benchmarks.md`` with the machine, versions and command. Bench data lives under
-``<warehouse>/_bench`` and is reused when it already has the requested size.
+Each bench returns a dict (printed as the last stdout line by the CLI) and appends a section to
+a results file the user names (``mmoe bench ... --results PATH``; default
+``<warehouse>/_bench/benchmarks.md``) with the machine, versions and command. The project's
+published figures are copied from such a file into docs/benchmarks.md by hand. Bench data lives
+under ``<warehouse>/_bench`` and is reused when it already has the requested size.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import pandas as pd  # module level: the naive pandas UDF's type hints are resol
 from jobs.config import JobConfig
 
 BENCH_DS = "2026-01-01"
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
 class WorkerRssSampler:
@@ -119,13 +120,18 @@ def _machine() -> dict[str, Any]:
             "torch": torch.__version__}
 
 
-def _append_doc(title: str, result: dict[str, Any]) -> None:
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    if not DOCS.exists():
-        DOCS.write_text("# Benchmarks\n\nRaw results appended by `mmoe bench`; the summary and "
+def results_path(cfg: JobConfig, results: Path | None) -> Path:
+    """Where a bench appends its results: the user's path, else under the bench warehouse."""
+    return Path(results) if results is not None else Path(cfg.warehouse) / "benchmarks.md"
+
+
+def _append_doc(path: Path, title: str, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text("# Benchmarks\n\nRaw results appended by `mmoe bench`; the summary and "
                         "analysis are in docs/performance.md.\n")
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    with DOCS.open("a") as fh:
+    with path.open("a") as fh:
         fh.write(f"\n## {title} — {stamp}\n\n`{' '.join(['mmoe', *sys.argv[1:]])}`\n\n```json\n"
                  f"{json.dumps(result, indent=1, default=str)}\n```\n")
 
@@ -164,15 +170,9 @@ def _with_arity(fn: Callable, arity: int) -> Callable:
     return namespace["predict"]
 
 
-def bench_scoring(cfg: JobConfig, rows: int | None = None, record: bool = True) -> dict[str, Any]:
-    import pyarrow.dataset as pads
-    import torch
-    from pyspark.ml.functions import predict_batch_udf
-    from pyspark.sql import functions as F
-    from pyspark.sql import types as T
-
-    from jobs.stages.score import _spread_partitions, score_frame
-    from jobs.spark import get_spark
+def bench_scoring(cfg: JobConfig, rows: int | None = None, results: Path | None = None,
+                  record: bool = True) -> dict[str, Any]:
+    from jobs.spark import get_spark, session_conf
     from mmoe_model.artifact import ModelArtifact, read_artifact_files
     from schemas import load_spec
 
@@ -185,10 +185,25 @@ def bench_scoring(cfg: JobConfig, rows: int | None = None, record: bool = True) 
     artifact = ModelArtifact.from_files(files)
     spark = get_spark(cfg.spark)
     batch = cfg.scoring.batch_size
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch))
+    with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(batch)}):
+        return _scoring_runs(spark, cfg, spec, part, files, artifact, rows, batch, results,
+                             record)
+
+
+def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows: int, batch: int,
+                  results: Path | None, record: bool) -> dict[str, Any]:
+    import pyarrow.dataset as pads
+    import torch
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from jobs.stages.score import score_frame, spread_partitions
+    from mmoe_model.artifact import ModelArtifact
+
     cores = spark.sparkContext.defaultParallelism
     out_root = Path(cfg.warehouse) / "bench-out"
-    features = _spread_partitions(spark, spark.read.parquet(str(part)))
+    features = spread_partitions(spark, spark.read.parquet(str(part)))
     scored_at = dt.datetime.now(dt.timezone.utc)
     keys, feats, tasks = spec.key_names, spec.feature_names, spec.task_names
     pred_cols = spec.prediction_columns
@@ -258,22 +273,19 @@ def bench_scoring(cfg: JobConfig, rows: int | None = None, record: bool = True) 
         **_machine(),
     }
     if record:
-        _append_doc(f"scoring, {rows:,} rows", result)
+        _append_doc(results_path(cfg, results), f"scoring, {rows:,} rows", result)
     return result
 
 
 def _score_direct(spark, part: Path, files, artifact, spec, cfg: JobConfig, out: Path,
                   scored_at: dt.datetime, max_fragments: int | None = None) -> int:
-    import shutil
+    from jobs.stages.score import parquet_fragments, score_fragments
+    from jobs.warehouse import replacing
 
-    from jobs.stages.score import _swap_in, parquet_fragments, score_fragments
-
-    staging = out.with_name(f".staging-{out.name}")
-    shutil.rmtree(staging, ignore_errors=True)
     fragments = parquet_fragments(part)[:max_fragments]
-    rows = score_fragments(spark, fragments, files, artifact, spec, cfg, staging, scored_at, False, None)
-    _swap_in(staging, out)
-    return rows
+    with replacing(out) as staging:
+        return score_fragments(spark, fragments, files, artifact, spec, cfg, staging, scored_at,
+                               False, None)
 
 
 def _naive_frame(spark, features, spec, broadcast, scored_at):
@@ -305,27 +317,30 @@ def _naive_frame(spark, features, spec, broadcast, scored_at):
 # Evaluation and validation (their harnesses live in bench_eval.py / bench_validation.py)
 
 
-def bench_evaluation(cfg: JobConfig, rows: int | None = None, record: bool = True) -> dict[str, Any]:
+def bench_evaluation(cfg: JobConfig, rows: int | None = None, results: Path | None = None,
+                  record: bool = True) -> dict[str, Any]:
     from jobs.bench.evaluation import run_evaluation_bench
 
     result = run_evaluation_bench(_bench_config(cfg), rows or 20_000_000)
     result.update(_machine())
     if record:
-        _append_doc(f"evaluation, {result['rows']:,} rows", result)
+        _append_doc(results_path(cfg, results), f"evaluation, {result['rows']:,} rows", result)
     return result
 
 
-def bench_validation(cfg: JobConfig, rows: int | None = None, record: bool = True) -> dict[str, Any]:
+def bench_validation(cfg: JobConfig, rows: int | None = None, results: Path | None = None,
+                  record: bool = True) -> dict[str, Any]:
     from jobs.bench.validation import run_validation_bench
 
     result = run_validation_bench(_bench_config(cfg), rows or 10_000_000)
     result.update(_machine())
     if record:
-        _append_doc(f"validation, {result['rows']:,} rows", result)
+        _append_doc(results_path(cfg, results), f"validation, {result['rows']:,} rows", result)
     return result
 
 
-def bench_scaling(cfg: JobConfig, rows: int | None = None, record: bool = True,
+def bench_scaling(cfg: JobConfig, rows: int | None = None, results: Path | None = None,
+                  record: bool = True,
                   sizes: tuple[int, ...] = (1_000_000, 4_000_000, 16_000_000)) -> dict[str, Any]:
     """Our score job alone at growing sizes: time should grow linearly, worker RSS stay flat.
     ``--rows N`` runs N, 4N and 16N instead of the default 1M, 4M, 16M."""
@@ -338,7 +353,6 @@ def bench_scaling(cfg: JobConfig, rows: int | None = None, record: bool = True,
     cfg = _bench_config(cfg)
     spec = load_spec("synth")
     spark = get_spark(cfg.spark)
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.scoring.batch_size))
     runs = []
     for size in sizes:
         part = ensure_synth_partition(cfg, size)
@@ -354,5 +368,5 @@ def bench_scaling(cfg: JobConfig, rows: int | None = None, record: bool = True,
               "seconds_per_million_rows": [round(r["seconds"] / r["rows"] * 1e6, 2) for r in runs],
               **_machine()}
     if record:
-        _append_doc(f"scoring scaling, {', '.join(f'{s:,}' for s in sizes)} rows", result)
+        _append_doc(results_path(cfg, results), f"scoring scaling, {', '.join(f'{s:,}' for s in sizes)} rows", result)
     return result

@@ -20,16 +20,15 @@ def one_pass_counts(spark, spec, features_dir: Path, labels_dir: Path | None) ->
     """Every count the suite needs, in a single aggregation."""
     from pyspark.sql import functions as F
 
-    from jobs.stages.gx_suite import vocabulary_values
-    from jobs.stages.validate import row_rules
+    from jobs.stages.rules import row_rules, vocabulary_values
 
     frame = spark.read.parquet(str(features_dir))
     with_labels = labels_dir is not None
     if with_labels:
         frame = frame.join(spark.read.parquet(str(labels_dir)), on=spec.key_names, how="left")
     # duplicate keys are counted as rows - distinct keys, so the key-copies rule is skipped here
-    rules = [(name, cond) for name, cond in row_rules(spec, with_labels)
-             if not name.startswith("duplicate_key")]
+    rules = [(r.reason, r.condition) for r in row_rules(spec, with_labels)
+             if r.rule != "duplicate_key"]
     aggs = [F.count(F.lit(1)).alias("rows"),
             F.countDistinct(*[F.col(k) for k in spec.key_names]).alias("distinct_keys")]
     aggs += [F.sum(F.expr(cond).cast("int")).alias(name) for name, cond in rules]
@@ -45,7 +44,6 @@ def one_pass_counts(spark, spec, features_dir: Path, labels_dir: Path | None) ->
 
 def run_validation_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
     from jobs.bench import BENCH_DS, _score_direct, ensure_synth_partition, reference_artifact
-    from jobs.manifest import RunManifest
     from jobs.spark import get_spark
     from jobs.stages.validate import validate_partition
     from jobs.warehouse import Warehouse
@@ -58,9 +56,8 @@ def run_validation_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
     labels_dir = wh.partition(spec.name, "labels", BENCH_DS)
     spark = get_spark(cfg.spark)
 
-    manifest = RunManifest("validate", spec.name, BENCH_DS)
     started = time.perf_counter()
-    validate_partition(spark, cfg, spec, BENCH_DS, manifest)
+    report = validate_partition(spark, cfg, spec, BENCH_DS)
     validation_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -79,12 +76,12 @@ def run_validation_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
     return {
         "bench": "validation", "rows": rows,
         "seconds": round(validation_seconds, 2),
-        "spark_jobs": manifest.details.get("spark_jobs"),
+        "spark_jobs": report.spark_jobs,
         "one_pass_floor_seconds": round(floor_seconds, 2),
         "validation_vs_floor": round(validation_seconds / floor_seconds, 2),
         "scoring_seconds": round(scoring_seconds, 2),
-        "quarantined_rows": manifest.quarantined_rows,
+        "quarantined_rows": report.quarantined_rows,
         "floor_rows": counts["rows"], "floor_distinct_keys": counts["distinct_keys"],
-        "expectations": manifest.details.get("expectations"),
+        "expectations": len(report.rules),
         "spark_cores": spark.sparkContext.defaultParallelism,
     }

@@ -32,6 +32,7 @@ manifest (``details.blank_lines``). A rerun for the same ds overwrites the parti
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,8 +43,8 @@ from pyspark.sql import types as T
 
 from jobs.config import JobConfig
 from jobs.errors import ConfigError, InputError
-from jobs.manifest import RunManifest
-from jobs.warehouse import Warehouse, parse_date
+from jobs.manifest import RunRecord
+from jobs.warehouse import Warehouse, parse_date, replacing
 from schemas.spec import DatasetSpec, SpecError, load_spec
 from schemas.tables import features_struct, labels_struct
 
@@ -53,10 +54,22 @@ _TRIM = " \t\r"
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
+@dataclass
+class CensusResult:
+    rows: int                      # rows written per data set (every data set gets every row)
+    written: dict[str, int]
+    outputs: dict[str, str]
+    details: dict[str, Any]
+
+    def record(self) -> RunRecord:
+        return RunRecord(input_rows=self.rows, output_rows=self.rows,
+                         outputs=dict(self.outputs), details=dict(self.details))
+
+
 def ingest_census(spark: SparkSession, cfg: JobConfig, input_path: Path, ds: str,
-                  manifest: RunManifest, datasets: Sequence[str] = DATASETS) -> dict[str, int]:
+                  datasets: Sequence[str] = DATASETS) -> CensusResult:
     """Read one raw UCI census file with Spark and write the features and labels partitions of
-    every data set in ``datasets`` for ``ds``. Returns the rows written per data set."""
+    every data set in ``datasets`` for ``ds`` (each staged and swapped in)."""
     parse_date(ds, "--ds")
     try:
         specs = [load_spec(name) for name in datasets]
@@ -73,14 +86,16 @@ def ingest_census(spark: SparkSession, cfg: JobConfig, input_path: Path, ds: str
         stats = _check_and_count(parsed, path, columns, specs)
         wh = Warehouse(cfg.warehouse)
         written: dict[str, int] = {}
+        outputs: dict[str, str] = {}
         per_dataset: dict[str, Any] = {}
         for spec in specs:
             features = _features_frame(parsed, spec)
             labels = _labels_frame(parsed, spec)
             for table, frame in (("features", features), ("labels", labels)):
                 out = wh.partition(spec.name, table, ds)
-                frame.write.mode("overwrite").parquet(str(out))
-                manifest.outputs[f"{spec.name}/{table}"] = str(out)
+                with replacing(out) as staging:
+                    frame.write.mode("overwrite").parquet(str(staging))
+                outputs[f"{spec.name}/{table}"] = str(out)
             written[spec.name] = stats["rows"]
             per_dataset[spec.name] = {
                 "rows": stats["rows"],
@@ -89,15 +104,12 @@ def ingest_census(spark: SparkSession, cfg: JobConfig, input_path: Path, ds: str
     finally:
         parsed.unpersist()
 
-    manifest.input_rows = stats["rows"]
-    manifest.output_rows = stats["rows"]
-    manifest.details.update({
+    return CensusResult(rows=stats["rows"], written=written, outputs=outputs, details={
         "input": str(path),
         "lines_read": stats["lines"],
         "blank_lines": stats["blank"],
         "datasets": per_dataset,
     })
-    return written
 
 
 # --------------------------------------------------------------------------------------------

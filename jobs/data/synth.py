@@ -30,9 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -44,8 +42,8 @@ import pyarrow.parquet as pq
 
 from jobs.config import JobConfig
 from jobs.errors import ConfigError, InputError
-from jobs.manifest import RunManifest
-from jobs.warehouse import Warehouse, parse_date
+from jobs.manifest import RunRecord
+from jobs.warehouse import Warehouse, parse_date, replacing
 from schemas.spec import CategoricalFeature, DatasetSpec, DenseFeature, load_spec
 from schemas.tables import features_arrow_schema, labels_arrow_schema
 
@@ -427,7 +425,7 @@ def catalog_path(cfg: JobConfig, table: str) -> Path:
     """``<wh>/synth/catalog/items`` or ``.../users``."""
     if table not in CATALOG_TABLES:
         raise ValueError(f"unknown catalog table {table!r}")
-    return Path(cfg.warehouse) / DATASET / "catalog" / table
+    return Warehouse(cfg.warehouse).catalog(DATASET, table)
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,30 +437,29 @@ def _check_rows(rows: int) -> None:
         raise InputError(f"--rows-per-day must be an integer within [1, {ID_STRIDE - 1}], got {rows!r}")
 
 
-def _staging_dir(target: Path) -> Path:
-    """A hidden sibling of ``target`` (Spark and pyarrow skip names starting with '.')."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    return tmp
+@dataclass
+class SynthResult:
+    rows: int
+    seconds: float
+    days: dict[str, Any]
+    outputs: dict[str, str]
+    settings: dict[str, Any]
 
+    def __getitem__(self, key: str) -> Any:  # the dict this function used to return
+        return getattr(self, key)
 
-def _commit(tmp: Path, target: Path) -> None:
-    """Swap a fully written staging dir in: a rerun replaces, a crash leaves no half partition."""
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(target)
+    def record(self) -> RunRecord:
+        return RunRecord(input_rows=self.rows,  # generated rows (there is no input file)
+                         output_rows=self.rows, outputs=dict(self.outputs),
+                         details={**self.settings, "days": self.days, "seconds": self.seconds,
+                                  "catalog": {"users": N_USERS, "items": N_ITEMS}})
 
 
 def generate_synth(cfg: JobConfig, start: str, days: int, rows_per_day: int, seed: int = 0,
-                   task_correlation: float = 0.5, manifest: RunManifest | None = None) -> dict:
+                   task_correlation: float = 0.5) -> SynthResult:
     """Write ``days`` daily partitions of ``rows_per_day`` impressions from ``start`` into
-    ``<wh>/synth/{features,labels}/ds=D/`` and the catalog into ``<wh>/synth/catalog/``.
-    Returns ``{"rows", "seconds", "days": {ds: {...}}, "outputs": {...}}``."""
+    ``<wh>/synth/{features,labels}/ds=D/`` and the catalog into ``<wh>/synth/catalog/``, each
+    partition staged and swapped in (:func:`jobs.warehouse.replacing`)."""
     first = parse_date(start, "--start")
     if not isinstance(days, int) or days < 1:
         raise InputError(f"--days must be a positive integer, got {days!r}")
@@ -479,20 +476,16 @@ def generate_synth(cfg: JobConfig, start: str, days: int, rows_per_day: int, see
     for ds in [(first + dt.timedelta(days=i)).isoformat() for i in range(days)]:
         counts = {t: 0 for t in world.tasks}
         f_dir, l_dir = wh.partition(DATASET, "features", ds), wh.partition(DATASET, "labels", ds)
-        tmp_f, tmp_l = _staging_dir(f_dir), _staging_dir(l_dir)
         files = 0
-        try:
+        with replacing(f_dir) as tmp_f, replacing(l_dir) as tmp_l:
+            tmp_f.mkdir(parents=True)
+            tmp_l.mkdir(parents=True)
             for k, (feats, labels, _) in enumerate(_chunks(world, ds, rows_per_day)):
                 pq.write_table(feats, tmp_f / f"part-{k:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
                 pq.write_table(labels, tmp_l / f"part-{k:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
                 for t in world.tasks:
                     counts[t] += int(np.asarray(labels.column(t)).sum())
                 files += 1
-            _commit(tmp_f, f_dir)
-            _commit(tmp_l, l_dir)
-        finally:
-            for tmp in (tmp_f, tmp_l):
-                shutil.rmtree(tmp, ignore_errors=True)
 
         rates = {t: counts[t] / rows_per_day for t in world.tasks}
         info: dict[str, Any] = {"rows": rows_per_day, "files": files, "positives": counts,
@@ -507,26 +500,15 @@ def generate_synth(cfg: JobConfig, start: str, days: int, rows_per_day: int, see
 
     for name, table in catalog_tables(world).items():
         target = catalog_path(cfg, name)
-        tmp = _staging_dir(target)
-        try:
+        with replacing(target) as tmp:
+            tmp.mkdir(parents=True)
             pq.write_table(table, tmp / "part-00000.parquet")
-            _commit(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         outputs[f"catalog/{name}"] = str(target)
 
-    seconds = time.perf_counter() - t0
-    result = {"rows": total, "seconds": round(seconds, 3), "days": per_day, "outputs": outputs}
-    if manifest is not None:
-        manifest.input_rows = total          # generated rows (there is no input file)
-        manifest.output_rows = total
-        manifest.outputs.update(outputs)
-        manifest.details.update({
-            "seed": seed, "task_correlation": float(task_correlation),
-            "rows_per_day": rows_per_day, "days": per_day, "seconds": round(seconds, 3),
-            "catalog": {"users": N_USERS, "items": N_ITEMS},
-        })
-    return result
+    settings = {"seed": seed, "task_correlation": float(task_correlation),
+                "rows_per_day": rows_per_day}
+    return SynthResult(rows=total, seconds=round(time.perf_counter() - t0, 3), days=per_day,
+                       outputs=outputs, settings=settings)
 
 
 __all__ = ["generate_synth", "synth_day", "build_world", "catalog_tables", "catalog_path",

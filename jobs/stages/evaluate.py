@@ -1,47 +1,36 @@
-"""Evaluate job: predictions x labels (x features for segments / users) of a ds -> the metrics
+"""Evaluate stage: predictions x labels (x features for segments / users) of a ds -> the metrics
 table ``<wh>/<dataset>/metrics/ds=D/`` (model_version, task, segment, metric, value, n).
 
-The partition is replaced atomically enough for a batch job: the new content (the evaluated
-versions' rows plus, when only some versions are evaluated, the rows of the other versions
-already there) is written to a hidden sibling directory first, then swapped in by two renames.
-Spark never reads and overwrites the same files in one plan, and a rerun never duplicates rows.
+Read (partitions and footer counts through jobs/warehouse.py) → transform
+(:func:`jobs.stages.metrics.compute_metrics`) → write (:func:`jobs.warehouse.replacing`): the
+new content (the evaluated versions' rows plus, when only some versions are evaluated, the rows
+of the other versions already there) is staged, then swapped in. Spark never reads and
+overwrites the same files in one plan, and a rerun never duplicates rows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import shutil
+from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.config import JobConfig
 from jobs.errors import ConfigError, MissingInputError
-from jobs.manifest import RunManifest
+from jobs.manifest import RunRecord
 from jobs.stages.metrics import compute_metrics
-from jobs.warehouse import Warehouse, parse_date
+from jobs.warehouse import Warehouse, count_rows, parquet_files, parse_date, replacing
 from schemas.spec import DatasetSpec
 from schemas.tables import METRICS_STRUCT
 
 
-def _footer_rows(path: Path) -> int:
-    import pyarrow.dataset as pads
-
-    return pads.dataset(str(path), format="parquet").count_rows()
-
-
-def _has_parquet(path: Path) -> bool:
-    return path.is_dir() and any(path.rglob("*.parquet"))
-
-
 def available_versions(wh: Warehouse, spec: DatasetSpec, ds: str) -> list[str]:
     """The model versions that have predictions for ``ds``."""
-    root = wh.partition(spec.name, "predictions", ds)
-    if not root.is_dir():
-        return []
-    return sorted(p.name.split("=", 1)[1] for p in root.glob("model_version=*") if _has_parquet(p))
+    return wh.sub_partitions(spec.name, "predictions", ds, "model_version")
 
 
 def _select_versions(wh: Warehouse, spec: DatasetSpec, ds: str,
@@ -90,10 +79,25 @@ def _segments(cfg: JobConfig, spec: DatasetSpec) -> list[str]:
     return list(dict.fromkeys(segments))
 
 
+@dataclass
+class EvaluateResult:
+    versions: list[str]
+    input_rows: int          # prediction rows read (all evaluated versions)
+    output_rows: int         # metric rows written for the evaluated versions
+    output: Path
+    metrics: DataFrame       # the partition as written, every version in it
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> RunRecord:
+        return RunRecord(input_rows=self.input_rows, output_rows=self.output_rows,
+                         model_version=",".join(self.versions),
+                         outputs={"metrics": str(self.output)}, details=dict(self.details))
+
+
 def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
-                       model_versions: list[str] | None, manifest: RunManifest) -> DataFrame:
+                       model_versions: list[str] | None = None) -> EvaluateResult:
     """Compute and write the metrics of ``ds`` for the requested (default: all) model versions;
-    returns the metrics partition as written (all versions in it)."""
+    the result's ``metrics`` is the partition as written (all versions in it)."""
     wh = Warehouse(cfg.warehouse)
     ds = parse_date(ds, "ds").isoformat()
     versions = _select_versions(wh, spec, ds, model_versions)
@@ -102,11 +106,11 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     keys, tasks = spec.key_names, spec.task_names
 
     labels_path = wh.partition(spec.name, "labels", ds)
-    if not _has_parquet(labels_path):
+    if not parquet_files(labels_path):
         raise _labels_missing(spec, ds, labels_path, cfg.evaluation.label_wait_days)
     feature_columns = list(dict.fromkeys(segments + ([user] if user else [])))
     features_path = wh.partition(spec.name, "features", ds)
-    if feature_columns and not _has_parquet(features_path):
+    if feature_columns and not parquet_files(features_path):
         raise MissingInputError(f"features for {spec.name} ds={ds} are missing ({features_path}); "
                                 f"evaluation needs {feature_columns} from them")
 
@@ -115,10 +119,8 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
               for v in versions]
     predictions = reduce(DataFrame.unionByName, frames)
     # Row counts from the parquet footers: no Spark pass over the largest input just to count it.
-    read_rows = {v: _footer_rows(wh.partition(spec.name, "predictions", ds, model_version=v))
+    read_rows = {v: count_rows(wh.partition(spec.name, "predictions", ds, model_version=v))
                  for v in versions}
-    manifest.input_rows = int(sum(read_rows.values()))
-    manifest.model_version = ",".join(versions)
 
     scored = predictions.join(_read(spark, labels_path, keys + tasks, "labels"), keys, "inner")
     if feature_columns:
@@ -128,7 +130,7 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     metrics = compute_metrics(scored, tasks, segments, user)
 
     target = wh.partition(spec.name, "metrics", ds)
-    rows_written, kept = _replace_partition(spark, target, metrics, versions, manifest.run_id)
+    rows_written, kept = _replace_partition(spark, target, metrics, versions)
 
     summary = (spark.read.parquet(str(target))
                .where(F.col("model_version").isin(versions) & (F.col("segment") == "all")
@@ -141,50 +143,35 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
             auc[r["model_version"]][r["task"]] = r["value"]
         else:
             matched[r["model_version"]] = max(matched[r["model_version"]], int(r["value"]))
-    manifest.output_rows = rows_written
-    manifest.outputs["metrics"] = str(target)
-    manifest.details.update({
-        "auc": auc,                    # model_version -> task -> AUC over segment 'all'
-        "segments": segments,
-        "user_column": user,
-        "matched_rows": matched,
-        "unmatched_prediction_rows": {v: int(read_rows.get(v, 0)) - matched[v] for v in versions},
-        "kept_rows_of_other_versions": kept,
-    })
-    return spark.read.parquet(str(target))
+    return EvaluateResult(
+        versions=versions, input_rows=int(sum(read_rows.values())), output_rows=rows_written,
+        output=target, metrics=spark.read.parquet(str(target)), details={
+            "auc": auc,                    # model_version -> task -> AUC over segment 'all'
+            "segments": segments,
+            "user_column": user,
+            "matched_rows": matched,
+            "unmatched_prediction_rows": {v: int(read_rows.get(v, 0)) - matched[v]
+                                          for v in versions},
+            "kept_rows_of_other_versions": kept,
+        })
 
 
 def _replace_partition(spark: SparkSession, target: Path, metrics: DataFrame,
-                       versions: list[str], run_id: str) -> tuple[int, int]:
-    """Write ``metrics`` plus the rows of other versions already in ``target`` to a hidden
-    sibling, then swap it in. Returns (rows of the evaluated versions, rows kept)."""
-    table = target.parent
-    table.mkdir(parents=True, exist_ok=True)
-    tmp = table / f"_tmp_{target.name}_{run_id}"
-    old = table / f"_old_{target.name}_{run_id}"
+                       versions: list[str]) -> tuple[int, int]:
+    """Write ``metrics`` plus the rows of other versions already in ``target`` to a staging
+    directory, then swap it in. Returns (rows of the evaluated versions, rows kept)."""
     content = metrics
-    if _has_parquet(target):
+    if parquet_files(target):
         others = (spark.read.schema(METRICS_STRUCT).parquet(str(target))
                   .where(~F.col("model_version").isin(versions)))
         content = others.unionByName(metrics)
-    try:
-        content.repartition(1).write.mode("overwrite").parquet(str(tmp))
-        written = spark.read.schema(METRICS_STRUCT).parquet(str(tmp))
+    with replacing(target) as staging:
+        content.repartition(1).write.mode("overwrite").parquet(str(staging))
+        written = spark.read.schema(METRICS_STRUCT).parquet(str(staging))
         counts = {r["mine"]: r["count"] for r in written.groupBy(
             F.col("model_version").isin(versions).alias("mine")).count().collect()}
         if not counts.get(True):
             raise MissingInputError(
                 f"no prediction row of model_version {', '.join(versions)} on {target.name} "
                 f"matched a label row (inner join on the keys): nothing to evaluate")
-        if target.exists():
-            target.rename(old)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if old.exists() and not target.exists():
-                old.rename(target)  # put the previous content back
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return int(counts.get(True, 0)), int(counts.get(False, 0))

@@ -1,16 +1,21 @@
-"""Score job: the validated rows of a ds → ``predictions/ds=D/model_version=V``.
+"""Score stage: the validated rows of a ds → ``predictions/ds=D/model_version=V``.
+
+Read (the artifact, verified; the validation status; the features partition, all through
+jobs/warehouse.py) → transform (:func:`score_frame` / :func:`score_fragments`, the model on
+Arrow batches) → write (:func:`jobs.warehouse.replacing`: staged, then swapped in whole).
 
 How the model reaches the executors: the artifact's files (a few hundred KB) are broadcast once;
 each Python worker verifies their SHA-256 manifest and builds the model once, caching it by
 checksum for every later batch and task (workers are reused). Batches arrive as Arrow record
 batches through ``mapInArrow``; the encoder turns their columns into tensors with numpy, with no
-per-row Python. The output partition is written in place with mode overwrite, so a rerun
-replaces exactly its (ds, model_version) partition.
+per-row Python. The output partition is staged and swapped in, so a rerun replaces exactly its
+(ds, model_version) partition and a crash never leaves half of one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,9 +26,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.config import JobConfig
-from jobs.errors import MissingInputError, NotValidated
-from jobs.manifest import RunManifest
-from jobs.warehouse import Warehouse
+from jobs.errors import ConfigError, MissingInputError, NotValidated
+from jobs.manifest import RunRecord
+from jobs.spark import session_conf
+from jobs.warehouse import Warehouse, count_rows, parquet_files, read_table, replacing
 from schemas.spec import DatasetSpec
 from schemas.tables import predictions_struct
 
@@ -145,23 +151,17 @@ def parquet_fragments(directory: Path) -> list[tuple[str, int]]:
     import pyarrow.parquet as pq
 
     fragments = []
-    for path in sorted(directory.rglob("*.parquet")):
-        if path.name.startswith(("_", ".")):
-            continue
+    for path in parquet_files(directory):
         fragments += [(str(path), rg) for rg in range(pq.ParquetFile(path).metadata.num_row_groups)]
     return fragments
 
 
 def quarantined_keys(cfg: JobConfig, spec: DatasetSpec, ds: str) -> np.ndarray | None:
     """The keys validation quarantined for ``ds`` (single-key specs), or None when none were."""
-    import pyarrow.dataset as pads
-
-    from jobs.stages.validate import parquet_files
-
     directory = Warehouse(cfg.warehouse).partition(spec.name, "quarantine", ds)
     if not parquet_files(directory):
         return None
-    keys = pads.dataset(str(directory)).to_table(columns=spec.key_names).column(0)
+    keys = read_table(directory, columns=spec.key_names).column(0)
     return keys.drop_null().unique().to_numpy(zero_copy_only=False)
 
 
@@ -206,20 +206,9 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
                         written += batch.num_rows
             yield written
 
-    staging.mkdir(parents=True)
+    staging.mkdir(parents=True, exist_ok=True)
     work = sc.parallelize(list(enumerate(fragments)), max(len(fragments), 1))
     return sum(work.mapPartitions(run).collect())
-
-
-def _swap_in(staging: Path, out: Path) -> None:
-    """Replace ``out`` by ``staging`` (rename, so readers never see a half-written partition)."""
-    import shutil
-
-    old = out.with_name(f".{out.name}.old-{staging.name}")
-    if out.exists():
-        out.rename(old)
-    staging.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _direct_reader_applies(cfg: JobConfig, spec: DatasetSpec, features_dir: Path) -> bool:
@@ -227,7 +216,7 @@ def _direct_reader_applies(cfg: JobConfig, spec: DatasetSpec, features_dir: Path
             and features_dir.is_dir() and bool(parquet_fragments(features_dir)))
 
 
-def _spread_partitions(spark: SparkSession, frame: DataFrame) -> DataFrame:
+def spread_partitions(spark: SparkSession, frame: DataFrame) -> DataFrame:
     """Give every core work: a single big file would otherwise be one task on one core."""
     parallelism = spark.sparkContext.defaultParallelism
     if frame.rdd.getNumPartitions() < parallelism:
@@ -235,61 +224,79 @@ def _spread_partitions(spark: SparkSession, frame: DataFrame) -> DataFrame:
     return frame
 
 
+@dataclass
+class ScoreResult:
+    """What a score (or catalog) run produced."""
+
+    model_version: str
+    model_sha256: str
+    input_rows: int            # rows that passed validation (catalog: candidate pairs)
+    output_rows: int           # rows written
+    quarantined_rows: int
+    output: Path
+    details: dict[str, Any] = field(default_factory=dict)
+    table: str = "predictions"
+
+    def record(self) -> RunRecord:
+        return RunRecord(input_rows=self.input_rows, output_rows=self.output_rows,
+                         quarantined_rows=self.quarantined_rows, model_version=self.model_version,
+                         model_sha256=self.model_sha256, outputs={self.table: str(self.output)},
+                         details=dict(self.details))
+
+
 def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
-                    model_dir: Path, with_gates: bool, manifest: RunManifest) -> Path:
-    """Score the rows of ``ds`` that passed validation; returns the partition written."""
+                    model_dir: Path, with_gates: bool = False) -> ScoreResult:
+    """Score the rows of ``ds`` that passed validation into its predictions partition."""
     files, artifact = load_artifact(model_dir)
     artifact.check_spec(spec)
-    manifest.model_version, manifest.model_sha256 = artifact.model_version, artifact.sha256
-    rows = _validated_rows(spark, cfg, spec, ds, manifest)  # refuses an unvalidated ds
+    model = {"model_version": artifact.model_version, "model_sha256": artifact.sha256}
+    try:
+        rows, status, inline = _validated_rows(spark, cfg, spec, ds)  # refuses an unvalidated ds
+    except NotValidated as exc:
+        raise NotValidated(str(exc), details=model) from None
     scored_at = dt.datetime.now(dt.timezone.utc)  # one stamp for the whole run
     wh = Warehouse(cfg.warehouse)
     features_dir = wh.partition(spec.name, "features", ds)
     out = wh.partition(spec.name, "predictions", ds, model_version=artifact.model_version)
-    if _direct_reader_applies(cfg, spec, features_dir):
-        staging = out.with_name(f".staging-{out.name}-{manifest.run_id}")
-        try:
-            manifest.output_rows = score_fragments(
+    details: dict[str, Any] = {"with_gates": with_gates}
+    if inline is not None:
+        details["inline_validation"] = inline
+    with replacing(out) as staging:
+        if _direct_reader_applies(cfg, spec, features_dir):
+            written = score_fragments(
                 spark, parquet_fragments(features_dir), files, artifact, spec, cfg, staging,
                 scored_at, with_gates, quarantined_keys(cfg, spec, ds))
-            _swap_in(staging, out)
-        finally:
-            if staging.exists():
-                import shutil
-
-                shutil.rmtree(staging, ignore_errors=True)
-        manifest.details["reader"] = "direct"
-    else:
-        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.scoring.batch_size))
-        predictions = score_frame(spark, _spread_partitions(spark, rows), files, artifact, spec,
-                                  cfg, scored_at, with_gates)
-        predictions.write.mode("overwrite").parquet(str(out))
-        manifest.output_rows = spark.read.parquet(str(out)).count()
-        manifest.details["reader"] = "spark"
-    manifest.outputs["predictions"] = str(out)
-    manifest.details["with_gates"] = with_gates
-    return out
+            details["reader"] = "direct"
+        else:
+            with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
+                                      str(cfg.scoring.batch_size)}):
+                predictions = score_frame(spark, spread_partitions(spark, rows), files,
+                                          artifact, spec, cfg, scored_at, with_gates)
+                predictions.write.mode("overwrite").parquet(str(staging))
+            written = count_rows(staging)
+            details["reader"] = "spark"
+    return ScoreResult(artifact.model_version, artifact.sha256,
+                       input_rows=int(status.get("passed_rows", 0)), output_rows=written,
+                       quarantined_rows=int(status.get("quarantined_rows", 0)), output=out,
+                       details=details)
 
 
-def _validated_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
-                    manifest: RunManifest) -> DataFrame:
-    """The rows that passed validation; validate first when configured to and never run."""
+def _validated_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
+                    ds: str) -> tuple[DataFrame, dict[str, Any], dict[str, int] | None]:
+    """The rows that passed validation and their status; validates first when configured to
+    (``scoring.validate_inline``) and the ds was never validated."""
     from jobs.stages.validate import passed_rows, read_status, validate_partition
 
+    inline = None
     try:
         rows = passed_rows(spark, cfg, spec, ds)
     except NotValidated:
         if not cfg.scoring.validate_inline:
             raise
-        validation = RunManifest(job="validate", dataset=spec.name, ds=ds)
-        validate_partition(spark, cfg, spec, ds, validation)
-        manifest.details["inline_validation"] = {
-            "input_rows": validation.input_rows, "quarantined_rows": validation.quarantined_rows}
+        report = validate_partition(spark, cfg, spec, ds)
+        inline = {"input_rows": report.input_rows, "quarantined_rows": report.quarantined_rows}
         rows = passed_rows(spark, cfg, spec, ds)
-    status = read_status(cfg, spec, ds) or {}
-    manifest.input_rows = int(status.get("passed_rows", 0))
-    manifest.quarantined_rows = int(status.get("quarantined_rows", 0))
-    return rows
+    return rows, read_status(cfg, spec, ds) or {}, inline
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,18 +305,21 @@ def _validated_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
 
 def catalog_candidates(users: DataFrame, items: DataFrame, spec: DatasetSpec,
                        max_items_per_user: int) -> DataFrame:
-    """Users × the catalog's ``max_items_per_user`` most popular items.
+    """Users × the catalog's ``max_items_per_user`` top items by the spec's ``catalog.rank_by``.
 
     Columns the catalog does not know (context features such as the hour) are null: the model's
     encoder maps them to its null handling (``fill`` for dense, index 0 for categoricals).
     """
-    top_items = items.orderBy(F.col("item_popularity").desc(), F.col("item_id")).limit(max_items_per_user)
+    catalog = _catalog_spec(spec)
+    user, item = catalog.user_key, catalog.item_key
+    top_items = (items.orderBy(F.col(catalog.rank_by).desc(), F.col(item))
+                 .limit(max_items_per_user))
     pairs = users.crossJoin(F.broadcast(top_items))
     present = set(pairs.columns)
     columns = []
     for key in spec.keys:
         if key.name not in present:  # a synthetic key per (user, item) pair
-            columns.append(F.xxhash64("user_id", "item_id").alias(key.name))
+            columns.append(F.xxhash64(user, item).alias(key.name))
     for feat in spec.features:
         spark_type = "double" if feat.kind == "dense" else ("bigint" if feat.dtype == "long" else "string")
         if feat.name in present:
@@ -317,6 +327,13 @@ def catalog_candidates(users: DataFrame, items: DataFrame, spec: DatasetSpec,
         else:
             columns.append(F.lit(None).cast(spark_type).alias(feat.name))
     return pairs.select(*columns)
+
+
+def _catalog_spec(spec: DatasetSpec):
+    if spec.catalog is None:
+        raise ConfigError(f"catalog mode needs a catalog section (user_key, item_key, rank_by) "
+                          f"in the {spec.name} spec")
+    return spec.catalog
 
 
 def fuse(probabilities: dict[str, Any], weights: dict[str, float]):
@@ -327,50 +344,56 @@ def fuse(probabilities: dict[str, Any], weights: dict[str, float]):
     return expr
 
 
-def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
-                  model_dir: Path, manifest: RunManifest) -> Path:
-    """Score users × catalog items and write the top-K items per user to ``recommendations``."""
+def top_k_per_user(scored: DataFrame, spec: DatasetSpec, weights: dict[str, float],
+                   k: int) -> DataFrame:
+    """Pure transform: fused score, then the ``k`` best items per user (ties: lower item id)."""
     from pyspark.sql import Window
 
+    user, item = _catalog_spec(spec).user_key, _catalog_spec(spec).item_key
+    fused = scored.withColumn(
+        "score", fuse({t: F.col(spec.prediction_column(t)) for t in spec.task_names}, weights))
+    rank = F.row_number().over(Window.partitionBy(user).orderBy(F.col("score").desc(), item))
+    return (fused.withColumn("rank", rank).where(F.col("rank") <= k)
+            .select(user, "rank", item, "score", *spec.prediction_columns, "scored_at"))
+
+
+def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
+                  model_dir: Path) -> ScoreResult:
+    """Score users × catalog items and write the top-K items per user to ``recommendations``."""
     files, artifact = load_artifact(model_dir)
     artifact.check_spec(spec)
-    manifest.model_version, manifest.model_sha256 = artifact.model_version, artifact.sha256
-    base = Path(cfg.warehouse) / spec.name / "catalog"
-    if spec.user_column is None or not (base / "users").is_dir() or not (base / "items").is_dir():
-        raise MissingInputError(f"catalog mode needs {base}/users and {base}/items "
-                                f"(written by `mmoe data synth`) and a spec user_column")
+    catalog_spec = _catalog_spec(spec)
+    wh = Warehouse(cfg.warehouse)
+    users_dir, items_dir = wh.catalog(spec.name, "users"), wh.catalog(spec.name, "items")
+    if not parquet_files(users_dir) or not parquet_files(items_dir):
+        raise MissingInputError(f"catalog mode needs {users_dir} and {items_dir} "
+                                f"(written by `mmoe data synth`)")
     catalog = cfg.scoring.catalog
     unknown = set(catalog.fusion_weights) - set(spec.task_names)
     if unknown:
         raise MissingInputError(f"scoring.catalog.fusion_weights names unknown task(s) {sorted(unknown)}")
-    candidates = catalog_candidates(spark.read.parquet(str(base / "users")),
-                                    spark.read.parquet(str(base / "items")), spec,
+    candidates = catalog_candidates(spark.read.parquet(str(users_dir)),
+                                    spark.read.parquet(str(items_dir)), spec,
                                     catalog.max_items_per_user)
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.scoring.batch_size))
-    out_schema = T.StructType(predictions_struct(spec).fields[: len(spec.keys)]
-                              + [T.StructField("user_id", T.LongType()), T.StructField("item_id", T.LongType())]
-                              + predictions_struct(spec).fields[len(spec.keys):])
-    scored_at = dt.datetime.now(dt.timezone.utc)
+    pair_columns = (catalog_spec.user_key, catalog_spec.item_key)
+    base = predictions_struct(spec)
+    out_schema = T.StructType(base.fields[: len(spec.keys)]
+                              + [T.StructField(c, T.LongType()) for c in pair_columns]
+                              + base.fields[len(spec.keys):])
     scorer = make_scorer(spark, files, artifact.sha256, spec, spec.feature_names, out_schema,
-                         scored_at, False, cfg.scoring.threads_per_task,
-                         extra_columns=("user_id", "item_id"))
-    scored = _spread_partitions(spark, candidates).mapInArrow(scorer, out_schema)
-    fused = scored.withColumn(
-        "score", fuse({t: F.col(spec.prediction_column(t)) for t in spec.task_names},
-                      catalog.fusion_weights))
-    rank = F.row_number().over(Window.partitionBy("user_id").orderBy(F.col("score").desc(), "item_id"))
-    top = (fused.withColumn("rank", rank).where(F.col("rank") <= catalog.top_k)
-           .select("user_id", "rank", "item_id", "score", *spec.prediction_columns, "scored_at"))
-    out = Warehouse(cfg.warehouse).partition(spec.name, "recommendations", ds,
-                                             model_version=artifact.model_version)
-    top.write.mode("overwrite").parquet(str(out))
+                         dt.datetime.now(dt.timezone.utc), False, cfg.scoring.threads_per_task,
+                         extra_columns=pair_columns)
+    out = wh.partition(spec.name, "recommendations", ds, model_version=artifact.model_version)
+    with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
+                              str(cfg.scoring.batch_size)}), replacing(out) as staging:
+        scored = spread_partitions(spark, candidates).mapInArrow(scorer, out_schema)
+        top_k_per_user(scored, spec, catalog.fusion_weights, catalog.top_k) \
+            .write.mode("overwrite").parquet(str(staging))
+        written = count_rows(staging)
     # users x min(items, cap) candidates, from the parquet footers: no second pass over the join
-    import pyarrow.dataset as pads
-
-    users_rows = pads.dataset(str(base / "users"), format="parquet").count_rows()
-    items_rows = pads.dataset(str(base / "items"), format="parquet").count_rows()
-    manifest.input_rows = users_rows * min(items_rows, catalog.max_items_per_user)
-    manifest.output_rows = spark.read.parquet(str(out)).count()
-    manifest.outputs["recommendations"] = str(out)
-    manifest.details.update(top_k=catalog.top_k, max_items_per_user=catalog.max_items_per_user)
-    return out
+    pairs = count_rows(users_dir) * min(count_rows(items_dir), catalog.max_items_per_user)
+    return ScoreResult(artifact.model_version, artifact.sha256, input_rows=pairs,
+                       output_rows=written, quarantined_rows=0, output=out,
+                       table="recommendations",
+                       details={"top_k": catalog.top_k,
+                                "max_items_per_user": catalog.max_items_per_user})

@@ -8,16 +8,19 @@ model needs), joined with their labels on the spec's keys within each ds, and ha
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from jobs.config import JobConfig
 from jobs.errors import InputError, MissingInputError
-from jobs.manifest import RunManifest
-from jobs.warehouse import Warehouse, date_range
+from jobs.manifest import RunRecord
+from jobs.warehouse import (
+    Warehouse, date_range, parquet_files, read_footers, read_table, replacing,
+)
 from mmoe_model.archs import ARCHS
 from schemas.spec import DatasetSpec, load_spec
 
@@ -26,16 +29,15 @@ log = logging.getLogger(__name__)
 
 
 def _read_partition(path: Path, columns: list[str], what: str) -> pa.Table:
-    """One partition directory (Spark's ``_SUCCESS`` / ``.crc`` files are skipped by pyarrow's
-    default ignore prefixes)."""
+    """One partition directory's data files (hidden names skipped), only ``columns``."""
     try:
-        dataset = pads.dataset(str(path), format="parquet")
-    except (OSError, pa.ArrowInvalid) as exc:
+        schema, _ = read_footers(parquet_files(path))
+    except ValueError as exc:
         raise MissingInputError(f"cannot read {what} at {path}: {exc}") from None
-    missing = [c for c in columns if c not in dataset.schema.names]
+    missing = [c for c in columns if c not in schema.names]
     if missing:
         raise InputError(f"{what} at {path} lacks column(s) {missing}")
-    return dataset.to_table(columns=columns)
+    return read_table(path, columns=columns)
 
 
 def load_training_frame(wh: Warehouse, spec: DatasetSpec,
@@ -70,15 +72,33 @@ def load_training_frame(wh: Warehouse, spec: DatasetSpec,
     return frame, rows_read
 
 
+@dataclass
+class TrainJobResult:
+    model_version: str
+    model_sha256: str
+    artifact: Path
+    rows_read: int
+    train_rows: int
+    val_rows: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> RunRecord:
+        return RunRecord(input_rows=self.rows_read, output_rows=self.train_rows + self.val_rows,
+                         model_version=self.model_version, model_sha256=self.model_sha256,
+                         outputs={"artifact": str(self.artifact)}, details=dict(self.details))
+
+
 def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, out: Path,
-                epochs: int | None, seed: int, manifest: RunManifest) -> Path:
+                epochs: int | None, seed: int) -> TrainJobResult:
     """Train ``arch`` on ``dataset``'s ds range [start, end] and write the artifact to ``out``.
 
-    ``out`` may be a new directory, an empty one or an existing artifact (replaced; the old
-    version is recorded in ``manifest.details["replaced_model_version"]``); any other non-empty
-    directory is refused. Returns ``out``.
+    ``out`` may be a new directory, an empty one or an existing artifact (replaced whole, via
+    :func:`jobs.warehouse.replacing`; the old version is recorded in
+    ``details["replaced_model_version"]``); any other non-empty directory is refused.
     """
-    from mmoe_model.artifact import MANIFEST, ModelArtifact, save_artifact
+    from mmoe_model.artifact import (
+        MANIFEST, ModelArtifact, build_artifact_files, write_artifact_files,
+    )
     from mmoe_model.errors import MmoeModelError
     from mmoe_model.trainer import train
 
@@ -93,11 +113,10 @@ def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, o
     model_config = cfg.training.model_config(arch)
     train_config = cfg.training.train_config(epochs, seed)
 
-    wh = Warehouse(cfg.warehouse)
-    frame, rows_read = load_training_frame(wh, spec, days)
-    manifest.input_rows = rows_read
+    frame, rows_read = load_training_frame(Warehouse(cfg.warehouse), spec, days)
     if len(frame) == 0:
-        raise MissingInputError(f"{dataset}: no feature row of ds {start}..{end} has labels")
+        raise MissingInputError(f"{dataset}: no feature row of ds {start}..{end} has labels",
+                                details={"input_rows": rows_read})
 
     result = train(frame, spec, model_config, train_config)
     if replaced is not None:
@@ -105,31 +124,24 @@ def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, o
             replaced = ModelArtifact.load(out).model_version
         except MmoeModelError:
             replaced = "unreadable"
-    artifact = save_artifact(out, result.model, model_config, spec, result.encoder,
-                             {"dataset": dataset, "start": start, "end": end, "seed": seed,
-                              "arch": arch, **result.summary()})
-
-    manifest.output_rows = result.train_rows + result.val_rows
-    manifest.model_version = artifact.model_version
-    manifest.model_sha256 = artifact.sha256
-    manifest.outputs["artifact"] = str(out.resolve())
-    manifest.details.update({
-        "arch": arch,
-        "start": start,
-        "end": end,
-        "seed": seed,
-        "train_rows": result.train_rows,
-        "val_rows": result.val_rows,
+    files = build_artifact_files(result.model, model_config, spec, result.encoder,
+                                 {"dataset": dataset, "start": start, "end": end, "seed": seed,
+                                  "arch": arch, **result.summary()})
+    with replacing(out) as staging:
+        write_artifact_files(staging, files)
+    artifact = ModelArtifact.from_files(files)
+    details = {
+        "arch": arch, "start": start, "end": end, "seed": seed,
+        "train_rows": result.train_rows, "val_rows": result.val_rows,
         "rows_without_labels": rows_read - len(frame),
-        "epochs_run": result.epochs_run,
-        "best_epoch": result.best_epoch,
-        "stopped_early": result.stopped_early,
-        "val_auc": result.val_auc,
-    })
+        "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early, "val_auc": result.val_auc,
+    }
     if replaced is not None:
-        manifest.details["replaced_model_version"] = replaced
+        details["replaced_model_version"] = replaced
         log.warning("replaced the artifact at %s (was %s)", out, replaced)
-    return out
+    return TrainJobResult(artifact.model_version, artifact.sha256, out.resolve(), rows_read,
+                          result.train_rows, result.val_rows, details)
 
 
 def _check_out(out: Path, manifest_name: str) -> str | None:

@@ -1,4 +1,7 @@
-"""Validate job: one features partition against the Great Expectations suite of its spec.
+"""Validate stage: one features partition against the rules of its spec (jobs/stages/rules.py),
+checked by Great Expectations. Read (footers, through jobs/warehouse.py) → decide (GX over one
+cached frame; :func:`decide` turns the GX result into a :class:`ValidationReport`) → write
+(result.json, the quarantine partition, status.json, all through jobs/warehouse.py).
 
     features/ds=D  ──►  validation/ds=D/{result.json, data_docs/, status.json}
                    └─►  quarantine/ds=D   (rows breaking a row-level rule, + ``reason``)
@@ -43,35 +46,34 @@ Every run first removes the ds's previous validation partition (so a crash never
 
 from __future__ import annotations
 
-import json
-import shutil
 import statistics
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import reduce
 from pathlib import Path
-from typing import Any, Iterator, NoReturn
+from typing import Any, NoReturn
 from uuid import uuid4
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from jobs.config import JobConfig
 from jobs.errors import MissingInputError, NotValidated, ValidationFailed
-from jobs.stages.gx_suite import (
-    KEY_COPIES, LABEL_TYPE, REASON, SPARK_TYPE, RowCountBounds, build_suite, dense_bounds,
-    key_label, vocabulary_values,
+from jobs.manifest import RunRecord, utc_now
+from jobs.spark import job_group, jobs_in_group, session_conf
+from jobs.stages.rules import (
+    KEY_COPIES, LABEL_TYPE, REASON, SPARK_TYPE, RowCountBounds, _ident, build_suite, key_label,
+    reason_expression,
 )
-from jobs.manifest import RunManifest, utc_now
-from jobs.warehouse import Warehouse
+from jobs.warehouse import (
+    STATUS_FILE, Warehouse, fingerprint, parquet_files, read_footers, read_json, read_table,
+    remove, replacing, write_json,
+)
 from schemas.spec import DatasetSpec
 from schemas.tables import features_struct
 
-STATUS_FILE = "status.json"
 RESULT_FILE = "result.json"
 DOCS_DIR = "data_docs"
 RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": 0}
@@ -112,6 +114,8 @@ class ValidationReport:
     result_json: str = ""
     data_docs: str | None = None
     quarantine: str | None = None
+    rows_read: int = 0
+    bounds: RowCountBounds | None = None
 
     def status_dict(self) -> dict[str, Any]:
         return {
@@ -123,105 +127,165 @@ class ValidationReport:
             "quarantine": self.quarantine,
         }
 
+    def record(self) -> RunRecord:
+        """Counts for the manifest: a failed validation passed nothing on and quarantined
+        nothing (0/0/0); the rows it read are in ``details["rows_read"]``."""
+        counted = self.status != "failed"
+        outputs = {"validation": self.validation_dir,
+                   "status": str(Path(self.validation_dir) / STATUS_FILE),
+                   "result_json": self.result_json}
+        if self.data_docs:
+            outputs["data_docs"] = self.data_docs
+        if self.quarantine:
+            outputs["quarantine"] = self.quarantine
+        return RunRecord(
+            input_rows=self.input_rows if counted else 0,
+            output_rows=self.passed_rows if counted else 0,
+            quarantined_rows=self.quarantined_rows if counted else 0,
+            outputs=outputs,
+            details={
+                "validation_status": self.status,
+                "rows_read": self.rows_read,
+                "spark_jobs": self.spark_jobs,
+                "seconds": self.seconds,
+                "reasons": self.reasons,
+                "failed_rules": self.failed_rules,
+                "expectations": len(self.rules),
+                "unsuccessful_expectations": sum(not r.success for r in self.rules),
+                "row_count_bounds": asdict(self.bounds) if self.bounds else None,
+            })
+
+
+@dataclass
+class ValidationInputs:
+    """What the validation knows before any Spark work: paths and footers."""
+
+    features_dir: Path
+    labels_dir: Path
+    features_schema: pa.Schema
+    labels_schema: pa.Schema | None
+    rows_read: int
+    bounds: RowCountBounds
+    fingerprint: list
+
 
 # --------------------------------------------------------------------------------------------
-# The job
+# The job: read (footers) → decide (GX over one cached frame) → write (status, quarantine)
 
 
-def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
-                       manifest: RunManifest) -> ValidationReport:
-    """Validate ``<wh>/<dataset>/features/ds=D``; see the module docstring for the decisions."""
+def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str, *,
+                       run_id: str | None = None) -> ValidationReport:
+    """Validate ``<wh>/<dataset>/features/ds=D``; see the module docstring for the decisions.
+    Raises :class:`ValidationFailed` (its ``details`` carry the counts) when the partition fails."""
     started = time.perf_counter()
     wh = Warehouse(cfg.warehouse)
     features_dir = wh.partition(spec.name, "features", ds)
-    validation_dir = wh.partition(spec.name, "validation", ds)
-    quarantine_dir = wh.partition(spec.name, "quarantine", ds)
-    files = parquet_files(features_dir)
-    if not files:
+    if not parquet_files(features_dir):
         raise MissingInputError(
             f"features partition {features_dir} is missing or has no parquet files "
             f"(dataset {spec.name}, ds {ds})")
-    shutil.rmtree(validation_dir, ignore_errors=True)  # no stale decision while we run
+    validation_dir = wh.partition(spec.name, "validation", ds)
+    remove(validation_dir)  # no stale decision while we run
     validation_dir.mkdir(parents=True)
-
-    def fail(message: str, rows: int = 0, cause: BaseException | None = None) -> NoReturn:
-        """Before a GX result exists: leave a failed status (and no quarantine) behind."""
-        shutil.rmtree(quarantine_dir, ignore_errors=True)
-        _write_json(validation_dir / STATUS_FILE, {
-            "status": "failed", "dataset": spec.name, "ds": ds, "input_rows": rows,
-            "passed_rows": 0, "quarantined_rows": 0, "message": message,
-            "validated_at": utc_now(), "run_id": manifest.run_id})
-        manifest.details.update({"validation_status": "failed", "rows_read": rows})
-        raise ValidationFailed(message) from cause
-
-    labels_dir = wh.partition(spec.name, "labels", ds)
-    labels_files = parquet_files(labels_dir)
     try:
-        features_schema, rows_read = _footers(files)
-        labels_schema = _footers(labels_files)[0] if labels_files else None
+        inputs = read_inputs(wh, spec, ds)
     except ValueError as exc:
-        fail(f"validation failed: {exc}")
-    bounds = row_count_bounds(wh, spec, ds)
-    max_bad = 0.0 if cfg.validation.on_bad_rows == "fail" else cfg.validation.max_bad_row_fraction
-    suite = build_suite(spec, bounds, with_labels=labels_schema is not None,
-                        max_bad_row_fraction=max_bad)
-    docs_dir = validation_dir / DOCS_DIR if cfg.validation.keep_data_docs else None
-
-    sc = spark.sparkContext
+        _fail(wh, spec, ds, run_id, f"validation failed: {exc}", 0)
     group = f"mmoe-validate-{uuid4().hex[:12]}"
-    frame: DataFrame | None = None
-    with _job_group(sc, group, f"validate {spec.name} ds={ds}"), _no_aqe(spark):
-        try:
-            raw = _read(spark, features_dir, features_schema)
-            labels = (_read(spark, labels_dir, labels_schema)
-                      if labels_schema is not None else None)
-            if schema_problems(spec, raw, labels):
-                # Only the schema expectations can run; they need no Spark job.
-                frame = _schema_frame(spec, raw, labels)
-                present = set(frame.columns)
-                suite.expectations = [e for e in suite.expectations
-                                      if e.meta["level"] == "schema"
-                                      and (e.meta["rule"] == "missing_column"
-                                           or e.column in present)]
-            else:
-                frame = prepare_frame(spec, raw, labels).cache()
-            try:
-                result = run_suite(frame, suite, docs_dir, run_name=f"{spec.name}-{ds}")
-            except Exception as exc:  # GX itself broke: still leave a failed status behind
-                fail(f"validation failed: Great Expectations could not run the suite: "
-                     f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}",
-                     rows_read, exc)
-            (validation_dir / RESULT_FILE).write_text(
-                json.dumps(result.to_json_dict(), indent=1, default=str) + "\n")
-            report = decide(spec, ds, result, rows_read, cfg, bounds)
-            report.validation_dir = str(validation_dir)
-            report.result_json = str(validation_dir / RESULT_FILE)
-            report.data_docs = str(docs_dir / "index.html") if docs_dir is not None else None
-            if report.status == "quarantined":
-                write_quarantine(frame, spec, quarantine_dir)
-                report.quarantine = str(quarantine_dir)
-                written, report.reasons = _reason_counts(quarantine_dir)
-                if written != report.quarantined_rows:  # a broken invariant must not pass
-                    fail(f"validation failed: {written:,} rows written to quarantine but GX "
-                         f"counted {report.quarantined_rows:,} rows breaking row-level rules",
-                         rows_read)
-            else:
-                shutil.rmtree(quarantine_dir, ignore_errors=True)
-        finally:
-            if frame is not None and frame.is_cached:
-                frame.unpersist()
-    report.spark_jobs = len(sc.statusTracker().getJobIdsForGroup(group))
+    docs_dir = validation_dir / DOCS_DIR if cfg.validation.keep_data_docs else None
+    with job_group(spark, group, f"validate {spec.name} ds={ds}"), \
+            session_conf(spark, VALIDATION_CONF):
+        report = _check_and_write(spark, cfg, spec, ds, inputs, wh, docs_dir, run_id)
+    report.spark_jobs = jobs_in_group(spark, group)
     report.seconds = round(time.perf_counter() - started, 3)
-
-    status = report.status_dict() | {
-        "validated_at": utc_now(), "run_id": manifest.run_id, "spark_jobs": report.spark_jobs,
-        "features_fingerprint": fingerprint(files, features_dir),
-        "row_count_bounds": asdict(bounds),
-    }
-    _write_json(validation_dir / STATUS_FILE, status)
-    _fill_manifest(manifest, report, rows_read, bounds, validation_dir)
+    report.validation_dir = str(validation_dir)
+    write_json(wh.status_path(spec.name, ds), report.status_dict() | {
+        "validated_at": utc_now(), "run_id": run_id, "spark_jobs": report.spark_jobs,
+        "features_fingerprint": inputs.fingerprint, "row_count_bounds": asdict(inputs.bounds)})
     if report.status == "failed":
-        raise ValidationFailed(report.message)
+        raise ValidationFailed(report.message, details=_failure_details(report))
+    return report
+
+
+def _failure_details(report: ValidationReport) -> dict[str, Any]:
+    record = report.record()
+    return {**record.details, "outputs": record.outputs}
+
+
+def _fail(wh: Warehouse, spec: DatasetSpec, ds: str, run_id: str | None, message: str,
+          rows: int, cause: BaseException | None = None) -> NoReturn:
+    """Before a GX result exists: leave a failed status (and no quarantine) behind."""
+    remove(wh.partition(spec.name, "quarantine", ds))
+    write_json(wh.status_path(spec.name, ds), {
+        "status": "failed", "dataset": spec.name, "ds": ds, "input_rows": rows,
+        "passed_rows": 0, "quarantined_rows": 0, "message": message,
+        "validated_at": utc_now(), "run_id": run_id})
+    raise ValidationFailed(message, details={"validation_status": "failed", "rows_read": rows,
+                                             "spark_jobs": 0}) from cause
+
+
+def read_inputs(wh: Warehouse, spec: DatasetSpec, ds: str) -> ValidationInputs:
+    """Footers of the features and labels partitions and the row-count bounds: no Spark job.
+    ``ValueError`` names an unreadable file or a schema disagreement."""
+    features_dir = wh.partition(spec.name, "features", ds)
+    labels_dir = wh.partition(spec.name, "labels", ds)
+    files = parquet_files(features_dir)
+    features_schema, rows = read_footers(files)
+    labels_files = parquet_files(labels_dir)
+    labels_schema = read_footers(labels_files)[0] if labels_files else None
+    return ValidationInputs(features_dir, labels_dir, features_schema, labels_schema, rows,
+                            row_count_bounds(wh, spec, ds), fingerprint(features_dir))
+
+
+def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
+                     inputs: ValidationInputs, wh: Warehouse, docs_dir: Path | None,
+                     run_id: str | None) -> ValidationReport:
+    """GX over the cached frame → the decision → result.json and the quarantine partition."""
+    max_bad = 0.0 if cfg.validation.on_bad_rows == "fail" else cfg.validation.max_bad_row_fraction
+    suite = build_suite(spec, inputs.bounds, with_labels=inputs.labels_schema is not None,
+                        max_bad_row_fraction=max_bad)
+    validation_dir = wh.partition(spec.name, "validation", ds)
+    quarantine_dir = wh.partition(spec.name, "quarantine", ds)
+    frame: DataFrame | None = None
+    try:
+        raw = _read(spark, inputs.features_dir, inputs.features_schema)
+        labels = (_read(spark, inputs.labels_dir, inputs.labels_schema)
+                  if inputs.labels_schema is not None else None)
+        if schema_problems(spec, raw, labels):
+            # Only the schema expectations can run; they need no Spark job.
+            frame = _schema_frame(spec, raw, labels)
+            present = set(frame.columns)
+            suite.expectations = [e for e in suite.expectations
+                                  if e.meta["level"] == "schema"
+                                  and (e.meta["rule"] == "missing_column" or e.column in present)]
+        else:
+            frame = prepare_frame(spec, raw, labels).cache()
+        try:
+            result = run_suite(frame, suite, docs_dir, run_name=f"{spec.name}-{ds}")
+        except Exception as exc:  # GX itself broke: still leave a failed status behind
+            _fail(wh, spec, ds, run_id,
+                  f"validation failed: Great Expectations could not run the suite: "
+                  f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}",
+                  inputs.rows_read, exc)
+        write_json(validation_dir / RESULT_FILE, result.to_json_dict())
+        report = decide(spec, ds, result, inputs.rows_read, cfg, inputs.bounds)
+        report.result_json = str(validation_dir / RESULT_FILE)
+        report.data_docs = str(docs_dir / "index.html") if docs_dir is not None else None
+        if report.status == "quarantined":
+            with replacing(quarantine_dir) as staging:
+                write_quarantine(frame, spec, staging)
+            report.quarantine = str(quarantine_dir)
+            written, report.reasons = _reason_counts(quarantine_dir)
+            if written != report.quarantined_rows:  # a broken invariant must not pass
+                _fail(wh, spec, ds, run_id,
+                      f"validation failed: {written:,} rows written to quarantine but GX "
+                      f"counted {report.quarantined_rows:,} rows breaking row-level rules",
+                      inputs.rows_read)
+        else:
+            remove(quarantine_dir)
+    finally:
+        if frame is not None and frame.is_cached:
+            frame.unpersist()
     return report
 
 
@@ -233,6 +297,21 @@ def passed_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str)
     partition changed since it was validated.
     """
     wh = Warehouse(cfg.warehouse)
+    status = checked_status(cfg, spec, ds)
+    rows = spark.read.schema(features_struct(spec)).parquet(
+        str(wh.partition(spec.name, "features", ds)))
+    if int(status.get("quarantined_rows", 0)) == 0:
+        return rows
+    quarantine_dir = wh.partition(spec.name, "quarantine", ds)
+    keys = spark.read.parquet(str(quarantine_dir)).select(*spec.key_names).distinct()
+    cond = reduce(lambda a, b: a & b, [rows[k].eqNullSafe(keys[k]) for k in spec.key_names])
+    return rows.join(keys, on=cond, how="left_anti")
+
+
+def checked_status(cfg: JobConfig, spec: DatasetSpec, ds: str) -> dict[str, Any]:
+    """The ds's validation status when its rows may be scored; :class:`NotValidated` when it
+    was never validated, failed, changed since, or its quarantine partition went missing."""
+    wh = Warehouse(cfg.warehouse)
     status = read_status(cfg, spec, ds)
     where = f"{spec.name} ds={ds}"
     if status is None:
@@ -240,64 +319,26 @@ def passed_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str)
                            f"--dataset {spec.name} --ds {ds}")
     if status.get("status") not in ("passed", "quarantined"):
         raise NotValidated(f"{where} did not pass validation: {status.get('message', '?')}")
-    features_dir = wh.partition(spec.name, "features", ds)
-    files = parquet_files(features_dir)
-    if fingerprint(files, features_dir) != status.get("features_fingerprint"):
+    if fingerprint(wh.partition(spec.name, "features", ds)) != status.get("features_fingerprint"):
         raise NotValidated(f"{where}: the features partition changed after it was validated; "
                            f"run mmoe validate --dataset {spec.name} --ds {ds} again")
-    rows = spark.read.schema(features_struct(spec)).parquet(str(features_dir))
-    if int(status.get("quarantined_rows", 0)) == 0:
-        return rows
     quarantine_dir = wh.partition(spec.name, "quarantine", ds)
-    if not parquet_files(quarantine_dir):
+    if int(status.get("quarantined_rows", 0)) and not parquet_files(quarantine_dir):
         raise NotValidated(f"{where}: status says {status['quarantined_rows']} rows were "
                            f"quarantined but {quarantine_dir} is missing; validate again")
-    keys = spark.read.parquet(str(quarantine_dir)).select(*spec.key_names).distinct()
-    cond = reduce(lambda a, b: a & b, [rows[k].eqNullSafe(keys[k]) for k in spec.key_names])
-    return rows.join(keys, on=cond, how="left_anti")
+    return status
 
 
 def read_status(cfg: JobConfig, spec: DatasetSpec, ds: str) -> dict[str, Any] | None:
     """The ``status.json`` of a ds, or None when it was never validated (or is being validated)."""
-    path = Warehouse(cfg.warehouse).partition(spec.name, "validation", ds) / STATUS_FILE
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise NotValidated(f"cannot read {path}: {exc}") from None
+        return read_json(Warehouse(cfg.warehouse).status_path(spec.name, ds))
+    except ValueError as exc:
+        raise NotValidated(str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------
-# Inputs: footers, row-count history, schema
-
-
-def parquet_files(directory: Path) -> list[Path]:
-    if not directory.is_dir():
-        return []
-    hidden = (".", "_")  # Spark's _temporary/, .crc files, ...
-    return sorted(p for p in directory.rglob("*.parquet")
-                  if not any(part.startswith(hidden) for part in p.relative_to(directory).parts))
-
-
-def fingerprint(files: list[Path], base: Path) -> list[list]:
-    """Names and sizes of a partition's files: a rewrite (new part-file names) changes it."""
-    return [[str(p.relative_to(base)), p.stat().st_size] for p in files]
-
-
-def _footers(files: list[Path]) -> tuple[pa.Schema, int]:
-    """The unified arrow schema and total row count of parquet files, from their footers."""
-    schemas, rows = [], 0
-    for path in files:
-        meta = pq.read_metadata(path)
-        rows += meta.num_rows
-        schemas.append(meta.schema.to_arrow_schema())
-    try:
-        schema = pa.unify_schemas(schemas)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise ValueError(f"the files of {files[0].parent} disagree on their schema: "
-                         f"{(str(exc).splitlines() or [''])[0]}") from None
-    return pa.schema([f.remove_metadata() for f in schema]), rows
+# Inputs: row-count history, schema
 
 
 def _read(spark: SparkSession, directory: Path, schema: pa.Schema) -> DataFrame:
@@ -312,22 +353,29 @@ def _read(spark: SparkSession, directory: Path, schema: pa.Schema) -> DataFrame:
 
 def row_count_bounds(wh: Warehouse, spec: DatasetSpec, ds: str) -> RowCountBounds:
     """``row_count.min_rows``, tightened by [min_ratio, max_ratio] x the median row count of up
-    to ``trailing_partitions`` previous features partitions (footer counts, no Spark job)."""
+    to ``trailing_partitions`` previous features partitions (footer counts, no Spark job).
+    A previous partition whose files cannot be read is skipped and named in ``unreadable``:
+    one corrupt day never fails the validation of another."""
     policy = spec.row_count
     previous = [d for d in wh.partitions(spec.name, "features") if d < ds]
-    counts = []
+    counts, unreadable = [], []
     for day in reversed(previous):
         if len(counts) == policy.trailing_partitions:
             break
         files = parquet_files(wh.partition(spec.name, "features", day))
         if files:
-            counts.append(sum(pq.read_metadata(p).num_rows for p in files))
+            try:
+                counts.append(read_footers(files)[1])
+            except ValueError as exc:
+                unreadable.append(f"ds={day}: {exc}")
     if not counts:
-        return RowCountBounds(min_rows=policy.min_rows, max_rows=None)
+        return RowCountBounds(min_rows=policy.min_rows, max_rows=None,
+                              unreadable=tuple(unreadable))
     median = float(statistics.median(counts))
     lo = max(policy.min_rows, int(-(-policy.min_ratio_to_median * median // 1)))  # ceil
     hi = int(policy.max_ratio_to_median * median)                                    # floor
-    return RowCountBounds(min_rows=lo, max_rows=max(hi, lo), median=median, trailing=len(counts))
+    return RowCountBounds(min_rows=lo, max_rows=max(hi, lo), median=median, trailing=len(counts),
+                          unreadable=tuple(unreadable))
 
 
 def _spark_type_name(frame: DataFrame, column: str) -> str:
@@ -369,48 +417,6 @@ def _schema_frame(spec: DatasetSpec, features: DataFrame, labels: DataFrame | No
 
 # --------------------------------------------------------------------------------------------
 # The frame GX validates
-
-
-def _ident(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
-def _literal(value: Any) -> str:
-    """A Spark SQL literal: strings escaped, floats as DOUBLE (``1.5D``), ints as-is."""
-    if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    if isinstance(value, float):
-        return f"{value!r}D"
-    return str(int(value))
-
-
-def row_rules(spec: DatasetSpec, with_labels: bool) -> list[tuple[str, str]]:
-    """(reason, Spark SQL condition) of every row-level rule, in the order reasons are listed.
-    SQL text, so that the whole ``_reason`` column is one expression built in one JVM call."""
-    rules = [(f"null_key:{k}", f"{_ident(k)} IS NULL") for k in spec.key_names]
-    rules.append((f"duplicate_key:{key_label(spec)}", f"{_ident(KEY_COPIES)} > 1"))
-    for feat in spec.dense_features:
-        col = _ident(feat.name)
-        lo, hi = dense_bounds(feat)
-        outside = f"({col} < {_literal(lo)} OR {col} > {_literal(hi)})"
-        if feat.dtype == "double":
-            not_finite = (f"(isnan({col}) OR {col} IN (CAST('Infinity' AS DOUBLE), "
-                          f"CAST('-Infinity' AS DOUBLE)))")
-            rules.append((f"not_finite:{feat.name}", not_finite))
-            outside = f"(NOT {not_finite} AND {outside})"
-        rules.append((f"out_of_range:{feat.name}", outside))
-    for feat in spec.categorical_features:
-        if feat.vocabulary is not None and feat.oov == "quarantine":
-            col = _ident(feat.name)
-            values = ", ".join(_literal(v) for v in vocabulary_values(feat)) or "NULL"
-            rules.append((f"unknown_category:{feat.name}",
-                          f"({col} IS NOT NULL AND NOT {col} IN ({values}))"))
-    if with_labels:
-        for task in spec.task_names:
-            col = _ident(task)
-            rules.append((f"label_not_binary:{task}",
-                          f"({col} IS NOT NULL AND NOT {col} IN (0, 1))"))
-    return rules
 
 
 # Duplicated keys (no labels partition) up to this many are collected to the driver and broadcast
@@ -465,9 +471,8 @@ def prepare_frame(spec: DatasetSpec, features: DataFrame, labels: DataFrame | No
 
 
 def _with_reason(spec: DatasetSpec, frame: DataFrame, with_labels: bool) -> DataFrame:
-    reasons = ", ".join(f"IF({cond}, {_literal(name)}, NULL)"
-                        for name, cond in row_rules(spec, with_labels))
-    return frame.selectExpr("*", f"NULLIF(concat_ws(';', {reasons}), '') AS {_ident(REASON)}")
+    return frame.selectExpr(
+        "*", f"{reason_expression(spec, with_labels)} AS {_ident(REASON)}")
 
 
 def run_suite(frame: DataFrame, suite, docs_dir: Path | None, run_name: str):
@@ -560,7 +565,8 @@ def decide(spec: DatasetSpec, ds: str, result, rows_read: int, cfg: JobConfig,
     bad = int(policy.unexpected_count or 0) if policy is not None else 0
     breakdown = ", ".join(f"{r.rule}:{r.column} {r.unexpected_count or 0:,}" for r in row_failed)
     report = ValidationReport(dataset=spec.name, ds=ds, status="passed", input_rows=rows,
-                              passed_rows=rows, quarantined_rows=0, message="", rules=rules)
+                              passed_rows=rows, quarantined_rows=0, message="", rules=rules,
+                              rows_read=rows_read, bounds=bounds)
     if errors or failed:
         first = errors[0] if errors else failed[0]
         msg = (_error_message(first) if errors
@@ -649,7 +655,8 @@ def _failure_message(rule: RuleResult, spec: DatasetSpec, rows: int, bad: int, b
 
 
 def write_quarantine(frame: DataFrame, spec: DatasetSpec, quarantine_dir: Path) -> None:
-    """The rows as read (spec columns) + ``reason``; replaces the ds's quarantine partition."""
+    """The rows as read (spec columns) + ``reason``, written to ``quarantine_dir`` (a staging
+    directory of :func:`jobs.warehouse.replacing`)."""
     bad = frame.filter(F.col(REASON).isNotNull()).select(
         *spec.features_table_columns, F.col(REASON).alias("reason"))
     bad.coalesce(1).write.mode("overwrite").parquet(str(quarantine_dir))
@@ -658,44 +665,12 @@ def write_quarantine(frame: DataFrame, spec: DatasetSpec, quarantine_dir: Path) 
 def _reason_counts(quarantine_dir: Path) -> tuple[int, dict[str, int]]:
     """Rows written to quarantine, and rows per single rule (``rule:column``; a row breaking
     several rules counts under each), read from the files with pyarrow (no Spark job)."""
-    table = pq.read_table(str(quarantine_dir), columns=["reason"])
+    table = read_table(quarantine_dir, columns=["reason"])
     counts: dict[str, int] = {}
     for item in table.column("reason").value_counts().to_pylist():
         for reason in str(item["values"]).split(";"):
             counts[reason] = counts.get(reason, 0) + int(item["counts"])
     return table.num_rows, dict(sorted(counts.items()))
-
-
-def _fill_manifest(manifest: RunManifest, report: ValidationReport, rows_read: int,
-                   bounds: RowCountBounds, validation_dir: Path) -> None:
-    if report.status != "failed":
-        manifest.input_rows = report.input_rows
-        manifest.output_rows = report.passed_rows
-        manifest.quarantined_rows = report.quarantined_rows
-    manifest.outputs["validation"] = str(validation_dir)
-    manifest.outputs["status"] = str(validation_dir / STATUS_FILE)
-    manifest.outputs["result_json"] = report.result_json
-    if report.data_docs:
-        manifest.outputs["data_docs"] = report.data_docs
-    if report.quarantine:
-        manifest.outputs["quarantine"] = report.quarantine
-    manifest.details.update({
-        "validation_status": report.status,
-        "rows_read": rows_read,
-        "spark_jobs": report.spark_jobs,
-        "seconds": report.seconds,
-        "reasons": report.reasons,
-        "failed_rules": report.failed_rules,
-        "expectations": len(report.rules),
-        "unsuccessful_expectations": sum(not r.success for r in report.rules),
-        "row_count_bounds": asdict(bounds),
-    })
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    tmp.replace(path)
 
 
 # Session settings while the validation runs, restored after (session settings: the validation
@@ -710,32 +685,3 @@ VALIDATION_CONF = {
     "spark.sql.adaptive.enabled": "false",
     "spark.sql.codegen.hugeMethodLimit": "8000",
 }
-
-
-@contextmanager
-def _no_aqe(spark: SparkSession) -> Iterator[None]:
-    """Apply :data:`VALIDATION_CONF` to the session while the validation runs; restore after."""
-    previous = {key: spark.conf.get(key, None) for key in VALIDATION_CONF}
-    for key, value in VALIDATION_CONF.items():
-        spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
-
-
-@contextmanager
-def _job_group(sc, group: str, description: str) -> Iterator[None]:
-    """Tag the Spark jobs run inside (to count them), then restore the caller's group."""
-    keys = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
-    previous = {k: sc.getLocalProperty(k) for k in keys}
-    sc.setJobGroup(group, description)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            sc.setLocalProperty(key, value)
