@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import typer
 
 from jobs.config import JobConfig, load_config
-from jobs.errors import InputError, MmoeError
+from jobs.errors import InputError, MmoeError, RegressionDetected
 from jobs.manifest import error_line, run_job
 from jobs.warehouse import date_range, safe_name
 from mmoe_model.archs import ARCHS
@@ -206,6 +206,42 @@ def evaluate(
         return evaluate_partition(_spark(cfg), cfg, spec, ds, model_version or None)
 
     _job(ctx, "evaluate", dataset, ds, body)
+
+
+@app.command()
+def compare(
+    ctx: typer.Context,
+    dataset: str = typer.Option(..., "--dataset"),
+    baseline: str = typer.Option(..., "--baseline", help="The champion's model version."),
+    candidate: str = typer.Option(..., "--candidate", help="The challenger's model version."),
+    start: str = typer.Option(..., "--start", help="First ds YYYY-MM-DD."),
+    end: str = typer.Option(..., "--end", help="Last ds YYYY-MM-DD (the manifest's ds)."),
+    segment: Optional[list[str]] = typer.Option(
+        None, "--segment", help="Segment column (repeatable; default: evaluation.segments / the spec's)."),
+    fail_on_regression: bool = typer.Option(
+        False, "--fail-on-regression", help="Exit 3 when the candidate breaks a guardrail."),
+) -> None:
+    """Offline A/B: the candidate vs the baseline per task x segment x metric, with intervals,
+    adjusted p-values, verdicts and a ship decision -> ab_reports + HTML + Markdown."""
+    def body(cfg: JobConfig, run_id: str):
+        date_range(start, end)
+        safe_name(baseline, "--baseline")
+        safe_name(candidate, "--candidate")
+        spec = _spec(dataset)
+        from jobs.stages.compare import compare_models
+
+        result = compare_models(_spark(cfg), cfg, spec, baseline, candidate, start, end, segment or None)
+        broken = result.decision.broken_guardrails
+        if fail_on_regression and broken:
+            record = result.record()
+            raise RegressionDetected(
+                f"candidate {candidate} breaks {len(broken)} guardrail(s) vs {baseline}: {broken[0]}"
+                + (f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""),
+                details={**{k: v for k, v in record.__dict__.items() if k != "details"},
+                         **record.details})
+        return result
+
+    _job(ctx, "compare", dataset, end, body)
 
 
 @app.command()

@@ -33,3 +33,10 @@ class ValidationFailed(MmoeError):
 
 class NotValidated(MmoeError):
     """Scoring was asked for a ds whose validation failed or never ran."""
+
+
+class RegressionDetected(MmoeError):
+    """``mmoe compare --fail-on-regression``: the candidate broke a guardrail. The report was
+    written; the exit status lets a DAG or CI gate on it."""
+
+    exit_code = 3

@@ -182,3 +182,34 @@ def test_refusals(spark, job_config, spec, warehouse):
            _predictions(spec, np.arange(5) + 900_000, labels, 1.0, rng))
     with pytest.raises(MissingInputError, match="share no rows"):
         compare_models(spark, job_config, spec, "A", "C", DAYS[0], DAYS[1])
+
+
+def test_cli_gates_on_regression_and_refuses_in_one_line(spark, job_config, spec, warehouse):
+    import json
+
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    runner = CliRunner()
+    base = ["--warehouse", str(job_config.warehouse), "compare", "--dataset", "synth",
+            "--start", DAYS[0], "--end", DAYS[1]]
+    # B is the better model: with A as the candidate the AUC guardrail breaks -> exit 3
+    result = runner.invoke(app, [*base, "--baseline", "B", "--candidate", "A", "--segment", "platform",
+                                 "--fail-on-regression"])
+    assert result.exit_code == 3, result.output
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and "breaks" in err[0] and "auc regressed" in err[0]
+    manifest = json.loads(result.stdout.strip().splitlines()[-1])
+    assert manifest["status"] == "failed" and manifest["ds"] == DAYS[1]
+    assert manifest["details"]["pairing"]["candidate_only_rows"] == 2 * 13
+    assert manifest["details"]["decision"]["ship"] is False
+    assert manifest["details"]["segments"] == ["platform"]
+    assert open(manifest["outputs"]["summary"]).read().count("DO NOT SHIP") == 1
+    table = read_table(warehouse.ab_report(spec.name, "B", "A", *DAYS)).to_pandas()
+    assert set(table.segment) == {"all", "platform=android", "platform=ios", "platform=web"}
+    assert manifest["output_rows"] == len(table)
+
+    result = runner.invoke(app, [*base, "--baseline", "A", "--candidate", "A"])
+    assert result.exit_code == 2 and result.stderr.strip().count("\n") == 0
+    assert "same version" in result.stderr
