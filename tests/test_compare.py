@@ -213,3 +213,21 @@ def test_cli_gates_on_regression_and_refuses_in_one_line(spark, job_config, spec
     result = runner.invoke(app, [*base, "--baseline", "A", "--candidate", "A"])
     assert result.exit_code == 2 and result.stderr.strip().count("\n") == 0
     assert "same version" in result.stderr
+
+
+def test_evaluate_writes_gate_metrics(spark, job_config, spec, warehouse):
+    from jobs.stages.evaluate import evaluate_partition
+
+    result = evaluate_partition(spark, job_config, spec, DAYS[0])
+    got = {(r["model_version"], r["task"], r["metric"]): r for r in
+           result.metrics.where("metric LIKE 'gate_%'").collect()}
+    for v in ("A", "B"):
+        preds = read_table(warehouse.partition(spec.name, "predictions", DAYS[0], model_version=v)).to_pandas()
+        for t in spec.task_names:
+            w = np.stack(preds[f"gate_{t}"].to_numpy()).astype(np.float64)
+            entropy = -(np.where(w > 0, w * np.log(np.where(w > 0, w, 1.0)), 0.0)).sum(axis=1) / np.log(EXPERTS)
+            mean = w.mean(axis=0)
+            assert got[(v, t, "gate_entropy")]["value"] == pytest.approx(entropy.mean(), rel=1e-5)
+            assert got[(v, t, "gate_max_share")]["value"] == pytest.approx(mean.max() / mean.sum(), rel=1e-6)
+            assert got[(v, t, "gate_entropy")]["n"] == len(preds)
+            assert got[(v, t, "gate_entropy")]["segment"] == "all"

@@ -66,3 +66,42 @@ def summarise(row: dict, experts: dict[str, int]) -> dict:
                   "dead_experts": dead}
         flags[t] = {"collapsed": max(share) > COLLAPSE_SHARE, "dead_experts": dead}
     return {"tasks": out, "flags": flags}
+
+
+GATE_METRICS = ("gate_entropy", "gate_max_share")
+
+
+def gate_sizes(frame: DataFrame, tasks: list[str]) -> dict[str, int]:
+    """Experts per task (length of the first non-null gate array; 0 without gates)."""
+    cols = [t for t in tasks if f"gate_{t}" in frame.columns]
+    if not cols:
+        return {}
+    row = frame.select(*(F.max(F.size(f"gate_{t}")).alias(t) for t in cols)).first()
+    return {t: int(row[t] or 0) for t in cols if (row[t] or 0) > 0}
+
+
+def gate_metric_rows(frame: DataFrame, tasks: list[str], experts: dict[str, int]) -> DataFrame | None:
+    """Metrics-table rows (segment ``all``) per model_version x task of ``frame`` (``model_version``
+    + ``gate_<task>`` arrays): ``gate_entropy`` = mean over rows of the gate entropy / log E
+    (0: every row on one expert, 1: uniform), ``gate_max_share`` = the share of the task's gate
+    mass on its most used expert (> 0.9 flags a collapsed gate). ``n`` = rows with gates."""
+    parts = []
+    for t, e in experts.items():
+        g = F.col(f"gate_{t}")
+        norm = math.log(e) if e > 1 else 1.0
+        means = [F.avg(g[i]) for i in range(e)]
+        agg = frame.where(g.isNotNull()).groupBy("model_version").agg(
+            F.count(F.lit(1)).alias("n"), F.avg(row_entropy(g) / norm).alias("entropy"),
+            F.array(*means).alias("means"))
+        share = F.array_max("means") / F.aggregate("means", F.lit(0.0), lambda a, x: a + x)
+        parts.append(agg.select(
+            "model_version", F.lit(t).alias("task"), F.lit("all").alias("segment"), "n",
+            F.explode(F.array(F.struct(F.lit("gate_entropy").alias("metric"), F.col("entropy").alias("value")),
+                              F.struct(F.lit("gate_max_share").alias("metric"), share.alias("value")))).alias("m")))
+    if not parts:
+        return None
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.unionByName(p)
+    return out.select("model_version", "task", "segment", F.col("m.metric").alias("metric"),
+                      F.col("m.value").cast("double").alias("value"), F.col("n").cast("long").alias("n"))
