@@ -266,6 +266,16 @@ def remove(target: Path) -> None:
 # Small JSON files
 
 
+def write_text(path: Path, text: str) -> Path:
+    """Write a small text file (an HTML report) atomically (temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
 def write_json(path: Path, payload: Any, indent: int | None = 1) -> Path:
     """Write JSON atomically (temporary name, then rename)."""
     path = Path(path)

@@ -50,6 +50,7 @@ class PageVisit:
     tables: int = 0
     screenshot: bytes = b""
     title: str = ""
+    text: str = ""
 
 
 class _Cdp:
@@ -123,7 +124,7 @@ def visit(chromium: str, page: Path) -> PageVisit:
             cdp.call("Page.navigate", session, url=url)
             cdp.wait_for("Page.loadEventFired", timeout=60)
             cdp.drain(1.0)  # late requests / errors
-            probe = ("JSON.stringify({title: document.title,"
+            probe = ("JSON.stringify({title: document.title, text: document.body.innerText,"
                      " images: [...document.images].filter(i => i.complete && i.naturalWidth > 0"
                      "   && i.getBoundingClientRect().height > 20).length,"
                      " tables: [...document.querySelectorAll('table')].filter(t =>"
@@ -131,6 +132,7 @@ def visit(chromium: str, page: Path) -> PageVisit:
             seen = json.loads(cdp.call("Runtime.evaluate", session, expression=probe,
                                        returnByValue=True)["result"]["value"])
             out.title, out.images, out.tables = seen["title"], seen["images"], seen["tables"]
+            out.text = seen["text"]
             shot = cdp.call("Page.captureScreenshot", session, format="png", timeout=60)
             out.screenshot = base64.b64decode(shot["data"])
             cdp.drain(0.2)
