@@ -231,3 +231,14 @@ def test_evaluate_writes_gate_metrics(spark, job_config, spec, warehouse):
             assert got[(v, t, "gate_max_share")]["value"] == pytest.approx(mean.max() / mean.sum(), rel=1e-6)
             assert got[(v, t, "gate_entropy")]["n"] == len(preds)
             assert got[(v, t, "gate_entropy")]["segment"] == "all"
+
+
+def test_compare_bench_smoke(spark, job_config, tmp_path):
+    from jobs.bench import bench_compare
+
+    job_config.compare.replicates = 20
+    results = tmp_path / "bench.md"
+    result = bench_compare(job_config, rows=2000, results=results)
+    assert result["rows"] == result["paired_rows"] == 2000
+    assert result["compare_seconds"] > 0 and result["evaluate_seconds"] > 0
+    assert '"compare_over_evaluate"' in results.read_text()

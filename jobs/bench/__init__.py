@@ -328,6 +328,17 @@ def bench_evaluation(cfg: JobConfig, rows: int | None = None, results: Path | No
     return result
 
 
+def bench_compare(cfg: JobConfig, rows: int | None = None, results: Path | None = None,
+                  record: bool = True) -> dict[str, Any]:
+    from jobs.bench.compare import run_compare_bench
+
+    result = run_compare_bench(_bench_config(cfg), rows or 10_000_000)
+    result.update(_machine())
+    if record:
+        _append_doc(results_path(cfg, results), f"compare, {result['rows']:,} rows", result)
+    return result
+
+
 def bench_validation(cfg: JobConfig, rows: int | None = None, results: Path | None = None,
                   record: bool = True) -> dict[str, Any]:
     from jobs.bench.validation import run_validation_bench
