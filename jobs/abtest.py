@@ -30,7 +30,7 @@ from scipy import sparse
 from jobs import stats
 
 METRIC_ORDER = ("auc", "gauc", "pr_auc", "logloss", "ne", "calibration")
-LOGIT_STEP = 0.02                     # PR-AUC bootstrap bins, in logit units
+LOGIT_STEP = 0.05                     # PR-AUC bootstrap bins, in logit units
 LOGIT_RANGE = 16.0
 PLOT_BINS = 100                       # equal-width score bins for the report's figures
 RECORD_COLUMNS = ["task", "scope", "segment", "metric", "method", "baseline_value",
@@ -40,17 +40,13 @@ RECORD_SCHEMA = ("task string, scope string, segment string, metric string, meth
                  "p_value double, ci_low double, ci_high double, n long, payload string")
 
 
+N_LOGIT_BINS = int(2 * LOGIT_RANGE / LOGIT_STEP) + 1
+
+
 def _logit_bin(s: np.ndarray) -> np.ndarray:
     p = np.clip(s, 1e-7, 1 - 1e-7)
     z = np.clip(np.log(p) - np.log1p(-p), -LOGIT_RANGE, LOGIT_RANGE)
     return np.floor((z + LOGIT_RANGE) / LOGIT_STEP).astype(np.int64)
-
-
-def _exact_ap(y: np.ndarray, s: np.ndarray) -> float:
-    values, inverse = np.unique(s, return_inverse=True)
-    pos = np.bincount(inverse, weights=y, minlength=len(values))
-    cnt = np.bincount(inverse, minlength=len(values))
-    return float(stats.average_precision(pos, cnt))
 
 
 def _plot_payload(y: np.ndarray, sb: np.ndarray, sc: np.ndarray) -> str:
@@ -72,56 +68,86 @@ def _record(task, scope, segment, metric, method, t: stats.Test, n, payload=None
             "n": int(n), "payload": payload}
 
 
-def _bootstrap_group(y, sb, sc, ucode, user_hashes, replicates, seed, alpha) -> dict[str, stats.Test]:
-    """Bootstrap tests of one segment's rows (all metrics but AUC)."""
-    users, pair = np.unique(ucode, return_inverse=True)
+@dataclass
+class _Arm:
+    s: np.ndarray
+    rank: stats.Ranked
+    bins: np.ndarray
+    ll: np.ndarray
+
+
+def _sum_metrics(S: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(baseline, candidate) values per replicate row of the per-pair sums S (see _level_sums)."""
+    w, wy = S[:, 0], S[:, 1]
+    out = {m: (stats.metric_from_sums(m, w, wy, S[:, 2], S[:, 4]),
+               stats.metric_from_sums(m, w, wy, S[:, 3], S[:, 5]))
+           for m in ("logloss", "ne", "calibration")}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["gauc"] = (np.where(S[:, 8] > 0, S[:, 6] / S[:, 8], np.nan),
+                       np.where(S[:, 8] > 0, S[:, 7] / S[:, 8], np.nan))
+    return out
+
+
+@dataclass
+class _Level:
+    """One segment level's per-(segment, user) pair sums, ready for the replicates."""
+
+    groups: int
+    bounds: np.ndarray        # pairs of group g: bounds[g]:bounds[g + 1]
+    pair_user: np.ndarray
+    X: np.ndarray             # pairs x 9: rows, positives, score sums, log-loss sums, GAUC terms
+    hist: list                # per arm: (positives, rows) per pair x logit bin, sparse
+    ap: list                  # per arm: exact average precision per group
+    deltas: list = field(default_factory=list)
+
+
+def _level(code: np.ndarray, groups: int, y: np.ndarray, b: _Arm, c: _Arm, ucode: np.ndarray,
+           users: int) -> _Level:
+    """Clusters are (segment value, user) pairs; a pair's weight is its user's, so a user weighs
+    the same in every segment. Pairs are numbered in (segment, user) order, so a segment's
+    pairs are one slice."""
+    pair_key, pair = np.unique(code * users + ucode, return_inverse=True)
     pair = pair.reshape(-1)
-    hashes = user_hashes[users]
-    npairs = len(users)
+    npairs = len(pair_key)
     yf = y.astype(np.float64)
-    llb, llc = stats.logloss_terms(y, sb), stats.logloss_terms(y, sc)
-    row_values = np.column_stack([np.ones(len(y)), yf, sb, sc, llb, llc])
-    per_user = np.zeros((npairs, row_values.shape[1]))
-    np.add.at(per_user, pair, row_values)
-    # GAUC: per-user AUCs (exact), weighted by the user's rows, users with both classes only
-    auc_b, cnt = stats.grouped_auc(pair, y, sb, npairs)
-    auc_c, _ = stats.grouped_auc(pair, y, sc, npairs)
-    both = np.isfinite(auc_b)
-    wn = np.where(both, cnt, 0.0)
-    gauc_values = np.column_stack([wn * np.nan_to_num(auc_b), wn * np.nan_to_num(auc_c), wn])
-    X = np.hstack([per_user, gauc_values])
-    # PR-AUC: per-user histograms on the logit grid (occupied bins only), one per arm
-    hist = {}
-    for arm, s in (("b", sb), ("c", sc)):
-        occupied, bins = np.unique(_logit_bin(s), return_inverse=True)
-        shape = (npairs, len(occupied))
-        hist[arm] = (sparse.csr_matrix((yf, (pair, bins.reshape(-1))), shape=shape),
-                     sparse.csr_matrix((np.ones(len(y)), (pair, bins.reshape(-1))), shape=shape))
+    cols = [np.ones(len(y)), yf, b.s, c.s, b.ll, c.ll]
+    X = np.column_stack([np.bincount(pair, weights=v, minlength=npairs) for v in cols])
+    # GAUC: per-pair (user within segment) AUCs, exact, weighted by the pair's rows
+    auc_b, cnt = stats.grouped_auc(pair, y, b.s, npairs, b.rank)
+    auc_c, _ = stats.grouped_auc(pair, y, c.s, npairs, c.rank)
+    wn = np.where(np.isfinite(auc_b), cnt, 0.0)
+    X = np.hstack([X, np.column_stack([wn * np.nan_to_num(auc_b), wn * np.nan_to_num(auc_c), wn])])
+    shape = (npairs, N_LOGIT_BINS)
+    hist = [(sparse.csr_matrix((np.ones(int(y.sum())), (pair[y], a.bins[y])), shape=shape),
+             sparse.csr_matrix((np.ones(len(y)), (pair, a.bins)), shape=shape)) for a in (b, c)]
+    ap = [stats.grouped_average_precision(code, y, a.s, groups, a.rank) for a in (b, c)]
+    return _Level(groups, np.searchsorted(pair_key // users, np.arange(groups + 1)),
+                  pair_key % users, X, hist, ap, [{} for _ in range(groups)])
 
-    def values(S: np.ndarray, ap_b: np.ndarray, ap_c: np.ndarray) -> dict[str, tuple]:
-        w, wy = S[:, 0], S[:, 1]
-        out = {m: (stats.metric_from_sums(m, w, wy, S[:, 2], S[:, 4]),
-                   stats.metric_from_sums(m, w, wy, S[:, 3], S[:, 5]))
-               for m in ("logloss", "ne", "calibration")}
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out["gauc"] = (np.where(S[:, 8] > 0, S[:, 6] / S[:, 8], np.nan),
-                           np.where(S[:, 8] > 0, S[:, 7] / S[:, 8], np.nan))
-        out["pr_auc"] = (ap_b, ap_c)
-        return out
 
-    point = values(X.sum(axis=0, keepdims=True), np.array([_exact_ap(yf, sb)]),
-                   np.array([_exact_ap(yf, sc)]))
-    deltas: dict[str, list[np.ndarray]] = {m: [] for m in point}
-    for start in range(0, replicates, 64):
-        reps = np.arange(start, min(start + 64, replicates))
-        W = stats.poisson_weights(hashes, reps, seed).astype(np.float64)
-        S = W.T @ X
-        ap = {arm: stats.average_precision(np.asarray((h_pos.T @ W).T), np.asarray((h_cnt.T @ W).T))
-              for arm, (h_pos, h_cnt) in hist.items()}
-        for m, (vb, vc) in values(S, ap["b"], ap["c"]).items():
-            deltas[m].append(vc - vb)
-    return {m: stats.bootstrap_test(float(point[m][0][0]), float(point[m][1][0]),
-                                    np.concatenate(deltas[m]), alpha) for m in point}
+def _replicates(level: _Level, W_users: np.ndarray) -> None:
+    """Add one chunk of replicates (user weights W_users, users x chunk) to the level's deltas."""
+    W = W_users[level.pair_user]
+    for g in range(level.groups):
+        lo, hi = level.bounds[g], level.bounds[g + 1]
+        Wg = W[lo:hi]
+        values = _sum_metrics(Wg.T @ level.X[lo:hi])
+        values["pr_auc"] = tuple(
+            stats.average_precision(np.asarray((h_pos[lo:hi].T @ Wg).T),
+                                    np.asarray((h_cnt[lo:hi].T @ Wg).T)) for h_pos, h_cnt in level.hist)
+        for m, (vb, vc) in values.items():
+            level.deltas[g].setdefault(m, []).append(vc - vb)
+
+
+def _level_tests(level: _Level, alpha: float) -> list[dict[str, stats.Test]]:
+    out = []
+    for g in range(level.groups):
+        lo, hi = level.bounds[g], level.bounds[g + 1]
+        point = _sum_metrics(level.X[lo:hi].sum(axis=0, keepdims=True))
+        point["pr_auc"] = (level.ap[0][g:g + 1], level.ap[1][g:g + 1])
+        out.append({m: stats.bootstrap_test(float(point[m][0][0]), float(point[m][1][0]),
+                                            np.concatenate(level.deltas[g][m]), alpha) for m in point})
+    return out
 
 
 def group_records(pdf: pd.DataFrame, segments: list[str], replicates: int, seed: int,
@@ -131,32 +157,44 @@ def group_records(pdf: pd.DataFrame, segments: list[str], replicates: int, seed:
     ``pdf`` columns: task, scope, u (int64 user hash), y (0/1), b, c (the two arms' scores) and
     seg0.. (string value of each segment column). One record per segment x metric, plus, for
     segment ``all``, a ``plot`` record whose payload holds the report's histograms.
+
+    Cost: two float sorts (one per arm), then integer sorts per segment level; the bootstrap is
+    O(pairs x replicates) on (segment, user) sums, never O(rows x replicates).
     """
     if pdf.empty:
         return pd.DataFrame(columns=RECORD_COLUMNS)
     task, scope = str(pdf["task"].iloc[0]), str(pdf["scope"].iloc[0])
     y = pdf["y"].to_numpy().astype(np.int64) > 0
-    sb = pdf["b"].to_numpy(dtype=np.float64)
-    sc = pdf["c"].to_numpy(dtype=np.float64)
+    arms = []
+    for col in ("b", "c"):
+        s = pdf[col].to_numpy(dtype=np.float64)
+        arms.append(_Arm(s, stats.score_ranks(s), _logit_bin(s), stats.logloss_terms(y, s)))
+    b, c = arms
     uniq_users, ucode = np.unique(pdf["u"].to_numpy(dtype=np.int64), return_inverse=True)
     ucode = ucode.reshape(-1)
     user_hashes = stats.hash64(uniq_users)
     levels: list[tuple[np.ndarray, list[str]]] = [(np.zeros(len(y), dtype=np.int64), ["all"])]
     for i, col in enumerate(segments):
         values, codes = np.unique(pdf[f"seg{i}"].astype(str).to_numpy(), return_inverse=True)
-        levels.append((codes.reshape(-1), [f"{col}={v}" for v in values]))
+        levels.append((codes.reshape(-1).astype(np.int64), [f"{col}={v}" for v in values]))
+    prepared = [_level(code, len(names), y, b, c, ucode, len(uniq_users)) for code, names in levels]
+    for start in range(0, replicates, 64):  # weights drawn once per user and chunk, for every level
+        W_users = stats.poisson_weights(user_hashes, np.arange(start, min(start + 64, replicates)),
+                                        seed).astype(np.float64)
+        for level in prepared:
+            _replicates(level, W_users)
     out = []
-    for code, names in levels:
-        moments = stats.delong_moments(code, y, sb, sc, len(names))
+    for (code, names), level in zip(levels, prepared):
+        groups = len(names)
+        moments = stats.delong_moments(code, y, b.s, c.s, groups, (b.rank, c.rank))
+        counts = np.bincount(code, minlength=groups)
+        boot = _level_tests(level, alpha)
         for g, name in enumerate(names):
-            rows = np.flatnonzero(code == g)
             out.append(_record(task, scope, name, "auc", "delong",
-                               stats.delong_test(moments[g], alpha), len(rows)))
-            tests = _bootstrap_group(y[rows], sb[rows], sc[rows], ucode[rows], user_hashes,
-                                     replicates, seed, alpha)
-            out += [_record(task, scope, name, m, "bootstrap", t, len(rows)) for m, t in tests.items()]
+                               stats.delong_test(moments[g], alpha), counts[g]))
+            out += [_record(task, scope, name, m, "bootstrap", t, counts[g]) for m, t in boot[g].items()]
     nan = stats.Test(*(math.nan,) * 7)
-    out.append(_record(task, scope, "all", "plot", "none", nan, len(y), _plot_payload(y, sb, sc)))
+    out.append(_record(task, scope, "all", "plot", "none", nan, len(y), _plot_payload(y, b.s, c.s)))
     return pd.DataFrame(out, columns=RECORD_COLUMNS)
 
 

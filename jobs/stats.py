@@ -36,59 +36,117 @@ MOMENTS = ("m", "n", "s10b", "s10c", "q10b", "q10c", "x10", "s01b", "s01c", "q01
 # Grouped mid-rank placements
 
 
-def _group_sort(code: np.ndarray, s: np.ndarray) -> np.ndarray:
-    return np.lexsort((s, code))
+@dataclass(frozen=True)
+class Ranked:
+    """Dense ranks of scores (equal scores, equal rank) and the rows in score order."""
+
+    rank: np.ndarray
+    order: np.ndarray
 
 
-def placements(code: np.ndarray, y: np.ndarray, s: np.ndarray, groups: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def score_ranks(s: np.ndarray) -> Ranked:
+    """One float sort per score column; every grouped ordering after it is an integer sort."""
+    s = np.asarray(s, dtype=np.float64)
+    order = np.argsort(s, kind="stable")
+    ss = s[order]
+    new = np.ones(len(ss), dtype=np.int64)
+    new[1:] = ss[1:] != ss[:-1]
+    rank = np.empty(len(s), dtype=np.int64)
+    rank[order] = np.cumsum(new) - 1
+    return Ranked(rank, order)
+
+
+@dataclass(frozen=True)
+class Runs:
+    """Rows ordered by (group, score); a run is a maximal set of tied rows of one group."""
+
+    order: np.ndarray       # row indices in (group, score) order
+    run_of: np.ndarray      # run of each ordered row
+    code: np.ndarray        # group of each run
+    pos: np.ndarray         # positives / negatives of each run
+    neg: np.ndarray
+    pos_before: np.ndarray  # positives / negatives of the group scoring below the run
+    neg_before: np.ndarray
+
+
+def _order(code: np.ndarray, ranked: Ranked) -> np.ndarray:
+    """Rows in (group, score) order: a stable sort by group of the rows in score order (a radix
+    sort when the groups fit in 16 bits, as segment values do)."""
+    by_score = ranked.order
+    if not len(code) or int(code.max()) < 1 << 16:
+        return by_score[np.argsort(code[by_score].astype(np.uint16), kind="stable")]
+    return by_score[np.argsort(code[by_score], kind="stable")]
+
+
+def runs(code: np.ndarray, y: np.ndarray, ranked: Ranked) -> Runs:
+    code = np.asarray(code, dtype=np.int64)
+    rank = ranked.rank
+    order = _order(code, ranked)
+    cs, rs, ys = code[order], rank[order], y[order].astype(np.int64)
+    new_run = np.ones(len(cs), dtype=bool)
+    new_run[1:] = (cs[1:] != cs[:-1]) | (rs[1:] != rs[:-1])
+    run_start = np.flatnonzero(new_run)
+    run_pos = np.add.reduceat(ys, run_start) if len(ys) else ys
+    run_neg = np.diff(np.append(run_start, len(cs))) - run_pos
+    run_code = cs[run_start]
+    cum_pos = np.cumsum(run_pos) - run_pos
+    cum_neg = np.cumsum(run_neg) - run_neg
+    first_run = np.ones(len(run_start), dtype=bool)
+    first_run[1:] = run_code[1:] != run_code[:-1]
+    base = np.maximum.accumulate(np.where(first_run, np.arange(len(run_start)), 0))
+    return Runs(order, np.cumsum(new_run) - 1, run_code, run_pos, run_neg,
+                cum_pos - cum_pos[base], cum_neg - cum_neg[base])
+
+
+def placements(code: np.ndarray, y: np.ndarray, s: np.ndarray, groups: int,
+               rank: Ranked | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row, within its group ``code``: for a positive, the negatives scoring below it plus
     half the tied negatives; for a negative, the positives scoring above it plus half the tied
     positives. Also returns the positives and negatives per group.
 
     Divided by the group's negatives (resp. positives) these are DeLong's V10 (resp. V01).
+    ``rank`` (:func:`score_ranks` of ``s``) saves the float sort when it is already known.
     """
     code = np.asarray(code, dtype=np.int64)
     y = np.asarray(y).astype(bool)
-    s = np.asarray(s, dtype=np.float64)
-    out = np.zeros(len(s), dtype=np.float64)
+    out = np.zeros(len(y), dtype=np.float64)
     pos = np.bincount(code[y], minlength=groups).astype(np.int64)
     neg = np.bincount(code[~y], minlength=groups).astype(np.int64)
-    if not len(s):
+    if not len(y):
         return out, pos, neg
-    order = _group_sort(code, s)
-    cs, ss, ys = code[order], s[order], y[order]
-    # runs of equal (group, score): ties share their run
-    new_run = np.ones(len(ss), dtype=bool)
-    new_run[1:] = (cs[1:] != cs[:-1]) | (ss[1:] != ss[:-1])
-    run_start = np.flatnonzero(new_run)
-    run_of = np.cumsum(new_run) - 1
-    run_pos = np.add.reduceat(ys.astype(np.int64), run_start)
-    run_len = np.diff(np.append(run_start, len(ss)))
-    run_neg = run_len - run_pos
-    run_code = cs[run_start]
-    # cumulative counts before each run, restarted at each group
-    cum_pos = np.cumsum(run_pos) - run_pos
-    cum_neg = np.cumsum(run_neg) - run_neg
-    first_run = np.ones(len(run_start), dtype=bool)
-    first_run[1:] = run_code[1:] != run_code[:-1]
-    group_base = np.maximum.accumulate(np.where(first_run, np.arange(len(run_start)), 0))
-    pos_before = cum_pos - cum_pos[group_base]
-    neg_before = cum_neg - cum_neg[group_base]
-    pos_above = pos[run_code] - pos_before - run_pos
-    v_pos = neg_before + 0.5 * run_neg
-    v_neg = pos_above + 0.5 * run_pos
-    out[order] = np.where(ys, v_pos[run_of], v_neg[run_of])
+    r = runs(code, y, score_ranks(s) if rank is None else rank)
+    pos_above = pos[r.code] - r.pos_before - r.pos
+    v_pos = r.neg_before + 0.5 * r.neg
+    v_neg = pos_above + 0.5 * r.pos
+    ys = y[r.order]
+    out[r.order] = np.where(ys, v_pos[r.run_of], v_neg[r.run_of])
     return out, pos, neg
 
 
+def grouped_average_precision(code: np.ndarray, y: np.ndarray, s: np.ndarray, groups: int,
+                              rank: Ranked | None = None) -> np.ndarray:
+    """Exact average precision per group (each distinct score one threshold, as sklearn);
+    NaN without positives."""
+    code = np.asarray(code, dtype=np.int64)
+    y = np.asarray(y).astype(bool)
+    r = runs(code, y, score_ranks(s) if rank is None else rank)
+    pos = np.bincount(code[y], minlength=groups).astype(np.float64)
+    cnt = np.bincount(code, minlength=groups).astype(np.float64)
+    tp_ge = pos[r.code] - r.pos_before
+    n_ge = cnt[r.code] - r.pos_before - r.neg_before
+    terms = r.pos * tp_ge / np.maximum(n_ge, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(pos > 0, np.bincount(r.code, weights=terms, minlength=groups) / pos, np.nan)
+
+
 def delong_moments(code: np.ndarray, y: np.ndarray, sb: np.ndarray, sc: np.ndarray,
-                   groups: int) -> np.ndarray:
+                   groups: int, ranks: tuple[Ranked, Ranked] | None = None) -> np.ndarray:
     """The :data:`MOMENTS` of each group, shape (groups, 12)."""
     code = np.asarray(code, dtype=np.int64)
     y = np.asarray(y).astype(bool)
-    vb, pos, neg = placements(code, y, sb, groups)
-    vc, _, _ = placements(code, y, sc, groups)
+    rb, rc = ranks if ranks is not None else (None, None)
+    vb, pos, neg = placements(code, y, sb, groups, rb)
+    vc, _, _ = placements(code, y, sc, groups, rc)
     # V10 divides by the group's negatives, V01 by its positives
     denom = np.where(y, neg[code], pos[code]).astype(np.float64)
     denom[denom == 0] = np.nan  # single-class group: no AUC
@@ -228,10 +286,11 @@ def metric_from_sums(metric: str, w: np.ndarray, wy: np.ndarray, wp: np.ndarray,
     raise ValueError(f"unknown sum metric {metric!r}")
 
 
-def grouped_auc(code: np.ndarray, y: np.ndarray, s: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
+def grouped_auc(code: np.ndarray, y: np.ndarray, s: np.ndarray, groups: int,
+                rank: Ranked | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact AUC per group (NaN for a single-class group) and the group's row counts."""
     y = np.asarray(y).astype(bool)
-    v, pos, neg = placements(code, y, s, groups)
+    v, pos, neg = placements(code, y, s, groups, rank)
     num = np.bincount(np.asarray(code)[y], weights=v[y], minlength=groups)
     with np.errstate(divide="ignore", invalid="ignore"):
         auc = np.where((pos > 0) & (neg > 0), num / (pos * neg), np.nan)

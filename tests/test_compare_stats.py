@@ -84,6 +84,17 @@ def test_grouped_moments_equal_per_group_tests():
         assert count[g] == (code == g).sum()
 
 
+def test_grouped_average_precision_equals_sklearn():
+    rng = np.random.default_rng(9)
+    code = rng.integers(0, 4, 800)
+    y = rng.random(800) < 0.25
+    s = np.round(rng.random(800) + 0.3 * y, 2)  # ties
+    got = stats.grouped_average_precision(code, y, s, 5)
+    for g in range(4):
+        assert got[g] == pytest.approx(average_precision_score(y[code == g], s[code == g]), abs=1e-12)
+    assert math.isnan(got[4])  # empty group
+
+
 def test_average_precision_equals_sklearn_on_distinct_bins():
     rng = np.random.default_rng(8)
     y = rng.random(300) < 0.2
