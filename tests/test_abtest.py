@@ -80,3 +80,24 @@ def test_same_seed_same_intervals():
     boot = a.method == "bootstrap"
     np.testing.assert_allclose(a[boot].se, b[boot].se, rtol=1e-9)  # row order does not matter
     assert not np.allclose(a[boot].se, c[boot].se)
+
+
+def test_bootstrap_se_equals_direct_cluster_resampling():
+    """The per-(segment, user) path of group_records gives the same replicates as weighting each
+    row by its user's Poisson weight directly (stats.replicate_sums), in every segment."""
+    from jobs import stats
+
+    rng = np.random.default_rng(6)
+    pdf = _group(rng, n=2000, users=80, noise_c=0.6)
+    got = group_records(pdf, ["platform"], replicates=64, seed=9, alpha=0.05)
+    users, cluster = np.unique(pdf.u.to_numpy(), return_inverse=True)
+    hashes = stats.hash64(users)
+    for seg, rows in (("all", np.ones(len(pdf), bool)), ("platform=web", (pdf.seg0 == "web").to_numpy())):
+        y = pdf.y.to_numpy()[rows]
+        llb = stats.logloss_terms(y, pdf.b.to_numpy()[rows])
+        llc = stats.logloss_terms(y, pdf.c.to_numpy()[rows])
+        sums = stats.replicate_sums(cluster[rows], np.column_stack([np.ones(len(y)), llb, llc]),
+                                    hashes, 64, 9)
+        want = np.std(sums[:, 2] / sums[:, 0] - sums[:, 1] / sums[:, 0], ddof=1)
+        row = got[(got.segment == seg) & (got.metric == "logloss")].iloc[0]
+        assert row.se == pytest.approx(want, rel=1e-9)
