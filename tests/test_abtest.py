@@ -101,3 +101,21 @@ def test_bootstrap_se_equals_direct_cluster_resampling():
         want = np.std(sums[:, 2] / sums[:, 0] - sums[:, 1] / sums[:, 0], ddof=1)
         row = got[(got.segment == seg) & (got.metric == "logloss")].iloc[0]
         assert row.se == pytest.approx(want, rel=1e-9)
+
+
+@pytest.mark.parametrize("section, message", [
+    ("compare: {replicates: 5}", "replicates"),
+    ("compare: {adjustment: bonferroni}", "adjustment"),
+    ("compare: {guardrails: {accuracy: {max_regression: 0.1}}}", "unknown metric"),
+    ("compare: {guardrails: {auc: {max_regression: -1}}}", "max_regression"),
+    ("compare: {guardrails: {auc: {limit: 0.1}}}", "mapping with max_regression"),
+    ("compare: {tolerance: 1}", "unknown key"),
+])
+def test_compare_config_refuses_bad_values(tmp_path, section, message):
+    from jobs.config import load_config
+    from jobs.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(section + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
