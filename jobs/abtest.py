@@ -150,6 +150,37 @@ def _level_tests(level: _Level, alpha: float) -> list[dict[str, stats.Test]]:
     return out
 
 
+def _segment_codes(values: pd.Series, column: str) -> tuple[np.ndarray, list[str]]:
+    """Dense codes of a segment column and the ``column=value`` names, sorted by value. A
+    categorical column (as Arrow dictionaries arrive) is coded without a Python object per row."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        cats = np.asarray(values.cat.categories.astype(str))
+        used, codes = np.unique(values.cat.codes.to_numpy(), return_inverse=True)
+        names = cats[used]
+        order = np.argsort(names, kind="stable")
+        remap = np.empty(len(order), dtype=np.int64)
+        remap[order] = np.arange(len(order))
+        return remap[codes.reshape(-1)], [f"{column}={v}" for v in names[order]]
+    names, codes = np.unique(values.astype(str).to_numpy(), return_inverse=True)
+    return codes.reshape(-1).astype(np.int64), [f"{column}={v}" for v in names]
+
+
+def group_records_arrow(table, segments: list[str], replicates: int, seed: int, alpha: float):
+    """``group_records`` on an Arrow table (``applyInArrow``): strings become categoricals, so a
+    10M-row group costs no Python object per row."""
+    import pyarrow as pa
+
+    out = group_records(table.to_pandas(strings_to_categorical=True), segments, replicates, seed, alpha)
+    return pa.Table.from_pandas(out, schema=record_arrow_schema(), preserve_index=False)
+
+
+def record_arrow_schema():
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "double": pa.float64(), "long": pa.int64()}
+    return pa.schema([pa.field(n, types[t]) for n, t in (f.split() for f in RECORD_SCHEMA.split(", "))])
+
+
 def group_records(pdf: pd.DataFrame, segments: list[str], replicates: int, seed: int,
                   alpha: float) -> pd.DataFrame:
     """All records of one (task, scope) group of paired, labelled rows.
@@ -175,8 +206,7 @@ def group_records(pdf: pd.DataFrame, segments: list[str], replicates: int, seed:
     user_hashes = stats.hash64(uniq_users)
     levels: list[tuple[np.ndarray, list[str]]] = [(np.zeros(len(y), dtype=np.int64), ["all"])]
     for i, col in enumerate(segments):
-        values, codes = np.unique(pdf[f"seg{i}"].astype(str).to_numpy(), return_inverse=True)
-        levels.append((codes.reshape(-1).astype(np.int64), [f"{col}={v}" for v in values]))
+        levels.append(_segment_codes(pdf[f"seg{i}"], col))
     prepared = [_level(code, len(names), y, b, c, ucode, len(uniq_users)) for code, names in levels]
     for start in range(0, replicates, 64):  # weights drawn once per user and chunk, for every level
         W_users = stats.poisson_weights(user_hashes, np.arange(start, min(start + 64, replicates)),

@@ -71,6 +71,18 @@ def test_verdicts_better_worse_identical():
     assert not d.broken_guardrails
 
 
+def test_arrow_entry_equals_pandas_entry():
+    import pyarrow as pa
+
+    from jobs.abtest import group_records_arrow
+
+    rng = np.random.default_rng(7)
+    pdf = _group(rng, n=800, noise_c=0.6)
+    want = group_records(pdf, ["platform"], replicates=20, seed=1, alpha=0.05)
+    got = group_records_arrow(pa.Table.from_pandas(pdf), ["platform"], 20, 1, 0.05).to_pandas()
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+
+
 def test_same_seed_same_intervals():
     rng = np.random.default_rng(2)
     pdf = _group(rng, noise_c=0.6)

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.abtest import (RECORD_SCHEMA, Decision, decide, finish_report, group_records)
+from jobs.abtest import RECORD_SCHEMA, Decision, decide, finish_report, group_records_arrow
 from jobs.config import JobConfig
 from jobs.errors import ConfigError, InputError, MissingInputError
 from jobs.warehouse import (Warehouse, date_range, parquet_files, read_footers, replacing,
@@ -164,10 +164,10 @@ def stack_tasks(rows: DataFrame, tasks: list[str], segments: list[str], per_day:
 
 def compute_records(stacked: DataFrame, segments: list[str], replicates: int, seed: int,
                     alpha: float) -> DataFrame:
-    def fn(pdf: pd.DataFrame) -> pd.DataFrame:
-        return group_records(pdf, segments, replicates, seed, alpha)
+    def fn(table):
+        return group_records_arrow(table, segments, replicates, seed, alpha)
 
-    return stacked.groupBy("task", "scope").applyInPandas(fn, RECORD_SCHEMA)
+    return stacked.groupBy("task", "scope").applyInArrow(fn, RECORD_SCHEMA)
 
 
 # --------------------------------------------------------------------------------------------
