@@ -293,8 +293,10 @@ def decide(report: pd.DataFrame, decision_metrics: list[str], guardrails, tasks:
         for m in decision_metrics:
             r = by.get((task, m))
             if r is not None and r["verdict"] != "no_difference":
+                p = r["p_value_adjusted"]
                 reasons.append(f"{task}: {m} {r['verdict']} ({_fmt(r['baseline_value'])} -> "
-                               f"{_fmt(r['candidate_value'])}, adjusted p={_fmt(r['p_value_adjusted'])})")
+                               f"{_fmt(r['candidate_value'])}, adjusted p"
+                               f"{'<1e-300' if p == 0 else '=' + _fmt(p)})")
         for g in guardrails:
             r = by.get((task, g.metric))
             if r is None or not math.isfinite(r["candidate_value"]) or not math.isfinite(r["baseline_value"]):
