@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -213,39 +214,11 @@ def _gate_columns(files_by_arm: dict[str, list[Path]], tasks: list[str]) -> list
 # The stage
 
 
-def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, baseline: str,
-                   candidate: str, start: str, end: str,
-                   segments: list[str] | None = None) -> CompareResult:
-    safe_name(baseline, "--baseline")
-    safe_name(candidate, "--candidate")
-    if baseline == candidate:
-        raise InputError(f"--baseline and --candidate are the same version {baseline!r}: "
-                         f"nothing to compare")
-    days = date_range(start, end)
-    wh = Warehouse(cfg.warehouse)
-    segments = _segments(cfg, spec, segments)
+def _paired_records(spark, cfg: JobConfig, spec: DatasetSpec, wh: Warehouse, paired: DataFrame,
+                    baseline: str, candidate: str, start: str, end: str, days: list[str],
+                    segments: list[str], arm_days: dict, label_days: dict):
+    """Row accounting, refusals, then the per-group statistics of the paired, labelled rows."""
     keys, tasks, user = spec.key_names, spec.task_names, spec.user_column
-    arm_days = {v: _versions_days(wh, spec, v, days) for v in (baseline, candidate)}
-    for role, v in (("baseline", baseline), ("candidate", candidate)):
-        if not arm_days[v]:
-            present = sorted({m for d in days for m in wh.sub_partitions(spec.name, "predictions", d, "model_version")})
-            raise MissingInputError(
-                f"{role} {v} has no predictions for {spec.name} in {start}..{end} "
-                f"(versions with predictions there: {', '.join(present) or 'none'})")
-    pred_paths = {v: {d: wh.partition(spec.name, "predictions", d, model_version=v) for d in arm_days[v]}
-                  for v in (baseline, candidate)}
-    gate_cols = _gate_columns({v: [f for p in paths.values() for f in parquet_files(p)]
-                               for v, paths in pred_paths.items()}, tasks)
-    pred_cols = keys + spec.prediction_columns
-    base = _read_days(spark, pred_paths[baseline], pred_cols + gate_cols, "predictions")
-    cand = _read_days(spark, pred_paths[candidate], pred_cols + gate_cols, "predictions")
-    label_days = {d: wh.partition(spec.name, "labels", d) for d in days
-                  if wh.has_partition(spec.name, "labels", d)}
-    if not label_days:
-        raise MissingInputError(f"no labels for {spec.name} in {start}..{end}")
-    labels = _read_days(spark, label_days, keys + tasks, "labels")
-
-    paired = pair_arms(base, cand, labels, keys, tasks)
     pairing = pairing_counts(paired)
     if pairing.paired_rows == 0:
         raise MissingInputError(
@@ -273,6 +246,53 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, basel
     stacked = stack_tasks(rows, tasks, segments, per_day)
     c = cfg.compare
     records = compute_records(stacked, segments, c.replicates, c.seed, c.alpha).toPandas()
+    return records, pairing, per_day, labelled_days
+
+
+def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, baseline: str,
+                   candidate: str, start: str, end: str,
+                   segments: list[str] | None = None) -> CompareResult:
+    """Compare ``candidate`` with ``baseline`` over ``start..end`` (see the module docstring);
+    writes the ab_reports rows, the HTML report and the summary; raises InputError /
+    MissingInputError with one line when there is nothing to compare."""
+    safe_name(baseline, "--baseline")
+    safe_name(candidate, "--candidate")
+    if baseline == candidate:
+        raise InputError(f"--baseline and --candidate are the same version {baseline!r}: "
+                         f"nothing to compare")
+    days = date_range(start, end)
+    wh = Warehouse(cfg.warehouse)
+    segments = _segments(cfg, spec, segments)
+    keys, tasks = spec.key_names, spec.task_names
+    arm_days = {v: _versions_days(wh, spec, v, days) for v in (baseline, candidate)}
+    for role, v in (("baseline", baseline), ("candidate", candidate)):
+        if not arm_days[v]:
+            present = sorted({m for d in days for m in wh.sub_partitions(spec.name, "predictions", d, "model_version")})
+            raise MissingInputError(
+                f"{role} {v} has no predictions for {spec.name} in {start}..{end} "
+                f"(versions with predictions there: {', '.join(present) or 'none'})")
+    pred_paths = {v: {d: wh.partition(spec.name, "predictions", d, model_version=v) for d in arm_days[v]}
+                  for v in (baseline, candidate)}
+    gate_cols = _gate_columns({v: [f for p in paths.values() for f in parquet_files(p)]
+                               for v, paths in pred_paths.items()}, tasks)
+    pred_cols = keys + spec.prediction_columns
+    base = _read_days(spark, pred_paths[baseline], pred_cols + gate_cols, "predictions")
+    cand = _read_days(spark, pred_paths[candidate], pred_cols + gate_cols, "predictions")
+    label_days = {d: wh.partition(spec.name, "labels", d) for d in days
+                  if wh.has_partition(spec.name, "labels", d)}
+    if not label_days:
+        raise MissingInputError(f"no labels for {spec.name} in {start}..{end}")
+    labels = _read_days(spark, label_days, keys + tasks, "labels")
+
+    # the joins run once: the row accounting fills the cache the statistics then read
+    paired = pair_arms(base, cand, labels, keys, tasks).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        records, pairing, per_day, labelled_days = _paired_records(
+            spark, cfg, spec, wh, paired, baseline, candidate, start, end, days, segments,
+            arm_days, label_days)
+    finally:
+        paired.unpersist()
+    c = cfg.compare
     plots = {r["task"]: json.loads(r["payload"]) for r in
              records[(records["metric"] == "plot") & (records["scope"] == "all")].to_dict("records")}
     report = finish_report(records, c.adjustment, c.alpha)
