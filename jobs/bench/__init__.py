@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd  # module level: the naive pandas UDF's type hints are resolved here
 
 from jobs.config import JobConfig
+from jobs.warehouse import read_table
 
 BENCH_DS = "2026-01-01"
 
@@ -87,7 +88,6 @@ def ensure_synth_partition(cfg: JobConfig, rows: int, seed: int = 0) -> Path:
 
 def reference_artifact(cfg: JobConfig, sample_rows: int = 20000) -> Path:
     """The reference MMoE (the model library's defaults) with seeded random weights (speed does not depend on training)."""
-    import pyarrow.dataset as pads
     import torch
 
     from jobs.warehouse import Warehouse
@@ -101,7 +101,7 @@ def reference_artifact(cfg: JobConfig, sample_rows: int = 20000) -> Path:
     if (out / "MANIFEST.json").exists():
         return out
     part = Warehouse(cfg.warehouse).partition("synth", "features", BENCH_DS)
-    sample = pads.dataset(str(part)).head(sample_rows)
+    sample = read_table(part).slice(0, sample_rows)
     encoder = FeatureEncoder.fit(spec, sample)
     torch.manual_seed(0)
     model_config = ModelConfig(arch="mmoe")  # the library's default MMoE: the documented reference
@@ -192,7 +192,6 @@ def bench_scoring(cfg: JobConfig, rows: int | None = None, results: Path | None 
 
 def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows: int, batch: int,
                   results: Path | None, record: bool) -> dict[str, Any]:
-    import pyarrow.dataset as pads
     import torch
     from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql import functions as F
@@ -220,7 +219,7 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
     _score_direct(spark, part, files, artifact, spec, cfg, out_root / "warmup-direct", scored_at,
                   max_fragments=cores)
     torch.set_num_threads(cores)
-    artifact.predict(pads.dataset(str(part)).head(batch, columns=feats))
+    artifact.predict(read_table(part, columns=feats).slice(0, batch))
     # (d) the I/O floor: same read and write, no model.
     floor = features.select(*keys, *feats).select(
         *keys, *[F.lit(0.5).alias(c) for c in pred_cols],
@@ -255,7 +254,7 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
     # (c) a straightforward iterator pandas UDF over a struct, Python loop over experts.
     naive_seconds = write(_naive_frame(spark, features, spec, broadcast, scored_at), "naive_udf")
     # (e) in-process torch on the same rows in memory, same total thread count.
-    table = pads.dataset(str(part)).to_table(columns=feats)
+    table = read_table(part, columns=feats)
     inproc_seconds, _ = _timed(lambda: artifact.predict(table, batch_size=batch))
     result = {
         "bench": "scoring", "rows": rows, "batch_size": batch, "spark_cores": cores,
@@ -314,39 +313,39 @@ def _naive_frame(spark, features, spec, broadcast, scored_at):
 
 
 # --------------------------------------------------------------------------------------------
-# Evaluation and validation (their harnesses live in bench_eval.py / bench_validation.py)
+# Evaluation and validation (their harnesses live in evaluation.py / validation.py)
 
 
 def bench_evaluation(cfg: JobConfig, rows: int | None = None, results: Path | None = None,
-                  record: bool = True) -> dict[str, Any]:
+                     record: bool = True) -> dict[str, Any]:
     from jobs.bench.evaluation import run_evaluation_bench
 
-    result = run_evaluation_bench(_bench_config(cfg), rows or 20_000_000)
-    result.update(_machine())
-    if record:
-        _append_doc(results_path(cfg, results), f"evaluation, {result['rows']:,} rows", result)
-    return result
+    return _run_harness("evaluation", run_evaluation_bench, cfg, rows or 20_000_000, results,
+                        record)
 
 
 def bench_compare(cfg: JobConfig, rows: int | None = None, results: Path | None = None,
                   record: bool = True) -> dict[str, Any]:
     from jobs.bench.compare import run_compare_bench
 
-    result = run_compare_bench(_bench_config(cfg), rows or 10_000_000)
-    result.update(_machine())
-    if record:
-        _append_doc(results_path(cfg, results), f"compare, {result['rows']:,} rows", result)
-    return result
+    return _run_harness("compare", run_compare_bench, cfg, rows or 10_000_000, results, record)
 
 
 def bench_validation(cfg: JobConfig, rows: int | None = None, results: Path | None = None,
-                  record: bool = True) -> dict[str, Any]:
+                     record: bool = True) -> dict[str, Any]:
     from jobs.bench.validation import run_validation_bench
 
-    result = run_validation_bench(_bench_config(cfg), rows or 10_000_000)
-    result.update(_machine())
+    return _run_harness("validation", run_validation_bench, cfg, rows or 10_000_000, results,
+                        record)
+
+
+def _run_harness(name: str, harness: Callable[[JobConfig, int], dict[str, Any]], cfg: JobConfig,
+                 rows: int, results: Path | None, record: bool) -> dict[str, Any]:
+    """Run a bench harness on the bench warehouse, add the machine, append to the results."""
+    bench_cfg = _bench_config(cfg)
+    result = harness(bench_cfg, rows) | _machine()
     if record:
-        _append_doc(results_path(cfg, results), f"validation, {result['rows']:,} rows", result)
+        _append_doc(results_path(bench_cfg, results), f"{name}, {result['rows']:,} rows", result)
     return result
 
 
