@@ -2,7 +2,7 @@
 by row, joined with labels -> the ``ab_reports`` rows, an HTML report and a Markdown summary.
 
 read (through ``jobs.warehouse``) -> pure DataFrame transforms (:func:`pair_arms`,
-:func:`labelled_pairs`, :func:`stack_tasks`) -> one ``applyInPandas`` per (task, scope) running
+:func:`labelled_pairs`, :func:`stack_tasks`) -> one ``applyInArrow`` per (task, scope) running
 ``jobs.abtest.group_records`` on the executors (no row reaches the driver; what comes back is a
 few records per task x scope x segment x metric) -> adjusted p-values, verdicts and the decision
 on the driver -> write (through ``jobs.warehouse.replacing``).
