@@ -11,7 +11,8 @@ Scopes: ``all`` (the whole range, ``day`` null in the table) and each day of the
 one-day range the day's rows are the pooled rows (same tests, same adjusted p-values).
 
 Limits: one (task, scope) group is processed in one Python worker, so the pooled scope of a task
-(all paired rows of the range) must fit in one executor's memory (~40 bytes a row).
+(all paired rows of the range) must fit in one Python worker's memory (~200 bytes a row
+with its sort and rank arrays: 10M rows ≈ 2 GB).
 """
 
 from __future__ import annotations
