@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Optional
 import typer
 
 from jobs.config import JobConfig, load_config
-from jobs.errors import InputError, MmoeError
+from jobs.errors import InputError, MmoeError, RegressionDetected
 from jobs.manifest import error_line, run_job
 from jobs.warehouse import date_range, safe_name
 from mmoe_model.archs import ARCHS
@@ -33,7 +33,7 @@ app.add_typer(models_app, name="models")
 MODEL_HELP = ("Model: an artifact directory, a registered version, or @alias (the promotion of "
               "that alias in force on each ds).")
 
-BENCHES = ("scoring", "evaluation", "validation", "scaling")
+BENCHES = ("scoring", "evaluation", "validation", "scaling", "compare")
 
 
 @dataclass
@@ -362,6 +362,42 @@ def _registry_job(ctx: typer.Context, job: str, dataset: Callable[[], str],
         print(f"error: {error_line(exc)}", file=sys.stderr)
         raise typer.Exit(getattr(exc, "exit_code", 1))
     _job(ctx, job, name, None, body)
+
+
+@app.command()
+def compare(
+    ctx: typer.Context,
+    dataset: str = typer.Option(..., "--dataset"),
+    baseline: str = typer.Option(..., "--baseline", help="The champion's model version."),
+    candidate: str = typer.Option(..., "--candidate", help="The challenger's model version."),
+    start: str = typer.Option(..., "--start", help="First ds YYYY-MM-DD."),
+    end: str = typer.Option(..., "--end", help="Last ds YYYY-MM-DD (the manifest's ds)."),
+    segment: Optional[list[str]] = typer.Option(
+        None, "--segment", help="Segment column (repeatable; default: evaluation.segments / the spec's)."),
+    fail_on_regression: bool = typer.Option(
+        False, "--fail-on-regression", help="Exit 3 when the candidate breaks a guardrail."),
+) -> None:
+    """Offline A/B: the candidate vs the baseline per task x segment x metric, with intervals,
+    adjusted p-values, verdicts and a ship decision -> ab_reports + HTML + Markdown."""
+    def body(cfg: JobConfig, run_id: str):
+        date_range(start, end)
+        safe_name(baseline, "--baseline")
+        safe_name(candidate, "--candidate")
+        spec = _spec(dataset)
+        from jobs.stages.compare import compare_models
+
+        result = compare_models(_spark(cfg), cfg, spec, baseline, candidate, start, end, segment or None)
+        broken = result.decision.broken_guardrails
+        if fail_on_regression and broken:
+            record = result.record()
+            raise RegressionDetected(
+                f"candidate {candidate} breaks {len(broken)} guardrail(s) vs {baseline}: {broken[0]}"
+                + (f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""),
+                details={**{k: v for k, v in record.__dict__.items() if k != "details"},
+                         **record.details})
+        return result
+
+    _job(ctx, "compare", dataset, end, body)
 
 
 @app.command()

@@ -87,6 +87,46 @@ class TrainingConfig:
                        epochs=self.optimiser.epochs if epochs is None else epochs)
 
 
+METRIC_DIRECTIONS = {"auc": "higher", "gauc": "higher", "pr_auc": "higher", "logloss": "lower",
+                     "ne": "lower", "calibration": "closer_to_1"}
+
+
+@dataclass(frozen=True)
+class Guardrail:
+    """TFMA-style change threshold: the candidate may not be worse than the baseline by more than
+    ``max_regression`` (absolute, or relative to the baseline value) on the pooled, all-segment
+    value of a task. Which way is worse comes from the metric (METRIC_DIRECTIONS)."""
+
+    metric: str
+    max_regression: float
+    relative: bool = False
+
+
+@dataclass
+class CompareConfig:
+    replicates: int = 200
+    seed: int = 0
+    alpha: float = 0.05
+    adjustment: Literal["bh", "holm"] = "bh"
+    decision_metrics: list[str] = field(default_factory=lambda: ["auc", "logloss"])
+    guardrails: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def guardrail_list(self) -> list[Guardrail]:
+        out = []
+        for metric, raw in self.guardrails.items():
+            where = f"config.compare.guardrails.{metric}"
+            if metric not in METRIC_DIRECTIONS:
+                raise ConfigError(f"{where}: unknown metric (one of {', '.join(METRIC_DIRECTIONS)})")
+            if not isinstance(raw, dict) or set(raw) - {"max_regression", "relative"} \
+                    or "max_regression" not in raw:
+                raise ConfigError(f"{where}: must be a mapping with max_regression (and relative)")
+            value = raw["max_regression"]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{where}.max_regression: must be a number >= 0, got {value!r}")
+            out.append(Guardrail(metric, float(value), bool(raw.get("relative", False))))
+        return out
+
+
 @dataclass
 class LocksConfig:
     """Partition locks (one writer per partition, see jobs/warehouse.py ``partition_lock``)."""
@@ -115,6 +155,7 @@ class JobConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     locks: LocksConfig = field(default_factory=LocksConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
@@ -187,3 +228,18 @@ def _check(cfg: JobConfig) -> None:
         raise ConfigError("locks.wait_seconds must be >= 0")
     if cfg.locks.poll_seconds <= 0:
         raise ConfigError("locks.poll_seconds must be > 0")
+    _check_compare(cfg.compare)
+
+
+def _check_compare(c: CompareConfig) -> None:
+    if isinstance(c.replicates, bool) or not isinstance(c.replicates, int) or c.replicates < 20:
+        raise ConfigError("compare.replicates must be an integer >= 20")
+    if not 0.0 < c.alpha < 1.0:
+        raise ConfigError("compare.alpha must be within (0, 1)")
+    if c.adjustment not in ("bh", "holm"):
+        raise ConfigError("compare.adjustment must be 'bh' or 'holm'")
+    unknown = [m for m in c.decision_metrics if m not in METRIC_DIRECTIONS]
+    if unknown or not c.decision_metrics:
+        raise ConfigError(f"compare.decision_metrics must name metrics among "
+                          f"{', '.join(METRIC_DIRECTIONS)}; got {c.decision_metrics}")
+    c.guardrail_list()

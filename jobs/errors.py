@@ -48,3 +48,10 @@ class RegistryError(MmoeError):
 
 class BackfillFailed(MmoeError):
     """At least one day of a backfill failed (the others ran, unless --fail-fast)."""
+
+
+class RegressionDetected(MmoeError):
+    """``mmoe compare --fail-on-regression``: the candidate broke a guardrail. The report was
+    written; the exit status lets a DAG or CI gate on it."""
+
+    exit_code = 3

@@ -129,6 +129,16 @@ class Warehouse:
     def runs_dir(self, dataset: str) -> Path:
         return self.table(dataset, "_runs")
 
+    def ab_report(self, dataset: str, baseline: str, candidate: str, start: str, end: str) -> Path:
+        """``ab_reports/report=<baseline>_vs_<candidate>_<start>_<end>/``: one comparison's rows
+        (a rerun of the same pair and range replaces it)."""
+        return self.table(dataset, "ab_reports") / f"report={_report_id(baseline, candidate, start, end)}"
+
+    def ab_report_docs(self, dataset: str, baseline: str, candidate: str, start: str, end: str) -> Path:
+        """``ab_reports/_docs/<id>/``: its HTML report and Markdown summary (hidden from parquet
+        readers: Spark would try to read any visible file of the table as parquet)."""
+        return self.table(dataset, "ab_reports") / "_docs" / _report_id(baseline, candidate, start, end)
+
     def status_path(self, dataset: str, ds: str) -> Path:
         """The validation decision of a ds (``validation/ds=D/status.json``)."""
         return self.partition(dataset, "validation", ds) / STATUS_FILE
@@ -201,6 +211,11 @@ class Warehouse:
         prefix = f"{key}="
         return sorted(p.name[len(prefix):] for p in base.iterdir()
                       if p.is_dir() and p.name.startswith(prefix) and parquet_files(p))
+
+
+def _report_id(baseline: str, candidate: str, start: str, end: str) -> str:
+    return (f"{safe_name(baseline, 'baseline')}_vs_{safe_name(candidate, 'candidate')}_"
+            f"{parse_date(start, 'start').isoformat()}_{parse_date(end, 'end').isoformat()}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,6 +341,16 @@ def remove(target: Path) -> None:
 
 # --------------------------------------------------------------------------------------------
 # Small JSON files
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a small text file (an HTML report) atomically (temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
 
 
 def write_json(path: Path, payload: Any, indent: int | None = 1) -> Path:

@@ -53,3 +53,14 @@ def census_file() -> Path:
     if not CENSUS_FILE.exists():
         pytest.fail(f"the shared census file is missing: {CENSUS_FILE}")
     return CENSUS_FILE
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's headless chromium, installed by apt-get when missing (tests/browser.py)."""
+    from browser import ensure_chromium
+
+    binary, why = ensure_chromium()
+    if binary is None:
+        pytest.skip(f"headless browser unavailable: {why}")
+    return binary

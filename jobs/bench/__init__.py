@@ -324,6 +324,13 @@ def bench_evaluation(cfg: JobConfig, rows: int | None = None, results: Path | No
                         record)
 
 
+def bench_compare(cfg: JobConfig, rows: int | None = None, results: Path | None = None,
+                  record: bool = True) -> dict[str, Any]:
+    from jobs.bench.compare import run_compare_bench
+
+    return _run_harness("compare", run_compare_bench, cfg, rows or 10_000_000, results, record)
+
+
 def bench_validation(cfg: JobConfig, rows: int | None = None, results: Path | None = None,
                      record: bool = True) -> dict[str, Any]:
     from jobs.bench.validation import run_validation_bench

@@ -22,8 +22,10 @@ from pyspark.sql import functions as F
 from jobs.config import JobConfig
 from jobs.errors import ConfigError, MissingInputError
 from jobs.manifest import RunRecord
+from jobs.stages.gates import gate_metric_rows, gate_sizes
 from jobs.stages.metrics import compute_metrics
-from jobs.warehouse import Warehouse, count_rows, parquet_files, parse_date, replacing
+from jobs.warehouse import (Warehouse, count_rows, parquet_files, parse_date, read_footers,
+                            replacing)
 from schemas.spec import DatasetSpec
 from schemas.tables import METRICS_STRUCT
 
@@ -114,8 +116,16 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
         raise MissingInputError(f"features for {spec.name} ds={ds} are missing ({features_path}); "
                                 f"evaluation needs {feature_columns} from them")
 
+    # gate_<task> arrays (predictions scored --with-gates) feed gate_entropy / gate_max_share
+    gate_cols = {v: [c for c in (f"gate_{t}" for t in tasks) if c in read_footers(parquet_files(
+        wh.partition(spec.name, "predictions", ds, model_version=v)))[0].names] for v in versions}
+    all_gates = sorted({c for cols in gate_cols.values() for c in cols})
     frames = [_read(spark, wh.partition(spec.name, "predictions", ds, model_version=v),
-                    keys + spec.prediction_columns, "predictions").withColumn("model_version", F.lit(v))
+                    keys + spec.prediction_columns + gate_cols[v], "predictions")
+              .select(*keys, *spec.prediction_columns,
+                      *(F.col(c) if c in gate_cols[v] else F.lit(None).cast("array<float>").alias(c)
+                        for c in all_gates))
+              .withColumn("model_version", F.lit(v))
               for v in versions]
     predictions = reduce(DataFrame.unionByName, frames)
     # Row counts from the parquet footers: no Spark pass over the largest input just to count it.
@@ -128,6 +138,11 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
                          "features")
         scored = scored.join(features, keys, "inner")
     metrics = compute_metrics(scored, tasks, segments, user)
+    if all_gates:
+        gate_rows = gate_metric_rows(predictions, tasks, gate_sizes(predictions, tasks))
+        if gate_rows is not None:
+            metrics = metrics.unionByName(gate_rows.select(
+                *(F.col(f.name).cast(f.dataType) for f in METRICS_STRUCT.fields)))
 
     target = wh.partition(spec.name, "metrics", ds)
     # The lock covers reading the other versions' rows too: two evaluations of one ds (for

@@ -69,12 +69,13 @@ from jobs.stages.rules import (
 )
 from jobs.warehouse import (
     STATUS_FILE, Warehouse, fingerprint, parquet_files, read_footers, read_json, read_table,
-    remove, replacing, write_json,
+    remove, replacing, write_json, write_text,
 )
 from schemas.spec import DatasetSpec
 from schemas.tables import features_struct
 
 RESULT_FILE = "result.json"
+REPORT_FILE = "report.html"   # our self-contained, offline-readable page (GX's Data Docs need CDNs)
 DOCS_DIR = "data_docs"
 RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": 0}
 
@@ -113,6 +114,7 @@ class ValidationReport:
     validation_dir: str = ""
     result_json: str = ""
     data_docs: str | None = None
+    report_html: str | None = None
     quarantine: str | None = None
     rows_read: int = 0
     bounds: RowCountBounds | None = None
@@ -125,7 +127,7 @@ class ValidationReport:
             "quarantined_rows": self.quarantined_rows, "message": self.message,
             "reasons": self.reasons, "failed_rules": self.failed_rules,
             "result_json": self.result_json, "data_docs": self.data_docs,
-            "quarantine": self.quarantine,
+            "report": self.report_html, "quarantine": self.quarantine,
         }
 
     def record(self) -> RunRecord:
@@ -137,6 +139,8 @@ class ValidationReport:
                    "result_json": self.result_json}
         if self.data_docs:
             outputs["data_docs"] = self.data_docs
+        if self.report_html:
+            outputs["report"] = self.report_html
         if self.quarantine:
             outputs["quarantine"] = self.quarantine
         return RunRecord(
@@ -212,6 +216,10 @@ def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
         report.spark_jobs = jobs_in_group(spark, group)
         report.seconds = round(time.perf_counter() - started, 3)
         report.validation_dir = str(validation_dir)
+        from jobs.stages.validation_report import render_validation_html
+
+        report.report_html = str(write_text(validation_dir / REPORT_FILE,
+                                            render_validation_html(report)))
         write_json(wh.status_path(spec.name, ds), report.status_dict() | {
             "validated_at": utc_now(), "run_id": run_id, "spark_jobs": report.spark_jobs,
             "features_fingerprint": inputs.fingerprint, "row_count_bounds": asdict(inputs.bounds)})

@@ -1,0 +1,244 @@
+"""compare_models on a tiny two-day synth warehouse: pairing counts when the versions cover
+different rows, pooled and per-day values against sklearn / the pure DeLong, the ab_reports table
+replaced on rerun, one-line refusals, gate diagnostics."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from browser import visit
+from jobs import stats
+from jobs.errors import InputError, MissingInputError
+from jobs.stages.compare import compare_models
+from jobs.warehouse import Warehouse, read_table
+from schemas.spec import load_spec
+from schemas.tables import features_arrow_schema, labels_arrow_schema
+
+DAYS = ["2026-11-02", "2026-11-03"]
+N = 300
+EXPERTS = 4
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_spec("synth")
+
+
+def _features(spec, rng, day_index) -> pa.Table:
+    cols = {}
+    for field in features_arrow_schema(spec):
+        name = field.name
+        if name == "impression_id":
+            cols[name] = np.arange(N, dtype=np.int64) + day_index * 10_000
+        elif name == "user_id":
+            cols[name] = rng.integers(0, 30, N)
+        elif name in ("platform", "user_cohort", "item_category", "hour"):
+            vocab = spec.column(name).vocabulary
+            values = rng.choice(vocab, N)
+            cols[name] = values.astype(np.int64) if pa.types.is_integer(field.type) else values
+        elif pa.types.is_integer(field.type):
+            cols[name] = rng.integers(0, 1000, N)
+        else:
+            cols[name] = rng.random(N) * 10
+    return pa.table(cols, schema=features_arrow_schema(spec))
+
+
+def _predictions(spec, ids, labels, noise, rng, gates=False) -> pa.Table:
+    cols = {"impression_id": pa.array(ids, pa.int64())}
+    lab = labels.set_index("impression_id").reindex(ids)
+    for t in spec.task_names:
+        y = lab[t].fillna(0).to_numpy()
+        cols[f"p_{t}"] = pa.array(np.round(1 / (1 + np.exp(-(2 * y - 1 + noise * rng.normal(size=len(ids))))), 3))
+    cols["scored_at"] = pa.array([dt.datetime(2026, 11, 4)] * len(ids), pa.timestamp("us", "UTC"))
+    if gates:
+        for t in spec.task_names:
+            w = rng.dirichlet([20.0, 1.0, 1.0, 0.01], size=len(ids)).astype(np.float32)
+            cols[f"gate_{t}"] = pa.array(list(w), pa.list_(pa.float32()))
+    return pa.table(cols)
+
+
+def _write(path, table):
+    path.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path / "part-0.parquet")
+
+
+@pytest.fixture
+def warehouse(job_config, spec):
+    rng = np.random.default_rng(3)
+    wh = Warehouse(job_config.warehouse)
+    job_config.compare.replicates = 30
+    for i, ds in enumerate(DAYS):
+        ids = np.arange(N, dtype=np.int64) + i * 10_000
+        _write(wh.partition(spec.name, "features", ds), _features(spec, rng, i))
+        labels = pd.DataFrame({"impression_id": ids, **{t: rng.integers(0, 2, N).astype(np.int32)
+                                                       for t in spec.task_names}})
+        labelled = labels.iloc[7:]  # 7 rows per day have no labels
+        _write(wh.partition(spec.name, "labels", ds),
+               pa.Table.from_pandas(labelled, schema=labels_arrow_schema(spec), preserve_index=False))
+        # A scores every row plus 10 unknown ones; B skips the first 3 rows and adds 4 of its own
+        a_ids = np.concatenate([ids, ids[-1] + 1 + np.arange(10)])
+        _write(wh.partition(spec.name, "predictions", ds, model_version="A"),
+               _predictions(spec, a_ids, labels, 2.0, rng, gates=True))
+        _write(wh.partition(spec.name, "predictions", ds, model_version="B"),
+               _predictions(spec, np.concatenate([ids[3:], ids[-1] + 100 + np.arange(4)]), labels,
+                            1.0, rng, gates=True))
+    return wh
+
+
+def _oracle_rows(wh, spec, days):
+    frames = []
+    for ds in days:
+        read = lambda table, **more: read_table(wh.partition(spec.name, table, ds, **more)).to_pandas()
+        a = read("predictions", model_version="A").drop(columns=["scored_at"])
+        b = read("predictions", model_version="B").drop(columns=["scored_at"])
+        frames.append(a.merge(b, on="impression_id", suffixes=("_a", "_b"))
+                      .merge(read("labels"), on="impression_id")
+                      .merge(read("features")[["impression_id", "platform", "user_id"]], on="impression_id")
+                      .assign(day=ds))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_pairing_values_rerun_and_gates(spark, job_config, spec, warehouse, chromium):
+    result = compare_models(spark, job_config, spec, "A", "B", DAYS[0], DAYS[1])
+    p = result.pairing
+    assert (p.baseline_rows, p.candidate_rows) == (2 * (N + 10), 2 * (N - 3 + 4))
+    assert (p.paired_rows, p.baseline_only_rows, p.candidate_only_rows) == (2 * (N - 3), 2 * 13, 2 * 4)
+    assert p.paired_without_labels == 2 * (7 - 3)
+    rec = result.record()
+    assert rec.details["pairing"]["labelled_rows"] == 2 * (N - 7)
+    assert rec.input_rows == p.baseline_rows + p.candidate_rows
+
+    table = read_table(warehouse.ab_report(spec.name, "A", "B", *DAYS)).to_pandas()
+    assert rec.output_rows == len(table)
+    assert set(table.columns) >= {"baseline", "candidate", "task", "segment", "metric", "baseline_value",
+                                  "candidate_value", "delta", "ci_low", "ci_high", "p_value",
+                                  "p_value_adjusted", "verdict", "n", "day"}
+    rows = _oracle_rows(warehouse, spec, DAYS)
+    for day, scope_rows in [(None, rows)] + [(dt.date.fromisoformat(d), rows[rows.day == d]) for d in DAYS]:
+        for t in spec.task_names:
+            for seg, sub in (("all", scope_rows), ("platform=ios", scope_rows[scope_rows.platform == "ios"])):
+                got = table[(table.task == t) & (table.segment == seg) & (table.metric == "auc")
+                            & (table.day.isna() if day is None else table.day == day)]
+                assert len(got) == 1, (day, t, seg)
+                got = got.iloc[0]
+                want = stats.delong(sub[t].to_numpy(), sub[f"p_{t}_a"].to_numpy(), sub[f"p_{t}_b"].to_numpy())
+                assert got.baseline_value == pytest.approx(roc_auc_score(sub[t], sub[f"p_{t}_a"]), abs=1e-12)
+                assert got.delta == pytest.approx(want.delta, abs=1e-12)
+                assert got.p_value == pytest.approx(want.p_value, abs=1e-9)
+                assert got.n == len(sub)
+    # candidate (less noise) wins on every task
+    assert result.decision.tasks == {t: "better" for t in spec.task_names}
+    assert set(table.p_value_adjusted.dropna() >= table.p_value.dropna()) == {True}
+    # gates: task mass mostly on expert 0 (Dirichlet(20, 1, 1, 0.01)): collapsed? 20/22 = 0.91
+    g = result.gates["candidate"]["tasks"]["click"]
+    assert g["experts"] == EXPERTS and g["rows"] == 2 * (N - 3 + 4)
+    assert g["mean_weight"][0] == pytest.approx(20 / 22.01, abs=0.02)
+    assert 3 in g["dead_experts"] and g["collapsed"] is True
+
+    # a rerun replaces the report's rows (no duplicates), other pairs stay
+    again = compare_models(spark, job_config, spec, "A", "B", DAYS[0], DAYS[1])
+    table2 = read_table(warehouse.ab_report(spec.name, "A", "B", *DAYS)).to_pandas()
+    assert len(table2) == len(table)
+    pd.testing.assert_frame_equal(table2, table)
+    assert sorted(p.name for p in warehouse.table(spec.name, "ab_reports").iterdir()) == \
+        ["_docs", "report=A_vs_B_2026-11-02_2026-11-03"]
+    # the HTML report as a user sees it: offline, no console error, every figure and table shown
+    page = visit(chromium, again.outputs["html"])
+    assert page.errors == [] and page.requests == []
+    # a figure row per task, per-day deltas, gates; tables: tasks, pairing, verdicts, segments
+    assert page.images == len(spec.task_names) + 2 and page.tables == 4
+    assert page.screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(page.screenshot) > 50_000
+    summary = open(again.outputs["summary"]).read()
+    assert "**SHIP**" in summary and "| click | better |" in summary
+
+
+def test_browser_check_sees_errors_and_requests(chromium, tmp_path):
+    """The checker itself: a page that logs an error and fetches from the network is caught."""
+    page = tmp_path / "bad.html"
+    page.write_text("<html><body><table><tr><td>x</td></tr></table>"
+                    "<script>console.error('boom'); undefined_call();</script>"
+                    "<img src='http://192.0.2.1/x.png'></body></html>")
+    seen = visit(chromium, page)
+    assert any("boom" in e for e in seen.errors) and any("exception" in e for e in seen.errors)
+    assert seen.requests == ["http://192.0.2.1/x.png"] and seen.tables == 1 and seen.images == 0
+
+
+def test_refusals(spark, job_config, spec, warehouse):
+    with pytest.raises(InputError, match="same version"):
+        compare_models(spark, job_config, spec, "A", "A", DAYS[0], DAYS[1])
+    with pytest.raises(MissingInputError, match="candidate C has no predictions .*present.*A, B|candidate C has no predictions"):
+        compare_models(spark, job_config, spec, "A", "C", DAYS[0], DAYS[1])
+    # C scores rows nobody else scored
+    rng = np.random.default_rng(0)
+    labels = pd.DataFrame({"impression_id": [], **{t: [] for t in spec.task_names}})
+    _write(warehouse.partition(spec.name, "predictions", DAYS[0], model_version="C"),
+           _predictions(spec, np.arange(5) + 900_000, labels, 1.0, rng))
+    with pytest.raises(MissingInputError, match="share no rows"):
+        compare_models(spark, job_config, spec, "A", "C", DAYS[0], DAYS[1])
+
+
+def test_cli_gates_on_regression_and_refuses_in_one_line(spark, job_config, spec, warehouse):
+    import json
+
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    runner = CliRunner()
+    base = ["--warehouse", str(job_config.warehouse), "compare", "--dataset", "synth",
+            "--start", DAYS[0], "--end", DAYS[1]]
+    # B is the better model: with A as the candidate the AUC guardrail breaks -> exit 3
+    result = runner.invoke(app, [*base, "--baseline", "B", "--candidate", "A", "--segment", "platform",
+                                 "--fail-on-regression"])
+    assert result.exit_code == 3, result.output
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and "breaks" in err[0] and "auc regressed" in err[0]
+    manifest = json.loads(result.stdout.strip().splitlines()[-1])
+    assert manifest["status"] == "failed" and manifest["ds"] == DAYS[1]
+    assert manifest["details"]["pairing"]["candidate_only_rows"] == 2 * 13
+    assert manifest["details"]["decision"]["ship"] is False
+    assert manifest["details"]["segments"] == ["platform"]
+    assert open(manifest["outputs"]["summary"]).read().count("DO NOT SHIP") == 1
+    table = read_table(warehouse.ab_report(spec.name, "B", "A", *DAYS)).to_pandas()
+    assert set(table.segment) == {"all", "platform=android", "platform=ios", "platform=web"}
+    assert manifest["output_rows"] == len(table)
+
+    result = runner.invoke(app, [*base, "--baseline", "A", "--candidate", "A"])
+    assert result.exit_code == 2 and result.stderr.strip().count("\n") == 0
+    assert "same version" in result.stderr
+
+
+def test_evaluate_writes_gate_metrics(spark, job_config, spec, warehouse):
+    from jobs.stages.evaluate import evaluate_partition
+
+    result = evaluate_partition(spark, job_config, spec, DAYS[0])
+    got = {(r["model_version"], r["task"], r["metric"]): r for r in
+           result.metrics.where("metric LIKE 'gate_%'").collect()}
+    for v in ("A", "B"):
+        preds = read_table(warehouse.partition(spec.name, "predictions", DAYS[0], model_version=v)).to_pandas()
+        for t in spec.task_names:
+            w = np.stack(preds[f"gate_{t}"].to_numpy()).astype(np.float64)
+            entropy = -(np.where(w > 0, w * np.log(np.where(w > 0, w, 1.0)), 0.0)).sum(axis=1) / np.log(EXPERTS)
+            mean = w.mean(axis=0)
+            assert got[(v, t, "gate_entropy")]["value"] == pytest.approx(entropy.mean(), rel=1e-5)
+            assert got[(v, t, "gate_max_share")]["value"] == pytest.approx(mean.max() / mean.sum(), rel=1e-6)
+            assert got[(v, t, "gate_entropy")]["n"] == len(preds)
+            assert got[(v, t, "gate_entropy")]["segment"] == "all"
+
+
+def test_compare_bench_smoke(spark, job_config, tmp_path):
+    from jobs.bench import bench_compare
+
+    job_config.compare.replicates = 20
+    results = tmp_path / "bench.md"
+    result = bench_compare(job_config, rows=2000, results=results)
+    assert result["rows"] == result["paired_rows"] == 2000
+    assert result["compare_seconds"] > 0 and result["evaluate_seconds"] > 0
+    assert '"compare_over_evaluate"' in results.read_text()
