@@ -252,6 +252,13 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
     pb_frame = features.select(*keys, pb_udf(*feats).alias("p")).select(
         *keys, "p.*", F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"))
     pb_seconds = write(pb_frame, "predict_batch_udf")
+    # (f) the public Spark UDF (jobs.udf.mmoe_udf), same model and batch size, same write.
+    from jobs.udf import mmoe_udf
+
+    public = mmoe_udf(files, threads_per_task=cfg.scoring.threads_per_task, spark=spark)
+    udf_frame = features.select(*keys, public(*public.input_columns).alias("p")).select(
+        *keys, "p.*", F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"))
+    udf_seconds = write(udf_frame, "public_udf")
     # (c) a straightforward iterator pandas UDF over a struct, Python loop over experts.
     naive_seconds = write(_naive_frame(spark, features, spec, broadcast, scored_at), "naive_udf")
     # (e) in-process torch on the same rows in memory, same total thread count.
@@ -263,10 +270,12 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
         "ours_rows_per_s": round(rows / ours_seconds),
         "ours_spark_reader_rows_per_s": round(rows / spark_reader_seconds),
         "predict_batch_udf_rows_per_s": round(rows / pb_seconds),
+        "udf_rows_per_s": round(rows / udf_seconds),
         "naive_udf_rows_per_s": round(rows / naive_seconds),
         "io_floor_rows_per_s": round(rows / io_seconds),
         "torch_inprocess_rows_per_s": round(rows / inproc_seconds),
         "ours_vs_predict_batch_udf": round(pb_seconds / ours_seconds, 2),
+        "udf_vs_predict_batch_udf": round(pb_seconds / udf_seconds, 2),
         "ours_vs_inprocess": round(inproc_seconds / ours_seconds, 2),
         "ours_wall_vs_io_floor": round(ours_seconds / io_seconds, 2),
         "ours_peak_python_worker_rss_mib": round(rss.peak_mib, 1),

@@ -29,11 +29,11 @@ from jobs.config import JobConfig
 from jobs.errors import ConfigError, MissingInputError, NotValidated
 from jobs.manifest import RunRecord
 from jobs.spark import session_conf
+from jobs.worker import set_threads as _set_threads
+from jobs.worker import worker_artifact as _worker_artifact
 from jobs.warehouse import Warehouse, count_rows, parquet_files, read_table, replacing
 from schemas.spec import DatasetSpec
 from schemas.tables import predictions_struct
-
-_WORKER_MODELS: dict[str, Any] = {}  # sha256 -> ModelArtifact, one per Python worker process
 
 
 def load_artifact(model_dir: Path):
@@ -44,27 +44,6 @@ def load_artifact(model_dir: Path):
         raise MissingInputError(f"--model {model_dir} is not an artifact directory")
     files = read_artifact_files(model_dir)
     return files, ModelArtifact.from_files(files)
-
-
-def _worker_artifact(files: dict[str, bytes], sha256: str):
-    artifact = _WORKER_MODELS.get(sha256)
-    if artifact is None:
-        from mmoe_model.artifact import ModelArtifact
-
-        artifact = ModelArtifact.from_files(files)  # verifies every checksum on the executor
-        _WORKER_MODELS.clear()  # keep one model per worker: a new version evicts the old one
-        _WORKER_MODELS[sha256] = artifact
-    return artifact
-
-
-def _set_threads(threads_per_task: int) -> None:
-    import torch
-    from pyspark import TaskContext
-
-    ctx = TaskContext.get()
-    threads = threads_per_task or (ctx.cpus() if ctx is not None else 1)
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
 
 
 def score_batch(artifact, batch: pa.RecordBatch, input_columns: list[str], keys: list[str],
