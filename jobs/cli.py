@@ -174,7 +174,7 @@ def score(
     model: Path = typer.Option(..., "--model", help="Model artifact directory."),
     with_gates: bool = typer.Option(False, "--with-gates", help="Add per-row gate weights."),
     catalog: bool = typer.Option(False, "--catalog",
-                                 help="Score users x catalog items and write top-K recommendations."),
+                                 help="Score catalog candidates (or users x top items) and write top-K recommendations."),
 ) -> None:
     """Score the validated rows of a partition and write the predictions table."""
     def body(cfg: JobConfig, run_id: str):

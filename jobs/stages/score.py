@@ -279,100 +279,12 @@ def _validated_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
 
 
 # --------------------------------------------------------------------------------------------
-# Catalog mode
-
-
-def catalog_candidates(users: DataFrame, items: DataFrame, spec: DatasetSpec,
-                       max_items_per_user: int) -> DataFrame:
-    """Users × the catalog's ``max_items_per_user`` top items by the spec's ``catalog.rank_by``.
-
-    Columns the catalog does not know (context features such as the hour) are null: the model's
-    encoder maps them to its null handling (``fill`` for dense, index 0 for categoricals).
-    """
-    catalog = _catalog_spec(spec)
-    user, item = catalog.user_key, catalog.item_key
-    top_items = (items.orderBy(F.col(catalog.rank_by).desc(), F.col(item))
-                 .limit(max_items_per_user))
-    pairs = users.crossJoin(F.broadcast(top_items))
-    present = set(pairs.columns)
-    columns = []
-    for key in spec.keys:
-        if key.name not in present:  # a synthetic key per (user, item) pair
-            columns.append(F.xxhash64(user, item).alias(key.name))
-    for feat in spec.features:
-        spark_type = "double" if feat.kind == "dense" else ("bigint" if feat.dtype == "long" else "string")
-        if feat.name in present:
-            columns.append(F.col(feat.name).cast(spark_type).alias(feat.name))
-        else:
-            columns.append(F.lit(None).cast(spark_type).alias(feat.name))
-    return pairs.select(*columns)
-
-
-def _catalog_spec(spec: DatasetSpec):
-    if spec.catalog is None:
-        raise ConfigError(f"catalog mode needs a catalog section (user_key, item_key, rank_by) "
-                          f"in the {spec.name} spec")
-    return spec.catalog
-
-
-def fuse(probabilities: dict[str, Any], weights: dict[str, float]):
-    """Weighted product of task probabilities, as a Spark column: Π p_t ** w_t (w default 1)."""
-    expr = F.lit(1.0)
-    for task, column in probabilities.items():
-        expr = expr * F.pow(column, F.lit(float(weights.get(task, 1.0))))
-    return expr
-
-
-def top_k_per_user(scored: DataFrame, spec: DatasetSpec, weights: dict[str, float],
-                   k: int) -> DataFrame:
-    """Pure transform: fused score, then the ``k`` best items per user (ties: lower item id)."""
-    from pyspark.sql import Window
-
-    user, item = _catalog_spec(spec).user_key, _catalog_spec(spec).item_key
-    fused = scored.withColumn(
-        "score", fuse({t: F.col(spec.prediction_column(t)) for t in spec.task_names}, weights))
-    rank = F.row_number().over(Window.partitionBy(user).orderBy(F.col("score").desc(), item))
-    return (fused.withColumn("rank", rank).where(F.col("rank") <= k)
-            .select(user, "rank", item, "score", *spec.prediction_columns, "scored_at"))
+# Catalog mode lives in jobs/stages/catalog.py (factored and row scoring of candidate pairs).
 
 
 def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
                   model_dir: Path) -> ScoreResult:
-    """Score users × catalog items and write the top-K items per user to ``recommendations``."""
-    files, artifact = load_artifact(model_dir)
-    artifact.check_spec(spec)
-    catalog_spec = _catalog_spec(spec)
-    wh = Warehouse(cfg.warehouse)
-    users_dir, items_dir = wh.catalog(spec.name, "users"), wh.catalog(spec.name, "items")
-    if not parquet_files(users_dir) or not parquet_files(items_dir):
-        raise MissingInputError(f"catalog mode needs {users_dir} and {items_dir} "
-                                f"(written by `mmoe data synth`)")
-    catalog = cfg.scoring.catalog
-    unknown = set(catalog.fusion_weights) - set(spec.task_names)
-    if unknown:
-        raise MissingInputError(f"scoring.catalog.fusion_weights names unknown task(s) {sorted(unknown)}")
-    candidates = catalog_candidates(spark.read.parquet(str(users_dir)),
-                                    spark.read.parquet(str(items_dir)), spec,
-                                    catalog.max_items_per_user)
-    pair_columns = (catalog_spec.user_key, catalog_spec.item_key)
-    base = predictions_struct(spec)
-    out_schema = T.StructType(base.fields[: len(spec.keys)]
-                              + [T.StructField(c, T.LongType()) for c in pair_columns]
-                              + base.fields[len(spec.keys):])
-    scorer = make_scorer(spark, files, artifact.sha256, spec, spec.feature_names, out_schema,
-                         dt.datetime.now(dt.timezone.utc), False, cfg.scoring.threads_per_task,
-                         extra_columns=pair_columns)
-    out = wh.partition(spec.name, "recommendations", ds, model_version=artifact.model_version)
-    with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
-                              str(cfg.scoring.batch_size)}), replacing(out) as staging:
-        scored = spread_partitions(spark, candidates).mapInArrow(scorer, out_schema)
-        top_k_per_user(scored, spec, catalog.fusion_weights, catalog.top_k) \
-            .write.mode("overwrite").parquet(str(staging))
-        written = count_rows(staging)
-    # users x min(items, cap) candidates, from the parquet footers: no second pass over the join
-    pairs = count_rows(users_dir) * min(count_rows(items_dir), catalog.max_items_per_user)
-    return ScoreResult(artifact.model_version, artifact.sha256, input_rows=pairs,
-                       output_rows=written, quarantined_rows=0, output=out,
-                       table="recommendations",
-                       details={"top_k": catalog.top_k,
-                                "max_items_per_user": catalog.max_items_per_user})
+    """See :func:`jobs.stages.catalog.score_catalog`."""
+    from jobs.stages.catalog import score_catalog as run
+
+    return run(spark, cfg, spec, ds, model_dir)
