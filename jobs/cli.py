@@ -26,7 +26,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 data_app = typer.Typer(no_args_is_help=True, help="Write the features and labels tables.")
 app.add_typer(data_app, name="data")
 
-BENCHES = ("scoring", "evaluation", "validation", "scaling")
+BENCHES = ("scoring", "evaluation", "validation", "scaling", "catalog")
 
 
 @dataclass

@@ -247,8 +247,10 @@ def recommend_grid(spark: SparkSession, users: DataFrame, items: pa.Table, files
                 yield job.emit(np.repeat(keys[start:start + per], n_items),
                                np.tile(item_keys, block.shape[0]), u, probs)
 
+    from jobs.stages.score import spread_partitions
+
     columns = list(dict.fromkeys([job.user_key, *user_cols]))
-    return users.select(*columns).mapInArrow(run, output_schema(spec))
+    return spread_partitions(spark, users.select(*columns)).mapInArrow(run, output_schema(spec))
 
 
 def recommend_candidates(spark: SparkSession, candidates: DataFrame, users: pa.Table,
