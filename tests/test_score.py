@@ -172,3 +172,47 @@ def test_catalog_mode_writes_top_k_per_user(spark, job_config, synth, model_dir)
     np.testing.assert_allclose(recs["score"], fused, rtol=1e-12)
     for _, group in recs.groupby("user_id"):
         assert list(group.sort_values("rank")["score"]) == sorted(group["score"], reverse=True)
+
+
+def test_pipeline_keeps_order_and_raises_helper_errors():
+    import time
+
+    from jobs.stages.score import _Pipeline
+
+    written = []
+
+    def slow_write(batch):
+        time.sleep(0.002 * (batch.num_rows % 3))  # writes finish out of step with submission
+        written.append(batch.column(0)[0].as_py())
+
+    batches = [pa.record_batch([pa.array([i] * (i + 1))], names=["k"]) for i in range(20)]
+    with _Pipeline(slow_write) as pipe:
+        for batch in pipe.read_ahead(iter(batches)):
+            pipe.write(batch)
+    assert written == list(range(20))
+
+    def broken(batch):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        with _Pipeline(broken) as pipe:
+            for batch in pipe.read_ahead(iter(batches)):
+                pipe.write(batch)
+
+    def bad_reader():
+        yield batches[0]
+        raise ValueError("corrupt page")
+
+    with pytest.raises(ValueError, match="corrupt page"):
+        with _Pipeline(written.append) as pipe:
+            for batch in pipe.read_ahead(bad_reader()):
+                pipe.write(batch)
+
+
+def test_direct_reader_with_and_without_pipeline_write_the_same(spark, validated, synth, model_dir):
+    validated.scoring.pipeline = False
+    _, plain = _score(spark, validated, synth, model_dir)
+    plain = spark.createDataFrame(plain.toPandas())  # materialise before the rerun replaces it
+    validated.scoring.pipeline = True
+    _, piped = _score(spark, validated, synth, model_dir)
+    assertDataFrameEqual(plain.drop("scored_at"), piped.drop("scored_at"))

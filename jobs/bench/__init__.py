@@ -231,6 +231,14 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
     with WorkerRssSampler() as rss:
         ours_seconds, _ = _timed(lambda: _score_direct(spark, part, files, artifact, spec, cfg,
                                                        out_root / "ours", scored_at))
+    # (a'') ours without the read-ahead / background writer (scoring.pipeline: false).
+    import copy
+
+    sequential_cfg = copy.deepcopy(cfg)
+    sequential_cfg.scoring.pipeline = False
+    sequential_seconds, _ = _timed(lambda: _score_direct(spark, part, files, artifact, spec,
+                                                         sequential_cfg, out_root / "ours-seq",
+                                                         scored_at))
     # (a') ours through mapInArrow (scoring.reader: spark), for the record.
     spark_reader_seconds = write(score_frame(spark, features, files, artifact, spec, cfg, scored_at),
                                  "ours_spark_reader")
@@ -269,6 +277,7 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
         "ours_seconds": round(ours_seconds, 3),
         "ours_rows_per_s": round(rows / ours_seconds),
         "ours_spark_reader_rows_per_s": round(rows / spark_reader_seconds),
+        "ours_sequential_rows_per_s": round(rows / sequential_seconds),
         "predict_batch_udf_rows_per_s": round(rows / pb_seconds),
         "udf_rows_per_s": round(rows / udf_seconds),
         "naive_udf_rows_per_s": round(rows / naive_seconds),

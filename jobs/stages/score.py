@@ -163,31 +163,93 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
     num_tasks, batch_size = len(spec.tasks), cfg.scoring.batch_size
     threads, scored_at_us, out_dir = cfg.scoring.threads_per_task, _utc_us(scored_at), str(staging)
 
+    pipelined = cfg.scoring.pipeline
+
     def run(items: Iterator[tuple[int, tuple[str, int]]]) -> Iterator[int]:
         model = _worker_artifact(files_bc.value, sha256)
         _set_threads(threads)
         skip = excluded_bc.value
         skip_set = None if skip is None else pa.array(skip)
+
+        def kept(batch: pa.RecordBatch) -> pa.RecordBatch:
+            keep = pc.is_valid(batch.column(keys[0]))
+            if skip_set is not None:
+                keep = pc.and_(keep, pc.invert(pc.is_in(batch.column(keys[0]), value_set=skip_set)))
+            return batch.filter(keep)
+
         for index, (path, row_group) in items:
             written = 0
             # Streamed batch by batch: worker memory stays flat whatever the row group's size.
             batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size, row_groups=[row_group],
                                                         columns=columns)
-            with pq.ParquetWriter(f"{out_dir}/part-{index:05d}.parquet", arrow_schema) as writer:
-                for batch in batches:
-                    keep = pc.is_valid(batch.column(keys[0]))
-                    if skip_set is not None:
-                        keep = pc.and_(keep, pc.invert(pc.is_in(batch.column(keys[0]), value_set=skip_set)))
-                    batch = batch.filter(keep)
+            with pq.ParquetWriter(f"{out_dir}/part-{index:05d}.parquet", arrow_schema) as writer, \
+                    _Pipeline(writer.write_batch, pipelined) as pipe:
+                for batch in pipe.read_ahead(batches):
+                    batch = kept(batch)
                     if batch.num_rows:
-                        writer.write_batch(score_batch(model, batch, features, keys, num_tasks,
-                                                       arrow_schema, scored_at_us, with_gates))
+                        pipe.write(score_batch(model, batch, features, keys, num_tasks,
+                                               arrow_schema, scored_at_us, with_gates))
                         written += batch.num_rows
             yield written
 
     staging.mkdir(parents=True, exist_ok=True)
     work = sc.parallelize(list(enumerate(fragments)), max(len(fragments), 1))
     return sum(work.mapPartitions(run).collect())
+
+
+class _Pipeline:
+    """Overlap reading, scoring and writing inside one Python worker: the next batch is read by
+    a helper thread while this one is scored, and scored batches are written by another (pyarrow's
+    parquet reader and writer and torch's kernels release the GIL). Order is kept (one reader,
+    one writer); at most ``depth`` scored batches wait for the writer, so memory stays bounded; an
+    error in either helper is raised here. ``enabled=False`` runs everything in line."""
+
+    def __init__(self, write: Callable[[pa.RecordBatch], None], enabled: bool = True,
+                 depth: int = 2) -> None:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._write, self.enabled, self.depth = write, enabled, depth
+        self._reader = ThreadPoolExecutor(1, "mmoe-read") if enabled else None
+        self._writer = ThreadPoolExecutor(1, "mmoe-write") if enabled else None
+        self._pending: Any = deque()
+
+    def read_ahead(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        if not self.enabled:
+            yield from batches
+            return
+        end = object()
+        future = self._reader.submit(next, batches, end)
+        while True:
+            batch = future.result()
+            if batch is end:
+                return
+            future = self._reader.submit(next, batches, end)  # read the next one meanwhile
+            yield batch
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if not self.enabled:
+            self._write(batch)
+            return
+        self._pending.append(self._writer.submit(self._write, batch))
+        while len(self._pending) > self.depth:
+            self._pending.popleft().result()
+
+    def __enter__(self) -> "_Pipeline":
+        return self
+
+    def __exit__(self, exc_type, *rest) -> None:
+        try:
+            while self._pending:  # everything written (and any write error raised) before close
+                future = self._pending.popleft()
+                if exc_type is None:
+                    future.result()
+                else:
+                    future.cancel()
+        finally:
+            for pool in (self._reader, self._writer):
+                if pool is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _direct_reader_applies(cfg: JobConfig, spec: DatasetSpec, features_dir: Path) -> bool:
