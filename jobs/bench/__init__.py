@@ -403,19 +403,22 @@ def bench_catalog(cfg: JobConfig, rows: int | None = None, results: Path | None 
     import pyarrow.parquet as pq
 
     from jobs.spark import get_spark, session_conf
-    from jobs.stages.catalog import grid_pairs, recommend_grid, recommend_rows, _top_items
-    from jobs.warehouse import Warehouse, read_table, replacing
+    from jobs.stages.catalog import _top_items, grid_pairs, recommend_grid, recommend_rows
+    from jobs.stages.score import spread_partitions
+    from jobs.warehouse import Warehouse, parquet_files, read_table, replacing
     from mmoe_model.artifact import ModelArtifact, read_artifact_files
     from schemas import load_spec
 
     rows = rows or 1_000_000
     cfg = _bench_config(cfg)
     spec = load_spec("synth")
-    ensure_synth_partition(cfg, max(1000, min(rows, 100_000)))
+    wh = Warehouse(cfg.warehouse)
+    if not (parquet_files(wh.catalog(spec.name, "users"))
+            and (Path(cfg.warehouse) / "reference-mmoe").is_dir()):
+        ensure_synth_partition(cfg, 20_000)  # writes the catalog tables too
     files = read_artifact_files(reference_artifact(cfg))
     artifact = ModelArtifact.from_files(files)
     spark = get_spark(cfg.spark)
-    wh = Warehouse(cfg.warehouse)
     user_key, item_key = spec.catalog.user_key, spec.catalog.item_key
     all_users = read_table(wh.catalog(spec.name, "users"))
     n_users = max(1, rows // items)
@@ -445,8 +448,10 @@ def bench_catalog(cfg: JobConfig, rows: int | None = None, results: Path | None 
 
     with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
                               str(cfg.scoring.batch_size)}):
-        # warm-up, untimed: Python workers started, torch imported, model cached there
-        recommend_grid(spark, users.limit(8), top_items, files, artifact, spec, cfg, scored_at,
+        # warm-up, untimed: a Python worker per core started, torch imported, model cached there
+        # (both paths then find them warm)
+        warm = spread_partitions(spark, users.limit(16 * spark.sparkContext.defaultParallelism))
+        recommend_grid(spark, warm, top_items, files, artifact, spec, cfg, scored_at,
                        top_k).write.mode("overwrite").parquet(str(out_root / "catalog-warmup"))
         factored_seconds, _ = _timed(lambda: factored().write.mode("overwrite").parquet(
             str(out_root / "catalog-factored")))
