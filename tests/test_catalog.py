@@ -196,3 +196,38 @@ def test_job_scores_a_candidates_table(spark, job_config, tables, tmp_path, arch
     np.testing.assert_allclose(got[SPEC.prediction_columns].to_numpy(),
                                oracle.loc[got.index, SPEC.prediction_columns].to_numpy(),
                                atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("scoring: {catalog: {fusion: max}}", "scoring.catalog.fusion must be 'product' or 'sum'"),
+    ("scoring: {catalog: {method: fast}}", "scoring.catalog.method must be 'factored' or 'rows'"),
+    ("scoring: {catalog: {top_k: 0}}", "top_k and max_items_per_user must be >= 1"),
+])
+def test_bad_catalog_settings_are_refused(tmp_path, body, message):
+    from jobs.config import load_config
+    from jobs.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(body + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_catalog_sides_come_from_the_spec():
+    from jobs.errors import ConfigError, MissingInputError
+    from jobs.stages.catalog import catalog_sides
+
+    users, items = list(CAT.user_features), list(CAT.item_features)
+    assert catalog_sides(SPEC, users + ["extra"], items) == (CAT.user_features, CAT.item_features)
+    with pytest.raises(MissingInputError, match="catalog users table lacks"):
+        catalog_sides(SPEC, users[1:], items)
+    import dataclasses
+
+    unlisted = dataclasses.replace(SPEC, catalog=dataclasses.replace(
+        CAT, user_features=(), item_features=()))
+    # derived from the tables' columns when the spec does not list them
+    assert catalog_sides(unlisted, users, items) == (
+        tuple(f for f in SPEC.feature_names if f in users),
+        tuple(f for f in SPEC.feature_names if f in items))
+    with pytest.raises(ConfigError, match="in both the users and the items table"):
+        catalog_sides(unlisted, users + ["item_price"], items)

@@ -1,10 +1,19 @@
-"""Validate stage: one features partition against the rules of its spec (jobs/stages/rules.py),
-checked by Great Expectations. Read (footers, through jobs/warehouse.py) → decide (GX over one
-cached frame; :func:`decide` turns the GX result into a :class:`ValidationReport`) → write
-(result.json, the quarantine partition, status.json, all through jobs/warehouse.py).
+"""Validate stage: one features partition (and its labels partition) against the rules of its
+spec (jobs/stages/rules.py), checked by Great Expectations. Read (footers, through
+jobs/warehouse.py) → decide (GX over the labels table, then over one cached features frame;
+:func:`decide` turns the GX results into a :class:`ValidationReport`) → write (result.json,
+labels_result.json, the quarantine partition, status.json, all through jobs/warehouse.py).
 
+    labels/ds=D    ──►  validation/ds=D/labels_result.json   (its own GX batch)
     features/ds=D  ──►  validation/ds=D/{result.json, data_docs/, status.json}
                    └─►  quarantine/ds=D   (rows breaking a row-level rule, + ``reason``)
+
+Labels are validated where they live: the labels table is its own GX batch (keys and task
+columns present and typed, every label in {0, 1}), so ``label_not_binary:<task>`` reports the
+labels table's rows. Only when that batch finds bad labels are their keys (folded per key and
+task, few: broadcast) joined back onto the features, so that a features row whose key has a bad
+label is quarantined with ``label_not_binary:<task>`` in its reason, as before; the wide
+features ⋈ labels join of earlier versions is gone.
 
 How it keeps Spark work small (``manifest.details["spark_jobs"]`` counts the jobs):
 
@@ -12,19 +21,18 @@ How it keeps Spark work small (``manifest.details["spark_jobs"]`` counts the job
   footers, read with pyarrow on the driver: no schema-inference or count job;
 - the partition is read once and cached together with two derived columns: ``_key_copies``
   (rows sharing the row's key) and ``_reason`` (every row-level rule the row breaks,
-  ``;``-joined, null when none). No wide row is shuffled for ``_key_copies`` alone: without a
-  labels partition, the duplicated keys come from a group-by over the key columns (one job; only
-  keys move, normally none survive ``count > 1``) and are broadcast back. With one, the labels
-  are folded per key (one value per key and task: the out-of-{0,1} one if any) and joined on;
-  the window count per key then reuses the join's partitioning and order (one shuffle in all);
+  ``;``-joined, null when none). No wide row is shuffled: the duplicated keys come from a
+  group-by over the key columns (one job; only keys move, normally none survive
+  ``count > 1``) and are broadcast back;
 - GX runs every expectation over that cached frame (``persist=False``: GX does not cache again);
   its metrics are bundled into a few single-row aggregates (row count; non-null shares; all the
   map counts). The result format is BASIC with ``partial_unexpected_count: 0``: counts, no
   sample values (Spark optimises the ``LIMIT 0`` sample queries away: no job, only planning);
 - adaptive execution is off while the validation runs (it would split every shuffle into a job
   of its own, with nothing to re-plan here) and so is whole-stage code generation of methods
-  the JVM would not JIT-compile (see :data:`VALIDATION_CONF`), both restored after: 3 jobs with
-  a labels partition, 4 without (the duplicate-key job), +1 when rows are quarantined;
+  the JVM would not JIT-compile (see :data:`VALIDATION_CONF`), both restored after: 4 jobs
+  without labels (the duplicate-key job + GX), + the labels batch's (narrow: keys and labels)
+  with labels, +1 when labels are bad, +1 when rows are quarantined;
 - the quarantine rows are written straight from the cache.
 
 Decisions (see CONTRACT.md and docs/DESIGN.md):
