@@ -22,11 +22,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.config import JobConfig
-from jobs.errors import ConfigError, MissingInputError, NotValidated
+from jobs.errors import MissingInputError, NotValidated
 from jobs.manifest import RunRecord
 from jobs.spark import session_conf
 from jobs.worker import set_threads as _set_threads
