@@ -23,16 +23,17 @@ class DemoFailed(MmoeError):
     """A demo step failed; its manifest (printed above) has the details."""
 
 
-def _step(name: str, dataset: str, ds: str, cfg: JobConfig, body) -> RunManifest:
+def _step(name: str, dataset: str, ds: str, cfg: JobConfig, body,
+          label: str | None = None) -> RunManifest:
     """One step, run and recorded exactly as the CLI runs a job (:func:`run_job`)."""
     started = time.perf_counter()
-    print(f"\n== {name} ({dataset}, ds={ds})", flush=True)
+    print(f"\n== {label or name} ({dataset}, ds={ds})", flush=True)
     outcome = run_job(name, dataset, ds, lambda: cfg, lambda cfg, run_id: body())
     print(outcome.manifest.to_json(), flush=True)
     if outcome.error is not None:
         raise DemoFailed(f"demo step {name} failed: {error_line(outcome.error)}") \
             from outcome.error
-    print(f"   {name}: {time.perf_counter() - started:.1f}s", flush=True)
+    print(f"   {label or name}: {time.perf_counter() - started:.1f}s", flush=True)
     return outcome.manifest
 
 
@@ -65,8 +66,8 @@ def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
     runs["evaluate"] = _step("evaluate", spec.name, last, cfg, lambda: evaluate_partition(
         spark, cfg, spec, last, None))
     if spec.catalog is not None:
-        runs["catalog"] = _step("score --catalog", spec.name, last, cfg, lambda: score_catalog(
-            spark, cfg, spec, last, model_dir))
+        runs["catalog"] = _step("score", spec.name, last, cfg, lambda: score_catalog(
+            spark, cfg, spec, last, model_dir), label="score --catalog")
     _print_summary(spark, cfg, spec, last, runs)
     return runs
 
