@@ -403,7 +403,7 @@ def bench_catalog(cfg: JobConfig, rows: int | None = None, results: Path | None 
     import pyarrow.parquet as pq
 
     from jobs.spark import get_spark, session_conf
-    from jobs.stages.catalog import _top_items, grid_pairs, recommend_grid, recommend_rows
+    from jobs.stages.catalog import top_items_frame, grid_pairs, recommend_grid, recommend_rows
     from jobs.stages.score import spread_partitions
     from jobs.warehouse import Warehouse, parquet_files, read_table, replacing
     from mmoe_model.artifact import ModelArtifact, read_artifact_files
@@ -433,7 +433,7 @@ def bench_catalog(cfg: JobConfig, rows: int | None = None, results: Path | None 
                            row_group_size=max(1, n_users // spark.sparkContext.defaultParallelism))
     users = spark.read.parquet(str(users_dir))
     items_df = spark.read.parquet(str(wh.catalog(spec.name, "items")))
-    top_items = _top_items(items_df, spec, items).toArrow()
+    top_items = top_items_frame(items_df, spec, items).toArrow()
     cfg.scoring.catalog.top_k = top_k
     out_root = Path(cfg.warehouse) / "bench-out"
     scored_at = dt.datetime.now(dt.timezone.utc)

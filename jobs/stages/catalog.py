@@ -339,7 +339,7 @@ def grid_pairs(users: DataFrame, items: DataFrame, spec: DatasetSpec, max_items:
     """"All items": every user × the catalog's ``max_items`` top items by ``catalog.rank_by``
     (ties: lower item key)."""
     cat = catalog_spec(spec)
-    top = _top_items(items, spec, max_items)
+    top = top_items_frame(items, spec, max_items)
     return users.select(cat.user_key).crossJoin(F.broadcast(top.select(cat.item_key)))
 
 
@@ -408,7 +408,7 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
                 spark, spark.read.parquet(str(candidates_dir)), read_table(users_dir),
                 read_table(items_dir), files, artifact, spec, cfg, scored_at, catalog.top_k)
         elif method == "factored":
-            top_items = _top_items(spark.read.parquet(str(items_dir)), spec,
+            top_items = top_items_frame(spark.read.parquet(str(items_dir)), spec,
                                    catalog.max_items_per_user)
             recs = recommend_grid(spark, users_df, top_items.toArrow(), files, artifact, spec,
                                   cfg, scored_at, catalog.top_k)
@@ -431,6 +431,7 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
                                 "fusion": catalog.fusion})
 
 
-def _top_items(items: DataFrame, spec: DatasetSpec, max_items: int) -> DataFrame:
+def top_items_frame(items: DataFrame, spec: DatasetSpec, max_items: int) -> DataFrame:
+    """The catalog's ``max_items`` top items by ``catalog.rank_by`` (ties: lower item key)."""
     cat = catalog_spec(spec)
     return items.orderBy(F.col(cat.rank_by).desc(), F.col(cat.item_key)).limit(max_items)
