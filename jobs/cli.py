@@ -33,7 +33,7 @@ app.add_typer(models_app, name="models")
 MODEL_HELP = ("Model: an artifact directory, a registered version, or @alias (the promotion of "
               "that alias in force on each ds).")
 
-BENCHES = ("scoring", "evaluation", "validation", "scaling", "compare")
+BENCHES = ("scoring", "evaluation", "validation", "scaling", "compare", "catalog")
 
 
 @dataclass
@@ -191,7 +191,7 @@ def score(
     model: str = typer.Option(..., "--model", help=MODEL_HELP),
     with_gates: bool = typer.Option(False, "--with-gates", help="Add per-row gate weights."),
     catalog: bool = typer.Option(False, "--catalog",
-                                 help="Score users x catalog items and write top-K recommendations."),
+                                 help="Score catalog candidates (or users x top items) and write top-K recommendations."),
 ) -> None:
     """Score the validated rows of a partition and write the predictions table."""
     def body(cfg: JobConfig, run_id: str):

@@ -33,7 +33,9 @@ class ValidationConfig:
 class CatalogConfig:
     top_k: int = 20
     max_items_per_user: int = 200
+    fusion: Literal["product", "sum"] = "product"
     fusion_weights: dict[str, float] = field(default_factory=dict)
+    method: Literal["factored", "rows"] = "factored"
 
 
 @dataclass
@@ -42,6 +44,7 @@ class ScoringConfig:
     reader: Literal["direct", "spark"] = "direct"
     batch_size: int = 8192
     threads_per_task: int = 0
+    pipeline: bool = True
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
 
 
@@ -222,6 +225,12 @@ def _check(cfg: JobConfig) -> None:
         raise ConfigError("scoring.reader must be 'direct' or 'spark'")
     if cfg.scoring.batch_size < 1:
         raise ConfigError("scoring.batch_size must be >= 1")
+    if cfg.scoring.catalog.fusion not in ("product", "sum"):
+        raise ConfigError("scoring.catalog.fusion must be 'product' or 'sum'")
+    if cfg.scoring.catalog.method not in ("factored", "rows"):
+        raise ConfigError("scoring.catalog.method must be 'factored' or 'rows'")
+    if cfg.scoring.catalog.top_k < 1 or cfg.scoring.catalog.max_items_per_user < 1:
+        raise ConfigError("scoring.catalog.top_k and max_items_per_user must be >= 1")
     if cfg.evaluation.label_wait_days < 0:
         raise ConfigError("evaluation.label_wait_days must be >= 0")
     if cfg.locks.wait_seconds < 0:

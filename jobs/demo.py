@@ -23,16 +23,17 @@ class DemoFailed(MmoeError):
     """A demo step failed; its manifest (printed above) has the details."""
 
 
-def _step(name: str, dataset: str, ds: str, cfg: JobConfig, body) -> RunManifest:
+def _step(name: str, dataset: str, ds: str, cfg: JobConfig, body,
+          label: str | None = None) -> RunManifest:
     """One step, run and recorded exactly as the CLI runs a job (:func:`run_job`)."""
     started = time.perf_counter()
-    print(f"\n== {name} ({dataset}, ds={ds})", flush=True)
+    print(f"\n== {label or name} ({dataset}, ds={ds})", flush=True)
     outcome = run_job(name, dataset, ds, lambda: cfg, lambda cfg, run_id: body())
     print(outcome.manifest.to_json(), flush=True)
     if outcome.error is not None:
         raise DemoFailed(f"demo step {name} failed: {error_line(outcome.error)}") \
             from outcome.error
-    print(f"   {name}: {time.perf_counter() - started:.1f}s", flush=True)
+    print(f"   {label or name}: {time.perf_counter() - started:.1f}s", flush=True)
     return outcome.manifest
 
 
@@ -40,6 +41,7 @@ def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
     from jobs.data.synth import generate_synth
     from jobs.spark import get_spark
     from jobs.stages.evaluate import evaluate_partition
+    from jobs.stages.catalog import score_catalog
     from jobs.stages.score import score_partition
     from jobs.stages.train import train_model
     from jobs.stages.validate import validate_partition
@@ -63,6 +65,9 @@ def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
         spark, cfg, spec, last, model_dir, False))
     runs["evaluate"] = _step("evaluate", spec.name, last, cfg, lambda: evaluate_partition(
         spark, cfg, spec, last, None))
+    if spec.catalog is not None:
+        runs["catalog"] = _step("score", spec.name, last, cfg, lambda: score_catalog(
+            spark, cfg, spec, last, model_dir), label="score --catalog")
     _print_summary(spark, cfg, spec, last, runs)
     return runs
 
@@ -84,11 +89,31 @@ def _print_summary(spark, cfg: JobConfig, spec, ds: str, runs: dict[str, RunMani
     print(f"\n== Offline metrics, {spec.name} ds={ds}, model {runs['score'].model_version}")
     print(metrics[cols].to_string(float_format=lambda v: f"{v:.4f}"))
     _print_gates(spark, cfg, spec, ds, Path(runs["train"].outputs["artifact"]))
+    if "catalog" in runs:
+        _print_recommendations(spark, spec, runs["catalog"])
     print("\n== Outputs")
     print(f"   warehouse        {wh.root}")
-    for name in ("features", "labels", "quarantine", "validation", "predictions", "metrics", "_runs"):
+    for name in ("features", "labels", "quarantine", "validation", "predictions", "metrics",
+                 "recommendations", "_runs"):
         print(f"   {name:<16} {wh.table(spec.name, name)}")
     print(f"   model artifact   {runs['train'].outputs.get('artifact')}")
+
+
+def _print_recommendations(spark, spec, run: RunManifest, users: int = 3, k: int = 3) -> None:
+    """The top items of a few users from the catalog run's recommendations partition."""
+    from pyspark.sql import functions as F
+
+    cat = spec.catalog
+    recs = spark.read.parquet(run.outputs["recommendations"])
+    first = [r[0] for r in recs.select(cat.user_key).distinct().orderBy(cat.user_key)
+             .limit(users).collect()]
+    rows = (recs.where(F.col(cat.user_key).isin(first) & (F.col("rank") <= k))
+            .orderBy(cat.user_key, "rank").toPandas())
+    print(f"\n== Catalog: top {k} of {run.details.get('top_k')} items for {users} users "
+          f"({run.input_rows:,} candidate pairs, {run.details.get('method')} scoring, "
+          f"{run.details.get('fusion')} fusion)")
+    print(rows[[cat.user_key, "rank", cat.item_key, "score", *spec.prediction_columns]]
+          .to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
 def _print_gates(spark, cfg: JobConfig, spec, ds: str, model_dir: Path, rows: int = 5000) -> None:

@@ -66,7 +66,7 @@ from typing import Any, Iterator
 from jobs.errors import InputError, PartitionLocked
 
 TABLES = ("features", "labels", "predictions", "quarantine", "metrics", "ab_reports",
-          "validation", "recommendations", "catalog", "models", "_runs", "_locks")
+          "validation", "recommendations", "catalog", "candidates", "models", "_runs", "_locks")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 HIDDEN = (".", "_")  # staging / old copies, Spark's _temporary, _SUCCESS, .crc files

@@ -305,9 +305,11 @@ class ModelArtifact:
             raise ArtifactError(f"artifact {WEIGHTS} does not fit the {arch} model: {first}") \
                 from None
         model.eval()
-        return cls(model_version=version, sha256=_sha256(files[MANIFEST]), arch=arch,
-                   model_config=model_config, task_names=task_names, spec=spec,
-                   encoder=encoder, model=model, metrics=_load_json(files, METRICS))
+        artifact = cls(model_version=version, sha256=_sha256(files[MANIFEST]), arch=arch,
+                       model_config=model_config, task_names=task_names, spec=spec,
+                       encoder=encoder, model=model, metrics=_load_json(files, METRICS))
+        artifact.files = dict(files)  # the verified bytes, e.g. to ship to Spark workers
+        return artifact
 
     # ---------------------------------------------------------------------------------- using
 

@@ -133,12 +133,21 @@ class RowCountPolicy:
 
 @dataclass(frozen=True)
 class CatalogSpec:
-    """How catalog mode builds (user, item) candidates: the user and item id columns, and the
-    item column that ranks the catalog when only the top items are crossed with users."""
+    """How catalog mode builds (user, item) candidates: the user and item id columns, the
+    item column that ranks the catalog when only the top items are crossed with users, and
+    which feature columns the users table and the items table carry (``user_features`` /
+    ``item_features``; empty: the feature columns each table has). Features on neither side are
+    context (null in catalog mode)."""
 
     user_key: str
     item_key: str
     rank_by: str
+    user_features: tuple[str, ...] = ()
+    item_features: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "user_features", tuple(self.user_features))
+        object.__setattr__(self, "item_features", tuple(self.item_features))
 
 
 @dataclass(frozen=True)
@@ -431,3 +440,11 @@ def _check_consistency(spec: DatasetSpec) -> None:
             column = getattr(spec.catalog, role)
             if column not in table_columns:
                 raise SpecError(f"catalog.{role} {column!r} is not a column of the features table")
+        features = set(spec.feature_names)
+        for role in ("user_features", "item_features"):
+            for column in getattr(spec.catalog, role):
+                if column not in features:
+                    raise SpecError(f"catalog.{role}: {column!r} is not a feature of the spec")
+        both = set(spec.catalog.user_features) & set(spec.catalog.item_features)
+        if both:
+            raise SpecError(f"catalog: {sorted(both)} listed as both user and item features")

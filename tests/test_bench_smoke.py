@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.bench import bench_evaluation, bench_scaling, bench_scoring, bench_validation
+from jobs.bench import (
+    bench_catalog, bench_evaluation, bench_scaling, bench_scoring, bench_validation,
+)
 
 
 @pytest.fixture
@@ -19,7 +21,7 @@ def cfg(job_config):
 def test_scoring_bench_smoke(spark, cfg):
     result = bench_scoring(cfg, rows=3000, record=False)
     for key in ("rows", "ours_rows_per_s", "predict_batch_udf_rows_per_s", "naive_udf_rows_per_s",
-                "io_floor_rows_per_s", "torch_inprocess_rows_per_s"):
+                "io_floor_rows_per_s", "torch_inprocess_rows_per_s", "udf_rows_per_s"):
         assert result[key] > 0, key
     assert result["rows"] == 3000
 
@@ -48,3 +50,11 @@ def test_scaling_bench_smoke(spark, cfg):
     result = bench_scaling(cfg, rows=500, record=False)
     assert [r["rows"] for r in result["runs"]] == [500, 2000, 8000]
     assert all(r["seconds"] > 0 and r["peak_python_worker_rss_mib"] > 0 for r in result["runs"])
+
+
+def test_catalog_bench_smoke(spark, cfg):
+    result = bench_catalog(cfg, rows=4000, record=False, items=40, top_k=5)
+    assert result["rows"] == 4000 and result["users"] == 100
+    assert result["factored_pairs_per_s"] > 0 and result["rows_pairs_per_s"] > 0
+    assert result["top_k_pairs_in_both"] > 0.99 and result["max_abs_dp_factored_vs_rows"] < 1e-6
+    assert result["max_score_gap_of_differing_pairs"] < 1e-6

@@ -208,3 +208,47 @@ def test_spark_scores_new_gates_experts_and_encodings(spark, validated, synth, f
     like = np.stack(got["gate_like"].to_numpy())
     np.testing.assert_allclose(like, gates[:, spec.task_names.index("like"), :], atol=1e-6)
     assert (like > 0).sum(axis=1).max() == {"max": 1, "topk": 2, "constant": 5}[gate]
+
+
+def test_pipeline_keeps_order_and_raises_helper_errors():
+    import time
+
+    from jobs.stages.score import _Pipeline
+
+    written = []
+
+    def slow_write(batch):
+        time.sleep(0.002 * (batch.num_rows % 3))  # writes finish out of step with submission
+        written.append(batch.column(0)[0].as_py())
+
+    batches = [pa.record_batch([pa.array([i] * (i + 1))], names=["k"]) for i in range(20)]
+    with _Pipeline(slow_write) as pipe:
+        for batch in pipe.read_ahead(iter(batches)):
+            pipe.write(batch)
+    assert written == list(range(20))
+
+    def broken(batch):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        with _Pipeline(broken) as pipe:
+            for batch in pipe.read_ahead(iter(batches)):
+                pipe.write(batch)
+
+    def bad_reader():
+        yield batches[0]
+        raise ValueError("corrupt page")
+
+    with pytest.raises(ValueError, match="corrupt page"):
+        with _Pipeline(written.append) as pipe:
+            for batch in pipe.read_ahead(bad_reader()):
+                pipe.write(batch)
+
+
+def test_direct_reader_with_and_without_pipeline_write_the_same(spark, validated, synth, model_dir):
+    validated.scoring.pipeline = False
+    _, plain = _score(spark, validated, synth, model_dir)
+    plain = spark.createDataFrame(plain.toPandas())  # materialise before the rerun replaces it
+    validated.scoring.pipeline = True
+    _, piped = _score(spark, validated, synth, model_dir)
+    assertDataFrameEqual(plain.drop("scored_at"), piped.drop("scored_at"))

@@ -230,6 +230,14 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
     with WorkerRssSampler() as rss:
         ours_seconds, _ = _timed(lambda: _score_direct(spark, part, files, artifact, spec, cfg,
                                                        out_root / "ours", scored_at))
+    # (a'') ours without the read-ahead / background writer (scoring.pipeline: false).
+    import copy
+
+    sequential_cfg = copy.deepcopy(cfg)
+    sequential_cfg.scoring.pipeline = False
+    sequential_seconds, _ = _timed(lambda: _score_direct(spark, part, files, artifact, spec,
+                                                         sequential_cfg, out_root / "ours-seq",
+                                                         scored_at))
     # (a') ours through mapInArrow (scoring.reader: spark), for the record.
     spark_reader_seconds = write(score_frame(spark, features, files, artifact, spec, cfg, scored_at),
                                  "ours_spark_reader")
@@ -251,6 +259,13 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
     pb_frame = features.select(*keys, pb_udf(*feats).alias("p")).select(
         *keys, "p.*", F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"))
     pb_seconds = write(pb_frame, "predict_batch_udf")
+    # (f) the public Spark UDF (jobs.udf.mmoe_udf), same model and batch size, same write.
+    from jobs.udf import mmoe_udf
+
+    public = mmoe_udf(files, threads_per_task=cfg.scoring.threads_per_task, spark=spark)
+    udf_frame = features.select(*keys, public(*public.input_columns).alias("p")).select(
+        *keys, "p.*", F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"))
+    udf_seconds = write(udf_frame, "public_udf")
     # (c) a straightforward iterator pandas UDF over a struct, Python loop over experts.
     naive_seconds = write(_naive_frame(spark, features, spec, broadcast, scored_at), "naive_udf")
     # (e) in-process torch on the same rows in memory, same total thread count.
@@ -261,11 +276,14 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
         "ours_seconds": round(ours_seconds, 3),
         "ours_rows_per_s": round(rows / ours_seconds),
         "ours_spark_reader_rows_per_s": round(rows / spark_reader_seconds),
+        "ours_sequential_rows_per_s": round(rows / sequential_seconds),
         "predict_batch_udf_rows_per_s": round(rows / pb_seconds),
+        "udf_rows_per_s": round(rows / udf_seconds),
         "naive_udf_rows_per_s": round(rows / naive_seconds),
         "io_floor_rows_per_s": round(rows / io_seconds),
         "torch_inprocess_rows_per_s": round(rows / inproc_seconds),
         "ours_vs_predict_batch_udf": round(pb_seconds / ours_seconds, 2),
+        "udf_vs_predict_batch_udf": round(pb_seconds / udf_seconds, 2),
         "ours_vs_inprocess": round(inproc_seconds / ours_seconds, 2),
         "ours_wall_vs_io_floor": round(ours_seconds / io_seconds, 2),
         "ours_peak_python_worker_rss_mib": round(rss.peak_mib, 1),
@@ -379,4 +397,103 @@ def bench_scaling(cfg: JobConfig, rows: int | None = None, results: Path | None 
               **_machine()}
     if record:
         _append_doc(results_path(cfg, results), f"scoring scaling, {', '.join(f'{s:,}' for s in sizes)} rows", result)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Catalog
+
+
+def bench_catalog(cfg: JobConfig, rows: int | None = None, results: Path | None = None,
+                  record: bool = True, items: int = 200, top_k: int = 20) -> dict[str, Any]:
+    """Users × items grid (``rows`` pairs: ``rows // items`` users × the ``items`` top items),
+    top-``top_k`` per user, through Spark both ways on the same tables: the factored path
+    (first layer once per user and per item) and row scoring of the joined pairs (join, score
+    every row, window rank). Also the largest |Δp| between the two outputs."""
+    import pyarrow.parquet as pq
+
+    from jobs.spark import get_spark, session_conf
+    from jobs.stages.catalog import top_items_frame, grid_pairs, recommend_grid, recommend_rows
+    from jobs.stages.score import spread_partitions
+    from jobs.warehouse import Warehouse, parquet_files, read_table, replacing
+    from mmoe_model.artifact import ModelArtifact, read_artifact_files
+    from schemas import load_spec
+
+    rows = rows or 1_000_000
+    cfg = _bench_config(cfg)
+    spec = load_spec("synth")
+    wh = Warehouse(cfg.warehouse)
+    if not (parquet_files(wh.catalog(spec.name, "users"))
+            and (Path(cfg.warehouse) / "reference-mmoe").is_dir()):
+        ensure_synth_partition(cfg, 20_000)  # writes the catalog tables too
+    files = read_artifact_files(reference_artifact(cfg))
+    artifact = ModelArtifact.from_files(files)
+    spark = get_spark(cfg.spark)
+    user_key, item_key = spec.catalog.user_key, spec.catalog.item_key
+    all_users = read_table(wh.catalog(spec.name, "users"))
+    n_users = max(1, rows // items)
+    if n_users > all_users.num_rows:
+        raise ValueError(f"bench catalog: {rows} pairs need {n_users} users, the synth catalog "
+                         f"has {all_users.num_rows}")
+    users_dir = Path(cfg.warehouse) / "bench-in" / f"catalog-users-{n_users}"
+    if not users_dir.is_dir():
+        with replacing(users_dir) as staging:
+            staging.mkdir(parents=True, exist_ok=True)
+            pq.write_table(all_users.slice(0, n_users), staging / "part-0.parquet",
+                           row_group_size=max(1, n_users // spark.sparkContext.defaultParallelism))
+    users = spark.read.parquet(str(users_dir))
+    items_df = spark.read.parquet(str(wh.catalog(spec.name, "items")))
+    top_items = top_items_frame(items_df, spec, items).toArrow()
+    cfg.scoring.catalog.top_k = top_k
+    out_root = Path(cfg.warehouse) / "bench-out"
+    scored_at = dt.datetime.now(dt.timezone.utc)
+
+    def factored():
+        return recommend_grid(spark, users, top_items, files, artifact, spec, cfg, scored_at, top_k)
+
+    def by_rows():
+        pairs = grid_pairs(users, items_df, spec, items)
+        return recommend_rows(spark, pairs, users, items_df, files, artifact, spec, cfg,
+                              scored_at, top_k)
+
+    with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
+                              str(cfg.scoring.batch_size)}):
+        # warm-up, untimed: a Python worker per core started, torch imported, model cached there
+        # (both paths then find them warm)
+        warm = spread_partitions(spark, users.limit(16 * spark.sparkContext.defaultParallelism))
+        recommend_grid(spark, warm, top_items, files, artifact, spec, cfg, scored_at,
+                       top_k).write.mode("overwrite").parquet(str(out_root / "catalog-warmup"))
+        factored_seconds, _ = _timed(lambda: factored().write.mode("overwrite").parquet(
+            str(out_root / "catalog-factored")))
+        rows_seconds, _ = _timed(lambda: by_rows().write.mode("overwrite").parquet(
+            str(out_root / "catalog-rows")))
+    # agreement: |Δp| on the (user, item) pairs both top-Ks hold; pairs in only one of them sit
+    # at near-ties of the fused score (their score gap is reported)
+    a = read_table(out_root / "catalog-factored").to_pandas()
+    b = read_table(out_root / "catalog-rows").to_pandas()
+    both = a.merge(b, on=[user_key, item_key], suffixes=("_f", "_r"))
+    cols = spec.prediction_columns
+    max_dp = float(max(np.abs(both[f"{c}_f"] - both[f"{c}_r"]).max() for c in cols))
+    kth = b.groupby(user_key)["score"].min()
+    only = a[~a.set_index([user_key, item_key]).index.isin(b.set_index([user_key, item_key]).index)]
+    gap = float(np.abs(only["score"].to_numpy() - kth.loc[only[user_key]].to_numpy()).max()) \
+        if len(only) else 0.0
+    pairs = n_users * top_items.num_rows
+    result = {
+        "bench": "catalog", "rows": pairs, "users": n_users, "items": top_items.num_rows,
+        "top_k": top_k, "batch_size": cfg.scoring.batch_size,
+        "spark_cores": spark.sparkContext.defaultParallelism,
+        "factored_seconds": round(factored_seconds, 3),
+        "factored_pairs_per_s": round(pairs / factored_seconds),
+        "rows_seconds": round(rows_seconds, 3),
+        "rows_pairs_per_s": round(pairs / rows_seconds),
+        "factored_vs_rows": round(rows_seconds / factored_seconds, 2),
+        "top_k_pairs_in_both": round(len(both) / max(len(b), 1), 6),
+        "max_abs_dp_factored_vs_rows": max_dp,
+        "max_score_gap_of_differing_pairs": gap,
+        **_machine(),
+    }
+    if record:
+        _append_doc(results_path(cfg, results), f"catalog, {n_users:,} users x "
+                    f"{top_items.num_rows} items", result)
     return result

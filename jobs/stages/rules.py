@@ -239,6 +239,39 @@ def reason_expression(spec: DatasetSpec, with_labels: bool) -> str:
     return f"NULLIF(concat_ws(';', {reasons}), '')"
 
 
+def labels_rules(spec: DatasetSpec) -> list[Rule]:
+    """The rules of a labels partition, checked on the labels table itself (its own GX batch):
+    the key and task columns present with their types, every label in {0, 1}. Their reasons
+    (``label_not_binary:<task>``) still reach the quarantine: the keys of bad-label rows are
+    joined back onto the features (see ``jobs.stages.validate``)."""
+    required = spec.key_names + spec.task_names
+    typed = [(k.name, SPARK_TYPE[k.dtype]) for k in spec.keys] + \
+        [(t, LABEL_TYPE) for t in spec.task_names]
+    out = [Rule("missing_column", ",".join(required), "schema",
+                lambda meta: gxe.ExpectTableColumnsToMatchSet(
+                    column_set=required, exact_match=False, meta=meta,
+                    notes=f"the keys and every task of the {spec.name} spec are present"))]
+    for name, type_ in typed:
+        out.append(Rule("wrong_type", name, "schema",
+                        lambda meta, name=name, type_=type_: gxe.ExpectColumnValuesToBeOfType(
+                            column=name, type_=type_, meta=meta)))
+    return out + [r for r in row_rules(spec, with_labels=True) if r.rule == "label_not_binary"]
+
+
+def build_labels_suite(spec: DatasetSpec, name: str | None = None) -> gx.ExpectationSuite:
+    """The GX suite of one labels partition: one expectation per :func:`labels_rules` entry."""
+    return gx.ExpectationSuite(
+        name=name or f"{spec.name}.labels",
+        expectations=[r.to_expectation() for r in labels_rules(spec)],
+        meta={"dataset": spec.name, "derived_from": "schemas/specs/" + spec.name + ".yaml"})
+
+
+def bad_label_condition(spec: DatasetSpec) -> str:
+    """Spark SQL: true for a labels row with any label outside {0, 1}."""
+    return " OR ".join(f"({r.condition})" for r in row_rules(spec, with_labels=True)
+                       if r.rule == "label_not_binary")
+
+
 def build_suite(spec: DatasetSpec, bounds: RowCountBounds, *, with_labels: bool,
                 max_bad_row_fraction: float, name: str | None = None) -> gx.ExpectationSuite:
     """The GX suite of one features partition: one expectation per :func:`rules` entry."""

@@ -22,21 +22,20 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.config import JobConfig
-from jobs.errors import ConfigError, MissingInputError, NotValidated
+from jobs.errors import MissingInputError, NotValidated
 from jobs.manifest import RunRecord
 from jobs.spark import session_conf
 from jobs.warehouse import (
     SCORE_STAMP, Warehouse, count_rows, fingerprint, parquet_files, read_table, replacing,
     write_json,
 )
+from jobs.worker import set_threads as _set_threads
+from jobs.worker import worker_artifact as _worker_artifact
 from schemas.spec import DatasetSpec
 from schemas.tables import predictions_struct
-
-_WORKER_MODELS: dict[str, Any] = {}  # sha256 -> ModelArtifact, one per Python worker process
 
 
 def load_artifact(model_dir: Path):
@@ -66,27 +65,6 @@ def load_model(cfg: JobConfig, spec: DatasetSpec, ds: str, model) -> tuple[dict,
     artifact = ModelArtifact.from_files(choice.files)  # verifies every checksum again
     artifact.check_spec(spec)
     return choice.files, artifact, choice
-
-
-def _worker_artifact(files: dict[str, bytes], sha256: str):
-    artifact = _WORKER_MODELS.get(sha256)
-    if artifact is None:
-        from mmoe_model.artifact import ModelArtifact
-
-        artifact = ModelArtifact.from_files(files)  # verifies every checksum on the executor
-        _WORKER_MODELS.clear()  # keep one model per worker: a new version evicts the old one
-        _WORKER_MODELS[sha256] = artifact
-    return artifact
-
-
-def _set_threads(threads_per_task: int) -> None:
-    import torch
-    from pyspark import TaskContext
-
-    ctx = TaskContext.get()
-    threads = threads_per_task or (ctx.cpus() if ctx is not None else 1)
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
 
 
 def score_batch(artifact, batch: pa.RecordBatch, input_columns: list[str], keys: list[str],
@@ -206,31 +184,93 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
     num_tasks, batch_size = len(spec.tasks), cfg.scoring.batch_size
     threads, scored_at_us, out_dir = cfg.scoring.threads_per_task, _utc_us(scored_at), str(staging)
 
+    pipelined = cfg.scoring.pipeline
+
     def run(items: Iterator[tuple[int, tuple[str, int]]]) -> Iterator[int]:
         model = _worker_artifact(files_bc.value, sha256)
         _set_threads(threads)
         skip = excluded_bc.value
         skip_set = None if skip is None else pa.array(skip)
+
+        def kept(batch: pa.RecordBatch) -> pa.RecordBatch:
+            keep = pc.is_valid(batch.column(keys[0]))
+            if skip_set is not None:
+                keep = pc.and_(keep, pc.invert(pc.is_in(batch.column(keys[0]), value_set=skip_set)))
+            return batch.filter(keep)
+
         for index, (path, row_group) in items:
             written = 0
             # Streamed batch by batch: worker memory stays flat whatever the row group's size.
             batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size, row_groups=[row_group],
                                                         columns=columns)
-            with pq.ParquetWriter(f"{out_dir}/part-{index:05d}.parquet", arrow_schema) as writer:
-                for batch in batches:
-                    keep = pc.is_valid(batch.column(keys[0]))
-                    if skip_set is not None:
-                        keep = pc.and_(keep, pc.invert(pc.is_in(batch.column(keys[0]), value_set=skip_set)))
-                    batch = batch.filter(keep)
+            with pq.ParquetWriter(f"{out_dir}/part-{index:05d}.parquet", arrow_schema) as writer, \
+                    _Pipeline(writer.write_batch, pipelined) as pipe:
+                for batch in pipe.read_ahead(batches):
+                    batch = kept(batch)
                     if batch.num_rows:
-                        writer.write_batch(score_batch(model, batch, features, keys, num_tasks,
-                                                       arrow_schema, scored_at_us, with_gates))
+                        pipe.write(score_batch(model, batch, features, keys, num_tasks,
+                                               arrow_schema, scored_at_us, with_gates))
                         written += batch.num_rows
             yield written
 
     staging.mkdir(parents=True, exist_ok=True)
     work = sc.parallelize(list(enumerate(fragments)), max(len(fragments), 1))
     return sum(work.mapPartitions(run).collect())
+
+
+class _Pipeline:
+    """Overlap reading, scoring and writing inside one Python worker: the next batch is read by
+    a helper thread while this one is scored, and scored batches are written by another (pyarrow's
+    parquet reader and writer and torch's kernels release the GIL). Order is kept (one reader,
+    one writer); at most ``depth`` scored batches wait for the writer, so memory stays bounded; an
+    error in either helper is raised here. ``enabled=False`` runs everything in line."""
+
+    def __init__(self, write: Callable[[pa.RecordBatch], None], enabled: bool = True,
+                 depth: int = 2) -> None:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._write, self.enabled, self.depth = write, enabled, depth
+        self._reader = ThreadPoolExecutor(1, "mmoe-read") if enabled else None
+        self._writer = ThreadPoolExecutor(1, "mmoe-write") if enabled else None
+        self._pending: Any = deque()
+
+    def read_ahead(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        if not self.enabled:
+            yield from batches
+            return
+        end = object()
+        future = self._reader.submit(next, batches, end)
+        while True:
+            batch = future.result()
+            if batch is end:
+                return
+            future = self._reader.submit(next, batches, end)  # read the next one meanwhile
+            yield batch
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if not self.enabled:
+            self._write(batch)
+            return
+        self._pending.append(self._writer.submit(self._write, batch))
+        while len(self._pending) > self.depth:
+            self._pending.popleft().result()
+
+    def __enter__(self) -> "_Pipeline":
+        return self
+
+    def __exit__(self, exc_type, *rest) -> None:
+        try:
+            while self._pending:  # everything written (and any write error raised) before close
+                future = self._pending.popleft()
+                if exc_type is None:
+                    future.result()
+                else:
+                    future.cancel()
+        finally:
+            for pool in (self._reader, self._writer):
+                if pool is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _direct_reader_applies(cfg: JobConfig, spec: DatasetSpec, features_dir: Path) -> bool:
@@ -332,103 +372,12 @@ def _validated_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
 
 
 # --------------------------------------------------------------------------------------------
-# Catalog mode
-
-
-def catalog_candidates(users: DataFrame, items: DataFrame, spec: DatasetSpec,
-                       max_items_per_user: int) -> DataFrame:
-    """Users × the catalog's ``max_items_per_user`` top items by the spec's ``catalog.rank_by``.
-
-    Columns the catalog does not know (context features such as the hour) are null: the model's
-    encoder maps them to its null handling (``fill`` for dense, index 0 for categoricals).
-    """
-    catalog = _catalog_spec(spec)
-    user, item = catalog.user_key, catalog.item_key
-    top_items = (items.orderBy(F.col(catalog.rank_by).desc(), F.col(item))
-                 .limit(max_items_per_user))
-    pairs = users.crossJoin(F.broadcast(top_items))
-    present = set(pairs.columns)
-    columns = []
-    for key in spec.keys:
-        if key.name not in present:  # a synthetic key per (user, item) pair
-            columns.append(F.xxhash64(user, item).alias(key.name))
-    for feat in spec.features:
-        spark_type = "double" if feat.kind == "dense" else ("bigint" if feat.dtype == "long" else "string")
-        if feat.name in present:
-            columns.append(F.col(feat.name).cast(spark_type).alias(feat.name))
-        else:
-            columns.append(F.lit(None).cast(spark_type).alias(feat.name))
-    return pairs.select(*columns)
-
-
-def _catalog_spec(spec: DatasetSpec):
-    if spec.catalog is None:
-        raise ConfigError(f"catalog mode needs a catalog section (user_key, item_key, rank_by) "
-                          f"in the {spec.name} spec")
-    return spec.catalog
-
-
-def fuse(probabilities: dict[str, Any], weights: dict[str, float]):
-    """Weighted product of task probabilities, as a Spark column: Π p_t ** w_t (w default 1)."""
-    expr = F.lit(1.0)
-    for task, column in probabilities.items():
-        expr = expr * F.pow(column, F.lit(float(weights.get(task, 1.0))))
-    return expr
-
-
-def top_k_per_user(scored: DataFrame, spec: DatasetSpec, weights: dict[str, float],
-                   k: int) -> DataFrame:
-    """Pure transform: fused score, then the ``k`` best items per user (ties: lower item id)."""
-    from pyspark.sql import Window
-
-    user, item = _catalog_spec(spec).user_key, _catalog_spec(spec).item_key
-    fused = scored.withColumn(
-        "score", fuse({t: F.col(spec.prediction_column(t)) for t in spec.task_names}, weights))
-    rank = F.row_number().over(Window.partitionBy(user).orderBy(F.col("score").desc(), item))
-    return (fused.withColumn("rank", rank).where(F.col("rank") <= k)
-            .select(user, "rank", item, "score", *spec.prediction_columns, "scored_at"))
+# Catalog mode lives in jobs/stages/catalog.py (factored and row scoring of candidate pairs).
 
 
 def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
                   model) -> ScoreResult:
-    """Score users × catalog items and write the top-K items per user to ``recommendations``.
-    ``model`` as for :func:`score_partition`."""
-    files, artifact, _ = load_model(cfg, spec, ds, model)
-    catalog_spec = _catalog_spec(spec)
-    wh = Warehouse(cfg.warehouse)
-    users_dir, items_dir = wh.catalog(spec.name, "users"), wh.catalog(spec.name, "items")
-    if not parquet_files(users_dir) or not parquet_files(items_dir):
-        raise MissingInputError(f"catalog mode needs {users_dir} and {items_dir} "
-                                f"(written by `mmoe data synth`)")
-    catalog = cfg.scoring.catalog
-    unknown = set(catalog.fusion_weights) - set(spec.task_names)
-    if unknown:
-        raise MissingInputError(f"scoring.catalog.fusion_weights names unknown task(s) {sorted(unknown)}")
-    candidates = catalog_candidates(spark.read.parquet(str(users_dir)),
-                                    spark.read.parquet(str(items_dir)), spec,
-                                    catalog.max_items_per_user)
-    pair_columns = (catalog_spec.user_key, catalog_spec.item_key)
-    base = predictions_struct(spec)
-    out_schema = T.StructType(base.fields[: len(spec.keys)]
-                              + [T.StructField(c, T.LongType()) for c in pair_columns]
-                              + base.fields[len(spec.keys):])
-    scorer = make_scorer(spark, files, artifact.sha256, spec, spec.feature_names, out_schema,
-                         dt.datetime.now(dt.timezone.utc), False, cfg.scoring.threads_per_task,
-                         extra_columns=pair_columns)
-    out = wh.partition(spec.name, "recommendations", ds, model_version=artifact.model_version)
-    with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
-                              str(cfg.scoring.batch_size)}), \
-            wh.lock(spec.name, "recommendations", ds, artifact.model_version,
-                    wait_seconds=cfg.locks.wait_seconds, poll_seconds=cfg.locks.poll_seconds), \
-            replacing(out) as staging:
-        scored = spread_partitions(spark, candidates).mapInArrow(scorer, out_schema)
-        top_k_per_user(scored, spec, catalog.fusion_weights, catalog.top_k) \
-            .write.mode("overwrite").parquet(str(staging))
-        written = count_rows(staging)
-    # users x min(items, cap) candidates, from the parquet footers: no second pass over the join
-    pairs = count_rows(users_dir) * min(count_rows(items_dir), catalog.max_items_per_user)
-    return ScoreResult(artifact.model_version, artifact.sha256, input_rows=pairs,
-                       output_rows=written, quarantined_rows=0, output=out,
-                       table="recommendations",
-                       details={"top_k": catalog.top_k,
-                                "max_items_per_user": catalog.max_items_per_user})
+    """See :func:`jobs.stages.catalog.score_catalog`; ``model`` as for :func:`score_partition`."""
+    from jobs.stages.catalog import score_catalog as run
+
+    return run(spark, cfg, spec, ds, model)

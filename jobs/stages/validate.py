@@ -1,10 +1,19 @@
-"""Validate stage: one features partition against the rules of its spec (jobs/stages/rules.py),
-checked by Great Expectations. Read (footers, through jobs/warehouse.py) → decide (GX over one
-cached frame; :func:`decide` turns the GX result into a :class:`ValidationReport`) → write
-(result.json, the quarantine partition, status.json, all through jobs/warehouse.py).
+"""Validate stage: one features partition (and its labels partition) against the rules of its
+spec (jobs/stages/rules.py), checked by Great Expectations. Read (footers, through
+jobs/warehouse.py) → decide (GX over the labels table, then over one cached features frame;
+:func:`decide` turns the GX results into a :class:`ValidationReport`) → write (result.json,
+labels_result.json, the quarantine partition, status.json, all through jobs/warehouse.py).
 
+    labels/ds=D    ──►  validation/ds=D/labels_result.json   (its own GX batch)
     features/ds=D  ──►  validation/ds=D/{result.json, data_docs/, status.json}
                    └─►  quarantine/ds=D   (rows breaking a row-level rule, + ``reason``)
+
+Labels are validated where they live: the labels table is its own GX batch (keys and task
+columns present and typed, every label in {0, 1}), so ``label_not_binary:<task>`` reports the
+labels table's rows. Only when that batch finds bad labels are their keys (folded per key and
+task, few: broadcast) joined back onto the features, so that a features row whose key has a bad
+label is quarantined with ``label_not_binary:<task>`` in its reason, as before; the wide
+features ⋈ labels join of earlier versions is gone.
 
 How it keeps Spark work small (``manifest.details["spark_jobs"]`` counts the jobs):
 
@@ -12,19 +21,18 @@ How it keeps Spark work small (``manifest.details["spark_jobs"]`` counts the job
   footers, read with pyarrow on the driver: no schema-inference or count job;
 - the partition is read once and cached together with two derived columns: ``_key_copies``
   (rows sharing the row's key) and ``_reason`` (every row-level rule the row breaks,
-  ``;``-joined, null when none). No wide row is shuffled for ``_key_copies`` alone: without a
-  labels partition, the duplicated keys come from a group-by over the key columns (one job; only
-  keys move, normally none survive ``count > 1``) and are broadcast back. With one, the labels
-  are folded per key (one value per key and task: the out-of-{0,1} one if any) and joined on;
-  the window count per key then reuses the join's partitioning and order (one shuffle in all);
+  ``;``-joined, null when none). No wide row is shuffled: the duplicated keys come from a
+  group-by over the key columns (one job; only keys move, normally none survive
+  ``count > 1``) and are broadcast back;
 - GX runs every expectation over that cached frame (``persist=False``: GX does not cache again);
   its metrics are bundled into a few single-row aggregates (row count; non-null shares; all the
   map counts). The result format is BASIC with ``partial_unexpected_count: 0``: counts, no
   sample values (Spark optimises the ``LIMIT 0`` sample queries away: no job, only planning);
 - adaptive execution is off while the validation runs (it would split every shuffle into a job
   of its own, with nothing to re-plan here) and so is whole-stage code generation of methods
-  the JVM would not JIT-compile (see :data:`VALIDATION_CONF`), both restored after: 3 jobs with
-  a labels partition, 4 without (the duplicate-key job), +1 when rows are quarantined;
+  the JVM would not JIT-compile (see :data:`VALIDATION_CONF`), both restored after: 4 jobs
+  without labels (the duplicate-key job + GX), + the labels batch's (narrow: keys and labels)
+  with labels, +1 when labels are bad, +1 when rows are quarantined;
 - the quarantine rows are written straight from the cache.
 
 Decisions (see CONTRACT.md and docs/DESIGN.md):
@@ -64,8 +72,8 @@ from jobs.errors import MissingInputError, NotValidated, ValidationFailed
 from jobs.manifest import RunRecord, utc_now
 from jobs.spark import job_group, jobs_in_group, session_conf
 from jobs.stages.rules import (
-    KEY_COPIES, LABEL_TYPE, REASON, SPARK_TYPE, RowCountBounds, _ident, build_suite, key_label,
-    reason_expression,
+    KEY_COPIES, LABEL_TYPE, REASON, SPARK_TYPE, RowCountBounds, _ident, bad_label_condition,
+    build_labels_suite, build_suite, key_label, reason_expression,
 )
 from jobs.warehouse import (
     STATUS_FILE, Warehouse, fingerprint, parquet_files, read_footers, read_json, read_table,
@@ -76,6 +84,7 @@ from schemas.tables import features_struct
 
 RESULT_FILE = "result.json"
 REPORT_FILE = "report.html"   # our self-contained, offline-readable page (GX's Data Docs need CDNs)
+LABELS_RESULT_FILE = "labels_result.json"
 DOCS_DIR = "data_docs"
 RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": 0}
 
@@ -113,6 +122,7 @@ class ValidationReport:
     seconds: float = 0.0
     validation_dir: str = ""
     result_json: str = ""
+    labels_result_json: str | None = None
     data_docs: str | None = None
     report_html: str | None = None
     quarantine: str | None = None
@@ -137,6 +147,8 @@ class ValidationReport:
         outputs = {"validation": self.validation_dir,
                    "status": str(Path(self.validation_dir) / STATUS_FILE),
                    "result_json": self.result_json}
+        if self.labels_result_json:
+            outputs["labels_result_json"] = self.labels_result_json
         if self.data_docs:
             outputs["data_docs"] = self.data_docs
         if self.report_html:
@@ -288,36 +300,47 @@ def read_inputs(wh: Warehouse, spec: DatasetSpec, ds: str) -> ValidationInputs:
 def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
                      inputs: ValidationInputs, wh: Warehouse, docs_dir: Path | None,
                      run_id: str | None) -> ValidationReport:
-    """GX over the cached frame → the decision → result.json and the quarantine partition."""
+    """GX over the labels table (its own batch) and over the cached features frame → the
+    decision → result.json (+ labels_result.json) and the quarantine partition."""
     max_bad = 0.0 if cfg.validation.on_bad_rows == "fail" else cfg.validation.max_bad_row_fraction
-    suite = build_suite(spec, inputs.bounds, with_labels=inputs.labels_schema is not None,
-                        max_bad_row_fraction=max_bad)
+    suite = build_suite(spec, inputs.bounds, with_labels=False, max_bad_row_fraction=max_bad)
+    labels_suite = build_labels_suite(spec) if inputs.labels_schema is not None else None
     validation_dir = wh.partition(spec.name, "validation", ds)
     quarantine_dir = wh.partition(spec.name, "quarantine", ds)
     frame: DataFrame | None = None
+    run_name = f"{spec.name}-{ds}"
     try:
         raw = _read(spark, inputs.features_dir, inputs.features_schema)
         labels = (_read(spark, inputs.labels_dir, inputs.labels_schema)
                   if inputs.labels_schema is not None else None)
+        gx_run = _GxRun(docs_dir)
+        labels_result = None
         if schema_problems(spec, raw, labels):
             # Only the schema expectations can run; they need no Spark job.
-            frame = _schema_frame(spec, raw, labels)
-            present = set(frame.columns)
-            suite.expectations = [e for e in suite.expectations
-                                  if e.meta["level"] == "schema"
-                                  and (e.meta["rule"] == "missing_column" or e.column in present)]
+            frame = raw
+            _schema_only(suite, set(raw.columns))
+            if labels is not None:
+                _schema_only(labels_suite, set(labels.columns))
+                labels_result = _run_or_fail(wh, spec, ds, run_id, inputs, lambda: gx_run.run(
+                    labels, labels_suite, "labels", run_name))
         else:
-            frame = prepare_frame(spec, raw, labels).cache()
-        try:
-            result = run_suite(frame, suite, docs_dir, run_name=f"{spec.name}-{ds}")
-        except Exception as exc:  # GX itself broke: still leave a failed status behind
-            _fail(wh, spec, ds, run_id,
-                  f"validation failed: Great Expectations could not run the suite: "
-                  f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}",
-                  inputs.rows_read, exc)
+            bad_labels = None
+            if labels is not None:
+                labels_frame = labels.select(*spec.key_names, *spec.task_names)
+                labels_result = _run_or_fail(wh, spec, ds, run_id, inputs, lambda: gx_run.run(
+                    labels_frame, labels_suite, "labels", run_name))
+                bad_labels = bad_label_keys(spec, labels_frame, labels_result)
+            frame = prepare_frame(spec, raw, None, bad_labels=bad_labels).cache()
+        result = _run_or_fail(wh, spec, ds, run_id, inputs, lambda: gx_run.run(
+            frame, suite, "features", run_name))
         write_json(validation_dir / RESULT_FILE, result.to_json_dict())
-        report = decide(spec, ds, result, inputs.rows_read, cfg, inputs.bounds)
+        if labels_result is not None:
+            write_json(validation_dir / LABELS_RESULT_FILE, labels_result.to_json_dict())
+        report = decide(spec, ds, result, inputs.rows_read, cfg, inputs.bounds,
+                        labels_result=labels_result)
         report.result_json = str(validation_dir / RESULT_FILE)
+        if labels_result is not None:
+            report.labels_result_json = str(validation_dir / LABELS_RESULT_FILE)
         report.data_docs = str(docs_dir / "index.html") if docs_dir is not None else None
         if report.status == "quarantined":
             with replacing(quarantine_dir) as staging:
@@ -335,6 +358,43 @@ def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds:
         if frame is not None and frame.is_cached:
             frame.unpersist()
     return report
+
+
+def _schema_only(suite, present: set[str]) -> None:
+    suite.expectations = [e for e in suite.expectations
+                          if e.meta["level"] == "schema"
+                          and (e.meta["rule"] == "missing_column" or e.column in present)]
+
+
+def _run_or_fail(wh: Warehouse, spec: DatasetSpec, ds: str, run_id: str | None,
+                 inputs: ValidationInputs, run):
+    try:
+        return run()
+    except ValidationFailed:
+        raise
+    except Exception as exc:  # GX itself broke: still leave a failed status behind
+        _fail(wh, spec, ds, run_id,
+              f"validation failed: Great Expectations could not run the suite: "
+              f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}",
+              inputs.rows_read, exc)
+
+
+def bad_label_keys(spec: DatasetSpec, labels: DataFrame, labels_result) -> DataFrame | None:
+    """The keys whose labels break ``label_not_binary`` (one row per key, each task folded to
+    an out-of-{0,1} value when the key has one), or None when the labels batch found none (no
+    Spark job then). Few keys are collected and broadcast back; many stay a DataFrame."""
+    if all(r.success and not r.unexpected_count for r in _rule_results(labels_result)
+           if r.rule == "label_not_binary"):
+        return None
+    keys = spec.key_names
+    folded = labels.where(bad_label_condition(spec)).groupBy(*keys).agg(*[
+        # out-of-{0,1} values are < 0 or > 1: keep one if there is one
+        F.when(F.min(t) < 0, F.min(t)).otherwise(F.max(t)).alias(t) for t in spec.task_names])
+    found = folded.limit(MAX_BROADCAST_KEYS + 1).agg(
+        F.collect_list(F.struct(*keys, *spec.task_names)).alias("found")).first()["found"]
+    if len(found) > MAX_BROADCAST_KEYS:
+        return folded
+    return F.broadcast(labels.sparkSession.createDataFrame(found, schema=folded.schema))
 
 
 def passed_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str) -> DataFrame:
@@ -454,15 +514,6 @@ def schema_problems(spec: DatasetSpec, features: DataFrame,
     return problems
 
 
-def _schema_frame(spec: DatasetSpec, features: DataFrame, labels: DataFrame | None) -> DataFrame:
-    """Features (+ the label columns when both sides have the keys): only its schema is used."""
-    if labels is None or not all(k in features.columns and k in labels.columns
-                                 for k in spec.key_names):
-        return features
-    tasks = [t for t in spec.task_names if t in labels.columns and t not in features.columns]
-    return features.join(labels.select(*spec.key_names, *tasks), on=spec.key_names, how="left")
-
-
 # --------------------------------------------------------------------------------------------
 # The frame GX validates
 
@@ -473,9 +524,14 @@ def _schema_frame(spec: DatasetSpec, features: DataFrame, labels: DataFrame | No
 MAX_BROADCAST_KEYS = 100_000
 
 
-def prepare_frame(spec: DatasetSpec, features: DataFrame, labels: DataFrame | None) -> DataFrame:
+def prepare_frame(spec: DatasetSpec, features: DataFrame, labels: DataFrame | None, *,
+                  bad_labels: DataFrame | None = None) -> DataFrame:
     """The partition's spec columns (+ one label value per key and task) + ``_key_copies`` +
     ``_reason``.
+
+    The validation job passes ``labels=None`` and, when the labels batch found bad labels,
+    ``bad_labels`` (:func:`bad_label_keys`: only those keys): they are joined on (broadcast when
+    few) so that ``_reason`` names ``label_not_binary:<task>`` exactly as with the full join.
 
     With labels: the folded labels are joined on (the one shuffle of the wide rows) and
     ``_key_copies`` is a window count that reuses the join's partitioning and order. Without:
@@ -515,6 +571,9 @@ def prepare_frame(spec: DatasetSpec, features: DataFrame, labels: DataFrame | No
             *[_ident(c) for c in frame.columns],
             f"CASE WHEN {any_null_key} THEN NULL ELSE coalesce({_ident(copies)}, 1) END "
             f"AS {_ident(KEY_COPIES)}")
+    if bad_labels is not None:
+        frame = frame.join(bad_labels, on=keys, how="left")
+        return _with_reason(spec, frame, with_labels=True)
     return _with_reason(spec, frame, with_labels=False)
 
 
@@ -523,44 +582,59 @@ def _with_reason(spec: DatasetSpec, frame: DataFrame, with_labels: bool) -> Data
         "*", f"{reason_expression(spec, with_labels)} AS {_ident(REASON)}")
 
 
-def run_suite(frame: DataFrame, suite, docs_dir: Path | None, run_name: str):
-    """Run the suite on ``frame`` in an ephemeral GX context; with ``docs_dir``, GX's Data Docs
-    site builder renders the result there (``index.html`` + the validation page)."""
-    import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
-    from great_expectations.core.run_identifier import RunIdentifier
-    from great_expectations.data_context.types.base import (
-        DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig,
-    )
+class _GxRun:
+    """One ephemeral GX context for a validation: each batch (the labels table, the features
+    frame) is validated by its own checkpoint; with ``docs_dir``, GX's Data Docs site builder
+    renders every result there (``index.html`` + one page per batch)."""
 
-    sites = {}
-    if docs_dir is not None:
-        sites["local"] = {
-            "class_name": "SiteBuilder",
-            "show_how_to_buttons": False,
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                              "base_directory": str(docs_dir)},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        }
-    context = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
-        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-        data_docs_sites=sites, analytics_enabled=False,
-        progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False)))
-    source = context.data_sources.add_spark(name="warehouse", persist=False)
-    batch = source.add_dataframe_asset(name="features").add_batch_definition_whole_dataframe(
-        "partition")
-    suite = context.suites.add(suite)
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=suite.name, data=batch, suite=suite))
-    actions = [UpdateDataDocsAction(name="data_docs")] if docs_dir is not None else []
-    checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name="validate", validation_definitions=[definition], actions=actions,
-        result_format=RESULT_FORMAT))
-    outcome = checkpoint.run(batch_parameters={"dataframe": frame},
-                             run_id=RunIdentifier(run_name=run_name))
-    if docs_dir is not None:
-        _prune_static_images(docs_dir)
-    return next(iter(outcome.run_results.values()))
+    def __init__(self, docs_dir: Path | None) -> None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import (
+            DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig,
+        )
+
+        sites = {}
+        if docs_dir is not None:
+            sites["local"] = {
+                "class_name": "SiteBuilder",
+                "show_how_to_buttons": False,
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                                  "base_directory": str(docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            }
+        self.docs_dir = docs_dir
+        self.context = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+            data_docs_sites=sites, analytics_enabled=False,
+            progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False)))
+        self.source = self.context.data_sources.add_spark(name="warehouse", persist=False)
+
+    def run(self, frame: DataFrame, suite, asset: str, run_name: str):
+        import great_expectations as gx
+        from great_expectations.checkpoint import UpdateDataDocsAction
+        from great_expectations.core.run_identifier import RunIdentifier
+
+        context = self.context
+        batch = self.source.add_dataframe_asset(name=asset).add_batch_definition_whole_dataframe(
+            "partition")
+        suite = context.suites.add(suite)
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=suite.name, data=batch, suite=suite))
+        actions = [UpdateDataDocsAction(name="data_docs")] if self.docs_dir is not None else []
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name=f"validate-{asset}", validation_definitions=[definition], actions=actions,
+            result_format=RESULT_FORMAT))
+        outcome = checkpoint.run(batch_parameters={"dataframe": frame},
+                                 run_id=RunIdentifier(run_name=run_name))
+        if self.docs_dir is not None:
+            _prune_static_images(self.docs_dir)
+        return next(iter(outcome.run_results.values()))
+
+
+def run_suite(frame: DataFrame, suite, docs_dir: Path | None, run_name: str,
+              asset: str = "features"):
+    """Run one suite on ``frame`` in an ephemeral GX context (see :class:`_GxRun`)."""
+    return _GxRun(docs_dir).run(frame, suite, asset, run_name)
 
 
 def _prune_static_images(docs_dir: Path) -> None:
@@ -602,8 +676,12 @@ def _rule_results(result) -> list[RuleResult]:
 
 
 def decide(spec: DatasetSpec, ds: str, result, rows_read: int, cfg: JobConfig,
-           bounds: RowCountBounds) -> ValidationReport:
+           bounds: RowCountBounds, labels_result=None) -> ValidationReport:
+    """The decision from the features batch's GX result and, when there is a labels partition,
+    the labels batch's (its rules follow the features' in the report)."""
     rules = _rule_results(result)
+    if labels_result is not None:
+        rules += _rule_results(labels_result)
     rows = next((int(r.observed_value) for r in rules if r.rule == "row_count"
                  and r.observed_value is not None), rows_read)
     errors = [r for r in rules if r.error]

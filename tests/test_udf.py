@@ -1,0 +1,101 @@
+"""The public Spark UDF (jobs/udf.py) against the in-process model, through select and SQL."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from jobs.errors import MissingInputError
+from jobs.udf import mmoe_udf
+from mmoe_model.artifact import ModelArtifact, save_artifact
+from mmoe_model.errors import ArtifactTampered
+from mmoe_model.features import FeatureEncoder, InputLayout
+from mmoe_model.models import ModelConfig, build_model
+from mmoe_model.sample import sample_frame
+from schemas import load_spec
+from schemas.tables import features_arrow_schema
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_spec("synth")
+
+
+@pytest.fixture(scope="module")
+def table(spec):
+    # nulls in every nullable column and unknown categories: the encoder's null/OOV handling
+    frame = sample_frame(spec, 2500, seed=11, null_fraction=0.05, oov_fraction=0.01)
+    schema = features_arrow_schema(spec)
+    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+
+
+@pytest.fixture(scope="module", params=["mmoe", "ple"])
+def model_dir(request, tmp_path_factory, spec, table):
+    torch.manual_seed(1)
+    config = ModelConfig(arch=request.param, num_experts=3, expert_hidden=(16,), expert_dim=8,
+                         tower_hidden=(8,))
+    model = build_model(config, InputLayout.from_spec(spec), len(spec.tasks)).eval()
+    out = tmp_path_factory.mktemp("udf-model") / request.param
+    save_artifact(out, model, config, spec, FeatureEncoder.fit(spec, table))
+    return out
+
+
+def _by_key(pdf, keys, columns):
+    return pdf.set_index("impression_id").loc[keys, columns].to_numpy()
+
+
+def test_select_equals_the_in_process_model(spark, table, model_dir):
+    expected = ModelArtifact.load(model_dir).predict(table)
+    score = mmoe_udf(model_dir)
+    df = spark.createDataFrame(table).repartition(3)  # several tasks, several batches
+    with_p = df.select("impression_id", score(*score.input_columns).alias("p"))
+    got = with_p.select("impression_id", "p.*").toPandas()
+    assert list(got.columns[1:]) == score.output_columns == ["p_click", "p_like", "p_conversion"]
+    keys = table.column("impression_id").to_pylist()
+    assert len(got) == len(keys)
+    np.testing.assert_allclose(_by_key(got, keys, score.output_columns), expected, atol=1e-6, rtol=0)
+
+
+def test_sql_equals_the_in_process_model(spark, table, model_dir):
+    artifact = ModelArtifact.load(model_dir)
+    expected = artifact.predict(table)
+    score = mmoe_udf(artifact)  # a loaded artifact works as well as its directory
+    spark.udf.register("mmoe_score_test", score)
+    spark.createDataFrame(table).createOrReplaceTempView("udf_rows")
+    cols = ", ".join(f"`{c}`" for c in score.input_columns)
+    got = spark.sql(f"SELECT impression_id, mmoe_score_test({cols}) AS p FROM udf_rows") \
+        .select("impression_id", "p.*").toPandas()
+    keys = table.column("impression_id").to_pylist()
+    np.testing.assert_allclose(_by_key(got, keys, score.output_columns), expected, atol=1e-6, rtol=0)
+    assert score.model_version == artifact.model_version
+
+
+def test_tampered_or_missing_artifact_is_refused(spark, model_dir, tmp_path):
+    bad = tmp_path / "tampered"
+    shutil.copytree(model_dir, bad)
+    weights = bad / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactTampered):
+        mmoe_udf(bad)
+    with pytest.raises(MissingInputError, match="not a model artifact directory"):
+        mmoe_udf(tmp_path / "nowhere")
+
+
+def test_worker_cache_verifies_once_and_refuses_tampered_bytes(model_dir):
+    from jobs import worker
+    from mmoe_model.artifact import read_artifact_files
+
+    files = read_artifact_files(model_dir)
+    sha = ModelArtifact.from_files(files).sha256
+    first = worker.worker_artifact(files, sha)
+    assert worker.worker_artifact(files, sha) is first  # built once per worker process
+    tampered = dict(files)
+    tampered["model.safetensors"] = files["model.safetensors"][:-1] + b"\x00"
+    with pytest.raises(ArtifactTampered):
+        worker.worker_artifact(tampered, "another-sha")
