@@ -159,39 +159,34 @@ def test_cli_failure_is_one_line_with_a_failed_manifest(job_config, spec, monkey
     assert "Traceback" in manifest["details"]["traceback"]
 
 
-def test_catalog_candidates_take_the_top_ranked_items(spark, spec):
-    from jobs.stages.score import catalog_candidates
+def test_catalog_takes_the_top_ranked_items(spark, spec):
+    from jobs.stages.catalog import top_items_frame
 
     cat = spec.catalog
-    users = spark.createDataFrame(pd.DataFrame({cat.user_key: [1, 2]}))
     ranks = [5.0, 50.0, 1.0, 40.0, 40.0]
     items = spark.createDataFrame(pd.DataFrame({cat.item_key: [10, 11, 12, 13, 14],
                                                 cat.rank_by: ranks}))
-    pairs = catalog_candidates(users, items, spec, max_items_per_user=3).toPandas()
-    assert sorted(set(pairs[cat.item_key])) == [11, 13, 14]  # the 3 highest ranks (tie: by id)
-    assert len(pairs) == 6 and pairs[spec.key_names[0]].is_unique
+    top = top_items_frame(items, spec, max_items=3).toPandas()
+    assert top[cat.item_key].tolist() == [11, 13, 14]  # the 3 highest ranks (tie: lower key)
 
 
-def test_top_k_uses_the_fusion_weights(spark, spec):
-    from jobs.stages.score import top_k_per_user
+@pytest.mark.parametrize("how", ["product", "sum"])
+def test_top_k_uses_the_fusion_weights(spec, how):
+    from jobs.stages.catalog import _ranked, fuse_numpy, fusion_weights
 
-    cat = spec.catalog
     rng = np.random.default_rng(0)
-    rows = pd.DataFrame({cat.user_key: np.repeat([1, 2], 6), cat.item_key: np.tile(range(6), 2)})
-    for task in spec.task_names:
-        rows[spec.prediction_column(task)] = rng.uniform(0.01, 0.99, len(rows))
-    rows["scored_at"] = pd.Timestamp("2026-11-03", tz="UTC")
+    users, items = np.repeat([0, 1], 6), np.tile(np.arange(6), 2)
+    probs = rng.uniform(0.01, 0.99, (len(users), len(spec.task_names)))
     weights = {spec.task_names[0]: 0.0, spec.task_names[1]: 3.0}
-    got = top_k_per_user(spark.createDataFrame(rows), spec, weights, k=2).toPandas()
-    oracle = rows.assign(score=np.prod([rows[spec.prediction_column(t)] ** weights.get(t, 1.0)
-                                        for t in spec.task_names], axis=0))
-    expected = (oracle.sort_values([cat.user_key, "score", cat.item_key],
-                                   ascending=[True, False, True])
-                .groupby(cat.user_key).head(2))
-    assert got.sort_values([cat.user_key, "rank"])[cat.item_key].tolist() == \
-        expected[cat.item_key].tolist()
-    np.testing.assert_allclose(got.sort_values([cat.user_key, "rank"])["score"],
-                               expected["score"], rtol=1e-12)
+    order, ranks = _ranked(users, items, fuse_numpy(probs, fusion_weights(spec, weights), how),
+                           k=2)
+    w = np.array([weights.get(t, 1.0) for t in spec.task_names])  # absent tasks weigh 1
+    score = (probs * w).sum(axis=1) if how == "sum" else np.prod(probs ** w, axis=1)
+    oracle = (pd.DataFrame({"u": users, "i": items, "s": score})
+              .sort_values(["u", "s", "i"], ascending=[True, False, True])
+              .groupby("u").head(2))
+    assert items[order].tolist() == oracle["i"].tolist()
+    assert ranks.tolist() == [1, 2, 1, 2]
 
 
 def test_evaluate_writes_gauc_equal_to_per_user_sklearn(spark, job_config, spec):
