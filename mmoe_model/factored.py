@@ -119,10 +119,21 @@ def _shared_bottom(model) -> tuple[list, Callable]:
     return [(first.weight.t(), first.bias)], finish
 
 
+def _softmax_gates(gates) -> bool:
+    """Only dense softmax gates are factored: top-k / max / constant gates (issue 13) are not
+    reproduced by :func:`_gate_rest`, so their models score joined rows instead."""
+    return all(type(g) is Gate and getattr(g, "kind", "softmax") == "softmax" for g in gates)
+
+
 def _structure(model) -> tuple[list, Callable] | None:
     from mmoe_model.models import PLE, MixtureOfExperts, SharedBottom
 
     kind = type(model)
+    if kind in (MixtureOfExperts, PLE) and not _softmax_gates(
+            [*getattr(model, "level_gates", []), *getattr(model, "task_gates", []),
+             *getattr(model, "shared_gates", []),
+             *([model.task_gate] if hasattr(model, "task_gate") else [])]):
+        return None
     if kind is MixtureOfExperts and all(type(b) is ExpertBank for b in model.experts) \
             and all(type(g) is Gate for g in [*model.level_gates, model.task_gate]):
         return _moe(model)
@@ -134,8 +145,13 @@ def _structure(model) -> tuple[list, Callable] | None:
     return None
 
 
-def factorable(model) -> bool:
-    """Whether :class:`FactoredModel` knows this model's structure (else: score joined rows)."""
+def factorable(model, spec=None) -> bool:
+    """Whether :class:`FactoredModel` knows this model's structure (else: score joined rows).
+    With ``spec``: also every dense feature must be encoded raw (one input entry per column;
+    quantile / piecewise-linear encodings span several entries)."""
+    if spec is not None and any(getattr(f, "encoding", "raw") != "raw"
+                                for f in spec.dense_features):
+        return False
     return _structure(model) is not None
 
 
@@ -147,7 +163,7 @@ class FactoredModel:
 
     def __init__(self, artifact, user_columns: Sequence[str], item_columns: Sequence[str]) -> None:
         structure = _structure(artifact.model)
-        if structure is None:
+        if structure is None or not factorable(artifact.model, artifact.spec):
             raise ModelInputError(f"arch {artifact.arch!r} cannot be scored factored "
                                   f"(first layer not linear in one shared input)")
         spec = artifact.spec

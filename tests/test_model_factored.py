@@ -86,3 +86,22 @@ def test_single_task_is_not_factored_and_sides_are_checked(tmp_path, table):
         FactoredModel(mmoe, USER, ("user_id",))
     with pytest.raises(ModelInputError, match="not features"):
         FactoredModel(mmoe, ("no_such_column",), ITEM)
+
+
+@pytest.mark.parametrize("gate", ["topk", "max", "constant"])
+def test_non_softmax_gates_are_not_factored(tmp_path, table, gate):
+    """The factored path reproduces softmax gates only; other gate kinds score joined rows."""
+    artifact = _artifact(tmp_path, table, "mmoe", gate=gate, gate_k=2)
+    assert not factorable(artifact.model)
+    with pytest.raises(ModelInputError, match="cannot be scored factored"):
+        FactoredModel(artifact, USER, ITEM)
+
+
+def test_binned_numeric_encodings_are_not_factored(tmp_path, table):
+    """Quantile / PWL encodings give a dense column several input entries: not factored."""
+    import dataclasses
+
+    mmoe = _artifact(tmp_path, table, "mmoe")
+    dense = tuple(dataclasses.replace(f, encoding="pwl", bins=4) for f in SPEC.dense_features)
+    binned = dataclasses.replace(SPEC, features=dense + SPEC.categorical_features)
+    assert factorable(mmoe.model, SPEC) and not factorable(mmoe.model, binned)

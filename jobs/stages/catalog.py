@@ -395,7 +395,7 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
     candidates_dir = wh.partition(spec.name, "candidates", ds)
     has_candidates = bool(parquet_files(candidates_dir))
     method = catalog.method
-    if method == "factored" and not factorable(artifact.model):
+    if method == "factored" and not factorable(artifact.model, artifact.spec):
         method = "rows"  # e.g. single-task: one input layer per task
     scored_at = dt.datetime.now(dt.timezone.utc)
     users_df = spark.read.parquet(str(users_dir))
