@@ -153,6 +153,8 @@ class ValidationReport:
                 "expectations": len(self.rules),
                 "unsuccessful_expectations": sum(not r.success for r in self.rules),
                 "row_count_bounds": asdict(self.bounds) if self.bounds else None,
+                # earlier partitions the row-count history could not read (path and cause)
+                "skipped_partitions": list(self.bounds.unreadable) if self.bounds else [],
             })
 
 
@@ -191,6 +193,7 @@ def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
         inputs = read_inputs(wh, spec, ds)
     except ValueError as exc:
         _fail(wh, spec, ds, run_id, f"validation failed: {exc}", 0)
+    _check_extra_columns(cfg, spec, inputs, wh, ds, run_id)
     group = f"mmoe-validate-{uuid4().hex[:12]}"
     docs_dir = validation_dir / DOCS_DIR if cfg.validation.keep_data_docs else None
     with job_group(spark, group, f"validate {spec.name} ds={ds}"), \
@@ -201,10 +204,29 @@ def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     report.validation_dir = str(validation_dir)
     write_json(wh.status_path(spec.name, ds), report.status_dict() | {
         "validated_at": utc_now(), "run_id": run_id, "spark_jobs": report.spark_jobs,
-        "features_fingerprint": inputs.fingerprint, "row_count_bounds": asdict(inputs.bounds)})
+        "features_fingerprint": inputs.fingerprint, "row_count_bounds": asdict(inputs.bounds),
+        "skipped_partitions": list(inputs.bounds.unreadable)})
     if report.status == "failed":
         raise ValidationFailed(report.message, details=_failure_details(report))
     return report
+
+
+def _check_extra_columns(cfg: JobConfig, spec: DatasetSpec, inputs: "ValidationInputs",
+                         wh: Warehouse, ds: str, run_id: str | None) -> None:
+    """A features column the spec does not know fails the partition (a rename upstream, a
+    producer writing the wrong table) unless ``validation.on_extra_columns: ignore``. Checked
+    only when no spec column is missing: then GX's missing-column failure says more."""
+    names = inputs.features_schema.names
+    if cfg.validation.on_extra_columns == "ignore" or any(
+            c not in names for c in spec.features_table_columns):
+        return
+    extra = [c for c in names if c not in spec.features_table_columns]
+    if extra:
+        _fail(wh, spec, ds, run_id,
+              f"validation failed: unexpected column{'s' if len(extra) > 1 else ''} "
+              f"{', '.join(repr(c) for c in extra)} not in the {spec.name} spec "
+              f"(validation.on_extra_columns: fail)", inputs.rows_read,
+              skipped=inputs.bounds.unreadable)
 
 
 def _failure_details(report: ValidationReport) -> dict[str, Any]:
@@ -213,15 +235,17 @@ def _failure_details(report: ValidationReport) -> dict[str, Any]:
 
 
 def _fail(wh: Warehouse, spec: DatasetSpec, ds: str, run_id: str | None, message: str,
-          rows: int, cause: BaseException | None = None) -> NoReturn:
+          rows: int, cause: BaseException | None = None,
+          skipped: tuple[str, ...] = ()) -> NoReturn:
     """Before a GX result exists: leave a failed status (and no quarantine) behind."""
     remove(wh.partition(spec.name, "quarantine", ds))
     write_json(wh.status_path(spec.name, ds), {
         "status": "failed", "dataset": spec.name, "ds": ds, "input_rows": rows,
         "passed_rows": 0, "quarantined_rows": 0, "message": message,
-        "validated_at": utc_now(), "run_id": run_id})
+        "validated_at": utc_now(), "run_id": run_id, "skipped_partitions": list(skipped)})
     raise ValidationFailed(message, details={"validation_status": "failed", "rows_read": rows,
-                                             "spark_jobs": 0}) from cause
+                                             "spark_jobs": 0,
+                                             "skipped_partitions": list(skipped)}) from cause
 
 
 def read_inputs(wh: Warehouse, spec: DatasetSpec, ds: str) -> ValidationInputs:
@@ -439,8 +463,11 @@ def prepare_frame(spec: DatasetSpec, features: DataFrame, labels: DataFrame | No
     any_null_key = " OR ".join(f"{_ident(k)} IS NULL" for k in keys)
     frame = features.select(*spec.features_table_columns)
     if labels is not None:
-        folded = labels.groupBy(*keys).agg(*[
-            # out-of-{0,1} values are < 0 or > 1: keep one if there is one
+        # out-of-{0,1} values are < 0 or > 1: keep one if there is one. A null label (a labels
+        # row without a value) counts as -1: not in {0, 1}. (A features row with no labels row
+        # at all keeps null labels: not judged.)
+        labelled = [F.coalesce(F.col(t), F.lit(-1)).alias(t) for t in spec.task_names]
+        folded = labels.select(*keys, *labelled).groupBy(*keys).agg(*[
             F.when(F.min(t) < 0, F.min(t)).otherwise(F.max(t)).alias(t) for t in spec.task_names])
         frame = frame.join(folded, on=keys, how="left")
         # The join's output is hash-partitioned and sorted by the key already: the window
