@@ -158,6 +158,25 @@ def parquet_files(directory: Path) -> list[Path]:
                   if not any(part.startswith(HIDDEN) for part in p.relative_to(directory).parts))
 
 
+def spark_paths(directory: Path) -> list[str]:
+    """The data files of a partition, for ``spark.read.parquet(*paths)``: Spark then reads
+    exactly what :func:`parquet_files` lists (a stray non-parquet file, e.g. a README dropped
+    into a partition, is not data) instead of everything non-hidden in the directory."""
+    files = parquet_files(directory)
+    if not files:
+        raise FileNotFoundError(f"{directory} has no parquet files")
+    return [str(p) for p in files]
+
+
+def discard_hidden(directory: Path) -> None:
+    """Delete the hidden files directly in ``directory`` (partial files of failed task attempts
+    in a staging directory); data files are untouched."""
+    directory = Path(directory)
+    for path in directory.iterdir() if directory.is_dir() else ():
+        if path.name.startswith(".") and path.is_file():
+            path.unlink(missing_ok=True)
+
+
 def fingerprint(directory: Path) -> list[list]:
     """Names and sizes of a partition's files: a rewrite (new part-file names) or a file changed
     in place (a new size) changes it."""

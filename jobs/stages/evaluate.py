@@ -23,7 +23,9 @@ from jobs.config import JobConfig
 from jobs.errors import ConfigError, MissingInputError
 from jobs.manifest import RunRecord
 from jobs.stages.metrics import compute_metrics
-from jobs.warehouse import Warehouse, count_rows, parquet_files, parse_date, replacing
+from jobs.warehouse import (
+    Warehouse, count_rows, parquet_files, parse_date, replacing, spark_paths,
+)
 from schemas.spec import DatasetSpec
 from schemas.tables import METRICS_STRUCT
 
@@ -53,7 +55,7 @@ def _select_versions(wh: Warehouse, spec: DatasetSpec, ds: str,
 
 
 def _read(spark: SparkSession, path: Path, columns: list[str], what: str) -> DataFrame:
-    frame = spark.read.parquet(str(path))
+    frame = spark.read.parquet(*spark_paths(path))
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise MissingInputError(f"{what} at {path} lacks column(s) {missing}")

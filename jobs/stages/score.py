@@ -28,8 +28,11 @@ from pyspark.sql import types as T
 from jobs.config import JobConfig
 from jobs.errors import ConfigError, MissingInputError, NotValidated
 from jobs.manifest import RunRecord
+from jobs.faults import active_faults, after_first_batch
 from jobs.spark import session_conf
-from jobs.warehouse import Warehouse, count_rows, parquet_files, read_table, replacing
+from jobs.warehouse import (
+    Warehouse, count_rows, discard_hidden, parquet_files, read_table, replacing,
+)
 from schemas.spec import DatasetSpec
 from schemas.tables import predictions_struct
 
@@ -99,13 +102,19 @@ def make_scorer(spark: SparkSession, files: dict[str, bytes], sha256: str, spec:
     arrow_schema = _arrow_schema(out_schema)
     scored_at_us = _utc_us(scored_at)
 
+    faults = active_faults()  # off by default (jobs/faults.py)
+
     def score_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         artifact = _worker_artifact(broadcast.value, sha256)
         _set_threads(threads_per_task)
+        done = 0
         for batch in batches:
             if batch.num_rows:
                 yield score_batch(artifact, batch, input_columns, keys, num_tasks, arrow_schema,
                                   scored_at_us, with_gates)
+                done += 1
+                if done == 1:
+                    after_first_batch(faults)
 
     return score_batches
 
@@ -184,17 +193,30 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
     num_tasks, batch_size = len(spec.tasks), cfg.scoring.batch_size
     threads, scored_at_us, out_dir = cfg.scoring.threads_per_task, _utc_us(scored_at), str(staging)
 
+    faults = active_faults()  # off by default (jobs/faults.py)
+
     def run(items: Iterator[tuple[int, tuple[str, int]]]) -> Iterator[int]:
+        import os
+
+        from pyspark import TaskContext
+
         model = _worker_artifact(files_bc.value, sha256)
         _set_threads(threads)
         skip = excluded_bc.value
         skip_set = None if skip is None else pa.array(skip)
+        ctx = TaskContext.get()
+        attempt = f"{ctx.stageId()}-{ctx.attemptNumber()}" if ctx is not None else "0"
+        done = 0
         for index, (path, row_group) in items:
             written = 0
             # Streamed batch by batch: worker memory stays flat whatever the row group's size.
             batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size, row_groups=[row_group],
                                                         columns=columns)
-            with pq.ParquetWriter(f"{out_dir}/part-{index:05d}.parquet", arrow_schema) as writer:
+            # Each attempt writes a hidden file and renames it into place when complete: a
+            # worker killed mid-file leaves hidden debris, never a visible partial part file.
+            final = f"{out_dir}/part-{index:05d}.parquet"
+            partial = f"{out_dir}/.part-{index:05d}-{attempt}.parquet.tmp"
+            with pq.ParquetWriter(partial, arrow_schema) as writer:
                 for batch in batches:
                     keep = pc.is_valid(batch.column(keys[0]))
                     if skip_set is not None:
@@ -204,11 +226,17 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
                         writer.write_batch(score_batch(model, batch, features, keys, num_tasks,
                                                        arrow_schema, scored_at_us, with_gates))
                         written += batch.num_rows
+                        done += 1
+                        if done == 1:
+                            after_first_batch(faults)
+            os.replace(partial, final)
             yield written
 
     staging.mkdir(parents=True, exist_ok=True)
     work = sc.parallelize(list(enumerate(fragments)), max(len(fragments), 1))
-    return sum(work.mapPartitions(run).collect())
+    written = sum(work.mapPartitions(run).collect())
+    discard_hidden(staging)  # partial files of failed attempts
+    return written
 
 
 def _direct_reader_applies(cfg: JobConfig, spec: DatasetSpec, features_dir: Path) -> bool:

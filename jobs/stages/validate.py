@@ -69,7 +69,7 @@ from jobs.stages.rules import (
 )
 from jobs.warehouse import (
     STATUS_FILE, Warehouse, fingerprint, parquet_files, read_footers, read_json, read_table,
-    remove, replacing, write_json,
+    remove, replacing, spark_paths, write_json,
 )
 from schemas.spec import DatasetSpec
 from schemas.tables import features_struct
@@ -323,11 +323,11 @@ def passed_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str)
     wh = Warehouse(cfg.warehouse)
     status = checked_status(cfg, spec, ds)
     rows = spark.read.schema(features_struct(spec)).parquet(
-        str(wh.partition(spec.name, "features", ds)))
+        *spark_paths(wh.partition(spec.name, "features", ds)))
     if int(status.get("quarantined_rows", 0)) == 0:
         return rows
     quarantine_dir = wh.partition(spec.name, "quarantine", ds)
-    keys = spark.read.parquet(str(quarantine_dir)).select(*spec.key_names).distinct()
+    keys = spark.read.parquet(*spark_paths(quarantine_dir)).select(*spec.key_names).distinct()
     cond = reduce(lambda a, b: a & b, [rows[k].eqNullSafe(keys[k]) for k in spec.key_names])
     return rows.join(keys, on=cond, how="left_anti")
 
@@ -371,8 +371,8 @@ def _read(spark: SparkSession, directory: Path, schema: pa.Schema) -> DataFrame:
     try:
         spark_schema = from_arrow_schema(schema)
     except (TypeError, ValueError, NotImplementedError):
-        return spark.read.parquet(str(directory))
-    return spark.read.schema(spark_schema).parquet(str(directory))
+        return spark.read.parquet(*spark_paths(directory))
+    return spark.read.schema(spark_schema).parquet(*spark_paths(directory))
 
 
 def row_count_bounds(wh: Warehouse, spec: DatasetSpec, ds: str) -> RowCountBounds:
