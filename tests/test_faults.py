@@ -133,6 +133,10 @@ def test_fault_without_retries_fails_and_keeps_the_previous_partition(base, tmp_
                    "--model", str(base["model"]))
     assert result.exit_code != 0
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+    cause = {"score_task_first_attempt": "a Spark task failed: InjectedFault: MMOE_FAULT="
+                                         "score_task_first_attempt",
+             "score_worker_kill_first_attempt": "Python worker exited unexpectedly"}[fault]
+    assert cause in result.stderr, result.stderr
     assert fingerprint(target) == before
     _same_predictions(_table(target), base["clean"], atol=0)
     assert not list(target.parent.glob(".staging-*"))
