@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.resources
+
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from types import UnionType
@@ -13,7 +15,8 @@ from jobs.errors import ConfigError
 from mmoe_model.config import ModelConfig, TrainConfig
 from mmoe_model.errors import ModelConfigError
 
-DEFAULT_CONFIG = Path(__file__).parent / "default_config.yaml"
+# importlib resources: also found inside a --py-files zip (tests/test_cluster.py)
+DEFAULT_CONFIG = importlib.resources.files("jobs") / "default_config.yaml"
 
 
 @dataclass

@@ -133,7 +133,7 @@ class Cluster:
                 pass
         return [p.pid for p in self.procs if p.poll() is None]
 
-    def submit(self, zip_path: Path, config: Path, wh: Path, *args: str) -> dict:
+    def submit(self, zip_path: Path, config: Path, wh: Path, *args: str, ok: bool = True):
         command = [
             str(spark_bin() / "spark-submit"), "--master", self.url,
             "--py-files", str(zip_path),
@@ -147,7 +147,10 @@ class Cluster:
             "--config", str(config), "--warehouse", str(wh), *args]
         result = subprocess.run(command, env=self.env, cwd=self.root, capture_output=True,
                                 text=True, timeout=300, stdin=subprocess.DEVNULL)
-        assert result.returncode == 0, (args, result.stderr[-4000:], self.logs())
+        if not ok:
+            return result
+        assert result.returncode == 0, (args, result.stdout[-4000:], result.stderr[-4000:],
+                                        self.logs())
         return last_manifest(result.stdout)
 
 
@@ -212,6 +215,14 @@ def test_standalone_cluster_matches_local_mode(spark, tmp_path):
                 "synth", "predictions", DS, model_version=version))
         evaluated = cluster.submit(zip_path, cfg, cluster_wh, *commands[2])
         assert evaluated["status"] == "succeeded"
+        # A failure under spark-submit: Spark's PythonRunner merges the driver's stderr into
+        # its stdout, so the error line comes just before the manifest, which stays last.
+        failed = cluster.submit(zip_path, cfg, cluster_wh, "evaluate", "--dataset", "synth",
+                                "--ds", "2026-02-30", ok=False)
+        assert failed.returncode == 2, failed.stdout[-2000:]
+        lines = failed.stdout.strip().splitlines()
+        assert last_manifest(failed.stdout)["status"] == "failed"
+        assert lines[-2].startswith("error: ") and "is not a valid date" in lines[-2]
     finally:
         alive = cluster.stop()
     assert not alive, f"cluster processes still alive: {alive}"
