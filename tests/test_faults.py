@@ -191,7 +191,7 @@ def test_kill_9_mid_write_keeps_previous_content_and_a_rerun_completes(spark, ba
     if point == "staged":
         # the previous content untouched; the new one only in hidden staging debris
         assert fingerprint(target) == before
-        assert _table(target, drop=()).equals(previous)
+        assert _table(target, drop=()).to_pandas().equals(previous.to_pandas())
         assert any(n.startswith(f".staging-{target.name}-") for n in debris), debris
     else:
         # between the renames: no partition (a reader sees none of it, never half), and a
@@ -209,7 +209,7 @@ def test_kill_9_mid_write_keeps_previous_content_and_a_rerun_completes(spark, ba
     if job == "score":
         _same_predictions(rerun, base["clean"])
     else:
-        assert rerun.equals(_table(base["metrics"]))
+        assert rerun.to_pandas().equals(_table(base["metrics"]).to_pandas())
     assert _visible_rows(spark, root, base["version"] if job == "score" else None) == rerun.num_rows
     leftovers = [p.name for p in target.parent.iterdir()
                  if p.name.startswith((".staging-", ".old-", ".removed-"))]
