@@ -29,9 +29,10 @@ then ``staging → target``.
 Readers skip hidden names, so debris is never mistaken for data, and the next
 :func:`replacing` of the target removes it. Concurrent :func:`replacing` of one target (two
 runs of the same job and ds, in any processes on this filesystem) are serialised by an
-exclusive ``flock`` on a hidden ``.lock-<name>`` file beside it: the last to finish wins
-whole, and one run's recovery never deletes another's staging directory. The kernel releases
-the lock when its process dies, so a killed run leaves no stale lock.
+exclusive ``flock`` on a hidden ``.lock-<name>`` file beside it (deleted when the run is done):
+the last to finish wins whole, and one run's recovery never deletes another's staging
+directory. The kernel releases the lock when its process dies, so a killed run leaves no stale
+lock (at most its hidden, unlocked file, which the next run removes).
 
 Test hook (off by default, for the kill tests only): with ``MMOE_TEST_PAUSE_AT=<point>`` (or
 ``<point>@<table>``, e.g. ``staged@predictions``) and ``MMOE_TEST_PAUSE_DIR=<dir>``,
@@ -275,14 +276,25 @@ def _pause_point(point: str, target: Path) -> None:
 @contextmanager
 def _locked(target: Path) -> Iterator[None]:
     """An exclusive lock on ``target`` (a hidden ``.lock-<name>`` file beside it), held until
-    the block ends; the kernel drops it if the process dies."""
+    the block ends; the kernel drops it if the process dies. The holder deletes the lock file
+    before releasing it, so none is left behind; a waiter that then gets the lock on the deleted
+    file notices (the path no longer names the inode it locked) and locks afresh."""
     lock = target.parent / f".lock-{target.name}"
-    with open(lock, "a+") as handle:
+    while True:
+        handle = open(lock, "a+")
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            current = os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        handle.close()
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()  # releases the lock
 
 
 @contextmanager

@@ -55,8 +55,7 @@ def test_concurrent_replacing_of_one_target_is_serialised(tmp_path):
     b.join(30)
     assert not errors
     assert sorted(p.name for p in target.iterdir()) == ["part-b.parquet"]  # the last one, whole
-    assert [p.name for p in target.parent.iterdir() if p.name.startswith(".")] == \
-        [f".lock-{target.name}"]
+    assert [p.name for p in target.parent.iterdir() if p.name.startswith(".")] == []
 
 
 def test_a_killed_holder_releases_the_lock(tmp_path):
@@ -84,6 +83,34 @@ def test_a_killed_holder_releases_the_lock(tmp_path):
     assert done.wait(10), "the lock of a killed process was not released"
     assert sorted(p.name for p in target.iterdir()) == ["part-1.parquet"]
     assert not list(tmp_path.glob(".staging-*"))  # the killed run's staging was cleaned up
+    assert not list(tmp_path.glob(".lock-*"))  # and its lock file
+
+
+def test_many_writers_never_overlap(tmp_path):
+    """Eight threads replacing one target: at most one inside at any time (the lock file is
+    deleted and re-created between holders), and the target ends whole."""
+    target = tmp_path / "t"
+    inside, overlaps, lock = [0], [0], threading.Lock()
+
+    def writer(i):
+        for _ in range(5):
+            with replacing(target) as staging:
+                with lock:
+                    inside[0] += 1
+                    overlaps[0] += inside[0] > 1
+                _write(staging, "part-0.parquet", str(i))
+                time.sleep(0.002)
+                with lock:
+                    inside[0] -= 1
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert overlaps[0] == 0
+    assert [p.name for p in target.iterdir()] == ["part-0.parquet"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_an_interrupted_swap_is_undone_before_anything_else(tmp_path):
