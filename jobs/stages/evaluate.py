@@ -18,6 +18,7 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from jobs.config import JobConfig
 from jobs.errors import ConfigError, MissingInputError
@@ -162,11 +163,15 @@ def _replace_partition(spark: SparkSession, target: Path, metrics: DataFrame,
                        versions: list[str]) -> tuple[int, int]:
     """Write ``metrics`` plus the rows of other versions already in ``target`` to a staging
     directory, then swap it in. Returns (rows of the evaluated versions, rows kept)."""
-    content = metrics
+    # Always a union with a frame in METRICS_STRUCT's order, every field nullable (as Spark
+    # reads any parquet file back): empty on the first run, the other versions' rows on a
+    # rerun. So the written schema (column order, nullability) is the same on both.
+    others = spark.createDataFrame([], T.StructType(
+        [T.StructField(f.name, f.dataType, nullable=True) for f in METRICS_STRUCT]))
     if parquet_files(target):
         others = (spark.read.schema(METRICS_STRUCT).parquet(str(target))
                   .where(~F.col("model_version").isin(versions)))
-        content = others.unionByName(metrics)
+    content = others.unionByName(metrics)
     with replacing(target) as staging:
         content.repartition(1).write.mode("overwrite").parquet(str(staging))
         written = spark.read.schema(METRICS_STRUCT).parquet(str(staging))
