@@ -65,13 +65,16 @@ def _job(ctx: typer.Context, job: str, dataset: str, ds: Optional[str],
     """Run ``body(cfg, run_id)`` (it returns the stage's result); print the manifest as the last
     stdout line; on failure print one line on stderr and exit non-zero."""
     outcome = run_job(job, dataset, ds, ctx.obj.job_config, body)
-    print(outcome.manifest.to_json(), flush=True)
     exc = outcome.error
+    # The error line first, then the manifest: under spark-submit, Spark's PythonRunner merges
+    # the Python driver's stderr into its stdout, and the manifest must stay the last line.
+    if exc is not None and not isinstance(exc, KeyboardInterrupt):
+        print(f"error: {error_line(exc)}", file=sys.stderr, flush=True)
+    print(outcome.manifest.to_json(), flush=True)
     if exc is None:
         return
     if isinstance(exc, KeyboardInterrupt):
         raise typer.Exit(130)
-    print(f"error: {error_line(exc)}", file=sys.stderr, flush=True)
     raise typer.Exit(getattr(exc, "exit_code", 1))
 
 

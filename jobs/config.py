@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.resources
+
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -12,7 +15,8 @@ from jobs.errors import ConfigError
 from mmoe_model.config import ModelConfig, TrainConfig
 from mmoe_model.errors import ModelConfigError
 
-DEFAULT_CONFIG = Path(__file__).parent / "default_config.yaml"
+# importlib resources: also found inside a --py-files zip (tests/test_cluster.py)
+DEFAULT_CONFIG = importlib.resources.files("jobs") / "default_config.yaml"
 
 
 @dataclass
@@ -27,6 +31,7 @@ class ValidationConfig:
     on_bad_rows: Literal["quarantine", "fail"] = "quarantine"
     max_bad_row_fraction: float = 0.05
     keep_data_docs: bool = True
+    on_extra_columns: Literal["fail", "ignore"] = "fail"
 
 
 @dataclass
@@ -167,8 +172,12 @@ def load_config(path: str | Path | None = None, warehouse: str | Path | None = N
     path = Path(path) if path else DEFAULT_CONFIG
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        mark = getattr(exc, "problem_mark", None)
+        if getattr(exc, "problem", None) and mark is not None:
+            first = f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+        raise ConfigError(f"cannot read config {path}: {first}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path}: must be a mapping")
     cfg = _build(JobConfig, raw, "config")
@@ -196,15 +205,61 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}.{name}: must be a mapping")
             kwargs[name] = _build(hint, value, f"{where}.{name}")
-        elif hint is Path:
-            kwargs[name] = Path(value)
-        elif hint in (int, float) and not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}.{name}: must be a number, got {value!r}")
-        elif isinstance(value, dict) and name == "conf":
-            kwargs[name] = {str(k): str(v) for k, v in value.items()}
         else:
-            kwargs[name] = value
+            kwargs[name] = _typed(hint, value, f"{where}.{name}")
     return cls(**kwargs)
+
+
+def _typed(hint: Any, value: Any, where: str) -> Any:
+    """``value`` checked against a field's type hint (scalars, Literal, Path, list, dict,
+    optional); a mismatch is a one-line :class:`ConfigError` naming the key."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _typed(inner[0], value, where) if len(inner) == 1 else value
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: must be one of {', '.join(map(repr, args))}, "
+                              f"got {value!r}")
+        return value
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: must be a path (a string), got {value!r}")
+        return Path(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: must be true or false, got {value!r}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or (hint is int and not float(value).is_integer()):
+            raise ConfigError(f"{where}: must be {'an integer' if hint is int else 'a number'}, "
+                              f"got {value!r}")
+        return hint(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: must be a string, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: must be a list, got {value!r}")
+        return [_typed(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: must be a mapping, got {value!r}")
+        if where.endswith(".conf"):  # Spark settings: keys and values as strings
+            bad = [k for k, v in value.items() if isinstance(v, (dict, list)) or v is None]
+            if bad:
+                raise ConfigError(f"{where}.{bad[0]}: must be a scalar, got {value[bad[0]]!r}")
+            return {str(k): (str(v).lower() if isinstance(v, bool) else str(v))
+                    for k, v in value.items()}
+        key_t, value_t = args if args else (Any, Any)
+        return {_typed(key_t, k, where) if key_t is not Any else k:
+                _typed(value_t, v, f"{where}.{k}") if value_t is not Any else v
+                for k, v in value.items()}
+    return value
 
 
 def _check_types(cls: type, values: dict[str, Any], where: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -98,7 +99,31 @@ def error_line(exc: BaseException) -> str:
         return text[0] if text else type(exc).__name__
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
+    cause = spark_task_failure(str(exc))
+    if cause:
+        return f"{type(exc).__name__}: {cause}"
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+_PY_EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Fault|Exit)): (.*)$")
+
+
+def spark_task_failure(text: str) -> str | None:
+    """The cause of a failed Spark job, from the JVM's error text: the Python exception a task
+    raised (its last traceback line), else Spark's "Job aborted due to stage failure: ..." line
+    (e.g. a Python worker that crashed). ``Py4JJavaError``'s own first line only says which
+    JVM method was being called."""
+    marker = "Traceback (most recent call last):"
+    if marker in text:
+        for line in text.split(marker, 1)[1].splitlines():
+            match = _PY_EXCEPTION.match(line)
+            if match and not match.group(1).startswith(("org.", "java.", "py4j.", "scala.")):
+                return f"a Spark task failed: {match.group(1).rsplit('.', 1)[-1]}: " \
+                       f"{match.group(2)[:300]}"
+    match = re.search(r"Job aborted due to stage failure: ([^\n]*)", text)
+    if match:
+        return f"Spark job aborted: {match.group(1)[:400]}"
+    return None
 
 
 def _is_model_error(exc: BaseException) -> bool:

@@ -5,11 +5,33 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from pyspark.sql import SparkSession
 
 from jobs.config import SparkConfig
+
+LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
+
+
+def driver_settings(cfg: SparkConfig, stderr_is_tty: bool, submitted: bool) -> dict[str, str]:
+    """The settings a new session gets: the config's, plus
+
+    - ``spark.ui.showConsoleProgress`` true only when stderr is a terminal (unless the config
+      sets it): in a log file or a pipe the progress bar is ``\r``-separated junk on the line
+      of the job's one-line error;
+    - outside spark-submit (which starts the driver JVM before we run), the driver JVM's log4j
+      configuration ``jobs/log4j2.properties`` (errors only), unless the config names its own.
+    """
+    settings = dict(cfg.conf)
+    settings.setdefault("spark.ui.showConsoleProgress", "true" if stderr_is_tty else "false")
+    if not submitted:
+        options = settings.get("spark.driver.extraJavaOptions", "")
+        if "log4j2.configurationFile" not in options:
+            settings["spark.driver.extraJavaOptions"] = (
+                f"{options} -Dlog4j2.configurationFile={LOG4J_CONFIG.as_uri()}").strip()
+    return settings
 
 
 def get_spark(cfg: SparkConfig) -> SparkSession:
@@ -18,13 +40,21 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(cfg.app_name)
-    if not launched_by_spark_submit():
+    submitted = launched_by_spark_submit()
+    if not submitted:
         builder = builder.master(cfg.master)
-    for key, value in cfg.conf.items():
+    for key, value in driver_settings(cfg, _stderr_is_tty(), submitted).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return os.isatty(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # replaced or closed stderr: not a terminal
+        return False
 
 
 def launched_by_spark_submit() -> bool:

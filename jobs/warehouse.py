@@ -38,21 +38,40 @@ are never broken automatically (we cannot tell whether their holder lives): dele
 by hand after checking. PID reuse on this host can make a dead holder look alive; the waiter
 then refuses after ``locks.wait_seconds`` with the holder's details, never writes concurrently.
 
-Crash window of :func:`replacing` (documented, tested by the reliability tests): the swap is
-``target → .old-<name>-<id>`` then ``staging → target``. A crash before the first rename
-leaves the previous content in place plus hidden staging debris; a crash between the two
-renames leaves no ``target`` but a complete ``.old-`` copy, which the next :func:`replacing`
-of that target (or :func:`recover`) renames back before doing anything else. Readers skip
-hidden names, so debris is never mistaken for data.
+Crash window of :func:`replacing` (documented, tested by ``tests/test_faults.py``, which
+kills a job with ``kill -9`` at each point below): the swap is ``target → .old-<name>-<id>``
+then ``staging → target``.
+
+- a crash while the body writes, or after it wrote but before the first rename (point
+  ``staged``): the previous content is in place, untouched, plus hidden staging debris;
+- a crash between the two renames (point ``swapping``): no ``target`` (a reader sees the
+  partition as absent, never half of it) but a complete ``.old-`` copy, which the next
+  :func:`replacing` of that target (or :func:`recover`) renames back before doing anything else;
+- a crash after the second rename: the new content is in place; the ``.old-`` copy is debris.
+
+Readers skip hidden names, so debris is never mistaken for data, and the next
+:func:`replacing` of the target removes it. Concurrent :func:`replacing` of one target (two
+runs of the same job and ds, in any processes on this filesystem) are serialised by an
+exclusive ``flock`` on a hidden ``.lock-<name>`` file beside it (deleted when the run is done):
+the last to finish wins whole, and one run's recovery never deletes another's staging
+directory. The kernel releases the lock when its process dies, so a killed run leaves no stale
+lock (at most its hidden, unlocked file, which the next run removes).
+
+Test hook (off by default, for the kill tests only): with ``MMOE_TEST_PAUSE_AT=<point>`` (or
+``<point>@<table>``, e.g. ``staged@predictions``) and ``MMOE_TEST_PAUSE_DIR=<dir>``,
+:func:`replacing` touches ``<dir>/<point>`` when it reaches that point and then sleeps (up to
+10 minutes) so that a test can ``kill -9`` the process there. Points: ``staged``, ``swapping``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
 import re
+import time
 import shutil
 import socket
 import sys
@@ -231,6 +250,25 @@ def parquet_files(directory: Path) -> list[Path]:
                   if not any(part.startswith(HIDDEN) for part in p.relative_to(directory).parts))
 
 
+def spark_paths(directory: Path) -> list[str]:
+    """The data files of a partition, for ``spark.read.parquet(*paths)``: Spark then reads
+    exactly what :func:`parquet_files` lists (a stray non-parquet file, e.g. a README dropped
+    into a partition, is not data) instead of everything non-hidden in the directory."""
+    files = parquet_files(directory)
+    if not files:
+        raise FileNotFoundError(f"{directory} has no parquet files")
+    return [str(p) for p in files]
+
+
+def discard_hidden(directory: Path) -> None:
+    """Delete the hidden files directly in ``directory`` (partial files of failed task attempts
+    in a staging directory); data files are untouched."""
+    directory = Path(directory)
+    for path in directory.iterdir() if directory.is_dir() else ():
+        if path.name.startswith(".") and path.is_file():
+            path.unlink(missing_ok=True)
+
+
 def fingerprint(directory: Path) -> list[list]:
     """Names and sizes of a partition's files: a rewrite (new part-file names) or a file changed
     in place (a new size) changes it."""
@@ -288,20 +326,66 @@ def _sibling(target: Path, kind: str, token: str) -> Path:
 
 def recover(target: Path) -> None:
     """Undo a swap interrupted between its two renames: no ``target`` but an ``.old-`` copy of
-    it → rename the newest copy back. Leftover staging and old copies are removed."""
+    it → rename the newest copy back. Leftover staging, old and removed copies are deleted.
+    Call it only while holding the target's lock (:func:`replacing` does)."""
     target = Path(target)
     if not target.parent.is_dir():
         return
-    olds = sorted(target.parent.glob(f".old-{glob_escape(target.name)}-*"),
-                  key=lambda p: p.stat().st_mtime)
+    name = glob_escape(target.name)
+    olds = sorted(target.parent.glob(f".old-{name}-*"), key=lambda p: p.stat().st_mtime)
     if olds and not target.exists():
         olds.pop().rename(target)
-    for debris in olds + list(target.parent.glob(f".staging-{glob_escape(target.name)}-*")):
-        shutil.rmtree(debris, ignore_errors=True)
+    debris = olds + list(target.parent.glob(f".staging-{name}-*")) \
+        + list(target.parent.glob(f".removed-{name}-*"))
+    for path in debris:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+PAUSE_ENV, PAUSE_DIR_ENV = "MMOE_TEST_PAUSE_AT", "MMOE_TEST_PAUSE_DIR"
+PAUSE_POINTS = ("staged", "swapping")
+
+
+def _pause_point(point: str, target: Path) -> None:
+    """The kill tests' hook (module docstring); a no-op unless ``MMOE_TEST_PAUSE_AT`` names
+    ``point`` (optionally ``point@table``, matched against the target's path components)."""
+    wanted = os.environ.get(PAUSE_ENV)
+    if not wanted:
+        return
+    name, _, table = wanted.partition("@")
+    if name != point or (table and table not in target.parts):
+        return
+    marker_dir = Path(os.environ.get(PAUSE_DIR_ENV) or target.parent)
+    marker_dir.mkdir(parents=True, exist_ok=True)
+    (marker_dir / point).write_text(str(target))
+    time.sleep(600)
+
+
+@contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    """An exclusive lock on ``target`` (a hidden ``.lock-<name>`` file beside it), held until
+    the block ends; the kernel drops it if the process dies. The holder deletes the lock file
+    before releasing it, so none is left behind; a waiter that then gets the lock on the deleted
+    file notices (the path no longer names the inode it locked) and locks afresh."""
+    lock = target.parent / f".lock-{target.name}"
+    while True:
+        handle = open(lock, "a+")
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            current = os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        handle.close()
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()  # releases the lock
 
 
 @contextmanager
@@ -311,30 +395,34 @@ def replacing(target: Path) -> Iterator[Path]:
     Yields a hidden staging path beside it (not yet created: Spark's writer creates it, direct
     writers ``mkdir`` it). When the body returns, the staging directory is swapped in for
     ``target`` (created empty when the body wrote nothing); when the body raises, it is removed
-    and ``target`` is left as it was. See the module docstring for the crash window.
+    and ``target`` is left as it was. Holds the target's lock throughout. See the module
+    docstring for the crash window.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    recover(target)
-    token = uuid.uuid4().hex[:12]
-    staging = _sibling(target, "staging", token)
-    try:
-        yield staging
-        staging.mkdir(parents=True, exist_ok=True)
-        old = _sibling(target, "old", token)
-        if target.exists():
-            target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _locked(target):
+        recover(target)
+        token = uuid.uuid4().hex[:12]
+        staging = _sibling(target, "staging", token)
+        try:
+            yield staging
+            staging.mkdir(parents=True, exist_ok=True)
+            _pause_point("staged", target)
+            old = _sibling(target, "old", token)
+            if target.exists():
+                target.rename(old)
+                _pause_point("swapping", target)
+            staging.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def remove(target: Path) -> None:
     """Delete a partition (e.g. a stale quarantine) so that no reader sees it."""
     target = Path(target)
     if target.exists():
-        doomed = _sibling(target, "old", uuid.uuid4().hex[:12])
+        doomed = _sibling(target, "removed", uuid.uuid4().hex[:12])
         target.rename(doomed)  # one rename: readers see all of it or none
         shutil.rmtree(doomed, ignore_errors=True)
 

@@ -8,6 +8,8 @@ output tables) is derived from it. This module is pure Python: no Spark, no torc
 
 from __future__ import annotations
 
+import importlib.resources
+
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,7 +18,9 @@ from typing import Any, Literal, Union
 
 import yaml
 
-SPEC_DIR = Path(__file__).parent / "specs"
+# A directory, or a folder inside a zip when the project is shipped with --py-files (importlib
+# resources read both; a plain Path would not find the specs inside a zip).
+SPEC_DIR = importlib.resources.files("schemas") / "specs"
 
 KeyDtype = Literal["long", "string"]
 DenseDtype = Literal["double", "long"]
@@ -214,14 +218,15 @@ class DatasetSpec:
 
 def available_specs() -> list[str]:
     """Names of the dataset specs shipped with the project (files not starting with '_')."""
-    return sorted(p.stem for p in SPEC_DIR.glob("*.yaml") if not p.name.startswith("_"))
+    return sorted(p.name[: -len(".yaml")] for p in SPEC_DIR.iterdir()
+                  if p.name.endswith(".yaml") and not p.name.startswith("_"))
 
 
 def load_spec(name_or_path: str | Path) -> DatasetSpec:
     """Load and validate a spec by dataset name (``census-group1``) or by file path."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
-        path = SPEC_DIR / f"{name_or_path}.yaml"
+        path = SPEC_DIR / f"{name_or_path}.yaml"  # type: ignore[assignment] - a Traversable
         if not path.exists():
             raise SpecError(
                 f"unknown dataset {name_or_path!r}; known: {', '.join(available_specs())}"

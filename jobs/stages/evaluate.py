@@ -18,14 +18,16 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from jobs.config import JobConfig
 from jobs.errors import ConfigError, MissingInputError
 from jobs.manifest import RunRecord
 from jobs.stages.gates import gate_metric_rows, gate_sizes
 from jobs.stages.metrics import compute_metrics
-from jobs.warehouse import (Warehouse, count_rows, parquet_files, parse_date, read_footers,
-                            replacing)
+from jobs.warehouse import (
+    Warehouse, count_rows, parquet_files, parse_date, read_footers, replacing, spark_paths,
+)
 from schemas.spec import DatasetSpec
 from schemas.tables import METRICS_STRUCT
 
@@ -55,7 +57,7 @@ def _select_versions(wh: Warehouse, spec: DatasetSpec, ds: str,
 
 
 def _read(spark: SparkSession, path: Path, columns: list[str], what: str) -> DataFrame:
-    frame = spark.read.parquet(str(path))
+    frame = spark.read.parquet(*spark_paths(path))
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise MissingInputError(f"{what} at {path} lacks column(s) {missing}")
@@ -179,11 +181,15 @@ def _replace_partition(spark: SparkSession, target: Path, metrics: DataFrame,
                        versions: list[str]) -> tuple[int, int]:
     """Write ``metrics`` plus the rows of other versions already in ``target`` to a staging
     directory, then swap it in. Returns (rows of the evaluated versions, rows kept)."""
-    content = metrics
+    # Always a union with a frame in METRICS_STRUCT's order, every field nullable (as Spark
+    # reads any parquet file back): empty on the first run, the other versions' rows on a
+    # rerun. So the written schema (column order, nullability) is the same on both.
+    others = spark.createDataFrame([], T.StructType(
+        [T.StructField(f.name, f.dataType, nullable=True) for f in METRICS_STRUCT]))
     if parquet_files(target):
         others = (spark.read.schema(METRICS_STRUCT).parquet(str(target))
                   .where(~F.col("model_version").isin(versions)))
-        content = others.unionByName(metrics)
+    content = others.unionByName(metrics)
     with replacing(target) as staging:
         content.repartition(1).write.mode("overwrite").parquet(str(staging))
         written = spark.read.schema(METRICS_STRUCT).parquet(str(staging))

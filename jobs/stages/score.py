@@ -27,10 +27,11 @@ from pyspark.sql import types as T
 from jobs.config import JobConfig
 from jobs.errors import MissingInputError, NotValidated
 from jobs.manifest import RunRecord
+from jobs.faults import active_faults, after_first_batch
 from jobs.spark import session_conf
 from jobs.warehouse import (
-    SCORE_STAMP, Warehouse, count_rows, fingerprint, parquet_files, read_table, replacing,
-    write_json,
+    SCORE_STAMP, Warehouse, count_rows, discard_hidden, fingerprint, parquet_files, read_table,
+    replacing, write_json,
 )
 from jobs.worker import set_threads as _set_threads
 from jobs.worker import worker_artifact as _worker_artifact
@@ -99,13 +100,19 @@ def make_scorer(spark: SparkSession, files: dict[str, bytes], sha256: str, spec:
     arrow_schema = _arrow_schema(out_schema)
     scored_at_us = _utc_us(scored_at)
 
+    faults = active_faults()  # off by default (jobs/faults.py)
+
     def score_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         artifact = _worker_artifact(broadcast.value, sha256)
         _set_threads(threads_per_task)
+        done = 0
         for batch in batches:
             if batch.num_rows:
                 yield score_batch(artifact, batch, input_columns, keys, num_tasks, arrow_schema,
                                   scored_at_us, with_gates)
+                done += 1
+                if done == 1:
+                    after_first_batch(faults)
 
     return score_batches
 
@@ -185,8 +192,13 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
     threads, scored_at_us, out_dir = cfg.scoring.threads_per_task, _utc_us(scored_at), str(staging)
 
     pipelined = cfg.scoring.pipeline
+    faults = active_faults()  # off by default (jobs/faults.py)
 
     def run(items: Iterator[tuple[int, tuple[str, int]]]) -> Iterator[int]:
+        import os
+
+        from pyspark import TaskContext
+
         model = _worker_artifact(files_bc.value, sha256)
         _set_threads(threads)
         skip = excluded_bc.value
@@ -198,12 +210,19 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
                 keep = pc.and_(keep, pc.invert(pc.is_in(batch.column(keys[0]), value_set=skip_set)))
             return batch.filter(keep)
 
+        ctx = TaskContext.get()
+        attempt = f"{ctx.stageId()}-{ctx.attemptNumber()}" if ctx is not None else "0"
+        done = 0
         for index, (path, row_group) in items:
             written = 0
             # Streamed batch by batch: worker memory stays flat whatever the row group's size.
             batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size, row_groups=[row_group],
                                                         columns=columns)
-            with pq.ParquetWriter(f"{out_dir}/part-{index:05d}.parquet", arrow_schema) as writer, \
+            # Each attempt writes a hidden file and renames it into place when complete: a
+            # worker killed mid-file leaves hidden debris, never a visible partial part file.
+            final = f"{out_dir}/part-{index:05d}.parquet"
+            partial = f"{out_dir}/.part-{index:05d}-{attempt}.parquet.tmp"
+            with pq.ParquetWriter(partial, arrow_schema) as writer, \
                     _Pipeline(writer.write_batch, pipelined) as pipe:
                 for batch in pipe.read_ahead(batches):
                     batch = kept(batch)
@@ -211,11 +230,17 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
                         pipe.write(score_batch(model, batch, features, keys, num_tasks,
                                                arrow_schema, scored_at_us, with_gates))
                         written += batch.num_rows
+                        done += 1
+                        if done == 1:
+                            after_first_batch(faults)
+            os.replace(partial, final)
             yield written
 
     staging.mkdir(parents=True, exist_ok=True)
     work = sc.parallelize(list(enumerate(fragments)), max(len(fragments), 1))
-    return sum(work.mapPartitions(run).collect())
+    written = sum(work.mapPartitions(run).collect())
+    discard_hidden(staging)  # partial files of failed attempts
+    return written
 
 
 class _Pipeline:

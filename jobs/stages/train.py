@@ -28,23 +28,31 @@ log = logging.getLogger(__name__)
 
 
 
+class UnreadablePartition(MissingInputError):
+    """A partition whose files cannot be read (truncated, not parquet, schemas disagree)."""
+
+
 def _read_partition(path: Path, columns: list[str], what: str) -> pa.Table:
     """One partition directory's data files (hidden names skipped), only ``columns``."""
     try:
         schema, _ = read_footers(parquet_files(path))
     except ValueError as exc:
-        raise MissingInputError(f"cannot read {what} at {path}: {exc}") from None
+        raise UnreadablePartition(f"cannot read {what} at {path}: {exc}") from None
     missing = [c for c in columns if c not in schema.names]
     if missing:
         raise InputError(f"{what} at {path} lacks column(s) {missing}")
     return read_table(path, columns=columns)
 
 
-def load_training_frame(wh: Warehouse, spec: DatasetSpec,
-                        days: list[str]) -> tuple[pd.DataFrame, int]:
+def load_training_frame(wh: Warehouse, spec: DatasetSpec, days: list[str],
+                        skipped: list[str] | None = None) -> tuple[pd.DataFrame, int]:
     """Features joined with labels for every ds in ``days``: ``(frame, feature rows read)``.
 
-    Raises :class:`MissingInputError` naming the first ds/table without a partition.
+    Raises :class:`MissingInputError` naming the first ds/table without a partition. A day
+    whose files cannot be read is skipped (one corrupt day never blocks training on the
+    others) and described (``ds=D: cannot read ... at PATH: why``) in ``skipped`` when given;
+    without ``skipped`` it is an error. When every day is unreadable, the first one's error is
+    raised.
     """
     for ds in days:  # check everything first: fail before reading gigabytes
         for table in ("features", "labels"):
@@ -54,17 +62,27 @@ def load_training_frame(wh: Warehouse, spec: DatasetSpec,
     keys = spec.key_names
     feature_cols = keys + spec.feature_names
     label_cols = keys + spec.task_names
-    frames, rows_read = [], 0
+    frames, rows_read, first_error = [], 0, None
     for ds in days:
-        features = _read_partition(wh.partition(spec.name, "features", ds), feature_cols,
-                                   f"features ds={ds}")
-        labels = _read_partition(wh.partition(spec.name, "labels", ds), label_cols,
-                                 f"labels ds={ds}")
+        try:
+            features = _read_partition(wh.partition(spec.name, "features", ds), feature_cols,
+                                       f"features ds={ds}")
+            labels = _read_partition(wh.partition(spec.name, "labels", ds), label_cols,
+                                     f"labels ds={ds}")
+        except UnreadablePartition as exc:
+            if skipped is None:
+                raise
+            skipped.append(f"ds={ds}: {exc}")
+            first_error = first_error or exc
+            log.warning("skipping ds=%s: %s", ds, exc)
+            continue
         rows_read += features.num_rows
         # Keys are unique within a ds; joining per ds keeps a key reused on another day apart.
         joined = features.join(labels, keys=keys, join_type="inner")
         frames.append(joined.to_pandas())
         log.info("ds=%s: %d feature rows, %d labelled", ds, features.num_rows, joined.num_rows)
+    if not frames:
+        raise first_error
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     # Arrow joins do not keep row order; sort so training sees the same rows in the same order
     # on every run (the shuffle is seeded, the split hashes keys).
@@ -113,7 +131,8 @@ def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, o
     model_config = cfg.training.model_config(arch)
     train_config = cfg.training.train_config(epochs, seed)
 
-    frame, rows_read = load_training_frame(Warehouse(cfg.warehouse), spec, days)
+    skipped: list[str] = []
+    frame, rows_read = load_training_frame(Warehouse(cfg.warehouse), spec, days, skipped)
     if len(frame) == 0:
         raise MissingInputError(f"{dataset}: no feature row of ds {start}..{end} has labels",
                                 details={"input_rows": rows_read})
@@ -136,6 +155,7 @@ def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, o
         "rows_without_labels": rows_read - len(frame),
         "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early, "val_auc": result.val_auc,
+        "skipped_partitions": skipped,   # unreadable days left out of the range (path, cause)
     }
     if replaced is not None:
         details["replaced_model_version"] = replaced

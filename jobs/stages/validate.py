@@ -77,7 +77,7 @@ from jobs.stages.rules import (
 )
 from jobs.warehouse import (
     STATUS_FILE, Warehouse, fingerprint, parquet_files, read_footers, read_json, read_table,
-    remove, replacing, write_json, write_text,
+    remove, replacing, spark_paths, write_json, write_text,
 )
 from schemas.spec import DatasetSpec
 from schemas.tables import features_struct
@@ -171,6 +171,8 @@ class ValidationReport:
                 "expectations": len(self.rules),
                 "unsuccessful_expectations": sum(not r.success for r in self.rules),
                 "row_count_bounds": asdict(self.bounds) if self.bounds else None,
+                # earlier partitions the row-count history could not read (path and cause)
+                "skipped_partitions": list(self.bounds.unreadable) if self.bounds else [],
             })
 
 
@@ -220,6 +222,7 @@ def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
             inputs = read_inputs(wh, spec, ds)
         except ValueError as exc:
             _fail(wh, spec, ds, run_id, f"validation failed: {exc}", 0)
+        _check_extra_columns(cfg, spec, inputs, wh, ds, run_id)
         group = f"mmoe-validate-{uuid4().hex[:12]}"
         docs_dir = validation_dir / DOCS_DIR if cfg.validation.keep_data_docs else None
         with job_group(spark, group, f"validate {spec.name} ds={ds}"), \
@@ -234,7 +237,8 @@ def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
                                             render_validation_html(report)))
         write_json(wh.status_path(spec.name, ds), report.status_dict() | {
             "validated_at": utc_now(), "run_id": run_id, "spark_jobs": report.spark_jobs,
-            "features_fingerprint": inputs.fingerprint, "row_count_bounds": asdict(inputs.bounds)})
+            "features_fingerprint": inputs.fingerprint, "row_count_bounds": asdict(inputs.bounds),
+            "skipped_partitions": list(inputs.bounds.unreadable)})
     if report.status == "failed":
         raise ValidationFailed(report.message, details=_failure_details(report))
     return report
@@ -267,21 +271,41 @@ def _current_decision(wh: Warehouse, spec: DatasetSpec, ds: str) -> ValidationRe
         quarantine=status.get("quarantine"), reused=True)
 
 
+def _check_extra_columns(cfg: JobConfig, spec: DatasetSpec, inputs: "ValidationInputs",
+                         wh: Warehouse, ds: str, run_id: str | None) -> None:
+    """A features column the spec does not know fails the partition (a rename upstream, a
+    producer writing the wrong table) unless ``validation.on_extra_columns: ignore``. Checked
+    only when no spec column is missing: then GX's missing-column failure says more."""
+    names = inputs.features_schema.names
+    if cfg.validation.on_extra_columns == "ignore" or any(
+            c not in names for c in spec.features_table_columns):
+        return
+    extra = [c for c in names if c not in spec.features_table_columns]
+    if extra:
+        _fail(wh, spec, ds, run_id,
+              f"validation failed: unexpected column{'s' if len(extra) > 1 else ''} "
+              f"{', '.join(repr(c) for c in extra)} not in the {spec.name} spec "
+              f"(validation.on_extra_columns: fail)", inputs.rows_read,
+              skipped=inputs.bounds.unreadable)
+
+
 def _failure_details(report: ValidationReport) -> dict[str, Any]:
     record = report.record()
     return {**record.details, "outputs": record.outputs}
 
 
 def _fail(wh: Warehouse, spec: DatasetSpec, ds: str, run_id: str | None, message: str,
-          rows: int, cause: BaseException | None = None) -> NoReturn:
+          rows: int, cause: BaseException | None = None,
+          skipped: tuple[str, ...] = ()) -> NoReturn:
     """Before a GX result exists: leave a failed status (and no quarantine) behind."""
     remove(wh.partition(spec.name, "quarantine", ds))
     write_json(wh.status_path(spec.name, ds), {
         "status": "failed", "dataset": spec.name, "ds": ds, "input_rows": rows,
         "passed_rows": 0, "quarantined_rows": 0, "message": message,
-        "validated_at": utc_now(), "run_id": run_id})
+        "validated_at": utc_now(), "run_id": run_id, "skipped_partitions": list(skipped)})
     raise ValidationFailed(message, details={"validation_status": "failed", "rows_read": rows,
-                                             "spark_jobs": 0}) from cause
+                                             "spark_jobs": 0,
+                                             "skipped_partitions": list(skipped)}) from cause
 
 
 def read_inputs(wh: Warehouse, spec: DatasetSpec, ds: str) -> ValidationInputs:
@@ -407,11 +431,11 @@ def passed_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str)
     wh = Warehouse(cfg.warehouse)
     status = checked_status(cfg, spec, ds)
     rows = spark.read.schema(features_struct(spec)).parquet(
-        str(wh.partition(spec.name, "features", ds)))
+        *spark_paths(wh.partition(spec.name, "features", ds)))
     if int(status.get("quarantined_rows", 0)) == 0:
         return rows
     quarantine_dir = wh.partition(spec.name, "quarantine", ds)
-    keys = spark.read.parquet(str(quarantine_dir)).select(*spec.key_names).distinct()
+    keys = spark.read.parquet(*spark_paths(quarantine_dir)).select(*spec.key_names).distinct()
     cond = reduce(lambda a, b: a & b, [rows[k].eqNullSafe(keys[k]) for k in spec.key_names])
     return rows.join(keys, on=cond, how="left_anti")
 
@@ -455,8 +479,8 @@ def _read(spark: SparkSession, directory: Path, schema: pa.Schema) -> DataFrame:
     try:
         spark_schema = from_arrow_schema(schema)
     except (TypeError, ValueError, NotImplementedError):
-        return spark.read.parquet(str(directory))
-    return spark.read.schema(spark_schema).parquet(str(directory))
+        return spark.read.parquet(*spark_paths(directory))
+    return spark.read.schema(spark_schema).parquet(*spark_paths(directory))
 
 
 def row_count_bounds(wh: Warehouse, spec: DatasetSpec, ds: str) -> RowCountBounds:
@@ -543,8 +567,11 @@ def prepare_frame(spec: DatasetSpec, features: DataFrame, labels: DataFrame | No
     any_null_key = " OR ".join(f"{_ident(k)} IS NULL" for k in keys)
     frame = features.select(*spec.features_table_columns)
     if labels is not None:
-        folded = labels.groupBy(*keys).agg(*[
-            # out-of-{0,1} values are < 0 or > 1: keep one if there is one
+        # out-of-{0,1} values are < 0 or > 1: keep one if there is one. A null label (a labels
+        # row without a value) counts as -1: not in {0, 1}. (A features row with no labels row
+        # at all keeps null labels: not judged.)
+        labelled = [F.coalesce(F.col(t), F.lit(-1)).alias(t) for t in spec.task_names]
+        folded = labels.select(*keys, *labelled).groupBy(*keys).agg(*[
             F.when(F.min(t) < 0, F.min(t)).otherwise(F.max(t)).alias(t) for t in spec.task_names])
         frame = frame.join(folded, on=keys, how="left")
         # The join's output is hash-partitioned and sorted by the key already: the window

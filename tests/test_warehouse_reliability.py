@@ -1,0 +1,136 @@
+"""`jobs.warehouse.replacing` under concurrency and crashes, without Spark: two writers of one
+target are serialised (neither's recovery deletes the other's staging), a killed holder's lock
+is released by the kernel, an interrupted swap is undone, a removal is never undone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from _reliability import REPO, cli_env, wait_for
+from jobs.warehouse import recover, remove, replacing
+
+
+def _write(staging: Path, name: str, text: str) -> None:
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / name).write_text(text)
+
+
+def test_concurrent_replacing_of_one_target_is_serialised(tmp_path):
+    target = tmp_path / "table" / "ds=2026-01-01"
+    a_inside, a_release, b_inside = threading.Event(), threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def writer_a():
+        try:
+            with replacing(target) as staging:
+                _write(staging, "part-a.parquet", "a")
+                a_inside.set()
+                a_release.wait(30)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def writer_b():
+        try:
+            with replacing(target) as staging:
+                b_inside.set()
+                _write(staging, "part-b.parquet", "b")
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    a = threading.Thread(target=writer_a)
+    a.start()
+    assert a_inside.wait(30)
+    b = threading.Thread(target=writer_b)
+    b.start()
+    time.sleep(0.5)
+    assert not b_inside.is_set()  # B waits for A's lock: its recovery cannot touch A's staging
+    a_release.set()
+    a.join(30)
+    b.join(30)
+    assert not errors
+    assert sorted(p.name for p in target.iterdir()) == ["part-b.parquet"]  # the last one, whole
+    assert [p.name for p in target.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_killed_holder_releases_the_lock(tmp_path):
+    target = tmp_path / "t"
+    code = ("import sys; from pathlib import Path; from jobs.warehouse import replacing\n"
+            "with replacing(Path(sys.argv[1])) as s:\n"
+            "    s.mkdir(); (s / 'part-0.parquet').write_text('x')\n")
+    markers = tmp_path / "markers"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], cwd=REPO,
+                            env=cli_env(MMOE_TEST_PAUSE_AT="staged",
+                                        MMOE_TEST_PAUSE_DIR=str(markers)))
+    try:
+        wait_for(markers / "staged", proc, timeout=60)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    done = threading.Event()
+
+    def writer():
+        with replacing(target) as staging:
+            _write(staging, "part-1.parquet", "y")
+        done.set()
+
+    threading.Thread(target=writer, daemon=True).start()
+    assert done.wait(10), "the lock of a killed process was not released"
+    assert sorted(p.name for p in target.iterdir()) == ["part-1.parquet"]
+    assert not list(tmp_path.glob(".staging-*"))  # the killed run's staging was cleaned up
+    assert not list(tmp_path.glob(".lock-*"))  # and its lock file
+
+
+def test_many_writers_never_overlap(tmp_path):
+    """Eight threads replacing one target: at most one inside at any time (the lock file is
+    deleted and re-created between holders), and the target ends whole."""
+    target = tmp_path / "t"
+    inside, overlaps, lock = [0], [0], threading.Lock()
+
+    def writer(i):
+        for _ in range(5):
+            with replacing(target) as staging:
+                with lock:
+                    inside[0] += 1
+                    overlaps[0] += inside[0] > 1
+                _write(staging, "part-0.parquet", str(i))
+                time.sleep(0.002)
+                with lock:
+                    inside[0] -= 1
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert overlaps[0] == 0
+    assert [p.name for p in target.iterdir()] == ["part-0.parquet"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_an_interrupted_swap_is_undone_before_anything_else(tmp_path):
+    target = tmp_path / "t"
+    old = tmp_path / f".old-{target.name}-abc"  # a crash between the two renames
+    _write(old, "part-0.parquet", "previous")
+    with pytest.raises(RuntimeError):
+        with replacing(target) as staging:
+            _write(staging, "part-0.parquet", "half")
+            raise RuntimeError("the new run fails too")
+    assert (target / "part-0.parquet").read_text() == "previous"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".old-", ".staging-"))]
+
+
+def test_a_removal_is_never_undone(tmp_path):
+    target = tmp_path / "t"
+    _write(target, "part-0.parquet", "stale")
+    remove(target)
+    assert not target.exists()
+    doomed = tmp_path / f".removed-{target.name}-abc"  # as if the process died mid-rmtree
+    _write(doomed, "part-0.parquet", "stale")
+    recover(target)
+    assert not target.exists() and not doomed.exists()
