@@ -26,26 +26,10 @@ JVM_BANNER = re.compile(r"^WARNING: Using incubator modules: jdk\.incubator\.vec
 
 
 def good_columns(spec, n: int, seed: int = 0, first_key: int = 0) -> dict[str, list]:
-    """Feature-table columns of ``n`` rows that satisfy every rule of ``spec`` (derived from
-    the spec, no column named here)."""
-    rng = np.random.default_rng(seed)
-    cols: dict[str, list] = {k: list(range(first_key, first_key + n)) for k in spec.key_names}
-    for f in spec.dense_features:
-        lo = 0.0 if f.min is None else f.min
-        hi = lo + 50.0 if f.max is None else min(f.max, lo + 50.0)
-        values = rng.uniform(lo, hi, n)
-        cols[f.name] = [int(v) for v in values] if f.dtype == "long" else values.tolist()
-    for f in spec.categorical_features:
-        if f.vocabulary is not None:
-            picks = rng.choice(list(f.vocabulary), n)
-            cols[f.name] = [int(v) for v in picks] if f.dtype == "long" else picks.tolist()
-        else:
-            cols[f.name] = [int(v) for v in rng.integers(0, 10**6, n)]
-    for a in spec.attributes:
-        cols[a.name] = ([int(v) for v in rng.integers(0, 10**6, n)] if a.dtype == "long" else
-                        rng.uniform(0, 1, n).tolist() if a.dtype == "double" else
-                        [f"a{v}" for v in rng.integers(0, 10**6, n)])
-    return {c: cols[c] for c in spec.features_table_columns}
+    """Feature-table columns of ``n`` rows that satisfy every rule of ``spec``."""
+    from test_validate import good_rows
+
+    return good_rows(spec, n, seed=seed, first_key=first_key)
 
 
 def label_columns(spec, keys: list, seed: int = 0) -> dict[str, list]:
