@@ -350,7 +350,12 @@ def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds:
         else:
             bad_labels = None
             if labels is not None:
-                labels_frame = labels.select(*spec.key_names, *spec.task_names)
+                # A null label (a labels row without a value) is judged as -1: not in {0, 1}, so
+                # GX's in-set rule and the quarantine reason both flag it. (A features row with
+                # no labels row at all keeps null labels: not judged.)
+                labels_frame = labels.select(*spec.key_names, *[
+                    F.coalesce(F.col(t), F.lit(-1)).alias(t)
+                    for t in spec.task_names])
                 labels_result = _run_or_fail(wh, spec, ds, run_id, inputs, lambda: gx_run.run(
                     labels_frame, labels_suite, "labels", run_name))
                 bad_labels = bad_label_keys(spec, labels_frame, labels_result)
