@@ -199,8 +199,8 @@ def test_job_scores_a_candidates_table(spark, job_config, tables, tmp_path, arch
 
 
 @pytest.mark.parametrize("body, message", [
-    ("scoring: {catalog: {fusion: max}}", "scoring.catalog.fusion must be 'product' or 'sum'"),
-    ("scoring: {catalog: {method: fast}}", "scoring.catalog.method must be 'factored' or 'rows'"),
+    ("scoring: {catalog: {fusion: max}}", "config.scoring.catalog.fusion: must be one of 'product', 'sum', got 'max'"),
+    ("scoring: {catalog: {method: fast}}", "config.scoring.catalog.method: must be one of 'factored', 'rows', got 'fast'"),
     ("scoring: {catalog: {top_k: 0}}", "top_k and max_items_per_user must be >= 1"),
 ])
 def test_bad_catalog_settings_are_refused(tmp_path, body, message):
