@@ -65,7 +65,7 @@ class EvaluationConfig:
 # ``arch`` and ``seed`` come from the command line, the rest of TrainConfig is runtime plumbing.
 MODEL_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name != "arch")
 TRAIN_KEYS = ("epochs", "batch_size", "learning_rate", "validation_fraction", "patience",
-              "task_weights", "weight_decay")
+              "task_weights", "weight_decay", "balance_weight")
 
 
 @dataclass

@@ -85,7 +85,8 @@ from typing import Any, Iterator
 from jobs.errors import InputError, PartitionLocked
 
 TABLES = ("features", "labels", "predictions", "quarantine", "metrics", "ab_reports",
-          "validation", "recommendations", "catalog", "candidates", "models", "_runs", "_locks")
+          "validation", "recommendations", "catalog", "candidates", "models", "_runs", "_locks",
+          "_checkpoints")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 HIDDEN = (".", "_")  # staging / old copies, Spark's _temporary, _SUCCESS, .crc files
@@ -166,6 +167,14 @@ class Warehouse:
         """What a predictions partition was scored from (model checksum, features fingerprint);
         written inside the partition by the score stage, read by the backfill's skip check."""
         return self.partition(dataset, "predictions", ds, model_version=model_version) / SCORE_STAMP
+
+    def train_checkpoint(self, dataset: str, out: Path) -> Path:
+        """``_checkpoints/<out name>-<hash>/``: the per-epoch checkpoint of ``mmoe train --out
+        OUT`` (keyed on OUT's absolute path, so rerunning the same command finds it)."""
+        target = Path(out).expanduser().resolve()
+        digest = hashlib.sha256(str(target).encode()).hexdigest()[:12]
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", target.name).lstrip("._") or "model"
+        return self.table(dataset, "_checkpoints") / f"{name}-{digest}"
 
     # ---- the model registry (jobs/registry.py)
 

@@ -24,6 +24,10 @@ class TrainingError(MmoeModelError):
     """Training cannot run on the data it was given (no rows, missing label columns, ...)."""
 
 
+class CheckpointMismatch(TrainingError):
+    """A training checkpoint is unreadable or was written by a run of other settings or data."""
+
+
 class ArtifactError(MmoeModelError):
     """A model artifact directory is missing, incomplete or unreadable."""
 

@@ -20,6 +20,7 @@ and numpy before the model is built, so two runs on the same data give identical
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -36,7 +37,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from mmoe_model.errors import ModelConfigError, TrainingError
+from mmoe_model.errors import CheckpointMismatch, ModelConfigError, TrainingError
 from mmoe_model.features import FeatureEncoder, splitmix64
 from mmoe_model.config import ModelConfig, TrainConfig
 from mmoe_model.layers import Gate
@@ -60,6 +61,7 @@ class TrainResult:
     train_rows: int
     val_rows: int
     stopped_early: bool
+    resumed_after_epoch: int = 0  # > 0: the run continued from a checkpoint written then
 
     @property
     def epochs_run(self) -> int:
@@ -190,6 +192,17 @@ def _progress_line(entry: Mapping[str, Any], epochs: int) -> str:
     return " | ".join(parts)
 
 
+def _data_digest(dense: torch.Tensor, cats: torch.Tensor, labels: np.ndarray,
+                 is_val: np.ndarray) -> str:
+    """SHA-256 of the encoded inputs, labels and split: a checkpoint resumes only on the data
+    it was trained on."""
+    h = hashlib.sha256()
+    for part in (dense.numpy(), cats.numpy(), np.asarray(labels), np.asarray(is_val)):
+        h.update(str(part.shape).encode())
+        h.update(np.ascontiguousarray(part).tobytes())
+    return h.hexdigest()
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically (temp file + rename), so a crash mid-write keeps the previous one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,14 +274,27 @@ def _train(frame: pd.DataFrame, spec: DatasetSpec, model_config: ModelConfig,
     batches = math.ceil(n_train / config.batch_size)
     first_epoch = 1
     ckpt_path = Path(config.checkpoint_dir) / "last.pt" if config.checkpoint_dir else None
+    # Everything that shapes the epochs after a resume except ``epochs`` (a resumed run may
+    # train longer) and ``patience``; the data enter as a digest of the encoded inputs.
     fingerprint = {"model": model_config.to_dict(), "seed": config.seed,
                    "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+                   "weight_decay": config.weight_decay, "balance_weight": config.balance_weight,
+                   "task_weights": {t: float(config.task_weights.get(t, 1.0)) for t in task_names},
                    "train_rows": int(n_train), "val_rows": int(val_idx.size)}
+    if ckpt_path is not None:
+        fingerprint["data"] = _data_digest(dense_all, cats_all, y_all, is_val)
+    resumed_after = 0
     if ckpt_path is not None and config.resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated or not a checkpoint: say so, never guess
+            raise CheckpointMismatch(f"checkpoint {ckpt_path} is unreadable "
+                                     f"({type(exc).__name__})") from None
         if ckpt.get("fingerprint") != fingerprint:
-            raise TrainingError(f"checkpoint {ckpt_path} was written by a different model, "
-                                f"seed or data; remove it or set resume=False")
+            changed = sorted(k for k in fingerprint
+                             if (ckpt.get("fingerprint") or {}).get(k) != fingerprint[k])
+            raise CheckpointMismatch(f"checkpoint {ckpt_path} was written by a different run "
+                                     f"({', '.join(changed)} differ)")
         model.load_state_dict(ckpt["model"])
         optimiser.load_state_dict(ckpt["optimiser"])
         shuffle.set_state(ckpt["shuffle"])
@@ -279,6 +305,7 @@ def _train(frame: pd.DataFrame, spec: DatasetSpec, model_config: ModelConfig,
         best_auc = dict(ckpt["best_auc"])
         stopped_early = bool(ckpt["stopped_early"])
         first_epoch = len(metrics) + 1
+        resumed_after = len(metrics)
         log.info("resumed from %s after epoch %d", ckpt_path, len(metrics))
         if config.progress:
             print(f"resumed from {ckpt_path} after epoch {len(metrics)}", file=sys.stderr)
@@ -349,4 +376,4 @@ def _train(frame: pd.DataFrame, spec: DatasetSpec, model_config: ModelConfig,
     return TrainResult(model=model, encoder=encoder, model_config=model_config,
                        task_names=list(task_names), metrics=metrics, best_epoch=best_epoch,
                        val_auc=best_auc, train_rows=int(n_train), val_rows=int(val_idx.size),
-                       stopped_early=stopped_early)
+                       stopped_early=stopped_early, resumed_after_epoch=resumed_after)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import sys
@@ -76,33 +77,60 @@ def append(path: Path, record: dict[str, Any]) -> None:
 def load(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for r in records:
+        if "variant" in r:
+            r["variant"] = ALIASES.get(r["variant"], r["variant"])
+    return records
 
 
 # --------------------------------------------------------------------------------------------
 # Synthetic: gate variants
 
 
+GATE_KINDS = {"softmax": {}, "topk2": {"gate": "topk", "gate_k": 2}, "max": {"gate": "max"},
+              "constant": {"gate": "constant"}}
+FACTORS = ("levels2", "temp0.5", "prior")  # each on or off; the order names the variant
+# Names used before the factorial existed (results files keep them; read as the new names).
+ALIASES = {"levels2": "softmax+levels2", "temp0.5": "softmax+temp0.5", "prior": "softmax+prior",
+           "topk2-levels2": "topk2+levels2", "max-temp0.5-prior": "max+temp0.5+prior",
+           "mmoe-levels2": "mmoe-softmax+levels2", "mmoe-temp0.5": "mmoe-softmax+temp0.5"}
+
+
+def factorial_names(gates: tuple[str, ...] = tuple(GATE_KINDS)) -> list[str]:
+    """Every cell of gate kind x levels x sharpening x prior: ``softmax``, ``max+levels2+prior``..."""
+    return ["+".join([g, *(f for f, on in zip(FACTORS, mask) if on)])
+            for g in gates for mask in itertools.product((False, True), repeat=len(FACTORS))]
+
+
+def expert_task_prior(num_experts: int, num_tasks: int = 2) -> tuple[tuple[float, ...], ...]:
+    """Task t starts with +1 logits on its own block of experts and -1 on the others."""
+    block = num_experts // num_tasks
+    return tuple(tuple(1.0 if e // block == t else -1.0 for e in range(num_experts))
+                 for t in range(num_tasks))
+
+
+def factorial_config(base: ModelConfig, name: str) -> ModelConfig:
+    """``base`` with the gate kind and factors that ``name`` (a :func:`factorial_names` cell)
+    switches on. Parameter counts: equal for every gate kind but ``constant`` (no gate input
+    weights); ``levels2`` adds a second expert level (not a matched comparison)."""
+    gate, *factors = name.split("+")
+    if gate not in GATE_KINDS or any(f not in FACTORS for f in factors):
+        raise ValueError(f"unknown variant {name!r}")
+    changes: dict[str, Any] = dict(GATE_KINDS[gate])
+    if "levels2" in factors:
+        changes["num_levels"] = 2
+    if "temp0.5" in factors:
+        changes["gate_temperature"] = 0.5
+    if "prior" in factors:
+        changes["gate_prior"] = expert_task_prior(base.num_experts)
+    return dataclasses.replace(base, **changes)
+
+
 def synth_variants(num_experts: int = 8, units: int = 16) -> dict[str, ModelConfig]:
-    """One factor at a time around the paper's MMoE (8 single-layer experts of 16 units),
-    plus the combinations the article suggests. Parameter counts: every gate kind but
-    ``constant`` has the same count (constant drops the gate's input weights)."""
+    """The full factorial around the paper's MMoE (8 single-layer experts of 16 units)."""
     base = model_configs(num_experts, units)["mmoe"]
-    half = num_experts // 2
-    prior = tuple(tuple((1.0 if (e < half) == (t == 0) else -1.0) for e in range(num_experts))
-                  for t in range(2))
-    r = dataclasses.replace
-    return {
-        "softmax": base,
-        "topk2": r(base, gate="topk", gate_k=2),
-        "max": r(base, gate="max"),
-        "constant": r(base, gate="constant"),
-        "levels2": r(base, num_levels=2),
-        "temp0.5": r(base, gate_temperature=0.5),
-        "prior": r(base, gate_prior=prior),
-        "topk2-levels2": r(base, gate="topk", gate_k=2, num_levels=2),
-        "max-temp0.5-prior": r(base, gate="max", gate_temperature=0.5, gate_prior=prior),
-    }
+    return {name: factorial_config(base, name) for name in factorial_names()}
 
 
 def train_synth(config: ModelConfig, rho: float, seed: int, n_train: int, n_test: int,
@@ -152,7 +180,7 @@ def cmd_synth_gates(args: argparse.Namespace) -> None:
     path = args.results / "issue13_synth_gates.jsonl"
     done = {(r["variant"], r["rho"], r["seed"]) for r in load(path)}
     variants = synth_variants()
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.seeds):
         for rho in args.rhos:
             for name in args.variants or list(variants):
                 if (name, rho, seed) in done:
@@ -213,21 +241,43 @@ def census_spec(spec, encoding: str, bins: int = 16):
 
 # name -> (encoding, ModelConfig overrides). Training for all: the library defaults + weight
 # decay 1e-4 (the preset chosen in docs/reproduction.md), capped at --epochs, patience 3.
+_MMOE = ModelConfig()
 CENSUS_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "mmoe": ("raw", {}),
-    "mmoe-topk2": ("raw", {"gate": "topk", "gate_k": 2}),
-    "mmoe-max": ("raw", {"gate": "max"}),
-    "mmoe-constant": ("raw", {"gate": "constant"}),
-    "mmoe-levels2": ("raw", {"num_levels": 2}),
-    "mmoe-temp0.5": ("raw", {"gate_temperature": 0.5}),
+    # gate kind x levels x sharpening x prior, the same 32 cells as on synthetic data
+    **{f"mmoe-{cell}": ("raw", {k: v for k, v in dataclasses.asdict(
+        factorial_config(_MMOE, cell)).items() if getattr(_MMOE, k) != v})
+       for cell in factorial_names()[1:]},
     "mmoe-pwl": ("pwl", {}),
     "mmoe-quantile": ("quantile", {}),
     "mmoe-pwl-cross": ("pwl", {"expert_layout": ("6xmlp", "2xcross:2")}),
+    # field-split: two experts per field group of the spec, two reading everything; widths
+    # chosen so the parameter count is within 5% of mmoe-pwl's
+    "mmoe-pwl-split": ("pwl", {"expert_layout": ("2xmlp:160@demographic", "2xmlp:160@work",
+                                                 "2xmlp:160@finance,residence", "2xmlp")}),
     "shared-bottom-pwl": ("pwl", {"arch": "shared-bottom"}),
     "single-task-pwl": ("pwl", {"arch": "single-task"}),
     "omoe-pwl": ("pwl", {"arch": "omoe"}),
     "ple-pwl": ("pwl", {"arch": "ple"}),
 }
+
+
+def census_model_config(name: str) -> tuple[str, ModelConfig]:
+    encoding, overrides = CENSUS_VARIANTS[name]
+    return encoding, ModelConfig(**{"arch": "mmoe", **overrides})
+
+
+def save_predictions(results: Path, group: str, variant: str, seed: int,
+                     probs: np.ndarray) -> None:
+    """Test-row probabilities [N, T] (test rows in row_id order), for ensembles and DeLong."""
+    out = results / "census_preds" / f"{group}__{variant}__{seed}.npy"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, np.asarray(probs, dtype=np.float64))
+
+
+def load_predictions(results: Path, group: str, variant: str, seed: int) -> np.ndarray | None:
+    path = results / "census_preds" / f"{group}__{variant}__{seed}.npy"
+    return np.load(path) if path.is_file() else None
 
 
 def cmd_census(args: argparse.Namespace) -> None:
@@ -241,20 +291,20 @@ def cmd_census(args: argparse.Namespace) -> None:
         is_test = rc.test_mask(frame["row_id"].to_numpy(), 0.2)
         if "lgbm" in args.variants and (group, "lgbm", 0) not in done:
             started = time.perf_counter()
-            rec = rc.run_lgbm(spec, frame, is_test, False, 0)
+            rec, probs = rc.run_lgbm(spec, frame, is_test, False, 0, return_probs=True)
+            save_predictions(args.results, group, "lgbm", 0, probs)
             append(path, {"group": group, "variant": "lgbm", "seed": 0,
                           "test_auc": rec["test_auc"], "val_auc": rec["val_auc"],
                           "seconds": round(time.perf_counter() - started, 1)})
             print(f"census {group} lgbm {rec['test_auc']}", flush=True)
         trainable = frame.loc[~is_test].reset_index(drop=True)
         test = frame.loc[is_test].reset_index(drop=True)
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.seeds):
             for name in args.variants:
                 if name == "lgbm" or (group, name, seed) in done:
                     continue
-                encoding, overrides = CENSUS_VARIANTS[name]
+                encoding, config = census_model_config(name)
                 gspec = census_spec(spec, encoding)
-                config = ModelConfig(**{"arch": "mmoe", **overrides})
                 tconfig = TrainConfig(epochs=args.epochs, patience=3, weight_decay=1e-4,
                                       seed=seed, progress=False, num_threads=1, device="cpu")
                 started = time.perf_counter()
@@ -272,6 +322,7 @@ def cmd_census(args: argparse.Namespace) -> None:
                        "params": sum(q.numel() for q in result.model.parameters()),
                        "gates": {t: s["mean_weight"] for t, s in summary.items()},
                        "seconds": round(time.perf_counter() - started, 1)}
+                save_predictions(args.results, group, name, seed, probs)
                 append(path, rec)
                 print(f"census {group} {name} seed={seed} {rec['test_auc']} "
                       f"epochs={rec['epochs_run']} {rec['seconds']}s", flush=True)
@@ -446,7 +497,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--results", type=Path, default=RESULTS)
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("synth-gates")
-    s.add_argument("--seeds", type=int, default=6)
+    s.add_argument("--seeds", type=int, default=6, help="run seeds [--first-seed, --seeds)")
+    s.add_argument("--first-seed", type=int, default=0)
     s.add_argument("--rhos", type=float, nargs="+", default=[0.5, 0.9])
     s.add_argument("--variants", nargs="+", default=None, choices=list(synth_variants()))
     s.add_argument("--steps", type=int, default=1000)
@@ -464,7 +516,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--groups", nargs="+", default=["group1", "group2"])
     c.add_argument("--variants", nargs="+", default=["lgbm", *CENSUS_VARIANTS],
                    choices=["lgbm", *CENSUS_VARIANTS])
-    c.add_argument("--seeds", type=int, default=5)
+    c.add_argument("--seeds", type=int, default=5, help="run seeds [--first-seed, --seeds)")
+    c.add_argument("--first-seed", type=int, default=0)
     c.add_argument("--epochs", type=int, default=12)
     c.set_defaults(fn=cmd_census)
     r = sub.add_parser("report")

@@ -30,6 +30,21 @@ DENSE = {  # name: (min, max, normalize)
     "num_emp": (0, 10, "standard"),
     "weeks_worked": (0, 52, "standard"),
 }
+# Field groups that field-split experts can read (ModelConfig.expert_layout "2xmlp@work").
+FIELD_GROUPS = {
+    "demographic": ["age", "sex", "race", "hisp_origin", "citizenship", "country_father",
+                    "country_mother", "country_self", "marital_stat", "fam_under_18",
+                    "vet_question", "vet_benefits", "education", "hs_college"],
+    "work": ["class_worker", "det_ind_code", "det_occ_code", "major_ind_code", "major_occ_code",
+             "wage_per_hour", "union_member", "unemp_reason", "full_or_part_emp", "num_emp",
+             "own_or_self", "weeks_worked"],
+    "finance": ["capital_gains", "capital_losses", "stock_dividends", "tax_filer_stat",
+                "income_50k"],
+    "residence": ["region_prev_res", "state_prev_res", "mig_chg_msa", "mig_chg_reg",
+                  "mig_move_reg", "mig_same", "mig_prev_sunbelt", "year"],
+    "household": ["det_hh_fam_stat", "det_hh_summ"],
+}
+GROUP_OF = {col: group for group, cols in FIELD_GROUPS.items() for col in cols}
 ATTRIBUTES = {"instance_weight": "double"}
 LEAKY = ["det_hh_fam_stat", "det_hh_summ"]
 
@@ -47,14 +62,14 @@ def main(path: str) -> None:
         if col in DENSE:
             lo, hi, norm = DENSE[col]
             features.append({"name": col, "kind": "dense", "dtype": "double", "min": lo,
-                             "max": hi, "normalize": norm})
+                             "max": hi, "normalize": norm, "group": GROUP_OF[col]})
         else:
             vocab = sorted(v for v in values[col] if v != "?")
             dim = 4 if len(vocab) <= 16 else 8
             features.append({"name": col, "kind": "categorical", "vocabulary": vocab,
                              "oov": "bucket", "max_oov_fraction": 0.01,
                              "max_null_fraction": 0.6 if values[col]["?"] else 0.0,
-                             "embedding_dim": dim})
+                             "embedding_dim": dim, "group": GROUP_OF[col]})
     doc = {
         "description": "UCI Census-Income (KDD), raw columns; extended by census-group1/2.",
         "source": {"format": "uci-census", "columns": RAW_COLUMNS, "null_token": "?",

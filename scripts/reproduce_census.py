@@ -180,7 +180,9 @@ def lgbm_frame(frame: pd.DataFrame, features: list[str], dense: set[str]) -> pd.
 
 
 def run_lgbm(spec: DatasetSpec, frame: pd.DataFrame, is_test: np.ndarray, leaky: bool,
-             seed: int) -> dict[str, Any]:
+             seed: int, return_probs: bool = False):
+    """One LightGBM per task: the result record, and with ``return_probs`` also the test rows'
+    probabilities [N_test, T]."""
     import lightgbm as lgb
 
     features = spec.feature_names + (list(LEAKY) if leaky else [])
@@ -190,7 +192,7 @@ def run_lgbm(spec: DatasetSpec, frame: pd.DataFrame, is_test: np.ndarray, leaky:
     is_val[~is_test] = validation_mask(frame.loc[~is_test, spec.key_names], 0.2)
     is_fit = ~is_test & ~is_val
     started = time.perf_counter()
-    val_auc, test_auc, rounds = {}, {}, {}
+    val_auc, test_auc, rounds, test_probs = {}, {}, {}, []
     for t in spec.task_names:
         y = frame[t].to_numpy()
         model = lgb.LGBMClassifier(random_state=seed, **LGBM_PARAMS)
@@ -198,12 +200,14 @@ def run_lgbm(spec: DatasetSpec, frame: pd.DataFrame, is_test: np.ndarray, leaky:
                   callbacks=[lgb.early_stopping(LGBM_EARLY_STOP, first_metric_only=True,
                                                 verbose=False)])
         val_auc[t] = auc(y[is_val], model.predict_proba(X[is_val])[:, 1])
-        test_auc[t] = auc(y[is_test], model.predict_proba(X[is_test])[:, 1])
+        test_probs.append(model.predict_proba(X[is_test])[:, 1])
+        test_auc[t] = auc(y[is_test], test_probs[-1])
         rounds[t] = int(model.best_iteration_ or LGBM_PARAMS["n_estimators"])
-    return {"val_auc": val_auc, "test_auc": test_auc, "best_iteration": rounds,
+    record = {"val_auc": val_auc, "test_auc": test_auc, "best_iteration": rounds,
             "train_rows": int(is_fit.sum()), "val_rows": int(is_val.sum()),
             "test_rows": int(is_test.sum()), "features": len(features),
             "seconds": round(time.perf_counter() - started, 1)}
+    return (record, np.stack(test_probs, axis=1)) if return_probs else record
 
 
 # --------------------------------------------------------------------------------------------

@@ -404,5 +404,18 @@ def test_resume_from_checkpoint_ends_with_the_same_weights(tmp_path, capsys):
     for (name, a), b in zip(full.model.state_dict().items(), rest.model.state_dict().values()):
         assert torch.equal(a, b), name
     other = dataclasses.replace(config, gate_k=3)
-    with pytest.raises(TrainingError, match="different model"):
-        train(frame, synth, other, TrainConfig(epochs=5, progress=False, checkpoint_dir=ckpt))
+    with pytest.raises(TrainingError, match=r"different run \(model differ\)"):
+        train(frame, synth, other, TrainConfig(epochs=5, batch_size=128, progress=False,
+                                               checkpoint_dir=ckpt))
+    changed = frame.copy()
+    changed.loc[0, "user_activity"] = float(changed["user_activity"].max()) + 5.0  # one value
+    with pytest.raises(TrainingError, match=r"different run \(data differ\)"):
+        train(changed, synth, config, TrainConfig(epochs=5, patience=10, batch_size=128,
+                                                  progress=False, checkpoint_dir=ckpt))
+    with pytest.raises(TrainingError, match=r"\(weight_decay differ\)"):
+        train(frame, synth, config, TrainConfig(epochs=5, patience=10, batch_size=128,
+                                                weight_decay=1e-3, progress=False,
+                                                checkpoint_dir=ckpt))
+    (tmp_path / "ckpt" / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="is unreadable"):
+        train(frame, synth, config, TrainConfig(epochs=5, progress=False, checkpoint_dir=ckpt))

@@ -8,7 +8,7 @@ model needs), joined with their labels on the spec's keys within each ds, and ha
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from jobs.config import JobConfig
 from jobs.errors import InputError, MissingInputError
 from jobs.manifest import RunRecord
 from jobs.warehouse import (
-    Warehouse, date_range, parquet_files, read_footers, read_table, replacing,
+    Warehouse, date_range, parquet_files, read_footers, read_table, remove, replacing,
 )
 from mmoe_model.archs import ARCHS
 from schemas.spec import DatasetSpec, load_spec
@@ -107,17 +107,24 @@ class TrainJobResult:
 
 
 def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, out: Path,
-                epochs: int | None, seed: int) -> TrainJobResult:
+                epochs: int | None, seed: int, *, resume: bool = True,
+                checkpoint_dir: Path | None = None) -> TrainJobResult:
     """Train ``arch`` on ``dataset``'s ds range [start, end] and write the artifact to ``out``.
 
     ``out`` may be a new directory, an empty one or an existing artifact (replaced whole, via
     :func:`jobs.warehouse.replacing`; the old version is recorded in
     ``details["replaced_model_version"]``); any other non-empty directory is refused.
+
+    After every epoch the training state is checkpointed to ``checkpoint_dir`` (default:
+    :meth:`Warehouse.train_checkpoint` of ``out``). An interrupted run, rerun with the same
+    arguments, continues after its last finished epoch (``resume``; a checkpoint of different
+    settings or data is refused); ``resume=False`` discards it. The checkpoint is removed once
+    the artifact is written.
     """
     from mmoe_model.artifact import (
         MANIFEST, ModelArtifact, build_artifact_files, write_artifact_files,
     )
-    from mmoe_model.errors import MmoeModelError
+    from mmoe_model.errors import CheckpointMismatch, MmoeModelError
     from mmoe_model.trainer import train
 
     if arch not in ARCHS:
@@ -129,15 +136,24 @@ def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, o
     out = Path(out)
     replaced = _check_out(out, MANIFEST)
     model_config = cfg.training.model_config(arch)
-    train_config = cfg.training.train_config(epochs, seed)
+    wh = Warehouse(cfg.warehouse)
+    checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None \
+        else wh.train_checkpoint(dataset, out)
+    if not resume:
+        remove(checkpoint)
+    train_config = replace(cfg.training.train_config(epochs, seed),
+                           checkpoint_dir=str(checkpoint), resume=resume)
 
     skipped: list[str] = []
-    frame, rows_read = load_training_frame(Warehouse(cfg.warehouse), spec, days, skipped)
+    frame, rows_read = load_training_frame(wh, spec, days, skipped)
     if len(frame) == 0:
         raise MissingInputError(f"{dataset}: no feature row of ds {start}..{end} has labels",
                                 details={"input_rows": rows_read})
 
-    result = train(frame, spec, model_config, train_config)
+    try:
+        result = train(frame, spec, model_config, train_config)
+    except CheckpointMismatch as exc:
+        raise InputError(f"{exc}; rerun with --no-resume to start over") from None
     if replaced is not None:
         try:
             replaced = ModelArtifact.load(out).model_version
@@ -149,6 +165,7 @@ def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, o
     with replacing(out) as staging:
         write_artifact_files(staging, files)
     artifact = ModelArtifact.from_files(files)
+    remove(checkpoint)  # the artifact holds the result; a rerun trains afresh
     details = {
         "arch": arch, "start": start, "end": end, "seed": seed,
         "train_rows": result.train_rows, "val_rows": result.val_rows,
@@ -156,6 +173,7 @@ def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, o
         "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early, "val_auc": result.val_auc,
         "skipped_partitions": skipped,   # unreadable days left out of the range (path, cause)
+        "resumed_after_epoch": result.resumed_after_epoch,  # 0: trained from scratch
     }
     if replaced is not None:
         details["replaced_model_version"] = replaced
