@@ -280,10 +280,6 @@ def _check(cfg: JobConfig) -> None:
         raise ConfigError("scoring.reader must be 'direct' or 'spark'")
     if cfg.scoring.batch_size < 1:
         raise ConfigError("scoring.batch_size must be >= 1")
-    if cfg.scoring.catalog.fusion not in ("product", "sum"):
-        raise ConfigError("scoring.catalog.fusion must be 'product' or 'sum'")
-    if cfg.scoring.catalog.method not in ("factored", "rows"):
-        raise ConfigError("scoring.catalog.method must be 'factored' or 'rows'")
     if cfg.scoring.catalog.top_k < 1 or cfg.scoring.catalog.max_items_per_user < 1:
         raise ConfigError("scoring.catalog.top_k and max_items_per_user must be >= 1")
     if cfg.evaluation.label_wait_days < 0:

@@ -207,7 +207,7 @@ def draw_hparams(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def cmd_trainability(args: argparse.Namespace) -> None:
-    path = args.results / "issue13_trainability.jsonl"
+    path = args.results / f"issue13_trainability{args.tag}.jsonl"
     done = {(r["arch"], r["rho"], r["run"]) for r in load(path)}
     for run in range(args.runs):
         hp = draw_hparams(np.random.default_rng(10_000 + run))
@@ -231,12 +231,16 @@ def cmd_trainability(args: argparse.Namespace) -> None:
 
 
 def census_spec(spec, encoding: str, bins: int = 16):
-    """The group's spec with every dense feature encoded ``encoding``."""
-    if encoding == "raw":
-        return spec
-    dense = {f.name: dataclasses.replace(f, encoding=encoding, bins=bins)
-             for f in spec.dense_features}
-    return dataclasses.replace(spec, features=tuple(dense.get(f.name, f) for f in spec.features))
+    """The group's spec with every dense feature encoded as ``encoding`` ("raw", "pwl",
+    "quantile"); a suffix ``+embN`` also sets every categorical embedding to N dimensions."""
+    encoding, _, emb = encoding.partition("+emb")
+    changed = {}
+    for f in spec.features:
+        if f.kind == "dense" and encoding != "raw":
+            changed[f.name] = dataclasses.replace(f, encoding=encoding, bins=bins)
+        elif f.kind == "categorical" and emb:
+            changed[f.name] = dataclasses.replace(f, embedding_dim=int(emb))
+    return dataclasses.replace(spec, features=tuple(changed.get(f.name, f) for f in spec.features))
 
 
 # name -> (encoding, ModelConfig overrides). Training for all: the library defaults + weight
@@ -255,6 +259,12 @@ CENSUS_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # chosen so the parameter count is within 5% of mmoe-pwl's
     "mmoe-pwl-split": ("pwl", {"expert_layout": ("2xmlp:160@demographic", "2xmlp:160@work",
                                                  "2xmlp:160@finance,residence", "2xmlp")}),
+    # probes for the LightGBM gap: section 2's longer training (40 epochs, patience 6; see
+    # CENSUS_TRAINING) and wider categorical embeddings
+    "mmoe-e40": ("raw", {}),
+    "mmoe-pwl-e40": ("pwl", {}),
+    "mmoe-pwl-cross-e40": ("pwl", {"expert_layout": ("6xmlp", "2xcross:2")}),
+    "mmoe-pwl-emb16": ("pwl+emb16", {}),
     "shared-bottom-pwl": ("pwl", {"arch": "shared-bottom"}),
     "single-task-pwl": ("pwl", {"arch": "single-task"}),
     "omoe-pwl": ("pwl", {"arch": "omoe"}),
@@ -262,15 +272,21 @@ CENSUS_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+# Training overrides of some variants (the others: --epochs, patience 3).
+CENSUS_TRAINING: dict[str, dict[str, int]] = {
+    name: {"epochs": 40, "patience": 6} for name in CENSUS_VARIANTS if name.endswith("-e40")}
+
+
 def census_model_config(name: str) -> tuple[str, ModelConfig]:
     encoding, overrides = CENSUS_VARIANTS[name]
     return encoding, ModelConfig(**{"arch": "mmoe", **overrides})
 
 
-def save_predictions(results: Path, group: str, variant: str, seed: int,
+def save_predictions(results: Path, group: str, variant: str, seed: int | str,
                      probs: np.ndarray) -> None:
     """Test-row probabilities [N, T] (test rows in row_id order), for ensembles and DeLong."""
-    out = results / "census_preds" / f"{group}__{variant}__{seed}.npy"
+    name = f"{group}__{variant}__{seed}" if seed != "" else f"{group}__{variant}"
+    out = results / "census_preds" / f"{name}.npy"
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, np.asarray(probs, dtype=np.float64))
 
@@ -299,14 +315,16 @@ def cmd_census(args: argparse.Namespace) -> None:
             print(f"census {group} lgbm {rec['test_auc']}", flush=True)
         trainable = frame.loc[~is_test].reset_index(drop=True)
         test = frame.loc[is_test].reset_index(drop=True)
+        save_predictions(args.results, group, "labels", "", test[spec.task_names].to_numpy())
         for seed in range(args.first_seed, args.seeds):
             for name in args.variants:
                 if name == "lgbm" or (group, name, seed) in done:
                     continue
                 encoding, config = census_model_config(name)
                 gspec = census_spec(spec, encoding)
-                tconfig = TrainConfig(epochs=args.epochs, patience=3, weight_decay=1e-4,
-                                      seed=seed, progress=False, num_threads=1, device="cpu")
+                schedule = {"epochs": args.epochs, "patience": 3, **CENSUS_TRAINING.get(name, {})}
+                tconfig = TrainConfig(**schedule, weight_decay=1e-4, seed=seed, progress=False,
+                                      num_threads=1, device="cpu")
                 started = time.perf_counter()
                 result = rc.train(trainable, gspec, config, tconfig)
                 probs = rc.predict(result, test)
@@ -406,10 +424,13 @@ def report_trainability(records: list[dict[str, Any]], plot: Path | None) -> str
     return "\n".join(lines)
 
 
-def report_census(records: list[dict[str, Any]]) -> str:
+def report_census(records: list[dict[str, Any]], variants: list[str] | None = None) -> str:
+    """Per group: each variant's test AUC per task, paired against ``mmoe`` (same seeds) and
+    against LightGBM (one deterministic run; the interval is over the variant's seeds)."""
     out = []
     for group in sorted({r["group"] for r in records}):
-        sub = [r for r in records if r["group"] == group]
+        sub = [r for r in records if r["group"] == group
+               and (variants is None or r["variant"] in ("lgbm", "mmoe", *variants))]
         tasks = list(next(r for r in sub if r["variant"] != "lgbm")["test_auc"])
         lgbm = next((r for r in sub if r["variant"] == "lgbm"), None)
         out.append(f"**{group}**\n")
@@ -420,7 +441,9 @@ def report_census(records: list[dict[str, Any]]) -> str:
         if lgbm:
             out.append("| LightGBM | – | " + " | ".join(
                 f"{lgbm['test_auc'][t]:.4f} | | " for t in tasks) + " |")
-        for v in dict.fromkeys(r["variant"] for r in sub if r["variant"] != "lgbm"):
+        order = ["mmoe", *(variants or [])] if variants else list(
+            dict.fromkeys(r["variant"] for r in sub if r["variant"] != "lgbm"))
+        for v in (v for v in order if any(r["variant"] == v for r in sub)):
             rows = [r for r in sub if r["variant"] == v]
             cells = [v, str(rows[0]["params"])]
             for t in tasks:
@@ -434,36 +457,191 @@ def report_census(records: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _cell_means(records: list[dict[str, Any]], value: Callable[[dict[str, Any]], float],
+                prefix: str = "") -> dict[int, dict[str, float]]:
+    """seed -> {factorial cell: value}, only for seeds that ran every one of the 32 cells
+    (the effects below average over cells, so every seed must weigh the same cells)."""
+    cells = factorial_names()
+    alias = {f"{prefix}softmax": "mmoe"} if prefix else {}
+    by_seed: dict[int, dict[str, float]] = {}
+    for r in records:
+        by_seed.setdefault(r["seed"], {})[r["variant"]] = value(r)
+    out = {}
+    for seed, got in by_seed.items():
+        row = {}
+        for c in cells:
+            name = alias.get(prefix + c, prefix + c)
+            if name in got:
+                row[c] = got[name]
+        if len(row) == len(cells):
+            out[seed] = row
+    return out
+
+
+def factorial_effects(per_seed: dict[int, dict[str, float]], digits: int = 5) -> str:
+    """Paired effects (95% t-intervals over seeds) from the full factorial: each binary factor
+    on minus off, averaged over every other factor (all gates) and within each gate kind; each
+    gate kind minus softmax, averaged over the 2^3 settings of the other factors."""
+    if not per_seed:
+        return "(no seed has every factorial cell yet)"
+    cells = factorial_names()
+    gates = list(GATE_KINDS)
+    lines = [f"n = {len(per_seed)} seeds with all {len(cells)} cells.", "",
+             "| effect | all gates | " + " | ".join(f"within {g}" for g in gates) + " |",
+             "|---|---|" + "---|" * len(gates)]
+
+    def parts(c: str) -> tuple[str, set[str]]:
+        gate, *factors = c.split("+")
+        return gate, set(factors)
+
+    for factor in FACTORS:
+        row = [f"{factor} on − off"]
+        for scope in [None, *gates]:
+            diffs = []
+            for vals in per_seed.values():
+                on = [v for c, v in vals.items() if factor in parts(c)[1]
+                      and scope in (None, parts(c)[0])]
+                off = [v for c, v in vals.items() if factor not in parts(c)[1]
+                       and scope in (None, parts(c)[0])]
+                diffs.append(float(np.mean(on) - np.mean(off)))
+            row.append(fmt_ci(diffs, digits=digits))
+        lines.append("| " + " | ".join(row) + " |")
+    for gate in gates[1:]:
+        diffs = [float(np.mean([v for c, v in vals.items() if parts(c)[0] == gate])
+                       - np.mean([v for c, v in vals.items() if parts(c)[0] == "softmax"]))
+                 for vals in per_seed.values()]
+        lines.append(f"| {gate} − softmax | {fmt_ci(diffs, digits=digits)} |"
+                     + " |" * len(gates))
+    return "\n".join(lines)
+
+
+def report_factorial_cells(per_seed: dict[int, dict[str, float]], digits: int = 5) -> str:
+    """Every cell's mean and its paired difference from plain softmax."""
+    if not per_seed:
+        return ""
+    lines = ["| cell | mean | cell − softmax (95% CI) |", "|---|---|---|"]
+    for c in factorial_names():
+        vals = [v[c] for v in per_seed.values()]
+        diffs = [v[c] - v["softmax"] for v in per_seed.values()]
+        lines.append(f"| {c} | {np.mean(vals):.{digits}f} | "
+                     f"{'–' if c == 'softmax' else fmt_ci(diffs, digits=digits)} |")
+    return "\n".join(lines)
+
+
+def report_synth_factorial(records: list[dict[str, Any]]) -> str:
+    out = []
+    for rho in sorted({r["rho"] for r in records}):
+        per_seed = _cell_means([r for r in records if r["rho"] == rho], lambda r: r["test_loss"])
+        out += [f"**ρ = {rho}, test MSE** (lower is better)\n", factorial_effects(per_seed), ""]
+    return "\n".join(out)
+
+
+def report_census_factorial(records: list[dict[str, Any]]) -> str:
+    out = []
+    for group in sorted({r["group"] for r in records}):
+        sub = [r for r in records if r["group"] == group and r["variant"] != "lgbm"]
+        tasks = list(sub[0]["test_auc"]) if sub else []
+        for t in tasks:
+            per_seed = _cell_means(sub, lambda r, t=t: r["test_auc"][t], prefix="mmoe-")
+            out += [f"**{group}, {t} test AUC** (higher is better)\n",
+                    factorial_effects(per_seed, digits=4), "",
+                    "<details><summary>all 32 cells</summary>\n",
+                    report_factorial_cells(per_seed, digits=4), "\n</details>\n"]
+    return "\n".join(out)
+
+
+def report_ensembles(records: list[dict[str, Any]], results: Path,
+                     families: dict[str, list[str]]) -> str:
+    """Variant choice by validation AUC; then the mean of its seeds' test probabilities (an
+    ensemble) and single seeds against LightGBM with DeLong's paired test on the test rows."""
+    from sklearn.metrics import roc_auc_score
+
+    from jobs.stats import delong
+
+    lines = ["| group | task | among | chosen (val AUC, mean over seeds) | seeds "
+             "| single seed test AUC | ensemble test AUC | LightGBM "
+             "| ensemble − LightGBM (DeLong 95% CI, p) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for group in sorted({r["group"] for r in records}):
+        sub = [r for r in records if r["group"] == group]
+        lgbm = load_predictions(results, group, "lgbm", 0)
+        tasks = list(next(r for r in sub if r["variant"] != "lgbm")["test_auc"])
+        for (i, t), (family, variants) in itertools.product(enumerate(tasks), families.items()):
+            scored = []
+            for v in variants:
+                rows = [r for r in sub if r["variant"] == v]
+                preds = [load_predictions(results, group, v, r["seed"]) for r in rows]
+                if len(rows) >= 2 and all(p is not None for p in preds):
+                    scored.append((float(np.mean([r["val_auc"][t] for r in rows])), v, rows,
+                                   preds))
+            if not scored or lgbm is None:
+                continue
+            val, v, rows, preds = max(scored, key=lambda x: x[0])
+            y = _test_labels(results, group)[:, i]
+            ens = np.mean([p[:, i] for p in preds], axis=0)
+            test = delong(y, lgbm[:, i], ens)
+            single = np.mean([roc_auc_score(y, p[:, i]) for p in preds])
+            flag = " *" if test.ci_low > 0 or test.ci_high < 0 else ""
+            lines.append(f"| {group} | {t} | {family} | {v} ({val:.4f}) | {len(rows)} | "
+                         f"{single:.4f} | "
+                         f"{test.candidate:.4f} | {test.baseline:.4f} | {test.delta:+.4f} "
+                         f"[{test.ci_low:+.4f}, {test.ci_high:+.4f}]{flag}, "
+                         f"p = {test.p_value:.3f} |")
+    return "\n".join(lines)
+
+
+def _test_labels(results: Path, group: str) -> np.ndarray:
+    path = results / "census_preds" / f"{group}__labels.npy"
+    return np.load(path)
+
+
+SPLIT_EXPERTS = ["demo", "demo", "work", "work", "fin+res", "fin+res", "all", "all"]
+
+
 def heatmaps(synth: list[dict[str, Any]], census: list[dict[str, Any]], path: Path) -> None:
-    """Mean gate weight per task and expert (mean over seeds) for the softmax / topk / max /
-    constant MMoE: synthetic (rho 0.5) and both census groups."""
+    """Gate weight per task (rows) and expert (columns), averaged over the test rows: seed 0 of
+    the softmax / topk / max / constant MMoE (synthetic rho 0.5 and both census groups; an
+    expert's index means nothing across seeds), and the field-split MMoE averaged over its
+    seeds (there an expert's fields are fixed, so the mean is meaningful)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = []
+    panels = []  # (title, matrix rows per task, task names, expert labels)
+
+    def add(title: str, rows: list[dict[str, Any]], all_seeds: bool = False,
+            labels: list[str] | None = None) -> None:
+        if not rows:
+            return
+        rows = sorted(rows, key=lambda r: r["seed"])
+        tasks = list(rows[0]["gates"])
+        use = rows if all_seeds else rows[:1]
+        m = np.mean([[r["gates"][t] for t in tasks] for r in use], axis=0)
+        seeds = f"mean of {len(use)} seeds" if all_seeds else f"seed {use[0]['seed']}"
+        panels.append((f"{title} ({seeds})", m, tasks, labels))
+
     for v in ("softmax", "topk2", "max", "constant"):
-        rows = [r for r in synth if r["variant"] == v and r["rho"] == 0.5 and r["gates"]]
-        if rows:
-            panels.append((f"synthetic ρ=0.5, {v}", rows))
+        add(f"synthetic ρ=0.5, {v}",
+            [r for r in synth if r["variant"] == v and r["rho"] == 0.5 and r["gates"]])
     for group in ("group1", "group2"):
         for v in ("mmoe-pwl", "mmoe-topk2", "mmoe-max", "mmoe-constant"):
-            rows = [r for r in census if r["group"] == group and r["variant"] == v and r["gates"]]
-            if rows:
-                panels.append((f"census {group}, {v}", rows))
+            add(f"census {group}, {v}", [r for r in census if r["group"] == group
+                                         and r["variant"] == v and r["gates"]])
+        add(f"census {group}, mmoe-pwl-split",
+            [r for r in census if r["group"] == group and r["variant"] == "mmoe-pwl-split"],
+            all_seeds=True, labels=SPLIT_EXPERTS)
     if not panels:
         return
     cols = 4
     fig, axes = plt.subplots(math.ceil(len(panels) / cols), cols,
-                             figsize=(4 * cols, 1.9 * math.ceil(len(panels) / cols)),
+                             figsize=(4 * cols, 2.0 * math.ceil(len(panels) / cols)),
                              squeeze=False)
-    for ax, (title, rows) in zip(axes.flat, panels):
-        tasks = list(rows[0]["gates"])
-        m = np.mean([[r["gates"][t] for t in tasks] for r in rows[:1]], axis=0)  # first seed
+    for ax, (title, m, tasks, labels) in zip(axes.flat, panels):
         ax.imshow(m, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
-        ax.set_xticks(range(m.shape[1]))
-        ax.set_title(title + " (seed 0)", fontsize=8)
+        ax.set_xticks(range(m.shape[1]), labels or range(m.shape[1]),
+                      fontsize=6 if labels else 8, rotation=30 if labels else 0)
+        ax.set_title(title, fontsize=8)
         for (i, j), val in np.ndenumerate(m):
             ax.text(j, i, f"{val:.2f}", ha="center", va="center", fontsize=6,
                     color="white" if val < 0.5 else "black")
@@ -481,10 +659,24 @@ def cmd_report(args: argparse.Namespace) -> None:
     if synth:
         parts += ["### Synthetic: gate variants\n", report_synth(synth), ""]
     if train:
-        parts += ["### Trainability\n",
+        parts += ["### Trainability (600 steps, 5k rows)\n",
                   report_trainability(train, IMG / "issue13_trainability.png"), ""]
+    long = load(args.results / "issue13_trainability_long.jsonl")
+    if long:
+        parts += ["### Trainability (3000 steps, 10k rows)\n",
+                  report_trainability(long, IMG / "issue13_trainability_long.png"), ""]
+    if synth:
+        parts += ["### Synthetic: the full factorial\n", report_synth_factorial(synth), ""]
     if census:
-        parts += ["### Census\n", report_census(census), ""]
+        main_rows = [v for v in CENSUS_VARIANTS if v != "mmoe" and not v.startswith("mmoe-")
+                     or v in ("mmoe-topk2", "mmoe-max", "mmoe-constant")
+                     or v.startswith("mmoe-pwl") or v in ("mmoe-quantile", "mmoe-e40")]
+        parts += ["### Census\n", report_census(census, main_rows), "",
+                  "### Census: the factorial\n", report_census_factorial(census), "",
+                  "### Census: best variant by validation AUC, seed ensemble vs LightGBM\n",
+                  report_ensembles(census, args.results, {
+                      "MMoE variants": [v for v in main_rows if v.startswith("mmoe")],
+                      "all variants": main_rows}), ""]
     heatmaps(synth, census, IMG / "issue13_gate_heatmaps.png")
     text = "\n".join(parts)
     print(text)
@@ -509,6 +701,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--rhos", type=float, nargs="+", default=[0.5, 0.9])
     t.add_argument("--steps", type=int, default=600)
     t.add_argument("--n-train", type=int, default=5000)
+    t.add_argument("--tag", default="", help="results file suffix (another steps / rows setting)")
     t.set_defaults(fn=cmd_trainability)
     c = sub.add_parser("census")
     c.add_argument("--warehouse", type=Path, default=Path("/tmp/repro-wh"))

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from _frames import random_features
 from browser import visit
 from jobs import stats
 from jobs.errors import InputError, MissingInputError
@@ -29,25 +30,6 @@ EXPERTS = 4
 @pytest.fixture(scope="module")
 def spec():
     return load_spec("synth")
-
-
-def _features(spec, rng, day_index) -> pa.Table:
-    cols = {}
-    for field in features_arrow_schema(spec):
-        name = field.name
-        if name == "impression_id":
-            cols[name] = np.arange(N, dtype=np.int64) + day_index * 10_000
-        elif name == "user_id":
-            cols[name] = rng.integers(0, 30, N)
-        elif name in ("platform", "user_cohort", "item_category", "hour"):
-            vocab = spec.column(name).vocabulary
-            values = rng.choice(vocab, N)
-            cols[name] = values.astype(np.int64) if pa.types.is_integer(field.type) else values
-        elif pa.types.is_integer(field.type):
-            cols[name] = rng.integers(0, 1000, N)
-        else:
-            cols[name] = rng.random(N) * 10
-    return pa.table(cols, schema=features_arrow_schema(spec))
 
 
 def _predictions(spec, ids, labels, noise, rng, gates=False) -> pa.Table:
@@ -76,7 +58,8 @@ def warehouse(job_config, spec):
     job_config.compare.replicates = 30
     for i, ds in enumerate(DAYS):
         ids = np.arange(N, dtype=np.int64) + i * 10_000
-        _write(wh.partition(spec.name, "features", ds), _features(spec, rng, i))
+        _write(wh.partition(spec.name, "features", ds),
+               random_features(spec, rng, N, users=30, first_key=i * 10_000))
         labels = pd.DataFrame({"impression_id": ids, **{t: rng.integers(0, 2, N).astype(np.int32)
                                                        for t in spec.task_names}})
         labelled = labels.iloc[7:]  # 7 rows per day have no labels

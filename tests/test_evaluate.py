@@ -12,6 +12,7 @@ import pytest
 from pyspark.testing import assertDataFrameEqual
 from sklearn.metrics import roc_auc_score
 
+from _frames import random_features
 from jobs.errors import MissingInputError
 from jobs.stages.evaluate import evaluate_partition
 from jobs.manifest import RunManifest
@@ -26,25 +27,6 @@ N = 240
 @pytest.fixture(scope="module")
 def spec():
     return load_spec("synth")
-
-
-def _features(spec, rng) -> pa.Table:
-    cols = {}
-    for field in features_arrow_schema(spec):
-        name = field.name
-        if name == "impression_id":
-            cols[name] = np.arange(N, dtype=np.int64)
-        elif name == "user_id":
-            cols[name] = rng.integers(0, 25, N)
-        elif name in ("platform", "user_cohort", "item_category", "hour"):
-            vocab = spec.column(name).vocabulary
-            values = rng.choice(vocab, N)
-            cols[name] = values.astype(np.int64) if pa.types.is_integer(field.type) else values
-        elif pa.types.is_integer(field.type):
-            cols[name] = rng.integers(0, 1000, N)
-        else:
-            cols[name] = rng.random(N) * 10
-    return pa.table(cols, schema=features_arrow_schema(spec))
 
 
 def _write_predictions(wh: Warehouse, spec, version: str, seed: int, rows: np.ndarray) -> None:
@@ -62,7 +44,7 @@ def _write_predictions(wh: Warehouse, spec, version: str, seed: int, rows: np.nd
 def warehouse(job_config, spec):
     rng = np.random.default_rng(3)
     wh = Warehouse(job_config.warehouse)
-    for table, data in (("features", _features(spec, rng)),
+    for table, data in (("features", random_features(spec, rng, N, users=25)),
                         ("labels", pa.table({"impression_id": np.arange(N, dtype=np.int64),
                                              **{t: rng.integers(0, 2, N).astype(np.int32)
                                                 for t in spec.task_names}},
