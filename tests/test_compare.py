@@ -20,7 +20,7 @@ from jobs.errors import InputError, MissingInputError
 from jobs.stages.compare import compare_models
 from jobs.warehouse import Warehouse, read_table
 from schemas.spec import load_spec
-from schemas.tables import features_arrow_schema, labels_arrow_schema
+from schemas.tables import labels_arrow_schema
 
 DAYS = ["2026-11-02", "2026-11-03"]
 N = 300

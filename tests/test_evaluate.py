@@ -18,7 +18,7 @@ from jobs.stages.evaluate import evaluate_partition
 from jobs.manifest import RunManifest
 from jobs.warehouse import Warehouse
 from schemas.spec import load_spec
-from schemas.tables import features_arrow_schema, labels_arrow_schema
+from schemas.tables import labels_arrow_schema
 
 DS = "2026-11-03"
 N = 240
