@@ -255,6 +255,8 @@ CENSUS_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "mmoe-pwl": ("pwl", {}),
     "mmoe-quantile": ("quantile", {}),
     "mmoe-pwl-cross": ("pwl", {"expert_layout": ("6xmlp", "2xcross:2")}),
+    # pwl-cross's parameter count (within 5%) with MLP experts only: is it the cross or the size?
+    "mmoe-pwl-wide": ("pwl", {"expert_hidden": (176,)}),
     # field-split: two experts per field group of the spec, two reading everything; widths
     # chosen so the parameter count is within 5% of mmoe-pwl's
     "mmoe-pwl-split": ("pwl", {"expert_layout": ("2xmlp:160@demographic", "2xmlp:160@work",
