@@ -203,6 +203,20 @@ def _data_digest(dense: torch.Tensor, cats: torch.Tensor, labels: np.ndarray,
     return h.hexdigest()
 
 
+CHECKPOINT = "last.pt"
+
+
+def discard_checkpoint(checkpoint_dir: str | Path) -> None:
+    """Delete the checkpoint :func:`train` keeps in ``checkpoint_dir`` (and the directory, if
+    that leaves it empty); other files there are never touched."""
+    directory = Path(checkpoint_dir)
+    (directory / CHECKPOINT).unlink(missing_ok=True)
+    try:
+        directory.rmdir()
+    except OSError:  # absent, or holds something that is not ours
+        pass
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically (temp file + rename), so a crash mid-write keeps the previous one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,7 +287,7 @@ def _train(frame: pd.DataFrame, spec: DatasetSpec, model_config: ModelConfig,
     n_train = train_idx.size
     batches = math.ceil(n_train / config.batch_size)
     first_epoch = 1
-    ckpt_path = Path(config.checkpoint_dir) / "last.pt" if config.checkpoint_dir else None
+    ckpt_path = Path(config.checkpoint_dir) / CHECKPOINT if config.checkpoint_dir else None
     # Everything that shapes the epochs after a resume except ``epochs`` (a resumed run may
     # train longer) and ``patience``; the data enter as a digest of the encoded inputs.
     fingerprint = {"model": model_config.to_dict(), "seed": config.seed,

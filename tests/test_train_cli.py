@@ -120,3 +120,14 @@ def test_a_checkpoint_of_other_settings_is_refused_not_mixed_in(tmp_path, day):
     result = _train(config, day, out, "--no-resume")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["details"]["resumed_after_epoch"] == 0
+
+
+def test_a_given_checkpoint_dir_keeps_what_else_it_holds(tmp_path, day):
+    config = job_config_file(tmp_path / "config.yaml", training={**SMALL, "epochs": 1})
+    mine = tmp_path / "scratch"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    result = _train(config, day, tmp_path / "m", "--checkpoint-dir", str(mine))
+    assert result.exit_code == 0, result.stderr
+    assert (mine / "notes.txt").read_text() == "keep me"
+    assert list(mine.iterdir()) == [mine / "notes.txt"]  # the checkpoint itself is gone

@@ -19,7 +19,7 @@ from jobs.config import JobConfig
 from jobs.errors import InputError, MissingInputError
 from jobs.manifest import RunRecord
 from jobs.warehouse import (
-    Warehouse, date_range, parquet_files, read_footers, read_table, remove, replacing,
+    Warehouse, date_range, parquet_files, read_footers, read_table, replacing,
 )
 from mmoe_model.archs import ARCHS
 from schemas.spec import DatasetSpec, load_spec
@@ -125,7 +125,7 @@ def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, o
         MANIFEST, ModelArtifact, build_artifact_files, write_artifact_files,
     )
     from mmoe_model.errors import CheckpointMismatch, MmoeModelError
-    from mmoe_model.trainer import train
+    from mmoe_model.trainer import discard_checkpoint, train
 
     if arch not in ARCHS:
         raise InputError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
@@ -140,7 +140,7 @@ def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, o
     checkpoint = Path(checkpoint_dir) if checkpoint_dir is not None \
         else wh.train_checkpoint(dataset, out)
     if not resume:
-        remove(checkpoint)
+        discard_checkpoint(checkpoint)
     train_config = replace(cfg.training.train_config(epochs, seed),
                            checkpoint_dir=str(checkpoint), resume=resume)
 
@@ -165,7 +165,7 @@ def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, o
     with replacing(out) as staging:
         write_artifact_files(staging, files)
     artifact = ModelArtifact.from_files(files)
-    remove(checkpoint)  # the artifact holds the result; a rerun trains afresh
+    discard_checkpoint(checkpoint)  # the artifact holds the result; a rerun trains afresh
     details = {
         "arch": arch, "start": start, "end": end, "seed": seed,
         "train_rows": result.train_rows, "val_rows": result.val_rows,
