@@ -211,6 +211,9 @@ def discard_checkpoint(checkpoint_dir: str | Path) -> None:
     that leaves it empty); other files there are never touched."""
     directory = Path(checkpoint_dir)
     (directory / CHECKPOINT).unlink(missing_ok=True)
+    # A writer killed mid-save leaves its temp file (see _save_checkpoint): ours too.
+    for partial in directory.glob(f".{CHECKPOINT}.*.tmp"):
+        partial.unlink(missing_ok=True)
     try:
         directory.rmdir()
     except OSError:  # absent, or holds something that is not ours

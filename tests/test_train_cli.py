@@ -127,7 +127,8 @@ def test_a_given_checkpoint_dir_keeps_what_else_it_holds(tmp_path, day):
     mine = tmp_path / "scratch"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
+    (mine / ".last.pt.999.tmp").write_bytes(b"half a checkpoint")  # a writer killed mid-save
     result = _train(config, day, tmp_path / "m", "--checkpoint-dir", str(mine))
     assert result.exit_code == 0, result.stderr
     assert (mine / "notes.txt").read_text() == "keep me"
-    assert list(mine.iterdir()) == [mine / "notes.txt"]  # the checkpoint itself is gone
+    assert list(mine.iterdir()) == [mine / "notes.txt"]  # the checkpoint and its temp are gone
