@@ -271,6 +271,9 @@ CENSUS_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "single-task-pwl": ("pwl", {"arch": "single-task"}),
     "omoe-pwl": ("pwl", {"arch": "omoe"}),
     "ple-pwl": ("pwl", {"arch": "ple"}),
+    # the cheapest baselines with the 40-epoch probe's budget: is it MMoE or the longer training?
+    "single-task-pwl-e40": ("pwl", {"arch": "single-task"}),
+    "shared-bottom-pwl-e40": ("pwl", {"arch": "shared-bottom"}),
 }
 
 
@@ -689,6 +692,12 @@ def cmd_report(args: argparse.Namespace) -> None:
                       "MMoE variants": [v for v in main_rows if v.startswith("mmoe")],
                       "all variants": main_rows}), ""]
     heatmaps(synth, census, IMG / "issue13_gate_heatmaps.png")
+    parts += ["### Runs and summed per-run wall time\n"]
+    for label, recs in (("synthetic factorial", synth), ("trainability", train),
+                        ("trainability (long)", long), ("census", census)):
+        if recs:
+            parts.append(f"* {label}: {len(recs)} runs, "
+                         f"{sum(r.get('seconds', 0) for r in recs) / 3600:.2f} h")
     text = "\n".join(parts)
     print(text)
     if args.out:
