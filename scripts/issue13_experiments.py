@@ -471,6 +471,40 @@ def report_census(records: list[dict[str, Any]], variants: list[str] | None = No
     return "\n".join(out)
 
 
+# (a, b, what the paired difference a - b isolates)
+CONTRASTS = [
+    ("mmoe-pwl", "mmoe", "pwl encoding (vs raw numerics)"),
+    ("mmoe-pwl-cross", "mmoe-pwl-wide", "cross experts, parameters matched"),
+    ("mmoe-pwl-split", "mmoe-pwl", "field-split experts, parameters matched"),
+    ("mmoe-pwl", "single-task-pwl", "MMoE vs single-task (12 epochs)"),
+    ("mmoe-pwl", "shared-bottom-pwl", "MMoE vs Shared-Bottom (12 epochs)"),
+    ("mmoe-pwl", "omoe-pwl", "MMoE vs OMoE (12 epochs)"),
+    ("mmoe-pwl", "ple-pwl", "MMoE vs PLE (12 epochs)"),
+    ("mmoe-pwl-e40", "mmoe-pwl", "40 epochs vs 12"),
+    ("mmoe-pwl-e40", "single-task-pwl-e40", "MMoE vs single-task (40 epochs)"),
+    ("mmoe-pwl-e40", "shared-bottom-pwl-e40", "MMoE vs Shared-Bottom (40 epochs)"),
+]
+
+
+def report_contrasts(records: list[dict[str, Any]]) -> str:
+    """The paired differences the census claims rest on, per group and task."""
+    groups = sorted({r["group"] for r in records})
+    tasks = {g: list(next(r for r in records if r["group"] == g
+                          and r["variant"] != "lgbm")["test_auc"]) for g in groups}
+    head = [f"{g}: {t}" for g in groups for t in tasks[g]]
+    lines = ["| a − b | isolates | " + " | ".join(head) + " |",
+             "|---|---|" + "---|" * len(head)]
+    for a, b, what in CONTRASTS:
+        cells = []
+        for g in groups:
+            sub = [r for r in records if r["group"] == g]
+            for t in tasks[g]:
+                d = _paired(sub, lambda r: r["seed"], lambda r, t=t: r["test_auc"][t], a, b)
+                cells.append(f"{fmt_ci(d)} (n={len(d)})" if len(d) > 1 else "n/a")
+        lines.append(f"| {a} − {b} | {what} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _cell_means(records: list[dict[str, Any]], value: Callable[[dict[str, Any]], float],
                 prefix: str = "") -> dict[int, dict[str, float]]:
     """seed -> {factorial cell: value}, only for seeds that ran every one of the 32 cells
@@ -686,6 +720,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                      or v in ("mmoe-topk2", "mmoe-max", "mmoe-constant")
                      or v.startswith("mmoe-pwl") or v in ("mmoe-quantile", "mmoe-e40")]
         parts += ["### Census\n", report_census(census, main_rows), "",
+                  "### Census: paired contrasts\n", report_contrasts(census), "",
                   "### Census: the factorial\n", report_census_factorial(census), "",
                   "### Census: best variant by validation AUC, seed ensemble vs LightGBM\n",
                   report_ensembles(census, args.results, {
