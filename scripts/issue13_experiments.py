@@ -643,14 +643,17 @@ def _test_labels(results: Path, group: str) -> np.ndarray:
     return np.load(path)
 
 
-SPLIT_EXPERTS = ["demo", "demo", "work", "work", "fin+res", "fin+res", "all", "all"]
+# mmoe-pwl-split's experts, two per field group in layout order (summed in the heatmap: the two
+# experts of a group are interchangeable, their sum is what a task takes from those fields)
+SPLIT_GROUPS = ["demographic", "work", "finance+\nresidence", "all fields"]
 
 
 def heatmaps(synth: list[dict[str, Any]], census: list[dict[str, Any]], path: Path) -> None:
     """Gate weight per task (rows) and expert (columns), averaged over the test rows: seed 0 of
     the softmax / topk / max / constant MMoE (synthetic rho 0.5 and both census groups; an
     expert's index means nothing across seeds), and the field-split MMoE averaged over its
-    seeds (there an expert's fields are fixed, so the mean is meaningful)."""
+    seeds, summed per field group (there an expert's fields are fixed, so the mean is
+    meaningful)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -665,6 +668,8 @@ def heatmaps(synth: list[dict[str, Any]], census: list[dict[str, Any]], path: Pa
         tasks = list(rows[0]["gates"])
         use = rows if all_seeds else rows[:1]
         m = np.mean([[r["gates"][t] for t in tasks] for r in use], axis=0)
+        if labels is not None:  # experts in equal consecutive groups: a group's total weight
+            m = m.reshape(len(tasks), len(labels), -1).sum(axis=2)
         seeds = f"mean of {len(use)} seeds" if all_seeds else f"seed {use[0]['seed']}"
         panels.append((f"{title} ({seeds})", m, tasks, labels))
 
@@ -677,7 +682,7 @@ def heatmaps(synth: list[dict[str, Any]], census: list[dict[str, Any]], path: Pa
                                          and r["variant"] == v and r["gates"]])
         add(f"census {group}, mmoe-pwl-split",
             [r for r in census if r["group"] == group and r["variant"] == "mmoe-pwl-split"],
-            all_seeds=True, labels=SPLIT_EXPERTS)
+            all_seeds=True, labels=SPLIT_GROUPS)
     if not panels:
         return
     cols = 4
@@ -688,7 +693,7 @@ def heatmaps(synth: list[dict[str, Any]], census: list[dict[str, Any]], path: Pa
         ax.imshow(m, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
         ax.set_xticks(range(m.shape[1]), labels or range(m.shape[1]),
-                      fontsize=6 if labels else 8, rotation=30 if labels else 0)
+                      fontsize=7 if labels else 8)
         ax.set_title(title, fontsize=8)
         for (i, j), val in np.ndenumerate(m):
             ax.text(j, i, f"{val:.2f}", ha="center", va="center", fontsize=6,
