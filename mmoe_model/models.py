@@ -41,8 +41,10 @@ from mmoe_model.layers import MLP, EmbeddingInput, ExpertBank, ExpertSet, Gate, 
 
 
 # Top-k scoring computes only the chosen experts when one expert costs at least this many
-# multiply-adds per row (below it the gather / scatter costs more than it saves).
-SPARSE_MIN_MACS = 16384
+# multiply-adds per row (below it the gather / scatter costs more than it saves). Measured on
+# the idle 2-core VM, 1 thread, 8192 rows, top-2 of 8 (docs/reproduction.md 3.5): chosen-only is
+# slower at 576 MACs (9.0 vs 6.3 ms), even at 1152, faster from 2560 (10.3 vs 12.8 ms).
+SPARSE_MIN_MACS = 2048
 
 
 class MultiTaskModel(nn.Module):
@@ -145,9 +147,8 @@ class MixtureOfExperts(MultiTaskModel):
         self.towers = self._make_towers(config.expert_dim)
         self.num_gate_experts = num_experts
         # Scoring with a sparse gate computes each expert only on the rows some task chose it
-        # for (one level of homogeneous experts). Measured on a 2-core VM, 1 thread, 8192 rows
-        # (docs/reproduction.md): always faster for max (2.1-8.9x); for top-2 of 8 slower with
-        # small experts (6k multiply-adds per expert-row: 20.1 vs 17.3 ms), 2x faster from 57k.
+        # for (one level of homogeneous experts): always for max (1.7-4.0x faster, measured in
+        # docs/reproduction.md 3.5), for top-k from SPARSE_MIN_MACS multiply-adds per expert-row.
         macs = sum(w.shape[1] * w.shape[2] for w in getattr(banks[0], "weights", []))
         self.sparse_scoring = (self.task_gate.sparse and config.num_levels == 1
                                and isinstance(banks[0], ExpertBank)

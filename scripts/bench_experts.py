@@ -4,7 +4,8 @@ sets; and top-k / max scoring with and without computing only the chosen experts
 
     PYTHONPATH=. python scripts/bench_experts.py
 
-One thread, 8192 rows, best of 3 x 10 forward passes in inference mode.
+One thread, 8192 rows, best of 3 x 10 forward passes in inference mode. Expert banks are timed
+with the row-blocked scoring path (ExpertBank.SCORING_ROW_BLOCK) and without it.
 """
 
 from __future__ import annotations
@@ -71,8 +72,15 @@ def main() -> None:
         bank = ExpertSet(ModelConfig(num_experts=8, expert_layout=layout_).expert_groups,
                          layout, (64,), 32).eval()
         rows.append((f"ExpertSet {list(layout_)}", lambda bank=bank: bank(x)))
+    print("| experts | scored in 512-row blocks | in one block |")
+    print("|---|---|---|")
+    block = ExpertBank.SCORING_ROW_BLOCK
     for label, fn in rows:
-        print(f"| {label} | {best_ms(fn):.1f} ms |", flush=True)
+        blocked = best_ms(fn)
+        ExpertBank.SCORING_ROW_BLOCK = 1 << 62
+        whole = best_ms(fn)
+        ExpertBank.SCORING_ROW_BLOCK = block
+        print(f"| {label} | {blocked:.1f} ms | {whole:.1f} ms |", flush=True)
     dense, cats = torch.randn(B, F), torch.zeros(B, 0, dtype=torch.long)
     for hidden, d in (((64,), 32), ((256, 128), 64)):
         for gate, k in (("softmax", 2), ("topk", 2), ("max", 1)):

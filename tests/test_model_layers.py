@@ -90,6 +90,18 @@ def test_fused_expert_bank_equals_plain_loop():
         bank(torch.randn(3, 9, 6))
 
 
+def test_expert_bank_scores_in_row_blocks_like_the_plain_loop():
+    """Scoring (no grad) runs the bank in blocks of SCORING_ROW_BLOCK rows; a batch that ends in
+    a partial block must still equal the plain loop, row for row."""
+    bank = ExpertBank(num_experts=3, in_dim=6, hidden=(5,), out_dim=4)
+    x = torch.randn(2 * ExpertBank.SCORING_ROW_BLOCK + 37, 6)
+    ref = torch.stack([reference_expert(bank, e, x) for e in range(3)])
+    with torch.no_grad():
+        out = bank(x)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref)
+
+
 def test_fused_gate_equals_per_gate_softmax():
     gate = Gate(in_dim=5, num_experts=4, num_gates=3, temperature=2.0)
     with torch.no_grad():
