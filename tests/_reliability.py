@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -174,3 +175,21 @@ def kill_group(proc: subprocess.Popen) -> None:
             pass
         if kill is os.kill:
             proc.wait(timeout=60)
+
+
+def run_concurrently(fn, threads: int) -> list[BaseException]:
+    """Run ``fn`` in ``threads`` threads at once; the exceptions they raised (none: [])."""
+    errors: list[BaseException] = []
+
+    def guarded():
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+
+    started = [threading.Thread(target=guarded) for _ in range(threads)]
+    for t in started:
+        t.start()
+    for t in started:
+        t.join()
+    return errors

@@ -64,3 +64,19 @@ def chromium() -> str:
     if binary is None:
         pytest.skip(f"headless browser unavailable: {why}")
     return binary
+
+
+@pytest.fixture
+def refused_config(tmp_path):
+    """``refused_config(body, message)``: a config file holding ``body`` (YAML) is refused by
+    ``load_config`` with a ConfigError matching ``message``."""
+    from jobs.config import load_config
+    from jobs.errors import ConfigError
+
+    def check(body: str, message: str) -> None:
+        path = tmp_path / "refused.yaml"
+        path.write_text(body + "\n")
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
+
+    return check

@@ -123,11 +123,5 @@ def test_bootstrap_se_equals_direct_cluster_resampling():
     ("compare: {guardrails: {auc: {limit: 0.1}}}", "mapping with max_regression"),
     ("compare: {tolerance: 1}", "unknown key"),
 ])
-def test_compare_config_refuses_bad_values(tmp_path, section, message):
-    from jobs.config import load_config
-    from jobs.errors import ConfigError
-
-    path = tmp_path / "c.yaml"
-    path.write_text(section + "\n")
-    with pytest.raises(ConfigError, match=message):
-        load_config(path)
+def test_compare_config_refuses_bad_values(refused_config, section, message):
+    refused_config(section, message)

@@ -12,13 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from _reliability import run_concurrently
 from jobs.registry import register_model
 from jobs.stages.backfill import backfill_range
 from jobs.warehouse import Warehouse, parquet_files
@@ -150,20 +150,8 @@ def test_failed_day_does_not_stop_the_others_and_fails_the_run(spark, cfg):
 
 
 def test_concurrent_backfills_never_tear_or_duplicate(spark, cfg):
-    results, errors = [], []
-
-    def backfill():
-        try:
-            results.append(_run(spark, cfg))
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=backfill) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    results = []
+    assert run_concurrently(lambda: results.append(_run(spark, cfg)), 2) == []
     assert all(d.status in ("scored", "skipped") for r in results for d in r.days), \
         [(d.ds, d.status, d.error) for r in results for d in r.days]
     concurrent = _snapshot(spark, cfg)

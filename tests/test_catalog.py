@@ -203,14 +203,8 @@ def test_job_scores_a_candidates_table(spark, job_config, tables, tmp_path, arch
     ("scoring: {catalog: {method: fast}}", "config.scoring.catalog.method: must be one of 'factored', 'rows', got 'fast'"),
     ("scoring: {catalog: {top_k: 0}}", "top_k and max_items_per_user must be >= 1"),
 ])
-def test_bad_catalog_settings_are_refused(tmp_path, body, message):
-    from jobs.config import load_config
-    from jobs.errors import ConfigError
-
-    path = tmp_path / "c.yaml"
-    path.write_text(body + "\n")
-    with pytest.raises(ConfigError, match=message):
-        load_config(path)
+def test_bad_catalog_settings_are_refused(refused_config, body, message):
+    refused_config(body, message)
 
 
 def test_catalog_sides_come_from_the_spec():

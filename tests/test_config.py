@@ -35,11 +35,8 @@ def test_training_keys_reach_the_model_and_optimiser(tmp_path):
     ("training: {num_experts: 0}", r"config.training: num_experts must be >= 1"),
     ("training: [1, 2]", r"config.training: must be a mapping"),
 ])
-def test_bad_training_section_is_refused(tmp_path, body, message):
-    path = tmp_path / "c.yaml"
-    path.write_text(body + "\n")
-    with pytest.raises(ConfigError, match=message):
-        load_config(path)
+def test_bad_training_section_is_refused(refused_config, body, message):
+    refused_config(body, message)
 
 
 def test_gate_and_expert_layout_are_training_keys(tmp_path):

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from _reliability import run_concurrently
 from jobs.errors import PartitionLocked
 from jobs.warehouse import Warehouse, partition_lock
 
@@ -97,29 +98,21 @@ def test_racing_breakers_of_a_stale_lock_never_hold_it_together(tmp_path):
     path = tmp_path / "_locks" / "x.lock"
     for _ in range(5):
         _plant(path, _dead_pid())
-        inside, most, errors = [0], [0], []
+        inside, most = [0], [0]
         guard = threading.Lock()
         start = threading.Barrier(8)
 
         def writer():
             start.wait()
-            try:
-                with partition_lock(path, "x", wait_seconds=20, poll_seconds=0.005):
-                    with guard:
-                        inside[0] += 1
-                        most[0] = max(most[0], inside[0])
-                    time.sleep(0.01)
-                    with guard:
-                        inside[0] -= 1
-            except Exception as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
+            with partition_lock(path, "x", wait_seconds=20, poll_seconds=0.005):
+                with guard:
+                    inside[0] += 1
+                    most[0] = max(most[0], inside[0])
+                time.sleep(0.01)
+                with guard:
+                    inside[0] -= 1
 
-        threads = [threading.Thread(target=writer) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == [] and most[0] == 1
+        assert run_concurrently(writer, 8) == [] and most[0] == 1
         assert not path.exists()
         assert not list(path.parent.glob(".broken-*"))
 
