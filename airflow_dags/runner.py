@@ -4,7 +4,7 @@ are in force, which day's labels have matured, does the CLI have `compare`).
 
 Kept out of the DAG files so they parse fast and this logic is testable without Airflow. It
 imports neither Spark, torch nor Great Expectations: the jobs run in their own `mmoe` process
-(a Spark driver), the decisions read the warehouse through ``jobs.warehouse`` / ``jobs.registry``.
+(a Spark driver), the decisions read the warehouse through ``jobs.core.warehouse`` / ``jobs.core.registry``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Settings:
                    compare_days=int(var("mmoe_compare_days", default=7)))
 
     def job_config(self):
-        from jobs.config import load_config
+        from jobs.core.config import load_config
 
         return load_config(self.config, self.warehouse)
 
@@ -115,7 +115,7 @@ def log_failure(context) -> None:
 
 def features_ready(settings: Settings, ds: str) -> bool:
     """The sensor's check: the day's features partition holds data."""
-    from jobs.warehouse import Warehouse
+    from jobs.core.warehouse import Warehouse
 
     cfg = settings.job_config()
     return Warehouse(cfg.warehouse).has_partition(settings.dataset, "features", ds)
@@ -124,8 +124,8 @@ def features_ready(settings: Settings, ds: str) -> bool:
 def models_to_score(settings: Settings, ds: str) -> list[str]:
     """The registered versions to score on ``ds``: the champion in force, then every challenger
     in force. Without any registry for the dataset, the legacy ``mmoe_model_dir`` Variable."""
-    from jobs.registry import Registry, models_in_force
-    from jobs.warehouse import Warehouse
+    from jobs.core.registry import Registry, models_in_force
+    from jobs.core.warehouse import Warehouse
 
     cfg = settings.job_config()
     registry = Registry.read(Warehouse(cfg.warehouse), settings.dataset)
@@ -145,7 +145,7 @@ def matured_ds(settings: Settings, ds: str) -> str:
 
 
 def has_predictions(settings: Settings, ds: str) -> bool:
-    from jobs.warehouse import Warehouse
+    from jobs.core.warehouse import Warehouse
 
     cfg = settings.job_config()
     return bool(Warehouse(cfg.warehouse).sub_partitions(settings.dataset, "predictions", ds,

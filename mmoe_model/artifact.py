@@ -157,7 +157,7 @@ def save_artifact(path: str | Path, model: MultiTaskModel, model_config: ModelCo
 
     A plain write, for library callers (scripts, tests). The ``mmoe train`` job does not use it:
     it stages :func:`build_artifact_files` and swaps the directory in through the warehouse's
-    one atomic-replace implementation (``jobs.warehouse.replacing``). An existing non-empty
+    one atomic-replace implementation (``jobs.core.warehouse.replacing``). An existing non-empty
     directory that is not an artifact is refused.
     """
     path = Path(path)

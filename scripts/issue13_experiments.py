@@ -604,7 +604,7 @@ def report_ensembles(records: list[dict[str, Any]], results: Path,
     ensemble) and single seeds against LightGBM with DeLong's paired test on the test rows."""
     from sklearn.metrics import roc_auc_score
 
-    from jobs.stats import delong
+    from jobs.compare.stats import delong
 
     lines = ["| group | task | among | chosen (val AUC, mean over seeds) | seeds "
              "| single seed test AUC | ensemble test AUC | LightGBM "

@@ -45,10 +45,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in __import__("sys").path:
     __import__("sys").path.insert(0, str(REPO))
 
-from jobs.stages.train import load_training_frame  # noqa: E402
-from jobs.warehouse import Warehouse  # noqa: E402
+from jobs.train.stage import load_training_frame  # noqa: E402
+from jobs.core.warehouse import Warehouse  # noqa: E402
 from mmoe_model.features import splitmix64  # noqa: E402
-from mmoe_model.models import ModelConfig, build_model  # noqa: E402
+from mmoe_model.models import ModelConfig  # noqa: E402
 from mmoe_model.trainer import TrainConfig, train, validation_mask  # noqa: E402
 from schemas.spec import DatasetSpec, load_spec  # noqa: E402
 

@@ -58,7 +58,7 @@ def write_parquet(directory: Path, cols: dict[str, list], schema: pa.Schema,
 def write_day(wh_root: Path, spec, ds: str, n: int = 400, seed: int = 0, first_key: int = 0,
               features: dict | None = None, labels: dict | None = None) -> tuple[dict, dict]:
     """A features and a labels partition of ``n`` good rows (or the given columns)."""
-    from jobs.warehouse import Warehouse
+    from jobs.core.warehouse import Warehouse
     from schemas.tables import features_arrow_schema, labels_arrow_schema
 
     wh = Warehouse(wh_root)

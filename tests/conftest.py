@@ -40,7 +40,7 @@ def spark():
 @pytest.fixture
 def job_config(tmp_path):
     """The embedded config with a per-test warehouse and the test Spark settings."""
-    from jobs.config import load_config
+    from jobs.core.config import load_config
 
     cfg = load_config(warehouse=tmp_path / "wh")
     cfg.spark.master = "local[2]"
@@ -70,8 +70,8 @@ def chromium() -> str:
 def refused_config(tmp_path):
     """``refused_config(body, message)``: a config file holding ``body`` (YAML) is refused by
     ``load_config`` with a ConfigError matching ``message``."""
-    from jobs.config import load_config
-    from jobs.errors import ConfigError
+    from jobs.core.config import load_config
+    from jobs.core.errors import ConfigError
 
     def check(body: str, message: str) -> None:
         path = tmp_path / "refused.yaml"

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
-from jobs.abtest import decide, finish_report, group_records
-from jobs.config import Guardrail
+from jobs.compare.records import decide, finish_report, group_records
+from jobs.core.config import Guardrail
 
 
 def _group(rng, n=3000, users=150, noise_b=0.8, noise_c=0.8, same=False, noise=0.0):
@@ -74,7 +74,7 @@ def test_verdicts_better_worse_identical():
 def test_arrow_entry_equals_pandas_entry():
     import pyarrow as pa
 
-    from jobs.abtest import group_records_arrow
+    from jobs.compare.records import group_records_arrow
 
     rng = np.random.default_rng(7)
     pdf = _group(rng, n=800, noise_c=0.6)
@@ -97,7 +97,7 @@ def test_same_seed_same_intervals():
 def test_bootstrap_se_equals_direct_cluster_resampling():
     """The per-(segment, user) path of group_records gives the same replicates as weighting each
     row by its user's Poisson weight directly (stats.replicate_sums), in every segment."""
-    from jobs import stats
+    from jobs.compare import stats
 
     rng = np.random.default_rng(6)
     pdf = _group(rng, n=2000, users=80, noise_c=0.6)

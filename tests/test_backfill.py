@@ -19,9 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 from _reliability import run_concurrently
-from jobs.registry import register_model
-from jobs.stages.backfill import backfill_range
-from jobs.warehouse import Warehouse, parquet_files
+from jobs.core.registry import register_model
+from jobs.backfill.stage import backfill_range
+from jobs.core.warehouse import Warehouse, parquet_files
 from schemas import load_spec
 from tiny_models import tiny_model
 
@@ -104,7 +104,7 @@ def test_backfill_twice_skips_and_force_rewrites_identical_content(spark, cfg):
 
 def test_changed_features_or_model_are_not_skipped(spark, cfg, models):
     from jobs.data.synth import generate_synth
-    from jobs.registry import promote_model
+    from jobs.core.registry import promote_model
 
     cfg.evaluation.label_wait_days = 8  # 2025-03-02 + 8 = 2025-03-10 = as_of: just matured
     first = _run(spark, cfg)
@@ -220,10 +220,10 @@ def test_every_stage_writes_under_its_partition_lock(spark, cfg):
     holder, leaving the partition as it was."""
     import socket
 
-    from jobs.errors import PartitionLocked
-    from jobs.stages.evaluate import evaluate_partition
-    from jobs.stages.score import score_partition
-    from jobs.stages.validate import validate_partition
+    from jobs.core.errors import PartitionLocked
+    from jobs.evaluate.stage import evaluate_partition
+    from jobs.score.stage import score_partition
+    from jobs.validate.stage import validate_partition
 
     spec, ds = load_spec("synth"), DAYS[0]
     validate_partition(spark, cfg, spec, ds)

@@ -30,9 +30,9 @@ from _reliability import (
     tiny_model, write_day, write_parquet,
 )
 from jobs.cli import app
-from jobs.warehouse import Warehouse
+from jobs.core.warehouse import Warehouse
 from schemas import load_spec
-from schemas.tables import features_arrow_schema, labels_arrow_schema
+from schemas.tables import features_arrow_schema
 
 PREV, DS = "2026-03-09", "2026-03-10"
 N = 400

@@ -1,4 +1,4 @@
-"""Catalog scoring (jobs/stages/catalog.py): factored vs joined-row scoring, ties, the job."""
+"""Catalog scoring (jobs/score/catalog.py): factored vs joined-row scoring, ties, the job."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from jobs.manifest import RunManifest
-from jobs.stages.catalog import (
+from jobs.core.manifest import RunManifest
+from jobs.score.catalog import (
     grid_pairs, recommend_candidates, recommend_grid, recommend_rows, score_catalog,
 )
-from jobs.warehouse import Warehouse
+from jobs.core.warehouse import Warehouse
 from mmoe_model.artifact import ModelArtifact, save_artifact
 from mmoe_model.features import FeatureEncoder, InputLayout
 from mmoe_model.models import ModelConfig, build_model
@@ -208,8 +208,8 @@ def test_bad_catalog_settings_are_refused(refused_config, body, message):
 
 
 def test_catalog_sides_come_from_the_spec():
-    from jobs.errors import ConfigError, MissingInputError
-    from jobs.stages.catalog import catalog_sides
+    from jobs.core.errors import ConfigError, MissingInputError
+    from jobs.score.catalog import catalog_sides
 
     users, items = list(CAT.user_features), list(CAT.item_features)
     assert catalog_sides(SPEC, users + ["extra"], items) == (CAT.user_features, CAT.item_features)

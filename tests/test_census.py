@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.data.census import ingest_census
-from jobs.config import load_config
-from jobs.errors import InputError
-from jobs.manifest import RunManifest
-from jobs.warehouse import Warehouse
+from jobs.core.config import load_config
+from jobs.core.errors import InputError
+from jobs.core.manifest import RunManifest
+from jobs.core.warehouse import Warehouse
 from schemas.spec import load_spec
 from schemas.tables import features_arrow_schema, features_struct, labels_arrow_schema, labels_struct
 

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from jobs.cli import app
-from jobs.config import load_config
-from jobs.errors import ConfigError
+from jobs.core.config import load_config
+from jobs.core.errors import ConfigError
 
 runner = CliRunner()
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pytest
 from typer.testing import CliRunner
 
 from _reliability import REPO, cli_env, job_config_file, last_manifest, tiny_model, write_day
 from jobs.cli import app
-from jobs.warehouse import Warehouse, read_table
+from jobs.core.warehouse import Warehouse, read_table
 from schemas import load_spec
 
 DS_PREV, DS = "2026-06-01", "2026-06-02"

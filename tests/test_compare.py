@@ -15,10 +15,10 @@ from sklearn.metrics import roc_auc_score
 
 from _frames import random_features
 from browser import visit
-from jobs import stats
-from jobs.errors import InputError, MissingInputError
-from jobs.stages.compare import compare_models
-from jobs.warehouse import Warehouse, read_table
+from jobs.compare import stats
+from jobs.core.errors import InputError, MissingInputError
+from jobs.compare.stage import compare_models
+from jobs.core.warehouse import Warehouse, read_table
 from schemas.spec import load_spec
 from schemas.tables import labels_arrow_schema
 
@@ -199,7 +199,7 @@ def test_cli_gates_on_regression_and_refuses_in_one_line(spark, job_config, spec
 
 
 def test_evaluate_writes_gate_metrics(spark, job_config, spec, warehouse):
-    from jobs.stages.evaluate import evaluate_partition
+    from jobs.evaluate.stage import evaluate_partition
 
     result = evaluate_partition(spark, job_config, spec, DAYS[0])
     got = {(r["model_version"], r["task"], r["metric"]): r for r in

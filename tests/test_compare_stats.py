@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from jobs import stats
+from jobs.compare import stats
 
 
 def _delong_reference(y, sb, sc):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.config import load_config
-from jobs.errors import ConfigError
+from jobs.core.config import load_config
+from jobs.core.errors import ConfigError
 from mmoe_model.config import ModelConfig, TrainConfig
 
 

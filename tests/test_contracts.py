@@ -7,7 +7,6 @@ reasons, and Spark settings restored after a stage."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -18,10 +17,10 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from jobs.cli import app
-from jobs.stages.validate import passed_rows, validate_partition
-from jobs.warehouse import Warehouse
+from jobs.validate.stage import passed_rows, validate_partition
+from jobs.core.warehouse import Warehouse
 from schemas.spec import load_spec
-from schemas.tables import features_arrow_schema, labels_arrow_schema
+from schemas.tables import labels_arrow_schema
 from test_validate import DS, N, good_rows, quarantine_rows, write_features, write_parquet
 
 runner = CliRunner()
@@ -51,7 +50,7 @@ def _tiny_model(tmp_path, spec, frame):
 def test_direct_reader_leaves_null_keys_out(spark, job_config, spec, tmp_path):
     """A null key is quarantined by validation; the direct reader must not score it (a null key
     in the predictions would also crash the writer's non-null key column)."""
-    from jobs.stages.score import score_partition
+    from jobs.score.stage import score_partition
 
     key = spec.key_names[0]
     cols = good_rows(spec, N, seed=11)
@@ -82,7 +81,7 @@ def test_duplicate_keys_are_quarantined_without_a_labels_partition(spark, job_co
 
 def test_fingerprint_sees_a_file_rewritten_in_place(spark, job_config, spec):
     """Same file name, different size: the partition changed after validation."""
-    from jobs.errors import NotValidated
+    from jobs.core.errors import NotValidated
 
     write_features(job_config, spec, good_rows(spec, N, seed=13))
     validate_partition(spark, job_config, spec, DS)
@@ -145,13 +144,13 @@ def test_cli_failure_is_one_line_with_a_failed_manifest(job_config, spec, monkey
     assert manifest["status"] == "failed" and manifest["error"] in result.stderr
     assert json.loads(open(manifest["manifest_path"]).read())["status"] == "failed"
 
-    import jobs.stages.validate as validate
+    import jobs.validate.stage as validate
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire\nsecond line")
 
     monkeypatch.setattr(validate, "validate_partition", boom)
-    monkeypatch.setattr("jobs.cli._spark", lambda cfg: None)
+    monkeypatch.setattr("jobs.cli.nightly.spark_session", lambda cfg: None)
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     assert result.stderr.strip() == "error: RuntimeError: disk on fire"
@@ -160,7 +159,7 @@ def test_cli_failure_is_one_line_with_a_failed_manifest(job_config, spec, monkey
 
 
 def test_catalog_takes_the_top_ranked_items(spark, spec):
-    from jobs.stages.catalog import top_items_frame
+    from jobs.score.catalog import top_items_frame
 
     cat = spec.catalog
     ranks = [5.0, 50.0, 1.0, 40.0, 40.0]
@@ -172,7 +171,7 @@ def test_catalog_takes_the_top_ranked_items(spark, spec):
 
 @pytest.mark.parametrize("how", ["product", "sum"])
 def test_top_k_uses_the_fusion_weights(spec, how):
-    from jobs.stages.catalog import _ranked, fuse_numpy, fusion_weights
+    from jobs.score.catalog import _ranked, fuse_numpy, fusion_weights
 
     rng = np.random.default_rng(0)
     users, items = np.repeat([0, 1], 6), np.tile(np.arange(6), 2)
@@ -190,7 +189,7 @@ def test_top_k_uses_the_fusion_weights(spec, how):
 
 
 def test_evaluate_writes_gauc_equal_to_per_user_sklearn(spark, job_config, spec):
-    from jobs.stages.evaluate import evaluate_partition
+    from jobs.evaluate.stage import evaluate_partition
 
     rng = np.random.default_rng(5)
     wh = Warehouse(job_config.warehouse)
@@ -225,7 +224,7 @@ def test_evaluate_writes_gauc_equal_to_per_user_sklearn(spark, job_config, spec)
 def test_stage_spark_settings_are_restored(spark, job_config, spec):
     """Validation changes AQE and the codegen limit while it runs, and puts them back; a stage
     that fails restores them too."""
-    from jobs.spark import session_conf
+    from jobs.core.spark import session_conf
 
     keys = ("spark.sql.adaptive.enabled", "spark.sql.codegen.hugeMethodLimit")
     spark.conf.set(keys[0], "true")

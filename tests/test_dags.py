@@ -178,7 +178,7 @@ def test_dag_files_parse_fast_without_spark_torch_or_gx():
 
 
 def test_decisions_use_the_registry_and_the_label_delay(tmp_path, monkeypatch):
-    from jobs.registry import register_model
+    from jobs.core.registry import register_model
     from airflow_dags.runner import (
         JobFailed, Settings, cli_has, compare_pairs, matured_ds, models_to_score,
     )
@@ -233,12 +233,12 @@ def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, tmp_path
     import sys
     from pathlib import Path
 
-    from jobs.config import load_config
+    from jobs.core.config import load_config
     from jobs.data.synth import generate_synth
-    from jobs.registry import register_model
-    from jobs.stages.score import score_partition
-    from jobs.stages.validate import validate_partition
-    from jobs.warehouse import Warehouse, parquet_files, read_table
+    from jobs.core.registry import register_model
+    from jobs.score.stage import score_partition
+    from jobs.validate.stage import validate_partition
+    from jobs.core.warehouse import Warehouse, parquet_files, read_table
     from airflow_dags.runner import cli_has
     from schemas import load_spec
     from tiny_models import tiny_model

@@ -14,11 +14,11 @@ import pyarrow as pa
 import pytest
 
 from _reliability import good_columns, label_columns, tiny_model, write_day, write_parquet
-from jobs.config import load_config
-from jobs.stages.evaluate import evaluate_partition
-from jobs.stages.score import score_partition
-from jobs.stages.validate import validate_partition
-from jobs.warehouse import Warehouse, fingerprint, read_table
+from jobs.core.config import load_config
+from jobs.evaluate.stage import evaluate_partition
+from jobs.score.stage import score_partition
+from jobs.validate.stage import validate_partition
+from jobs.core.warehouse import Warehouse, fingerprint, read_table
 from schemas import load_spec
 from schemas.tables import features_arrow_schema
 

@@ -13,10 +13,10 @@ from pyspark.testing import assertDataFrameEqual
 from sklearn.metrics import roc_auc_score
 
 from _frames import random_features
-from jobs.errors import MissingInputError
-from jobs.stages.evaluate import evaluate_partition
-from jobs.manifest import RunManifest
-from jobs.warehouse import Warehouse
+from jobs.core.errors import MissingInputError
+from jobs.evaluate.stage import evaluate_partition
+from jobs.core.manifest import RunManifest
+from jobs.core.warehouse import Warehouse
 from schemas.spec import load_spec
 from schemas.tables import labels_arrow_schema
 

@@ -1,6 +1,6 @@
 """Faults (issue 11, item 2): injected task failures and Python worker crashes are retried to the
 same output as a clean run; `kill -9` of a scoring or evaluation driver at the points of
-`jobs.warehouse.replacing`'s crash window leaves exactly what its docstring promises, and a rerun
+`jobs.core.warehouse.replacing`'s crash window leaves exactly what its docstring promises, and a rerun
 completes with no partial or duplicate rows.
 
 The oracle is a clean run's output (read with pyarrow, sorted by key) and the filesystem itself
@@ -14,16 +14,15 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from _reliability import (
-    cli_env, good_columns, job_config_file, kill_group, last_manifest, start_cli, tiny_model,
+    cli_env, job_config_file, kill_group, last_manifest, start_cli, tiny_model,
     wait_for, write_day, write_parquet,
 )
 from jobs.cli import app
-from jobs.warehouse import Warehouse, fingerprint
+from jobs.core.warehouse import Warehouse, fingerprint
 from schemas import load_spec
 from schemas.tables import features_arrow_schema
 
@@ -39,7 +38,7 @@ def _mmoe(config: Path, wh: Path, *args: str):
 
 def _table(directory: Path, drop=("scored_at",)):
     """A partition as a sorted pyarrow table (via the warehouse's listing: hidden names out)."""
-    from jobs.warehouse import read_table
+    from jobs.core.warehouse import read_table
 
     table = read_table(directory)
     table = table.drop_columns([c for c in drop if c in table.column_names])

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from _reliability import run_concurrently
-from jobs.errors import PartitionLocked
-from jobs.warehouse import Warehouse, partition_lock
+from jobs.core.errors import PartitionLocked
+from jobs.core.warehouse import Warehouse, partition_lock
 
 
 def _dead_pid() -> int:
@@ -118,8 +118,8 @@ def test_racing_breakers_of_a_stale_lock_never_hold_it_together(tmp_path):
 
 
 def test_locks_config_is_read_and_checked(tmp_path):
-    from jobs.config import load_config
-    from jobs.errors import ConfigError
+    from jobs.core.config import load_config
+    from jobs.core.errors import ConfigError
 
     config = tmp_path / "c.yaml"
     config.write_text("locks: {wait_seconds: 7}\n")

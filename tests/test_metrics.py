@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
-from jobs.stages.metrics import METRICS, compute_metrics, score_bucket
+from jobs.evaluate.metrics import METRICS, compute_metrics, score_bucket
 from schemas.tables import METRICS_STRUCT
 
 TASKS = ["click", "like"]

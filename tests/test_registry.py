@@ -9,11 +9,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from jobs.errors import InputError, RegistryError
-from jobs.registry import (
+from jobs.core.errors import InputError, RegistryError
+from jobs.core.registry import (
     Registry, list_models, models_in_force, promote_model, register_model, resolve_model,
 )
-from jobs.warehouse import Warehouse, read_json_lines
+from jobs.core.warehouse import Warehouse, read_json_lines
 from mmoe_model.errors import SpecMismatch
 from tiny_models import tiny_model
 

@@ -10,11 +10,12 @@ import torch
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from jobs.errors import NotValidated
-from jobs.manifest import RunManifest
-from jobs.stages.score import score_catalog, score_partition
-from jobs.stages.validate import passed_rows, validate_partition
-from jobs.warehouse import Warehouse
+from jobs.core.errors import NotValidated
+from jobs.core.manifest import RunManifest
+from jobs.score.catalog import score_catalog
+from jobs.score.stage import score_partition
+from jobs.validate.stage import passed_rows, validate_partition
+from jobs.core.warehouse import Warehouse
 from mmoe_model.artifact import save_artifact
 from mmoe_model.errors import ArtifactTampered, SpecMismatch
 from mmoe_model.features import FeatureEncoder, InputLayout
@@ -62,7 +63,7 @@ def model_dir(tmp_path_factory, synth, frame):
 @pytest.fixture(scope="module")
 def validated(spark, tmp_path_factory, synth, frame):
     """One validated partition shared by the tests that only read it."""
-    from jobs.config import load_config
+    from jobs.core.config import load_config
 
     cfg = load_config(warehouse=tmp_path_factory.mktemp("wh"))
     _write_partition(cfg, synth, frame)
@@ -213,7 +214,7 @@ def test_spark_scores_new_gates_experts_and_encodings(spark, validated, synth, f
 def test_pipeline_keeps_order_and_raises_helper_errors():
     import time
 
-    from jobs.stages.score import _Pipeline
+    from jobs.score.stage import _Pipeline
 
     written = []
 

@@ -6,7 +6,6 @@ executors, is in tests/test_bad_input.py.)"""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 
@@ -96,15 +95,15 @@ def test_torch_weights_are_read_with_safetensors_only(tmp_path):
 ], ids=["dataset-dotdot", "dataset-slash", "ds-dotdot", "ds-suffix", "version-dotdot",
         "version-hidden", "catalog-dotdot"])
 def test_paths_are_built_only_from_validated_parts(tmp_path, call):
-    from jobs.errors import InputError
-    from jobs.warehouse import Warehouse
+    from jobs.core.errors import InputError
+    from jobs.core.warehouse import Warehouse
 
     with pytest.raises(InputError):
         call(Warehouse(tmp_path))
 
 
 def test_unknown_table_is_refused(tmp_path):
-    from jobs.warehouse import Warehouse
+    from jobs.core.warehouse import Warehouse
 
     with pytest.raises(ValueError, match="unknown table"):
         Warehouse(tmp_path).table("synth", "../../etc")
@@ -130,8 +129,8 @@ def test_executors_verify_the_artifact_they_are_sent(tmp_path):
 
 def test_config_yaml_is_safe_loaded(tmp_path):
     """A YAML tag that would build a Python object is refused as an unreadable config."""
-    from jobs.config import load_config
-    from jobs.errors import ConfigError
+    from jobs.core.config import load_config
+    from jobs.core.errors import ConfigError
 
     marker = tmp_path / "PWNED"
     config = tmp_path / "c.yaml"

@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.errors import InputError
-from jobs.manifest import RunManifest
+from jobs.core.errors import InputError
+from jobs.core.manifest import RunManifest
 from jobs.data.synth import catalog_path, generate_synth, synth_day
-from jobs.warehouse import Warehouse
+from jobs.core.warehouse import Warehouse
 from schemas.spec import CategoricalFeature, DenseFeature, load_spec
 from schemas.tables import features_arrow_schema, labels_arrow_schema
 

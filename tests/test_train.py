@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.errors import InputError, MissingInputError
-from jobs.manifest import RunManifest
-from jobs.stages.train import train_model as train_stage
-from jobs.warehouse import Warehouse
+from jobs.core.errors import InputError, MissingInputError
+from jobs.core.manifest import RunManifest
+from jobs.train.stage import train_model as train_stage
+from jobs.core.warehouse import Warehouse
 from mmoe_model.artifact import ModelArtifact
 from mmoe_model.sample import sample_frame
 from schemas.spec import load_spec
@@ -28,7 +28,7 @@ def cfg(job_config, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    from jobs.config import TrainingConfig
+    from jobs.core.config import TrainingConfig
 
     job_config.training = TrainingConfig.from_flat({
         "num_experts": 2, "expert_hidden": [8], "expert_dim": 4, "tower_hidden": [4],

@@ -16,7 +16,7 @@ from _reliability import (
     write_day,
 )
 from jobs.cli import app
-from jobs.warehouse import Warehouse
+from jobs.core.warehouse import Warehouse
 from mmoe_model.artifact import ModelArtifact
 from schemas import load_spec
 
@@ -104,7 +104,7 @@ def test_a_checkpoint_of_other_settings_is_refused_not_mixed_in(tmp_path, day):
     # library directly, the way the CLI's run writes it).
     from mmoe_model.config import ModelConfig, TrainConfig
     from mmoe_model.trainer import train
-    from jobs.stages.train import load_training_frame
+    from jobs.train.stage import load_training_frame
 
     spec = load_spec("synth")
     frame, _ = load_training_frame(Warehouse(day), spec, [DS])

@@ -1,4 +1,4 @@
-"""The public Spark UDF (jobs/udf.py) against the in-process model, through select and SQL."""
+"""The public Spark UDF (jobs/runtime/udf.py) against the in-process model, through select and SQL."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from jobs.errors import MissingInputError
-from jobs.udf import mmoe_udf
+from jobs.core.errors import MissingInputError
+from jobs.runtime.udf import mmoe_udf
 from mmoe_model.artifact import ModelArtifact, save_artifact
 from mmoe_model.errors import ArtifactTampered
 from mmoe_model.features import FeatureEncoder, InputLayout

@@ -20,11 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.errors import MissingInputError, NotValidated, ValidationFailed
-from jobs.stages.rules import KEY_COPIES, REASON, RowCountBounds, build_suite
-from jobs.manifest import RunManifest, run_job
-from jobs.stages.validate import passed_rows, read_status, row_count_bounds, validate_partition
-from jobs.warehouse import Warehouse
+from jobs.core.errors import MissingInputError, NotValidated, ValidationFailed
+from jobs.validate.rules import KEY_COPIES, REASON, RowCountBounds, build_suite
+from jobs.core.manifest import RunManifest, run_job
+from jobs.validate.stage import passed_rows, read_status, row_count_bounds, validate_partition
+from jobs.core.warehouse import Warehouse
 from schemas.spec import load_spec
 from schemas.tables import features_arrow_schema, features_struct, labels_arrow_schema
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from browser import visit
-from jobs.stages.rules import KEY_COPIES, REASON
+from jobs.validate.rules import KEY_COPIES, REASON
 from schemas.spec import load_spec
 from test_validate import N, good_rows, run, write_features
 

@@ -1,4 +1,4 @@
-"""`jobs.warehouse.replacing` under concurrency and crashes, without Spark: two writers of one
+"""`jobs.core.warehouse.replacing` under concurrency and crashes, without Spark: two writers of one
 target are serialised (neither's recovery deletes the other's staging), a killed holder's lock
 is released by the kernel, an interrupted swap is undone, a removal is never undone."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from _reliability import REPO, cli_env, wait_for
-from jobs.warehouse import recover, remove, replacing
+from jobs.core.warehouse import recover, remove, replacing
 
 
 def _write(staging: Path, name: str, text: str) -> None:
@@ -60,7 +60,7 @@ def test_concurrent_replacing_of_one_target_is_serialised(tmp_path):
 
 def test_a_killed_holder_releases_the_lock(tmp_path):
     target = tmp_path / "t"
-    code = ("import sys; from pathlib import Path; from jobs.warehouse import replacing\n"
+    code = ("import sys; from pathlib import Path; from jobs.core.warehouse import replacing\n"
             "with replacing(Path(sys.argv[1])) as s:\n"
             "    s.mkdir(); (s / 'part-0.parquet').write_text('x')\n")
     markers = tmp_path / "markers"

@@ -10,18 +10,21 @@ production.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
-from jobs.config import JobConfig
+from jobs.bench.common import BENCH_DS, ensure_synth_partition
+from jobs.compare.stage import compare_models
+from jobs.core.config import JobConfig
+from jobs.core.spark import get_spark
+from jobs.core.warehouse import Warehouse, read_json, replacing, write_json
+from jobs.evaluate.stage import evaluate_partition
+from schemas.spec import load_spec
 
 BASELINE, CANDIDATE = "bench-champion", "bench-challenger"
 
 
 def _ensure_predictions(spark, cfg: JobConfig, spec, ds: str, rows: int) -> None:
     from pyspark.sql import functions as F
-
-    from jobs.warehouse import Warehouse, read_json, replacing, write_json
 
     wh = Warehouse(cfg.warehouse)
     labels = spark.read.parquet(str(wh.partition(spec.name, "labels", ds)))
@@ -41,12 +44,6 @@ def _ensure_predictions(spark, cfg: JobConfig, spec, ds: str, rows: int) -> None
 
 
 def run_compare_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
-    from jobs.bench import BENCH_DS, ensure_synth_partition
-    from jobs.spark import get_spark
-    from jobs.stages.compare import compare_models
-    from jobs.stages.evaluate import evaluate_partition
-    from schemas.spec import load_spec
-
     spec = load_spec("synth")
     ensure_synth_partition(cfg, rows)
     spark = get_spark(cfg.spark)

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from jobs.config import JobConfig
+from jobs.core.config import JobConfig
+from jobs.core.spark import get_spark
+from jobs.evaluate.metrics import compute_metrics
 
 TASKS = ["click", "like", "conversion"]
 BASE_RATES = {"click": 0.10, "like": 0.03, "conversion": 0.02}
@@ -42,8 +44,6 @@ def _sklearn_errors(spark, table: Path, sample_fraction: float) -> float:
     """Largest |ours - sklearn| over auc, pr_auc and logloss of every task, on a sample."""
     from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
-    from jobs.stages.metrics import compute_metrics
-
     sample = spark.read.parquet(str(table)).sample(fraction=sample_fraction, seed=7).cache()
     ours = compute_metrics(sample, TASKS, [], None).where("segment = 'all'").toPandas()
     pdf = sample.toPandas()
@@ -62,9 +62,6 @@ def _sklearn_errors(spark, table: Path, sample_fraction: float) -> float:
 def run_evaluation_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
     from pyspark.ml.evaluation import BinaryClassificationEvaluator
     from pyspark.sql import functions as F
-
-    from jobs.stages.metrics import compute_metrics
-    from jobs.spark import get_spark
 
     spark = get_spark(cfg.spark)
     root = Path(cfg.warehouse)

@@ -13,14 +13,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.config import JobConfig
+from jobs.bench.common import (
+    BENCH_DS,
+    _score_direct,
+    ensure_synth_partition,
+    reference_artifact,
+)
+from jobs.core.config import JobConfig
+from jobs.core.spark import get_spark
+from jobs.core.warehouse import Warehouse
+from jobs.validate.rules import row_rules, vocabulary_values
+from jobs.validate.stage import validate_partition
+from mmoe_model.artifact import ModelArtifact, read_artifact_files
+from schemas import load_spec
 
 
 def one_pass_counts(spark, spec, features_dir: Path, labels_dir: Path | None) -> dict[str, int]:
     """Every count the suite needs, in a single aggregation."""
     from pyspark.sql import functions as F
-
-    from jobs.stages.rules import row_rules, vocabulary_values
 
     frame = spark.read.parquet(str(features_dir))
     with_labels = labels_dir is not None
@@ -43,13 +53,6 @@ def one_pass_counts(spark, spec, features_dir: Path, labels_dir: Path | None) ->
 
 
 def run_validation_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
-    from jobs.bench import BENCH_DS, _score_direct, ensure_synth_partition, reference_artifact
-    from jobs.spark import get_spark
-    from jobs.stages.validate import validate_partition
-    from jobs.warehouse import Warehouse
-    from mmoe_model.artifact import ModelArtifact, read_artifact_files
-    from schemas import load_spec
-
     spec = load_spec("synth")
     features_dir = ensure_synth_partition(cfg, rows)
     wh = Warehouse(cfg.warehouse)

@@ -41,10 +41,10 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.config import JobConfig
-from jobs.errors import ConfigError, InputError
-from jobs.manifest import RunRecord
-from jobs.warehouse import Warehouse, parse_date, replacing
+from jobs.core.config import JobConfig
+from jobs.core.errors import ConfigError, InputError
+from jobs.core.manifest import RunRecord
+from jobs.core.warehouse import Warehouse, parse_date, replacing
 from schemas.spec import DatasetSpec, SpecError, load_spec
 from schemas.tables import features_struct, labels_struct
 

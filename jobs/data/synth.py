@@ -40,10 +40,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.config import JobConfig
-from jobs.errors import ConfigError, InputError
-from jobs.manifest import RunRecord
-from jobs.warehouse import Warehouse, parse_date, replacing
+from jobs.core.config import JobConfig
+from jobs.core.errors import ConfigError, InputError
+from jobs.core.manifest import RunRecord
+from jobs.core.warehouse import Warehouse, parse_date, replacing
 from schemas.spec import CategoricalFeature, DatasetSpec, DenseFeature, load_spec
 from schemas.tables import features_arrow_schema, labels_arrow_schema
 
@@ -459,7 +459,7 @@ def generate_synth(cfg: JobConfig, start: str, days: int, rows_per_day: int, see
                    task_correlation: float = 0.5) -> SynthResult:
     """Write ``days`` daily partitions of ``rows_per_day`` impressions from ``start`` into
     ``<wh>/synth/{features,labels}/ds=D/`` and the catalog into ``<wh>/synth/catalog/``, each
-    partition staged and swapped in (:func:`jobs.warehouse.replacing`)."""
+    partition staged and swapped in (:func:`jobs.core.warehouse.replacing`)."""
     first = parse_date(start, "--start")
     if not isinstance(days, int) or days < 1:
         raise InputError(f"--days must be a positive integer, got {days!r}")

@@ -1,0 +1,367 @@
+"""`mmoe bench scoring|evaluation|validation|scaling`: measured on the same data in one run.
+
+Each bench returns a dict (printed as the last stdout line by the CLI) and appends a section to
+a results file the user names (``mmoe bench ... --results PATH``; default
+``<warehouse>/_bench/benchmarks.md``) with the machine, versions and command. The project's
+published figures are copied from such a file into docs/benchmarks.md by hand. Bench data lives
+under ``<warehouse>/_bench`` and is reused when it already has the requested size.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd  # module level: the naive pandas UDF's type hints are resolved here
+
+from jobs.bench.common import (
+    _append_doc,
+    _bench_config,
+    _machine,
+    _score_direct,
+    _timed,
+    ensure_synth_partition,
+    reference_artifact,
+    results_path,
+)
+from jobs.core.config import JobConfig
+from jobs.core.spark import get_spark, session_conf
+from jobs.core.warehouse import Warehouse, parquet_files, read_table, replacing
+from jobs.runtime.udf import mmoe_udf
+from jobs.score.catalog import (
+    grid_pairs,
+    recommend_grid,
+    recommend_rows,
+    top_items_frame,
+)
+from jobs.score.stage import (
+    score_frame,
+    spread_partitions,
+)
+from mmoe_model.artifact import ModelArtifact, read_artifact_files
+from schemas import load_spec
+
+
+class WorkerRssSampler:
+    """Samples the resident memory of Spark's Python worker processes in a background thread;
+    ``peak_mib`` is the largest RSS any single worker reached."""
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        import threading
+
+        self.interval_s = interval_s
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            for proc in psutil.process_iter(["cmdline", "memory_info"]):
+                cmd = " ".join(proc.info.get("cmdline") or [])
+                if "pyspark.daemon" in cmd or "pyspark.worker" in cmd:
+                    rss = proc.info["memory_info"].rss / 2**20
+                    self.peak_mib = max(self.peak_mib, rss)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "WorkerRssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _loop_mmoe_forward(model, dense, cats):
+    """A straightforward MMoE forward with a Python loop over experts (the naive peer)."""
+    import torch
+
+    x = model.input(dense, cats)
+    bank = model.experts[0]
+    outs = []
+    for e in range(bank.num_experts):
+        h = x
+        for w, b in zip(bank.weights, bank.biases):
+            h = torch.relu(h @ w[e] + b[e])
+        outs.append(h)
+    gate = model.task_gate
+    logits = []
+    for t, tower in enumerate(model.towers):
+        g = torch.softmax((x @ gate.weight[t] + gate.bias[t]) / gate.temperature, dim=1)
+        mixed = sum(g[:, e:e + 1] * outs[e] for e in range(len(outs)))
+        logits.append(tower(mixed))
+    return torch.stack(logits, dim=1)
+
+
+def _with_arity(fn: Callable, arity: int) -> Callable:
+    """predict_batch_udf counts the predict function's parameters (inspect.signature) to decide
+    how to pass the columns: give it one named parameter per input column."""
+    import inspect
+
+    def predict(*columns):
+        return fn(*columns)
+
+    # inspect.signature honours __signature__: no generated source, no exec
+    predict.__signature__ = inspect.Signature(
+        [inspect.Parameter(f"c{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD) for i in range(arity)])
+    return predict
+
+
+def bench_scoring(cfg: JobConfig, rows: int | None = None, results: Path | None = None,
+                  record: bool = True) -> dict[str, Any]:
+    rows = rows or 1_000_000
+    cfg = _bench_config(cfg)
+    spec = load_spec("synth")
+    part = ensure_synth_partition(cfg, rows)
+    model_dir = reference_artifact(cfg)
+    files = read_artifact_files(model_dir)
+    artifact = ModelArtifact.from_files(files)
+    spark = get_spark(cfg.spark)
+    batch = cfg.scoring.batch_size
+    with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(batch)}):
+        return _scoring_runs(spark, cfg, spec, part, files, artifact, rows, batch, results,
+                             record)
+
+
+def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows: int, batch: int,
+                  results: Path | None, record: bool) -> dict[str, Any]:
+    import torch
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    cores = spark.sparkContext.defaultParallelism
+    out_root = Path(cfg.warehouse) / "bench-out"
+    features = spread_partitions(spark, spark.read.parquet(str(part)))
+    scored_at = dt.datetime.now(dt.timezone.utc)
+    keys, feats, _tasks = spec.key_names, spec.feature_names, spec.task_names
+    pred_cols = spec.prediction_columns
+
+    def write(frame, name: str) -> float:
+        seconds, _ = _timed(lambda: frame.write.mode("overwrite").parquet(str(out_root / name)))
+        return seconds
+
+    # Warm-up, untimed: start the Python workers and import torch there (every method below
+    # reuses them), and let the driver's torch initialise its kernels.
+    warm = features.limit(4 * batch)
+    score_frame(spark, warm, files, artifact, spec, cfg, scored_at).write.mode("overwrite").parquet(
+        str(out_root / "warmup"))
+    _score_direct(spark, part, files, artifact, spec, cfg, out_root / "warmup-direct", scored_at,
+                  max_fragments=cores)
+    torch.set_num_threads(cores)
+    artifact.predict(read_table(part, columns=feats).slice(0, batch))
+    # (d) the I/O floor: same read and write, no model.
+    floor = features.select(*keys, *feats).select(
+        *keys, *[F.lit(0.5).alias(c) for c in pred_cols],
+        F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"))
+    io_seconds = write(floor, "io_floor")
+    # (a) ours: the score job's direct reader (what `mmoe score` runs on a parquet partition),
+    # with the peak RSS of any Python worker while it runs.
+    with WorkerRssSampler() as rss:
+        ours_seconds, _ = _timed(lambda: _score_direct(spark, part, files, artifact, spec, cfg,
+                                                       out_root / "ours", scored_at))
+    # (a'') ours without the read-ahead / background writer (scoring.pipeline: false).
+    import copy
+
+    sequential_cfg = copy.deepcopy(cfg)
+    sequential_cfg.scoring.pipeline = False
+    sequential_seconds, _ = _timed(lambda: _score_direct(spark, part, files, artifact, spec,
+                                                         sequential_cfg, out_root / "ours-seq",
+                                                         scored_at))
+    # (a') ours through mapInArrow (scoring.reader: spark), for the record.
+    spark_reader_seconds = write(score_frame(spark, features, files, artifact, spec, cfg, scored_at),
+                                 "ours_spark_reader")
+    # (b) Spark's predict_batch_udf, same model, same encoder, same batch size.
+    broadcast = spark.sparkContext.broadcast(files)
+
+    def make_predict_fn():
+        art = ModelArtifact.from_files(broadcast.value)
+        torch.set_num_threads(1)
+
+        def predict(*columns: np.ndarray) -> dict[str, np.ndarray]:
+            probs = art.predict(pd.DataFrame(dict(zip(feats, columns))))
+            return {c: probs[:, i] for i, c in enumerate(pred_cols)}
+
+        return _with_arity(predict, len(feats))
+
+    pb_udf = predict_batch_udf(make_predict_fn, return_type=T.StructType(
+        [T.StructField(c, T.DoubleType()) for c in pred_cols]), batch_size=batch)
+    pb_frame = features.select(*keys, pb_udf(*feats).alias("p")).select(
+        *keys, "p.*", F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"))
+    pb_seconds = write(pb_frame, "predict_batch_udf")
+    # (f) the public Spark UDF (jobs.runtime.udf.mmoe_udf), same model and batch size, same write.
+
+    public = mmoe_udf(files, threads_per_task=cfg.scoring.threads_per_task, spark=spark)
+    udf_frame = features.select(*keys, public(*public.input_columns).alias("p")).select(
+        *keys, "p.*", F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"))
+    udf_seconds = write(udf_frame, "public_udf")
+    # (c) a straightforward iterator pandas UDF over a struct, Python loop over experts.
+    naive_seconds = write(_naive_frame(spark, features, spec, broadcast, scored_at), "naive_udf")
+    # (e) in-process torch on the same rows in memory, same total thread count.
+    table = read_table(part, columns=feats)
+    inproc_seconds, _ = _timed(lambda: artifact.predict(table, batch_size=batch))
+    result = {
+        "bench": "scoring", "rows": rows, "batch_size": batch, "spark_cores": cores,
+        "ours_seconds": round(ours_seconds, 3),
+        "ours_rows_per_s": round(rows / ours_seconds),
+        "ours_spark_reader_rows_per_s": round(rows / spark_reader_seconds),
+        "ours_sequential_rows_per_s": round(rows / sequential_seconds),
+        "predict_batch_udf_rows_per_s": round(rows / pb_seconds),
+        "udf_rows_per_s": round(rows / udf_seconds),
+        "naive_udf_rows_per_s": round(rows / naive_seconds),
+        "io_floor_rows_per_s": round(rows / io_seconds),
+        "torch_inprocess_rows_per_s": round(rows / inproc_seconds),
+        "ours_vs_predict_batch_udf": round(pb_seconds / ours_seconds, 2),
+        "udf_vs_predict_batch_udf": round(pb_seconds / udf_seconds, 2),
+        "ours_vs_inprocess": round(inproc_seconds / ours_seconds, 2),
+        "ours_wall_vs_io_floor": round(ours_seconds / io_seconds, 2),
+        "ours_peak_python_worker_rss_mib": round(rss.peak_mib, 1),
+        **_machine(),
+    }
+    if record:
+        _append_doc(results_path(cfg, results), f"scoring, {rows:,} rows", result)
+    return result
+
+
+def _naive_frame(spark, features, spec, broadcast, scored_at):
+    import torch
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+    from pyspark.sql.functions import pandas_udf
+
+    feats, pred_cols = spec.feature_names, spec.prediction_columns
+    schema = T.StructType([T.StructField(c, T.DoubleType()) for c in pred_cols])
+
+    @pandas_udf(schema)
+    def naive(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        art = ModelArtifact.from_files(broadcast.value)
+        torch.set_num_threads(1)
+        for frame in batches:
+            with torch.inference_mode():
+                dense, cats = art.encoder.encode(frame)
+                probs = torch.sigmoid(_loop_mmoe_forward(art.model, dense, cats)).double().numpy()
+            yield pd.DataFrame({c: probs[:, i] for i, c in enumerate(pred_cols)})
+
+    return features.select(*spec.key_names, naive(F.struct(*feats)).alias("p")).select(
+        *spec.key_names, "p.*", F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"))
+
+
+def bench_scaling(cfg: JobConfig, rows: int | None = None, results: Path | None = None,
+                  record: bool = True,
+                  sizes: tuple[int, ...] = (1_000_000, 4_000_000, 16_000_000)) -> dict[str, Any]:
+    """Our score job alone at growing sizes: time should grow linearly, worker RSS stay flat.
+    ``--rows N`` runs N, 4N and 16N instead of the default 1M, 4M, 16M."""
+    if rows:
+        sizes = (rows, 4 * rows, 16 * rows)
+    cfg = _bench_config(cfg)
+    spec = load_spec("synth")
+    spark = get_spark(cfg.spark)
+    runs = []
+    for size in sizes:
+        part = ensure_synth_partition(cfg, size)
+        files = read_artifact_files(reference_artifact(cfg))
+        artifact = ModelArtifact.from_files(files)
+        with WorkerRssSampler() as rss:
+            seconds, _ = _timed(lambda: _score_direct(
+                spark, part, files, artifact, spec, cfg, Path(cfg.warehouse) / "bench-out" / "scaling",
+                dt.datetime.now(dt.timezone.utc)))
+        runs.append({"rows": size, "seconds": round(seconds, 2), "rows_per_s": round(size / seconds),
+                     "peak_python_worker_rss_mib": round(rss.peak_mib, 1)})
+    result = {"bench": "scaling", "rows": sizes[-1], "runs": runs,
+              "seconds_per_million_rows": [round(r["seconds"] / r["rows"] * 1e6, 2) for r in runs],
+              **_machine()}
+    if record:
+        _append_doc(results_path(cfg, results), f"scoring scaling, {', '.join(f'{s:,}' for s in sizes)} rows", result)
+    return result
+
+
+def bench_catalog(cfg: JobConfig, rows: int | None = None, results: Path | None = None,
+                  record: bool = True, items: int = 200, top_k: int = 20) -> dict[str, Any]:
+    """Users × items grid (``rows`` pairs: ``rows // items`` users × the ``items`` top items),
+    top-``top_k`` per user, through Spark both ways on the same tables: the factored path
+    (first layer once per user and per item) and row scoring of the joined pairs (join, score
+    every row, window rank). Also the largest |Δp| between the two outputs."""
+    import pyarrow.parquet as pq
+
+    rows = rows or 1_000_000
+    cfg = _bench_config(cfg)
+    spec = load_spec("synth")
+    wh = Warehouse(cfg.warehouse)
+    if not (parquet_files(wh.catalog(spec.name, "users"))
+            and (Path(cfg.warehouse) / "reference-mmoe").is_dir()):
+        ensure_synth_partition(cfg, 20_000)  # writes the catalog tables too
+    files = read_artifact_files(reference_artifact(cfg))
+    artifact = ModelArtifact.from_files(files)
+    spark = get_spark(cfg.spark)
+    user_key, item_key = spec.catalog.user_key, spec.catalog.item_key
+    all_users = read_table(wh.catalog(spec.name, "users"))
+    n_users = max(1, rows // items)
+    if n_users > all_users.num_rows:
+        raise ValueError(f"bench catalog: {rows} pairs need {n_users} users, the synth catalog "
+                         f"has {all_users.num_rows}")
+    users_dir = Path(cfg.warehouse) / "bench-in" / f"catalog-users-{n_users}"
+    if not users_dir.is_dir():
+        with replacing(users_dir) as staging:
+            staging.mkdir(parents=True, exist_ok=True)
+            pq.write_table(all_users.slice(0, n_users), staging / "part-0.parquet",
+                           row_group_size=max(1, n_users // spark.sparkContext.defaultParallelism))
+    users = spark.read.parquet(str(users_dir))
+    items_df = spark.read.parquet(str(wh.catalog(spec.name, "items")))
+    top_items = top_items_frame(items_df, spec, items).toArrow()
+    cfg.scoring.catalog.top_k = top_k
+    out_root = Path(cfg.warehouse) / "bench-out"
+    scored_at = dt.datetime.now(dt.timezone.utc)
+
+    def factored():
+        return recommend_grid(spark, users, top_items, files, artifact, spec, cfg, scored_at, top_k)
+
+    def by_rows():
+        pairs = grid_pairs(users, items_df, spec, items)
+        return recommend_rows(spark, pairs, users, items_df, files, artifact, spec, cfg,
+                              scored_at, top_k)
+
+    with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
+                              str(cfg.scoring.batch_size)}):
+        # warm-up, untimed: a Python worker per core started, torch imported, model cached there
+        # (both paths then find them warm)
+        warm = spread_partitions(spark, users.limit(16 * spark.sparkContext.defaultParallelism))
+        recommend_grid(spark, warm, top_items, files, artifact, spec, cfg, scored_at,
+                       top_k).write.mode("overwrite").parquet(str(out_root / "catalog-warmup"))
+        factored_seconds, _ = _timed(lambda: factored().write.mode("overwrite").parquet(
+            str(out_root / "catalog-factored")))
+        rows_seconds, _ = _timed(lambda: by_rows().write.mode("overwrite").parquet(
+            str(out_root / "catalog-rows")))
+    # agreement: |Δp| on the (user, item) pairs both top-Ks hold; pairs in only one of them sit
+    # at near-ties of the fused score (their score gap is reported)
+    a = read_table(out_root / "catalog-factored").to_pandas()
+    b = read_table(out_root / "catalog-rows").to_pandas()
+    both = a.merge(b, on=[user_key, item_key], suffixes=("_f", "_r"))
+    cols = spec.prediction_columns
+    max_dp = float(max(np.abs(both[f"{c}_f"] - both[f"{c}_r"]).max() for c in cols))
+    kth = b.groupby(user_key)["score"].min()
+    only = a[~a.set_index([user_key, item_key]).index.isin(b.set_index([user_key, item_key]).index)]
+    gap = float(np.abs(only["score"].to_numpy() - kth.loc[only[user_key]].to_numpy()).max()) \
+        if len(only) else 0.0
+    pairs = n_users * top_items.num_rows
+    result = {
+        "bench": "catalog", "rows": pairs, "users": n_users, "items": top_items.num_rows,
+        "top_k": top_k, "batch_size": cfg.scoring.batch_size,
+        "spark_cores": spark.sparkContext.defaultParallelism,
+        "factored_seconds": round(factored_seconds, 3),
+        "factored_pairs_per_s": round(pairs / factored_seconds),
+        "rows_seconds": round(rows_seconds, 3),
+        "rows_pairs_per_s": round(pairs / rows_seconds),
+        "factored_vs_rows": round(rows_seconds / factored_seconds, 2),
+        "top_k_pairs_in_both": round(len(both) / max(len(b), 1), 6),
+        "max_abs_dp_factored_vs_rows": max_dp,
+        "max_score_gap_of_differing_pairs": gap,
+        **_machine(),
+    }
+    if record:
+        _append_doc(results_path(cfg, results), f"catalog, {n_users:,} users x "
+                    f"{top_items.num_rows} items", result)
+    return result

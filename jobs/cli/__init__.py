@@ -1,0 +1,43 @@
+"""The `mmoe` command line: thin typer commands over the typed job functions, one module per
+command group (`data`, `train`, `nightly` = validate/score/evaluate, `backfill`, `compare`,
+`models`, `demo`, `bench`).
+
+Every job command prints its run manifest (JSON) as the last stdout line, also on failure; the
+one-line error goes to stderr. Only this package exits.
+"""
+
+from __future__ import annotations
+
+import typer.main
+
+from jobs.cli import backfill, bench, compare, data, demo, models, nightly, train  # noqa: F401  (registers the commands)
+from jobs.cli._app import app
+
+
+def command_line(path: list[str], **options: object) -> list[str]:
+    """The arguments of an ``mmoe`` call built from the CLI's own definitions: ``path`` names the
+    sub-command (``["score"]``, ``["data", "synth"]``), ``options`` its parameters by their
+    Python names (``ds="2026-11-03"``; global ones like ``config`` go before the sub-command).
+    A name the command does not declare is a ``KeyError``, so a renamed option breaks callers
+    (the Airflow runner) in a test, not at 3 a.m. None values and False flags are left out."""
+    group = typer.main.get_command(app)
+    command, head = group, []
+    for name in path:
+        command = command.commands[name]  # KeyError: no such sub-command
+    flags = {p.name: p for p in group.params} | {p.name: p for p in command.params}
+    tail: list[str] = []
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        param = flags[name]  # KeyError: the command has no such option
+        target = head if param in group.params else tail
+        if getattr(param, "is_flag", False):
+            target.append(param.opts[0])
+            continue
+        for item in (value if isinstance(value, (list, tuple)) else [value]):
+            target += [param.opts[0], str(item)]
+    return head + list(path) + tail
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,34 @@
+"""`mmoe bench WHICH`: benchmarks; one JSON object as the last stdout line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from jobs.cli._app import app, check_choice, exit_on_error
+
+BENCHES = ("scoring", "evaluation", "validation", "scaling", "compare", "catalog")
+
+
+@app.command()
+def bench(
+    ctx: typer.Context,
+    which: str = typer.Argument(..., help=f"One of: {', '.join(BENCHES)}."),
+    rows: Optional[int] = typer.Option(None, "--rows", min=1),
+    results: Optional[Path] = typer.Option(
+        None, "--results", help="Markdown file to append the results to "
+                                "(default: <warehouse>/_bench/benchmarks.md)."),
+) -> None:
+    """Benchmark a stage; prints one JSON object as the last line and appends it to --results."""
+    try:
+        check_choice(which, BENCHES, "bench")
+        cfg = ctx.obj.job_config()
+        from jobs import bench as bench_mod  # deferred: pyspark, torch (CLI start-up)
+
+        result = getattr(bench_mod, f"bench_{which}")(cfg, rows, results)
+    except Exception as exc:
+        exit_on_error(exc)
+    print(json.dumps(result, default=str))

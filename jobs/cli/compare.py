@@ -1,0 +1,54 @@
+"""`mmoe compare`: offline A/B of two models over a ds range."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from jobs.cli._app import app, load_dataset_spec, run_command, spark_session
+from jobs.core.config import JobConfig
+from jobs.core.errors import RegressionDetected
+from jobs.core.modelref import ModelRef
+from jobs.core.warehouse import date_range
+
+REF_HELP = "a model version, @alias (in force on --end) or artifact directory"
+
+
+@app.command()
+def compare(
+    ctx: typer.Context,
+    dataset: str = typer.Option(..., "--dataset", help="Dataset spec name (schemas/specs/NAME.yaml)."),
+    baseline: str = typer.Option(..., "--baseline", help=f"The champion: {REF_HELP}."),
+    candidate: str = typer.Option(..., "--candidate", help=f"The challenger: {REF_HELP}."),
+    start: str = typer.Option(..., "--start", help="First ds YYYY-MM-DD."),
+    end: str = typer.Option(..., "--end", help="Last ds YYYY-MM-DD (the manifest's ds)."),
+    segment: Optional[list[str]] = typer.Option(
+        None, "--segment", help="Segment column (repeatable; default: evaluation.segments / the spec's)."),
+    fail_on_regression: bool = typer.Option(
+        False, "--fail-on-regression", help="Exit 3 when the candidate breaks a guardrail."),
+) -> None:
+    """Offline A/B: the candidate vs the baseline per task x segment x metric, with intervals,
+    adjusted p-values, verdicts and a ship decision -> ab_reports + HTML + Markdown."""
+    def body(cfg: JobConfig, run_id: str):
+        date_range(start, end)
+        base, cand = ModelRef.parse(baseline), ModelRef.parse(candidate)
+        spec = load_dataset_spec(dataset)
+        from jobs.compare.stage import (
+            compare_models,  # deferred: pyspark (CLI start-up)
+        )
+
+        result = compare_models(spark_session(cfg), cfg, spec, base, cand, start, end,
+                                segment or None)
+        broken = result.decision.broken_guardrails
+        if fail_on_regression and broken:
+            record = result.record()
+            raise RegressionDetected(
+                f"candidate {result.candidate} breaks {len(broken)} guardrail(s) vs "
+                f"{result.baseline}: {broken[0]}"
+                + (f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""),
+                details={**{k: v for k, v in record.__dict__.items() if k != "details"},
+                         **record.details})
+        return result
+
+    run_command(ctx, "compare", dataset, end, body)

@@ -1,0 +1,50 @@
+"""`mmoe data census|synth`: write the features and labels tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from jobs.cli._app import data_app, run_command, spark_session
+from jobs.core.config import JobConfig
+from jobs.core.errors import InputError
+
+
+@data_app.command("census")
+def data_census(
+    ctx: typer.Context,
+    input: Path = typer.Option(..., "--input", help="Raw UCI Census-Income file (.gz or plain)."),
+    ds: str = typer.Option(..., "--ds", help="Partition date YYYY-MM-DD."),
+) -> None:
+    """Ingest a raw UCI Census-Income file into census-group1 and census-group2."""
+    def body(cfg: JobConfig, run_id: str):
+        if not input.is_file():
+            raise InputError(f"--input {input} is not a readable file")
+        from jobs.data.census import ingest_census  # deferred: pyspark (CLI start-up)
+
+        return ingest_census(spark_session(cfg), cfg, input, ds)
+
+    run_command(ctx, "data-census", "census", ds, body)
+
+
+@data_app.command("synth")
+def data_synth(
+    ctx: typer.Context,
+    start: str = typer.Option(..., "--start", help="First partition date YYYY-MM-DD."),
+    days: int = typer.Option(..., "--days", min=1, help="Number of daily partitions."),
+    rows_per_day: int = typer.Option(..., "--rows-per-day", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    task_correlation: float = typer.Option(0.5, "--task-correlation", min=-1.0, max=1.0,
+                                           help="Cosine between the tasks' weight vectors (rho)."),
+) -> None:
+    """Generate synthetic impression logs (click, like, conversion) plus catalog tables."""
+    def body(cfg: JobConfig, run_id: str):
+        from jobs.data.synth import (
+            generate_synth,  # deferred: pyarrow/numpy (CLI start-up)
+        )
+
+        return generate_synth(cfg, start, days, rows_per_day, seed=seed,
+                              task_correlation=task_correlation)
+
+    run_command(ctx, "data-synth", "synth", start, body)

@@ -1,0 +1,90 @@
+"""`mmoe models register | promote | list`: the model registry in the warehouse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from jobs.cli._app import exit_on_error, models_app, run_command
+from jobs.core.config import JobConfig
+from jobs.core.registry import (
+    artifact_dataset,
+    find_dataset,
+    format_table,
+    list_models,
+    promote_model,
+    register_model,
+)
+from jobs.core.warehouse import safe_name
+
+
+@models_app.command("register")
+def models_register(
+    ctx: typer.Context,
+    directory: Path = typer.Argument(..., help="Model artifact directory."),
+    alias: Optional[str] = typer.Option(None, "--alias", help="Also promote it to this alias."),
+    effective: Optional[str] = typer.Option(None, "--effective",
+                                            help="With --alias: first ds it is in force "
+                                                 "(default: today, UTC)."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the history)."),
+) -> None:
+    """Copy an artifact into its dataset's registry (content-addressed) and record it."""
+    def body(cfg: JobConfig, run_id: str):
+        return register_model(cfg, directory, alias, effective, reason)
+
+    _registry_job(ctx, "models-register", lambda: artifact_dataset(directory), body)
+
+
+@models_app.command("promote")
+def models_promote(
+    ctx: typer.Context,
+    version: str = typer.Argument(..., help="A registered model version."),
+    alias: str = typer.Option(..., "--alias", help="champion, challenger[-NAME], or any name."),
+    effective: Optional[str] = typer.Option(None, "--effective",
+                                            help="First ds it is in force (default: today, UTC)."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the history)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset",
+                                          help="Needed only when several datasets hold V."),
+) -> None:
+    """Point an alias at a registered version from an effective date on."""
+    def body(cfg: JobConfig, run_id: str):
+        return promote_model(cfg, version, alias, effective, reason, dataset)
+
+    def which_dataset() -> str:
+        return dataset or find_dataset(ctx.obj.job_config(), safe_name(version, "version"))
+
+    _registry_job(ctx, "models-promote", which_dataset, body)
+
+
+@models_app.command("list")
+def models_list(
+    ctx: typer.Context,
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON list instead of the table."),
+) -> None:
+    """The registered versions: version, checksum, spec, registered, aliases (effective dates).
+    A read: it prints the table (or JSON) and writes no manifest."""
+    try:
+        rows = list_models(ctx.obj.job_config(), dataset)
+    except Exception as exc:
+        exit_on_error(exc)
+    if as_json:
+        print(json.dumps(rows))
+    else:
+        shown = [r | {"checksum": r["checksum"][:12]} for r in rows]
+        print(format_table(shown, ["dataset", "version", "checksum", "spec", "registered",
+                                   "aliases"]))
+
+
+def _registry_job(ctx: typer.Context, job: str, dataset: Callable[[], str],
+                  body: Callable[[JobConfig, str], object]) -> None:
+    """Registry writes are jobs with a manifest under the dataset they touch; that dataset is
+    found first (a one-line error when it cannot be)."""
+    try:
+        name = dataset()
+    except Exception as exc:
+        exit_on_error(exc)
+    run_command(ctx, job, name, None, body)

@@ -1,0 +1,312 @@
+"""The A/B comparison of one group of paired rows, and the verdicts and decision over a report.
+
+Spark-free (numpy / pandas): ``jobs.compare.stage`` hands every (task, scope) group of paired,
+labelled rows to :func:`group_records` on an executor and the small result back to
+:func:`finish_report` / :func:`decide` on the driver.
+
+Metrics and how their uncertainty is measured (``method`` column of the records):
+
+- ``auc`` — exact DeLong (``jobs.compare.stats``), no resampling;
+- ``logloss``, ``ne``, ``calibration`` — user-clustered paired Poisson bootstrap of their
+  sufficient statistics (rows, positives, score sum, log-loss sum per user);
+- ``gauc`` — the same bootstrap over users, exact: a user's AUC does not change when all of
+  their rows are replicated, so a replicate is the weighted mean of the per-user AUCs;
+- ``pr_auc`` — the point estimate is exact (every distinct score a threshold); its bootstrap
+  runs on histograms of the scores on a fine logit grid (:data:`LOGIT_STEP` wide bins), because
+  an exact average precision per replicate would need a sort per replicate. The bin width moves
+  the replicate values by far less than their spread, so the interval is honest, if not exact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from jobs.compare import stats
+
+METRIC_ORDER = ("auc", "gauc", "pr_auc", "logloss", "ne", "calibration")
+LOGIT_STEP = 0.05                     # PR-AUC bootstrap bins, in logit units
+LOGIT_RANGE = 16.0
+PLOT_BINS = 100                       # equal-width score bins for the report's figures
+RECORD_COLUMNS = ["task", "scope", "segment", "metric", "method", "baseline_value",
+                  "candidate_value", "delta", "se", "p_value", "ci_low", "ci_high", "n", "payload"]
+RECORD_SCHEMA = ("task string, scope string, segment string, metric string, method string, "
+                 "baseline_value double, candidate_value double, delta double, se double, "
+                 "p_value double, ci_low double, ci_high double, n long, payload string")
+
+
+N_LOGIT_BINS = int(2 * LOGIT_RANGE / LOGIT_STEP) + 1
+
+
+def _logit_bin(s: np.ndarray) -> np.ndarray:
+    p = np.clip(s, 1e-7, 1 - 1e-7)
+    z = np.clip(np.log(p) - np.log1p(-p), -LOGIT_RANGE, LOGIT_RANGE)
+    return np.floor((z + LOGIT_RANGE) / LOGIT_STEP).astype(np.int64)
+
+
+def _plot_payload(y: np.ndarray, sb: np.ndarray, sc: np.ndarray) -> str:
+    """Histograms on equal-width score bins per arm: enough for ROC curves, reliability diagrams
+    and score distributions of the report without any row leaving the executor."""
+    out = {"bins": PLOT_BINS}
+    for arm, s in (("baseline", sb), ("candidate", sc)):
+        b = np.clip((s * PLOT_BINS).astype(np.int64), 0, PLOT_BINS - 1)
+        out[arm] = {"pos": np.bincount(b, weights=y, minlength=PLOT_BINS).tolist(),
+                    "cnt": np.bincount(b, minlength=PLOT_BINS).tolist(),
+                    "psum": np.bincount(b, weights=s, minlength=PLOT_BINS).tolist()}
+    return json.dumps(out)
+
+
+def _record(task, scope, segment, metric, method, t: stats.Test, n, payload=None) -> dict:
+    return {"task": task, "scope": scope, "segment": segment, "metric": metric, "method": method,
+            "baseline_value": t.baseline, "candidate_value": t.candidate, "delta": t.delta,
+            "se": t.se, "p_value": t.p_value, "ci_low": t.ci_low, "ci_high": t.ci_high,
+            "n": int(n), "payload": payload}
+
+
+@dataclass
+class _Arm:
+    s: np.ndarray
+    rank: stats.Ranked
+    bins: np.ndarray
+    ll: np.ndarray
+
+
+def _sum_metrics(S: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(baseline, candidate) values per replicate row of the per-pair sums S (see _level_sums)."""
+    w, wy = S[:, 0], S[:, 1]
+    out = {m: (stats.metric_from_sums(m, w, wy, S[:, 2], S[:, 4]),
+               stats.metric_from_sums(m, w, wy, S[:, 3], S[:, 5]))
+           for m in ("logloss", "ne", "calibration")}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["gauc"] = (np.where(S[:, 8] > 0, S[:, 6] / S[:, 8], np.nan),
+                       np.where(S[:, 8] > 0, S[:, 7] / S[:, 8], np.nan))
+    return out
+
+
+@dataclass
+class _Level:
+    """One segment level's per-(segment, user) pair sums, ready for the replicates."""
+
+    groups: int
+    bounds: np.ndarray        # pairs of group g: bounds[g]:bounds[g + 1]
+    pair_user: np.ndarray
+    X: np.ndarray             # pairs x 9: rows, positives, score sums, log-loss sums, GAUC terms
+    hist: list                # per arm: (positives, rows) per pair x logit bin, sparse
+    ap: list                  # per arm: exact average precision per group
+    deltas: list = field(default_factory=list)
+
+
+def _level(code: np.ndarray, groups: int, y: np.ndarray, b: _Arm, c: _Arm, ucode: np.ndarray,
+           users: int) -> _Level:
+    """Clusters are (segment value, user) pairs; a pair's weight is its user's, so a user weighs
+    the same in every segment. Pairs are numbered in (segment, user) order, so a segment's
+    pairs are one slice."""
+    pair_key, pair = np.unique(code * users + ucode, return_inverse=True)
+    pair = pair.reshape(-1)
+    npairs = len(pair_key)
+    yf = y.astype(np.float64)
+    cols = [np.ones(len(y)), yf, b.s, c.s, b.ll, c.ll]
+    X = np.column_stack([np.bincount(pair, weights=v, minlength=npairs) for v in cols])
+    # GAUC: per-pair (user within segment) AUCs, exact, weighted by the pair's rows
+    auc_b, cnt = stats.grouped_auc(pair, y, b.s, npairs, b.rank)
+    auc_c, _ = stats.grouped_auc(pair, y, c.s, npairs, c.rank)
+    wn = np.where(np.isfinite(auc_b), cnt, 0.0)
+    X = np.hstack([X, np.column_stack([wn * np.nan_to_num(auc_b), wn * np.nan_to_num(auc_c), wn])])
+    shape = (npairs, N_LOGIT_BINS)
+    hist = [(sparse.csr_matrix((np.ones(int(y.sum())), (pair[y], a.bins[y])), shape=shape),
+             sparse.csr_matrix((np.ones(len(y)), (pair, a.bins)), shape=shape)) for a in (b, c)]
+    ap = [stats.grouped_average_precision(code, y, a.s, groups, a.rank) for a in (b, c)]
+    return _Level(groups, np.searchsorted(pair_key // users, np.arange(groups + 1)),
+                  pair_key % users, X, hist, ap, [{} for _ in range(groups)])
+
+
+def _replicates(level: _Level, W_users: np.ndarray) -> None:
+    """Add one chunk of replicates (user weights W_users, users x chunk) to the level's deltas."""
+    W = W_users[level.pair_user]
+    for g in range(level.groups):
+        lo, hi = level.bounds[g], level.bounds[g + 1]
+        Wg = W[lo:hi]
+        values = _sum_metrics(Wg.T @ level.X[lo:hi])
+        values["pr_auc"] = tuple(
+            stats.average_precision(np.asarray((h_pos[lo:hi].T @ Wg).T),
+                                    np.asarray((h_cnt[lo:hi].T @ Wg).T)) for h_pos, h_cnt in level.hist)
+        for m, (vb, vc) in values.items():
+            level.deltas[g].setdefault(m, []).append(vc - vb)
+
+
+def _level_tests(level: _Level, alpha: float) -> list[dict[str, stats.Test]]:
+    out = []
+    for g in range(level.groups):
+        lo, hi = level.bounds[g], level.bounds[g + 1]
+        point = _sum_metrics(level.X[lo:hi].sum(axis=0, keepdims=True))
+        point["pr_auc"] = (level.ap[0][g:g + 1], level.ap[1][g:g + 1])
+        out.append({m: stats.bootstrap_test(float(point[m][0][0]), float(point[m][1][0]),
+                                            np.concatenate(level.deltas[g][m]), alpha) for m in point})
+    return out
+
+
+def _segment_codes(values: pd.Series, column: str) -> tuple[np.ndarray, list[str]]:
+    """Dense codes of a segment column and the ``column=value`` names, sorted by value. A
+    categorical column (as Arrow dictionaries arrive) is coded without a Python object per row."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        cats = np.asarray(values.cat.categories.astype(str))
+        used, codes = np.unique(values.cat.codes.to_numpy(), return_inverse=True)
+        names = cats[used]
+        order = np.argsort(names, kind="stable")
+        remap = np.empty(len(order), dtype=np.int64)
+        remap[order] = np.arange(len(order))
+        return remap[codes.reshape(-1)], [f"{column}={v}" for v in names[order]]
+    names, codes = np.unique(values.astype(str).to_numpy(), return_inverse=True)
+    return codes.reshape(-1).astype(np.int64), [f"{column}={v}" for v in names]
+
+
+def group_records_arrow(table, segments: list[str], replicates: int, seed: int, alpha: float):
+    """``group_records`` on an Arrow table (``applyInArrow``): strings become categoricals, so a
+    10M-row group costs no Python object per row."""
+    import pyarrow as pa
+
+    out = group_records(table.to_pandas(strings_to_categorical=True), segments, replicates, seed, alpha)
+    return pa.Table.from_pandas(out, schema=record_arrow_schema(), preserve_index=False)
+
+
+def record_arrow_schema():
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "double": pa.float64(), "long": pa.int64()}
+    return pa.schema([pa.field(n, types[t]) for n, t in (f.split() for f in RECORD_SCHEMA.split(", "))])
+
+
+def group_records(pdf: pd.DataFrame, segments: list[str], replicates: int, seed: int,
+                  alpha: float) -> pd.DataFrame:
+    """All records of one (task, scope) group of paired, labelled rows.
+
+    ``pdf`` columns: task, scope, u (int64 user hash), y (0/1), b, c (the two arms' scores) and
+    seg0.. (string value of each segment column). One record per segment x metric, plus, for
+    segment ``all``, a ``plot`` record whose payload holds the report's histograms.
+
+    Cost: two float sorts (one per arm), then integer sorts per segment level; the bootstrap is
+    O(pairs x replicates) on (segment, user) sums, never O(rows x replicates).
+    """
+    if pdf.empty:
+        return pd.DataFrame(columns=RECORD_COLUMNS)
+    task, scope = str(pdf["task"].iloc[0]), str(pdf["scope"].iloc[0])
+    y = pdf["y"].to_numpy().astype(np.int64) > 0
+    arms = []
+    for col in ("b", "c"):
+        s = pdf[col].to_numpy(dtype=np.float64)
+        arms.append(_Arm(s, stats.score_ranks(s), _logit_bin(s), stats.logloss_terms(y, s)))
+    b, c = arms
+    uniq_users, ucode = np.unique(pdf["u"].to_numpy(dtype=np.int64), return_inverse=True)
+    ucode = ucode.reshape(-1)
+    user_hashes = stats.hash64(uniq_users)
+    levels: list[tuple[np.ndarray, list[str]]] = [(np.zeros(len(y), dtype=np.int64), ["all"])]
+    for i, col in enumerate(segments):
+        levels.append(_segment_codes(pdf[f"seg{i}"], col))
+    prepared = [_level(code, len(names), y, b, c, ucode, len(uniq_users)) for code, names in levels]
+    for start in range(0, replicates, 64):  # weights drawn once per user and chunk, for every level
+        W_users = stats.poisson_weights(user_hashes, np.arange(start, min(start + 64, replicates)),
+                                        seed).astype(np.float64)
+        for level in prepared:
+            _replicates(level, W_users)
+    out = []
+    for (code, names), level in zip(levels, prepared):
+        groups = len(names)
+        moments = stats.delong_moments(code, y, b.s, c.s, groups, (b.rank, c.rank))
+        counts = np.bincount(code, minlength=groups)
+        boot = _level_tests(level, alpha)
+        for g, name in enumerate(names):
+            out.append(_record(task, scope, name, "auc", "delong",
+                               stats.delong_test(moments[g], alpha), counts[g]))
+            out += [_record(task, scope, name, m, "bootstrap", t, counts[g]) for m, t in boot[g].items()]
+    nan = stats.Test(*(math.nan,) * 7)
+    out.append(_record(task, scope, "all", "plot", "none", nan, len(y), _plot_payload(y, b.s, c.s)))
+    return pd.DataFrame(out, columns=RECORD_COLUMNS)
+
+
+# --------------------------------------------------------------------------------------------
+# Verdicts and the decision (driver side, on the small report)
+
+
+def is_better(metric: str, baseline: float, candidate: float) -> bool:
+    if metric in ("logloss", "ne"):
+        return candidate < baseline
+    if metric == "calibration":
+        return abs(candidate - 1.0) < abs(baseline - 1.0)
+    return candidate > baseline
+
+
+def regression(metric: str, baseline: float, candidate: float) -> float:
+    """How much worse the candidate is (positive = worse), in the metric's own units."""
+    if metric in ("logloss", "ne"):
+        return candidate - baseline
+    if metric == "calibration":
+        return abs(candidate - 1.0) - abs(baseline - 1.0)
+    return baseline - candidate
+
+
+def verdict(metric: str, row: dict, alpha: float) -> str:
+    p = row["p_value_adjusted"]
+    if p is None or not math.isfinite(p) or p >= alpha or row["delta"] == 0:
+        return "no_difference"
+    return "better" if is_better(metric, row["baseline_value"], row["candidate_value"]) else "worse"
+
+
+def finish_report(records: pd.DataFrame, method: str, alpha: float) -> pd.DataFrame:
+    """Adjusted p-values over every test of the report, and a verdict per row."""
+    rows = records[records["metric"] != "plot"].copy()
+    rows["p_value_adjusted"] = stats.adjust_pvalues(rows["p_value"].to_numpy(dtype=float), method)
+    rows["verdict"] = [verdict(m, r, alpha) for m, r in zip(rows["metric"], rows.to_dict("records"))]
+    return rows.reset_index(drop=True)
+
+
+@dataclass
+class Decision:
+    ship: bool
+    tasks: dict[str, str]                      # task -> better | worse | no_difference
+    reasons: list[str] = field(default_factory=list)
+    broken_guardrails: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"ship": self.ship, "tasks": self.tasks, "reasons": self.reasons,
+                "broken_guardrails": self.broken_guardrails}
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}" if x is not None and math.isfinite(x) else "n/a"
+
+
+def decide(report: pd.DataFrame, decision_metrics: list[str], guardrails, tasks: list[str]) -> Decision:
+    """Per task: worse when a decision metric is significantly worse (pooled, segment all), better
+    when one is significantly better and none worse. Ship when no task is worse, no guardrail
+    breaks and at least one task is better."""
+    pooled = report[(report["scope"] == "all") & (report["segment"] == "all")]
+    by = {(r["task"], r["metric"]): r for r in pooled.to_dict("records")}
+    verdicts, reasons, broken = {}, [], []
+    for task in tasks:
+        v = [by[(task, m)]["verdict"] for m in decision_metrics if (task, m) in by]
+        verdicts[task] = "worse" if "worse" in v else "better" if "better" in v else "no_difference"
+        for m in decision_metrics:
+            r = by.get((task, m))
+            if r is not None and r["verdict"] != "no_difference":
+                p = r["p_value_adjusted"]
+                reasons.append(f"{task}: {m} {r['verdict']} ({_fmt(r['baseline_value'])} -> "
+                               f"{_fmt(r['candidate_value'])}, adjusted p"
+                               f"{'<1e-300' if p == 0 else '=' + _fmt(p)})")
+        for g in guardrails:
+            r = by.get((task, g.metric))
+            if r is None or not math.isfinite(r["candidate_value"]) or not math.isfinite(r["baseline_value"]):
+                continue
+            worse_by = regression(g.metric, r["baseline_value"], r["candidate_value"])
+            limit = g.max_regression * (abs(r["baseline_value"]) if g.relative else 1.0)
+            if worse_by > limit:
+                broken.append(f"{task}: {g.metric} regressed by {_fmt(worse_by)} "
+                              f"(> {'relative ' if g.relative else ''}limit {_fmt(limit)})")
+    ship = not broken and "worse" not in verdicts.values() and "better" in verdicts.values()
+    if not any(v == "better" for v in verdicts.values()):
+        reasons.append("no task is significantly better")
+    return Decision(ship, verdicts, reasons + [f"guardrail broken: {b}" for b in broken], broken)

@@ -1,0 +1,355 @@
+"""Compare stage (``mmoe compare``): two model versions' predictions over a ds range, paired row
+by row, joined with labels -> the ``ab_reports`` rows, an HTML report and a Markdown summary.
+
+read (through ``jobs.core.warehouse``) -> pure DataFrame transforms (:func:`pair_arms`,
+:func:`labelled_pairs`, :func:`stack_tasks`) -> one ``applyInArrow`` per (task, scope) running
+``jobs.compare.records.group_records`` on the executors (no row reaches the driver; what comes back is a
+few records per task x scope x segment x metric) -> adjusted p-values, verdicts and the decision
+on the driver -> write (through ``jobs.core.warehouse.replacing``).
+
+Scopes: ``all`` (the whole range, ``day`` null in the table) and each day of the range. With a
+one-day range the day's rows are the pooled rows (same tests, same adjusted p-values).
+
+Limits: one (task, scope) group is processed in one Python worker, so the pooled scope of a task
+(all paired rows of the range) must fit in one Python worker's memory (~200 bytes a row
+with its sort and rank arrays: 10M rows ≈ 2 GB).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import reduce
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.compare.records import (
+    RECORD_SCHEMA,
+    Decision,
+    decide,
+    finish_report,
+    group_records_arrow,
+)
+from jobs.compare.report import render_html, render_markdown
+from jobs.core.config import JobConfig
+from jobs.core.errors import ConfigError, InputError, MissingInputError
+from jobs.core.manifest import RunRecord
+from jobs.core.warehouse import (
+    Warehouse,
+    date_range,
+    parquet_files,
+    read_footers,
+    replacing,
+    safe_name,
+)
+from jobs.evaluate.gates import gate_diagnostics
+from schemas.spec import DatasetSpec
+
+DAY = "day"
+AB_COLUMNS = ["baseline", "candidate", "task", "segment", "metric", "baseline_value",
+              "candidate_value", "delta", "ci_low", "ci_high", "p_value", "p_value_adjusted",
+              "verdict", "n", "day"]
+AB_SCHEMA = pa.schema([
+    ("baseline", pa.string()), ("candidate", pa.string()), ("task", pa.string()),
+    ("segment", pa.string()), ("metric", pa.string()), ("baseline_value", pa.float64()),
+    ("candidate_value", pa.float64()), ("delta", pa.float64()), ("ci_low", pa.float64()),
+    ("ci_high", pa.float64()), ("p_value", pa.float64()), ("p_value_adjusted", pa.float64()),
+    ("verdict", pa.string()), ("n", pa.int64()), ("day", pa.date32()),
+    # beyond the contract
+    ("method", pa.string()), ("se", pa.float64()), ("start", pa.date32()), ("end", pa.date32()),
+])
+
+
+@dataclass
+class Pairing:
+    """Row accounting of the pairing (keys + day)."""
+
+    baseline_rows: int
+    candidate_rows: int
+    paired_rows: int
+    baseline_only_rows: int
+    candidate_only_rows: int
+    paired_without_labels: int
+
+    @property
+    def labelled_rows(self) -> int:
+        return self.paired_rows - self.paired_without_labels
+
+
+@dataclass
+class CompareResult:
+    dataset: str
+    baseline: str
+    candidate: str
+    start: str
+    end: str
+    segments: list[str]
+    days: list[str]
+    pairing: Pairing
+    report: pd.DataFrame               # AB_SCHEMA rows (pooled and per day)
+    plots: dict[str, dict]             # task -> histograms of both arms (pooled, segment all)
+    decision: Decision
+    gates: dict | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def record(self):
+        return RunRecord(
+            input_rows=self.pairing.baseline_rows + self.pairing.candidate_rows,
+            output_rows=len(self.report),
+            quarantined_rows=0,
+            model_version=f"{self.baseline},{self.candidate}",
+            outputs=dict(self.outputs),
+            details={"pairing": {**self.pairing.__dict__, "labelled_rows": self.pairing.labelled_rows},
+                     "decision": self.decision.as_dict(), "segments": self.segments,
+                     "days": self.days, "start": self.start, "end": self.end,
+                     "gates": None if self.gates is None else {
+                         arm: g.get("flags") for arm, g in self.gates.items()}})
+
+
+# --------------------------------------------------------------------------------------------
+# Pure transforms
+
+
+def pair_arms(base: DataFrame, cand: DataFrame, labels: DataFrame, keys: list[str],
+              tasks: list[str]) -> DataFrame:
+    """Full outer join of both arms on keys + day, left join of labels; ``_in_b``, ``_in_c``,
+    ``_labelled`` say where a row was found; scores as ``b_<task>`` / ``c_<task>``, labels as
+    ``y_<task>``."""
+    on = keys + [DAY]
+    b = base.select(*on, *(F.col(f"p_{t}").alias(f"b_{t}") for t in tasks), F.lit(True).alias("_in_b"))
+    c = cand.select(*on, *(F.col(f"p_{t}").alias(f"c_{t}") for t in tasks), F.lit(True).alias("_in_c"))
+    y = labels.select(*on, *(F.col(t).alias(f"y_{t}") for t in tasks), F.lit(True).alias("_labelled"))
+    paired = b.join(c, on, "full_outer").join(y, on, "left")
+    return paired.select(*on, *(c for c in paired.columns if c not in on and not c.startswith("_")),
+                         *(F.coalesce(F.col(f), F.lit(False)).alias(f)
+                           for f in ("_in_b", "_in_c", "_labelled")))
+
+
+def pairing_counts(paired: DataFrame) -> Pairing:
+    counts = {(r["_in_b"], r["_in_c"], r["_labelled"]): r["count"]
+              for r in paired.groupBy("_in_b", "_in_c", "_labelled").count().collect()}
+
+    def total(pred) -> int:
+        return int(sum(v for k, v in counts.items() if pred(*k)))
+
+    return Pairing(
+        baseline_rows=total(lambda b, c, y: b), candidate_rows=total(lambda b, c, y: c),
+        paired_rows=total(lambda b, c, y: b and c),
+        baseline_only_rows=total(lambda b, c, y: b and not c),
+        candidate_only_rows=total(lambda b, c, y: c and not b),
+        paired_without_labels=total(lambda b, c, y: b and c and not y))
+
+
+def labelled_pairs(paired: DataFrame, features: DataFrame | None, keys: list[str],
+                   user: str | None, segments: list[str]) -> DataFrame:
+    """Rows in both arms with labels, plus ``u`` (a 64-bit user hash: the bootstrap cluster; a
+    row without a user is its own cluster) and the segment columns as strings."""
+    rows = paired.where(F.col("_in_b") & F.col("_in_c") & F.col("_labelled"))
+    on = keys + [DAY]
+    if features is not None:
+        rows = rows.join(features, on, "left")
+    own = F.xxhash64(*(F.col(k) for k in on))
+    u = own if user is None else F.when(F.col(user).isNull(), own).otherwise(F.xxhash64(F.col(user)))
+    segs = [F.coalesce(F.col(s).cast("string"), F.lit("null")).alias(f"seg{i}")
+            for i, s in enumerate(segments)]
+    return rows.select(F.col(DAY).cast("string").alias(DAY), u.alias("u"), *segs,
+                       *(c for c in rows.columns if c[:2] in ("b_", "c_", "y_")))
+
+
+def stack_tasks(rows: DataFrame, tasks: list[str], segments: list[str], per_day: bool) -> DataFrame:
+    """One row per (input row, task, scope): task, scope (``all`` or the day), u, y, b, c, seg*.
+    Rows whose label or either score is null / NaN are left out of that task."""
+    scopes = [F.lit("all")] + ([F.col(DAY)] if per_day else [])
+    items = F.array(*[F.struct(F.lit(t).alias("task"), sc.alias("scope"),
+                               F.col(f"y_{t}").cast("int").alias("y"),
+                               F.col(f"b_{t}").cast("double").alias("b"),
+                               F.col(f"c_{t}").cast("double").alias("c"))
+                      for t in tasks for sc in scopes])
+    segs = [f"seg{i}" for i in range(len(segments))]
+    out = rows.select("u", *segs, F.explode(items).alias("x")).select("x.*", "u", *segs)
+    return out.where(F.col("y").isNotNull() & F.col("b").isNotNull() & F.col("c").isNotNull()
+                     & ~F.isnan("b") & ~F.isnan("c"))
+
+
+def compute_records(stacked: DataFrame, segments: list[str], replicates: int, seed: int,
+                    alpha: float) -> DataFrame:
+    def fn(table):
+        return group_records_arrow(table, segments, replicates, seed, alpha)
+
+    return stacked.groupBy("task", "scope").applyInArrow(fn, RECORD_SCHEMA)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def _versions_days(wh: Warehouse, spec: DatasetSpec, version: str, days: list[str]) -> list[str]:
+    return [d for d in days if version in wh.sub_partitions(spec.name, "predictions", d, "model_version")]
+
+
+def _read_days(spark: SparkSession, paths: dict[str, Path], columns: list[str], what: str) -> DataFrame:
+    frames = []
+    for day, path in paths.items():
+        frame = spark.read.parquet(str(path))
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise MissingInputError(f"{what} at {path} lacks column(s) {missing}",
+                                    details={"path": str(path)})
+        frames.append(frame.select(*columns).withColumn(DAY, F.lit(day).cast("date")))
+    return reduce(DataFrame.unionByName, frames)
+
+
+def _segments(cfg: JobConfig, spec: DatasetSpec, requested: list[str] | None) -> list[str]:
+    segments = list(requested or (cfg.evaluation.segments if cfg.evaluation.segments is not None
+                                  else spec.segments))
+    unknown = [s for s in segments if s not in spec.features_table_columns]
+    if unknown:
+        raise (InputError if requested else ConfigError)(
+            f"segment column(s) {unknown} are not columns of the {spec.name} features table")
+    return list(dict.fromkeys(segments))
+
+
+def _gate_columns(files_by_arm: dict[str, list[Path]], tasks: list[str]) -> list[str]:
+    """gate_<task> columns present in every prediction file of both arms."""
+    present = None
+    for files in files_by_arm.values():
+        names = set(read_footers(files)[0].names)
+        present = names if present is None else present & names
+    return [f"gate_{t}" for t in tasks if f"gate_{t}" in (present or set())]
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+
+
+def _paired_records(spark, cfg: JobConfig, spec: DatasetSpec, wh: Warehouse, paired: DataFrame,
+                    baseline: str, candidate: str, start: str, end: str, days: list[str],
+                    segments: list[str], arm_days: dict, label_days: dict):
+    """Row accounting, refusals, then the per-group statistics of the paired, labelled rows."""
+    keys, tasks, user = spec.key_names, spec.task_names, spec.user_column
+    pairing = pairing_counts(paired)
+    if pairing.paired_rows == 0:
+        raise MissingInputError(
+            f"baseline {baseline} ({pairing.baseline_rows} rows) and candidate {candidate} "
+            f"({pairing.candidate_rows} rows) share no rows in {start}..{end} (joined on "
+            f"{', '.join(keys)} and day)", details={"pairing": pairing.__dict__})
+    if pairing.labelled_rows == 0:
+        raise MissingInputError(
+            f"none of the {pairing.paired_rows} rows shared by {baseline} and {candidate} in "
+            f"{start}..{end} has labels", details={"pairing": pairing.__dict__})
+
+    feature_cols = list(dict.fromkeys(segments + ([user] if user else [])))
+    features = None
+    if feature_cols:
+        feature_days = {d: wh.partition(spec.name, "features", d) for d in days
+                        if wh.has_partition(spec.name, "features", d)}
+        if not feature_days:
+            raise MissingInputError(f"no features for {spec.name} in {start}..{end}; compare needs "
+                                    f"{feature_cols} from them")
+        features = _read_days(spark, feature_days, keys + [c for c in feature_cols if c not in keys],
+                              "features")
+    rows = labelled_pairs(paired, features, keys, user, segments)
+    labelled_days = sorted(set(arm_days[baseline]) & set(arm_days[candidate]) & set(label_days))
+    per_day = len(labelled_days) > 1
+    stacked = stack_tasks(rows, tasks, segments, per_day)
+    c = cfg.compare
+    records = compute_records(stacked, segments, c.replicates, c.seed, c.alpha).toPandas()
+    return records, pairing, per_day, labelled_days
+
+
+def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, baseline: str,
+                   candidate: str, start: str, end: str,
+                   segments: list[str] | None = None) -> CompareResult:
+    """Compare ``candidate`` with ``baseline`` over ``start..end`` (see the module docstring);
+    writes the ab_reports rows, the HTML report and the summary; raises InputError /
+    MissingInputError with one line when there is nothing to compare."""
+    safe_name(baseline, "--baseline")
+    safe_name(candidate, "--candidate")
+    if baseline == candidate:
+        raise InputError(f"--baseline and --candidate are the same version {baseline!r}: "
+                         f"nothing to compare")
+    days = date_range(start, end)
+    wh = Warehouse(cfg.warehouse)
+    segments = _segments(cfg, spec, segments)
+    keys, tasks = spec.key_names, spec.task_names
+    arm_days = {v: _versions_days(wh, spec, v, days) for v in (baseline, candidate)}
+    for role, v in (("baseline", baseline), ("candidate", candidate)):
+        if not arm_days[v]:
+            present = sorted({m for d in days for m in wh.sub_partitions(spec.name, "predictions", d, "model_version")})
+            raise MissingInputError(
+                f"{role} {v} has no predictions for {spec.name} in {start}..{end} "
+                f"(versions with predictions there: {', '.join(present) or 'none'})")
+    pred_paths = {v: {d: wh.partition(spec.name, "predictions", d, model_version=v) for d in arm_days[v]}
+                  for v in (baseline, candidate)}
+    gate_cols = _gate_columns({v: [f for p in paths.values() for f in parquet_files(p)]
+                               for v, paths in pred_paths.items()}, tasks)
+    pred_cols = keys + spec.prediction_columns
+    base = _read_days(spark, pred_paths[baseline], pred_cols + gate_cols, "predictions")
+    cand = _read_days(spark, pred_paths[candidate], pred_cols + gate_cols, "predictions")
+    label_days = {d: wh.partition(spec.name, "labels", d) for d in days
+                  if wh.has_partition(spec.name, "labels", d)}
+    if not label_days:
+        raise MissingInputError(f"no labels for {spec.name} in {start}..{end}")
+    labels = _read_days(spark, label_days, keys + tasks, "labels")
+
+    # the joins run once: the row accounting fills the cache the statistics then read
+    paired = pair_arms(base, cand, labels, keys, tasks).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        records, pairing, per_day, labelled_days = _paired_records(
+            spark, cfg, spec, wh, paired, baseline, candidate, start, end, days, segments,
+            arm_days, label_days)
+    finally:
+        paired.unpersist()
+    c = cfg.compare
+    plots = {r["task"]: json.loads(r["payload"]) for r in
+             records[(records["metric"] == "plot") & (records["scope"] == "all")].to_dict("records")}
+    report = finish_report(records, c.adjustment, c.alpha)
+    if not per_day and labelled_days:  # a one-day range: its day rows are the pooled rows
+        report = pd.concat([report, report.assign(scope=labelled_days[0])], ignore_index=True)
+    decision = decide(report, c.decision_metrics, c.guardrail_list(), tasks)
+    table = ab_table(report, baseline, candidate, start, end)
+
+    gates = None
+    if gate_cols:
+        gates = {role: gate_diagnostics(frame, tasks) for role, frame in
+                 (("baseline", base), ("candidate", cand))}
+
+    result = CompareResult(spec.name, baseline, candidate, start, end, segments, days, pairing,
+                           table, plots, decision, gates)
+    _write(wh, result)
+    return result
+
+
+def ab_table(report: pd.DataFrame, baseline: str, candidate: str, start: str, end: str) -> pd.DataFrame:
+    out = report.copy()
+    out["baseline"], out["candidate"] = baseline, candidate
+    out["day"] = [None if s == "all" else pd.Timestamp(s).date() for s in out["scope"]]
+    out["start"], out["end"] = pd.Timestamp(start).date(), pd.Timestamp(end).date()
+    out["n"] = out["n"].astype("int64")
+    order = {m: i for i, m in enumerate(("auc", "gauc", "pr_auc", "logloss", "ne", "calibration"))}
+    out = out.assign(_d=out["day"].map(lambda d: "" if d is None else str(d)),
+                     _m=out["metric"].map(order), _s=out["segment"] != "all")
+    out = out.sort_values(["_d", "task", "_s", "segment", "_m"]).reset_index(drop=True)
+    return out[[f.name for f in AB_SCHEMA]]
+
+
+def _write(wh: Warehouse, result: CompareResult) -> None:
+    args = (result.dataset, result.baseline, result.candidate, result.start, result.end)
+    target = wh.ab_report(*args)
+    with replacing(target) as staging:
+        staging.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pandas(result.report, schema=AB_SCHEMA, preserve_index=False),
+                       staging / "part-00000.parquet")
+    docs = wh.ab_report_docs(*args)
+    with replacing(docs) as staging:
+        staging.mkdir(parents=True)
+        (staging / "report.html").write_text(render_html(result))
+        (staging / "summary.md").write_text(render_markdown(result))
+    result.outputs.update({"ab_reports": str(target), "html": str(docs / "report.html"),
+                           "summary": str(docs / "summary.md")})

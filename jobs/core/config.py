@@ -1,0 +1,304 @@
+"""The typed job config: one YAML file, defaults embedded, overridable from the CLI / env."""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from jobs.core.errors import ConfigError
+from mmoe_model.config import ModelConfig, TrainConfig
+from mmoe_model.errors import ModelConfigError
+
+# importlib resources: also found inside a --py-files zip (tests/test_cluster.py)
+DEFAULT_CONFIG = importlib.resources.files("jobs.core") / "default_config.yaml"
+
+
+@dataclass
+class SparkConfig:
+    master: str = "local[*]"
+    app_name: str = "mmoe"
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ValidationConfig:
+    on_bad_rows: Literal["quarantine", "fail"] = "quarantine"
+    max_bad_row_fraction: float = 0.05
+    keep_data_docs: bool = True
+    on_extra_columns: Literal["fail", "ignore"] = "fail"
+
+
+@dataclass
+class CatalogConfig:
+    top_k: int = 20
+    max_items_per_user: int = 200
+    fusion: Literal["product", "sum"] = "product"
+    fusion_weights: dict[str, float] = field(default_factory=dict)
+    method: Literal["factored", "rows"] = "factored"
+
+
+@dataclass
+class ScoringConfig:
+    validate_inline: bool = False
+    reader: Literal["direct", "spark"] = "direct"
+    batch_size: int = 8192
+    threads_per_task: int = 0
+    pipeline: bool = True
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+
+
+@dataclass
+class EvaluationConfig:
+    label_wait_days: int = 0
+    segments: list[str] | None = None
+
+
+# The ``training`` section is flat in YAML (``num_experts: 8``, ``epochs: 8``) but has no
+# defaults of its own: every key is a field of the model library's ModelConfig (architecture)
+# or TrainConfig (optimisation), and whatever the file leaves out keeps that class's default.
+# ``arch`` and ``seed`` come from the command line, the rest of TrainConfig is runtime plumbing.
+MODEL_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name != "arch")
+TRAIN_KEYS = ("epochs", "batch_size", "learning_rate", "validation_fraction", "patience",
+              "task_weights", "weight_decay", "balance_weight")
+
+
+@dataclass
+class TrainingConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimiser: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_flat(cls, raw: dict[str, Any], where: str = "config.training") -> "TrainingConfig":
+        unknown = set(raw) - set(MODEL_KEYS) - set(TRAIN_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
+        model = {k: v for k, v in raw.items() if k in MODEL_KEYS}
+        optimiser = {k: v for k, v in raw.items() if k in TRAIN_KEYS}
+        for cls_, values in ((ModelConfig, model), (TrainConfig, optimiser)):
+            _check_types(cls_, values, where)
+        try:
+            return cls(ModelConfig(**model), TrainConfig(**optimiser))
+        except (ModelConfigError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def model_config(self, arch: str) -> ModelConfig:
+        return replace(self.model, arch=arch)
+
+    def train_config(self, epochs: int | None = None, seed: int = 0) -> TrainConfig:
+        return replace(self.optimiser, seed=seed,
+                       epochs=self.optimiser.epochs if epochs is None else epochs)
+
+
+METRIC_DIRECTIONS = {"auc": "higher", "gauc": "higher", "pr_auc": "higher", "logloss": "lower",
+                     "ne": "lower", "calibration": "closer_to_1"}
+
+
+@dataclass(frozen=True)
+class Guardrail:
+    """TFMA-style change threshold: the candidate may not be worse than the baseline by more than
+    ``max_regression`` (absolute, or relative to the baseline value) on the pooled, all-segment
+    value of a task. Which way is worse comes from the metric (METRIC_DIRECTIONS)."""
+
+    metric: str
+    max_regression: float
+    relative: bool = False
+
+
+@dataclass
+class CompareConfig:
+    replicates: int = 200
+    seed: int = 0
+    alpha: float = 0.05
+    adjustment: Literal["bh", "holm"] = "bh"
+    decision_metrics: list[str] = field(default_factory=lambda: ["auc", "logloss"])
+    guardrails: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def guardrail_list(self) -> list[Guardrail]:
+        out = []
+        for metric, raw in self.guardrails.items():
+            where = f"config.compare.guardrails.{metric}"
+            if metric not in METRIC_DIRECTIONS:
+                raise ConfigError(f"{where}: unknown metric (one of {', '.join(METRIC_DIRECTIONS)})")
+            if not isinstance(raw, dict) or set(raw) - {"max_regression", "relative"} \
+                    or "max_regression" not in raw:
+                raise ConfigError(f"{where}: must be a mapping with max_regression (and relative)")
+            value = raw["max_regression"]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{where}.max_regression: must be a number >= 0, got {value!r}")
+            out.append(Guardrail(metric, float(value), bool(raw.get("relative", False))))
+        return out
+
+
+@dataclass
+class LocksConfig:
+    """Partition locks (one writer per partition, see jobs/core/warehouse.py ``partition_lock``)."""
+
+    wait_seconds: float = 300.0   # how long a writer waits for a busy partition, then refuses
+    poll_seconds: float = 0.5     # how often it looks again while waiting
+
+
+@dataclass
+class DemoConfig:
+    dataset: str = "synth"
+    start: str = "2026-11-01"
+    days: int = 3
+    rows_per_day: int = 40000
+    seed: int = 7
+    arch: str = "mmoe"
+    epochs: int = 3
+
+
+@dataclass
+class JobConfig:
+    warehouse: Path = Path("warehouse")
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    locks: LocksConfig = field(default_factory=LocksConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+def load_config(path: str | Path | None = None, warehouse: str | Path | None = None) -> JobConfig:
+    """Read a config file (default: the embedded demo config); ``warehouse`` overrides its root."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        mark = getattr(exc, "problem_mark", None)
+        if getattr(exc, "problem", None) and mark is not None:
+            first = f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+        raise ConfigError(f"cannot read config {path}: {first}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path}: must be a mapping")
+    cfg = _build(JobConfig, raw, "config")
+    if warehouse is not None:
+        cfg.warehouse = Path(warehouse)
+    cfg.warehouse = Path(cfg.warehouse).expanduser().resolve()
+    _check(cfg)
+    return cfg
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = set(raw) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
+    kwargs = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if hint is TrainingConfig:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{name}: must be a mapping")
+            kwargs[name] = TrainingConfig.from_flat(value, f"{where}.{name}")
+        elif is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{name}: must be a mapping")
+            kwargs[name] = _build(hint, value, f"{where}.{name}")
+        else:
+            kwargs[name] = _typed(hint, value, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _typed(hint: Any, value: Any, where: str) -> Any:
+    """``value`` checked against a field's type hint (scalars, Literal, Path, list, dict,
+    optional); a mismatch is a one-line :class:`ConfigError` naming the key."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _typed(inner[0], value, where) if len(inner) == 1 else value
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: must be one of {', '.join(map(repr, args))}, "
+                              f"got {value!r}")
+        return value
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: must be a path (a string), got {value!r}")
+        return Path(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: must be true or false, got {value!r}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or (hint is int and not float(value).is_integer()):
+            raise ConfigError(f"{where}: must be {'an integer' if hint is int else 'a number'}, "
+                              f"got {value!r}")
+        return hint(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: must be a string, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: must be a list, got {value!r}")
+        return [_typed(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: must be a mapping, got {value!r}")
+        if where.endswith(".conf"):  # Spark settings: keys and values as strings
+            bad = [k for k, v in value.items() if isinstance(v, (dict, list)) or v is None]
+            if bad:
+                raise ConfigError(f"{where}.{bad[0]}: must be a scalar, got {value[bad[0]]!r}")
+            return {str(k): (str(v).lower() if isinstance(v, bool) else str(v))
+                    for k, v in value.items()}
+        key_t, value_t = args if args else (Any, Any)
+        return {_typed(key_t, k, where) if key_t is not Any else k:
+                _typed(value_t, v, f"{where}.{k}") if value_t is not Any else v
+                for k, v in value.items()}
+    return value
+
+
+def _check_types(cls: type, values: dict[str, Any], where: str) -> None:
+    """Numbers must be numbers: YAML's ``"8"`` would otherwise fail deep inside torch."""
+    hints = get_type_hints(cls)
+    for name, value in values.items():
+        if hints[name] in (int, float) and (isinstance(value, bool)
+                                            or not isinstance(value, (int, float))):
+            raise ConfigError(f"{where}.{name}: must be a number, got {value!r}")
+
+
+def _check(cfg: JobConfig) -> None:
+    if cfg.validation.on_bad_rows not in ("quarantine", "fail"):
+        raise ConfigError("validation.on_bad_rows must be 'quarantine' or 'fail'")
+    if not 0.0 <= cfg.validation.max_bad_row_fraction <= 1.0:
+        raise ConfigError("validation.max_bad_row_fraction must be within [0, 1]")
+    if cfg.scoring.reader not in ("direct", "spark"):
+        raise ConfigError("scoring.reader must be 'direct' or 'spark'")
+    if cfg.scoring.batch_size < 1:
+        raise ConfigError("scoring.batch_size must be >= 1")
+    if cfg.scoring.catalog.top_k < 1 or cfg.scoring.catalog.max_items_per_user < 1:
+        raise ConfigError("scoring.catalog.top_k and max_items_per_user must be >= 1")
+    if cfg.evaluation.label_wait_days < 0:
+        raise ConfigError("evaluation.label_wait_days must be >= 0")
+    if cfg.locks.wait_seconds < 0:
+        raise ConfigError("locks.wait_seconds must be >= 0")
+    if cfg.locks.poll_seconds <= 0:
+        raise ConfigError("locks.poll_seconds must be > 0")
+    _check_compare(cfg.compare)
+
+
+def _check_compare(c: CompareConfig) -> None:
+    if isinstance(c.replicates, bool) or not isinstance(c.replicates, int) or c.replicates < 20:
+        raise ConfigError("compare.replicates must be an integer >= 20")
+    if not 0.0 < c.alpha < 1.0:
+        raise ConfigError("compare.alpha must be within (0, 1)")
+    if c.adjustment not in ("bh", "holm"):
+        raise ConfigError("compare.adjustment must be 'bh' or 'holm'")
+    unknown = [m for m in c.decision_metrics if m not in METRIC_DIRECTIONS]
+    if unknown or not c.decision_metrics:
+        raise ConfigError(f"compare.decision_metrics must name metrics among "
+                          f"{', '.join(METRIC_DIRECTIONS)}; got {c.decision_metrics}")
+    c.guardrail_list()

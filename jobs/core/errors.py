@@ -1,0 +1,57 @@
+"""Typed exceptions. Library code raises these; only the CLI layer turns them into exit codes."""
+
+
+class MmoeError(Exception):
+    """Base class: the message is the one-line error the CLI prints. ``details`` records what the
+    job got to before it failed (keys named like manifest fields, e.g. ``model_version``, land at
+    the manifest's top level; see :func:`jobs.core.manifest.run_job`)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str = "", details: dict | None = None) -> None:
+        super().__init__(message)
+        self.details = dict(details or {})
+
+
+class ConfigError(MmoeError):
+    exit_code = 2
+
+
+class InputError(MmoeError):
+    """Bad command-line input (dates, paths, names), refused before any work."""
+
+    exit_code = 2
+
+
+class MissingInputError(MmoeError):
+    """A table partition or artifact the job needs does not exist."""
+
+
+class ValidationFailed(MmoeError):
+    """A table-level data-quality rule failed; nothing downstream was written."""
+
+
+class NotValidated(MmoeError):
+    """Scoring was asked for a ds whose validation failed or never ran."""
+
+
+class PartitionLocked(MmoeError):
+    """Another process holds the lock of the partition this job writes, longer than
+    ``locks.wait_seconds``; the message names the holder."""
+
+
+class RegistryError(MmoeError):
+    """The model registry refused a request: an unknown version or alias, an alias with no
+    promotion in force on the ds, a version registered twice with different content, or a
+    stored artifact that no longer matches its checksum."""
+
+
+class BackfillFailed(MmoeError):
+    """At least one day of a backfill failed (the others ran, unless --fail-fast)."""
+
+
+class RegressionDetected(MmoeError):
+    """``mmoe compare --fail-on-regression``: the candidate broke a guardrail. The report was
+    written; the exit status lets a DAG or CI gate on it."""
+
+    exit_code = 3

@@ -1,0 +1,395 @@
+"""The model registry: versions, aliases and their history, kept in the warehouse (no server).
+
+Layout (paths from :class:`jobs.core.warehouse.Warehouse`), one registry per dataset::
+
+    <wh>/<dataset>/models/history.jsonl          append-only: one JSON object per event
+    <wh>/<dataset>/models/artifacts/<sha256>/    the artifact's files, content-addressed
+
+Events: ``register`` (version, sha256, arch, source directory) and ``promote`` (version, alias,
+effective date). Every event records who (``getpass.getuser()``), when (UTC) and why
+(``--reason``). Nothing is ever rewritten: the registry's state is a fold over the history.
+Register and promote hold the registry's lock (``_locks/models.lock``) while they check and
+append, so two registrations cannot both decide a version is new.
+
+Which model is in force: for alias A on ds D, the promotion of A with the latest effective
+date <= D (ties: the later promotion). ``champion`` is the production model; every alias whose
+name starts with ``challenger`` (``challenger``, ``challenger-b``, ...) is a challenger that the
+nightly pipeline also scores.
+
+Every read of a stored artifact re-hashes it: the directory name must be the SHA-256 of its
+MANIFEST.json, and every file must match the checksum MANIFEST.json lists for it. A tampered
+copy is refused with a one-line :class:`~jobs.core.errors.RegistryError`. This module imports neither
+torch nor Spark (the Airflow DAG lists the models in force with it); registration, which must
+load the model to check its spec, imports the model library lazily.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jobs.core.config import JobConfig
+from jobs.core.errors import InputError, RegistryError
+from jobs.core.manifest import RunRecord, utc_now
+from jobs.core.modelref import ModelRef
+from jobs.core.warehouse import (
+    Warehouse,
+    append_json_line,
+    parse_date,
+    read_files,
+    read_json_lines,
+    safe_name,
+    sha256_hex,
+    write_files_once,
+)
+
+MANIFEST = "MANIFEST.json"  # mmoe_model.artifact.MANIFEST (not imported: that module needs torch)
+CHAMPION = "champion"
+CHALLENGER_PREFIX = "challenger"
+
+
+def is_challenger(alias: str) -> bool:
+    return alias.startswith(CHALLENGER_PREFIX)
+
+
+# --------------------------------------------------------------------------------------------
+# State: a fold over the history
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    dataset: str
+    version: str
+    sha256: str
+    arch: str
+    registered_at: str
+    registered_by: str
+    reason: str | None
+    source: str
+
+
+@dataclass(frozen=True)
+class Promotion:
+    alias: str
+    version: str
+    effective: str
+    promoted_at: str
+    promoted_by: str
+    reason: str | None
+    sequence: int  # position in the history: the tie-break between equal effective dates
+
+
+@dataclass
+class Registry:
+    """One dataset's registry as read from its history."""
+
+    wh: Warehouse
+    dataset: str
+    models: dict[str, RegisteredModel] = field(default_factory=dict)
+    promotions: list[Promotion] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, wh: Warehouse, dataset: str) -> "Registry":
+        registry = cls(wh, safe_name(dataset, "dataset"))
+        try:
+            events = read_json_lines(wh.registry_history(dataset))
+        except ValueError as exc:
+            raise RegistryError(f"the model registry of {dataset} is unreadable: {exc}") from None
+        for sequence, event in enumerate(events):
+            if event.get("event") == "register":
+                registry.models[event["version"]] = RegisteredModel(
+                    dataset, event["version"], event["sha256"], event.get("arch", "?"),
+                    event["at"], event["by"], event.get("reason"), event.get("source", ""))
+            elif event.get("event") == "promote":
+                registry.promotions.append(Promotion(
+                    event["alias"], event["version"], event["effective"], event["at"],
+                    event["by"], event.get("reason"), sequence))
+        return registry
+
+    def model(self, version: str) -> RegisteredModel:
+        found = self.models.get(version)
+        if found is None:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise RegistryError(f"unknown model version {version!r} for dataset {self.dataset} "
+                                f"(registered: {known})")
+        return found
+
+    def in_force(self, alias: str, ds: str) -> Promotion:
+        """The promotion of ``alias`` in force on ``ds`` (see the module docstring)."""
+        day = parse_date(ds, "ds").isoformat()
+        mine = [p for p in self.promotions if p.alias == alias]
+        if not mine:
+            known = ", ".join(sorted({p.alias for p in self.promotions})) or "none"
+            raise RegistryError(f"unknown alias @{alias} for dataset {self.dataset} "
+                                f"(aliases: {known})")
+        eligible = [p for p in mine if p.effective <= day]
+        if not eligible:
+            first = min(p.effective for p in mine)
+            raise RegistryError(f"@{alias} of {self.dataset} has no promotion in force on {day} "
+                                f"(its earliest effective date is {first})")
+        return max(eligible, key=lambda p: (p.effective, p.sequence))
+
+    def aliases_in_force(self, ds: str) -> dict[str, Promotion]:
+        day = parse_date(ds, "ds").isoformat()
+        return {alias: self.in_force(alias, day)
+                for alias in sorted({p.alias for p in self.promotions})
+                if any(p.alias == alias and p.effective <= day for p in self.promotions)}
+
+    def artifact_files(self, version: str) -> dict[str, bytes]:
+        """The stored artifact of ``version``, verified against its content address and its
+        own MANIFEST.json checksums."""
+        model = self.model(version)
+        directory = self.wh.registry_artifact(self.dataset, model.sha256)
+        files = read_files(directory)
+        if MANIFEST not in files:
+            raise RegistryError(f"the stored artifact of {version} is missing ({directory})")
+        problem = artifact_problem(files, model.sha256)
+        if problem:
+            raise RegistryError(f"the stored artifact of {version} was tampered with: {problem} "
+                                f"({directory})")
+        return files
+
+
+def artifact_problem(files: dict[str, bytes], sha256: str | None = None) -> str | None:
+    """Why a set of artifact files does not match its MANIFEST.json (or the expected checksum
+    of that manifest), or None. Torch-free; ``ModelArtifact.from_files`` checks the same and
+    more when the model is loaded."""
+    if sha256 is not None and sha256_hex(files[MANIFEST]) != sha256:
+        return (f"{MANIFEST} hashes to {sha256_hex(files[MANIFEST])[:12]}…, "
+                f"not its registered checksum {sha256[:12]}…")
+    try:
+        listed = json.loads(files[MANIFEST])["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"{MANIFEST} has no file list"
+    for name, expected in sorted(listed.items()):
+        if name not in files:
+            return f"file {name} is missing"
+        if sha256_hex(files[name]) != expected:
+            return f"file {name} does not match its SHA-256 in {MANIFEST}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Resolving --model (a directory, a registered version, or @alias) for one ds
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The artifact a ``--model`` value names on one ds: its files and where they came from."""
+
+    files: dict[str, bytes] = field(repr=False)
+    sha256: str
+    version: str | None          # None for a directory (known once the artifact is loaded)
+    source: str                  # "directory X", "registry", "@champion (effective D)"
+
+    def details(self) -> dict[str, str]:
+        return {"model_source": self.source}
+
+
+def resolve_model(cfg: JobConfig, dataset: str, ds: str,
+                  model: "ModelRef | Path | str") -> ModelChoice:
+    """The artifact ``model`` names on ``ds``: a directory, ``@alias`` (the promotion in force
+    on ``ds``), or a registered version."""
+    ref = ModelRef.parse(model)
+    if ref.kind == "directory":
+        return directory_choice(ref.path)
+    registry = Registry.read(Warehouse(cfg.warehouse), dataset)
+    if ref.kind == "alias":
+        promotion = registry.in_force(ref.value, ds)
+        files = registry.artifact_files(promotion.version)
+        return ModelChoice(files, registry.model(promotion.version).sha256, promotion.version,
+                           f"@{promotion.alias} (effective {promotion.effective})")
+    if ref.value not in registry.models:
+        raise RegistryError(f"--model {ref} is neither an artifact directory nor a registered "
+                            f"version of {dataset} (registered: "
+                            f"{', '.join(sorted(registry.models)) or 'none'})")
+    return ModelChoice(registry.artifact_files(ref.value), registry.model(ref.value).sha256,
+                       ref.value, "registry")
+
+
+def version_of(cfg: JobConfig, dataset: str, ds: str, model: "ModelRef | Path | str") -> str:
+    """The model_version a reference names on ``ds``, without loading the model: a version is
+    itself (its predictions may come from an unregistered directory), an alias the version in
+    force, a directory the version its MANIFEST.json records."""
+    ref = ModelRef.parse(model)
+    if ref.kind == "version":
+        return ref.value
+    if ref.kind == "alias":
+        return Registry.read(Warehouse(cfg.warehouse), dataset).in_force(ref.value, ds).version
+    files = read_files(ref.path)
+    try:
+        return safe_name(json.loads(files[MANIFEST])["model_version"], "model_version")
+    except (KeyError, ValueError, TypeError):
+        raise RegistryError(f"{ref} has no readable {MANIFEST}: not a model artifact") from None
+
+
+def directory_choice(directory: Path) -> ModelChoice:
+    from mmoe_model.artifact import read_artifact_files
+
+    files = read_artifact_files(directory)
+    return ModelChoice(files, sha256_hex(files[MANIFEST]), None, f"directory {directory}")
+
+
+# --------------------------------------------------------------------------------------------
+# Writes: register and promote (append to the history under the registry lock)
+
+
+@dataclass
+class RegistryResult:
+    action: str                  # register | promote
+    dataset: str
+    version: str
+    sha256: str
+    events: list[dict[str, Any]]  # what was appended (empty: already registered, no alias)
+    artifact: Path
+
+    def record(self) -> RunRecord:
+        return RunRecord(model_version=self.version, model_sha256=self.sha256,
+                         outputs={"artifact": str(self.artifact)},
+                         details={"action": self.action, "events": self.events})
+
+
+def _event(kind: str, reason: str | None, **fields: Any) -> dict[str, Any]:
+    return {"event": kind, "at": utc_now(), "by": getpass.getuser(), "reason": reason, **fields}
+
+
+def artifact_dataset(directory: Path) -> str:
+    """The dataset an artifact directory was trained on (its spec.json's name), torch-free."""
+    try:
+        return str(json.loads((Path(directory) / "spec.json").read_text())["name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(f"{directory} is not a model artifact directory (no readable spec.json)") \
+            from None
+
+
+def register_model(cfg: JobConfig, directory: Path, alias: str | None = None,
+                   effective: str | None = None, reason: str | None = None) -> RegistryResult:
+    """Copy an artifact into its dataset's registry (content-addressed) and record it; with
+    ``alias``, promote it too. Refuses an artifact that fails verification or whose spec differs
+    from the dataset's current spec (``SpecMismatch``)."""
+    from mmoe_model.artifact import ModelArtifact, read_artifact_files
+    from schemas import load_spec
+
+    files = read_artifact_files(directory)
+    artifact = ModelArtifact.from_files(files)         # verifies every checksum and the version
+    dataset = artifact.spec.name
+    artifact.check_spec(load_spec(dataset))            # the data it will score must fit it
+    wh = Warehouse(cfg.warehouse)
+    if alias is not None:
+        safe_name(alias, "--alias")
+    with wh.lock(dataset, "models", wait_seconds=cfg.locks.wait_seconds,
+                 poll_seconds=cfg.locks.poll_seconds):
+        registry = Registry.read(wh, dataset)
+        known = registry.models.get(artifact.model_version)
+        if known is not None and known.sha256 != artifact.sha256:
+            raise RegistryError(f"model version {artifact.model_version} is already registered "
+                                f"for {dataset} with checksum {known.sha256[:12]}…; this artifact's "
+                                f"is {artifact.sha256[:12]}… (same weights, other metadata)")
+        target = wh.registry_artifact(dataset, artifact.sha256)
+        write_files_once(target, files)
+        registry_files = read_files(target)
+        problem = artifact_problem(registry_files, artifact.sha256)
+        if problem:  # the copy must read back exactly before the history points at it
+            raise RegistryError(f"copying {directory} into the registry failed: {problem}")
+        events = []
+        if known is None:
+            events.append(_event("register", reason, version=artifact.model_version,
+                                 sha256=artifact.sha256, arch=artifact.arch,
+                                 source=str(Path(directory).resolve())))
+        if alias is not None:
+            events.append(_promotion_event(alias, artifact.model_version, effective, reason))
+        for event in events:
+            append_json_line(wh.registry_history(dataset), event)
+    return RegistryResult("register", dataset, artifact.model_version, artifact.sha256, events,
+                          target)
+
+
+def _promotion_event(alias: str, version: str, effective: str | None,
+                     reason: str | None) -> dict[str, Any]:
+    day = (parse_date(effective, "--effective").isoformat() if effective is not None
+           else dt.datetime.now(dt.timezone.utc).date().isoformat())
+    return _event("promote", reason, alias=safe_name(alias, "--alias"), version=version,
+                  effective=day)
+
+
+def find_dataset(cfg: JobConfig, version: str) -> str:
+    """The dataset whose registry holds ``version`` (for ``promote`` without ``--dataset``)."""
+    wh = Warehouse(cfg.warehouse)
+    holders = [d for d in wh.registry_datasets() if version in Registry.read(wh, d).models]
+    if not holders:
+        raise RegistryError(f"unknown model version {version!r}: no registry under "
+                            f"{cfg.warehouse} holds it")
+    if len(holders) > 1:
+        raise RegistryError(f"model version {version!r} is registered for {', '.join(holders)}; "
+                            f"name one with --dataset")
+    return holders[0]
+
+
+def promote_model(cfg: JobConfig, version: str, alias: str, effective: str | None = None,
+                  reason: str | None = None, dataset: str | None = None) -> RegistryResult:
+    """Point ``alias`` at ``version`` from ``effective`` (default: today, UTC) on."""
+    safe_name(version, "version")
+    safe_name(alias, "--alias")
+    if effective is not None:
+        parse_date(effective, "--effective")
+    dataset = dataset or find_dataset(cfg, version)
+    wh = Warehouse(cfg.warehouse)
+    with wh.lock(dataset, "models", wait_seconds=cfg.locks.wait_seconds,
+                 poll_seconds=cfg.locks.poll_seconds):
+        registry = Registry.read(wh, dataset)
+        model = registry.model(version)
+        registry.artifact_files(version)  # never promote a copy that no longer verifies
+        event = _promotion_event(alias, version, effective, reason)
+        append_json_line(wh.registry_history(dataset), event)
+    return RegistryResult("promote", dataset, version, model.sha256, [event],
+                          wh.registry_artifact(dataset, model.sha256))
+
+
+# --------------------------------------------------------------------------------------------
+# Reading for people and for the DAG
+
+
+def list_models(cfg: JobConfig, dataset: str | None = None) -> list[dict[str, Any]]:
+    """One row per registered version: version, checksum, spec, registered, aliases (every
+    promotion of it, with its effective date)."""
+    wh = Warehouse(cfg.warehouse)
+    rows = []
+    for name in ([safe_name(dataset, "--dataset")] if dataset else wh.registry_datasets()):
+        registry = Registry.read(wh, name)
+        for model in sorted(registry.models.values(), key=lambda m: m.registered_at):
+            promotions = [p for p in registry.promotions if p.version == model.version]
+            rows.append({
+                "dataset": name, "version": model.version, "checksum": model.sha256,
+                "spec": name, "arch": model.arch,
+                "registered": f"{model.registered_at} by {model.registered_by}",
+                "aliases": ", ".join(f"@{p.alias} from {p.effective}" for p in promotions),
+            })
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def models_in_force(cfg: JobConfig, dataset: str, ds: str) -> list[dict[str, str]]:
+    """The champion and every challenger in force on ``ds``: ``[{"alias", "version"}]``, the
+    champion first, each version once (a challenger equal to the champion is not scored twice)."""
+    registry = Registry.read(Warehouse(cfg.warehouse), dataset)
+    aliases = registry.aliases_in_force(ds)
+    ordered = ([CHAMPION] if CHAMPION in aliases else []) + sorted(
+        a for a in aliases if is_challenger(a))
+    seen: set[str] = set()
+    chosen = []
+    for alias in ordered:
+        version = aliases[alias].version
+        if version not in seen:
+            seen.add(version)
+            chosen.append({"alias": alias, "version": version})
+    return chosen

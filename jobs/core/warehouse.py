@@ -1,0 +1,667 @@
+"""The warehouse: the one I/O edge of the jobs (CONTRACT.md, "Tables").
+
+Everything that touches the warehouse's files lives here, and nothing else builds a warehouse
+path or lists files:
+
+- **paths** — :class:`Warehouse` builds every table, partition, catalog and run-manifest path
+  from validated parts (dates are strict ``YYYY-MM-DD``, names cannot escape the tree);
+- **listing** — :func:`parquet_files` (the data files of a directory: names starting with ``.``
+  or ``_`` anywhere under it are staging debris or Spark bookkeeping, never data),
+  :meth:`Warehouse.has_partition`, :meth:`Warehouse.partitions`, :func:`fingerprint`;
+- **footers** — :func:`read_footers` / :func:`count_rows`: schema and row counts without a Spark
+  job;
+- **atomic replace** — :func:`replacing`, the only way a partition (or an artifact directory)
+  is written: the new content goes to a hidden staging sibling, then two renames swap it in;
+- **small JSON files** — :func:`write_json` (write to a temporary name, rename),
+  :func:`read_json`; the validation ``status.json``, the run manifests and the score stamps
+  (``predictions/ds=D/model_version=V/_scored.json``) use them; :func:`append_json_line` /
+  :func:`read_json_lines` for append-only logs (the model registry's history);
+- **plain file sets** — :func:`read_files` / :func:`write_files_once` (the registry's
+  content-addressed artifact copies);
+- **locks** — :func:`partition_lock`, one writer per partition (see "Locks" below).
+
+Registry layout (per dataset, ``<wh>/<dataset>/models/``, see :mod:`jobs.core.registry`)::
+
+    models/history.jsonl           append-only events: register / promote (who, when, why)
+    models/artifacts/<sha256>/     the artifact's files; <sha256> = SHA-256 of its MANIFEST.json
+
+Locks: ``<wh>/<dataset>/_locks/<table>.ds=D[.model_version=V].lock`` (the registry's own is
+``models.lock``), created with ``O_CREAT|O_EXCL`` and holding pid, host, start time, command
+and a random token. A writer finding it present polls for up to ``locks.wait_seconds``, then
+raises :class:`~jobs.core.errors.PartitionLocked` naming the holder. A lock whose holder runs on this
+host and is dead (``os.kill(pid, 0)`` fails) is stale. Breakers take turns through a guard
+file (``<lock>.break``); under it the lock is re-read and, only if it is still the same stale
+file, renamed to a private name and deleted (see :func:`_break_stale`), so two breakers never
+both win and none removes a fresh lock. A lock file still unreadable 10 s after its creation
+(its writer died between create and write) is stale too. Locks of other hosts
+are never broken automatically (we cannot tell whether their holder lives): delete such a file
+by hand after checking. PID reuse on this host can make a dead holder look alive; the waiter
+then refuses after ``locks.wait_seconds`` with the holder's details, never writes concurrently.
+
+Crash window of :func:`replacing` (documented, tested by ``tests/test_faults.py``, which
+kills a job with ``kill -9`` at each point below): the swap is ``target → .old-<name>-<id>``
+then ``staging → target``.
+
+- a crash while the body writes, or after it wrote but before the first rename (point
+  ``staged``): the previous content is in place, untouched, plus hidden staging debris;
+- a crash between the two renames (point ``swapping``): no ``target`` (a reader sees the
+  partition as absent, never half of it) but a complete ``.old-`` copy, which the next
+  :func:`replacing` of that target (or :func:`recover`) renames back before doing anything else;
+- a crash after the second rename: the new content is in place; the ``.old-`` copy is debris.
+
+Readers skip hidden names, so debris is never mistaken for data, and the next
+:func:`replacing` of the target removes it. Concurrent :func:`replacing` of one target (two
+runs of the same job and ds, in any processes on this filesystem) are serialised by an
+exclusive ``flock`` on a hidden ``.lock-<name>`` file beside it (deleted when the run is done):
+the last to finish wins whole, and one run's recovery never deletes another's staging
+directory. The kernel releases the lock when its process dies, so a killed run leaves no stale
+lock (at most its hidden, unlocked file, which the next run removes).
+
+Test hook (off by default, for the kill tests only): with ``MMOE_TEST_PAUSE_AT=<point>`` (or
+``<point>@<table>``, e.g. ``staged@predictions``) and ``MMOE_TEST_PAUSE_DIR=<dir>``,
+:func:`replacing` touches ``<dir>/<point>`` when it reaches that point and then sleeps (up to
+10 minutes) so that a test can ``kill -9`` the process there. Points: ``staged``, ``swapping``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from jobs.core.errors import InputError, PartitionLocked
+
+TABLES = ("features", "labels", "predictions", "quarantine", "metrics", "ab_reports",
+          "validation", "recommendations", "catalog", "candidates", "models", "_runs", "_locks",
+          "_checkpoints")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+HIDDEN = (".", "_")  # staging / old copies, Spark's _temporary, _SUCCESS, .crc files
+STATUS_FILE = "status.json"
+SCORE_STAMP = "_scored.json"  # in a predictions partition: what it was scored from (hidden name)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+# --------------------------------------------------------------------------------------------
+# Validated parts
+
+
+def parse_date(value: str, what: str = "date") -> dt.date:
+    """A strict ``YYYY-MM-DD`` date; anything else is an :class:`InputError`."""
+    if not isinstance(value, str) or not _DATE.match(value):
+        raise InputError(f"{what} must be YYYY-MM-DD, got {value!r}")
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise InputError(f"{what} {value!r} is not a valid date: {exc}") from None
+
+
+def date_range(start: str, end: str) -> list[str]:
+    first, last = parse_date(start, "--start"), parse_date(end, "--end")
+    if last < first:
+        raise InputError(f"--end {end} is before --start {start}")
+    return [(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+
+
+def safe_name(value: str, what: str) -> str:
+    """Names that become path components (dataset, model_version) must not escape the tree."""
+    if not _SAFE_NAME.match(value or "") or ".." in value:
+        raise InputError(f"{what} {value!r} may only contain letters, digits, '.', '_' and '-'")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
+
+
+@dataclass(frozen=True)
+class Warehouse:
+    root: Path
+
+    def table(self, dataset: str, table: str) -> Path:
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        return Path(self.root) / safe_name(dataset, "dataset") / table
+
+    def partition(self, dataset: str, table: str, ds: str, **more: str) -> Path:
+        path = self.table(dataset, table) / f"ds={parse_date(ds, 'ds').isoformat()}"
+        for key, value in more.items():
+            path = path / f"{key}={safe_name(value, key)}"
+        return path
+
+    def catalog(self, dataset: str, name: str) -> Path:
+        """``<wh>/<dataset>/catalog/<name>`` (e.g. ``users``, ``items``): unpartitioned tables."""
+        return self.table(dataset, "catalog") / safe_name(name, "catalog table")
+
+    def runs_dir(self, dataset: str) -> Path:
+        return self.table(dataset, "_runs")
+
+    def ab_report(self, dataset: str, baseline: str, candidate: str, start: str, end: str) -> Path:
+        """``ab_reports/report=<baseline>_vs_<candidate>_<start>_<end>/``: one comparison's rows
+        (a rerun of the same pair and range replaces it)."""
+        return self.table(dataset, "ab_reports") / f"report={_report_id(baseline, candidate, start, end)}"
+
+    def ab_report_docs(self, dataset: str, baseline: str, candidate: str, start: str, end: str) -> Path:
+        """``ab_reports/_docs/<id>/``: its HTML report and Markdown summary (hidden from parquet
+        readers: Spark would try to read any visible file of the table as parquet)."""
+        return self.table(dataset, "ab_reports") / "_docs" / _report_id(baseline, candidate, start, end)
+
+    def status_path(self, dataset: str, ds: str) -> Path:
+        """The validation decision of a ds (``validation/ds=D/status.json``)."""
+        return self.partition(dataset, "validation", ds) / STATUS_FILE
+
+    def score_stamp_path(self, dataset: str, ds: str, model_version: str) -> Path:
+        """What a predictions partition was scored from (model checksum, features fingerprint);
+        written inside the partition by the score stage, read by the backfill's skip check."""
+        return self.partition(dataset, "predictions", ds, model_version=model_version) / SCORE_STAMP
+
+    def train_checkpoint(self, dataset: str, out: Path) -> Path:
+        """``_checkpoints/<out name>-<hash>/``: the per-epoch checkpoint of ``mmoe train --out
+        OUT`` (keyed on OUT's absolute path, so rerunning the same command finds it)."""
+        target = Path(out).expanduser().resolve()
+        digest = hashlib.sha256(str(target).encode()).hexdigest()[:12]
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", target.name).lstrip("._") or "model"
+        return self.table(dataset, "_checkpoints") / f"{name}-{digest}"
+
+    # ---- the model registry (jobs/core/registry.py)
+
+    def registry_history(self, dataset: str) -> Path:
+        return self.table(dataset, "models") / "history.jsonl"
+
+    def registry_artifact(self, dataset: str, sha256: str) -> Path:
+        """The content-addressed copy of an artifact: named by the SHA-256 of its MANIFEST.json."""
+        if not _SHA256.match(sha256 or ""):
+            raise InputError(f"artifact checksum {sha256!r} is not a SHA-256 hex digest")
+        return self.table(dataset, "models") / "artifacts" / sha256
+
+    def registry_datasets(self) -> list[str]:
+        """The datasets that have a model registry, sorted."""
+        root = Path(self.root)
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir()
+                      if _SAFE_NAME.match(p.name) and (p / "models" / "history.jsonl").is_file())
+
+    # ---- locks
+
+    def lock_path(self, dataset: str, table: str, ds: str | None = None,
+                  model_version: str | None = None) -> Path:
+        """``_locks/<table>[.ds=D][.model_version=V].lock``: one lock per written partition."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        name = table
+        if ds is not None:
+            name += f".ds={parse_date(ds, 'ds').isoformat()}"
+        if model_version is not None:
+            name += f".model_version={safe_name(model_version, 'model_version')}"
+        return self.table(dataset, "_locks") / f"{name}.lock"
+
+    def lock(self, dataset: str, table: str, ds: str | None = None,
+             model_version: str | None = None, *, wait_seconds: float = 0.0,
+             poll_seconds: float = 0.5):
+        """The context manager holding the lock of one partition (see :func:`partition_lock`)."""
+        what = " ".join([dataset, table] + ([f"ds={ds}"] if ds else [])
+                        + ([f"model_version={model_version}"] if model_version else []))
+        return partition_lock(self.lock_path(dataset, table, ds, model_version), what,
+                              wait_seconds=wait_seconds, poll_seconds=poll_seconds)
+
+    def has_partition(self, dataset: str, table: str, ds: str, **more: str) -> bool:
+        """True when the partition holds at least one data file."""
+        return bool(parquet_files(self.partition(dataset, table, ds, **more)))
+
+    def partitions(self, dataset: str, table: str) -> list[str]:
+        """The ds values present in a table (visible ``ds=`` directories), sorted."""
+        base = self.table(dataset, table)
+        if not base.is_dir():
+            return []
+        return sorted(p.name[3:] for p in base.iterdir()
+                      if p.is_dir() and p.name.startswith("ds=") and _DATE.match(p.name[3:]))
+
+    def sub_partitions(self, dataset: str, table: str, ds: str, key: str) -> list[str]:
+        """The values of ``key`` under one ds that hold data, e.g. the model versions with
+        predictions for a day."""
+        base = self.partition(dataset, table, ds)
+        if not base.is_dir():
+            return []
+        prefix = f"{key}="
+        return sorted(p.name[len(prefix):] for p in base.iterdir()
+                      if p.is_dir() and p.name.startswith(prefix) and parquet_files(p))
+
+
+def _report_id(baseline: str, candidate: str, start: str, end: str) -> str:
+    return (f"{safe_name(baseline, 'baseline')}_vs_{safe_name(candidate, 'candidate')}_"
+            f"{parse_date(start, 'start').isoformat()}_{parse_date(end, 'end').isoformat()}")
+
+
+# --------------------------------------------------------------------------------------------
+# Listing and footers
+
+
+def parquet_files(directory: Path) -> list[Path]:
+    """The data files of a directory, sorted; nothing under a hidden name counts."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.rglob("*.parquet")
+                  if not any(part.startswith(HIDDEN) for part in p.relative_to(directory).parts))
+
+
+def spark_paths(directory: Path) -> list[str]:
+    """The data files of a partition, for ``spark.read.parquet(*paths)``: Spark then reads
+    exactly what :func:`parquet_files` lists (a stray non-parquet file, e.g. a README dropped
+    into a partition, is not data) instead of everything non-hidden in the directory."""
+    files = parquet_files(directory)
+    if not files:
+        raise FileNotFoundError(f"{directory} has no parquet files")
+    return [str(p) for p in files]
+
+
+def discard_hidden(directory: Path) -> None:
+    """Delete the hidden files directly in ``directory`` (partial files of failed task attempts
+    in a staging directory); data files are untouched."""
+    directory = Path(directory)
+    for path in directory.iterdir() if directory.is_dir() else ():
+        if path.name.startswith(".") and path.is_file():
+            path.unlink(missing_ok=True)
+
+
+def fingerprint(directory: Path) -> list[list]:
+    """Names and sizes of a partition's files: a rewrite (new part-file names) or a file changed
+    in place (a new size) changes it."""
+    directory = Path(directory)
+    return [[str(p.relative_to(directory)), p.stat().st_size] for p in parquet_files(directory)]
+
+
+def read_footers(files: list[Path]):
+    """The unified arrow schema (field metadata dropped) and total row count of parquet files,
+    from their footers. Raises ``ValueError`` naming the file that cannot be read, or the
+    directory whose files disagree on the schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schemas, rows = [], 0
+    for path in files:
+        try:
+            meta = pq.read_metadata(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise ValueError(f"cannot read parquet file {path}: "
+                             f"{(str(exc).splitlines() or [''])[0]}") from None
+        rows += meta.num_rows
+        schemas.append(meta.schema.to_arrow_schema())
+    try:
+        schema = pa.unify_schemas(schemas)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ValueError(f"the files of {files[0].parent} disagree on their schema: "
+                         f"{(str(exc).splitlines() or [''])[0]}") from None
+    return pa.schema([f.remove_metadata() for f in schema]), rows
+
+
+def count_rows(directory: Path) -> int:
+    """Rows of a directory's data files, from their footers (0 when it has none)."""
+    files = parquet_files(directory)
+    return read_footers(files)[1] if files else 0
+
+
+def read_table(directory: Path, columns: list[str] | None = None):
+    """A (small) directory's data files as one arrow table, read on the driver."""
+    import pyarrow.dataset as pads
+
+    files = parquet_files(directory)
+    if not files:
+        raise FileNotFoundError(f"{directory} has no parquet files")
+    return pads.dataset([str(p) for p in files], format="parquet").to_table(columns=columns)
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic replace
+
+
+def _sibling(target: Path, kind: str, token: str) -> Path:
+    return target.parent / f".{kind}-{target.name}-{token}"
+
+
+def recover(target: Path) -> None:
+    """Undo a swap interrupted between its two renames: no ``target`` but an ``.old-`` copy of
+    it → rename the newest copy back. Leftover staging, old and removed copies are deleted.
+    Call it only while holding the target's lock (:func:`replacing` does)."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    name = glob_escape(target.name)
+    olds = sorted(target.parent.glob(f".old-{name}-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not target.exists():
+        olds.pop().rename(target)
+    debris = olds + list(target.parent.glob(f".staging-{name}-*")) \
+        + list(target.parent.glob(f".removed-{name}-*"))
+    for path in debris:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+PAUSE_ENV, PAUSE_DIR_ENV = "MMOE_TEST_PAUSE_AT", "MMOE_TEST_PAUSE_DIR"
+PAUSE_POINTS = ("staged", "swapping")
+
+
+def _pause_point(point: str, target: Path) -> None:
+    """The kill tests' hook (module docstring); a no-op unless ``MMOE_TEST_PAUSE_AT`` names
+    ``point`` (optionally ``point@table``, matched against the target's path components)."""
+    wanted = os.environ.get(PAUSE_ENV)
+    if not wanted:
+        return
+    name, _, table = wanted.partition("@")
+    if name != point or (table and table not in target.parts):
+        return
+    marker_dir = Path(os.environ.get(PAUSE_DIR_ENV) or target.parent)
+    marker_dir.mkdir(parents=True, exist_ok=True)
+    (marker_dir / point).write_text(str(target))
+    time.sleep(600)
+
+
+@contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    """An exclusive lock on ``target`` (a hidden ``.lock-<name>`` file beside it), held until
+    the block ends; the kernel drops it if the process dies. The holder deletes the lock file
+    before releasing it, so none is left behind; a waiter that then gets the lock on the deleted
+    file notices (the path no longer names the inode it locked) and locks afresh."""
+    lock = target.parent / f".lock-{target.name}"
+    while True:
+        handle = open(lock, "a+")
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            current = os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        handle.close()
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()  # releases the lock
+
+
+@contextmanager
+def replacing(target: Path) -> Iterator[Path]:
+    """Replace the directory ``target`` as a whole.
+
+    Yields a hidden staging path beside it (not yet created: Spark's writer creates it, direct
+    writers ``mkdir`` it). When the body returns, the staging directory is swapped in for
+    ``target`` (created empty when the body wrote nothing); when the body raises, it is removed
+    and ``target`` is left as it was. Holds the target's lock throughout. See the module
+    docstring for the crash window.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target):
+        recover(target)
+        token = uuid.uuid4().hex[:12]
+        staging = _sibling(target, "staging", token)
+        try:
+            yield staging
+            staging.mkdir(parents=True, exist_ok=True)
+            _pause_point("staged", target)
+            old = _sibling(target, "old", token)
+            if target.exists():
+                target.rename(old)
+                _pause_point("swapping", target)
+            staging.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove(target: Path) -> None:
+    """Delete a partition (e.g. a stale quarantine) so that no reader sees it."""
+    target = Path(target)
+    if target.exists():
+        doomed = _sibling(target, "removed", uuid.uuid4().hex[:12])
+        target.rename(doomed)  # one rename: readers see all of it or none
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Small JSON files
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a small text file (an HTML report) atomically (temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def write_json(path: Path, payload: Any, indent: int | None = 1) -> Path:
+    """Write JSON atomically (temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(payload, indent=indent, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_json(path: Path) -> Any | None:
+    """The parsed file, or None when it does not exist; ``ValueError`` when it is unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+
+
+def append_json_line(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON object as one line. One ``write`` on an ``O_APPEND`` descriptor: concurrent
+    appenders never interleave inside a line; fsync'ed, since the history is the record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """Every object of a JSON-lines file ([] when it does not exist); ``ValueError`` names the
+    first unreadable line."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as exc:
+            raise ValueError(f"{path} line {number} is not JSON: {exc}") from None
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# Plain file sets (content-addressed artifact copies)
+
+
+def read_files(directory: Path) -> dict[str, bytes]:
+    """The top-level, non-hidden files of a directory by name ({} when it does not exist)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return {}
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())
+            if p.is_file() and not p.name.startswith(HIDDEN)}
+
+
+def write_files_once(target: Path, files: dict[str, bytes]) -> bool:
+    """Write a content-addressed directory unless it exists (its name is its content): staged
+    and swapped in whole by :func:`replacing`. Returns True when it was written now."""
+    target = Path(target)
+    recover(target)
+    if target.is_dir():
+        return False
+    with replacing(target) as staging:
+        staging.mkdir(parents=True)
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+    return True
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Locks (layout and rules in the module docstring)
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    pid: int
+    host: str
+    started_at: str
+    command: str
+    token: str
+
+    def describe(self) -> str:
+        return (f"pid {self.pid} on {self.host} since {self.started_at} "
+                f"({self.command[:120] or '?'})")
+
+
+def _read_holder(path: Path) -> LockHolder | None:
+    """The holder recorded in a lock file; None when it is unreadable (being written, or torn)."""
+    try:
+        raw = json.loads(Path(path).read_text())
+        return LockHolder(int(raw["pid"]), str(raw["host"]), str(raw["started_at"]),
+                          str(raw.get("command", "")), str(raw["token"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+# A lock file is created empty and then written; one still unreadable after this long belongs
+# to a process that died between the two steps.
+_UNREADABLE_LOCK_GRACE_S = 10.0
+
+
+def _is_stale(path: Path, holder: LockHolder | None) -> bool:
+    if holder is None:
+        try:
+            return time.time() - path.stat().st_mtime > _UNREADABLE_LOCK_GRACE_S
+        except FileNotFoundError:
+            return False
+    return holder.host == socket.gethostname() and not _pid_alive(holder.pid)
+
+
+# Breaking takes milliseconds; a breaker's guard file older than this belongs to a dead breaker.
+_BREAK_GUARD_STALE_S = 30.0
+
+
+def _break_stale(path: Path, seen: LockHolder | None) -> None:
+    """Remove the stale lock ``seen`` without ever removing a live one.
+
+    Breakers take turns through a guard file (``<lock>.break``, ``O_CREAT|O_EXCL``). Under it
+    the lock is read again: only if it is still the very file judged stale (same token) and
+    still stale is it renamed to a private name (one atomic step) and deleted. Nobody else can
+    remove or replace that file meanwhile: its holder is dead, creators fail while it exists,
+    and other breakers wait for the guard. Without the guard two breakers that read the same
+    stale lock could each remove a file, the second one a fresh lock taken in between."""
+    guard = path.with_name(path.name + ".break")
+    try:
+        os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        _drop_dead_guard(guard)
+        return  # another breaker is at it: look again on the next poll
+    try:
+        current = _read_holder(path)
+        same = (current.token if current else None) == (seen.token if seen else None)
+        if not path.exists() or not same or not _is_stale(path, current):
+            return
+        private = path.with_name(f".broken-{path.name}-{uuid.uuid4().hex[:12]}")
+        os.rename(path, private)
+        private.unlink(missing_ok=True)
+    finally:
+        guard.unlink(missing_ok=True)
+
+
+def _drop_dead_guard(guard: Path) -> None:
+    try:
+        if time.time() - guard.stat().st_mtime > _BREAK_GUARD_STALE_S:
+            guard.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
+
+
+def _try_create(path: Path, holder: LockHolder) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, json.dumps(holder.__dict__).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
+@contextmanager
+def partition_lock(path: Path, what: str, *, wait_seconds: float = 0.0,
+                   poll_seconds: float = 0.5) -> Iterator[LockHolder]:
+    """Hold the lock file ``path`` for the body: wait up to ``wait_seconds`` while another live
+    process holds it, break it when its holder is dead (this host), refuse with
+    :class:`PartitionLocked` naming the holder otherwise. Not re-entrant: a process asking for a
+    lock it holds waits for itself, so stages never nest the same lock."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mine = LockHolder(os.getpid(), socket.gethostname(),
+                      dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                      " ".join([Path(sys.argv[0]).name] + sys.argv[1:])[:300] if sys.argv else "",
+                      uuid.uuid4().hex)
+    deadline = time.monotonic() + wait_seconds
+    while not _try_create(path, mine):
+        holder = _read_holder(path)
+        if _is_stale(path, holder):
+            _break_stale(path, holder)
+            continue
+        if time.monotonic() >= deadline:
+            who = holder.describe() if holder else "a process that is still writing the lock file"
+            raise PartitionLocked(f"{what} is being written by another job: locked by {who}; "
+                                  f"waited {wait_seconds:g}s (locks.wait_seconds), lock file {path}")
+        time.sleep(min(poll_seconds, max(deadline - time.monotonic(), 0.01)))
+    try:
+        yield mine
+    finally:
+        current = _read_holder(path)
+        if current is not None and current.token == mine.token:  # never release someone else's
+            path.unlink(missing_ok=True)

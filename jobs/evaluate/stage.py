@@ -1,0 +1,208 @@
+"""Evaluate stage: predictions x labels (x features for segments / users) of a ds -> the metrics
+table ``<wh>/<dataset>/metrics/ds=D/`` (model_version, task, segment, metric, value, n).
+
+Read (partitions and footer counts through jobs/core/warehouse.py) → transform
+(:func:`jobs.evaluate.metrics.compute_metrics`) → write (:func:`jobs.core.warehouse.replacing`): the
+new content (the evaluated versions' rows plus, when only some versions are evaluated, the rows
+of the other versions already there) is staged, then swapped in. Spark never reads and
+overwrites the same files in one plan, and a rerun never duplicates rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from functools import reduce
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from jobs.core.config import JobConfig
+from jobs.core.errors import ConfigError, MissingInputError
+from jobs.core.manifest import RunRecord
+from jobs.core.warehouse import (
+    Warehouse,
+    count_rows,
+    parquet_files,
+    parse_date,
+    read_footers,
+    replacing,
+    spark_paths,
+)
+from jobs.evaluate.gates import gate_metric_rows, gate_sizes
+from jobs.evaluate.metrics import compute_metrics
+from schemas.spec import DatasetSpec
+from schemas.tables import METRICS_STRUCT
+
+
+def available_versions(wh: Warehouse, spec: DatasetSpec, ds: str) -> list[str]:
+    """The model versions that have predictions for ``ds``."""
+    return wh.sub_partitions(spec.name, "predictions", ds, "model_version")
+
+
+def _select_versions(wh: Warehouse, spec: DatasetSpec, ds: str,
+                     requested: list[str] | None) -> list[str]:
+    root = wh.partition(spec.name, "predictions", ds)
+    present = available_versions(wh, spec, ds)
+    if requested:
+        versions = list(dict.fromkeys(requested))
+        for v in versions:
+            wh.partition(spec.name, "predictions", ds, model_version=v)  # refuses unsafe names
+        missing = [v for v in versions if v not in present]
+        if missing:
+            raise MissingInputError(
+                f"no predictions for model_version {', '.join(missing)} on ds={ds} under {root} "
+                f"(present: {', '.join(present) or 'none'})")
+        return versions
+    if not present:
+        raise MissingInputError(f"no predictions for ds={ds}: {root} has no model_version=V partition")
+    return present
+
+
+def _read(spark: SparkSession, path: Path, columns: list[str], what: str) -> DataFrame:
+    frame = spark.read.parquet(*spark_paths(path))
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise MissingInputError(f"{what} at {path} lacks column(s) {missing}")
+    return frame.select(*columns)
+
+
+def _labels_missing(spec: DatasetSpec, ds: str, path: Path, wait_days: int) -> MissingInputError:
+    deadline = parse_date(ds, "ds") + dt.timedelta(days=wait_days)
+    today = dt.date.today()  # only to tell whether the deadline has passed
+    state = ("the deadline has passed, so they are late" if today > deadline
+             else f"the deadline has not passed yet (today is {today.isoformat()})")
+    return MissingInputError(
+        f"labels for {spec.name} ds={ds} are missing ({path}); they are expected by "
+        f"{deadline.isoformat()} (ds + evaluation.label_wait_days={wait_days}): {state}")
+
+
+def _segments(cfg: JobConfig, spec: DatasetSpec) -> list[str]:
+    segments = list(cfg.evaluation.segments if cfg.evaluation.segments is not None else spec.segments)
+    unknown = [s for s in segments if s not in spec.features_table_columns]
+    if unknown:
+        raise ConfigError(f"evaluation.segments names column(s) {unknown} that the {spec.name} "
+                          f"features table does not have")
+    return list(dict.fromkeys(segments))
+
+
+@dataclass
+class EvaluateResult:
+    versions: list[str]
+    input_rows: int          # prediction rows read (all evaluated versions)
+    output_rows: int         # metric rows written for the evaluated versions
+    output: Path
+    metrics: DataFrame       # the partition as written, every version in it
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> RunRecord:
+        return RunRecord(input_rows=self.input_rows, output_rows=self.output_rows,
+                         model_version=",".join(self.versions),
+                         outputs={"metrics": str(self.output)}, details=dict(self.details))
+
+
+def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
+                       model_versions: list[str] | None = None) -> EvaluateResult:
+    """Compute and write the metrics of ``ds`` for the requested (default: all) model versions;
+    the result's ``metrics`` is the partition as written (all versions in it)."""
+    wh = Warehouse(cfg.warehouse)
+    ds = parse_date(ds, "ds").isoformat()
+    versions = _select_versions(wh, spec, ds, model_versions)
+    segments = _segments(cfg, spec)
+    user = spec.user_column
+    keys, tasks = spec.key_names, spec.task_names
+
+    labels_path = wh.partition(spec.name, "labels", ds)
+    if not parquet_files(labels_path):
+        raise _labels_missing(spec, ds, labels_path, cfg.evaluation.label_wait_days)
+    feature_columns = list(dict.fromkeys(segments + ([user] if user else [])))
+    features_path = wh.partition(spec.name, "features", ds)
+    if feature_columns and not parquet_files(features_path):
+        raise MissingInputError(f"features for {spec.name} ds={ds} are missing ({features_path}); "
+                                f"evaluation needs {feature_columns} from them")
+
+    # gate_<task> arrays (predictions scored --with-gates) feed gate_entropy / gate_max_share
+    gate_cols = {v: [c for c in (f"gate_{t}" for t in tasks) if c in read_footers(parquet_files(
+        wh.partition(spec.name, "predictions", ds, model_version=v)))[0].names] for v in versions}
+    all_gates = sorted({c for cols in gate_cols.values() for c in cols})
+    frames = [_read(spark, wh.partition(spec.name, "predictions", ds, model_version=v),
+                    keys + spec.prediction_columns + gate_cols[v], "predictions")
+              .select(*keys, *spec.prediction_columns,
+                      *(F.col(c) if c in gate_cols[v] else F.lit(None).cast("array<float>").alias(c)
+                        for c in all_gates))
+              .withColumn("model_version", F.lit(v))
+              for v in versions]
+    predictions = reduce(DataFrame.unionByName, frames)
+    # Row counts from the parquet footers: no Spark pass over the largest input just to count it.
+    read_rows = {v: count_rows(wh.partition(spec.name, "predictions", ds, model_version=v))
+                 for v in versions}
+
+    scored = predictions.join(_read(spark, labels_path, keys + tasks, "labels"), keys, "inner")
+    if feature_columns:
+        features = _read(spark, features_path, keys + [c for c in feature_columns if c not in keys],
+                         "features")
+        scored = scored.join(features, keys, "inner")
+    metrics = compute_metrics(scored, tasks, segments, user)
+    if all_gates:
+        gate_rows = gate_metric_rows(predictions, tasks, gate_sizes(predictions, tasks))
+        if gate_rows is not None:
+            metrics = metrics.unionByName(gate_rows.select(
+                *(F.col(f.name).cast(f.dataType) for f in METRICS_STRUCT.fields)))
+
+    target = wh.partition(spec.name, "metrics", ds)
+    # The lock covers reading the other versions' rows too: two evaluations of one ds (for
+    # different versions) must not each keep what the other is about to replace.
+    with wh.lock(spec.name, "metrics", ds, wait_seconds=cfg.locks.wait_seconds,
+                 poll_seconds=cfg.locks.poll_seconds):
+        rows_written, kept = _replace_partition(spark, target, metrics, versions)
+
+    summary = (spark.read.parquet(str(target))
+               .where(F.col("model_version").isin(versions) & (F.col("segment") == "all")
+                      & F.col("metric").isin("auc", "count"))
+               .collect())
+    auc = {v: {} for v in versions}
+    matched = {v: 0 for v in versions}
+    for r in summary:
+        if r["metric"] == "auc":
+            auc[r["model_version"]][r["task"]] = r["value"]
+        else:
+            matched[r["model_version"]] = max(matched[r["model_version"]], int(r["value"]))
+    return EvaluateResult(
+        versions=versions, input_rows=int(sum(read_rows.values())), output_rows=rows_written,
+        output=target, metrics=spark.read.parquet(str(target)), details={
+            "auc": auc,                    # model_version -> task -> AUC over segment 'all'
+            "segments": segments,
+            "user_column": user,
+            "matched_rows": matched,
+            "unmatched_prediction_rows": {v: int(read_rows.get(v, 0)) - matched[v]
+                                          for v in versions},
+            "kept_rows_of_other_versions": kept,
+        })
+
+
+def _replace_partition(spark: SparkSession, target: Path, metrics: DataFrame,
+                       versions: list[str]) -> tuple[int, int]:
+    """Write ``metrics`` plus the rows of other versions already in ``target`` to a staging
+    directory, then swap it in. Returns (rows of the evaluated versions, rows kept)."""
+    # Always a union with a frame in METRICS_STRUCT's order, every field nullable (as Spark
+    # reads any parquet file back): empty on the first run, the other versions' rows on a
+    # rerun. So the written schema (column order, nullability) is the same on both.
+    others = spark.createDataFrame([], T.StructType(
+        [T.StructField(f.name, f.dataType, nullable=True) for f in METRICS_STRUCT]))
+    if parquet_files(target):
+        others = (spark.read.schema(METRICS_STRUCT).parquet(str(target))
+                  .where(~F.col("model_version").isin(versions)))
+    content = others.unionByName(metrics)
+    with replacing(target) as staging:
+        content.repartition(1).write.mode("overwrite").parquet(str(staging))
+        written = spark.read.schema(METRICS_STRUCT).parquet(str(staging))
+        counts = {r["mine"]: r["count"] for r in written.groupBy(
+            F.col("model_version").isin(versions).alias("mine")).count().collect()}
+        if not counts.get(True):
+            raise MissingInputError(
+                f"no prediction row of model_version {', '.join(versions)} on {target.name} "
+                f"matched a label row (inner join on the keys): nothing to evaluate")
+    return int(counts.get(True, 0)), int(counts.get(False, 0))

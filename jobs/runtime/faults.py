@@ -1,0 +1,58 @@
+"""Fault injection for the reliability tests: off by default, one environment variable.
+
+``MMOE_FAULT=<name>[,<name>...]`` is read on the driver when a scoring job builds its task
+function (:func:`active_faults`); the names travel to the executors inside that function's
+closure, so nothing has to be set in the executors' environment (on a cluster too). An unknown
+name is a one-line :class:`~jobs.core.errors.ConfigError`.
+
+Faults (each fires only in a task's FIRST attempt, ``TaskContext.attemptNumber() == 0``, after
+the task's first Arrow batch was scored — and, with the direct reader, written — so Spark must
+retry the task and the retry must give the same output as a clean run):
+
+- ``score_task_first_attempt`` — the scoring function raises :class:`InjectedFault`;
+- ``score_worker_kill_first_attempt`` — the Python worker kills itself with SIGKILL
+  (a worker crashing mid-batch: out of memory, a segfault in native code).
+
+Spark retries a failed task up to ``spark.task.maxFailures`` times (default 4) on a cluster;
+plain ``local[N]`` never retries (use ``local[N,F]``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from jobs.core.errors import ConfigError
+
+FAULT_ENV = "MMOE_FAULT"
+FAULTS = ("score_task_first_attempt", "score_worker_kill_first_attempt")
+
+
+class InjectedFault(RuntimeError):
+    """Raised in an executor by ``score_task_first_attempt``."""
+
+
+def active_faults() -> frozenset[str]:
+    """The faults named by ``MMOE_FAULT`` (empty: none, the default)."""
+    names = {n.strip() for n in os.environ.get(FAULT_ENV, "").split(",") if n.strip()}
+    unknown = sorted(names - set(FAULTS))
+    if unknown:
+        raise ConfigError(f"{FAULT_ENV} names unknown fault(s) {unknown}; known: {', '.join(FAULTS)}")
+    return frozenset(names)
+
+
+def after_first_batch(faults: frozenset[str]) -> None:
+    """Executor side: called once a task's first batch is done; fires the active faults in the
+    task's first attempt only."""
+    if not faults:
+        return
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if ctx is None or ctx.attemptNumber() > 0:
+        return
+    if "score_worker_kill_first_attempt" in faults:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if "score_task_first_attempt" in faults:
+        raise InjectedFault(f"{FAULT_ENV}=score_task_first_attempt: partition "
+                            f"{ctx.partitionId()}, attempt {ctx.attemptNumber()}")

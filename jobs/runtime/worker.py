@@ -1,0 +1,45 @@
+"""What a Spark Python worker keeps between tasks: the verified model, built once per worker.
+
+Used by :class:`jobs.runtime.kernel.ShippedModel` (every scoring path, the UDF included). Nothing here touches the warehouse: the artifact's files arrive as bytes (a
+broadcast), every checksum is verified once per worker process and the built model is cached
+by the artifact's SHA-256 for every later batch and task (Spark reuses Python workers).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+from pyspark import TaskContext
+
+from mmoe_model.artifact import ModelArtifact
+
+_WORKER_MODELS: dict[str, Any] = {}  # sha256 -> ModelArtifact, one per Python worker process
+_WORKER_CACHE: dict[tuple, Any] = {}  # (kind, sha256, ...) -> derived objects (factored model)
+
+
+def worker_artifact(files: Mapping[str, bytes], sha256: str):
+    """The artifact of ``files``, verified and built on first use in this process."""
+    artifact = _WORKER_MODELS.get(sha256)
+    if artifact is None:
+        artifact = ModelArtifact.from_files(files)  # verifies every checksum on the executor
+        _WORKER_MODELS.clear()  # keep one model per worker: a new version evicts the old one
+        _WORKER_CACHE.clear()
+        _WORKER_MODELS[sha256] = artifact
+    return artifact
+
+
+def worker_cached(key: tuple, build: Callable[[], Any]) -> Any:
+    """A per-worker object derived from the cached model (dropped when the model changes)."""
+    value = _WORKER_CACHE.get(key)
+    if value is None:
+        value = _WORKER_CACHE[key] = build()
+    return value
+
+
+def set_threads(threads_per_task: int) -> None:
+    """torch threads for this task: ``threads_per_task``, or the task's CPUs when 0."""
+    ctx = TaskContext.get()
+    threads = threads_per_task or (ctx.cpus() if ctx is not None else 1)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
