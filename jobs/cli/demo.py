@@ -16,6 +16,7 @@ from pathlib import Path
 import typer
 
 from jobs.cli._app import app, exit_on_error
+from jobs.core import metric_registry
 from jobs.core.config import JobConfig, load_config
 from jobs.core.errors import MmoeError
 from jobs.core.manifest import RunManifest, error_line, run_job
@@ -79,14 +80,14 @@ def _print_summary(spark, cfg: JobConfig, spec, ds: str, runs: dict[str, RunMani
     from pyspark.sql import functions as F
 
     wh = Warehouse(cfg.warehouse)
+    shown = metric_registry.names("size", "quality")
     metrics = (spark.read.parquet(str(wh.partition(spec.name, "metrics", ds)))
                .where(F.col("segment") == "all")
-               .where(F.col("metric").isin("auc", "gauc", "logloss", "ne", "calibration", "pr_auc", "positives", "count"))
+               .where(F.col("metric").isin(*shown))
                .groupBy("task").pivot("metric").agg(F.first("value"))
                .toPandas().set_index("task").reindex(spec.task_names))
-    cols = [c for c in ("count", "positives", "auc", "gauc", "pr_auc", "logloss", "ne", "calibration")
-            if c in metrics.columns]
-    for col in ("count", "positives"):
+    cols = [c for c in shown if c in metrics.columns]
+    for col in metric_registry.names("size"):
         if col in metrics.columns:
             metrics[col] = metrics[col].astype("int64")
     print(f"\n== Offline metrics, {spec.name} ds={ds}, model {runs['score'].model_version}")

@@ -28,8 +28,9 @@ import pandas as pd
 from scipy import sparse
 
 from jobs.compare import stats
+from jobs.core import metric_registry
+from jobs.core.metric_registry import Sums
 
-METRIC_ORDER = ("auc", "gauc", "pr_auc", "logloss", "ne", "calibration")
 LOGIT_STEP = 0.05                     # PR-AUC bootstrap bins, in logit units
 LOGIT_RANGE = 16.0
 PLOT_BINS = 100                       # equal-width score bins for the report's figures
@@ -41,6 +42,8 @@ RECORD_SCHEMA = ("task string, scope string, segment string, metric string, meth
 
 
 N_LOGIT_BINS = int(2 * LOGIT_RANGE / LOGIT_STEP) + 1
+# bootstrapped from per-user sums (registry formulas, as evaluate); auc by DeLong, pr_auc on bins
+SUM_METRICS = tuple(m for m in metric_registry.COMPARED if m not in ("auc", "pr_auc"))
 
 
 def _logit_bin(s: np.ndarray) -> np.ndarray:
@@ -79,13 +82,10 @@ class _Arm:
 def _sum_metrics(S: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(baseline, candidate) values per replicate row of the per-pair sums S (see _level_sums)."""
     w, wy = S[:, 0], S[:, 1]
-    out = {m: (stats.metric_from_sums(m, w, wy, S[:, 2], S[:, 4]),
-               stats.metric_from_sums(m, w, wy, S[:, 3], S[:, 5]))
-           for m in ("logloss", "ne", "calibration")}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out["gauc"] = (np.where(S[:, 8] > 0, S[:, 6] / S[:, 8], np.nan),
-                       np.where(S[:, 8] > 0, S[:, 7] / S[:, 8], np.nan))
-    return out
+    arms = [metric_registry.values(Sums(w, wy, p_sum=S[:, 2 + a], logloss_sum=S[:, 4 + a],
+                                        gauc_sum=S[:, 6 + a], gauc_rows=S[:, 8]), SUM_METRICS)
+            for a in (0, 1)]
+    return {m: (arms[0][m], arms[1][m]) for m in SUM_METRICS}
 
 
 @dataclass
@@ -232,21 +232,8 @@ def group_records(pdf: pd.DataFrame, segments: list[str], replicates: int, seed:
 # Verdicts and the decision (driver side, on the small report)
 
 
-def is_better(metric: str, baseline: float, candidate: float) -> bool:
-    if metric in ("logloss", "ne"):
-        return candidate < baseline
-    if metric == "calibration":
-        return abs(candidate - 1.0) < abs(baseline - 1.0)
-    return candidate > baseline
-
-
-def regression(metric: str, baseline: float, candidate: float) -> float:
-    """How much worse the candidate is (positive = worse), in the metric's own units."""
-    if metric in ("logloss", "ne"):
-        return candidate - baseline
-    if metric == "calibration":
-        return abs(candidate - 1.0) - abs(baseline - 1.0)
-    return baseline - candidate
+is_better = metric_registry.is_better      # direction from the registry
+regression = metric_registry.regression    # how much worse (positive = worse)
 
 
 def verdict(metric: str, row: dict, alpha: float) -> str:

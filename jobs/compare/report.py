@@ -15,7 +15,8 @@ import math
 import numpy as np
 import pandas as pd
 
-METRICS = ("auc", "gauc", "pr_auc", "logloss", "ne", "calibration")
+from jobs.core import metric_registry
+
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px 32px;color:#1d2330;max-width:1300px}
 h1{font-size:22px;margin-bottom:4px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #dde;padding-bottom:4px}
@@ -177,8 +178,7 @@ def _verdict_table(rows: pd.DataFrame, label_col: str) -> str:
 
 
 def _ordered(rows: pd.DataFrame) -> pd.DataFrame:
-    order = {m: i for i, m in enumerate(METRICS)}
-    return rows.assign(_m=rows["metric"].map(order)).sort_values(["task", "segment", "_m"]).drop(columns="_m")
+    return rows.assign(_m=rows["metric"].map(metric_registry.rank)).sort_values(["task", "segment", "_m"]).drop(columns="_m")
 
 
 def render_html(result) -> str:

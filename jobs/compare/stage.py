@@ -37,6 +37,7 @@ from jobs.compare.records import (
     group_records_arrow,
 )
 from jobs.compare.report import render_html, render_markdown
+from jobs.core import metric_registry
 from jobs.core.config import JobConfig
 from jobs.core.errors import ConfigError, InputError, MissingInputError
 from jobs.core.manifest import RunRecord
@@ -332,9 +333,8 @@ def ab_table(report: pd.DataFrame, baseline: str, candidate: str, start: str, en
     out["day"] = [None if s == "all" else pd.Timestamp(s).date() for s in out["scope"]]
     out["start"], out["end"] = pd.Timestamp(start).date(), pd.Timestamp(end).date()
     out["n"] = out["n"].astype("int64")
-    order = {m: i for i, m in enumerate(("auc", "gauc", "pr_auc", "logloss", "ne", "calibration"))}
     out = out.assign(_d=out["day"].map(lambda d: "" if d is None else str(d)),
-                     _m=out["metric"].map(order), _s=out["segment"] != "all")
+                     _m=out["metric"].map(metric_registry.rank), _s=out["segment"] != "all")
     out = out.sort_values(["_d", "task", "_s", "segment", "_m"]).reset_index(drop=True)
     return out[[f.name for f in AB_SCHEMA]]
 

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr, ndtri
 
+from jobs.core import metric_registry
+from jobs.core.metric_registry import Sums
+
 EPS = 1e-15
 # Sums of placement values per group: positives m, negatives n, then for the positives' V10
 # and the negatives' V01 under arm b (baseline) and c (candidate): sum b, sum c, sum b^2,
@@ -271,19 +274,11 @@ def logloss_terms(y: np.ndarray, p: np.ndarray) -> np.ndarray:
 def metric_from_sums(metric: str, w: np.ndarray, wy: np.ndarray, wp: np.ndarray,
                      wll: np.ndarray) -> np.ndarray:
     """logloss, ne or calibration from (weighted) counts, positives, score sums and log-loss
-    sums; NaN where undefined (as in ``jobs.evaluate.metrics``)."""
-    w, wy, wp, wll = (np.asarray(a, dtype=np.float64) for a in (w, wy, wp, wll))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logloss = np.where(w > 0, wll / w, np.nan)
-        if metric == "logloss":
-            return logloss
-        if metric == "ne":
-            rate = wy / w
-            entropy = -(rate * np.log(rate) + (1.0 - rate) * np.log(1.0 - rate))
-            return np.where((wy > 0) & (wy < w), logloss / entropy, np.nan)
-        if metric == "calibration":
-            return np.where(wy > 0, wp / wy, np.nan)
-    raise ValueError(f"unknown sum metric {metric!r}")
+    sums; NaN where undefined. The formulas are the registry's (``jobs.core.metric_registry``),
+    the ones ``jobs.evaluate.metrics`` uses."""
+    if metric not in ("logloss", "ne", "calibration"):
+        raise ValueError(f"unknown sum metric {metric!r}")
+    return metric_registry.values(Sums(w, wy, p_sum=wp, logloss_sum=wll), [metric])[metric]
 
 
 def grouped_auc(code: np.ndarray, y: np.ndarray, s: np.ndarray, groups: int,

@@ -11,6 +11,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from jobs.core.errors import ConfigError
+from jobs.core.metric_registry import COMPARED
 from mmoe_model.config import ModelConfig, TrainConfig
 from mmoe_model.errors import ModelConfigError
 
@@ -94,15 +95,11 @@ class TrainingConfig:
                        epochs=self.optimiser.epochs if epochs is None else epochs)
 
 
-METRIC_DIRECTIONS = {"auc": "higher", "gauc": "higher", "pr_auc": "higher", "logloss": "lower",
-                     "ne": "lower", "calibration": "closer_to_1"}
-
-
 @dataclass(frozen=True)
 class Guardrail:
     """TFMA-style change threshold: the candidate may not be worse than the baseline by more than
     ``max_regression`` (absolute, or relative to the baseline value) on the pooled, all-segment
-    value of a task. Which way is worse comes from the metric (METRIC_DIRECTIONS)."""
+    value of a task. Which way is worse comes from the metric (``jobs.core.metric_registry``)."""
 
     metric: str
     max_regression: float
@@ -122,8 +119,8 @@ class CompareConfig:
         out = []
         for metric, raw in self.guardrails.items():
             where = f"config.compare.guardrails.{metric}"
-            if metric not in METRIC_DIRECTIONS:
-                raise ConfigError(f"{where}: unknown metric (one of {', '.join(METRIC_DIRECTIONS)})")
+            if metric not in COMPARED:
+                raise ConfigError(f"{where}: unknown metric (one of {', '.join(COMPARED)})")
             if not isinstance(raw, dict) or set(raw) - {"max_regression", "relative"} \
                     or "max_regression" not in raw:
                 raise ConfigError(f"{where}: must be a mapping with max_regression (and relative)")
@@ -297,8 +294,8 @@ def _check_compare(c: CompareConfig) -> None:
         raise ConfigError("compare.alpha must be within (0, 1)")
     if c.adjustment not in ("bh", "holm"):
         raise ConfigError("compare.adjustment must be 'bh' or 'holm'")
-    unknown = [m for m in c.decision_metrics if m not in METRIC_DIRECTIONS]
+    unknown = [m for m in c.decision_metrics if m not in COMPARED]
     if unknown or not c.decision_metrics:
         raise ConfigError(f"compare.decision_metrics must name metrics among "
-                          f"{', '.join(METRIC_DIRECTIONS)}; got {c.decision_metrics}")
+                          f"{', '.join(COMPARED)}; got {c.decision_metrics}")
     c.guardrail_list()
