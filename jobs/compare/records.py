@@ -28,6 +28,7 @@ import pandas as pd
 from scipy import sparse
 
 from jobs.compare import stats
+from mmoe_model.hashing import splitmix64
 
 METRIC_ORDER = ("auc", "gauc", "pr_auc", "logloss", "ne", "calibration")
 LOGIT_STEP = 0.05                     # PR-AUC bootstrap bins, in logit units
@@ -203,7 +204,7 @@ def group_records(pdf: pd.DataFrame, segments: list[str], replicates: int, seed:
     b, c = arms
     uniq_users, ucode = np.unique(pdf["u"].to_numpy(dtype=np.int64), return_inverse=True)
     ucode = ucode.reshape(-1)
-    user_hashes = stats.hash64(uniq_users)
+    user_hashes = splitmix64(uniq_users)
     levels: list[tuple[np.ndarray, list[str]]] = [(np.zeros(len(y), dtype=np.int64), ["all"])]
     for i, col in enumerate(segments):
         levels.append(_segment_codes(pdf[f"seg{i}"], col))

@@ -40,13 +40,14 @@ from jobs.compare.report import render_html, render_markdown
 from jobs.core.config import JobConfig
 from jobs.core.errors import ConfigError, InputError, MissingInputError
 from jobs.core.manifest import RunRecord
+from jobs.core.modelref import ModelRef
+from jobs.core.registry import version_of
 from jobs.core.warehouse import (
     Warehouse,
     date_range,
     parquet_files,
     read_footers,
     replacing,
-    safe_name,
 )
 from jobs.evaluate.gates import gate_diagnostics
 from schemas.spec import DatasetSpec
@@ -263,14 +264,15 @@ def _paired_records(spark, cfg: JobConfig, spec: DatasetSpec, wh: Warehouse, pai
     return records, pairing, per_day, labelled_days
 
 
-def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, baseline: str,
-                   candidate: str, start: str, end: str,
+def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
+                   baseline: ModelRef | str, candidate: ModelRef | str, start: str, end: str,
                    segments: list[str] | None = None) -> CompareResult:
     """Compare ``candidate`` with ``baseline`` over ``start..end`` (see the module docstring);
-    writes the ab_reports rows, the HTML report and the summary; raises InputError /
+    each is any model reference (a version, ``@alias`` in force on ``end``, an artifact
+    directory). Writes the ab_reports rows, the HTML report and the summary; raises InputError /
     MissingInputError with one line when there is nothing to compare."""
-    safe_name(baseline, "--baseline")
-    safe_name(candidate, "--candidate")
+    baseline = version_of(cfg, spec.name, end, ModelRef.parse(baseline, "--baseline"))
+    candidate = version_of(cfg, spec.name, end, ModelRef.parse(candidate, "--candidate"))
     if baseline == candidate:
         raise InputError(f"--baseline and --candidate are the same version {baseline!r}: "
                          f"nothing to compare")

@@ -23,6 +23,8 @@ from pyspark.sql import types as T
 from jobs.core.config import JobConfig
 from jobs.core.errors import ConfigError, MissingInputError
 from jobs.core.manifest import RunRecord
+from jobs.core.modelref import ModelRef
+from jobs.core.registry import version_of
 from jobs.core.warehouse import (
     Warehouse,
     count_rows,
@@ -43,14 +45,15 @@ def available_versions(wh: Warehouse, spec: DatasetSpec, ds: str) -> list[str]:
     return wh.sub_partitions(spec.name, "predictions", ds, "model_version")
 
 
-def _select_versions(wh: Warehouse, spec: DatasetSpec, ds: str,
-                     requested: list[str] | None) -> list[str]:
+def _select_versions(cfg: JobConfig, wh: Warehouse, spec: DatasetSpec, ds: str,
+                     requested: "list[ModelRef | str] | None") -> list[str]:
+    """The versions to evaluate: those requested (any model reference, resolved on ``ds``), or
+    every version with predictions on ``ds``."""
     root = wh.partition(spec.name, "predictions", ds)
     present = available_versions(wh, spec, ds)
     if requested:
-        versions = list(dict.fromkeys(requested))
-        for v in versions:
-            wh.partition(spec.name, "predictions", ds, model_version=v)  # refuses unsafe names
+        versions = list(dict.fromkeys(
+            version_of(cfg, spec.name, ds, ModelRef.parse(v, "--model-version")) for v in requested))
         missing = [v for v in versions if v not in present]
         if missing:
             raise MissingInputError(
@@ -110,7 +113,7 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     the result's ``metrics`` is the partition as written (all versions in it)."""
     wh = Warehouse(cfg.warehouse)
     ds = parse_date(ds, "ds").isoformat()
-    versions = _select_versions(wh, spec, ds, model_versions)
+    versions = _select_versions(cfg, wh, spec, ds, model_versions)
     segments = _segments(cfg, spec)
     user = spec.user_column
     keys, tasks = spec.key_names, spec.task_names
