@@ -23,6 +23,9 @@ from jobs.core.errors import ConfigError
 from jobs.evaluate.metrics import compute_metrics
 
 TOL = 1e-12
+# the directions, stated from the metrics' definitions (independent of the registry)
+DIRECTIONS = {"auc": "higher", "gauc": "higher", "pr_auc": "higher", "logloss": "lower",
+              "ne": "lower", "calibration": "closer_to_1"}
 
 
 def _rows(seed: int = 3, n: int = 2500, users: int = 120) -> pd.DataFrame:
@@ -99,10 +102,7 @@ def test_registry_directions_agree_with_the_known_better_model(both_engines):
         assert registry.is_better(m, r.baseline_value, r.candidate_value), m
         assert not registry.is_better(m, r.candidate_value, r.baseline_value), m
         assert registry.regression(m, r.candidate_value, r.baseline_value) > 0, m
-    # an independent statement of the directions (from the metrics' definitions)
-    expected = {"auc": "higher", "gauc": "higher", "pr_auc": "higher", "logloss": "lower",
-                "ne": "lower", "calibration": "closer_to_1"}
-    assert {m: registry.metric(m).direction for m in registry.COMPARED} == expected
+    assert {m: registry.metric(m).direction for m in registry.COMPARED} == DIRECTIONS
     report = finish_report(records, "bh", 0.05)
     verdicts = {r["metric"]: r["verdict"] for r in report.to_dict("records") if r["segment"] == "all"}
     assert verdicts["auc"] == verdicts["logloss"] == "better"
@@ -138,7 +138,7 @@ def test_ab_table_and_report_follow_the_registry_order():
 def test_guardrails_accept_exactly_the_compared_metrics_and_judge_by_direction(metric):
     assert CompareConfig(guardrails={metric: {"max_regression": 0.01}}).guardrail_list() \
         == [Guardrail(metric, 0.01)]
-    direction = registry.metric(metric).direction
+    direction = DIRECTIONS[metric]
     # the candidate moves 0.05 the wrong way for the metric (per its definition, not the code)
     base = 0.9 if direction == "closer_to_1" else 0.5
     cand = {"higher": base - 0.05, "lower": base + 0.05, "closer_to_1": base - 0.05}[direction]
