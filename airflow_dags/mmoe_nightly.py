@@ -79,7 +79,7 @@ def run_mmoe(subcommand: list[str], model: str | None = None, **context) -> dict
     ds = run_ds(context["data_interval_start"])
     manifest = run_job(subcommand, ds, dataset=settings.dataset,
                        model_dir=model or settings.model_dir, config=settings.config,
-                       mmoe_bin=settings.mmoe_bin, warehouse=settings.warehouse)
+                       launch=settings.launch(), warehouse=settings.warehouse)
     _record_assets(context, manifest, ds)
     return manifest
 
@@ -110,7 +110,7 @@ def evaluate_matured(**context) -> dict:
     if not has_predictions(settings, day):
         raise AirflowSkipException(f"no predictions for the matured day {day}: nothing to evaluate")
     manifest = run_job(["evaluate"], day, dataset=settings.dataset, config=settings.config,
-                       mmoe_bin=settings.mmoe_bin, warehouse=settings.warehouse)
+                       launch=settings.launch(), warehouse=settings.warehouse)
     _record_assets(context, manifest, day)
     return manifest
 
@@ -136,7 +136,7 @@ def compare(pair: dict[str, str], **context) -> dict:
     end = matured_ds(settings, run_ds(context["data_interval_start"]))
     start = (dt.date.fromisoformat(end) - dt.timedelta(days=settings.compare_days - 1)).isoformat()
     return run_job(["compare"], None, dataset=settings.dataset, config=settings.config,
-                   mmoe_bin=settings.mmoe_bin, warehouse=settings.warehouse,
+                   launch=settings.launch(), warehouse=settings.warehouse,
                    baseline=pair["baseline"], candidate=pair["candidate"], start=start, end=end)
 
 

@@ -20,7 +20,7 @@ from jobs.bench.common import (
     reference_artifact,
 )
 from jobs.core.config import JobConfig
-from jobs.core.spark import get_spark
+from jobs.core.spark import default_parallelism, get_spark
 from jobs.core.warehouse import Warehouse
 from jobs.validate.rules import row_rules, vocabulary_values
 from jobs.validate.stage import validate_partition
@@ -86,5 +86,5 @@ def run_validation_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
         "quarantined_rows": report.quarantined_rows,
         "floor_rows": counts["rows"], "floor_distinct_keys": counts["distinct_keys"],
         "expectations": len(report.rules),
-        "spark_cores": spark.sparkContext.defaultParallelism,
+        "spark_cores": default_parallelism(spark),
     }

@@ -22,6 +22,7 @@ DEFAULT_CONFIG = importlib.resources.files("jobs.core") / "default_config.yaml"
 class SparkConfig:
     master: str = "local[*]"
     app_name: str = "mmoe"
+    remote: str | None = None  # sc://HOST:PORT: a Spark Connect server (then master is not used)
     conf: dict[str, str] = field(default_factory=dict)
 
 
@@ -166,8 +167,10 @@ class JobConfig:
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
-def load_config(path: str | Path | None = None, warehouse: str | Path | None = None) -> JobConfig:
-    """Read a config file (default: the embedded demo config); ``warehouse`` overrides its root."""
+def load_config(path: str | Path | None = None, warehouse: str | Path | None = None,
+                remote: str | None = None) -> JobConfig:
+    """Read a config file (default: the embedded demo config); ``warehouse`` overrides its root,
+    ``remote`` (a Spark Connect URL) its ``spark.remote``."""
     path = Path(path) if path else DEFAULT_CONFIG
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -183,6 +186,8 @@ def load_config(path: str | Path | None = None, warehouse: str | Path | None = N
     if warehouse is not None:
         cfg.warehouse = Path(warehouse)
     cfg.warehouse = Path(cfg.warehouse).expanduser().resolve()
+    if remote:
+        cfg.spark.remote = remote
     _check(cfg)
     return cfg
 

@@ -69,6 +69,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from jobs.core.errors import MissingInputError
+from jobs.core.spark import default_parallelism
 from schemas.tables import METRICS_STRUCT
 
 EPS = 1e-15
@@ -515,11 +516,7 @@ def _shuffle_partitions(scored: DataFrame) -> int:
         configured = int(session.conf.get("spark.sql.shuffle.partitions"))
     except (TypeError, ValueError):
         configured = 200
-    try:
-        cores = session.sparkContext.defaultParallelism
-    except Exception:  # Spark Connect has no SparkContext
-        cores = 1
-    return max(1, configured, cores)
+    return max(1, configured, default_parallelism(session))
 
 
 def compute_metrics(scored: DataFrame, tasks: list[str], segment_columns: list[str],

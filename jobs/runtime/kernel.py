@@ -2,7 +2,8 @@
 Arrow batches there. Used by the Spark reader, the direct reader, catalog scoring and the UDF.
 
 How the model travels: :class:`ShippedModel` carries the artifact's files (a few hundred KB)
-to the executors once (a broadcast); each Python worker verifies their SHA-256 manifest and
+to the executors (a broadcast, sent once per executor; over Spark Connect, which has no
+broadcast, the bytes ride in the task's closure: :func:`jobs.core.spark.ship`); each Python worker verifies their SHA-256 manifest and
 builds the model once, caching it by checksum for every later batch and task
 (:mod:`jobs.runtime.worker`). :func:`scored_batches` is the loop: skip empty batches, score,
 fire the reliability faults after the first batch (:mod:`jobs.runtime.faults`).
@@ -21,17 +22,19 @@ from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
+from jobs.core.spark import ship
 from jobs.runtime.faults import after_first_batch
 from jobs.runtime.worker import set_threads, worker_artifact
 
 
 class ShippedModel:
     """The model's files on their way to the executors; picklable (it holds a broadcast
-    handle), so task closures carry it. ``load()`` runs on the executor."""
+    handle, or over Connect the bytes themselves), so task closures carry it. ``load()`` runs
+    on the executor."""
 
     def __init__(self, spark: SparkSession, files: Mapping[str, bytes], sha256: str,
                  threads_per_task: int = 0) -> None:
-        self._files = spark.sparkContext.broadcast(dict(files))
+        self._files = ship(spark, dict(files))
         self.sha256 = sha256
         self.threads = threads_per_task
 

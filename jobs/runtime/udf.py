@@ -15,7 +15,8 @@ Python worker Arrow batches of the input columns, which go straight into the mod
 (task order of the model). Columns are passed positionally in ``input_columns`` order (the
 model's features in spec order); their Spark types must be the spec's (long, double, string).
 
-How the model reaches the workers: the artifact's files (a few hundred KB) are broadcast once;
+How the model reaches the workers: the artifact's files (a few hundred KB) are broadcast once
+(over Spark Connect, which has no broadcast, they travel in the UDF's closure);
 each Python worker verifies every SHA-256 of its manifest and builds the model once, cached by
 the artifact's checksum for every later batch and task (:mod:`jobs.runtime.worker`, shared with the
 score job). A tampered artifact is refused on the driver when the UDF is made and again on every

@@ -1,7 +1,7 @@
 """What a Spark Python worker keeps between tasks: the verified model, built once per worker.
 
 Used by :class:`jobs.runtime.kernel.ShippedModel` (every scoring path, the UDF included). Nothing here touches the warehouse: the artifact's files arrive as bytes (a
-broadcast), every checksum is verified once per worker process and the built model is cached
+broadcast, or the task's closure over Spark Connect), every checksum is verified once per worker process and the built model is cached
 by the artifact's SHA-256 for every later batch and task (Spark reuses Python workers).
 """
 

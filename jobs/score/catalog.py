@@ -45,7 +45,7 @@ from pyspark.sql import types as T
 
 from jobs.core.config import JobConfig
 from jobs.core.errors import ConfigError, MissingInputError
-from jobs.core.spark import session_conf
+from jobs.core.spark import default_parallelism, session_conf, ship
 from jobs.core.warehouse import (
     Warehouse,
     count_rows,
@@ -220,7 +220,7 @@ def recommend_grid(spark: SparkSession, users: DataFrame, items: pa.Table, files
     the ``top_k`` items per user (all, ranked, when None). Pure transform."""
     user_cols, item_cols = catalog_sides(spec, users.columns, items.column_names)
     job = _Job(spark, files, artifact, spec, cfg, (user_cols, item_cols), scored_at, top_k)
-    items_bc = spark.sparkContext.broadcast(_keyed(items.select(
+    items_bc = ship(spark, _keyed(items.select(
         list(dict.fromkeys([job.item_key, *item_cols]))), job.item_key)[0])
 
     def item_block(fm):
@@ -262,9 +262,9 @@ def recommend_candidates(spark: SparkSession, candidates: DataFrame, users: pa.T
     Pure transform."""
     user_cols, item_cols = catalog_sides(spec, users.column_names, items.column_names)
     job = _Job(spark, files, artifact, spec, cfg, (user_cols, item_cols), scored_at, top_k)
-    users_bc = spark.sparkContext.broadcast(_keyed(users.select(
+    users_bc = ship(spark, _keyed(users.select(
         list(dict.fromkeys([job.user_key, *user_cols]))), job.user_key))
-    items_bc = spark.sparkContext.broadcast(_keyed(items.select(
+    items_bc = ship(spark, _keyed(items.select(
         list(dict.fromkeys([job.item_key, *item_cols]))), job.item_key))
 
     def score(fm, pairs: pa.Table) -> Iterator[pa.RecordBatch]:
@@ -303,7 +303,7 @@ def recommend_candidates(spark: SparkSession, candidates: DataFrame, users: pa.T
 
     user, item = job.user_key, job.item_key
     pairs = (candidates.select(user, item).where(F.col(user).isNotNull() & F.col(item).isNotNull())
-             .repartition(spark.sparkContext.defaultParallelism, user)
+             .repartition(default_parallelism(spark), user)
              .sortWithinPartitions(user, item))
     return pairs.mapInArrow(run, output_schema(spec))
 

@@ -27,7 +27,7 @@ from jobs.core.config import JobConfig
 from jobs.core.errors import NotValidated
 from jobs.core.manifest import RunRecord
 from jobs.core.registry import ModelChoice, resolve_model
-from jobs.core.spark import session_conf
+from jobs.core.spark import default_parallelism, is_connect, session_conf
 from jobs.core.warehouse import (
     SCORE_STAMP,
     Warehouse,
@@ -97,9 +97,10 @@ def score_frame(spark: SparkSession, frame: DataFrame, files: dict[str, bytes], 
 
 
 def spread_partitions(spark: SparkSession, frame: DataFrame) -> DataFrame:
-    """Give every core work: a single big file would otherwise be one task on one core."""
-    parallelism = spark.sparkContext.defaultParallelism
-    if frame.rdd.getNumPartitions() < parallelism:
+    """Give every core work: a single big file would otherwise be one task on one core. Over
+    Spark Connect the partition count is not known before running (no RDD): always spread."""
+    parallelism = default_parallelism(spark)
+    if is_connect(spark) or frame.rdd.getNumPartitions() < parallelism:
         return frame.repartition(parallelism)
     return frame
 

@@ -137,7 +137,7 @@ class ValidationReport:
     reasons: dict[str, int] = field(default_factory=dict)
     failed_rules: list[str] = field(default_factory=list)
     rules: list[RuleResult] = field(default_factory=list)
-    spark_jobs: int = 0
+    spark_jobs: int | None = 0  # None: unknown (Spark Connect has no status tracker)
     seconds: float = 0.0
     validation_dir: str = ""
     result_json: str = ""
