@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from _cluster import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 
 HIDE_PROJECT = """import sys
@@ -31,12 +33,6 @@ def spark_home() -> Path:
     import pyspark
 
     return Path(pyspark.__file__).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ConnectServer:

@@ -77,6 +77,21 @@ def connect_server():
         shutil.rmtree(server.root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def standalone_cluster(tmp_path_factory):
+    """ONE Spark standalone cluster (master + 2 one-core workers on 127.0.0.1) for the session
+    (tests/_cluster.py); stopped by pid at the end, failing if a process survives."""
+    from _cluster import Cluster
+
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        alive = cluster.stop()
+    assert not alive, f"cluster processes still alive: {alive}"
+
+
 @pytest.fixture
 def job_config(tmp_path):
     """The embedded config with a per-test warehouse and the test Spark settings."""

@@ -160,7 +160,7 @@ def test_public_udf_over_connect_equals_classic(spark, connect_server, tmp_path)
 
 
 def test_unreachable_server_and_bad_url_fail_in_seconds(tmp_path):
-    from _connect import free_port
+    from _cluster import free_port
 
     closed = f"sc://127.0.0.1:{free_port()}"
     started = time.monotonic()
