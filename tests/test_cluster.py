@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from _reliability import job_config_file, last_manifest, tiny_model, write_day
 from typer.testing import CliRunner
 
-from _reliability import job_config_file, last_manifest, tiny_model, write_day
 from jobs.cli import app
 from jobs.core.shipping import write_project_zip
 from jobs.core.warehouse import Warehouse, read_table
