@@ -152,7 +152,8 @@ def default_parallelism(spark: SparkSession) -> int:
         return spark.sparkContext.defaultParallelism
     cached = getattr(spark, "_mmoe_parallelism", None)
     if cached is None:
-        row = spark.range(0, 1 << 12).agg(F.max(F.spark_partition_id()).alias("p")).first()
+        row = spark.range(0, 1 << 12).select(F.spark_partition_id().alias("p")).agg(
+            F.max("p").alias("p")).first()
         cached = spark._mmoe_parallelism = int(row["p"]) + 1
     return cached
 

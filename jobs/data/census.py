@@ -166,7 +166,8 @@ def _read_indexed_lines(spark: SparkSession, path: Path) -> DataFrame:
     for block, first_mid, n in splits:
         starts.append((block, first_mid, total))
         total += n
-    offsets = spark.createDataFrame(starts or [(0, 0, 0)], "_block long, _first_mid long, _first long")
+    offsets = spark.createDataFrame(starts or [(0, 0, 0)], T.StructType(  # non-null: so is row_id
+        [T.StructField(c, T.LongType(), nullable=False) for c in ("_block", "_first_mid", "_first")]))
     return (text.join(F.broadcast(offsets), "_block")
             .select((F.col("_first") + F.col("_mid") - F.col("_first_mid")).alias("row_id"), "line"))
 
