@@ -25,7 +25,8 @@ from _cluster import free_port
 REPO = Path(__file__).resolve().parents[1]
 
 HIDE_PROJECT = """import sys
-sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "_EditableFinder"]
+sys.meta_path[:] = [f for f in sys.meta_path  # the finder is installed as a class
+                    if getattr(f, "__name__", type(f).__name__) != "_EditableFinder"]
 """
 
 
