@@ -16,8 +16,11 @@ replaces its own partitions:
 5. `compare` — `mmoe compare` champion vs each challenger over the trailing
    `mmoe_compare_days` days ending at the matured day; skipped while the CLI has no `compare`.
 
-Each job task runs one `mmoe` command (a Spark driver itself, see README "Deploying the DAGs") and
-returns its manifest (XCom). Retries, an execution timeout and a failure callback that logs the
+Each job task runs one job and returns its manifest (XCom); how is the Variable `mmoe_launcher`
+(README "Deploying the DAGs"): `console` (default: the `mmoe_bin` command, a Spark driver
+itself), `spark-submit` (the Spark provider's SparkSubmitHook with connection
+`mmoe_spark_conn_id`, default `spark_default`, the project zip and `jobs/submit.py`) or
+`connect` (the `mmoe_bin` command with `--remote` `mmoe_remote`). Retries, an execution timeout and a failure callback that logs the
 job's one-line error are set on every task. `score` and `evaluate` update the Assets
 `mmoe_predictions` / `mmoe_metrics` (extra: dataset, ds, model version, path), so downstream
 DAGs can be scheduled on them.

@@ -323,3 +323,15 @@ def test_backfill_dag_command_parses_with_the_real_cli():
     group = typer.main.get_command(app)
     sub = group.commands["backfill"].make_context("backfill", cmd[6:])
     assert sub.params["force"] is True and sub.params["model"] == "@champion"
+
+
+def test_connect_launcher_adds_the_remote_and_bad_launchers_are_refused(tmp_path):
+    from airflow_dags.runner import Launch
+
+    manifest = run_job(["validate"], "2026-11-03", "synth",
+                       launch=Launch("connect", _fake_mmoe(tmp_path, 0), remote="sc://spark:15002"))
+    assert manifest["args"] == "--remote sc://spark:15002 validate --dataset synth --ds 2026-11-03"
+    with pytest.raises(JobFailed, match="no mmoe_remote"):
+        Launch("connect")
+    with pytest.raises(JobFailed, match="mmoe_launcher must be one of"):
+        Launch("ssh")
