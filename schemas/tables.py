@@ -72,3 +72,14 @@ def labels_arrow_schema(spec: DatasetSpec) -> pa.Schema:
     fields = [pa.field(k.name, _ARROW[k.dtype], nullable=False) for k in spec.keys]
     fields += [pa.field(t, pa.int32(), nullable=False) for t in spec.task_names]
     return pa.schema(fields)
+
+
+_DDL_ARROW = {"string": pa.string(), "byte": pa.int8(), "int": pa.int32(), "long": pa.int64(),
+              "double": pa.float64(), "binary": pa.binary()}
+
+
+def ddl_arrow_schema(ddl: str) -> pa.Schema:
+    """The Arrow schema of a flat Spark DDL string (``"a string, n long, x double"``): the
+    schemas ``applyInArrow`` / ``mapInArrow`` functions return."""
+    return pa.schema([pa.field(name, _DDL_ARROW[kind])
+                      for name, kind in (part.split() for part in ddl.split(","))])

@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
+from _reliability import run_concurrently
+from tiny_models import tiny_model
 from typer.testing import CliRunner
 
-from _reliability import run_concurrently
-from jobs.core.registry import register_model
 from jobs.backfill.stage import backfill_range
+from jobs.core.registry import register_model
 from jobs.core.warehouse import Warehouse, parquet_files
 from schemas import load_spec
-from tiny_models import tiny_model
 
 START, END = "2025-03-01", "2025-03-03"
 DAYS = ["2025-03-01", "2025-03-02", "2025-03-03"]
@@ -103,8 +103,8 @@ def test_backfill_twice_skips_and_force_rewrites_identical_content(spark, cfg):
 
 
 def test_changed_features_or_model_are_not_skipped(spark, cfg, models):
-    from jobs.data.synth import generate_synth
     from jobs.core.registry import promote_model
+    from jobs.data.synth import generate_synth
 
     cfg.evaluation.label_wait_days = 8  # 2025-03-02 + 8 = 2025-03-10 = as_of: just matured
     first = _run(spark, cfg)

@@ -7,15 +7,20 @@ import getpass
 import json
 
 import pytest
+from tiny_models import tiny_model
 from typer.testing import CliRunner
 
 from jobs.core.errors import InputError, RegistryError
 from jobs.core.registry import (
-    Registry, list_models, models_in_force, promote_model, register_model, resolve_model,
+    Registry,
+    list_models,
+    models_in_force,
+    promote_model,
+    register_model,
+    resolve_model,
 )
 from jobs.core.warehouse import Warehouse, read_json_lines
 from mmoe_model.errors import SpecMismatch
-from tiny_models import tiny_model
 
 
 @pytest.fixture(scope="module")
