@@ -24,12 +24,9 @@ from jobs.core.errors import MissingInputError, NotValidated, ValidationFailed
 from jobs.core.manifest import RunManifest, run_job
 from jobs.core.warehouse import Warehouse, fingerprint
 from jobs.validate.rules import KEY_COPIES, REASON, RowCountBounds, build_suite
-from jobs.validate.stage import (
-    passed_rows,
-    read_status,
-    row_count_bounds,
-    validate_partition,
-)
+from jobs.validate.history import row_count_bounds
+from jobs.validate.scorable import passed_rows, read_status
+from jobs.validate.stage import validate_partition
 from schemas.spec import load_spec
 from schemas.tables import features_arrow_schema, features_struct, labels_arrow_schema
 

@@ -73,7 +73,7 @@ def run_validation_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
     # the score job's direct reader (what `mmoe score` runs on a parquet partition)
     _score_direct(spark, features_dir, files, artifact, spec, cfg,
                   Path(cfg.warehouse) / "bench-out" / "validation-scoring",
-                  dt.datetime.now(dt.timezone.utc))
+                  dt.datetime.now(dt.UTC))
     scoring_seconds = time.perf_counter() - started
 
     return {

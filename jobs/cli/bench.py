@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,8 +16,8 @@ BENCHES = ("scoring", "evaluation", "validation", "scaling", "compare", "catalog
 def bench(
     ctx: typer.Context,
     which: str = typer.Argument(..., help=f"One of: {', '.join(BENCHES)}."),
-    rows: Optional[int] = typer.Option(None, "--rows", min=1),
-    results: Optional[Path] = typer.Option(
+    rows: int | None = typer.Option(None, "--rows", min=1),
+    results: Path | None = typer.Option(
         None, "--results", help="Markdown file to append the results to "
                                 "(default: <warehouse>/_bench/benchmarks.md)."),
 ) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from jobs.cli._app import app, load_dataset_spec, run_command, spark_session
@@ -23,7 +21,7 @@ def compare(
     candidate: str = typer.Option(..., "--candidate", help=f"The challenger: {REF_HELP}."),
     start: str = typer.Option(..., "--start", help="First ds YYYY-MM-DD."),
     end: str = typer.Option(..., "--end", help="Last ds YYYY-MM-DD (the manifest's ds)."),
-    segment: Optional[list[str]] = typer.Option(
+    segment: list[str] | None = typer.Option(
         None, "--segment", help="Segment column (repeatable; default: evaluation.segments / the spec's)."),
     fail_on_regression: bool = typer.Option(
         False, "--fail-on-regression", help="Exit 3 when the candidate breaks a guardrail."),

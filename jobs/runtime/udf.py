@@ -24,8 +24,9 @@ worker. This module does not know the warehouse: it works on any DataFrame in an
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

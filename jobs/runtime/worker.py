@@ -7,7 +7,8 @@ by the artifact's SHA-256 for every later batch and task (Spark reuses Python wo
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from pyspark import TaskContext

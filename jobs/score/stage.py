@@ -15,9 +15,10 @@ per-row Python. The output partition is staged and swapped in, so a rerun replac
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
@@ -49,7 +50,9 @@ from jobs.score.direct import (
     quarantined_keys,
     score_fragments,
 )
-from jobs.validate.stage import passed_rows, read_status, validate_partition
+from jobs.score.drift import prediction_drift
+from jobs.validate.scorable import passed_rows, read_status
+from jobs.validate.stage import validate_partition
 from mmoe_model.artifact import ModelArtifact
 from schemas.spec import DatasetSpec
 from schemas.tables import predictions_struct
@@ -146,7 +149,7 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
     with wh.lock(spec.name, "predictions", ds, artifact.model_version,
                  wait_seconds=cfg.locks.wait_seconds, poll_seconds=cfg.locks.poll_seconds), \
             replacing(out) as staging:
-        scored_at = dt.datetime.now(dt.timezone.utc)  # one stamp for the whole run
+        scored_at = dt.datetime.now(dt.UTC)  # one stamp for the whole run
         if direct_reader_applies(cfg, spec, features_dir):
             written = score_fragments(
                 spark, parquet_fragments(features_dir), files, artifact, spec, cfg, staging,
@@ -164,6 +167,9 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
             model_version=artifact.model_version, model_sha256=artifact.sha256,
             features_fingerprint=fingerprint(features_dir), with_gates=with_gates,
             rows=written, scored_at=scored_at.isoformat()))
+        if cfg.drift.enabled and written:
+            details["prediction_drift"] = prediction_drift(cfg, spec, ds, artifact.model_version,
+                                                           staging)
     return ScoreResult(artifact.model_version, artifact.sha256,
                        input_rows=status.passed_rows if status else 0, output_rows=written,
                        quarantined_rows=status.quarantined_rows if status else 0, output=out,

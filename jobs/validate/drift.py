@@ -28,8 +28,9 @@ The current day's bin counts are exact (counted in Spark at the reference's edge
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -134,7 +135,7 @@ class DayProfile:
         return {"ds": self.ds, "features": {k: asdict(v) for k, v in self.features.items()}}
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> "DayProfile":
+    def from_json(cls, raw: dict[str, Any]) -> DayProfile:
         return cls(ds=str(raw["ds"]), features={
             k: FeatureProfile(kind=v["kind"], rows=int(v["rows"]), nulls=int(v["nulls"]),
                               quantiles=[float(q) for q in v.get("quantiles") or []],
