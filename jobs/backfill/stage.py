@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 from pyspark.sql import SparkSession
 
@@ -122,7 +122,7 @@ def backfill_range(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, start
     """Every day of ``start``..``end`` (see the module docstring). ``on_day`` is called after
     each day (progress reporting); per-day failures are in the result, never raised."""
     days = [DayResult(ds) for ds in date_range(start, end)]
-    as_of = as_of or dt.datetime.now(dt.UTC).date()
+    as_of = as_of or dt.datetime.now(dt.timezone.utc).date()
     result = BackfillResult(spec.name, start, end, str(model), force, days)
     for day in days:
         began = time.perf_counter()

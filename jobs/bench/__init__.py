@@ -13,14 +13,8 @@ from jobs.bench.scoring import bench_catalog, bench_scaling, bench_scoring
 from jobs.bench.validation import run_validation_bench
 from jobs.core.config import JobConfig
 
-__all__ = [
-    "bench_catalog",
-    "bench_compare",
-    "bench_evaluation",
-    "bench_scaling",
-    "bench_scoring",
-    "bench_validation",
-]
+__all__ = ["bench_scoring", "bench_scaling", "bench_catalog", "bench_evaluation",
+           "bench_compare", "bench_validation"]
 
 
 def bench_evaluation(cfg: JobConfig, rows: int | None = None, results: Path | None = None,

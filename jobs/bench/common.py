@@ -9,9 +9,8 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from jobs.core.config import JobConfig
 from jobs.core.warehouse import Warehouse, read_table, replacing
@@ -90,7 +89,7 @@ def _append_doc(path: Path, title: str, result: dict[str, Any]) -> None:
     if not path.exists():
         path.write_text("# Benchmarks\n\nRaw results appended by `mmoe bench`; the summary and "
                         "analysis are in docs/performance.md.\n")
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     with path.open("a") as fh:
         fh.write(f"\n## {title} — {stamp}\n\n`{' '.join(['mmoe', *sys.argv[1:]])}`\n\n```json\n"
                  f"{json.dumps(result, indent=1, default=str)}\n```\n")

@@ -10,9 +10,8 @@ under ``<warehouse>/_bench`` and is reused when it already has the requested siz
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd  # module level: the naive pandas UDF's type hints are resolved here
@@ -68,7 +67,7 @@ class WorkerRssSampler:
                     self.peak_mib = max(self.peak_mib, rss)
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> WorkerRssSampler:
+    def __enter__(self) -> "WorkerRssSampler":
         self._thread.start()
         return self
 
@@ -138,7 +137,7 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
     cores = spark.sparkContext.defaultParallelism
     out_root = Path(cfg.warehouse) / "bench-out"
     features = spread_partitions(spark, spark.read.parquet(str(part)))
-    scored_at = dt.datetime.now(dt.UTC)
+    scored_at = dt.datetime.now(dt.timezone.utc)
     keys, feats, _tasks = spec.key_names, spec.feature_names, spec.task_names
     pred_cols = spec.prediction_columns
 
@@ -269,7 +268,7 @@ def bench_scaling(cfg: JobConfig, rows: int | None = None, results: Path | None 
         with WorkerRssSampler() as rss:
             seconds, _ = _timed(lambda: _score_direct(
                 spark, part, files, artifact, spec, cfg, Path(cfg.warehouse) / "bench-out" / "scaling",
-                dt.datetime.now(dt.UTC)))
+                dt.datetime.now(dt.timezone.utc)))
         runs.append({"rows": size, "seconds": round(seconds, 2), "rows_per_s": round(size / seconds),
                      "peak_python_worker_rss_mib": round(rss.peak_mib, 1)})
     result = {"bench": "scaling", "rows": sizes[-1], "runs": runs,
@@ -315,7 +314,7 @@ def bench_catalog(cfg: JobConfig, rows: int | None = None, results: Path | None 
     top_items = top_items_frame(items_df, spec, items).toArrow()
     cfg.scoring.catalog.top_k = top_k
     out_root = Path(cfg.warehouse) / "bench-out"
-    scored_at = dt.datetime.now(dt.UTC)
+    scored_at = dt.datetime.now(dt.timezone.utc)
 
     def factored():
         return recommend_grid(spark, users, top_items, files, artifact, spec, cfg, scored_at, top_k)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,11 @@ def run_validation_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
     labels_dir = wh.partition(spec.name, "labels", BENCH_DS)
     spark = get_spark(cfg.spark)
 
+    # without drift first (the drift aggregate off), then the job as configured (drift on)
+    started = time.perf_counter()
+    validate_partition(spark, replace(cfg, drift=replace(cfg.drift, enabled=False)), spec,
+                       BENCH_DS)
+    without_drift_seconds = time.perf_counter() - started
     started = time.perf_counter()
     report = validate_partition(spark, cfg, spec, BENCH_DS)
     validation_seconds = time.perf_counter() - started
@@ -73,7 +79,7 @@ def run_validation_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
     # the score job's direct reader (what `mmoe score` runs on a parquet partition)
     _score_direct(spark, features_dir, files, artifact, spec, cfg,
                   Path(cfg.warehouse) / "bench-out" / "validation-scoring",
-                  dt.datetime.now(dt.UTC))
+                  dt.datetime.now(dt.timezone.utc))
     scoring_seconds = time.perf_counter() - started
 
     return {
@@ -82,6 +88,10 @@ def run_validation_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
         "spark_jobs": report.spark_jobs,
         "one_pass_floor_seconds": round(floor_seconds, 2),
         "validation_vs_floor": round(validation_seconds / floor_seconds, 2),
+        "without_drift_seconds": round(without_drift_seconds, 2),
+        "without_drift_vs_floor": round(without_drift_seconds / floor_seconds, 2),
+        "drift_added": round(validation_seconds / without_drift_seconds - 1.0, 3),
+        "drift_features": len((report.drift_details or {}).get("features", [])),
         "scoring_seconds": round(scoring_seconds, 2),
         "quarantined_rows": report.quarantined_rows,
         "floor_rows": counts["rows"], "floor_distinct_keys": counts["distinct_keys"],

@@ -8,10 +8,10 @@ modules import them inside the command body: `mmoe --help` and argument errors s
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator, Optional
 
 import typer
 from tqdm import tqdm
@@ -34,8 +34,8 @@ MODEL_HELP = ("Model: an artifact directory, a registered version, or @alias (th
 
 @dataclass
 class Globals:
-    config: Path | None
-    warehouse: Path | None
+    config: Optional[Path]
+    warehouse: Optional[Path]
 
     def job_config(self) -> JobConfig:
         return load_config(self.config, self.warehouse)
@@ -44,15 +44,15 @@ class Globals:
 @app.callback()
 def _globals(
     ctx: typer.Context,
-    config: Path | None = typer.Option(None, "--config", envvar="MMOE_CONFIG",
+    config: Optional[Path] = typer.Option(None, "--config", envvar="MMOE_CONFIG",
                                           help="Job config YAML (default: the embedded demo config)."),
-    warehouse: Path | None = typer.Option(None, "--warehouse", envvar="MMOE_WAREHOUSE",
+    warehouse: Optional[Path] = typer.Option(None, "--warehouse", envvar="MMOE_WAREHOUSE",
                                              help="Warehouse root; overrides the config's."),
 ) -> None:
     ctx.obj = Globals(config, warehouse)
 
 
-def run_command(ctx: typer.Context, job: str, dataset: str, ds: str | None,
+def run_command(ctx: typer.Context, job: str, dataset: str, ds: Optional[str],
                 body: Callable[[JobConfig, str], object]) -> None:
     """Run ``body(cfg, run_id)`` (it returns the stage's result); print the manifest as the last
     stdout line; on failure print one line on stderr and exit non-zero."""

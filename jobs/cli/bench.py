@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -16,8 +17,8 @@ BENCHES = ("scoring", "evaluation", "validation", "scaling", "compare", "catalog
 def bench(
     ctx: typer.Context,
     which: str = typer.Argument(..., help=f"One of: {', '.join(BENCHES)}."),
-    rows: int | None = typer.Option(None, "--rows", min=1),
-    results: Path | None = typer.Option(
+    rows: Optional[int] = typer.Option(None, "--rows", min=1),
+    results: Optional[Path] = typer.Option(
         None, "--results", help="Markdown file to append the results to "
                                 "(default: <warehouse>/_bench/benchmarks.md)."),
 ) -> None:

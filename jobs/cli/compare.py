@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from jobs.cli._app import app, load_dataset_spec, run_command, spark_session
@@ -21,7 +23,7 @@ def compare(
     candidate: str = typer.Option(..., "--candidate", help=f"The challenger: {REF_HELP}."),
     start: str = typer.Option(..., "--start", help="First ds YYYY-MM-DD."),
     end: str = typer.Option(..., "--end", help="Last ds YYYY-MM-DD (the manifest's ds)."),
-    segment: list[str] | None = typer.Option(
+    segment: Optional[list[str]] = typer.Option(
         None, "--segment", help="Segment column (repeatable; default: evaluation.segments / the spec's)."),
     fail_on_regression: bool = typer.Option(
         False, "--fail-on-regression", help="Exit 3 when the candidate breaks a guardrail."),

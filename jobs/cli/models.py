@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
+from typing import Callable, Optional
 
 import typer
 
@@ -25,11 +25,11 @@ from jobs.core.warehouse import safe_name
 def models_register(
     ctx: typer.Context,
     directory: Path = typer.Argument(..., help="Model artifact directory."),
-    alias: str | None = typer.Option(None, "--alias", help="Also promote it to this alias."),
-    effective: str | None = typer.Option(None, "--effective",
+    alias: Optional[str] = typer.Option(None, "--alias", help="Also promote it to this alias."),
+    effective: Optional[str] = typer.Option(None, "--effective",
                                             help="With --alias: first ds it is in force "
                                                  "(default: today, UTC)."),
-    reason: str | None = typer.Option(None, "--reason", help="Why (kept in the history)."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the history)."),
 ) -> None:
     """Copy an artifact into its dataset's registry (content-addressed) and record it."""
     def body(cfg: JobConfig, run_id: str):
@@ -43,10 +43,10 @@ def models_promote(
     ctx: typer.Context,
     version: str = typer.Argument(..., help="A registered model version."),
     alias: str = typer.Option(..., "--alias", help="champion, challenger[-NAME], or any name."),
-    effective: str | None = typer.Option(None, "--effective",
+    effective: Optional[str] = typer.Option(None, "--effective",
                                             help="First ds it is in force (default: today, UTC)."),
-    reason: str | None = typer.Option(None, "--reason", help="Why (kept in the history)."),
-    dataset: str | None = typer.Option(None, "--dataset",
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the history)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset",
                                           help="Needed only when several datasets hold V."),
 ) -> None:
     """Point an alias at a registered version from an effective date on."""
@@ -62,7 +62,7 @@ def models_promote(
 @models_app.command("list")
 def models_list(
     ctx: typer.Context,
-    dataset: str | None = typer.Option(None, "--dataset", help="Only this dataset."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
     as_json: bool = typer.Option(False, "--json", help="One JSON list instead of the table."),
 ) -> None:
     """The registered versions: version, checksum, spec, registered, aliases (effective dates).

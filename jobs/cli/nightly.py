@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from jobs.cli._app import MODEL_HELP, app, load_dataset_spec, run_command, spark_session
@@ -61,7 +63,7 @@ def evaluate(
     ctx: typer.Context,
     dataset: str = typer.Option(..., "--dataset", help=DATASET_HELP),
     ds: str = typer.Option(..., "--ds", help=DS_HELP),
-    model_version: list[str] | None = typer.Option(
+    model_version: Optional[list[str]] = typer.Option(
         None, "--model-version",
         help="Only these models (repeatable): a version, @alias or artifact directory."),
 ) -> None:

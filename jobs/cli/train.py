@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -43,15 +44,15 @@ def train(
     start: str = typer.Option(..., "--start", help="First training ds YYYY-MM-DD."),
     end: str = typer.Option(..., "--end", help="Last training ds YYYY-MM-DD (inclusive)."),
     out: Path = typer.Option(..., "--out", help="Artifact directory to write."),
-    epochs: int | None = typer.Option(None, "--epochs", min=1),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
     seed: int = typer.Option(0, "--seed"),
-    gate: str | None = typer.Option(None, "--gate",
+    gate: Optional[str] = typer.Option(None, "--gate",
                                        help="Gate kind: softmax, topk, max or constant "
                                             "(default: the config's training.gate)."),
-    gate_k: int | None = typer.Option(None, "--gate-k", min=1,
+    gate_k: Optional[int] = typer.Option(None, "--gate-k", min=1,
                                          help="Experts a topk gate keeps per row "
                                               "(default: the config's training.gate_k)."),
-    expert_group: list[str] | None = typer.Option(
+    expert_group: Optional[list[str]] = typer.Option(
         None, "--expert-group",
         help="Repeatable: one expert group of a heterogeneous / field-split bank, e.g. "
              "'6xmlp' '2xcross:2' or '2xmlp:64@work' (replaces training.expert_layout; "
@@ -59,7 +60,7 @@ def train(
     resume: bool = typer.Option(True, "--resume/--no-resume",
                                 help="Continue an interrupted run of the same --out after its "
                                      "last finished epoch (default), or start over."),
-    checkpoint_dir: Path | None = typer.Option(
+    checkpoint_dir: Optional[Path] = typer.Option(
         None, "--checkpoint-dir",
         help="Where the per-epoch checkpoint goes (default: under the warehouse's "
              "<dataset>/_checkpoints/, keyed on --out); removed once the artifact is written."),

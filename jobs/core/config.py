@@ -92,7 +92,7 @@ class TrainingConfig:
     optimiser: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
-    def from_flat(cls, raw: dict[str, Any], where: str = "config.training") -> TrainingConfig:
+    def from_flat(cls, raw: dict[str, Any], where: str = "config.training") -> "TrainingConfig":
         unknown = set(raw) - set(MODEL_KEYS) - set(TRAIN_KEYS)
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")

@@ -24,10 +24,10 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from jobs.core.errors import PartitionLocked
 
@@ -141,7 +141,7 @@ def partition_lock(path: Path, what: str, *, wait_seconds: float = 0.0,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mine = LockHolder(os.getpid(), socket.gethostname(),
-                      dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                      dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                       " ".join([Path(sys.argv[0]).name] + sys.argv[1:])[:300] if sys.argv else "",
                       uuid.uuid4().hex)
     deadline = time.monotonic() + wait_seconds

@@ -14,10 +14,9 @@ import json
 import re
 import traceback
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 from jobs.core.errors import MmoeError
 from jobs.core.warehouse import Warehouse, parse_date, safe_name, write_json
@@ -28,7 +27,7 @@ MANIFEST_FIELDS = ("input_rows", "output_rows", "quarantined_rows", "model_versi
 
 
 def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -70,14 +69,14 @@ class RunManifest:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=False, default=str)
 
-    def apply(self, record: RunRecord) -> RunManifest:
+    def apply(self, record: RunRecord) -> "RunManifest":
         for name in MANIFEST_FIELDS:
             setattr(self, name, getattr(record, name))
         self.outputs.update(record.outputs)
         self.details.update(record.details)
         return self
 
-    def apply_error(self, exc: BaseException) -> RunManifest:
+    def apply_error(self, exc: BaseException) -> "RunManifest":
         """What a failed stage got to: ``MmoeError.details`` keys named like manifest fields
         (e.g. ``model_version``) go to the top level, the rest to ``details``."""
         for key, value in (getattr(exc, "details", None) or {}).items():

@@ -25,7 +25,7 @@ class ModelRef:
     value: str          # the directory's path, the version, or the alias name (without "@")
 
     @classmethod
-    def parse(cls, model: ModelRef | Path | str, what: str = "--model") -> ModelRef:
+    def parse(cls, model: "ModelRef | Path | str", what: str = "--model") -> "ModelRef":
         """``@name`` is an alias; an existing directory (or any ``Path``) is a directory; any
         other text is a registered version. A text that can be none of these is refused."""
         if isinstance(model, ModelRef):
@@ -45,7 +45,7 @@ class ModelRef:
                 f"version") from None
 
     @classmethod
-    def directory(cls, path: Path | str, what: str = "--model") -> ModelRef:
+    def directory(cls, path: Path | str, what: str = "--model") -> "ModelRef":
         if not Path(path).is_dir():
             raise MissingInputError(f"{what} {path} is not an artifact directory")
         return cls("directory", str(path))

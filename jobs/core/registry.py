@@ -93,7 +93,7 @@ class Registry:
     promotions: list[Promotion] = field(default_factory=list)
 
     @classmethod
-    def read(cls, wh: Warehouse, dataset: str) -> Registry:
+    def read(cls, wh: Warehouse, dataset: str) -> "Registry":
         registry = cls(wh, safe_name(dataset, "dataset"))
         try:
             events = read_json_lines(wh.registry_history(dataset))
@@ -191,7 +191,7 @@ class ModelChoice:
 
 
 def resolve_model(cfg: JobConfig, dataset: str, ds: str,
-                  model: ModelRef | Path | str) -> ModelChoice:
+                  model: "ModelRef | Path | str") -> ModelChoice:
     """The artifact ``model`` names on ``ds``: a directory, ``@alias`` (the promotion in force
     on ``ds``), or a registered version."""
     ref = ModelRef.parse(model)
@@ -211,7 +211,7 @@ def resolve_model(cfg: JobConfig, dataset: str, ds: str,
                        ref.value, "registry")
 
 
-def version_of(cfg: JobConfig, dataset: str, ds: str, model: ModelRef | Path | str) -> str:
+def version_of(cfg: JobConfig, dataset: str, ds: str, model: "ModelRef | Path | str") -> str:
     """The model_version a reference names on ``ds``, without loading the model: a version is
     itself (its predictions may come from an unregistered directory), an alias the version in
     force, a directory the version its MANIFEST.json records."""
@@ -311,7 +311,7 @@ def register_model(cfg: JobConfig, directory: Path, alias: str | None = None,
 def _promotion_event(alias: str, version: str, effective: str | None,
                      reason: str | None) -> dict[str, Any]:
     day = (parse_date(effective, "--effective").isoformat() if effective is not None
-           else dt.datetime.now(dt.UTC).date().isoformat())
+           else dt.datetime.now(dt.timezone.utc).date().isoformat())
     return _event("promote", reason, alias=safe_name(alias, "--alias"), version=version,
                   effective=day)
 

@@ -54,7 +54,7 @@ class ValidationStatus:
         return self.status in SCORABLE
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ValidationStatus:
+    def from_json(cls, data: dict[str, Any]) -> "ValidationStatus":
         data = _known(cls, data)
         for name in ("input_rows", "passed_rows", "quarantined_rows"):
             data[name] = int(data.get(name) or 0)
@@ -85,7 +85,7 @@ class ScoreStamp:
     scored_at: str | None = None
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ScoreStamp:
+    def from_json(cls, data: dict[str, Any]) -> "ScoreStamp":
         return cls(**_known(cls, data))
 
 

@@ -68,11 +68,10 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from jobs.core.errors import InputError
 from jobs.core.locks import partition_lock

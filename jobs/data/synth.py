@@ -31,11 +31,10 @@ import datetime as dt
 import math
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -178,8 +177,8 @@ def build_world(spec: DatasetSpec | str, seed: int, rho: float) -> SynthWorld:
 def _build_world(spec: DatasetSpec, seed: int, rho: float) -> SynthWorld:
     if not 0.0 <= rho <= 1.0 or math.isnan(rho):
         raise InputError(f"--task-correlation must be within [0, 1], got {rho}")
-    latent = sorted((int(m.group(1)), f.name) for f in spec.dense_features
-                     if (m := _LATENT.match(f.name)))
+    latent = sorted(((int(m.group(1)), f.name) for f in spec.dense_features
+                     if (m := _LATENT.match(f.name))))
     latent_names = tuple(name for _, name in latent)
     n_tasks = len(spec.tasks)
     d = len(latent_names)
@@ -512,13 +511,5 @@ def generate_synth(cfg: JobConfig, start: str, days: int, rows_per_day: int, see
                        outputs=outputs, settings=settings)
 
 
-__all__ = [
-    "CHUNK_ROWS",
-    "ID_STRIDE",
-    "SynthWorld",
-    "build_world",
-    "catalog_path",
-    "catalog_tables",
-    "generate_synth",
-    "synth_day",
-]
+__all__ = ["generate_synth", "synth_day", "build_world", "catalog_tables", "catalog_path",
+           "SynthWorld", "CHUNK_ROWS", "ID_STRIDE"]

@@ -46,7 +46,7 @@ def available_versions(wh: Warehouse, spec: DatasetSpec, ds: str) -> list[str]:
 
 
 def _select_versions(cfg: JobConfig, wh: Warehouse, spec: DatasetSpec, ds: str,
-                     requested: list[ModelRef | str] | None) -> list[str]:
+                     requested: "list[ModelRef | str] | None") -> list[str]:
     """The versions to evaluate: those requested (any model reference, resolved on ``ds``), or
     every version with predictions on ``ds``."""
     root = wh.partition(spec.name, "predictions", ds)

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -63,7 +62,7 @@ def arrow_schema(schema: T.StructType) -> pa.Schema:
 
 
 def utc_us(scored_at: dt.datetime) -> np.datetime64:
-    return np.datetime64(scored_at.astimezone(dt.UTC).replace(tzinfo=None), "us")
+    return np.datetime64(scored_at.astimezone(dt.timezone.utc).replace(tzinfo=None), "us")
 
 
 def score_batch(artifact, batch: pa.RecordBatch, input_columns: list[str], keys: list[str],
@@ -127,7 +126,7 @@ class Pipeline:
         while len(self._pending) > self.depth:
             self._pending.popleft().result()
 
-    def __enter__(self) -> Pipeline:
+    def __enter__(self) -> "Pipeline":
         return self
 
     def __exit__(self, exc_type, *rest) -> None:

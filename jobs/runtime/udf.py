@@ -24,9 +24,8 @@ worker. This module does not know the warehouse: it works on any DataFrame in an
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa

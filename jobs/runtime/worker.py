@@ -7,8 +7,7 @@ by the artifact's SHA-256 for every later batch and task (Spark reuses Python wo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 from pyspark import TaskContext

@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -390,7 +389,7 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
     method = catalog.method
     if method == "factored" and not factorable(artifact.model, artifact.spec):
         method = "rows"  # e.g. single-task: one input layer per task
-    scored_at = dt.datetime.now(dt.UTC)
+    scored_at = dt.datetime.now(dt.timezone.utc)
     users_df = spark.read.parquet(str(users_dir))
     out = wh.partition(spec.name, "recommendations", ds, model_version=artifact.model_version)
     with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa

@@ -15,10 +15,9 @@ per-row Python. The output partition is staged and swapped in, so a rerun replac
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
@@ -149,7 +148,7 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
     with wh.lock(spec.name, "predictions", ds, artifact.model_version,
                  wait_seconds=cfg.locks.wait_seconds, poll_seconds=cfg.locks.poll_seconds), \
             replacing(out) as staging:
-        scored_at = dt.datetime.now(dt.UTC)  # one stamp for the whole run
+        scored_at = dt.datetime.now(dt.timezone.utc)  # one stamp for the whole run
         if direct_reader_applies(cfg, spec, features_dir):
             written = score_fragments(
                 spark, parquet_fragments(features_dir), files, artifact, spec, cfg, staging,

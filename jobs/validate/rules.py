@@ -29,9 +29,8 @@ metrics stay single-pass aggregates over one cached frame, no window per expecta
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
