@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from browser import visit
 from scipy.spatial.distance import jensenshannon
@@ -83,3 +85,36 @@ def test_feature_drift_end_to_end(spark, job_config, spec, chromium, tmp_path):
     assert "drift.on_drift: fail" in message
     assert len(read_drift(wh, spec.name, TODAY).to_pylist()) == len(rows)
     assert manifest.status == "failed"
+
+
+def test_prediction_drift_against_the_same_versions_trailing_days(job_config, spec):
+    """What `mmoe score` runs on its staged partition (no Spark needed): each p_<task> against
+    the same model version's trailing days; another version's days are not its reference."""
+    from jobs.score.drift import prediction_drift
+
+    cfg = job_config
+    cfg.drift = dataclasses.replace(cfg.drift, reference_days=2)
+    wh = Warehouse(cfg.warehouse)
+    rng = np.random.default_rng(2)
+
+    def scored(ds, version, shift=0.0):
+        d = wh.partition(spec.name, "predictions", ds, model_version=version)
+        d.mkdir(parents=True, exist_ok=True)
+        cols = {f"p_{t}": 1 / (1 + np.exp(-(rng.normal(size=3000) + (shift if t == "click" else 0))))
+                for t in spec.task_names}
+        pq.write_table(pa.table(cols), d / "part-0.parquet")
+        return prediction_drift(cfg, spec, ds, version, d)
+
+    scored("2026-04-01", "other", shift=3.0)       # another version: never a reference
+    first = scored("2026-04-01", "V")
+    assert first["reference_days"] == 0 and first["drifted"] == []
+    scored("2026-04-02", "V")
+    clean = scored("2026-04-03", "V")
+    assert clean["judged"] and clean["drifted"] == [], clean
+    shifted = scored("2026-04-04", "V", shift=1.0)
+    assert shifted["drifted"] == ["p_click"], shifted
+    again = scored("2026-04-04", "V", shift=1.0)     # rerun: replaced, not doubled
+    rows = read_drift(wh, spec.name, "2026-04-04").to_pylist()
+    assert len(rows) == 2 * len(spec.task_names) and again["drifted"] == ["p_click"]
+    assert {r["model_version"] for r in rows} == {"V"}
+    assert {r["statistic"] for r in rows} == {"psi", "js"}

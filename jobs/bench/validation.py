@@ -60,7 +60,9 @@ def run_validation_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
     labels_dir = wh.partition(spec.name, "labels", BENCH_DS)
     spark = get_spark(cfg.spark)
 
-    # without drift first (the drift aggregate off), then the job as configured (drift on)
+    # with drift once (warms the JVM and GX up, writes the day's profile), then without drift
+    # and with drift again: the two timed runs are equally warm
+    validate_partition(spark, cfg, spec, BENCH_DS)
     started = time.perf_counter()
     validate_partition(spark, replace(cfg, drift=replace(cfg.drift, enabled=False)), spec,
                        BENCH_DS)
@@ -91,7 +93,9 @@ def run_validation_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
         "without_drift_seconds": round(without_drift_seconds, 2),
         "without_drift_vs_floor": round(without_drift_seconds / floor_seconds, 2),
         "drift_added": round(validation_seconds / without_drift_seconds - 1.0, 3),
-        "drift_features": len((report.drift_details or {}).get("features", [])),
+        # features profiled; the bench day has no earlier days, so no reference-edge counts
+        # (9 count_if per dense feature) are in the aggregate
+        "drift_features": (report.drift_details or {}).get("watched", 0),
         "scoring_seconds": round(scoring_seconds, 2),
         "quarantined_rows": report.quarantined_rows,
         "floor_rows": counts["rows"], "floor_distinct_keys": counts["distinct_keys"],

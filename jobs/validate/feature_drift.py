@@ -133,7 +133,8 @@ class DriftOutcome:
     def details(self) -> dict[str, Any]:
         return {"judged": self.judged, "reference_days": self.reference_days,
                 "wanted_days": self.wanted_days, "drifted_features": self.drifted,
-                "features": sorted({r.feature for r in self.rows}), "note": self.note(),
+                "features": sorted({r.feature for r in self.rows}),
+                "watched": len(self.profile.features), "note": self.note(),
                 "skipped_partitions": self.skipped}
 
 
