@@ -20,8 +20,8 @@ from jobs.core.warehouse import Warehouse
 from jobs.validate.drift import psi
 from schemas.spec import load_spec
 
-DAYS = ["2026-04-01", "2026-04-02"]
-TODAY = "2026-04-03"
+DAYS = ["2026-04-01"]
+TODAY = "2026-04-02"
 N = 2000
 
 
@@ -37,7 +37,7 @@ def _clean(spec, seed):
 def test_feature_drift_end_to_end(spark, job_config, spec, chromium, tmp_path):
     cfg = job_config
     cfg.validation.keep_data_docs = False
-    cfg.drift = dataclasses.replace(cfg.drift, reference_days=2)
+    cfg.drift = dataclasses.replace(cfg.drift, reference_days=1)
     raw = {}
     for i, ds in enumerate(DAYS):
         raw[ds] = _clean(spec, i)
@@ -47,7 +47,7 @@ def test_feature_drift_end_to_end(spark, job_config, spec, chromium, tmp_path):
         # fewer reference days than configured: measured, never alarming (clean days judged
         # against a full reference: tests/test_drift_stats.py, 30 days)
         assert drift["judged"] is False and drift["drifted_features"] == []
-        assert f"{i} of drift.reference_days 2" in drift["note"]
+        assert f"{i} of drift.reference_days 1" in drift["note"]
     # today: x0's mean and spread move, the platform mix flips; both still within the rules
     today = _clean(spec, 9)
     today["x0"] = [0.3 * v + 6.0 for v in today["x0"]]
@@ -69,7 +69,7 @@ def test_feature_drift_end_to_end(spark, job_config, spec, chromium, tmp_path):
     assert abs(got["platform", "js"]["value"] - jensenshannon(ref / ref.sum(), cur / cur.sum(),
                                                               base=2)) <= 1e-9
     assert got["x0", "psi"]["drifted"] and got["x0", "psi"]["threshold"] == 0.2
-    assert got["x0", "psi"]["reference"] == f"trailing 2 of 2 days {DAYS[0]}..{DAYS[1]}"
+    assert got["x0", "psi"]["reference"] == f"trailing 1 of 1 days {DAYS[0]}..{DAYS[0]}"
     assert not got["x1", "psi"]["drifted"] and "user_id" not in {r["feature"] for r in rows}
     assert all(r["model_version"] is None for r in rows)
 
