@@ -316,7 +316,9 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
              for arm, v in (("baseline", baseline), ("candidate", candidate))}
     result = CompareResult(spec.name, baseline, candidate, start, end, segments, days, pairing,
                            table, plots, decision, gates, prediction_drift=drift)
-    _write(wh, result)
+    with wh.ab_report_lock(spec.name, baseline, candidate, start, end,
+                           wait_seconds=cfg.locks.wait_seconds, poll_seconds=cfg.locks.poll_seconds):
+        _write(wh, result)
     return result
 
 
