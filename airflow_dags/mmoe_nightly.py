@@ -7,7 +7,8 @@ replaces its own partitions:
 
 1. `wait_for_features` — sensor (reschedule mode, so it holds no worker slot while waiting;
    times out after 12 h) until `<wh>/<dataset>/features/ds=D` has data;
-2. `validate` — `mmoe validate` for ds;
+2. `validate` — `mmoe validate` for ds (with `drift.on_drift: fail` a drifted feature fails it,
+   so nothing downstream scores that day);
 3. `models_in_force` → `score` — the champion and every challenger (aliases `challenger*`) in
    force on ds, read from the model registry; one mapped `mmoe score --model V` each;
 4. `evaluate` — `mmoe evaluate` for ds − `evaluation.label_wait_days` (the day whose labels

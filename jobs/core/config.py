@@ -34,6 +34,25 @@ class ValidationConfig:
     on_extra_columns: Literal["fail", "ignore"] = "fail"
 
 
+DRIFT_STATISTICS = ("psi", "js", "null_share")
+
+
+@dataclass
+class DriftConfig:
+    """Feature and prediction drift (jobs/validate/drift.py): against the trailing
+    ``reference_days`` validated days; a statistic over its threshold drifts its feature."""
+
+    enabled: bool = True
+    reference_days: int = 7
+    thresholds: dict[str, float] = field(default_factory=lambda: {
+        "psi": 0.2, "js": 0.1, "null_share": 0.05})
+    on_drift: Literal["warn", "fail"] = "warn"
+    bins: int = 10
+    skip_ids: bool = True          # hashed id features (no vocabulary): not compared
+    id_buckets: int = 64           # with skip_ids false: ids compared over pmod(id, id_buckets)
+    skip: list[str] = field(default_factory=list)   # feature names never compared
+
+
 @dataclass
 class CatalogConfig:
     top_k: int = 20
@@ -159,6 +178,7 @@ class JobConfig:
     warehouse: Path = Path("warehouse")
     spark: SparkConfig = field(default_factory=SparkConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -293,6 +313,21 @@ def _check(cfg: JobConfig) -> None:
     if cfg.locks.poll_seconds <= 0:
         raise ConfigError("locks.poll_seconds must be > 0")
     _check_compare(cfg.compare)
+    _check_drift(cfg.drift)
+
+
+def _check_drift(d: DriftConfig) -> None:
+    if d.reference_days < 1:
+        raise ConfigError("drift.reference_days must be >= 1")
+    if d.bins < 2 or d.id_buckets < 2:
+        raise ConfigError("drift.bins and drift.id_buckets must be >= 2")
+    unknown = sorted(set(d.thresholds) - set(DRIFT_STATISTICS))
+    if unknown:
+        raise ConfigError(f"drift.thresholds: unknown statistic(s) {unknown} (one of "
+                          f"{', '.join(DRIFT_STATISTICS)})")
+    bad = [k for k, v in d.thresholds.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0]
+    if bad:
+        raise ConfigError(f"drift.thresholds.{bad[0]}: must be a number >= 0, got {d.thresholds[bad[0]]!r}")
 
 
 def _check_compare(c: CompareConfig) -> None:

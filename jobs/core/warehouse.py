@@ -78,12 +78,13 @@ from jobs.core.locks import partition_lock
 
 TABLES = ("features", "labels", "predictions", "quarantine", "metrics", "ab_reports",
           "validation", "recommendations", "catalog", "candidates", "models", "_runs", "_locks",
-          "_checkpoints")
+          "_checkpoints", "drift")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 HIDDEN = (".", "_")  # staging / old copies, Spark's _temporary, _SUCCESS, .crc files
 STATUS_FILE = "status.json"
 SCORE_STAMP = "_scored.json"  # in a predictions partition: what it was scored from (hidden name)
+PREDICTION_PROFILE = "_drift_profile.json"  # in a predictions partition: its score distribution (drift)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 

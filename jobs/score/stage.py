@@ -49,7 +49,9 @@ from jobs.score.direct import (
     quarantined_keys,
     score_fragments,
 )
-from jobs.validate.stage import passed_rows, read_status, validate_partition
+from jobs.score.drift import prediction_drift
+from jobs.validate.scorable import passed_rows, read_status
+from jobs.validate.stage import validate_partition
 from mmoe_model.artifact import ModelArtifact
 from schemas.spec import DatasetSpec
 from schemas.tables import predictions_struct
@@ -165,6 +167,9 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
             model_version=artifact.model_version, model_sha256=artifact.sha256,
             features_fingerprint=fingerprint(features_dir), with_gates=with_gates,
             rows=written, scored_at=scored_at.isoformat()))
+        if cfg.drift.enabled and written:
+            details["prediction_drift"] = prediction_drift(cfg, spec, ds, artifact.model_version,
+                                                           staging)
     return ScoreResult(artifact.model_version, artifact.sha256,
                        input_rows=status.passed_rows if status else 0, output_rows=written,
                        quarantined_rows=status.quarantined_rows if status else 0, output=out,
