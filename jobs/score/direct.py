@@ -61,7 +61,7 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
     Rows with a null key or a key in ``excluded`` (the quarantine) are left out. Direct scoring
     needs a single key column (:func:`direct_reader_applies`)."""
     sc = spark.sparkContext
-    shipped = ShippedModel(spark, files, artifact.sha256, cfg.scoring.threads_per_task)
+    shipped = ShippedModel.for_job(spark, files, artifact, cfg.scoring)
     excluded_bc = sc.broadcast(excluded)
     keys, features = spec.key_names, spec.feature_names
     columns = list(dict.fromkeys(keys + features))
