@@ -239,6 +239,16 @@ def _verify(files: Mapping[str, bytes], required: tuple[str, ...] = CONTENT_FILE
     return manifest
 
 
+def _checked_version(files: Mapping[str, bytes], manifest: Mapping[str, Any], version: str) -> str:
+    """``version`` (computed from the content) when the model_version file and the manifest
+    record exactly it; ArtifactTampered otherwise."""
+    recorded = files[VERSION].decode(errors="replace").strip()
+    if version != recorded or manifest.get("model_version") != recorded:
+        raise ArtifactTampered(f"artifact model_version {recorded!r} does not match its "
+                               f"content (expected {version!r})")
+    return version
+
+
 def _kind(files: Mapping[str, bytes]) -> str | None:
     """``config.json``'s kind (None for a trained artifact); unreadable configs are left to the
     loader's own checks."""
@@ -334,11 +344,7 @@ class ModelArtifact:
             layout = InputLayout.from_dict(config["layout"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"artifact {CONFIG} is malformed: {exc}") from None
-        version = model_version_of(arch, files)
-        recorded = files[VERSION].decode(errors="replace").strip()
-        if version != recorded or manifest.get("model_version") != recorded:
-            raise ArtifactTampered(f"artifact model_version {recorded!r} does not match its "
-                                   f"content (expected {version!r})")
+        version = _checked_version(files, manifest, model_version_of(arch, files))
         try:
             spec = parse_spec(_load_json(files, SPEC), origin=f"artifact {SPEC}")
         except SpecError as exc:
@@ -436,11 +442,8 @@ class ImportedArtifact(ModelArtifact):
         against its spec and build its onnxruntime session."""
         manifest = _verify(files, IMPORTED_FILES)
         config = _load_json(files, CONFIG)
-        version = model_version_of(ONNX_KIND, files, _IMPORTED_VERSIONED)
-        recorded = files[VERSION].decode(errors="replace").strip()
-        if version != recorded or manifest.get("model_version") != recorded:
-            raise ArtifactTampered(f"artifact model_version {recorded!r} does not match its "
-                                   f"content (expected {version!r})")
+        version = _checked_version(files, manifest,
+                                   model_version_of(ONNX_KIND, files, _IMPORTED_VERSIONED))
         try:
             spec = parse_spec(_load_json(files, SPEC), origin=f"artifact {SPEC}")
             task_names = [str(t) for t in config["task_names"]]

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pandas as pd
+import pyarrow as pa
 from google.protobuf.message import DecodeError
 
 from mmoe_model.errors import GraphRefused
@@ -196,6 +197,8 @@ def graph_feeds(frame: Frame, spec: DatasetSpec, inputs: tuple[str, ...]) -> dic
         kind = expected_type(spec, name)
         if kind == _FLOAT:
             feeds[name] = _float_values(col).astype(np.float32)
+        elif kind == _STRING and isinstance(col, pa.Array) and pa.types.is_string(col.type):
+            feeds[name] = col.fill_null("").to_numpy(zero_copy_only=False)
         elif kind == _INT64:
             values, nulls = _int_or_object_values(col)
             if values.dtype.kind != "i":

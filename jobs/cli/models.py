@@ -23,15 +23,20 @@ from jobs.core.registry import (
 from jobs.core.warehouse import safe_name
 
 
+# Shared by register and import (typer reads the defaults; they are never mutated).
+ALIAS = typer.Option(None, "--alias", help="Also promote it to this alias.")
+EFFECTIVE = typer.Option(None, "--effective",
+                         help="With --alias: first ds it is in force (default: today, UTC).")
+REASON = typer.Option(None, "--reason", help="Why (kept in the history).")
+
+
 @models_app.command("register")
 def models_register(
     ctx: typer.Context,
     directory: Path = typer.Argument(..., help="Model artifact directory."),
-    alias: Optional[str] = typer.Option(None, "--alias", help="Also promote it to this alias."),
-    effective: Optional[str] = typer.Option(None, "--effective",
-                                            help="With --alias: first ds it is in force "
-                                                 "(default: today, UTC)."),
-    reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the history)."),
+    alias: Optional[str] = ALIAS,
+    effective: Optional[str] = EFFECTIVE,
+    reason: Optional[str] = REASON,
 ) -> None:
     """Copy an artifact into its dataset's registry (content-addressed) and record it."""
     def body(cfg: JobConfig, run_id: str):
@@ -67,11 +72,9 @@ def models_import(
     file: Path = typer.Argument(..., help="The model file (an ONNX graph)."),
     fmt: str = typer.Option(..., "--format", help="onnx"),
     dataset: str = typer.Option(..., "--dataset", help="The dataset whose spec it scores."),
-    alias: Optional[str] = typer.Option(None, "--alias", help="Also promote it to this alias."),
-    effective: Optional[str] = typer.Option(None, "--effective",
-                                            help="With --alias: first ds it is in force "
-                                                 "(default: today, UTC)."),
-    reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the history)."),
+    alias: Optional[str] = ALIAS,
+    effective: Optional[str] = EFFECTIVE,
+    reason: Optional[str] = REASON,
 ) -> None:
     """Check an ONNX multi-task graph against the dataset's spec, wrap it in the artifact format
     and register it (inputs: spec feature columns; outputs: p_<task> or [N, T] probabilities)."""
