@@ -353,3 +353,7 @@ def test_imported_model_backfills_scores_and_udfs_like_a_native_one(spark, plain
     back = ModelArtifact.from_files(build_imported_files(out.out.read_bytes(),
                                                          load_spec("synth"), {}))
     np.testing.assert_allclose(back.predict(rows), expected, atol=1e-5, rtol=0)
+
+
+def test_unknown_runtime_is_refused(refused_config):
+    refused_config("scoring: {runtime: tensorrt}", "scoring.runtime")
