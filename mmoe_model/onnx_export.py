@@ -37,7 +37,8 @@ import torch
 from onnx import TensorProto, compose, helper, numpy_helper
 
 from mmoe_model.errors import ExportRefused
-from mmoe_model.features import _GOLDEN_GAMMA, _MIX1, _MIX2, _HashEncoder, _VocabularyEncoder
+from mmoe_model.features import _HashEncoder, _VocabularyEncoder
+from mmoe_model.hashing import _GOLDEN_GAMMA, _MIX1, _MIX2
 from mmoe_model.onnx_graph import expected_type
 
 OPSET = 18

@@ -47,6 +47,7 @@ from jobs.core.warehouse import (
     sha256_hex,
     write_files_once,
 )
+from schemas import load_spec
 
 MANIFEST = "MANIFEST.json"  # mmoe_model.artifact.MANIFEST (not imported: that module needs torch)
 CHAMPION = "champion"
@@ -229,6 +230,8 @@ def version_of(cfg: JobConfig, dataset: str, ds: str, model: "ModelRef | Path | 
 
 
 def directory_choice(directory: Path) -> ModelChoice:
+    # deferred: mmoe_model.artifact imports torch; the registry stays torch-free (the Airflow
+    # DAG and `mmoe --help` import it)
     from mmoe_model.artifact import read_artifact_files
 
     files = read_artifact_files(directory)
@@ -272,6 +275,7 @@ def register_model(cfg: JobConfig, directory: Path, alias: str | None = None,
     """Copy an artifact into its dataset's registry (content-addressed) and record it; with
     ``alias``, promote it too. Refuses an artifact that fails verification or whose spec differs
     from the dataset's current spec (``SpecMismatch``)."""
+    # deferred: torch (see directory_choice)
     from mmoe_model.artifact import read_artifact_files
 
     return register_files(cfg, read_artifact_files(directory), str(Path(directory).resolve()),
@@ -287,8 +291,8 @@ def import_model(cfg: JobConfig, path: Path, fmt: str, dataset: str, alias: str 
     artifact format (checksums, spec, who / when / source / why in metrics.json) and register
     it (and promote it to ``alias``). Importing the same graph again for the same spec finds
     the same version and records no second registration."""
+    # deferred: torch and onnx (see directory_choice)
     from mmoe_model.artifact import build_imported_files
-    from schemas import load_spec
 
     if fmt not in IMPORT_FORMATS:
         raise InputError(f"--format must be one of {', '.join(IMPORT_FORMATS)}; got {fmt!r}")
@@ -311,8 +315,8 @@ def register_files(cfg: JobConfig, files: dict[str, bytes], source: str, alias: 
     """Register artifact ``files`` (see :func:`register_model`). ``reuse_version``: a version
     already registered with other metadata (an imported graph imported again: same graph and
     spec, another who / when) is the registered one, not a conflict."""
+    # deferred: torch (see directory_choice)
     from mmoe_model.artifact import ModelArtifact
-    from schemas import load_spec
 
     artifact = ModelArtifact.from_files(files)         # verifies every checksum and the version
     dataset = artifact.spec.name
