@@ -25,7 +25,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 data_app = typer.Typer(no_args_is_help=True, help="Write the features and labels tables.")
 app.add_typer(data_app, name="data")
 models_app = typer.Typer(no_args_is_help=True,
-                         help="The model registry in the warehouse: register, promote, list.")
+                         help="The model registry in the warehouse: register, promote, list, "
+                              "import, export (ONNX).")
 app.add_typer(models_app, name="models")
 
 MODEL_HELP = ("Model: an artifact directory, a registered version, or @alias (the promotion of "

@@ -62,6 +62,9 @@ class CatalogConfig:
     method: Literal["factored", "rows"] = "factored"
 
 
+RUNTIMES = ("torch", "onnxruntime")  # scoring.runtime (jobs/runtime/onnx.py)
+
+
 @dataclass
 class ScoringConfig:
     validate_inline: bool = False
@@ -69,6 +72,7 @@ class ScoringConfig:
     batch_size: int = 8192
     threads_per_task: int = 0
     pipeline: bool = True
+    runtime: Literal["torch", "onnxruntime"] = "torch"
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
 
 
@@ -302,6 +306,9 @@ def _check(cfg: JobConfig) -> None:
         raise ConfigError("validation.max_bad_row_fraction must be within [0, 1]")
     if cfg.scoring.reader not in ("direct", "spark"):
         raise ConfigError("scoring.reader must be 'direct' or 'spark'")
+    if cfg.scoring.runtime not in RUNTIMES:
+        raise ConfigError(f"scoring.runtime must be one of {', '.join(RUNTIMES)}; "
+                          f"got {cfg.scoring.runtime!r}")
     if cfg.scoring.batch_size < 1:
         raise ConfigError("scoring.batch_size must be >= 1")
     if cfg.scoring.catalog.top_k < 1 or cfg.scoring.catalog.max_items_per_user < 1:

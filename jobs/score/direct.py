@@ -63,7 +63,7 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
     """Score every fragment into ``staging/part-NNNNN.parquet``; returns the rows written.
     Rows with a null key or a key in ``excluded`` (the quarantine) are left out. Direct scoring
     needs a single key column (:func:`direct_reader_applies`)."""
-    shipped = ShippedModel(spark, files, artifact.sha256, cfg.scoring.threads_per_task)
+    shipped = ShippedModel.for_job(spark, files, artifact, cfg.scoring)
     excluded_bc = ship(spark, excluded)
     work_items = list(enumerate(fragments))
     keys, features = spec.key_names, spec.feature_names

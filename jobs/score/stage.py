@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from jobs.core.config import JobConfig
-from jobs.core.errors import NotValidated
+from jobs.core.errors import InputError, NotValidated
 from jobs.core.manifest import RunRecord
 from jobs.core.registry import ModelChoice, resolve_model
 from jobs.core.spark import default_parallelism, is_connect, session_conf
@@ -91,7 +91,7 @@ def score_frame(spark: SparkSession, frame: DataFrame, files: dict[str, bytes], 
                 with_gates: bool = False) -> DataFrame:
     """Pure transform: keys + features → keys + p_<task> + scored_at (+ gate_<task>)."""
     out_schema = predictions_struct(spec, with_gates=with_gates)
-    shipped = ShippedModel(spark, files, artifact.sha256, cfg.scoring.threads_per_task)
+    shipped = ShippedModel.for_job(spark, files, artifact, cfg.scoring)
     scorer = make_scorer(shipped, spec, spec.feature_names, out_schema, scored_at, with_gates)
     needed = list(dict.fromkeys(spec.key_names + spec.feature_names))
     return frame.select(*needed).mapInArrow(scorer, out_schema)
@@ -136,6 +136,9 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
     features fingerprint) in the partition, which a backfill reads to skip up-to-date days."""
     files, artifact, choice = load_model(cfg, spec, ds, model)
     model_fields = {"model_version": artifact.model_version, "model_sha256": artifact.sha256}
+    if with_gates and artifact.imported:
+        raise InputError(f"--with-gates: {artifact.model_version} is an imported ONNX graph and "
+                         f"has no gates to report", details=model_fields)
     try:
         rows, status, inline = _validated_rows(spark, cfg, spec, ds)  # refuses an unvalidated ds
     except NotValidated as exc:
