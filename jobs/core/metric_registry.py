@@ -12,7 +12,8 @@ sufficient statistics in :class:`Sums` if it needs new ones, and the code that f
 
 Roles: ``size`` (row counts), ``quality`` (has a direction; compared in A/B tests and allowed
 as a guardrail or decision metric), ``support`` (how many users a quality metric rests on),
-``gate`` (gate diagnostics of predictions scored ``--with-gates``, computed in Spark by
+``drift`` (mean prediction next to the label rate, per day: prediction drift seen against
+the labels), ``gate`` (gate diagnostics of predictions scored ``--with-gates``, computed in Spark by
 ``jobs.evaluate.gates``, not from :class:`Sums`).
 
 Pure numpy, vectorised: every :class:`Sums` field may be an array (e.g. one entry per bootstrap
@@ -28,7 +29,7 @@ from typing import Literal
 import numpy as np
 
 Direction = Literal["higher", "lower", "closer_to_1"]
-Role = Literal["size", "quality", "support", "gate"]
+Role = Literal["size", "quality", "support", "drift", "gate"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,10 @@ REGISTRY: tuple[Metric, ...] = (
            lambda s: _f(s.gauc_users)),
     Metric("gauc_excluded_users", "support", None, "single-class users left out of gauc",
            lambda s: _f(s.gauc_excluded)),
+    Metric("mean_prediction", "drift", None, "mean(p) of the group",
+           lambda s: _ratio(s.p_sum, s.count, _f(s.count) > 0)),
+    Metric("label_rate", "drift", None, "observed rate: positives / rows",
+           lambda s: _ratio(s.positives, s.count, _f(s.count) > 0)),
     Metric("gate_entropy", "gate", None, "mean gate entropy / log E (jobs.evaluate.gates)"),
     Metric("gate_max_share", "gate", None,
            "share of the gate mass on the most used expert (jobs.evaluate.gates)"),
@@ -126,7 +131,7 @@ def names(*roles: Role) -> tuple[str, ...]:
     return tuple(m.name for m in REGISTRY if not roles or m.role in roles)
 
 
-ENGINE = names("size", "quality", "support")   # what jobs.evaluate.metrics computes
+ENGINE = names("size", "quality", "support", "drift")   # what jobs.evaluate.metrics computes
 COMPARED = names("quality")                      # A/B tests, guardrails, decision metrics
 GATES = names("gate")
 

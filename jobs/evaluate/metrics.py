@@ -19,7 +19,9 @@ Metrics (``n`` is always the number of rows of the group):
   Without a user column the three values are null;
 - ``logloss`` (p clipped to [1e-15, 1 - 1e-15]), ``ne`` = logloss / entropy of the group's base
   rate (null when the base rate is 0 or 1), ``calibration`` = mean(p) / observed rate (null
-  without positives).
+  without positives); ``mean_prediction`` = mean(p) and ``label_rate`` = the observed rate
+  (each metrics partition is one day: the two side by side show prediction drift against the
+  labels).
 
 Labels count as positive when > 0. Per task, rows whose label or score is null or NaN are left
 out of that task's metrics; rows with a null model_version are left out.
@@ -70,6 +72,7 @@ from pyspark.sql import functions as F
 
 from jobs.core import metric_registry
 from jobs.core.errors import MissingInputError
+from jobs.core.spark import default_parallelism
 from mmoe_model.hashing import splitmix64, value_hash64
 from schemas.tables import METRICS_STRUCT, ddl_arrow_schema
 
@@ -504,11 +507,7 @@ def _shuffle_partitions(scored: DataFrame) -> int:
         configured = int(session.conf.get("spark.sql.shuffle.partitions"))
     except (TypeError, ValueError):
         configured = 200
-    try:
-        cores = session.sparkContext.defaultParallelism
-    except Exception:  # Spark Connect has no SparkContext
-        cores = 1
-    return max(1, configured, cores)
+    return max(1, configured, default_parallelism(session))
 
 
 def compute_metrics(scored: DataFrame, tasks: list[str], segment_columns: list[str],
