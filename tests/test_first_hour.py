@@ -8,7 +8,10 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
 import pytest
+from scipy.stats import norm
 from typer.testing import CliRunner
 
 from _reliability import REPO, cli_env, job_config_file, last_manifest, write_day
@@ -76,3 +79,104 @@ def test_the_same_training_twice_gives_the_same_checksum_and_registers_once(day)
     assert manifest["model_sha256"] == artifact.sha256      # the registered copy's checksum
     assert "nothing to do" in result.stderr
     assert len(read_json_lines(Warehouse(day / "wh").registry_history("synth"))) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Item 3: A/B intervals at the verdicts' multiplicity
+
+
+def _bh_rejections(p, alpha):
+    """BH by its definition: the largest k with p_(k) <= k alpha / m; reject the k smallest."""
+    m, order = len(p), np.argsort(p)
+    k = max([i + 1 for i in range(m) if p[order[i]] <= (i + 1) * alpha / m], default=0)
+    return k
+
+
+def _holm_rejections(p, alpha):
+    m, order = len(p), np.argsort(p)
+    k = 0
+    while k < m and p[order[k]] <= alpha / (m - k):
+        k += 1
+    return k
+
+
+def _records(delta, se):
+    p = 2 * norm.sf(np.abs(delta) / se)
+    return pd.DataFrame({"task": "click", "scope": "all", "segment": [f"s{i}" for i in range(len(p))],
+                         "metric": "auc", "method": "delong", "baseline_value": 0.7,
+                         "candidate_value": 0.7 + delta, "delta": delta, "se": se, "p_value": p,
+                         "ci_low": delta - 1.96 * se, "ci_high": delta + 1.96 * se, "n": 100,
+                         "payload": None})
+
+
+@pytest.mark.parametrize("method", ["bh", "holm"])
+def test_adjusted_intervals_agree_with_the_verdicts_and_an_independent_oracle(method):
+    from jobs.compare.records import finish_report
+
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        m = int(rng.integers(2, 60))
+        se = rng.uniform(0.001, 0.01, m)
+        delta = se * rng.normal(0, 1, m) + se * 4 * (rng.random(m) < 0.3) * rng.choice([-1, 1], m)
+        report = finish_report(_records(delta, se), method, 0.05)
+        p = report["p_value"].to_numpy()
+        # the oracle: rejections by the procedures' definitions, the level from scipy's normal
+        if method == "bh":
+            r = _bh_rejections(p, 0.05)
+            level = np.full(m, max(r, 1) * 0.05 / m)       # Benjamini-Yekutieli (2005)
+        else:
+            r = _holm_rejections(p, 0.05)
+            rank = np.argsort(np.argsort(p)) + 1
+            level = np.where(rank <= r, 0.05 / (m - rank + 1), 0.05 / max(m - r, 1))
+        z = norm.ppf(1 - level / 2)
+        np.testing.assert_allclose(report["ci_low_adjusted"], delta - z * se, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(report["ci_high_adjusted"], delta + z * se, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(report["ci_level_adjusted"], 1 - level, rtol=1e-12)
+        # consistent by construction: the adjusted interval excludes 0 <=> a verdict
+        excludes = (report["ci_low_adjusted"] > 0) | (report["ci_high_adjusted"] < 0)
+        differs = report["verdict"] != "no_difference"
+        assert (excludes == differs).all(), (trial, report[excludes != differs])
+        assert differs.sum() == r
+
+
+def test_the_issues_case_raw_interval_excludes_0_adjusted_does_not():
+    """Like AUC, delta -0.0055 with raw 95% CI [-0.0101, -0.0008] among many tests: BH says no
+    difference, so its adjusted interval must include 0 while the raw one still excludes it."""
+    from jobs.compare.records import finish_report
+
+    se = (0.0101 - 0.0008) / (2 * 1.959964)
+    delta = np.array([-0.0055] + [0.0] * 11)
+    report = finish_report(_records(delta, np.full(12, se)), "bh", 0.05)
+    like = report.iloc[0]
+    assert like["ci_high"] < 0                                   # raw: excludes 0
+    assert like["verdict"] == "no_difference" and like["p_value_adjusted"] >= 0.05
+    assert like["ci_low_adjusted"] < 0 < like["ci_high_adjusted"]  # adjusted: includes 0
+    assert like["ci_level_adjusted"] == pytest.approx(1 - 0.05 / 12)
+
+
+def test_report_shows_both_intervals_says_which_is_which_and_the_guardrail_per_task():
+    from types import SimpleNamespace
+
+    from jobs.compare.records import decide, finish_report
+    from jobs.compare.report import render_html, render_markdown
+    from jobs.core.config import Guardrail
+
+    se = (0.0101 - 0.0008) / (2 * 1.959964)
+    report = finish_report(_records(np.array([-0.0055] + [0.0] * 11), np.full(12, se)), "bh", 0.05)
+    report["segment"] = ["all"] + list(report["segment"][1:])
+    report["task"] = ["like"] + ["click"] * 11
+    report["day"] = None
+    decision = decide(report, ["auc"], [Guardrail("auc", 0.005)], ["like", "click"])
+    assert decision.tasks["like"] == "no_difference" and decision.guardrails_by_task["like"]
+    result = SimpleNamespace(report=report, decision=decision, dataset="synth", baseline="a",
+                             candidate="b", start=DS, end=DS, segments=[], plots={}, gates=None,
+                             pairing=SimpleNamespace(labelled_rows=1, paired_rows=1,
+                                                     baseline_only_rows=0, candidate_only_rows=0,
+                                                     paired_without_labels=0))
+    page = render_html(result)
+    assert "adjusted CI (level)" in page and "raw 95% CI" in page
+    assert "Benjamini-Yekutieli" in page and "excludes 0 exactly" in page
+    per_task = page.split("<h2>Per task</h2>", 1)[1].split("</table>", 1)[0]
+    assert "<b>broken</b>: auc regressed by" in per_task
+    md = render_markdown(result)
+    assert "broken: auc regressed" in md and "adjusted CI" in md

@@ -62,7 +62,7 @@ def run_command(ctx: typer.Context, job: str, dataset: str, ds: Optional[str],
     # the Python driver's stderr into its stdout, and the manifest must stay the last line.
     if exc is None:
         print_summary(outcome.result)
-    if exc is not None and not isinstance(exc, KeyboardInterrupt):
+    if exc is not None:
         print(f"error: {error_line(exc)}", file=sys.stderr, flush=True)
     print(outcome.manifest.to_json(), flush=True)
     if exc is None:

@@ -10,6 +10,7 @@ from typing import Iterator
 
 from pyspark.sql import SparkSession
 
+from jobs.core import signals
 from jobs.core.config import SparkConfig
 
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
@@ -46,6 +47,7 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     for key, value in driver_settings(cfg, _stderr_is_tty(), submitted).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    signals.reinstall()  # SparkContext installs its own SIGINT handler; a job's stop is ours
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 

@@ -81,6 +81,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from jobs.core import signals
 from jobs.core.errors import InputError, PartitionLocked
 
 TABLES = ("features", "labels", "predictions", "quarantine", "metrics", "ab_reports",
@@ -417,10 +418,11 @@ def replacing(target: Path) -> Iterator[Path]:
             staging.mkdir(parents=True, exist_ok=True)
             _pause_point("staged", target)
             old = _sibling(target, "old", token)
-            if target.exists():
-                target.rename(old)
-                _pause_point("swapping", target)
-            staging.rename(target)
+            with signals.deferred():  # a SIGTERM waits until the two renames are done
+                if target.exists():
+                    target.rename(old)
+                    _pause_point("swapping", target)
+                staging.rename(target)
             shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
