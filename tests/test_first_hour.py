@@ -5,6 +5,7 @@ refused before the JVM starts, in one plain line."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -180,3 +181,67 @@ def test_report_shows_both_intervals_says_which_is_which_and_the_guardrail_per_t
     assert "<b>broken</b>: auc regressed by" in per_task
     md = render_markdown(result)
     assert "broken: auc regressed" in md and "adjusted CI" in md
+
+
+# --------------------------------------------------------------------------------------------
+# Item 6: refused before the JVM starts, in one plain line
+
+_DRIVER = r"""
+import contextlib, io, json, sys
+from jobs.cli import main
+out = []
+for args in json.loads(sys.argv[1]):
+    err, std = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(std):
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+    out.append({"code": code, "stderr": err.getvalue(), "stdout": std.getvalue()})
+print(json.dumps({"runs": out, "pyspark_imported": "pyspark" in sys.modules}))
+"""
+
+
+def test_arguments_checkable_without_spark_are_refused_before_the_jvm_starts(day):
+    from _reliability import tiny_model
+
+    model = str(tiny_model(day / "untrained", load_spec("synth")))
+    config = job_config_file(day / "config.yaml", training=SMALL)
+    g = ["--config", str(config), "--warehouse", str(day / "wh")]
+    empty = "2026-06-01"  # no features partition
+    cases = [  # (args, exit code, what the one line says, a manifest follows)
+        (["score", "--dataset", "synth", "--ds", DS, "--model", "no/such/dir"], 1,
+         "neither an artifact directory", True),
+        (["score", "--dataset", "synth", "--ds", DS, "--model", "mmoe-000000000000"], 1,
+         "unknown model version 'mmoe-000000000000'", True),
+        (["score", "--dataset", "synth", "--ds", DS, "--model", "@nobody"], 1,
+         "unknown alias @nobody", True),
+        (["score", "--dataset", "synth", "--ds", empty, "--model", model], 1,
+         f"no data for synth on {empty}", True),
+        (["validate", "--dataset", "synth", "--ds", empty], 1, f"no data for synth on {empty}",
+         True),
+        (["compare", "--dataset", "synth", "--baseline", model, "--candidate", model,
+          "--start", DS, "--end", DS], 2, "are the same model version", True),
+        (["backfill", "--dataset", "synth", "--start", DS, "--end", DS, "--model", "@nobody"], 1,
+         "unknown alias @nobody", True),
+        (["validate", "--dataset", "no-such-spec", "--ds", DS], 1, "no-such-spec", True),
+        (["score", "--dataset", "synth", "--dss", DS], 2, "No such option: --dss", False),
+        (["score", "--dataset", "synth"], 2, "Missing option '--ds'", False),
+    ]
+    proc = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps([g + c[0] for c in cases])],
+                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not report["pyspark_imported"], "a refusal started Spark"
+    for (args, code, needle, has_manifest), run in zip(cases, report["runs"]):
+        lines = run["stderr"].strip().splitlines()
+        assert run["code"] == code, (args, run)
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, run["stderr"])
+        assert needle in lines[0], (args, lines[0])
+        # no class-name prefix ("error: SpecError: ...") and no Typer box
+        assert not re.match(r"error: [A-Z]\w*(Error|Exception): ", lines[0]), lines[0]
+        assert "│" not in run["stderr"] and "╭" not in run["stderr"]
+        if has_manifest:
+            manifest = json.loads(run["stdout"].strip().splitlines()[-1])
+            assert manifest["status"] == "failed" and manifest["error"] in lines[0]

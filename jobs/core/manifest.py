@@ -99,14 +99,22 @@ def error_line(exc: BaseException) -> str:
     """The one line a failure is reported with: the message of our typed errors, else the
     exception's type and first line."""
     text = str(exc).strip().splitlines()
-    if isinstance(exc, (MmoeError, JobStopped)) or _is_model_error(exc):
+    if isinstance(exc, (MmoeError, JobStopped)) or _is_model_error(exc) or _is_ours(exc):
         return text[0] if text else type(exc).__name__
     if isinstance(exc, KeyboardInterrupt):
         return "stopped by SIGINT (interrupted)"
     cause = spark_task_failure(str(exc))
     if cause:
-        return f"{type(exc).__name__}: {cause}"
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+        return cause
+    # a bug: the type name is part of what a person needs to report it
+    return (f"unexpected {type(exc).__name__} (the traceback is in the manifest): "
+            f"{text[0] if text else ''}").rstrip(": ")
+
+
+def _is_ours(exc: BaseException) -> bool:
+    """An exception class of this project (e.g. ``schemas.spec.SpecError``): its message is
+    written for people, without a class-name prefix."""
+    return type(exc).__module__.split(".")[0] in ("jobs", "schemas", "mmoe_model")
 
 
 _PY_EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Fault|Exit)): (.*)$")
