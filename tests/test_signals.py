@@ -44,9 +44,10 @@ def setup(spark, tmp_path_factory):
     write_day(wh, spec, VALIDATE_DS, features=cols)
     model = tiny_model(root / "model", spec)
     config = job_config_file(root / "config.yaml")
-    result = CliRunner().invoke(app, ["--config", str(config), "--warehouse", str(wh), "validate",
-                                      "--dataset", "synth", "--ds", SCORE_DS])
-    assert result.exit_code == 0, result.stderr
+    for ds in (SCORE_DS, BACKFILL_DS):  # in this session's JVM: the backfill reuses it
+        result = CliRunner().invoke(app, ["--config", str(config), "--warehouse", str(wh),
+                                          "validate", "--dataset", "synth", "--ds", ds])
+        assert result.exit_code == 0, result.stderr
     return {"root": root, "wh": wh, "model": model, "config": config, "spec": spec}
 
 
