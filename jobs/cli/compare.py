@@ -36,9 +36,8 @@ def compare(
         base, cand = ModelRef.parse(baseline), ModelRef.parse(candidate)
         spec = load_dataset_spec(dataset)
         precheck.different_models(cfg, spec.name, end, base, cand)  # before the JVM starts
-        from jobs.compare.stage import (
-            compare_models,  # deferred: pyspark (CLI start-up)
-        )
+        # deferred: pyspark (CLI start-up)
+        from jobs.compare.stage import compare_models
 
         result = compare_models(spark_session(cfg), cfg, spec, base, cand, start, end,
                                 segment or None)

@@ -25,9 +25,8 @@ def validate(
     def body(cfg: JobConfig, run_id: str):
         spec = load_dataset_spec(dataset)
         precheck.features_present(cfg, spec.name, ds, "validate")  # before the JVM starts
-        from jobs.validate.stage import (
-            validate_partition,  # deferred: pyspark, GX (start-up)
-        )
+        # deferred: pyspark, GX (start-up)
+        from jobs.validate.stage import validate_partition
 
         return validate_partition(spark_session(cfg), cfg, spec, ds, run_id=run_id)
 
@@ -51,9 +50,8 @@ def score(
         precheck.model_known(cfg, spec.name, ds, target)  # before the JVM starts
         if not catalog:
             precheck.features_present(cfg, spec.name, ds, "score")
-        from jobs.score.catalog import (
-            score_catalog,  # deferred: pyspark, torch (start-up)
-        )
+        # deferred: pyspark, torch (start-up)
+        from jobs.score.catalog import score_catalog
         from jobs.score.stage import score_partition
 
         if catalog:
@@ -76,9 +74,8 @@ def evaluate(
     def body(cfg: JobConfig, run_id: str):
         spec = load_dataset_spec(dataset)
         refs = [ModelRef.parse(v) for v in model_version or []]
-        from jobs.evaluate.stage import (
-            evaluate_partition,  # deferred: pyspark (start-up)
-        )
+        # deferred: pyspark (start-up)
+        from jobs.evaluate.stage import evaluate_partition
 
         return evaluate_partition(spark_session(cfg), cfg, spec, ds, refs or None)
 

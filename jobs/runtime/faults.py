@@ -26,6 +26,8 @@ import signal
 import time
 from pathlib import Path
 
+from pyspark import TaskContext
+
 from jobs.core.errors import ConfigError
 
 FAULT_ENV = "MMOE_FAULT"
@@ -50,7 +52,6 @@ def after_first_batch(faults: frozenset[str]) -> None:
     task's first attempt only."""
     if not faults:
         return
-    from pyspark import TaskContext
 
     ctx = TaskContext.get()
     if ctx is None or ctx.attemptNumber() > 0:
