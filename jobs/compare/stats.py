@@ -307,12 +307,17 @@ def average_precision(pos: np.ndarray, count: np.ndarray) -> np.ndarray:
 # Multiplicity
 
 
+def _tests(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The p-values as floats, an all-NaN output of their shape, the indices of the tests
+    (finite p-values; NaN is no test)."""
+    p = np.asarray(p, dtype=np.float64)
+    return p, np.full(p.shape, np.nan), np.flatnonzero(np.isfinite(p))
+
+
 def adjust_pvalues(p: np.ndarray, method: str) -> np.ndarray:
     """Holm's step-down or Benjamini-Hochberg's step-up adjusted p-values; NaN stays NaN and
     does not count as a test."""
-    p = np.asarray(p, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    idx = np.flatnonzero(np.isfinite(p))
+    p, out, idx = _tests(p)
     k = len(idx)
     if not k:
         return out
@@ -343,9 +348,7 @@ def adjusted_levels(p: np.ndarray, method: str, alpha: float) -> np.ndarray:
     So with a normal interval (delta +- z(1 - level / 2) se, the p-value its counterpart), the
     adjusted interval excludes 0 exactly when ``adjust_pvalues(p, method) < alpha``.
     """
-    p = np.asarray(p, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    idx = np.flatnonzero(np.isfinite(p))
+    p, out, idx = _tests(p)
     m = len(idx)
     if not m:
         return out
