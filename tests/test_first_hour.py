@@ -241,6 +241,7 @@ def test_arguments_checkable_without_spark_are_refused_before_the_jvm_starts(day
         assert needle in lines[0], (args, lines[0])
         # no class-name prefix ("error: SpecError: ...") and no Typer box
         assert not re.match(r"error: [A-Z]\w*(Error|Exception): ", lines[0]), lines[0]
+        assert "unexpected" not in lines[0], lines[0]  # our own errors are not bugs
         assert "│" not in run["stderr"] and "╭" not in run["stderr"]
         if has_manifest:
             manifest = json.loads(run["stdout"].strip().splitlines()[-1])
