@@ -222,7 +222,7 @@ def test_arguments_checkable_without_spark_are_refused_before_the_jvm_starts(day
         (["validate", "--dataset", "synth", "--ds", empty], 1, f"no data for synth on {empty}",
          True),
         (["compare", "--dataset", "synth", "--baseline", model, "--candidate", model,
-          "--start", DS, "--end", DS], 2, "are the same model version", True),
+          "--start", DS, "--end", DS], 2, "are the same version", True),
         (["backfill", "--dataset", "synth", "--start", DS, "--end", DS, "--model", "@nobody"], 1,
          "unknown alias @nobody", True),
         (["validate", "--dataset", "no-such-spec", "--ds", DS], 1, "no-such-spec", True),

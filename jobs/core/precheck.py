@@ -34,5 +34,5 @@ def different_models(cfg: JobConfig, dataset: str, ds: str, baseline: ModelRef,
     """compare's two arms are not the same model version."""
     versions = [version_of(cfg, dataset, ds, ref) for ref in (baseline, candidate)]
     if versions[0] == versions[1]:
-        raise InputError(f"--baseline {baseline} and --candidate {candidate} are the same model "
-                         f"version {versions[0]}: nothing to compare")
+        raise InputError(f"--baseline {baseline} and --candidate {candidate} are the same version "
+                         f"{versions[0]}: nothing to compare")
