@@ -4,6 +4,7 @@ replaced on rerun, one-line refusals, gate diagnostics."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -19,6 +20,7 @@ from jobs.compare import stats
 from jobs.compare.stage import compare_models
 from jobs.core.errors import InputError, MissingInputError
 from jobs.core.warehouse import Warehouse, read_table
+from jobs.score.drift import prediction_drift
 from schemas.spec import load_spec
 from schemas.tables import labels_arrow_schema
 
@@ -72,6 +74,12 @@ def warehouse(job_config, spec):
         _write(wh.partition(spec.name, "predictions", ds, model_version="B"),
                _predictions(spec, np.concatenate([ids[3:], ids[-1] + 100 + np.arange(4)]), labels,
                             1.0, rng, gates=True))
+    # each arm's prediction drift (what `mmoe score` writes): day 2 against day 1
+    job_config.drift = dataclasses.replace(job_config.drift, reference_days=1)
+    for ds in DAYS:
+        for v in ("A", "B"):
+            prediction_drift(job_config, spec, ds, v,
+                             wh.partition(spec.name, "predictions", ds, model_version=v))
     return wh
 
 
@@ -136,7 +144,10 @@ def test_pairing_values_rerun_and_gates(spark, job_config, spec, warehouse, chro
     page = visit(chromium, again.outputs["html"])
     assert page.errors == [] and page.requests == []
     # a figure row per task, per-day deltas, gates; tables: tasks, pairing, verdicts, segments
-    assert page.images == len(spec.task_names) + 2 and page.tables == 4
+    # + one prediction drift table per arm
+    assert page.images == len(spec.task_names) + 2 and page.tables == 4 + 2
+    assert "Prediction drift" in page.text and "candidate B" in page.text and "p_click" in page.text
+    (job_config.warehouse.parent / "compare.png").write_bytes(page.screenshot)
     assert page.screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(page.screenshot) > 50_000
     summary = open(again.outputs["summary"]).read()
     assert "**SHIP**" in summary and "| click | better |" in summary

@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 
 from jobs.cli import app
 from jobs.core.warehouse import Warehouse
-from jobs.validate.stage import passed_rows, validate_partition
+from jobs.validate.scorable import passed_rows
+from jobs.validate.stage import validate_partition
 from schemas.spec import load_spec
 from schemas.tables import labels_arrow_schema
 

@@ -15,7 +15,8 @@ from jobs.core.manifest import RunManifest
 from jobs.core.warehouse import Warehouse
 from jobs.score.catalog import score_catalog
 from jobs.score.stage import score_partition
-from jobs.validate.stage import passed_rows, validate_partition
+from jobs.validate.scorable import passed_rows
+from jobs.validate.stage import validate_partition
 from mmoe_model.artifact import save_artifact
 from mmoe_model.errors import ArtifactTampered, SpecMismatch
 from mmoe_model.features import FeatureEncoder, InputLayout

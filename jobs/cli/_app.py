@@ -25,7 +25,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 data_app = typer.Typer(no_args_is_help=True, help="Write the features and labels tables.")
 app.add_typer(data_app, name="data")
 models_app = typer.Typer(no_args_is_help=True,
-                         help="The model registry in the warehouse: register, promote, list.")
+                         help="The model registry in the warehouse: register, promote, list, "
+                              "import, export (ONNX).")
 app.add_typer(models_app, name="models")
 
 MODEL_HELP = ("Model: an artifact directory, a registered version, or @alias (the promotion of "
@@ -36,9 +37,10 @@ MODEL_HELP = ("Model: an artifact directory, a registered version, or @alias (th
 class Globals:
     config: Optional[Path]
     warehouse: Optional[Path]
+    remote: Optional[str] = None
 
     def job_config(self) -> JobConfig:
-        return load_config(self.config, self.warehouse)
+        return load_config(self.config, self.warehouse, self.remote)
 
 
 @app.callback()
@@ -48,8 +50,11 @@ def _globals(
                                           help="Job config YAML (default: the embedded demo config)."),
     warehouse: Optional[Path] = typer.Option(None, "--warehouse", envvar="MMOE_WAREHOUSE",
                                              help="Warehouse root; overrides the config's."),
+    remote: Optional[str] = typer.Option(None, "--remote", envvar="SPARK_REMOTE",
+                                         help="Spark Connect server (sc://HOST:PORT); overrides "
+                                              "the config's spark.remote. Unset: classic Spark."),
 ) -> None:
-    ctx.obj = Globals(config, warehouse)
+    ctx.obj = Globals(config, warehouse, remote)
 
 
 def run_command(ctx: typer.Context, job: str, dataset: str, ds: Optional[str],

@@ -136,7 +136,7 @@ def _print_recommendations(spark, spec, run: RunManifest, users: int = 3, k: int
 
 def _print_gates(spark, cfg: JobConfig, spec, ds: str, model_dir: Path, rows: int = 5000) -> None:
     """Which experts each task's gate uses, on a sample of the scored day (in-process)."""
-    from jobs.validate.stage import passed_rows
+    from jobs.validate.scorable import passed_rows
     from mmoe_model.artifact import ModelArtifact
     from mmoe_model.gates import gate_summary
 

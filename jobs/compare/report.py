@@ -15,6 +15,10 @@ import math
 import numpy as np
 import pandas as pd
 
+from jobs.validate.drift import DriftRow
+from jobs.validate.report import CSS as VALIDATION_CSS
+from jobs.validate.report import render_drift_rows
+
 METRICS = ("auc", "gauc", "pr_auc", "logloss", "ne", "calibration")
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px 32px;color:#1d2330;max-width:1300px}
@@ -28,7 +32,7 @@ th{background:#f2f4f8}td.l,th.l{text-align:left}
 .raw{color:#8a90a0}td{white-space:nowrap}
 .figs{display:flex;flex-wrap:wrap;gap:8px}.figs img{border:1px solid #e5e7ee;max-width:100%}
 ul{margin-top:4px}
-"""
+""" + "\n".join(line for line in VALIDATION_CSS.splitlines() if line.startswith((".bar", ".ok-bar", "svg.spark")))
 
 
 def _f(x, digits: int = 4) -> str:
@@ -210,6 +214,29 @@ def _ordered(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(_m=rows["metric"].map(order)).sort_values(["task", "segment", "_m"]).drop(columns="_m")
 
 
+def _drift_section(result) -> str:
+    """Per arm: its last day's prediction drift rows (bar per task column, coloured by
+    threshold) and each column's PSI over the range's days (small line)."""
+    out = []
+    for arm, version in (("baseline", result.baseline), ("candidate", result.candidate)):
+        rows = getattr(result, "prediction_drift", {}).get(arm) or []
+        if not rows:
+            continue
+        last = max(r["ds"] for r in rows)
+        history: dict[str, list] = {}
+        for r in sorted(rows, key=lambda r: r["ds"]):
+            if r["statistic"] == "psi":
+                history.setdefault(r["feature"], []).append((r["ds"], r["value"]))
+        today = [DriftRow(r["feature"], r["statistic"], r["value"], r["threshold"], r["drifted"],
+                          r["reference"], r["reference_days"], r["model_version"])
+                 for r in rows if r["ds"] == last]
+        drifted = sorted({r["feature"] + " on " + r["ds"] for r in rows if r["drifted"]})
+        note = (f"{arm} {version}, ds={last}: "
+                + (f"drifted: {', '.join(drifted)}" if drifted else "no drifted day in the range"))
+        out.append(render_drift_rows(today, history, note))
+    return "".join(out)
+
+
 def render_html(result) -> str:
     report = result.report
     tasks = list(dict.fromkeys(report["task"]))
@@ -260,6 +287,9 @@ def render_html(result) -> str:
         parts += ["<h2>Gates</h2>", "<ul>" + "".join(f"<li>{_esc(x)}</li>" for x in flags) + "</ul>"
                   if flags else "<p>No collapsed gate, no dead expert.</p>",
                   f"<div class=figs>{_gate_figure(result.gates)}</div>"]
+    drift = _drift_section(result)
+    if drift:
+        parts += ["<h2>Prediction drift (score distribution vs the arm's trailing days)</h2>", drift]
     parts.append("<p class=sub>AUC: DeLong's test (exact). Other metrics: paired bootstrap clustered "
                  "by user, normal interval. p-values adjusted over every test in this report. "
                  f"{INTERVALS_NOTE}</p>")

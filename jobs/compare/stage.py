@@ -38,6 +38,7 @@ from jobs.compare.records import (
 )
 from jobs.compare.report import render_html, render_markdown
 from jobs.core.config import JobConfig
+from jobs.core.drift_table import version_drift
 from jobs.core.errors import InputError, MissingInputError
 from jobs.core.manifest import RunRecord
 from jobs.core.modelref import ModelRef
@@ -99,6 +100,7 @@ class CompareResult:
     decision: Decision
     gates: dict | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    prediction_drift: dict[str, list[dict]] = field(default_factory=dict)  # arm -> drift rows
 
     def record(self):
         return RunRecord(
@@ -313,8 +315,10 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
         gates = {role: gate_diagnostics(frame, tasks) for role, frame in
                  (("baseline", base), ("candidate", cand))}
 
+    drift = {arm: version_drift(wh, spec.name, v, days)
+             for arm, v in (("baseline", baseline), ("candidate", candidate))}
     result = CompareResult(spec.name, baseline, candidate, start, end, segments, days, pairing,
-                           table, plots, decision, gates)
+                           table, plots, decision, gates, prediction_drift=drift)
     with wh.ab_report_lock(spec.name, baseline, candidate, start, end,
                            wait_seconds=cfg.locks.wait_seconds, poll_seconds=cfg.locks.poll_seconds):
         _write(wh, result)

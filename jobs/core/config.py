@@ -22,6 +22,7 @@ DEFAULT_CONFIG = importlib.resources.files("jobs.core") / "default_config.yaml"
 class SparkConfig:
     master: str = "local[*]"
     app_name: str = "mmoe"
+    remote: str | None = None  # sc://HOST:PORT: a Spark Connect server (then master is not used)
     conf: dict[str, str] = field(default_factory=dict)
 
 
@@ -33,6 +34,25 @@ class ValidationConfig:
     on_extra_columns: Literal["fail", "ignore"] = "fail"
 
 
+DRIFT_STATISTICS = ("psi", "js", "null_share")
+
+
+@dataclass
+class DriftConfig:
+    """Feature and prediction drift (jobs/validate/drift.py): against the trailing
+    ``reference_days`` validated days; a statistic over its threshold drifts its feature."""
+
+    enabled: bool = True
+    reference_days: int = 7
+    thresholds: dict[str, float] = field(default_factory=lambda: {
+        "psi": 0.2, "js": 0.1, "null_share": 0.05})
+    on_drift: Literal["warn", "fail"] = "warn"
+    bins: int = 10
+    skip_ids: bool = True          # hashed id features (no vocabulary): not compared
+    id_buckets: int = 64           # with skip_ids false: ids compared over pmod(id, id_buckets)
+    skip: list[str] = field(default_factory=list)   # feature names never compared
+
+
 @dataclass
 class CatalogConfig:
     top_k: int = 20
@@ -42,6 +62,9 @@ class CatalogConfig:
     method: Literal["factored", "rows"] = "factored"
 
 
+RUNTIMES = ("torch", "onnxruntime")  # scoring.runtime (jobs/runtime/onnx.py)
+
+
 @dataclass
 class ScoringConfig:
     validate_inline: bool = False
@@ -49,6 +72,7 @@ class ScoringConfig:
     batch_size: int = 8192
     threads_per_task: int = 0
     pipeline: bool = True
+    runtime: Literal["torch", "onnxruntime"] = "torch"
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
 
 
@@ -158,6 +182,7 @@ class JobConfig:
     warehouse: Path = Path("warehouse")
     spark: SparkConfig = field(default_factory=SparkConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -166,8 +191,10 @@ class JobConfig:
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
-def load_config(path: str | Path | None = None, warehouse: str | Path | None = None) -> JobConfig:
-    """Read a config file (default: the embedded demo config); ``warehouse`` overrides its root."""
+def load_config(path: str | Path | None = None, warehouse: str | Path | None = None,
+                remote: str | None = None) -> JobConfig:
+    """Read a config file (default: the embedded demo config); ``warehouse`` overrides its root,
+    ``remote`` (a Spark Connect URL) its ``spark.remote``."""
     path = Path(path) if path else DEFAULT_CONFIG
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -183,6 +210,8 @@ def load_config(path: str | Path | None = None, warehouse: str | Path | None = N
     if warehouse is not None:
         cfg.warehouse = Path(warehouse)
     cfg.warehouse = Path(cfg.warehouse).expanduser().resolve()
+    if remote:
+        cfg.spark.remote = remote
     _check(cfg)
     return cfg
 
@@ -277,6 +306,9 @@ def _check(cfg: JobConfig) -> None:
         raise ConfigError("validation.max_bad_row_fraction must be within [0, 1]")
     if cfg.scoring.reader not in ("direct", "spark"):
         raise ConfigError("scoring.reader must be 'direct' or 'spark'")
+    if cfg.scoring.runtime not in RUNTIMES:
+        raise ConfigError(f"scoring.runtime must be one of {', '.join(RUNTIMES)}; "
+                          f"got {cfg.scoring.runtime!r}")
     if cfg.scoring.batch_size < 1:
         raise ConfigError("scoring.batch_size must be >= 1")
     if cfg.scoring.catalog.top_k < 1 or cfg.scoring.catalog.max_items_per_user < 1:
@@ -288,6 +320,21 @@ def _check(cfg: JobConfig) -> None:
     if cfg.locks.poll_seconds <= 0:
         raise ConfigError("locks.poll_seconds must be > 0")
     _check_compare(cfg.compare)
+    _check_drift(cfg.drift)
+
+
+def _check_drift(d: DriftConfig) -> None:
+    if d.reference_days < 1:
+        raise ConfigError("drift.reference_days must be >= 1")
+    if d.bins < 2 or d.id_buckets < 2:
+        raise ConfigError("drift.bins and drift.id_buckets must be >= 2")
+    unknown = sorted(set(d.thresholds) - set(DRIFT_STATISTICS))
+    if unknown:
+        raise ConfigError(f"drift.thresholds: unknown statistic(s) {unknown} (one of "
+                          f"{', '.join(DRIFT_STATISTICS)})")
+    bad = [k for k, v in d.thresholds.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0]
+    if bad:
+        raise ConfigError(f"drift.thresholds.{bad[0]}: must be a number >= 0, got {d.thresholds[bad[0]]!r}")
 
 
 def _check_compare(c: CompareConfig) -> None:

@@ -17,6 +17,11 @@ class ConfigError(MmoeError):
     exit_code = 2
 
 
+class SparkUnavailable(MmoeError):
+    """The Spark Connect server named by ``spark.remote`` / ``SPARK_REMOTE`` / ``--remote``
+    cannot be reached (refused, timed out, not a Connect server)."""
+
+
 class InputError(MmoeError):
     """Bad command-line input (dates, paths, names), refused before any work."""
 

@@ -74,17 +74,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from jobs.core import signals
-from jobs.core.errors import InputError
+from jobs.core.errors import InputError, MissingInputError
 from jobs.core.locks import partition_lock
 
 TABLES = ("features", "labels", "predictions", "quarantine", "metrics", "ab_reports",
           "validation", "recommendations", "catalog", "candidates", "models", "_runs", "_locks",
-          "_checkpoints")
+          "_checkpoints", "drift")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 HIDDEN = (".", "_")  # staging / old copies, Spark's _temporary, _SUCCESS, .crc files
 STATUS_FILE = "status.json"
 SCORE_STAMP = "_scored.json"  # in a predictions partition: what it was scored from (hidden name)
+PREDICTION_PROFILE = "_drift_profile.json"  # in a predictions partition: its score distribution (drift)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -457,10 +458,15 @@ def remove(target: Path) -> None:
 
 def write_text(path: Path, text: str) -> Path:
     """Write a small text file (an HTML report) atomically (temporary name, then rename)."""
+    return write_bytes(path, text.encode())
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write a file (an exported model) atomically (temporary name, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     tmp.replace(path)
     return path
 
@@ -528,6 +534,16 @@ def read_files(directory: Path) -> dict[str, bytes]:
         return {}
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())
             if p.is_file() and not p.name.startswith(HIDDEN)}
+
+
+def read_bytes(path: Path, what: str) -> bytes:
+    """One file's bytes (a model file a user names), or a one-line MissingInputError."""
+    try:
+        return Path(path).read_bytes()
+    except IsADirectoryError:
+        raise MissingInputError(f"{what} {path} is a directory, not a file") from None
+    except OSError as exc:
+        raise MissingInputError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
 
 
 def write_files_once(target: Path, files: dict[str, bytes]) -> bool:

@@ -19,7 +19,9 @@ Metrics (``n`` is always the number of rows of the group):
   Without a user column the three values are null;
 - ``logloss`` (p clipped to [1e-15, 1 - 1e-15]), ``ne`` = logloss / entropy of the group's base
   rate (null when the base rate is 0 or 1), ``calibration`` = mean(p) / observed rate (null
-  without positives).
+  without positives); ``mean_prediction`` = mean(p) and ``label_rate`` = the observed rate
+  (each metrics partition is one day: the two side by side show prediction drift against the
+  labels).
 
 Labels count as positive when > 0. Per task, rows whose label or score is null or NaN are left
 out of that task's metrics; rows with a null model_version are left out.
@@ -68,12 +70,13 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from jobs.core.errors import MissingInputError
+from jobs.core.spark import default_parallelism
 from mmoe_model.hashing import splitmix64, value_hash64
 from schemas.tables import METRICS_STRUCT, ddl_arrow_schema
 
 EPS = 1e-15
 METRICS = ("count", "positives", "auc", "pr_auc", "gauc", "gauc_users", "gauc_excluded_users",
-           "logloss", "ne", "calibration")
+           "logloss", "ne", "calibration", "mean_prediction", "label_rate")
 FLUSH_ROWS = 1 << 20          # input rows a sender gathers before cutting blobs
 _MANTISSA_SHIFT = 52 - 5      # keep 5 mantissa bits: 32 buckets per octave
 _HALF_BUCKET = int(np.array(0.5).view(np.int64)) >> _MANTISSA_SHIFT
@@ -501,11 +504,7 @@ def _shuffle_partitions(scored: DataFrame) -> int:
         configured = int(session.conf.get("spark.sql.shuffle.partitions"))
     except (TypeError, ValueError):
         configured = 200
-    try:
-        cores = session.sparkContext.defaultParallelism
-    except Exception:  # Spark Connect has no SparkContext
-        cores = 1
-    return max(1, configured, cores)
+    return max(1, configured, default_parallelism(session))
 
 
 def compute_metrics(scored: DataFrame, tasks: list[str], segment_columns: list[str],
@@ -566,6 +565,9 @@ def compute_metrics(scored: DataFrame, tasks: list[str], segment_columns: list[s
         "logloss": logloss,
         "ne": F.when(two_class, logloss / entropy),
         "calibration": F.when(positives > 0, F.col("p_sum") / positives),
+        # prediction drift seen against the labels, per day: mean(p) next to the label rate
+        "mean_prediction": F.col("p_sum") / count,
+        "label_rate": rate,
     }
     metric = F.explode(F.array(*[F.struct(F.lit(name).alias("metric"), col.cast("double").alias("value"))
                                  for name, col in values.items()])).alias("m")
