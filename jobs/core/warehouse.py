@@ -60,7 +60,8 @@ lock (at most its hidden, unlocked file, which the next run removes).
 Test hook (off by default, for the kill tests only): with ``MMOE_TEST_PAUSE_AT=<point>`` (or
 ``<point>@<table>``, e.g. ``staged@predictions``) and ``MMOE_TEST_PAUSE_DIR=<dir>``,
 :func:`replacing` touches ``<dir>/<point>`` when it reaches that point and then sleeps (up to
-10 minutes) so that a test can ``kill -9`` the process there. Points: ``staged``, ``swapping``.
+10 minutes) so that a test can ``kill -9`` the process there. Points: ``staged``, ``swapping``
+(right after the old copy is renamed away), ``renaming`` (right before the new one is renamed in).
 """
 
 from __future__ import annotations
@@ -354,7 +355,7 @@ def glob_escape(name: str) -> str:
 
 
 PAUSE_ENV, PAUSE_DIR_ENV = "MMOE_TEST_PAUSE_AT", "MMOE_TEST_PAUSE_DIR"
-PAUSE_POINTS = ("staged", "swapping")
+PAUSE_POINTS = ("staged", "swapping", "renaming")
 
 
 def _pause_point(point: str, target: Path) -> None:
@@ -420,6 +421,7 @@ def replacing(target: Path) -> Iterator[Path]:
             if target.exists():
                 target.rename(old)
                 _pause_point("swapping", target)
+            _pause_point("renaming", target)  # the last moment before the new copy goes in
             staging.rename(target)
             shutil.rmtree(old, ignore_errors=True)
         finally:
