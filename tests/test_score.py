@@ -39,14 +39,16 @@ def frame(synth):
     return sample_frame(synth, 3000, seed=3, null_fraction=0.01, oov_fraction=0.005)
 
 
-def _write_partition(cfg, spec, frame, ds=DS):
+def _write_partition(cfg, spec, frame, ds=DS, null_keys=False):
     wh = Warehouse(cfg.warehouse)
-    for table, schema in (("features", features_arrow_schema(spec)),
-                          ("labels", labels_arrow_schema(spec))):
+    features = features_arrow_schema(spec)
+    if null_keys:  # as a careless upstream writes them: validation quarantines such rows
+        features = pa.schema([f.with_nullable(True) for f in features])
+    for table, schema in (("features", features), ("labels", labels_arrow_schema(spec))):
         out = wh.partition(spec.name, table, ds)
         out.mkdir(parents=True, exist_ok=True)
-        cols = schema.names
-        pq.write_table(pa.Table.from_pandas(frame[cols], schema=schema, preserve_index=False),
+        rows = frame if table == "features" else frame.dropna(subset=spec.key_names)
+        pq.write_table(pa.Table.from_pandas(rows[schema.names], schema=schema, preserve_index=False),
                        out / "part-0.parquet")
 
 
@@ -69,7 +71,7 @@ def validated(spark, tmp_path_factory, synth, frame):
     cfg = load_config(warehouse=tmp_path_factory.mktemp("wh"))
     with_null_key = frame.assign(impression_id=frame["impression_id"].astype("Int64"))
     with_null_key.loc[0, "impression_id"] = pd.NA       # quarantined (null_key); no reader scores it
-    _write_partition(cfg, synth, with_null_key)
+    _write_partition(cfg, synth, with_null_key, null_keys=True)
     validate_partition(spark, cfg, synth, DS)
     return cfg
 
