@@ -42,35 +42,12 @@ import pyarrow.compute as pc
 import torch
 
 from mmoe_model.errors import ModelConfigError, ModelInputError
+from mmoe_model.hashing import splitmix64  # noqa: F401  (re-exported: the encoder's hash)
 from schemas.spec import CategoricalFeature, DatasetSpec, DenseFeature
 
 Frame = Union[pd.DataFrame, pa.Table, pa.RecordBatch]
 Stats = dict[str, dict[str, Any]]  # per dense feature: mean, std (+ edges when binned)
 
-# splitmix64 constants (Steele, Lea & Flood 2014; Vigna's reference implementation).
-_GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
-
-
-def splitmix64(values: np.ndarray) -> np.ndarray:
-    """The splitmix64 output for state ``values``: ``z = values + 0x9E3779B97F4A7C15`` then the
-    two xor-shift-multiply rounds. Element-wise over a uint64 (or int64, reinterpreted) array."""
-    x = np.asarray(values)
-    if x.dtype == np.int64:
-        x = x.view(np.uint64)  # two's complement, no copy
-    elif x.dtype != np.uint64:
-        x = x.astype(np.uint64)
-    # uint64 arithmetic wraps modulo 2**64, which is exactly what the hash wants.
-    with np.errstate(over="ignore"):
-        z = x + _GOLDEN_GAMMA
-        z ^= z >> _S30
-        z *= _MIX1
-        z ^= z >> _S27
-        z *= _MIX2
-        z ^= z >> _S31
-    return z
 
 
 @dataclass(frozen=True)

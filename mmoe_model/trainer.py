@@ -27,7 +27,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -37,9 +37,9 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from mmoe_model.config import ModelConfig, TrainConfig
 from mmoe_model.errors import CheckpointMismatch, ModelConfigError, TrainingError
 from mmoe_model.features import FeatureEncoder, splitmix64
-from mmoe_model.config import ModelConfig, TrainConfig
 from mmoe_model.layers import Gate
 from mmoe_model.models import MultiTaskModel, build_model
 from schemas.spec import DatasetSpec

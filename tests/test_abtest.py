@@ -10,6 +10,7 @@ from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
 from jobs.compare.records import decide, finish_report, group_records
 from jobs.core.config import Guardrail
+from mmoe_model.hashing import splitmix64
 
 
 def _group(rng, n=3000, users=150, noise_b=0.8, noise_c=0.8, same=False, noise=0.0):
@@ -103,7 +104,7 @@ def test_bootstrap_se_equals_direct_cluster_resampling():
     pdf = _group(rng, n=2000, users=80, noise_c=0.6)
     got = group_records(pdf, ["platform"], replicates=64, seed=9, alpha=0.05)
     users, cluster = np.unique(pdf.u.to_numpy(), return_inverse=True)
-    hashes = stats.hash64(users)
+    hashes = splitmix64(users)
     for seg, rows in (("all", np.ones(len(pdf), bool)), ("platform=web", (pdf.seg0 == "web").to_numpy())):
         y = pdf.y.to_numpy()[rows]
         llb = stats.logloss_terms(y, pdf.b.to_numpy()[rows])

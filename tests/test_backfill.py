@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
+from _reliability import run_concurrently
+from tiny_models import tiny_model
 from typer.testing import CliRunner
 
-from _reliability import run_concurrently
-from jobs.core.registry import register_model
 from jobs.backfill.stage import backfill_range
+from jobs.core.registry import register_model
 from jobs.core.warehouse import Warehouse, parquet_files
 from schemas import load_spec
-from tiny_models import tiny_model
 
 START, END = "2025-03-01", "2025-03-03"
 DAYS = ["2025-03-01", "2025-03-02", "2025-03-03"]
@@ -103,8 +103,8 @@ def test_backfill_twice_skips_and_force_rewrites_identical_content(spark, cfg):
 
 
 def test_changed_features_or_model_are_not_skipped(spark, cfg, models):
-    from jobs.data.synth import generate_synth
     from jobs.core.registry import promote_model
+    from jobs.data.synth import generate_synth
 
     cfg.evaluation.label_wait_days = 8  # 2025-03-02 + 8 = 2025-03-10 = as_of: just matured
     first = _run(spark, cfg)
@@ -221,11 +221,12 @@ def test_bad_ranges_are_refused_before_any_spark_work(tmp_path, args, message):
 
 def test_every_stage_writes_under_its_partition_lock(spark, cfg):
     """A live holder (here: this process, as a nightly job would be) of a partition's lock makes
-    validate, score and evaluate of that partition wait, then refuse with one line naming the
+    validate, score, evaluate and the data generator of that partition wait, then refuse with one line naming the
     holder, leaving the partition as it was."""
     import socket
 
     from jobs.core.errors import PartitionLocked
+    from jobs.data.synth import generate_synth
     from jobs.evaluate.stage import evaluate_partition
     from jobs.score.stage import score_partition
     from jobs.validate.stage import validate_partition
@@ -246,6 +247,8 @@ def test_every_stage_writes_under_its_partition_lock(spark, cfg):
          wh.partition("synth", "predictions", ds, model_version=version)),
         ("metrics", {}, lambda: evaluate_partition(spark, cfg, spec, ds),
          wh.partition("synth", "metrics", ds)),
+        ("features", {}, lambda: generate_synth(cfg, ds, 1, 50, seed=3),
+         wh.partition("synth", "features", ds)),
     ]
     for table, more, attempt, partition in attempts:
         before = sorted((str(p), p.stat().st_mtime_ns) for p in partition.rglob("*"))

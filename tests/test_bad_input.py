@@ -23,12 +23,19 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from _reliability import (
+    assert_clean_error,
+    good_columns,
+    job_config_file,
+    label_columns,
+    last_manifest,
+    run_cli,
+    tiny_model,
+    write_day,
+    write_parquet,
+)
 from typer.testing import CliRunner
 
-from _reliability import (
-    assert_clean_error, good_columns, job_config_file, label_columns, last_manifest, run_cli,
-    tiny_model, write_day, write_parquet,
-)
 from jobs.cli import app
 from jobs.core.warehouse import Warehouse
 from schemas import load_spec

@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 from jobs.bench import (
-    bench_catalog, bench_evaluation, bench_scaling, bench_scoring, bench_validation,
+    bench_catalog,
+    bench_evaluation,
+    bench_scaling,
+    bench_scoring,
+    bench_validation,
 )
 
 

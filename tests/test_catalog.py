@@ -13,10 +13,14 @@ import torch
 
 from jobs.core.manifest import RunManifest
 from jobs.core.spark import session_conf
-from jobs.score.catalog import (
-    grid_pairs, recommend_candidates, recommend_grid, recommend_rows, score_catalog,
-)
 from jobs.core.warehouse import Warehouse
+from jobs.score.catalog import (
+    grid_pairs,
+    recommend_candidates,
+    recommend_grid,
+    recommend_rows,
+    score_catalog,
+)
 from mmoe_model.artifact import ModelArtifact, save_artifact
 from mmoe_model.features import FeatureEncoder, InputLayout
 from mmoe_model.models import ModelConfig, build_model

@@ -8,13 +8,18 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.data.census import ingest_census
 from jobs.core.config import load_config
 from jobs.core.errors import InputError
 from jobs.core.manifest import RunManifest
 from jobs.core.warehouse import Warehouse
+from jobs.data.census import ingest_census
 from schemas.spec import load_spec
-from schemas.tables import features_arrow_schema, features_struct, labels_arrow_schema, labels_struct
+from schemas.tables import (
+    features_arrow_schema,
+    features_struct,
+    labels_arrow_schema,
+    labels_struct,
+)
 
 DS = "2026-01-05"
 GROUPS = ("census-group1", "census-group2")

@@ -25,9 +25,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from _reliability import (
+    REPO,
+    cli_env,
+    job_config_file,
+    last_manifest,
+    tiny_model,
+    write_day,
+)
 from typer.testing import CliRunner
 
-from _reliability import REPO, cli_env, job_config_file, last_manifest, tiny_model, write_day
 from jobs.cli import app
 from jobs.core.warehouse import Warehouse, read_table
 from schemas import load_spec

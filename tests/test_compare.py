@@ -11,13 +11,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sklearn.metrics import roc_auc_score
-
 from _frames import random_features
 from browser import visit
+from sklearn.metrics import roc_auc_score
+
 from jobs.compare import stats
-from jobs.core.errors import InputError, MissingInputError
 from jobs.compare.stage import compare_models, compute_records, labelled_pairs, stack_tasks
+from jobs.core.errors import InputError, MissingInputError
 from jobs.core.warehouse import Warehouse, read_table
 from schemas.spec import load_spec
 from schemas.tables import labels_arrow_schema

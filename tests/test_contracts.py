@@ -14,14 +14,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
+from test_validate import (
+    DS,
+    N,
+    good_rows,
+    quarantine_rows,
+    write_features,
+    write_parquet,
+)
 from typer.testing import CliRunner
 
 from jobs.cli import app
-from jobs.validate.stage import passed_rows, validate_partition
 from jobs.core.warehouse import Warehouse
+from jobs.validate.stage import passed_rows, validate_partition
 from schemas.spec import load_spec
 from schemas.tables import labels_arrow_schema
-from test_validate import DS, N, good_rows, quarantine_rows, write_features, write_parquet
 
 runner = CliRunner()
 

@@ -120,7 +120,9 @@ def test_nightly_run_scores_the_previous_day(dagbag):
     timezone = getattr(timetable, "timezone", None) or getattr(timetable, "_timezone")
     assert expression == "0 3 * * *"
     assert "UTC" in str(timezone)
-    from airflow.timetables.interval import CronDataIntervalTimetable  # the scheduler's twin
+    from airflow.timetables.interval import (
+        CronDataIntervalTimetable,  # the scheduler's twin
+    )
 
     interval = CronDataIntervalTimetable(expression, timezone=timezone).infer_manual_data_interval(
         run_after=pendulum.datetime(2026, 11, 4, 3, 0, tz="UTC"))
@@ -178,11 +180,16 @@ def test_dag_files_parse_fast_without_spark_torch_or_gx():
 
 
 def test_decisions_use_the_registry_and_the_label_delay(tmp_path, monkeypatch):
-    from jobs.core.registry import register_model
-    from airflow_dags.runner import (
-        JobFailed, Settings, cli_has, compare_pairs, matured_ds, models_to_score,
-    )
     from tiny_models import tiny_model
+
+    from airflow_dags.runner import (
+        JobFailed,
+        Settings,
+        compare_pairs,
+        matured_ds,
+        models_to_score,
+    )
+    from jobs.core.registry import register_model
 
     config = tmp_path / "c.yaml"
     config.write_text(f"warehouse: {tmp_path / 'wh'}\nevaluation: {{label_wait_days: 3}}\n")
@@ -201,7 +208,6 @@ def test_decisions_use_the_registry_and_the_label_delay(tmp_path, monkeypatch):
     assert models_to_score(settings, "2026-11-04") == [champion, challenger]
     assert compare_pairs([champion, challenger]) == [
         {"baseline": champion, "candidate": challenger}]
-    assert cli_has(["score"]) and not cli_has(["no-such-command"])
 
 
 def test_failure_callback_logs_the_one_line_error(caplog):
@@ -233,15 +239,15 @@ def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, tmp_path
     import sys
     from pathlib import Path
 
+    from tiny_models import tiny_model
+
     from jobs.core.config import load_config
-    from jobs.data.synth import generate_synth
     from jobs.core.registry import register_model
+    from jobs.core.warehouse import Warehouse, parquet_files, read_table
+    from jobs.data.synth import generate_synth
     from jobs.score.stage import score_partition
     from jobs.validate.stage import validate_partition
-    from jobs.core.warehouse import Warehouse, parquet_files, read_table
-    from airflow_dags.runner import cli_has
     from schemas import load_spec
-    from tiny_models import tiny_model
 
     repo = Path(__file__).resolve().parents[1]
     config = tmp_path / "config.yaml"
@@ -289,10 +295,7 @@ def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, tmp_path
     assert "auc" in metrics.column("metric").to_pylist()
     assert not parquet_files(wh.partition("synth", "metrics", "2026-06-03"))  # not matured
     assert "evaluate --dataset synth --ds 2026-06-02" in log
-    if cli_has(["compare"]):
-        assert parquet_files(wh.table("synth", "ab_reports"))
-    else:
-        assert "no `compare` sub-command" in log
+    assert parquet_files(wh.table("synth", "ab_reports"))
 
 
 def test_backfill_dag_command_parses_with_the_real_cli():

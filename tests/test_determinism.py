@@ -12,13 +12,19 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+from _reliability import (
+    good_columns,
+    label_columns,
+    tiny_model,
+    write_day,
+    write_parquet,
+)
 
-from _reliability import good_columns, label_columns, tiny_model, write_day, write_parquet
 from jobs.core.config import load_config
+from jobs.core.warehouse import Warehouse, fingerprint, read_table
 from jobs.evaluate.stage import evaluate_partition
 from jobs.score.stage import score_partition
 from jobs.validate.stage import validate_partition
-from jobs.core.warehouse import Warehouse, fingerprint, read_table
 from schemas import load_spec
 from schemas.tables import features_arrow_schema
 

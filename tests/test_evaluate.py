@@ -9,14 +9,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from _frames import random_features
 from pyspark.testing import assertDataFrameEqual
 from sklearn.metrics import roc_auc_score
 
-from _frames import random_features
 from jobs.core.errors import MissingInputError
-from jobs.evaluate.stage import evaluate_partition
 from jobs.core.manifest import RunManifest
 from jobs.core.warehouse import Warehouse
+from jobs.evaluate.stage import evaluate_partition
 from schemas.spec import load_spec
 from schemas.tables import labels_arrow_schema
 

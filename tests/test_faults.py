@@ -15,12 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _reliability import (
+    cli_env,
+    job_config_file,
+    kill_group,
+    last_manifest,
+    start_cli,
+    tiny_model,
+    wait_for,
+    write_day,
+    write_parquet,
+)
 from typer.testing import CliRunner
 
-from _reliability import (
-    cli_env, job_config_file, kill_group, last_manifest, start_cli, tiny_model,
-    wait_for, write_day, write_parquet,
-)
 from jobs.cli import app
 from jobs.core.warehouse import Warehouse, fingerprint
 from schemas import load_spec

@@ -11,10 +11,11 @@ import threading
 import time
 
 import pytest
-
 from _reliability import run_concurrently
+
 from jobs.core.errors import PartitionLocked
-from jobs.core.warehouse import Warehouse, partition_lock
+from jobs.core.locks import partition_lock
+from jobs.core.warehouse import Warehouse
 
 
 def _dead_pid() -> int:

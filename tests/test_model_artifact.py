@@ -12,8 +12,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from mmoe_model.artifact import (MANIFEST, WEIGHTS, ModelArtifact, build_artifact_files,
-                                 read_artifact_files, save_artifact, spec_to_dict)
+from mmoe_model.artifact import (
+    MANIFEST,
+    WEIGHTS,
+    ModelArtifact,
+    build_artifact_files,
+    read_artifact_files,
+    save_artifact,
+    spec_to_dict,
+)
 from mmoe_model.errors import ArtifactError, ArtifactTampered, SpecMismatch
 from mmoe_model.models import ModelConfig
 from mmoe_model.sample import sample_frame

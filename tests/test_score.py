@@ -13,10 +13,10 @@ from pyspark.testing import assertDataFrameEqual
 
 from jobs.core.errors import NotValidated
 from jobs.core.manifest import RunManifest
+from jobs.core.warehouse import Warehouse
 from jobs.score.catalog import score_catalog
 from jobs.score.stage import score_partition
 from jobs.validate.stage import passed_rows, validate_partition
-from jobs.core.warehouse import Warehouse
 from mmoe_model.artifact import save_artifact
 from mmoe_model.errors import ArtifactTampered, SpecMismatch
 from mmoe_model.features import FeatureEncoder, InputLayout
@@ -229,7 +229,7 @@ def test_spark_scores_new_gates_experts_and_encodings(spark, validated, synth, f
 def test_pipeline_keeps_order_and_raises_helper_errors():
     import time
 
-    from jobs.score.stage import _Pipeline
+    from jobs.runtime.kernel import Pipeline as _Pipeline
 
     written = []
 

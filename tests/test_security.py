@@ -8,7 +8,6 @@ from __future__ import annotations
 import ast
 
 import pytest
-
 from _reliability import REPO
 
 PACKAGES = ("jobs", "mmoe_model", "schemas", "airflow_dags")
@@ -113,7 +112,8 @@ def test_executors_verify_the_artifact_they_are_sent(tmp_path):
     """The executor-side loader (the broadcast bytes → a model) checks every SHA-256 itself: a
     broadcast altered on its way is refused, not run."""
     from _reliability import tiny_model
-    from jobs import worker
+
+    from jobs.runtime import worker
     from mmoe_model.artifact import read_artifact_files
     from mmoe_model.errors import ArtifactTampered
     from schemas import load_spec

@@ -9,8 +9,8 @@ import pytest
 
 from jobs.core.errors import InputError
 from jobs.core.manifest import RunManifest
-from jobs.data.synth import catalog_path, generate_synth, synth_day
 from jobs.core.warehouse import Warehouse
+from jobs.data.synth import catalog_path, generate_synth, synth_day
 from schemas.spec import CategoricalFeature, DenseFeature, load_spec
 from schemas.tables import features_arrow_schema, labels_arrow_schema
 

@@ -11,8 +11,8 @@ import pytest
 
 from jobs.core.errors import InputError, MissingInputError
 from jobs.core.manifest import RunManifest
-from jobs.train.stage import train_model as train_stage
 from jobs.core.warehouse import Warehouse
+from jobs.train.stage import train_model as train_stage
 from mmoe_model.artifact import ModelArtifact
 from mmoe_model.sample import sample_frame
 from schemas.spec import load_spec

@@ -9,12 +9,18 @@ import json
 import subprocess
 
 import pytest
-from typer.testing import CliRunner
-
 from _reliability import (
-    cli_env, job_config_file, kill_group, last_manifest, mmoe_command, start_cli, wait_for,
+    cli_env,
+    job_config_file,
+    kill_group,
+    last_manifest,
+    mmoe_command,
+    start_cli,
+    wait_for,
     write_day,
 )
+from typer.testing import CliRunner
+
 from jobs.cli import app
 from jobs.core.warehouse import Warehouse
 from mmoe_model.artifact import ModelArtifact
@@ -102,9 +108,9 @@ def test_a_checkpoint_of_other_settings_is_refused_not_mixed_in(tmp_path, day):
     checkpoint = Warehouse(day).train_checkpoint("synth", out)
     # A checkpoint left by an interrupted run with another learning rate (written by the
     # library directly, the way the CLI's run writes it).
+    from jobs.train.stage import load_training_frame
     from mmoe_model.config import ModelConfig, TrainConfig
     from mmoe_model.trainer import train
-    from jobs.train.stage import load_training_frame
 
     spec = load_spec("synth")
     frame, _ = load_training_frame(Warehouse(day), spec, [DS])

@@ -22,10 +22,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.core.errors import MissingInputError, NotValidated, ValidationFailed
-from jobs.validate.rules import KEY_COPIES, REASON, RowCountBounds, build_suite
 from jobs.core.manifest import RunManifest, run_job
-from jobs.validate.stage import passed_rows, read_status, row_count_bounds, validate_partition
-from jobs.core.warehouse import Warehouse
+from jobs.core.warehouse import Warehouse, fingerprint
+from jobs.validate.rules import KEY_COPIES, REASON, RowCountBounds, build_suite
+from jobs.validate.stage import (
+    passed_rows,
+    read_status,
+    row_count_bounds,
+    validate_partition,
+)
 from schemas.spec import load_spec
 from schemas.tables import features_arrow_schema, features_struct, labels_arrow_schema
 
@@ -98,7 +103,7 @@ def assert_failed_cleanly(cfg, spec, manifest, ds=DS) -> None:
     """Failure: status failed, result JSON kept, no quarantine partition, nothing passed on."""
     wh = Warehouse(cfg.warehouse)
     status = read_status(cfg, spec, ds)
-    assert status is not None and status["status"] == "failed"
+    assert status is not None and status.status == "failed"
     assert (wh.partition(spec.name, "validation", ds) / "result.json").is_file()
     assert not wh.partition(spec.name, "quarantine", ds).exists()
     assert manifest.input_rows == manifest.output_rows + manifest.quarantined_rows
@@ -139,7 +144,7 @@ def test_clean_partition_passes(spark, job_config, spec):
     page = " ".join(re.sub(r"<[^>]+>", " ", pages[0].read_text()).split())
     assert "Must have greater than or equal to 100 rows" in page and "x15" in page
     status = read_status(job_config, spec, DS)
-    assert (status["status"], status["input_rows"], status["passed_rows"]) == ("passed", N, N)
+    assert (status.status, status.input_rows, status.passed_rows) == ("passed", N, N)
     assert not Warehouse(job_config.warehouse).partition(spec.name, "quarantine", DS).exists()
     assert passed_rows(spark, job_config, spec, DS).count() == N
 
@@ -204,7 +209,7 @@ def test_row_level_failures_are_quarantined_and_reruns_replace(spark, job_config
     assert schema.names == spec.features_table_columns + ["reason"]
     assert KEY_COPIES not in schema.names and REASON not in schema.names
     status = read_status(job_config, spec, DS)
-    assert (status["status"], status["passed_rows"], status["quarantined_rows"]) == (
+    assert (status.status, status.passed_rows, status.quarantined_rows) == (
         "quarantined", N - q, q)
 
     passed = passed_rows(spark, job_config, spec, DS)
@@ -320,7 +325,8 @@ def test_features_rewritten_after_validation_are_not_passed(spark, job_config, s
     vdir = Warehouse(job_config.warehouse).partition(spec.name, "validation", DS)
     vdir.mkdir(parents=True)
     (vdir / "status.json").write_text(json.dumps(
-        {"status": "passed", "quarantined_rows": 0, "features_fingerprint": [["old.parquet", 1]]}))
+        {"status": "passed", "dataset": spec.name, "ds": DS, "quarantined_rows": 0,
+         "features_fingerprint": [["old.parquet", 1]]}))
     with pytest.raises(NotValidated, match="changed after it was validated"):
         passed_rows(spark, job_config, spec, DS)
 
@@ -360,5 +366,23 @@ def test_files_that_disagree_on_the_schema_fail(job_config, spec):
 
     manifest, message = run_failing(None, job_config, spec)  # refused before Spark
     assert "disagree on their schema" in message
-    assert read_status(job_config, spec, DS)["status"] == "failed"
+    assert read_status(job_config, spec, DS).status == "failed"
     assert manifest.input_rows == manifest.output_rows + manifest.quarantined_rows == 0
+
+
+def test_a_failure_before_gx_is_reused_while_the_features_are_unchanged(spark, job_config, spec):
+    """A day refused before GX ran (here: a column the spec does not know) records what it
+    decided on, so the backfill's reuse fails it again without another GX run, and a rewrite
+    of the features is judged afresh."""
+    cols = good_rows(spec, 120, seed=31)
+    cols["debug_note"] = ["x"] * 120
+    write_features(job_config, spec, cols)
+    manifest, message = run_failing(spark, job_config, spec)
+    assert "unexpected column 'debug_note'" in message
+    stored = read_status(job_config, spec, DS)
+    assert stored.features_fingerprint == fingerprint(features_dir(job_config, spec))
+    with pytest.raises(ValidationFailed, match="features unchanged since"):
+        validate_partition(spark, job_config, spec, DS, reuse_current=True)
+    write_features(job_config, spec, good_rows(spec, 120, seed=31))  # fixed upstream
+    report = validate_partition(spark, job_config, spec, DS, reuse_current=True)
+    assert report.status == "passed" and not report.reused

@@ -4,11 +4,11 @@ no console error), its tables visible, and only real columns in it (no _key_copi
 from __future__ import annotations
 
 import pytest
-
 from browser import visit
+from test_validate import N, good_rows, run, write_features
+
 from jobs.validate.rules import KEY_COPIES, REASON
 from schemas.spec import load_spec
-from test_validate import N, good_rows, run, write_features
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _reliability import REPO, cli_env, wait_for
+
 from jobs.core.warehouse import recover, remove, replacing
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from pyspark.sql import SparkSession
 
@@ -34,13 +34,13 @@ from jobs.core.config import JobConfig
 from jobs.core.errors import BackfillFailed
 from jobs.core.manifest import RunRecord, error_line
 from jobs.core.registry import ModelChoice, format_table, resolve_model
+from jobs.core.status import ValidationStatus, read_score_stamp
 from jobs.core.warehouse import (
     Warehouse,
     date_range,
     fingerprint,
     parquet_files,
     parse_date,
-    read_json,
     read_table,
 )
 from jobs.evaluate.stage import evaluate_partition
@@ -143,11 +143,11 @@ def backfill_day(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, day: Da
     choice = resolve_model(cfg, spec.name, day.ds, model)
     day.model_sha256, day.model_source = choice.sha256, choice.source
     status = ensure_validated(spark, cfg, spec, day, force)
-    day.quarantined_rows = int(status.get("quarantined_rows", 0))
+    day.quarantined_rows = status.quarantined_rows
     stamp_version = choice.version or _stamped_version(cfg, spec, day.ds, choice)
     if not force and stamp_version and is_up_to_date(cfg, spec, day.ds, stamp_version, choice):
         day.status, day.model_version = "skipped", stamp_version
-        day.input_rows = int(status.get("passed_rows", 0))
+        day.input_rows = status.passed_rows
     else:
         scored = score_partition(spark, cfg, spec, day.ds, choice)
         day.status, day.model_version = "scored", scored.model_version
@@ -156,7 +156,7 @@ def backfill_day(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, day: Da
 
 
 def ensure_validated(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, day: DayResult,
-                     force: bool) -> dict[str, Any]:
+                     force: bool) -> ValidationStatus:
     """The day's validation status, validating first when it is missing, stale or forced (a
     stored failure for unchanged features fails the day without running GX again)."""
     try:
@@ -174,17 +174,10 @@ def _stamped_version(cfg: JobConfig, spec: DatasetSpec, ds: str,
     the same checksum tells it without loading the model."""
     wh = Warehouse(cfg.warehouse)
     for version in wh.sub_partitions(spec.name, "predictions", ds, "model_version"):
-        stamp = _read_stamp(wh, spec, ds, version)
-        if stamp and stamp.get("model_sha256") == choice.sha256:
+        stamp = read_score_stamp(wh, spec.name, ds, version)
+        if stamp and stamp.model_sha256 == choice.sha256:
             return version
     return None
-
-
-def _read_stamp(wh: Warehouse, spec: DatasetSpec, ds: str, version: str) -> dict | None:
-    try:
-        return read_json(wh.score_stamp_path(spec.name, ds, version))
-    except ValueError:
-        return None  # an unreadable stamp: score again
 
 
 def is_up_to_date(cfg: JobConfig, spec: DatasetSpec, ds: str, version: str,
@@ -192,12 +185,11 @@ def is_up_to_date(cfg: JobConfig, spec: DatasetSpec, ds: str, version: str,
     """Predictions of ``version`` exist for ``ds``, scored from the same artifact checksum and
     the features as they are now."""
     wh = Warehouse(cfg.warehouse)
-    stamp = _read_stamp(wh, spec, ds, version)
+    stamp = read_score_stamp(wh, spec.name, ds, version)
     return bool(
         stamp and wh.has_partition(spec.name, "predictions", ds, model_version=version)
-        and stamp.get("model_sha256") == choice.sha256
-        and stamp.get("features_fingerprint")
-        == fingerprint(wh.partition(spec.name, "features", ds)))
+        and stamp.model_sha256 == choice.sha256
+        and stamp.features_fingerprint == fingerprint(wh.partition(spec.name, "features", ds)))
 
 
 def labels_matured(cfg: JobConfig, ds: str, as_of: dt.date) -> bool:

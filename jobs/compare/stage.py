@@ -38,23 +38,22 @@ from jobs.compare.records import (
 )
 from jobs.compare.report import render_html, render_markdown
 from jobs.core.config import JobConfig
-from jobs.core.errors import ConfigError, InputError, MissingInputError
+from jobs.core.errors import InputError, MissingInputError
 from jobs.core.manifest import RunRecord
+from jobs.core.modelref import ModelRef
+from jobs.core.registry import version_of
 from jobs.core.warehouse import (
     Warehouse,
     date_range,
     parquet_files,
     read_footers,
     replacing,
-    safe_name,
 )
 from jobs.evaluate.gates import gate_diagnostics
+from jobs.evaluate.stage import segment_columns
 from schemas.spec import DatasetSpec
 
 DAY = "day"
-AB_COLUMNS = ["baseline", "candidate", "task", "segment", "metric", "baseline_value",
-              "candidate_value", "delta", "ci_low", "ci_high", "p_value", "p_value_adjusted",
-              "verdict", "n", "day"]
 AB_SCHEMA = pa.schema([
     ("baseline", pa.string()), ("candidate", pa.string()), ("task", pa.string()),
     ("segment", pa.string()), ("metric", pa.string()), ("baseline_value", pa.float64()),
@@ -205,16 +204,6 @@ def _read_days(spark: SparkSession, paths: dict[str, Path], columns: list[str], 
     return reduce(DataFrame.unionByName, frames)
 
 
-def _segments(cfg: JobConfig, spec: DatasetSpec, requested: list[str] | None) -> list[str]:
-    segments = list(requested or (cfg.evaluation.segments if cfg.evaluation.segments is not None
-                                  else spec.segments))
-    unknown = [s for s in segments if s not in spec.features_table_columns]
-    if unknown:
-        raise (InputError if requested else ConfigError)(
-            f"segment column(s) {unknown} are not columns of the {spec.name} features table")
-    return list(dict.fromkeys(segments))
-
-
 def _gate_columns(files_by_arm: dict[str, list[Path]], tasks: list[str]) -> list[str]:
     """gate_<task> columns present in every prediction file of both arms."""
     present = None
@@ -263,20 +252,21 @@ def _paired_records(spark, cfg: JobConfig, spec: DatasetSpec, wh: Warehouse, pai
     return records, pairing, per_day, labelled_days
 
 
-def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, baseline: str,
-                   candidate: str, start: str, end: str,
+def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
+                   baseline: ModelRef | str, candidate: ModelRef | str, start: str, end: str,
                    segments: list[str] | None = None) -> CompareResult:
     """Compare ``candidate`` with ``baseline`` over ``start..end`` (see the module docstring);
-    writes the ab_reports rows, the HTML report and the summary; raises InputError /
+    each is any model reference (a version, ``@alias`` in force on ``end``, an artifact
+    directory). Writes the ab_reports rows, the HTML report and the summary; raises InputError /
     MissingInputError with one line when there is nothing to compare."""
-    safe_name(baseline, "--baseline")
-    safe_name(candidate, "--candidate")
+    baseline = version_of(cfg, spec.name, end, ModelRef.parse(baseline, "--baseline"))
+    candidate = version_of(cfg, spec.name, end, ModelRef.parse(candidate, "--candidate"))
     if baseline == candidate:
         raise InputError(f"--baseline and --candidate are the same version {baseline!r}: "
                          f"nothing to compare")
     days = date_range(start, end)
     wh = Warehouse(cfg.warehouse)
-    segments = _segments(cfg, spec, segments)
+    segments = segment_columns(cfg, spec, segments)
     keys, tasks = spec.key_names, spec.task_names
     arm_days = {v: _versions_days(wh, spec, v, days) for v in (baseline, candidate)}
     for role, v in (("baseline", baseline), ("candidate", candidate)):
@@ -322,7 +312,9 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, basel
 
     result = CompareResult(spec.name, baseline, candidate, start, end, segments, days, pairing,
                            table, plots, decision, gates)
-    _write(wh, result)
+    with wh.ab_report_lock(spec.name, baseline, candidate, start, end,
+                           wait_seconds=cfg.locks.wait_seconds, poll_seconds=cfg.locks.poll_seconds):
+        _write(wh, result)
     return result
 
 

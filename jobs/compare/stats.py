@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr, ndtri
 
+from mmoe_model.hashing import splitmix64, value_hash64
+
 EPS = 1e-15
 # Sums of placement values per group: positives m, negatives n, then for the positives' V10
 # and the negatives' V01 under arm b (baseline) and c (candidate): sum b, sum c, sum b^2,
@@ -229,34 +231,20 @@ def bootstrap_test(baseline: float, candidate: float, deltas: np.ndarray, alpha:
 _POISSON_CDF = np.cumsum([math.exp(-1.0) / math.factorial(k) for k in range(20)])
 
 
-def hash64(values: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser of int64 values: a fixed, platform-independent 64-bit hash."""
-    with np.errstate(over="ignore"):
-        z = np.asarray(values).astype(np.int64).view(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
 def poisson_weights(user_hash: np.ndarray, replicates: np.ndarray, seed: int) -> np.ndarray:
     """Poisson(1) weights, shape (users, len(replicates)), a pure function of (user hash,
     replicate, seed): the inverse CDF of a uniform made from hashing the three together."""
     user_hash = np.asarray(user_hash, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        salt = hash64(np.asarray(replicates, dtype=np.int64) * np.int64(1_000_003) + np.int64(seed))
-        mixed = hash64((user_hash[:, None] ^ salt[None, :]).view(np.int64))
+        salt = splitmix64(np.asarray(replicates, dtype=np.int64) * np.int64(1_000_003) + np.int64(seed))
+        mixed = splitmix64((user_hash[:, None] ^ salt[None, :]).view(np.int64))
     uniform = (mixed >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
     return np.searchsorted(_POISSON_CDF, uniform, side="right").astype(np.float32)
 
 
 def user_hash(values) -> np.ndarray:
     """64-bit hashes of user ids (integers hashed directly, anything else via its string)."""
-    arr = np.asarray(values)
-    if arr.dtype.kind in "iu":
-        return hash64(arr.astype(np.int64))
-    import zlib
-
-    return hash64(np.array([zlib.crc32(str(v).encode()) for v in arr], dtype=np.int64))
+    return value_hash64(np.asarray(values))
 
 
 # --------------------------------------------------------------------------------------------

@@ -136,7 +136,7 @@ class CompareConfig:
 
 @dataclass
 class LocksConfig:
-    """Partition locks (one writer per partition, see jobs/core/warehouse.py ``partition_lock``)."""
+    """Partition locks (one writer per partition, see jobs/core/locks.py)."""
 
     wait_seconds: float = 300.0   # how long a writer waits for a busy partition, then refuses
     poll_seconds: float = 0.5     # how often it looks again while waiting

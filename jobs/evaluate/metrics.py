@@ -58,7 +58,6 @@ aggregated after the shuffle is at most a few thousand records per group. Lazy u
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 from functools import partial
 
@@ -69,7 +68,8 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from jobs.core.errors import MissingInputError
-from schemas.tables import METRICS_STRUCT
+from mmoe_model.hashing import splitmix64, value_hash64
+from schemas.tables import METRICS_STRUCT, ddl_arrow_schema
 
 EPS = 1e-15
 METRICS = ("count", "positives", "auc", "pr_auc", "gauc", "gauc_users", "gauc_excluded_users",
@@ -91,12 +91,6 @@ _GROUP_SCHEMA = ("model_version string, task string, segment string, count long,
                  "gauc_users long, gauc_excluded_users long")
 
 
-def _arrow_schema(ddl: str) -> pa.Schema:
-    types = {"string": pa.string(), "byte": pa.int8(), "int": pa.int32(), "long": pa.int64(),
-             "double": pa.float64(), "binary": pa.binary()}
-    return pa.schema([pa.field(n, types[k]) for n, k in (p.split() for p in ddl.split(","))])
-
-
 # --------------------------------------------------------------------------------------------
 # Small numpy helpers
 
@@ -115,19 +109,11 @@ def score_bucket(s: np.ndarray) -> np.ndarray:
     return b.astype(np.int32)
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: a well spread deterministic uint64 hash of int64 values."""
-    z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
 def _value_hashes(values: pa.Array) -> np.ndarray:
     """A deterministic (process independent) uint64 hash per value of a non-null array."""
     if pa.types.is_integer(values.type):
-        return _mix(values.to_numpy(zero_copy_only=False).astype(np.int64))
-    return _mix(np.array([zlib.crc32(str(v).encode()) for v in values.to_pylist()], dtype=np.int64))
+        return splitmix64(values.to_numpy(zero_copy_only=False).astype(np.int64))
+    return value_hash64(values.to_pylist(), integer=False)
 
 
 def _spark_hash_int(value: int, seed: int = 42) -> int:
@@ -321,7 +307,7 @@ def _cut(table: pa.Table, tasks: list[str], n_segments: int, with_user: bool,
                       .append_column("y", pa.array(y[keep]))
                       .append_column("s", pa.array(s[keep])))
         bucket = score_bucket(s[keep]).astype(np.int64)
-        dest.append((_mix(bucket * 64 + ti) % np.uint64(parts)).astype(np.int64))
+        dest.append((splitmix64(bucket * 64 + ti) % np.uint64(parts)).astype(np.int64))
     yield from _split(pa.concat_tables(pieces), np.concatenate(dest), _GLOBAL, dest_keys)
     if not with_user:
         return
@@ -351,7 +337,7 @@ def _receive(batches: Iterator[pa.RecordBatch], tasks: list[str],
         column = batch.column("blob")
         for i, kind in enumerate(batch.column("kind").to_pylist()):
             blobs[kind].append(column[i].as_buffer())  # zero-copy view
-    schema = _arrow_schema(_PARTIAL_SCHEMA)
+    schema = ddl_arrow_schema(_PARTIAL_SCHEMA)
     table = _unblob(blobs.pop(_GLOBAL))
     if table is not None:
         task = table.column("t").to_numpy()

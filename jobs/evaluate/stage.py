@@ -21,8 +21,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.core.config import JobConfig
-from jobs.core.errors import ConfigError, MissingInputError
+from jobs.core.errors import ConfigError, InputError, MissingInputError
 from jobs.core.manifest import RunRecord
+from jobs.core.modelref import ModelRef
+from jobs.core.registry import version_of
 from jobs.core.warehouse import (
     Warehouse,
     count_rows,
@@ -43,14 +45,15 @@ def available_versions(wh: Warehouse, spec: DatasetSpec, ds: str) -> list[str]:
     return wh.sub_partitions(spec.name, "predictions", ds, "model_version")
 
 
-def _select_versions(wh: Warehouse, spec: DatasetSpec, ds: str,
-                     requested: list[str] | None) -> list[str]:
+def _select_versions(cfg: JobConfig, wh: Warehouse, spec: DatasetSpec, ds: str,
+                     requested: "list[ModelRef | str] | None") -> list[str]:
+    """The versions to evaluate: those requested (any model reference, resolved on ``ds``), or
+    every version with predictions on ``ds``."""
     root = wh.partition(spec.name, "predictions", ds)
     present = available_versions(wh, spec, ds)
     if requested:
-        versions = list(dict.fromkeys(requested))
-        for v in versions:
-            wh.partition(spec.name, "predictions", ds, model_version=v)  # refuses unsafe names
+        versions = list(dict.fromkeys(
+            version_of(cfg, spec.name, ds, ModelRef.parse(v, "--model-version")) for v in requested))
         missing = [v for v in versions if v not in present]
         if missing:
             raise MissingInputError(
@@ -80,12 +83,19 @@ def _labels_missing(spec: DatasetSpec, ds: str, path: Path, wait_days: int) -> M
         f"{deadline.isoformat()} (ds + evaluation.label_wait_days={wait_days}): {state}")
 
 
-def _segments(cfg: JobConfig, spec: DatasetSpec) -> list[str]:
-    segments = list(cfg.evaluation.segments if cfg.evaluation.segments is not None else spec.segments)
+def segment_columns(cfg: JobConfig, spec: DatasetSpec,
+                    requested: list[str] | None = None) -> list[str]:
+    """The segment columns of evaluate and compare: ``requested`` (compare's ``--segment``),
+    else ``evaluation.segments``, else the spec's; each must be a features column (an
+    :class:`InputError` for a requested one, a :class:`ConfigError` for the config's)."""
+    configured = cfg.evaluation.segments if cfg.evaluation.segments is not None else spec.segments
+    segments = list(requested or configured)
     unknown = [s for s in segments if s not in spec.features_table_columns]
     if unknown:
-        raise ConfigError(f"evaluation.segments names column(s) {unknown} that the {spec.name} "
-                          f"features table does not have")
+        source = "--segment" if requested else "evaluation.segments"
+        raise (InputError if requested else ConfigError)(
+            f"{source} names column(s) {unknown} that the {spec.name} features table does not "
+            f"have")
     return list(dict.fromkeys(segments))
 
 
@@ -110,8 +120,8 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     the result's ``metrics`` is the partition as written (all versions in it)."""
     wh = Warehouse(cfg.warehouse)
     ds = parse_date(ds, "ds").isoformat()
-    versions = _select_versions(wh, spec, ds, model_versions)
-    segments = _segments(cfg, spec)
+    versions = _select_versions(cfg, wh, spec, ds, model_versions)
+    segments = segment_columns(cfg, spec)
     user = spec.user_column
     keys, tasks = spec.key_names, spec.task_names
 

@@ -28,13 +28,12 @@ from jobs.core.errors import NotValidated
 from jobs.core.manifest import RunRecord
 from jobs.core.registry import ModelChoice, resolve_model
 from jobs.core.spark import session_conf
+from jobs.core.status import ScoreStamp, ValidationStatus, write_score_stamp
 from jobs.core.warehouse import (
-    SCORE_STAMP,
     Warehouse,
     count_rows,
     fingerprint,
     replacing,
-    write_json,
 )
 from jobs.runtime.faults import active_faults
 from jobs.runtime.kernel import (
@@ -161,18 +160,18 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
                 predictions.write.mode("overwrite").parquet(str(staging))
             written = count_rows(staging)
             details["reader"] = "spark"
-        write_json(staging / SCORE_STAMP, {
-            "model_version": artifact.model_version, "model_sha256": artifact.sha256,
-            "features_fingerprint": fingerprint(features_dir), "with_gates": with_gates,
-            "rows": written, "scored_at": scored_at.isoformat()})
+        write_score_stamp(staging, ScoreStamp(
+            model_version=artifact.model_version, model_sha256=artifact.sha256,
+            features_fingerprint=fingerprint(features_dir), with_gates=with_gates,
+            rows=written, scored_at=scored_at.isoformat()))
     return ScoreResult(artifact.model_version, artifact.sha256,
-                       input_rows=int(status.get("passed_rows", 0)), output_rows=written,
-                       quarantined_rows=int(status.get("quarantined_rows", 0)), output=out,
+                       input_rows=status.passed_rows if status else 0, output_rows=written,
+                       quarantined_rows=status.quarantined_rows if status else 0, output=out,
                        details=details)
 
 
 def _validated_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
-                    ds: str) -> tuple[DataFrame, dict[str, Any], dict[str, int] | None]:
+                    ds: str) -> tuple[DataFrame, ValidationStatus | None, dict[str, int] | None]:
     """The rows that passed validation and their status; validates first when configured to
     (``scoring.validate_inline``) and the ds was never validated."""
     inline = None
@@ -184,4 +183,4 @@ def _validated_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
         report = validate_partition(spark, cfg, spec, ds)
         inline = {"input_rows": report.input_rows, "quarantined_rows": report.quarantined_rows}
         rows = passed_rows(spark, cfg, spec, ds)
-    return rows, read_status(cfg, spec, ds) or {}, inline
+    return rows, read_status(cfg, spec, ds), inline

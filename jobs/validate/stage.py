@@ -71,13 +71,17 @@ from jobs.core.config import JobConfig
 from jobs.core.errors import MissingInputError, NotValidated, ValidationFailed
 from jobs.core.manifest import RunRecord, utc_now
 from jobs.core.spark import job_group, jobs_in_group, session_conf
+from jobs.core.status import (
+    ValidationStatus,
+    read_validation_status,
+    write_validation_status,
+)
 from jobs.core.warehouse import (
     STATUS_FILE,
     Warehouse,
     fingerprint,
     parquet_files,
     read_footers,
-    read_json,
     read_table,
     remove,
     replacing,
@@ -149,15 +153,14 @@ class ValidationReport:
     bounds: RowCountBounds | None = None
     reused: bool = False             # the stored decision, features unchanged (reuse_current)
 
-    def status_dict(self) -> dict[str, Any]:
-        return {
-            "status": self.status, "dataset": self.dataset, "ds": self.ds,
-            "input_rows": self.input_rows, "passed_rows": self.passed_rows,
-            "quarantined_rows": self.quarantined_rows, "message": self.message,
-            "reasons": self.reasons, "failed_rules": self.failed_rules,
-            "result_json": self.result_json, "data_docs": self.data_docs,
-            "report": self.report_html, "quarantine": self.quarantine,
-        }
+    def to_status(self, **facts: Any) -> ValidationStatus:
+        """The decision as stored in ``status.json`` (``facts``: when, run id, fingerprint...)."""
+        return ValidationStatus(
+            status=self.status, dataset=self.dataset, ds=self.ds, input_rows=self.input_rows,
+            passed_rows=self.passed_rows, quarantined_rows=self.quarantined_rows,
+            message=self.message, reasons=self.reasons, failed_rules=self.failed_rules,
+            result_json=self.result_json, data_docs=self.data_docs, report=self.report_html,
+            quarantine=self.quarantine, **facts)
 
     def record(self) -> RunRecord:
         """Counts for the manifest: a failed validation passed nothing on and quarantined
@@ -253,10 +256,10 @@ def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
 
         report.report_html = str(write_text(validation_dir / REPORT_FILE,
                                             render_validation_html(report)))
-        write_json(wh.status_path(spec.name, ds), report.status_dict() | {
-            "validated_at": utc_now(), "run_id": run_id, "spark_jobs": report.spark_jobs,
-            "features_fingerprint": inputs.fingerprint, "row_count_bounds": asdict(inputs.bounds),
-            "skipped_partitions": list(inputs.bounds.unreadable)})
+        write_validation_status(wh, report.to_status(
+            validated_at=utc_now(), run_id=run_id, spark_jobs=report.spark_jobs,
+            features_fingerprint=inputs.fingerprint, row_count_bounds=asdict(inputs.bounds),
+            skipped_partitions=list(inputs.bounds.unreadable)))
     if report.status == "failed":
         raise ValidationFailed(report.message, details=_failure_details(report))
     return report
@@ -266,27 +269,25 @@ def _current_decision(wh: Warehouse, spec: DatasetSpec, ds: str) -> ValidationRe
     """The stored decision when it was made on the features as they are now (None otherwise);
     a stored failure is raised again."""
     try:
-        status = read_json(wh.status_path(spec.name, ds))
+        status = read_validation_status(wh, spec.name, ds)
     except ValueError:
         return None
-    if not status or status.get("features_fingerprint") != fingerprint(
-            wh.partition(spec.name, "features", ds)):
+    if status is None or status.features_fingerprint is None or \
+            status.features_fingerprint != fingerprint(wh.partition(spec.name, "features", ds)):
         return None
-    if status.get("status") == "failed":
+    if status.status == "failed":
         raise ValidationFailed(f"{spec.name} ds={ds} failed validation (features unchanged "
-                               f"since): {status.get('message', '?')}")
+                               f"since): {status.message or '?'}")
     quarantine = wh.partition(spec.name, "quarantine", ds)
-    if int(status.get("quarantined_rows", 0)) and not parquet_files(quarantine):
+    if status.quarantined_rows and not parquet_files(quarantine):
         return None  # the decision's quarantine went missing: decide again
     return ValidationReport(
-        dataset=spec.name, ds=ds, status=status["status"],
-        input_rows=int(status.get("input_rows", 0)), passed_rows=int(status.get("passed_rows", 0)),
-        quarantined_rows=int(status.get("quarantined_rows", 0)),
-        message=status.get("message", ""), reasons=status.get("reasons") or {},
-        failed_rules=status.get("failed_rules") or [], rows_read=int(status.get("input_rows", 0)),
-        validation_dir=str(wh.partition(spec.name, "validation", ds)),
-        result_json=status.get("result_json") or "", data_docs=status.get("data_docs"),
-        quarantine=status.get("quarantine"), reused=True)
+        dataset=spec.name, ds=ds, status=status.status, input_rows=status.input_rows,
+        passed_rows=status.passed_rows, quarantined_rows=status.quarantined_rows,
+        message=status.message, reasons=status.reasons, failed_rules=status.failed_rules,
+        rows_read=status.input_rows, validation_dir=str(wh.partition(spec.name, "validation", ds)),
+        result_json=status.result_json or "", data_docs=status.data_docs,
+        quarantine=status.quarantine, reused=True)
 
 
 def _check_extra_columns(cfg: JobConfig, spec: DatasetSpec, inputs: "ValidationInputs",
@@ -317,10 +318,12 @@ def _fail(wh: Warehouse, spec: DatasetSpec, ds: str, run_id: str | None, message
           skipped: tuple[str, ...] = ()) -> NoReturn:
     """Before a GX result exists: leave a failed status (and no quarantine) behind."""
     remove(wh.partition(spec.name, "quarantine", ds))
-    write_json(wh.status_path(spec.name, ds), {
-        "status": "failed", "dataset": spec.name, "ds": ds, "input_rows": rows,
-        "passed_rows": 0, "quarantined_rows": 0, "message": message,
-        "validated_at": utc_now(), "run_id": run_id, "skipped_partitions": list(skipped)})
+    # The fingerprint makes the failure reusable: an unchanged partition fails again without
+    # another GX run (the backfill's reuse_current).
+    write_validation_status(wh, ValidationStatus(
+        status="failed", dataset=spec.name, ds=ds, input_rows=rows, message=message,
+        validated_at=utc_now(), run_id=run_id, skipped_partitions=list(skipped),
+        features_fingerprint=fingerprint(wh.partition(spec.name, "features", ds))))
     raise ValidationFailed(message, details={"validation_status": "failed", "rows_read": rows,
                                              "spark_jobs": 0,
                                              "skipped_partitions": list(skipped)}) from cause
@@ -377,7 +380,7 @@ def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds:
                 labels_result = _run_or_fail(wh, spec, ds, run_id, inputs, lambda: gx_run.run(
                     labels_frame, labels_suite, "labels", run_name))
                 bad_labels = bad_label_keys(spec, labels_frame, labels_result)
-            frame = prepare_frame(spec, raw, None, bad_labels=bad_labels).cache()
+            frame = prepare_frame(spec, raw, bad_labels=bad_labels).cache()
         result = _run_or_fail(wh, spec, ds, run_id, inputs, lambda: gx_run.run(
             frame, suite, "features", run_name))
         write_json(validation_dir / RESULT_FILE, result.to_json_dict())
@@ -455,7 +458,7 @@ def passed_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str)
     status = checked_status(cfg, spec, ds)
     rows = spark.read.schema(features_struct(spec)).parquet(
         *spark_paths(wh.partition(spec.name, "features", ds)))
-    if int(status.get("quarantined_rows", 0)) == 0:
+    if status.quarantined_rows == 0:
         return rows
     quarantine_dir = wh.partition(spec.name, "quarantine", ds)
     keys = spark.read.parquet(*spark_paths(quarantine_dir)).select(*spec.key_names).distinct()
@@ -463,7 +466,7 @@ def passed_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str)
     return rows.join(keys, on=cond, how="left_anti")
 
 
-def checked_status(cfg: JobConfig, spec: DatasetSpec, ds: str) -> dict[str, Any]:
+def checked_status(cfg: JobConfig, spec: DatasetSpec, ds: str) -> ValidationStatus:
     """The ds's validation status when its rows may be scored; :class:`NotValidated` when it
     was never validated, failed, changed since, or its quarantine partition went missing."""
     wh = Warehouse(cfg.warehouse)
@@ -472,22 +475,23 @@ def checked_status(cfg: JobConfig, spec: DatasetSpec, ds: str) -> dict[str, Any]
     if status is None:
         raise NotValidated(f"{where} has not been validated; run: mmoe validate "
                            f"--dataset {spec.name} --ds {ds}")
-    if status.get("status") not in ("passed", "quarantined"):
-        raise NotValidated(f"{where} did not pass validation: {status.get('message', '?')}")
-    if fingerprint(wh.partition(spec.name, "features", ds)) != status.get("features_fingerprint"):
+    if not status.scorable:
+        raise NotValidated(f"{where} did not pass validation: {status.message or '?'}")
+    if fingerprint(wh.partition(spec.name, "features", ds)) != status.features_fingerprint:
         raise NotValidated(f"{where}: the features partition changed after it was validated; "
                            f"run mmoe validate --dataset {spec.name} --ds {ds} again")
     quarantine_dir = wh.partition(spec.name, "quarantine", ds)
-    if int(status.get("quarantined_rows", 0)) and not parquet_files(quarantine_dir):
-        raise NotValidated(f"{where}: status says {status['quarantined_rows']} rows were "
+    if status.quarantined_rows and not parquet_files(quarantine_dir):
+        raise NotValidated(f"{where}: status says {status.quarantined_rows} rows were "
                            f"quarantined but {quarantine_dir} is missing; validate again")
     return status
 
 
-def read_status(cfg: JobConfig, spec: DatasetSpec, ds: str) -> dict[str, Any] | None:
-    """The ``status.json`` of a ds, or None when it was never validated (or is being validated)."""
+def read_status(cfg: JobConfig, spec: DatasetSpec, ds: str) -> ValidationStatus | None:
+    """The validation decision of a ds, or None when it was never validated (or is being
+    validated)."""
     try:
-        return read_json(Warehouse(cfg.warehouse).status_path(spec.name, ds))
+        return read_validation_status(Warehouse(cfg.warehouse), spec.name, ds)
     except ValueError as exc:
         raise NotValidated(str(exc)) from None
 
@@ -571,39 +575,20 @@ def schema_problems(spec: DatasetSpec, features: DataFrame,
 MAX_BROADCAST_KEYS = 100_000
 
 
-def prepare_frame(spec: DatasetSpec, features: DataFrame, labels: DataFrame | None, *,
+def prepare_frame(spec: DatasetSpec, features: DataFrame, *,
                   bad_labels: DataFrame | None = None) -> DataFrame:
-    """The partition's spec columns (+ one label value per key and task) + ``_key_copies`` +
-    ``_reason``.
+    """The partition's spec columns + ``_key_copies`` + ``_reason``.
 
-    The validation job passes ``labels=None`` and, when the labels batch found bad labels,
-    ``bad_labels`` (:func:`bad_label_keys`: only those keys): they are joined on (broadcast when
-    few) so that ``_reason`` names ``label_not_binary:<task>`` exactly as with the full join.
-
-    With labels: the folded labels are joined on (the one shuffle of the wide rows) and
-    ``_key_copies`` is a window count that reuses the join's partitioning and order. Without:
-    no wide row is shuffled; duplicated keys come from a group-by over the key columns alone
-    (only keys move; normally none survive ``count > 1``), broadcast back when few.
+    When the labels batch found bad labels, ``bad_labels`` (:func:`bad_label_keys`: only those
+    keys) are joined on (broadcast when few) so that ``_reason`` names
+    ``label_not_binary:<task>``. No wide row is shuffled: duplicated keys come from a group-by
+    over the key columns alone (only keys move; normally none survive ``count > 1``), broadcast
+    back when few.
     """
     spark = features.sparkSession
     keys = spec.key_names
     any_null_key = " OR ".join(f"{_ident(k)} IS NULL" for k in keys)
     frame = features.select(*spec.features_table_columns)
-    if labels is not None:
-        # out-of-{0,1} values are < 0 or > 1: keep one if there is one. A null label (a labels
-        # row without a value) counts as -1: not in {0, 1}. (A features row with no labels row
-        # at all keeps null labels: not judged.)
-        labelled = [F.coalesce(F.col(t), F.lit(-1)).alias(t) for t in spec.task_names]
-        folded = labels.select(*keys, *labelled).groupBy(*keys).agg(*[
-            F.when(F.min(t) < 0, F.min(t)).otherwise(F.max(t)).alias(t) for t in spec.task_names])
-        frame = frame.join(folded, on=keys, how="left")
-        # The join's output is hash-partitioned and sorted by the key already: the window
-        # count reuses both (no second exchange, no sort).
-        key_list = ", ".join(_ident(k) for k in keys)
-        frame = frame.selectExpr(
-            "*", f"CASE WHEN {any_null_key} THEN NULL ELSE count(1) OVER (PARTITION BY "
-                 f"{key_list}) END AS {_ident(KEY_COPIES)}")
-        return _with_reason(spec, frame, with_labels=True)
     copies = "_copies"
     dups = (features.groupBy(*keys).agg(F.count(F.lit(1)).alias(copies))
             .where(f"{copies} > 1 AND NOT ({any_null_key})"))
@@ -681,12 +666,6 @@ class _GxRun:
         if self.docs_dir is not None:
             _prune_static_images(self.docs_dir)
         return next(iter(outcome.run_results.values()))
-
-
-def run_suite(frame: DataFrame, suite, docs_dir: Path | None, run_name: str,
-              asset: str = "features"):
-    """Run one suite on ``frame`` in an ephemeral GX context (see :class:`_GxRun`)."""
-    return _GxRun(docs_dir).run(frame, suite, asset, run_name)
 
 
 def _prune_static_images(docs_dir: Path) -> None:
