@@ -38,7 +38,7 @@ then ``staging → target``.
 
 - a crash while the body writes, or after it wrote but before the first rename (point
   ``staged``): the previous content is in place, untouched, plus hidden staging debris;
-- a crash between the two renames (point ``swapping``): no ``target`` (a reader sees the
+- a crash between the two renames (points ``swapping`` and ``renaming``): no ``target`` (a reader sees the
   partition as absent, never half of it) but a complete ``.old-`` copy, which the next
   :func:`replacing` of that target (or :func:`recover`) renames back before doing anything else;
 - a crash after the second rename: the new content is in place; the ``.old-`` copy is debris.
