@@ -9,7 +9,8 @@ Layout (format ``mmoe-artifact/1``)::
     normalization.json   per dense feature {"mean", "std"}, plus "edges" (bins + 1 training-set
                          quantiles) for quantile / pwl encoded features
     model.safetensors    the weights (state_dict)
-    metrics.json         training metrics (per epoch, best epoch, validation AUC, versions)
+    metrics.json         training metrics (per epoch, best epoch, validation AUC, versions);
+                         no wall-clock times, so the same training gives the same checksum
     model_version        one line: the version string below
     MANIFEST.json        {"format", "model_version", "files": {name: sha256 hex}} for all the above
 

@@ -65,7 +65,9 @@ def run_command(ctx: typer.Context, job: str, dataset: str, ds: Optional[str],
     exc = outcome.error
     # The error line first, then the manifest: under spark-submit, Spark's PythonRunner merges
     # the Python driver's stderr into its stdout, and the manifest must stay the last line.
-    if exc is not None and not isinstance(exc, KeyboardInterrupt):
+    if exc is None:
+        print_summary(outcome.result)
+    if exc is not None:
         print(f"error: {error_line(exc)}", file=sys.stderr, flush=True)
     print(outcome.manifest.to_json(), flush=True)
     if exc is None:
@@ -73,6 +75,15 @@ def run_command(ctx: typer.Context, job: str, dataset: str, ds: Optional[str],
     if isinstance(exc, KeyboardInterrupt):
         raise typer.Exit(130)
     raise typer.Exit(getattr(exc, "exit_code", 1))
+
+
+def print_summary(result: object) -> None:
+    """A finished job's few lines for people, on stderr (stdout ends with the manifest): the
+    result's ``summary()`` when it has one."""
+    summary = getattr(result, "summary", None)
+    text = summary() if callable(summary) else None
+    if text:
+        print(text, file=sys.stderr, flush=True)
 
 
 def exit_on_error(exc: BaseException) -> None:

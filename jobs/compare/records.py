@@ -240,7 +240,14 @@ def verdict(metric: str, row: dict, alpha: float) -> str:
 def finish_report(records: pd.DataFrame, method: str, alpha: float) -> pd.DataFrame:
     """Adjusted p-values over every test of the report, and a verdict per row."""
     rows = records[records["metric"] != "plot"].copy()
-    rows["p_value_adjusted"] = stats.adjust_pvalues(rows["p_value"].to_numpy(dtype=float), method)
+    p = rows["p_value"].to_numpy(dtype=float)
+    rows["p_value_adjusted"] = stats.adjust_pvalues(p, method)
+    # The interval adjusted to the same multiplicity as the verdict (stats.adjusted_levels):
+    # it excludes 0 exactly when the verdict is a difference; ci_low / ci_high stay the raw 95 %.
+    level = stats.adjusted_levels(p, method, alpha)
+    rows["ci_level_adjusted"] = 1.0 - level
+    rows["ci_low_adjusted"], rows["ci_high_adjusted"] = stats.normal_interval(
+        rows["delta"].to_numpy(dtype=float), rows["se"].to_numpy(dtype=float), level)
     rows["verdict"] = [verdict(m, r, alpha) for m, r in zip(rows["metric"], rows.to_dict("records"))]
     return rows.reset_index(drop=True)
 
@@ -251,6 +258,7 @@ class Decision:
     tasks: dict[str, str]                      # task -> better | worse | no_difference
     reasons: list[str] = field(default_factory=list)
     broken_guardrails: list[str] = field(default_factory=list)
+    guardrails_by_task: dict[str, list[str]] = field(default_factory=dict)  # task -> broken ones
 
     def as_dict(self) -> dict:
         return {"ship": self.ship, "tasks": self.tasks, "reasons": self.reasons,
@@ -267,7 +275,7 @@ def decide(report: pd.DataFrame, decision_metrics: list[str], guardrails, tasks:
     breaks and at least one task is better."""
     pooled = report[(report["scope"] == "all") & (report["segment"] == "all")]
     by = {(r["task"], r["metric"]): r for r in pooled.to_dict("records")}
-    verdicts, reasons, broken = {}, [], []
+    verdicts, reasons, broken, by_task = {}, [], [], {}
     for task in tasks:
         v = [by[(task, m)]["verdict"] for m in decision_metrics if (task, m) in by]
         verdicts[task] = "worse" if "worse" in v else "better" if "better" in v else "no_difference"
@@ -285,9 +293,12 @@ def decide(report: pd.DataFrame, decision_metrics: list[str], guardrails, tasks:
             worse_by = regression(g.metric, r["baseline_value"], r["candidate_value"])
             limit = g.max_regression * (abs(r["baseline_value"]) if g.relative else 1.0)
             if worse_by > limit:
-                broken.append(f"{task}: {g.metric} regressed by {_fmt(worse_by)} "
-                              f"(> {'relative ' if g.relative else ''}limit {_fmt(limit)})")
+                what = (f"{g.metric} regressed by {_fmt(worse_by)} "
+                        f"(> {'relative ' if g.relative else ''}limit {_fmt(limit)})")
+                broken.append(f"{task}: {what}")
+                by_task.setdefault(task, []).append(what)
     ship = not broken and "worse" not in verdicts.values() and "better" in verdicts.values()
     if not any(v == "better" for v in verdicts.values()):
         reasons.append("no task is significantly better")
-    return Decision(ship, verdicts, reasons + [f"guardrail broken: {b}" for b in broken], broken)
+    return Decision(ship, verdicts, reasons + [f"guardrail broken: {b}" for b in broken], broken,
+                    by_task)

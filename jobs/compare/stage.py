@@ -64,6 +64,9 @@ AB_SCHEMA = pa.schema([
     ("verdict", pa.string()), ("n", pa.int64()), ("day", pa.date32()),
     # beyond the contract
     ("method", pa.string()), ("se", pa.float64()), ("start", pa.date32()), ("end", pa.date32()),
+    # the interval adjusted to the verdict's multiplicity (jobs.compare.stats.adjusted_levels)
+    ("ci_low_adjusted", pa.float64()), ("ci_high_adjusted", pa.float64()),
+    ("ci_level_adjusted", pa.float64()),
 ])
 
 

@@ -250,11 +250,22 @@ class RegistryResult:
     sha256: str
     events: list[dict[str, Any]]  # what was appended (empty: already registered, no alias)
     artifact: Path
+    note: str | None = None       # a no-op says so: "... already registered ...: nothing to do"
 
     def record(self) -> RunRecord:
+        details: dict[str, Any] = {"action": self.action, "events": self.events}
+        if self.note:
+            details["note"] = self.note
         return RunRecord(model_version=self.version, model_sha256=self.sha256,
-                         outputs={"artifact": str(self.artifact)},
-                         details={"action": self.action, "events": self.events})
+                         outputs={"artifact": str(self.artifact)}, details=details)
+
+    def summary(self) -> str:
+        """The line a person reads on stderr."""
+        if self.note:
+            return self.note
+        return "; ".join(f"registered {e['version']}" if e["event"] == "register" else
+                         f"@{e['alias']} -> {e['version']} from {e['effective']}"
+                         for e in self.events)
 
 
 def _event(kind: str, reason: str | None, **fields: Any) -> dict[str, Any]:
@@ -328,29 +339,46 @@ def register_files(cfg: JobConfig, files: dict[str, bytes], source: str, alias: 
                  poll_seconds=cfg.locks.poll_seconds):
         registry = Registry.read(wh, dataset)
         known = registry.models.get(artifact.model_version)
-        sha256 = artifact.sha256
-        if known is not None and known.sha256 != sha256 and reuse_version:
-            registry.artifact_files(known.version)  # the stored copy must still verify
-            sha256 = known.sha256
-        elif known is not None and known.sha256 != sha256:
-            raise RegistryError(f"model version {artifact.model_version} is already registered "
-                                f"for {dataset} with checksum {known.sha256[:12]}…; this artifact's "
-                                f"is {artifact.sha256[:12]}… (same weights, other metadata)")
+        # The version fingerprints what the model computes (config, spec, normalisation,
+        # weights): the same version is the same model, even when its metadata (metrics.json:
+        # training metrics, an import's who / when) differs; the registered copy is kept and
+        # nothing is recorded (so ``reuse_version`` is now what every registration does).
+        sha256 = known.sha256 if known is not None else artifact.sha256
         target = wh.registry_artifact(dataset, sha256)
-        if sha256 == artifact.sha256:
+        if known is None:
             write_files_once(target, files)
-            problem = artifact_problem(read_files(target), sha256)
-            if problem:  # the copy must read back exactly before the history points at it
-                raise RegistryError(f"copying {source} into the registry failed: {problem}")
+        problem = artifact_problem(read_files(target), sha256)
+        if problem:  # the copy must read back exactly before the history points at it
+            raise RegistryError(f"copying {source} into the registry failed: {problem}"
+                                if known is None else
+                                f"the stored artifact of {known.version} was tampered with: "
+                                f"{problem} ({target})")
         events = []
         if known is None:
             events.append(_event("register", reason, version=artifact.model_version,
                                  sha256=sha256, arch=artifact.arch, source=source))
         if alias is not None:
-            events.append(_promotion_event(alias, artifact.model_version, effective, reason))
+            promotion = _promotion_event(alias, artifact.model_version, effective, reason)
+            if not _already_in_force(registry, promotion):
+                events.append(promotion)
         for event in events:
             append_json_line(wh.registry_history(dataset), event)
-    return RegistryResult("register", dataset, artifact.model_version, sha256, events, target)
+    note = None
+    if not events:
+        note = (f"{artifact.model_version} is already registered for {dataset}"
+                + (f" and @{alias} already points at it from that date" if alias else "")
+                + ": nothing to do")
+    return RegistryResult("register", dataset, artifact.model_version, sha256, events, target,
+                          note)
+
+
+def _already_in_force(registry: Registry, promotion: dict[str, Any]) -> bool:
+    """The alias's latest promotion for that effective date already names that version: a
+    repeated ``register --alias`` (a DAG's second pass) records nothing."""
+    same_day = [p for p in registry.promotions
+                if p.alias == promotion["alias"] and p.effective == promotion["effective"]]
+    return bool(same_day) and max(same_day, key=lambda p: p.sequence).version == \
+        promotion["version"]
 
 
 def _promotion_event(alias: str, version: str, effective: str | None,

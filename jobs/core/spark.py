@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from jobs.core import signals
 from jobs.core.config import SparkConfig
 from jobs.core.errors import ConfigError, SparkUnavailable
 from jobs.core.shipping import project_zip
@@ -66,6 +67,7 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     for key, value in driver_settings(cfg, _stderr_is_tty(), submitted).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    signals.reinstall()  # SparkContext installs its own SIGINT handler; a job's stop is ours
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 

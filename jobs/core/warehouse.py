@@ -38,7 +38,7 @@ then ``staging → target``.
 
 - a crash while the body writes, or after it wrote but before the first rename (point
   ``staged``): the previous content is in place, untouched, plus hidden staging debris;
-- a crash between the two renames (point ``swapping``): no ``target`` (a reader sees the
+- a crash between the two renames (points ``swapping`` and ``renaming``): no ``target`` (a reader sees the
   partition as absent, never half of it) but a complete ``.old-`` copy, which the next
   :func:`replacing` of that target (or :func:`recover`) renames back before doing anything else;
 - a crash after the second rename: the new content is in place; the ``.old-`` copy is debris.
@@ -54,7 +54,8 @@ lock (at most its hidden, unlocked file, which the next run removes).
 Test hook (off by default, for the kill tests only): with ``MMOE_TEST_PAUSE_AT=<point>`` (or
 ``<point>@<table>``, e.g. ``staged@predictions``) and ``MMOE_TEST_PAUSE_DIR=<dir>``,
 :func:`replacing` touches ``<dir>/<point>`` when it reaches that point and then sleeps (up to
-10 minutes) so that a test can ``kill -9`` the process there. Points: ``staged``, ``swapping``.
+10 minutes) so that a test can ``kill -9`` the process there. Points: ``staged``, ``swapping``
+(right after the old copy is renamed away), ``renaming`` (right before the new one is renamed in).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from jobs.core import signals
 from jobs.core.errors import InputError, MissingInputError
 from jobs.core.locks import partition_lock
 
@@ -432,10 +434,12 @@ def replacing(target: Path) -> Iterator[Path]:
             staging.mkdir(parents=True, exist_ok=True)
             _pause_point("staged", target)
             old = _sibling(target, "old", token)
-            if target.exists():
-                target.rename(old)
-                _pause_point("swapping", target)
-            staging.rename(target)
+            with signals.deferred():  # a SIGTERM waits until the two renames are done
+                if target.exists():
+                    target.rename(old)
+                    _pause_point("swapping", target)
+                _pause_point("renaming", target)  # the last moment before the new copy goes in
+                staging.rename(target)
             shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
