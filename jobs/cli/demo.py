@@ -87,9 +87,11 @@ def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
 def _print_summary(spark, cfg: JobConfig, spec, ds: str, runs: dict[str, RunManifest]) -> None:
     from pyspark.sql import functions as F
 
+    from jobs.core.spark import read_partition
+
     wh = Warehouse(cfg.warehouse)
     shown = metric_registry.names("size", "quality")
-    metrics = (spark.read.parquet(str(wh.partition(spec.name, "metrics", ds)))
+    metrics = (read_partition(spark, wh.partition(spec.name, "metrics", ds))
                .where(F.col("segment") == "all")
                .where(F.col("metric").isin(*shown))
                .groupBy("task").pivot("metric").agg(F.first("value"))
@@ -122,8 +124,10 @@ def _print_recommendations(spark, spec, run: RunManifest, users: int = 3, k: int
     """The top items of a few users from the catalog run's recommendations partition."""
     from pyspark.sql import functions as F
 
+    from jobs.core.spark import read_partition
+
     cat = spec.catalog
-    recs = spark.read.parquet(run.outputs["recommendations"])
+    recs = read_partition(spark, Path(run.outputs["recommendations"]))
     first = [r[0] for r in recs.select(cat.user_key).distinct().orderBy(cat.user_key)
              .limit(users).collect()]
     rows = (recs.where(F.col(cat.user_key).isin(first) & (F.col("rank") <= k))

@@ -44,6 +44,7 @@ from jobs.core.errors import InputError, MissingInputError
 from jobs.core.manifest import RunRecord
 from jobs.core.modelref import ModelRef
 from jobs.core.registry import version_of
+from jobs.core.spark import read_partition
 from jobs.core.warehouse import (
     Warehouse,
     date_range,
@@ -201,12 +202,8 @@ def _versions_days(wh: Warehouse, spec: DatasetSpec, version: str, days: list[st
 def _read_days(spark: SparkSession, paths: dict[str, Path], columns: list[str], what: str) -> DataFrame:
     frames = []
     for day, path in paths.items():
-        frame = spark.read.parquet(str(path))
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            raise MissingInputError(f"{what} at {path} lacks column(s) {missing}",
-                                    details={"path": str(path)})
-        frames.append(frame.select(*columns).withColumn(DAY, F.lit(day).cast("date")))
+        frame = read_partition(spark, path, columns, what)
+        frames.append(frame.withColumn(DAY, F.lit(day).cast("date")))
     return reduce(DataFrame.unionByName, frames)
 
 

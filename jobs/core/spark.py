@@ -27,6 +27,7 @@ from jobs.core import signals
 from jobs.core.config import SparkConfig
 from jobs.core.errors import ConfigError, SparkUnavailable
 from jobs.core.shipping import project_zip
+from jobs.core.warehouse import require_columns, spark_paths
 
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 
@@ -217,3 +218,15 @@ def jobs_in_group(spark: SparkSession, group: str) -> int | None:
     if is_connect(spark):
         return None
     return len(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
+
+
+def read_partition(spark: SparkSession, directory: Path, columns: list[str] | None = None,
+                   what: str = "partition"):
+    """The one Spark read of a partition: exactly the files :func:`parquet_files` lists (never
+    the bare directory), the requested ``columns`` checked (one line naming what lacks which)
+    and selected."""
+    frame = spark.read.parquet(*spark_paths(directory))
+    if columns is None:
+        return frame
+    require_columns(frame.columns, columns, what, directory)
+    return frame.select(*columns)

@@ -285,6 +285,14 @@ def spark_paths(directory: Path) -> list[str]:
     return [str(p) for p in files]
 
 
+def require_columns(present: list[str], columns: list[str], what: str, where: Path | str,
+                    error: type[Exception] = MissingInputError) -> None:
+    """The one column check of a partition read: ``error`` naming what lacks which columns."""
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise error(f"{what} at {where} lacks column(s) {missing}", details={"path": str(where)})
+
+
 def discard_hidden(directory: Path) -> None:
     """Delete the hidden files directly in ``directory`` (partial files of failed task attempts
     in a staging directory); data files are untouched."""

@@ -25,6 +25,7 @@ from jobs.core.errors import ConfigError, InputError, MissingInputError
 from jobs.core.manifest import RunRecord
 from jobs.core.modelref import ModelRef
 from jobs.core.registry import version_of
+from jobs.core.spark import read_partition
 from jobs.core.warehouse import (
     Warehouse,
     count_rows,
@@ -32,7 +33,6 @@ from jobs.core.warehouse import (
     parse_date,
     read_footers,
     replacing,
-    spark_paths,
 )
 from jobs.evaluate.gates import gate_metric_rows, gate_sizes
 from jobs.evaluate.metrics import compute_metrics
@@ -63,14 +63,6 @@ def _select_versions(cfg: JobConfig, wh: Warehouse, spec: DatasetSpec, ds: str,
     if not present:
         raise MissingInputError(f"no predictions for ds={ds}: {root} has no model_version=V partition")
     return present
-
-
-def _read(spark: SparkSession, path: Path, columns: list[str], what: str) -> DataFrame:
-    frame = spark.read.parquet(*spark_paths(path))
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise MissingInputError(f"{what} at {path} lacks column(s) {missing}")
-    return frame.select(*columns)
 
 
 def _labels_missing(spec: DatasetSpec, ds: str, path: Path, wait_days: int) -> MissingInputError:
@@ -138,7 +130,7 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     gate_cols = {v: [c for c in (f"gate_{t}" for t in tasks) if c in read_footers(parquet_files(
         wh.partition(spec.name, "predictions", ds, model_version=v)))[0].names] for v in versions}
     all_gates = sorted({c for cols in gate_cols.values() for c in cols})
-    frames = [_read(spark, wh.partition(spec.name, "predictions", ds, model_version=v),
+    frames = [read_partition(spark, wh.partition(spec.name, "predictions", ds, model_version=v),
                     keys + spec.prediction_columns + gate_cols[v], "predictions")
               .select(*keys, *spec.prediction_columns,
                       *(F.col(c) if c in gate_cols[v] else F.lit(None).cast("array<float>").alias(c)
@@ -150,9 +142,9 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     read_rows = {v: count_rows(wh.partition(spec.name, "predictions", ds, model_version=v))
                  for v in versions}
 
-    scored = predictions.join(_read(spark, labels_path, keys + tasks, "labels"), keys, "inner")
+    scored = predictions.join(read_partition(spark, labels_path, keys + tasks, "labels"), keys, "inner")
     if feature_columns:
-        features = _read(spark, features_path, keys + [c for c in feature_columns if c not in keys],
+        features = read_partition(spark, features_path, keys + [c for c in feature_columns if c not in keys],
                          "features")
         scored = scored.join(features, keys, "inner")
     metrics = compute_metrics(scored, tasks, segments, user)
@@ -169,7 +161,7 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
                  poll_seconds=cfg.locks.poll_seconds):
         rows_written, kept = _replace_partition(spark, target, metrics, versions)
 
-    summary = (spark.read.parquet(str(target))
+    summary = (read_partition(spark, target)
                .where(F.col("model_version").isin(versions) & (F.col("segment") == "all")
                       & F.col("metric").isin("auc", "count"))
                .collect())
@@ -182,7 +174,7 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
             matched[r["model_version"]] = max(matched[r["model_version"]], int(r["value"]))
     return EvaluateResult(
         versions=versions, input_rows=int(sum(read_rows.values())), output_rows=rows_written,
-        output=target, metrics=spark.read.parquet(str(target)), details={
+        output=target, metrics=read_partition(spark, target), details={
             "auc": auc,                    # model_version -> task -> AUC over segment 'all'
             "segments": segments,
             "user_column": user,

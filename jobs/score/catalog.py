@@ -46,7 +46,7 @@ from pyspark.sql import types as T
 
 from jobs.core.config import JobConfig
 from jobs.core.errors import ConfigError, InputError, MissingInputError
-from jobs.core.spark import default_parallelism, session_conf, ship
+from jobs.core.spark import default_parallelism, read_partition, session_conf, ship
 from jobs.core.warehouse import (
     Warehouse,
     count_rows,
@@ -394,7 +394,7 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
     if method == "factored" and not factorable(artifact.model, artifact.spec):
         method = "rows"  # e.g. single-task: one input layer per task
     scored_at = dt.datetime.now(dt.timezone.utc)
-    users_df = spark.read.parquet(str(users_dir))
+    users_df = read_partition(spark, users_dir)
     out = wh.partition(spec.name, "recommendations", ds, model_version=artifact.model_version)
     with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
                               str(cfg.scoring.batch_size)}), \
@@ -403,16 +403,16 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
             replacing(out) as staging:
         if method == "factored" and has_candidates:
             recs = recommend_candidates(
-                spark, spark.read.parquet(str(candidates_dir)), read_table(users_dir),
+                spark, read_partition(spark, candidates_dir), read_table(users_dir),
                 read_table(items_dir), files, artifact, spec, cfg, scored_at, catalog.top_k)
         elif method == "factored":
-            top_items = top_items_frame(spark.read.parquet(str(items_dir)), spec,
+            top_items = top_items_frame(read_partition(spark, items_dir), spec,
                                    catalog.max_items_per_user)
             recs = recommend_grid(spark, users_df, top_items.toArrow(), files, artifact, spec,
                                   cfg, scored_at, catalog.top_k)
         else:
-            items_df = spark.read.parquet(str(items_dir))
-            pairs = (spark.read.parquet(str(candidates_dir)) if has_candidates
+            items_df = read_partition(spark, items_dir)
+            pairs = (read_partition(spark, candidates_dir) if has_candidates
                      else grid_pairs(users_df, items_df, spec, catalog.max_items_per_user))
             recs = recommend_rows(spark, pairs, users_df, items_df, files, artifact, spec, cfg,
                                   scored_at, catalog.top_k)

@@ -24,6 +24,7 @@ from jobs.core.warehouse import (
     parquet_files,
     read_footers,
     read_table,
+    require_columns,
     replacing,
 )
 from mmoe_model.archs import ARCHS
@@ -51,9 +52,7 @@ def _read_partition(path: Path, columns: list[str], what: str) -> pa.Table:
         schema, _ = read_footers(parquet_files(path))
     except ValueError as exc:
         raise UnreadablePartition(f"cannot read {what} at {path}: {exc}") from None
-    missing = [c for c in columns if c not in schema.names]
-    if missing:
-        raise InputError(f"{what} at {path} lacks column(s) {missing}")
+    require_columns(schema.names, columns, what, path, error=InputError)
     return read_table(path, columns=columns)
 
 
