@@ -45,14 +45,23 @@ def pytest_collection_modifyitems(session, config, items):
     its ~40 s JVM start overlaps the tests that run before it."""
     if os.environ.get("MMOE_TEST_CONNECT_URL"):  # a developer's running server (tests/_connect.py)
         return
+    # Under pytest-xdist every worker collects every test: the one that runs them launches the
+    # server from the fixture instead (the other worker's tests overlap its start there).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     if any("connect_server" in getattr(item, "fixturenames", ()) for item in items):
-        import tempfile
+        _launch_connect_server()
 
-        from _connect import ConnectServer
 
-        server = ConnectServer(Path(tempfile.mkdtemp(prefix="mmoe-connect-")), sys.executable)
-        server.launch()
-        _CONNECT["server"] = server
+def _launch_connect_server():
+    import tempfile
+
+    from _connect import ConnectServer
+
+    server = ConnectServer(Path(tempfile.mkdtemp(prefix="mmoe-connect-")), sys.executable)
+    server.launch()
+    _CONNECT["server"] = server
+    return server
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +76,8 @@ def connect_server():
         yield ExternalServer(os.environ["MMOE_TEST_CONNECT_URL"])
         return
     server = _CONNECT.get("server")
+    if server is None and os.environ.get("PYTEST_XDIST_WORKER"):
+        server = _launch_connect_server()
     if server is None:
         pytest.fail("the Connect server was not launched at collection")
     try:
