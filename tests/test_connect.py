@@ -170,7 +170,9 @@ def test_unreachable_server_and_bad_url_fail_in_seconds(tmp_path):
         with pytest.raises(ConfigError, match=why):
             check_remote(bad)
     assert time.monotonic() - started < 5
-    # the real CLI: one error line, no hang (SPARK_REMOTE selects Connect, no --remote needed)
+    # the real CLI: one error line, no hang (SPARK_REMOTE selects Connect, no --remote needed);
+    # the day has data, so the pre-JVM checks pass and the session start is what fails
+    write_day(tmp_path / "wh", load_spec("synth"), DAYS[0], n=20)
     env = cli_env(SPARK_REMOTE=closed)
     started = time.monotonic()
     proc = subprocess.run(mmoe_command("--warehouse", str(tmp_path / "wh"), "validate", "--dataset",
