@@ -3,7 +3,8 @@ range; resumable, skips up-to-date days, see README "Backfills").
 
 Trigger it with params, e.g. `airflow dags trigger mmoe_backfill -c '{"start": "2026-10-01",
 "end": "2026-10-31", "model": "@champion"}'`. Settings (config, warehouse, console script) are
-the nightly DAG's Variables. This file only wires the task.
+the nightly DAG's Variables. `start` and `end` have no defaults: a trigger without them is
+refused by Airflow's param validation. This file only wires the task.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def backfill(**context) -> dict:
     doc_md=__doc__,
     params={
         "dataset": Param("", type="string", description="Dataset (empty: Variable mmoe_dataset)"),
-        "start": Param("2026-01-01", type="string", format="date", description="First ds"),
-        "end": Param("2026-01-31", type="string", format="date", description="Last ds"),
+        # no defaults: a trigger without a range is refused, not run over some month
+        "start": Param(type="string", format="date", description="First ds (required)"),
+        "end": Param(type="string", format="date", description="Last ds (required)"),
         "model": Param("@champion", type="string",
                        description="Artifact directory, registered version, or @alias"),
         "force": Param(False, type="boolean", description="Redo up-to-date days"),

@@ -15,14 +15,17 @@ replaces its own partitions:
    have matured), all model versions scored that day; skipped when that day has no predictions
    (the first days of a new pipeline);
 5. `compare` — `mmoe compare` champion vs each challenger over the trailing
-   `mmoe_compare_days` days ending at the matured day; skipped while the CLI has no `compare`.
+   `mmoe_compare_days` days ending at the matured day.
 
 Each job task runs one job and returns its manifest (XCom); how is the Variable `mmoe_launcher`
 (README "Deploying the DAGs"): `console` (default: the `mmoe_bin` command, a Spark driver
 itself), `spark-submit` (the Spark provider's SparkSubmitHook with connection
 `mmoe_spark_conn_id`, default `spark_default`, the project zip and `jobs/submit.py`) or
 `connect` (the `mmoe_bin` command with `--remote` `mmoe_remote`). Retries, an execution timeout and a failure callback that logs the
-job's one-line error are set on every task. `score` and `evaluate` update the Assets
+job's one-line error are set on every task; a failure a retry cannot fix (no model in force, a
+spec mismatch, a refused input, a bad argument: the manifest's `error_kind` is `permanent`)
+fails the task at once, only transient ones (a lost executor, a lock held by another run) are
+retried. `score` and `evaluate` update the Assets
 `mmoe_predictions` / `mmoe_metrics` (extra: dataset, ds, model version, path), so downstream
 DAGs can be scheduled on them.
 
@@ -40,6 +43,8 @@ import os
 
 import pendulum
 from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
+
+from airflow_dags.runner import fail_fast
 
 PREDICTIONS = Asset(name="mmoe_predictions", uri="mmoe://warehouse/predictions")
 METRICS = Asset(name="mmoe_metrics", uri="mmoe://warehouse/metrics")
@@ -75,6 +80,7 @@ def _record_assets(context, manifest: dict, ds: str) -> None:
 
 
 @task(**JOB_TASK)
+@fail_fast
 def run_mmoe(subcommand: list[str], model: str | None = None, **context) -> dict:
     """Run one `mmoe` job for this run's ds and return its manifest."""
     from airflow_dags.runner import run_ds, run_job
@@ -97,6 +103,7 @@ def wait_for_features(**context) -> bool:
 
 
 @task(**JOB_TASK)
+@fail_fast
 def models_in_force(**context) -> list[str]:
     from airflow_dags.runner import models_to_score, run_ds
 
@@ -104,6 +111,7 @@ def models_in_force(**context) -> list[str]:
 
 
 @task(outlets=[METRICS], **JOB_TASK)
+@fail_fast
 def evaluate_matured(**context) -> dict:
     from airflow.sdk.exceptions import AirflowSkipException
 
@@ -127,6 +135,7 @@ def challenger_pairs(versions: list[str]) -> list[dict[str, str]]:
 
 
 @task(**JOB_TASK)
+@fail_fast
 def compare(pair: dict[str, str], **context) -> dict:
     import datetime as dt
 

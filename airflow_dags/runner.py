@@ -10,6 +10,7 @@ imports neither Spark, torch nor Great Expectations: the jobs run in their own `
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -17,11 +18,47 @@ import shlex
 import subprocess
 from dataclasses import dataclass
 
+from jobs.core.errors import PERMANENT, error_kind, is_permanent
+
 log = logging.getLogger(__name__)
 
 
 class JobFailed(RuntimeError):
-    """The job exited non-zero; the message is its one-line error."""
+    """The job exited non-zero; the message is its one-line error. ``permanent``: a retry
+    cannot fix it (the job's manifest says ``error_kind: permanent``, or its exit status does:
+    :func:`jobs.core.errors.is_permanent`)."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def fail_fast(callable_):
+    """Wrap an Airflow task callable: a failure a retry cannot fix (a permanent
+    :class:`JobFailed`, or a typed error raised in the task itself, e.g. the registry's) fails
+    the task at once with ``AirflowFailException``, skipping its retries; a transient one (a
+    lock held by another run, a lost executor) is raised as it is, and Airflow retries it."""
+
+    @functools.wraps(callable_)
+    def task_callable(*args, **kwargs):
+        try:
+            return callable_(*args, **kwargs)
+        except Exception as exc:
+            permanent = exc.permanent if isinstance(exc, JobFailed) else \
+                error_kind(exc) == PERMANENT and not _is_airflow(exc)
+            if not permanent:
+                raise
+            # deferred: the DAG files import this module while they parse
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"{exc} (not retried: a retry cannot fix this)") from exc
+
+    return task_callable
+
+
+def _is_airflow(exc: BaseException) -> bool:
+    """Airflow's own control-flow exceptions (skip, fail, reschedule) pass through."""
+    return type(exc).__module__.split(".")[0] == "airflow"
 
 
 def run_ds(data_interval_start) -> str:
@@ -146,7 +183,8 @@ def run_job(subcommand: list[str], ds: str | None, dataset: str, model_dir: str 
         manifest = {}
     if proc.returncode != 0:
         error = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no error output"
-        raise JobFailed(f"{' '.join(cmd)} exited {proc.returncode}: {error}")
+        raise JobFailed(f"{' '.join(cmd)} exited {proc.returncode}: {error}",
+                        permanent=is_permanent(manifest.get("error_kind"), proc.returncode))
     return manifest
 
 
@@ -180,7 +218,12 @@ def submit_job(launch: Launch, args: list[str]) -> dict:
     except Exception as exc:  # AirflowException: non-zero exit; name the job's own error line
         error = next((line for line in reversed(lines) if line.startswith("error: ")), None)
         raise JobFailed(f"spark-submit {' '.join(args)} failed: "
-                        f"{error or str(exc).strip().splitlines()[0]}") from None
+                        f"{error or str(exc).strip().splitlines()[0]}",
+                        permanent=is_permanent(_last_manifest(lines).get("error_kind"))) from None
+    return _last_manifest(lines)
+
+
+def _last_manifest(lines: list[str]) -> dict:
     for line in reversed(lines):
         if line.startswith("{"):
             try:
@@ -225,7 +268,8 @@ def models_to_score(settings: Settings, ds: str) -> list[str]:
     chosen = models_in_force(cfg, settings.dataset, ds)
     if not chosen or chosen[0]["alias"] != "champion":
         raise JobFailed(f"no @champion of {settings.dataset} in force on {ds}: register and "
-                        f"promote one (mmoe models promote V --alias champion --effective D)")
+                        f"promote one (mmoe models promote V --alias champion --effective D)",
+                        permanent=True)
     return [c["version"] for c in chosen]
 
 

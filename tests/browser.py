@@ -51,6 +51,7 @@ class PageVisit:
     screenshot: bytes = b""
     title: str = ""
     text: str = ""
+    probes: dict = field(default_factory=dict)   # name -> value of each probe expression
 
 
 class _Cdp:
@@ -107,8 +108,11 @@ def _devtools_url(profile: Path, proc: subprocess.Popen, timeout: float = 30.0) 
     raise TimeoutError("chromium did not open its DevTools port")
 
 
-def visit(chromium: str, page: Path) -> PageVisit:
-    """Load ``page`` (file://) in a fresh profile; collect errors, requests, visible figures."""
+def visit(chromium: str, page: Path, probes: dict[str, str] | None = None,
+          full_page: bool = False) -> PageVisit:
+    """Load ``page`` (file://) in a fresh profile; collect errors, requests, visible figures,
+    and the JSON value of each JavaScript expression in ``probes`` (computed styles, cell
+    texts...). ``full_page``: the screenshot covers the whole page, not only the window."""
     page = Path(page).resolve()
     url = page.as_uri()
     out = PageVisit()
@@ -135,7 +139,12 @@ def visit(chromium: str, page: Path) -> PageVisit:
                                        returnByValue=True)["result"]["value"])
             out.title, out.images, out.tables = seen["title"], seen["images"], seen["tables"]
             out.text = seen["text"]
-            shot = cdp.call("Page.captureScreenshot", session, format="png", timeout=60)
+            for name, expression in (probes or {}).items():
+                value = cdp.call("Runtime.evaluate", session, returnByValue=True,
+                                 expression=f"JSON.stringify({expression})")["result"]
+                out.probes[name] = json.loads(value["value"]) if "value" in value else None
+            shot = cdp.call("Page.captureScreenshot", session, format="png", timeout=60,
+                            captureBeyondViewport=full_page)
             out.screenshot = base64.b64decode(shot["data"])
             cdp.drain(0.2)
             for e in cdp.events:

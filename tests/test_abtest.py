@@ -3,12 +3,15 @@ and verdicts / decisions on data built so that the candidate is better, worse or
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
-from jobs.compare.records import decide, finish_report, group_records
+from jobs.compare.records import PLOT_STEP, _plot_payload, decide, finish_report, group_records
+from jobs.compare.report import reliability_bins
 from jobs.core.config import Guardrail
 from mmoe_model.hashing import splitmix64
 
@@ -150,3 +153,30 @@ def test_relative_guardrail_decides_on_the_baseline_scaled_limit(metric, baselin
     assert d.ship is False                      # nothing is better: never ships either way
     if want_broken:
         assert f"limit {0.01 * abs(baseline):.4g}" in d.broken_guardrails[0]
+
+
+def test_rare_task_scores_spread_over_the_log_odds_bins_and_reliability_uses_quantiles():
+    """A task with ~0.5 % positives: on a 0-1 axis every score would be one spike in the first
+    bin; the report's log-odds bins spread them, and its reliability bins hold ~1/10 of the rows
+    each, with the observed rate of each bin equal to a plain loop's."""
+    rng = np.random.default_rng(4)
+    s = 1 / (1 + np.exp(-rng.normal(-5.5, 0.8, 20_000)))
+    y = (rng.random(s.size) < s).astype(float)
+    payload = json.loads(_plot_payload(y, s, np.clip(s * 1.1, 0, 1)))
+    cnt = np.asarray(payload["baseline"]["cnt"])
+    assert np.all(s < 0.05) and (cnt > 0).sum() > 40 and cnt.max() < 0.05 * s.size
+    bins = reliability_bins(payload["baseline"])
+    assert 9 <= len(bins) <= 10 and sum(b["rows"] for b in bins) == s.size
+    assert all(0.05 * s.size < b["rows"] < 0.15 * s.size for b in bins)
+    # oracle: the same bins rebuilt row by row from the log-odds edges of each bin
+    z = np.log(s) - np.log1p(-s)
+    order = np.argsort(z, kind="stable")
+    start = 0
+    for b in bins:
+        rows = order[start:start + b["rows"]]
+        start += b["rows"]
+        assert b["positives"] == int(y[rows].sum())
+        assert b["mean_predicted"] == pytest.approx(s[rows].mean(), rel=1e-6)
+    # neighbouring bins do not overlap on the log-odds axis (a fine bin is never split)
+    ends = np.cumsum([b["rows"] for b in bins])[:-1]
+    assert np.all(np.floor((z[order][ends] + 16) / PLOT_STEP) > np.floor((z[order][ends - 1] + 16) / PLOT_STEP))

@@ -14,9 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from _frames import random_features
 from browser import visit
+from matplotlib.collections import LineCollection, PolyCollection
 from sklearn.metrics import roc_auc_score
 
 from jobs.compare import stats
+from jobs.compare.report import daily_figure, reliability_bins, task_figure
 from jobs.compare.stage import compare_models, compute_records, labelled_pairs, stack_tasks
 from jobs.core.errors import InputError, MissingInputError
 from jobs.core.warehouse import Warehouse, read_table
@@ -141,16 +143,79 @@ def test_pairing_values_rerun_and_gates(spark, job_config, spec, warehouse, chro
     assert sorted(p.name for p in warehouse.table(spec.name, "ab_reports").iterdir()) == \
         ["_docs", "report=A_vs_B_2026-11-02_2026-11-03"]
     # the HTML report as a user sees it: offline, no console error, every figure and table shown
-    page = visit(chromium, again.outputs["html"])
+    page = visit(chromium, again.outputs["html"], PROBES, full_page=True)
     assert page.errors == [] and page.requests == []
-    # a figure row per task, per-day deltas, gates; tables: tasks, pairing, verdicts, segments
-    # + one prediction drift table per arm
-    assert page.images == len(spec.task_names) + 2 and page.tables == 4 + 2
+    # a figure row per task, per-day deltas, gates; tables: tasks, versions, pairing, verdicts,
+    # the segment columns with a difference (the rest collapsed) + one prediction drift table per arm
+    segs = table[table.day.isna() & (table.segment != "all")]
+    decided = {s.split("=")[0] for s in segs[segs.verdict.isin(["better", "worse"])].segment}
+    assert page.images == len(spec.task_names) + 2 and page.tables == 4 + len(decided) + 2
     assert "Prediction drift" in page.text and "candidate B" in page.text and "p_click" in page.text
     (job_config.warehouse.parent / "compare.png").write_bytes(page.screenshot)
     assert page.screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(page.screenshot) > 50_000
     summary = open(again.outputs["summary"]).read()
     assert "**SHIP**" in summary and "| click | better |" in summary
+    _check_report_reads_right(spec, again, table, page, summary)
+
+
+PROBES = {
+    "h1": "document.querySelector('h1').innerText",
+    "tasks": "[...document.querySelectorAll('table.tasks tr')].slice(1).map(tr => tr.cells[0].innerText)",
+    "verdict_tasks": "[...document.querySelectorAll('h2')].find(h => h.innerText.startsWith('Verdicts'))"
+                     ".nextElementSibling.querySelector('table').innerText.split('\\n').slice(1)"
+                     ".map(line => line.split('\\t')[0])",
+    "versions": "[...document.querySelectorAll('table.versions tr')].map(tr =>"
+                " [...tr.cells].map(c => c.innerText))",
+    "segment_groups": "[...document.querySelectorAll('h3')].map(h => h.innerText)",
+    "collapsed": "[...document.querySelectorAll('details')].map(d => [d.open,"
+                 " d.querySelectorAll('tr').length])",
+    "reliability": "[...document.querySelectorAll('table.reliability')].map(t =>"
+                   " [...t.rows].slice(1).map(r => [r.cells[0].innerText,"
+                   " Number(r.cells[2].innerText.replace(/,/g, ''))]))",
+    "number_cells": "[...document.querySelectorAll('td:not(.l)')].map(td => getComputedStyle(td)"
+                    ".whiteSpace)",
+}
+
+
+def _check_report_reads_right(spec, result, table, page, summary):
+    """Issue 22, item 9: one task order (the spec's) everywhere, what each version is, a date
+    axis with one tick per day and per-day error bars, quantile reliability bins whose rows add
+    up, segments grouped with the undecided rows collapsed, baseline before candidate."""
+    tasks = spec.task_names
+    assert tasks != sorted(tasks)  # the spec's order is not the alphabet: the check can fail
+    assert result.tasks == tasks and page.probes["tasks"] == tasks
+    assert list(dict.fromkeys(page.probes["verdict_tasks"])) == tasks
+    assert list(dict.fromkeys(table.task)) == tasks
+    assert list(dict.fromkeys(table[table.day.isna()].task)) == tasks
+    # the title and the folder agree: baseline A first, as in report=A_vs_B_...
+    assert page.probes["h1"] == f"{spec.name}: baseline A vs candidate B"
+    assert summary.startswith("### A/B baseline `A` vs candidate `B`")
+    versions = {row[0]: row[1:] for row in page.probes["versions"]}
+    assert versions["version"] == ["A", "B"] and versions["registered"] == ["not registered"] * 2
+    assert {"architecture", "epochs run", "training range", "aliases"} <= set(versions)
+
+    fig = daily_figure(result.report, tasks)
+    for ax in fig.axes:
+        assert [t.get_text() for t in ax.get_xticklabels()] == DAYS  # one tick per day, a date
+        assert not any(isinstance(c, PolyCollection) for c in ax.collections)  # no band of steps
+        bars = [c for c in ax.collections if isinstance(c, LineCollection)]
+        assert len(bars) == 1 and len(bars[0].get_segments()) == len(DAYS)  # an error bar a day
+    labelled = 2 * (N - 7)
+    shown = page.probes["reliability"]
+    assert len(shown) == len(tasks)
+    for t, rows in zip(tasks, shown):
+        for arm in ("baseline", "candidate"):
+            bins = reliability_bins(result.plots[t][arm])
+            assert sum(b["rows"] for b in bins) == labelled and 5 <= len(bins) <= 10
+            assert sum(n for a, n in rows if a == arm) == labelled
+            assert max(b["rows"] for b in bins) <= 0.3 * labelled  # quantile bins, not 0-1 ones
+        ax = task_figure(t, result.plots[t], {}).axes[2]
+        assert "log-odds" in ax.get_xlabel() and ax.get_xlim()[0] < 0 < ax.get_xlim()[1]
+
+    groups = page.probes["segment_groups"]
+    assert groups == [c for c in result.segments if (table.segment.str.startswith(c + "=")).any()]
+    assert page.probes["collapsed"] and all(not is_open for is_open, _ in page.probes["collapsed"])
+    assert set(page.probes["number_cells"]) == {"nowrap"}
 
 
 def test_browser_check_sees_errors_and_requests(chromium, tmp_path):

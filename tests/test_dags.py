@@ -6,6 +6,8 @@ challenger."""
 
 from __future__ import annotations
 
+import copy
+import json
 import stat
 
 import pytest
@@ -150,6 +152,12 @@ def test_backfill_dag_has_the_range_params(dagbag):
     assert set(dag.params) >= {"dataset", "start", "end", "model", "force"}
     assert type(dag.timetable).__name__ == "NullTimetable"  # on demand only
     assert [t.task_id for t in dag.tasks] == ["backfill"]
+    # triggered without a range it is refused (no default month to fail 31 days of)
+    with pytest.raises(Exception, match="param start: No value passed"):
+        copy.deepcopy(dag.params).validate()
+    configured = copy.deepcopy(dag.params)
+    configured.update({"start": "2026-10-01", "end": "2026-10-31"})
+    assert configured.validate()["model"] == "@champion"
 
 
 def test_dag_files_parse_fast_without_spark_torch_or_gx():
@@ -226,6 +234,71 @@ def test_failure_callback_logs_the_one_line_error(caplog):
                      "data_interval_start": pendulum.datetime(2026, 11, 3, 3, tz="UTC")})
     assert caplog.messages == [
         "mmoe task score failed for ds=2026-11-03: mmoe score exited 1: error: no rows"]
+
+
+def _failing_mmoe(tmp_path, exit_code: int, kind: str | None) -> str:
+    """A console script that fails like the CLI: its manifest (with ``error_kind``) last on
+    stdout, one error line on stderr."""
+    script = tmp_path / f"mmoe-{exit_code}-{kind}"
+    manifest = {"job": "score", "status": "failed", "error": "x", **(
+        {"error_kind": kind} if kind else {})}
+    script.write_text("#!/bin/sh\necho '%s'\necho 'error: x' >&2\nexit %d\n"
+                      % (json.dumps(manifest), exit_code))
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script)
+
+
+@pytest.mark.parametrize("exit_code, kind, permanent", [
+    (1, "permanent", True),    # e.g. a refused input, no model in force, a spec mismatch
+    (2, "permanent", True),    # a bad argument
+    (1, "transient", False),   # e.g. a lock held by another run, a lost executor
+    (143, "transient", False),  # stopped by SIGTERM
+    (2, None, True),           # no manifest (a usage error before any): the exit status decides
+    (1, None, False),
+])
+def test_task_callable_fails_fast_only_when_a_retry_cannot_help(dagbag, monkeypatch, tmp_path,
+                                                               exit_code, kind, permanent):
+    """The nightly DAG's job task, run as Airflow runs its callable: a permanent failure raises
+    AirflowFailException (no retry), a transient one a retryable exception."""
+    import pendulum
+    from airflow.sdk.exceptions import AirflowFailException
+
+    monkeypatch.setenv("AIRFLOW_VAR_MMOE_BIN", _failing_mmoe(tmp_path, exit_code, kind))
+    monkeypatch.setenv("AIRFLOW_VAR_MMOE_DATASET", "synth")
+    callable_ = dagbag.dags["mmoe_nightly"].get_task("validate").python_callable
+    with pytest.raises(Exception) as raised:
+        callable_(["validate"], data_interval_start=pendulum.datetime(2026, 11, 3, 3, tz="UTC"))
+    assert isinstance(raised.value, AirflowFailException) is permanent, raised.value
+    if not permanent:
+        assert isinstance(raised.value, JobFailed) and not raised.value.permanent
+    assert "exited %d: error: x" % exit_code in str(raised.value)
+
+
+def test_no_model_in_force_fails_the_task_at_once(dagbag, monkeypatch, tmp_path):
+    """``models_in_force`` for a day before the champion's effective date: one clear line, and
+    AirflowFailException (no retries five minutes apart); an unreadable registry, a typed error
+    raised in the task itself, fails at once too."""
+    import pendulum
+    from airflow.sdk.exceptions import AirflowFailException
+    from tiny_models import tiny_model
+
+    from jobs.core.config import load_config
+    from jobs.core.registry import register_model
+    from jobs.core.warehouse import Warehouse
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"warehouse: {tmp_path / 'wh'}\n")
+    monkeypatch.setenv("AIRFLOW_VAR_MMOE_CONFIG", str(config))
+    monkeypatch.setenv("AIRFLOW_VAR_MMOE_DATASET", "synth")
+    cfg = load_config(str(config), None)
+    register_model(cfg, tiny_model(tmp_path / "a", 1), alias="champion", effective="2026-11-05")
+    callable_ = dagbag.dags["mmoe_nightly"].get_task("models_in_force").python_callable
+    day = pendulum.datetime(2026, 11, 3, 3, tz="UTC")
+    with pytest.raises(AirflowFailException, match="no @champion of synth in force on 2026-11-03"):
+        callable_(data_interval_start=day)
+    Warehouse(cfg.warehouse).registry_history("synth").write_text("{not json\n")
+    with pytest.raises(AirflowFailException, match="registry of synth is unreadable"):
+        callable_(data_interval_start=day)
 
 
 def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, standalone_cluster,

@@ -36,7 +36,8 @@ from schemas.tables import ddl_arrow_schema
 
 LOGIT_STEP = 0.05                     # PR-AUC bootstrap bins, in logit units
 LOGIT_RANGE = 16.0
-PLOT_BINS = 100                       # equal-width score bins for the report's figures
+PLOT_STEP = 0.1                       # the report's figures: bins of this width in logit units
+PLOT_BINS = int(2 * LOGIT_RANGE / PLOT_STEP)
 RECORD_COLUMNS = ["task", "scope", "segment", "metric", "method", "baseline_value",
                   "candidate_value", "delta", "se", "p_value", "ci_low", "ci_high", "n", "payload"]
 RECORD_SCHEMA = ("task string, scope string, segment string, metric string, method string, "
@@ -49,21 +50,28 @@ N_LOGIT_BINS = int(2 * LOGIT_RANGE / LOGIT_STEP) + 1
 SUM_METRICS = tuple(m for m in metric_registry.COMPARED if m not in ("auc", "pr_auc"))
 
 
-def _logit_bin(s: np.ndarray) -> np.ndarray:
+def _logit_bin(s: np.ndarray, step: float = LOGIT_STEP) -> np.ndarray:
     p = np.clip(s, 1e-7, 1 - 1e-7)
     z = np.clip(np.log(p) - np.log1p(-p), -LOGIT_RANGE, LOGIT_RANGE)
-    return np.floor((z + LOGIT_RANGE) / LOGIT_STEP).astype(np.int64)
+    return np.floor((z + LOGIT_RANGE) / step).astype(np.int64)
+
+
+def plot_bins(s: np.ndarray) -> np.ndarray:
+    """The report's bin of each score: :data:`PLOT_STEP`-wide bins of its log-odds, clipped to
+    ±:data:`LOGIT_RANGE` (a rare task's scores spread over many bins, not one bin at 0)."""
+    return np.minimum(_logit_bin(s, PLOT_STEP), PLOT_BINS - 1)
 
 
 def _plot_payload(y: np.ndarray, sb: np.ndarray, sc: np.ndarray) -> str:
-    """Histograms on equal-width score bins per arm: enough for ROC curves, reliability diagrams
-    and score distributions of the report without any row leaving the executor."""
-    out = {"bins": PLOT_BINS}
+    """Histograms per arm on log-odds bins (:func:`plot_bins`): enough for ROC curves,
+    quantile-binned reliability diagrams and score distributions of the report without any row
+    leaving the executor. Bin i covers log-odds [lo + i * step, lo + (i + 1) * step)."""
+    out: dict = {"scale": "logit", "lo": -LOGIT_RANGE, "step": PLOT_STEP, "bins": PLOT_BINS}
     for arm, s in (("baseline", sb), ("candidate", sc)):
-        b = np.clip((s * PLOT_BINS).astype(np.int64), 0, PLOT_BINS - 1)
-        out[arm] = {"pos": np.bincount(b, weights=y, minlength=PLOT_BINS).tolist(),
+        b = plot_bins(s)
+        out[arm] = {"pos": np.bincount(b, weights=y, minlength=PLOT_BINS).astype(int).tolist(),
                     "cnt": np.bincount(b, minlength=PLOT_BINS).tolist(),
-                    "psum": np.bincount(b, weights=s, minlength=PLOT_BINS).tolist()}
+                    "psum": np.round(np.bincount(b, weights=s, minlength=PLOT_BINS), 9).tolist()}
     return json.dumps(out)
 
 

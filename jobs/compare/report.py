@@ -29,8 +29,10 @@ h1{font-size:22px;margin-bottom:4px}h2{font-size:18px;margin-top:28px;border-bot
 table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #d8dbe3;padding:4px 8px;text-align:right}
 th{background:#f2f4f8}td.l,th.l{text-align:left}
 .better{background:#dff3e4}.worse{background:#fbe3e4}.no_difference{color:#5a6275}
-.raw{color:#8a90a0}td{white-space:nowrap}
-.figs{display:flex;flex-wrap:wrap;gap:8px}.figs img{border:1px solid #e5e7ee;max-width:100%}
+.raw{color:#8a90a0}td{white-space:nowrap;font-variant-numeric:tabular-nums}
+h3{font-size:15px;margin:18px 0 4px}details{margin:4px 0 12px}summary{cursor:pointer;color:#3b5bdb}
+.wide{overflow-x:auto;max-width:100%}
+.figs{display:flex;flex-wrap:wrap;gap:8px}.figs img{border:1px solid #e5e7ee;max-width:100%}.figs.wide img{max-width:none}
 ul{margin-top:4px}
 """ + "\n".join(line for line in VALIDATION_CSS.splitlines() if line.startswith((".bar", ".ok-bar", "svg.spark")))
 
@@ -76,60 +78,127 @@ def _roc(h: dict) -> tuple[np.ndarray, np.ndarray]:
     return fpr, tpr
 
 
-def _task_figures(task: str, payload: dict, auc: dict) -> str:
+RELIABILITY_BINS = 10
+ARM_COLORS = {"baseline": "#4c72b0", "candidate": "#dd8452"}
+PROBABILITY_TICKS = (1e-4, 1e-3, 0.01, 0.05, 0.2, 0.5, 0.8, 0.95, 0.99, 0.999, 0.9999)
+
+
+def reliability_bins(h: dict, k: int = RELIABILITY_BINS) -> list[dict]:
+    """About ``k`` quantile bins of one arm's scores (each ~1/k of the rows), merged from the
+    payload's fine log-odds bins (a fine bin is never split: ties stay together): per bin its
+    rows, positives, mean predicted score and observed rate. The rows add up to the arm's."""
+    pos, cnt, psum = (np.asarray(h[key], float) for key in ("pos", "cnt", "psum"))
+    total = cnt.sum()
+    if total <= 0:
+        return []
+    group = np.minimum(((np.cumsum(cnt) - cnt / 2) / total * k).astype(int), k - 1)
+    out = []
+    for g in np.unique(group[cnt > 0]):
+        m = (group == g) & (cnt > 0)
+        n = cnt[m].sum()
+        out.append({"rows": int(n), "positives": int(pos[m].sum()),
+                    "mean_predicted": float(psum[m].sum() / n), "observed": float(pos[m].sum() / n)})
+    return out
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p) - np.log1p(-p)
+
+
+def task_figure(task: str, payload: dict, auc: dict):
+    """ROC, reliability (quantile bins, their rows written beside the points) and the score
+    distribution on a log-odds axis (ticks labelled as probabilities) of one task."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    colors = {"baseline": "#4c72b0", "candidate": "#dd8452"}
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     ax = axes[0]
     for arm in ("baseline", "candidate"):
         fpr, tpr = _roc(payload[arm])
-        ax.plot(fpr, tpr, color=colors[arm], label=f"{arm} (AUC {_f(auc.get(arm))})")
+        ax.plot(fpr, tpr, color=ARM_COLORS[arm], label=f"{arm} (AUC {_f(auc.get(arm))})")
     ax.plot([0, 1], [0, 1], ":", color="#999")
     ax.set(title=f"{task}: ROC", xlabel="false positive rate", ylabel="true positive rate")
     ax.legend(loc="lower right", fontsize=8)
     ax = axes[1]
-    for arm in ("baseline", "candidate"):
-        h = payload[arm]
-        pos, cnt, psum = (np.asarray(h[k], float).reshape(10, -1).sum(axis=1) for k in ("pos", "cnt", "psum"))
-        keep = cnt > 0
-        ax.plot(psum[keep] / cnt[keep], pos[keep] / cnt[keep], "o-", color=colors[arm], label=arm, ms=4)
-    ax.plot([0, 1], [0, 1], ":", color="#999")
-    ax.set(title=f"{task}: reliability", xlabel="mean predicted", ylabel="observed rate",
-           xlim=(0, 1), ylim=(0, 1))
+    top = 0.0
+    for arm, dy in (("baseline", -9), ("candidate", 5)):
+        bins = reliability_bins(payload[arm])
+        x = [b["mean_predicted"] for b in bins]
+        y = [b["observed"] for b in bins]
+        top = max([top, *x, *y])
+        ax.plot(x, y, "o-", color=ARM_COLORS[arm], ms=4, label=f"{arm} ({len(bins)} bins)")
+        for b in bins:
+            ax.annotate(f"{b['rows']:,}", (b["mean_predicted"], b["observed"]), fontsize=6,
+                        color=ARM_COLORS[arm], textcoords="offset points", xytext=(2, dy))
+    top = min(1.0, 1.08 * top) or 1.0
+    ax.plot([0, top], [0, top], ":", color="#999")
+    ax.set(title=f"{task}: reliability (quantile bins, rows per bin)", xlabel="mean predicted",
+           ylabel="observed rate", xlim=(0, top), ylim=(0, top))
+    ax.title.set_fontsize(9)
     ax.legend(loc="upper left", fontsize=8)
     ax = axes[2]
-    edges = np.linspace(0, 1, payload["bins"] + 1)
+    edges = payload["lo"] + payload["step"] * np.arange(payload["bins"] + 1)
+    used = np.nonzero(np.asarray(payload["baseline"]["cnt"]) + np.asarray(payload["candidate"]["cnt"]))[0]
     for arm in ("baseline", "candidate"):
         cnt = np.asarray(payload[arm]["cnt"], float)
-        ax.stairs(cnt / max(cnt.sum(), 1.0), edges, color=colors[arm], label=arm)
-    ax.set(title=f"{task}: score distribution", xlabel="score", ylabel="share of rows")
+        ax.stairs(cnt / max(cnt.sum(), 1.0), edges, color=ARM_COLORS[arm], label=arm)
+    if used.size:
+        lo, hi = edges[used[0]] - payload["step"], edges[used[-1] + 1] + payload["step"]
+        ax.set_xlim(lo, hi)
+        ticks = [p for p in PROBABILITY_TICKS if lo <= _logit(np.float64(p)) <= hi]
+        ax.set_xticks([float(_logit(np.float64(p))) for p in ticks], [f"{p:g}" for p in ticks])
+    ax.set(title=f"{task}: score distribution", xlabel="score (log-odds axis)",
+           ylabel="share of rows")
+    ax.tick_params(axis="x", labelsize=7)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
-def _daily_figure(report: pd.DataFrame, tasks: list[str]) -> str:
+def _reliability_table(payload: dict) -> str:
+    """The reliability bins of both arms, collapsed under the figures."""
+    rows = []
+    for arm in ("baseline", "candidate"):
+        for i, b in enumerate(reliability_bins(payload[arm]), 1):
+            rows.append(f"<tr><td class=l>{arm}</td><td>{i}</td><td>{b['rows']:,}</td>"
+                        f"<td>{b['positives']:,}</td><td>{b['mean_predicted']:.4g}</td>"
+                        f"<td>{b['observed']:.4g}</td></tr>")
+    return ("<details><summary>reliability bins (rows per bin)</summary><table class=reliability>"
+            "<tr><th class=l>arm</th><th>bin</th><th>rows</th><th>positives</th>"
+            "<th>mean predicted</th><th>observed rate</th></tr>" + "".join(rows) + "</table></details>")
+
+
+def daily_figure(report: pd.DataFrame, tasks: list[str]):
+    """Per metric and task, each day's delta with its adjusted interval (the verdict's: filled
+    when that day is a difference) as a point with an error bar; one tick per day, labelled
+    with its date. None when the report has no per-day rows."""
     daily = report[report["day"].notna() & (report["segment"] == "all")]
     if daily.empty:
-        return ""
+        return None
     plt = _plt()
+    days = sorted({str(d) for d in daily["day"]})
     metrics = [m for m in ("auc", "logloss", "calibration") if m in set(daily["metric"])]
-    fig, axes = plt.subplots(len(metrics), len(tasks), figsize=(4.2 * len(tasks), 2.6 * len(metrics)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(metrics), len(tasks), squeeze=False,
+                             figsize=(max(4.2, 0.28 * len(days) + 1.5) * len(tasks), 2.8 * len(metrics)))
     for i, m in enumerate(metrics):
         for j, t in enumerate(tasks):
             ax = axes[i][j]
-            d = daily[(daily["task"] == t) & (daily["metric"] == m)].sort_values("day")
-            x = pd.to_datetime(d["day"])
+            d = daily[(daily["task"] == t) & (daily["metric"] == m)].copy()
+            x = np.array([days.index(str(v)) for v in d["day"]])
+            low = d["ci_low_adjusted"].fillna(d["ci_low"]).to_numpy(float)
+            high = d["ci_high_adjusted"].fillna(d["ci_high"]).to_numpy(float)
+            delta = d["delta"].to_numpy(float)
+            err = np.nan_to_num(np.vstack([delta - low, high - delta]), nan=0.0).clip(min=0)
             ax.axhline(0.0, color="#999", lw=0.8)
-            ax.fill_between(x, d["ci_low"], d["ci_high"], color="#dd8452", alpha=0.25, step="mid")
-            ax.plot(x, d["delta"], "o-", color="#dd8452", ms=4)
-            ax.set_title(f"{t}: {m} delta (95% CI)", fontsize=9)
+            ax.errorbar(x, delta, yerr=err, fmt="none", ecolor=ARM_COLORS["candidate"], capsize=3)
+            differs = (d["verdict"] != "no_difference").to_numpy()
+            ax.plot(x[differs], delta[differs], "o", color=ARM_COLORS["candidate"], ms=5)
+            ax.plot(x[~differs], delta[~differs], "o", mfc="white", color=ARM_COLORS["candidate"], ms=5)
+            ax.set_xticks(range(len(days)), days, rotation=90 if len(days) > 6 else 30,
+                          ha="center" if len(days) > 6 else "right")
+            ax.set_xlim(-0.6, len(days) - 0.4)
+            ax.set_title(f"{t}: {m} delta (adjusted CI)", fontsize=9)
             ax.tick_params(labelsize=7)
-            for label in ax.get_xticklabels():
-                label.set_rotation(30)
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
 def _gate_figure(gates: dict) -> str:
@@ -209,8 +278,69 @@ def _guardrails(d, task: str) -> str:
     return ("<b>broken</b>: " + _esc("; ".join(broken))) if broken else "ok"
 
 
-def _ordered(rows: pd.DataFrame) -> pd.DataFrame:
-    return rows.assign(_m=rows["metric"].map(metric_registry.rank)).sort_values(["task", "segment", "_m"]).drop(columns="_m")
+def _ordered(rows: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
+    """Rows in the spec's task order, then segment, then the registry's metric order."""
+    rank = {t: i for i, t in enumerate(tasks)}
+    return (rows.assign(_t=rows["task"].map(lambda t: rank.get(t, len(rank))),
+                        _m=rows["metric"].map(metric_registry.rank))
+            .sort_values(["_t", "segment", "_m"], kind="stable").drop(columns=["_t", "_m"]))
+
+
+def task_order(result) -> list[str]:
+    """The spec's task order (the stage hands it over), else the report's."""
+    return list(getattr(result, "tasks", None) or dict.fromkeys(result.report["task"]))
+
+
+VERSION_FIELDS = [("version", "version"), ("reference", "given as"), ("arch", "architecture"),
+                  ("kind", "kind"), ("epochs_run", "epochs run"), ("best_epoch", "best epoch"),
+                  ("training_range", "training range"), ("seed", "seed"),
+                  ("train_rows", "training rows"), ("val_auc", "validation AUC"),
+                  ("registered", "registered"), ("aliases", "aliases"), ("artifact", "artifact")]
+
+
+def _version_value(key: str, value) -> str:
+    if key == "aliases":
+        return ", ".join(value) if value else "none"
+    if key == "registered" and value is None:
+        return "not registered"
+    if key == "val_auc" and isinstance(value, dict):
+        return ", ".join(f"{t} {_f(v)}" for t, v in value.items())
+    return "unknown" if value is None else _f(value)
+
+
+def _versions_section(result) -> str:
+    """What each arm is: its version, architecture, epochs, training range, aliases (from the
+    artifact's metadata and the registry; "unknown" when the artifact cannot be found)."""
+    versions = getattr(result, "versions", None) or {}
+    if not versions:
+        return ""
+    arms = [a for a in ("baseline", "candidate") if a in versions]
+    head = "<tr><th class=l></th>" + "".join(f"<th class=l>{a}</th>" for a in arms) + "</tr>"
+    body = "".join(
+        f"<tr><th class=l>{_esc(label)}</th>"
+        + "".join(f"<td class=l>{_esc(_version_value(key, versions[a].get(key)))}</td>" for a in arms)
+        + "</tr>" for key, label in VERSION_FIELDS)
+    return f"<h2>What is compared</h2><div class=wide><table class=versions>{head}{body}</table></div>"
+
+
+def _segments_section(segs: pd.DataFrame, columns: list[str], tasks: list[str]) -> str:
+    """One block per segment column: its rows with a verdict (better / worse) in a table, the
+    rows without a difference collapsed under it."""
+    out = []
+    for column in columns:
+        rows = _ordered(segs[segs["segment"].str.startswith(column + "=")], tasks)
+        if rows.empty:
+            continue
+        rows = rows.assign(label=rows["task"] + " / " + rows["segment"].str[len(column) + 1:])
+        decided = rows[rows["verdict"].isin(["better", "worse"])]
+        rest = rows[~rows["verdict"].isin(["better", "worse"])]
+        out.append(f"<h3>{_esc(column)}</h3>")
+        out.append(_verdict_table(decided, "label") if not decided.empty else
+                   f"<p>No segment of {_esc(column)} differs.</p>")
+        if not rest.empty:
+            out.append(f"<details><summary>{len(rest)} rows without a difference</summary>"
+                       f"{_verdict_table(rest, 'label')}</details>")
+    return "".join(out)
 
 
 def _drift_section(result) -> str:
@@ -238,7 +368,7 @@ def _drift_section(result) -> str:
 
 def render_html(result) -> str:
     report = result.report
-    tasks = list(dict.fromkeys(report["task"]))
+    tasks = task_order(result)
     pooled = report[report["day"].isna()]
     d = result.decision
     ship = ("ship", "SHIP") if d.ship else ("noship", "DO NOT SHIP")
@@ -246,35 +376,39 @@ def render_html(result) -> str:
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         f"<title>A/B {_esc(result.baseline)} vs {_esc(result.candidate)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{_esc(result.dataset)}: candidate {_esc(result.candidate)} vs baseline {_esc(result.baseline)}</h1>",
+        f"<h1>{_esc(result.dataset)}: baseline {_esc(result.baseline)} vs candidate {_esc(result.candidate)}</h1>",
         f"<p class=sub>{_esc(result.start)} .. {_esc(result.end)} &middot; segments: "
         f"{_esc(', '.join(result.segments) or 'none')}</p>",
         f"<div class='verdict {ship[0]}'>{ship[1]}</div>",
         "<ul>" + "".join(f"<li>{_esc(r)}</li>" for r in d.reasons) + "</ul>",
-        "<h2>Per task</h2><table><tr><th class=l>task</th><th class=l>verdict</th>"
+        "<h2>Per task</h2><table class=tasks><tr><th class=l>task</th><th class=l>verdict</th>"
         "<th class=l>guardrails</th></tr>"
-        + "".join(f"<tr class={_esc(v)}><td class=l>{_esc(t)}</td><td class=l>{_esc(v).replace('_', ' ')}</td>"
+        + "".join(f"<tr class={_esc(d.tasks[t])}><td class=l>{_esc(t)}</td>"
+                  f"<td class=l>{_esc(d.tasks[t]).replace('_', ' ')}</td>"
                   f"<td class=l>{_guardrails(d, t)}</td></tr>"
-                  for t, v in d.tasks.items()) + "</table>",
+                  for t in tasks if t in d.tasks) + "</table>",
+        _versions_section(result),
         "<h2>Pairing</h2><table>"
-        + "".join(f"<tr><th class=l>{_esc(k.replace('_', ' '))}</th><td>{v}</td></tr>" for k, v in
+        + "".join(f"<tr><th class=l>{_esc(k.replace('_', ' '))}</th><td>{v:,}</td></tr>" for k, v in
                   [*p.__dict__.items(), ("labelled_rows", p.labelled_rows)]) + "</table>",
-        "<h2>Verdicts (whole range, all rows)</h2>",
-        _verdict_table(_ordered(pooled[pooled["segment"] == "all"]), "task"),
+        "<h2>Verdicts (whole range, all rows)</h2><div class=wide>",
+        _verdict_table(_ordered(pooled[pooled["segment"] == "all"], tasks), "task"), "</div>",
     ]
     for t in tasks:
         auc = pooled[(pooled["task"] == t) & (pooled["segment"] == "all") & (pooled["metric"] == "auc")]
         values = {} if auc.empty else {"baseline": auc.iloc[0]["baseline_value"],
                                        "candidate": auc.iloc[0]["candidate_value"]}
         if t in result.plots:
-            parts += [f"<h2>{_esc(t)}</h2><div class=figs>{_task_figures(t, result.plots[t], values)}</div>"]
-    daily = _daily_figure(report, tasks)
-    if daily:
-        parts += ["<h2>Per-day delta with 95% CI</h2><div class=figs>", daily, "</div>"]
+            parts += [f"<h2>{_esc(t)}</h2><div class=figs>{_png(task_figure(t, result.plots[t], values))}"
+                      f"</div>{_reliability_table(result.plots[t])}"]
+    daily = daily_figure(report, tasks)
+    if daily is not None:
+        parts += ["<h2>Per-day delta with its adjusted CI (filled: a difference that day)</h2>"
+                  "<div class='figs wide'>", _png(daily), "</div>"]
     segs = pooled[pooled["segment"] != "all"]
     if not segs.empty:
-        parts += ["<h2>Segments (whole range)</h2>",
-                  _verdict_table(_ordered(segs).assign(label=lambda x: x["task"] + " / " + x["segment"]), "label")]
+        parts += ["<h2>Segments (whole range)</h2><div class=wide>",
+                  _segments_section(segs, list(result.segments), tasks), "</div>"]
     if result.gates:
         flags = []
         for arm, g in result.gates.items():
@@ -299,12 +433,19 @@ def render_html(result) -> str:
 def render_markdown(result) -> str:
     d = result.decision
     pooled = result.report[result.report["day"].isna() & (result.report["segment"] == "all")]
-    lines = [f"### A/B `{result.candidate}` vs `{result.baseline}` ({result.dataset}, "
-             f"{result.start}..{result.end}): **{'SHIP' if d.ship else 'DO NOT SHIP'}**", ""]
+    lines = [f"### A/B baseline `{result.baseline}` vs candidate `{result.candidate}` "
+             f"({result.dataset}, {result.start}..{result.end}): "
+             f"**{'SHIP' if d.ship else 'DO NOT SHIP'}**", ""]
+    for arm, v in (getattr(result, "versions", None) or {}).items():
+        lines.append(f"- {arm} `{v['version']}`: {_version_value('arch', v.get('arch'))}, "
+                     f"{_version_value('epochs_run', v.get('epochs_run'))} epochs, trained on "
+                     f"{_version_value('training_range', v.get('training_range'))}; aliases: "
+                     f"{_version_value('aliases', v.get('aliases'))}")
     lines += [f"- {r}" for r in d.reasons] + [""]
     lines += ["| task | verdict | guardrails | AUC (base -> cand) | delta AUC [adjusted CI] "
               "| logloss delta [adjusted CI] |", "|---|---|---|---|---|---|"]
-    for t, v in d.tasks.items():
+    for t in [t for t in task_order(result) if t in d.tasks]:
+        v = d.tasks[t]
         rows = {r["metric"]: r for r in pooled[pooled["task"] == t].to_dict("records")}
         a, ll = rows.get("auc"), rows.get("logloss")
         auc = f"{_f(a['baseline_value'])} -> {_f(a['candidate_value'])}" if a else "n/a"

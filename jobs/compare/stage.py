@@ -43,7 +43,7 @@ from jobs.core.drift_table import version_drift
 from jobs.core.errors import InputError, MissingInputError
 from jobs.core.manifest import RunRecord
 from jobs.core.modelref import ModelRef
-from jobs.core.registry import version_of
+from jobs.core.registry import describe_model, version_of
 from jobs.core.spark import read_partition
 from jobs.core.warehouse import (
     Warehouse,
@@ -103,6 +103,8 @@ class CompareResult:
     gates: dict | None = None
     outputs: dict[str, str] = field(default_factory=dict)
     prediction_drift: dict[str, list[dict]] = field(default_factory=dict)  # arm -> drift rows
+    tasks: list[str] = field(default_factory=list)       # the spec's task order
+    versions: dict[str, dict] = field(default_factory=dict)  # arm -> registry.describe_model
 
     def record(self):
         return RunRecord(
@@ -262,8 +264,10 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
     each is any model reference (a version, ``@alias`` in force on ``end``, an artifact
     directory). Writes the ab_reports rows, the HTML report and the summary; raises InputError /
     MissingInputError with one line when there is nothing to compare."""
-    baseline = version_of(cfg, spec.name, end, ModelRef.parse(baseline, "--baseline"))
-    candidate = version_of(cfg, spec.name, end, ModelRef.parse(candidate, "--candidate"))
+    refs = {"baseline": ModelRef.parse(baseline, "--baseline"),
+            "candidate": ModelRef.parse(candidate, "--candidate")}
+    baseline = version_of(cfg, spec.name, end, refs["baseline"])
+    candidate = version_of(cfg, spec.name, end, refs["candidate"])
     if baseline == candidate:
         raise InputError(f"--baseline and --candidate are the same version {baseline!r}: "
                          f"nothing to compare")
@@ -306,7 +310,7 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
     if not per_day and labelled_days:  # a one-day range: its day rows are the pooled rows
         report = pd.concat([report, report.assign(scope=labelled_days[0])], ignore_index=True)
     decision = decide(report, c.decision_metrics, c.guardrail_list(), tasks)
-    table = ab_table(report, baseline, candidate, start, end)
+    table = ab_table(report, baseline, candidate, start, end, tasks)
 
     gates = None
     if gate_cols:
@@ -316,22 +320,28 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
     drift = {arm: version_drift(wh, spec.name, v, days)
              for arm, v in (("baseline", baseline), ("candidate", candidate))}
     result = CompareResult(spec.name, baseline, candidate, start, end, segments, days, pairing,
-                           table, plots, decision, gates, prediction_drift=drift)
+                           table, plots, decision, gates, prediction_drift=drift, tasks=list(tasks),
+                           versions={arm: describe_model(cfg, spec.name, end, ref)
+                                     for arm, ref in refs.items()})
     with wh.ab_report_lock(spec.name, baseline, candidate, start, end,
                            wait_seconds=cfg.locks.wait_seconds, poll_seconds=cfg.locks.poll_seconds):
         _write(wh, result)
     return result
 
 
-def ab_table(report: pd.DataFrame, baseline: str, candidate: str, start: str, end: str) -> pd.DataFrame:
+def ab_table(report: pd.DataFrame, baseline: str, candidate: str, start: str, end: str,
+             tasks: list[str] = ()) -> pd.DataFrame:
+    """The ab_reports rows: by day (the whole range first), task in the spec's order, segment
+    (``all`` first), metric in the registry's order."""
     out = report.copy()
     out["baseline"], out["candidate"] = baseline, candidate
     out["day"] = [None if s == "all" else pd.Timestamp(s).date() for s in out["scope"]]
     out["start"], out["end"] = pd.Timestamp(start).date(), pd.Timestamp(end).date()
     out["n"] = out["n"].astype("int64")
     out = out.assign(_d=out["day"].map(lambda d: "" if d is None else str(d)),
+                     _t=out["task"].map({t: i for i, t in enumerate(tasks)}).fillna(len(tasks)),
                      _m=out["metric"].map(metric_registry.rank), _s=out["segment"] != "all")
-    out = out.sort_values(["_d", "task", "_s", "segment", "_m"]).reset_index(drop=True)
+    out = out.sort_values(["_d", "_t", "_s", "segment", "_m"]).reset_index(drop=True)
     return out[[f.name for f in AB_SCHEMA]]
 
 

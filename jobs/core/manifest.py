@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Protocol
 
 from jobs.core import signals
-from jobs.core.errors import JobStopped, MmoeError
+from jobs.core.errors import JobStopped, MmoeError, error_kind
 from jobs.core.warehouse import Warehouse, parse_date, safe_name, write_json
 from mmoe_model.errors import MmoeModelError
 
@@ -65,6 +65,7 @@ class RunManifest:
     manifest_path: str | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     error: str | None = None
+    error_kind: str | None = None   # permanent | transient (jobs.core.errors.error_kind)
     outputs: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -192,6 +193,7 @@ def run_job(job: str, dataset: str, ds: str | None, prepare: Callable[[], Any],
         if not is_expected(exc):  # a bug: keep the traceback in the manifest, not on stderr
             manifest.details["traceback"] = "".join(traceback.format_exception(exc))[-8000:]
         manifest.status, manifest.error = "failed", error_line(exc)
+        manifest.error_kind = error_kind(exc)
     manifest.finished_at = utc_now()
     if runs_dir is not None:
         path = runs_dir / manifest.file_name()

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.core.config import JobConfig
-from jobs.core.errors import InputError, RegistryError
+from jobs.core.errors import InputError, MissingInputError, RegistryError
 from jobs.core.manifest import RunRecord, utc_now
 from jobs.core.modelref import ModelRef
 from jobs.core.warehouse import (
@@ -466,3 +466,36 @@ def models_in_force(cfg: JobConfig, dataset: str, ds: str) -> list[dict[str, str
             seen.add(version)
             chosen.append({"alias": alias, "version": version})
     return chosen
+
+
+def describe_model(cfg: JobConfig, dataset: str, ds: str, model: "ModelRef | str") -> dict[str, Any]:
+    """What a model reference is, for a report: its version, where it comes from, whether it is
+    registered (and every alias it was promoted to), and from its artifact's metadata (when the
+    artifact can be found) the architecture, epochs, training range, seed and validation AUC.
+    Torch-free; reads the artifact's small JSON files only."""
+    ref = ModelRef.parse(model)
+    version = version_of(cfg, dataset, ds, ref)
+    registry = Registry.read(Warehouse(cfg.warehouse), dataset)
+    registered = registry.models.get(version)
+    out: dict[str, Any] = {"version": version, "reference": str(ref),
+                           "registered": registered.registered_at if registered else None,
+                           "aliases": [f"@{p.alias} from {p.effective}" for p in registry.promotions
+                                       if p.version == version]}
+    directory = (ref.path if ref.kind == "directory" else
+                 registry.wh.registry_artifact(dataset, registered.sha256) if registered else None)
+    meta: dict[str, Any] = {}
+    for name in ("config.json", "metrics.json"):
+        try:
+            meta[name] = json.loads(read_bytes(Path(directory) / name, name)) if directory else {}
+        except (MissingInputError, ValueError):
+            meta[name] = {}
+    config, metrics = meta["config.json"], meta["metrics.json"]
+    out.update({
+        "arch": config.get("arch") or (registered.arch if registered else None),
+        "kind": config.get("kind", "trained") if config else None,
+        "epochs_run": metrics.get("epochs_run"), "best_epoch": metrics.get("best_epoch"),
+        "training_range": (f"{metrics['start']} .. {metrics['end']}"
+                           if metrics.get("start") and metrics.get("end") else None),
+        "seed": metrics.get("seed"), "train_rows": metrics.get("train_rows"),
+        "val_auc": metrics.get("val_auc"), "artifact": str(directory) if directory else None})
+    return out

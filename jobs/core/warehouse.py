@@ -334,6 +334,25 @@ def read_footers(files: list[Path]):
     return pa.schema([f.remove_metadata() for f in schema]), rows
 
 
+def footer_ranges(files: list[Path], columns: list[str]) -> dict[str, tuple[Any, Any]]:
+    """(min, max) of each of ``columns`` over the files' row groups, from the footers'
+    statistics (no data read); a column some non-empty row group keeps no min/max for (all
+    null, or a writer that skips them) is left out."""
+    import pyarrow.parquet as pq  # deferred: the CLI imports this module, without pyarrow
+
+    seen: dict[str, list] = {c: [] for c in columns}
+    for path in files:
+        meta = pq.read_metadata(path)
+        index = {meta.schema.column(i).name: i for i in range(meta.num_columns)}
+        for group in (meta.row_group(g) for g in range(meta.num_row_groups)):
+            for c in columns:
+                st = group.column(index[c]).statistics if c in index else None
+                ok = st is not None and st.has_min_max
+                seen[c].append((st.min, st.max) if ok else None)
+    return {c: (min(v[0] for v in got), max(v[1] for v in got)) for c, got in seen.items()
+            if got and None not in got}
+
+
 def count_rows(directory: Path) -> int:
     """Rows of a directory's data files, from their footers (0 when it has none)."""
     files = parquet_files(directory)

@@ -32,6 +32,8 @@ class RuleResult:
     observed_value: Any = None
     limit: float | None = None
     error: str | None = None
+    table: str = "features"          # the table the rule checked: features | labels
+    expected: dict[str, Any] = field(default_factory=dict)  # the expectation's bounds / set / type
 
 
 @dataclass
@@ -60,6 +62,8 @@ class ValidationReport:
     drift: list[DriftRow] = field(default_factory=list)
     drift_details: dict[str, Any] | None = None
     drift_history: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    # column -> (min, max) of the features partition, from its parquet footers' statistics
+    column_ranges: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     def to_status(self, **facts: Any) -> ValidationStatus:
         """The decision as stored in ``status.json`` (``facts``: when, run id, fingerprint...)."""
@@ -107,7 +111,12 @@ class ValidationReport:
             })
 
 
-def rule_results(result) -> list[RuleResult]:
+# The expectation arguments that say what a rule expects (the report shows them).
+EXPECTED_KWARGS = ("min_value", "max_value", "value_set", "column_set", "type_", "mostly")
+
+
+def rule_results(result, table: str = "features") -> list[RuleResult]:
+    """The flattened results of one GX batch (``table``: the table it checked)."""
     rules = []
     for r in result.results:
         cfg = r.expectation_config
@@ -128,7 +137,9 @@ def rule_results(result) -> list[RuleResult]:
             level=meta.get("level", "table"), success=bool(r.success), expectation=cfg.type,
             unexpected_count=res.get("unexpected_count"), element_count=res.get("element_count"),
             missing_count=res.get("missing_count"),
-            observed_value=res.get("observed_value"), limit=meta.get("limit"), error=error))
+            observed_value=res.get("observed_value"), limit=meta.get("limit"), error=error,
+            table=table, expected={k: v for k, v in (cfg.kwargs or {}).items()
+                                   if k in EXPECTED_KWARGS and v is not None}))
     return rules
 
 
@@ -138,7 +149,7 @@ def decide(spec: DatasetSpec, ds: str, result, rows_read: int, cfg: JobConfig,
     the labels batch's (its rules follow the features' in the report)."""
     rules = rule_results(result)
     if labels_result is not None:
-        rules += rule_results(labels_result)
+        rules += rule_results(labels_result, table="labels")
     rows = next((int(r.observed_value) for r in rules if r.rule == "row_count"
                  and r.observed_value is not None), rows_read)
     errors = [r for r in rules if r.error]
@@ -192,7 +203,7 @@ def _failure_message(rule: RuleResult, spec: DatasetSpec, rows: int, bad: int, b
         observed = set(rule.observed_value or [])
         missing = [c for c in rule.column.split(",") if c not in observed]
         return head + (f"missing column{'s' if len(missing) > 1 else ''} "
-                       f"{', '.join(repr(c) for c in missing)} (dataset {spec.name})")
+                       f"{', '.join(repr(c) for c in missing)} ({rule.table} table of dataset {spec.name})")
     if rule.rule == "wrong_type":
         expected = LABEL_TYPE if rule.column in spec.task_names else \
             SPARK_TYPE[spec.column(rule.column).dtype]

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from typing import Any
 
-from jobs.validate.rules import KEY_COPIES, REASON
+from jobs.validate.rules import FINITE_MAX, KEY_COPIES, REASON
 
 HELPERS = (KEY_COPIES, REASON)
 CSS = """
@@ -24,7 +25,9 @@ h1{font-size:22px;margin-bottom:4px}h2{font-size:18px;margin-top:26px;border-bot
 .badge{display:inline-block;padding:8px 16px;border-radius:6px;font-size:18px;font-weight:600;margin:8px 0}
 .passed{background:#dff3e4;color:#12622b}.quarantined{background:#fff3d6;color:#7a5300}.failed{background:#fbe3e4;color:#8a1f26}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #d8dbe3;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f2f4f8}td{max-width:480px;overflow-wrap:anywhere}td.n{text-align:right}tr.bad td{background:#fbe3e4}
+th{background:#f2f4f8;white-space:nowrap}td{max-width:520px}td.n,td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
+td.k{white-space:nowrap}tr.bad td{background:#fbe3e4}
+.wide{overflow-x:auto;max-width:100%}
 code{font-size:12px}
 .bar{display:inline-block;height:12px;border-radius:2px;vertical-align:middle}.track{display:inline-block;width:220px;background:#eef0f4;border-radius:2px}
 .ok-bar{background:#3a9d5d}.near-bar{background:#e0a526}.over-bar{background:#c8343e}
@@ -129,17 +132,107 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _num(value: Any) -> str:
+    """A number as a person reads it: ints with thousands separators, floats to 6 digits."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return "-inf" if value == -math.inf else "inf" if value == math.inf else f"{value:.6g}"
+    return str(value)
+
+
+def _bound(value: Any) -> str:
+    """An interval end; the largest finite double (an open side of the spec) as unbounded."""
+    if isinstance(value, (int, float)) and abs(value) >= FINITE_MAX:
+        return "-inf" if value < 0 else "inf"
+    return _num(value)
+
+
+def _values(values: Any, shown: int = 8) -> str:
+    values = list(values or [])
+    head = ", ".join(str(v) for v in values[:shown])
+    return "{" + head + (f", ... ({len(values)} values)" if len(values) > shown else "") + "}"
+
+
+def _share(count: int, total: int | None) -> str:
+    return f"{count:,} of {total:,} ({count / total:.2%})" if total else f"{count:,}"
+
+
+def expected_text(rule, report) -> str:
+    """What the rule expects, from its expectation's own arguments (bounds, set, type)."""
+    e, kind = rule.expected, rule.rule
+    if kind == "missing_column":
+        return f"the {len(e.get('column_set') or [])} spec columns present in the {rule.table} table"
+    if kind == "wrong_type":
+        return f"type {e.get('type_', '?')}"
+    if kind == "row_count":
+        hi = e.get("max_value")
+        return f"rows in [{_num(e.get('min_value'))}, {'no upper bound' if hi is None else _num(hi)}]"
+    if kind == "null_fraction":
+        return f"null share <= {_num(rule.limit)}"
+    if kind == "oov_fraction":
+        return (f"in the vocabulary {_values(e.get('value_set'))}, out-of-vocabulary share "
+                f"<= {_num(rule.limit)} of non-null rows")
+    if kind == "duplicate_key":
+        return f"each key ({rule.column}) on one row"
+    if kind == "null_key":
+        return "no null"
+    if kind == "out_of_range":
+        return f"finite, in [{_bound(e.get('min_value'))}, {_bound(e.get('max_value'))}]"
+    if kind in ("unknown_category", "label_not_binary"):
+        return f"in {_values(e.get('value_set'))}"
+    if kind == "bad_row_fraction":
+        return f"rows breaking a row-level rule <= {100 * float(rule.limit or 0):.4g}% of the rows"
+    return ", ".join(f"{k} {_fmt(v)}" for k, v in e.items())
+
+
+def seen_text(rule, report) -> str:
+    """What the data showed for the rule: the observed value, min/max, counts."""
+    kind, observed, bad = rule.rule, _clean(rule.observed_value), int(rule.unexpected_count or 0)
+    rows = rule.element_count
+    if kind == "missing_column":
+        present = set(observed or [])
+        missing = [c for c in rule.column.split(",") if c not in present]
+        return (f"missing: {', '.join(missing)}" if missing
+                else f"all present ({len(present)} columns in the table)")
+    if kind == "wrong_type":
+        return f"type {observed}" if observed is not None else "column absent"
+    if kind == "row_count":
+        return f"{_num(observed)} rows" if observed is not None else ""
+    if kind == "null_fraction":
+        return "" if observed is None else f"null share {_num(1.0 - float(observed))}"
+    if kind == "oov_fraction":
+        nonnull = int(rows or 0) - int(rule.missing_count or 0)
+        return f"{_share(bad, nonnull)} non-null rows out of the vocabulary"
+    if kind == "out_of_range":
+        span = report.column_ranges.get(rule.column)
+        where = "" if span is None else f"min {span[0]:.6g}, max {span[1]:.6g}; "
+        return f"{where}{_share(bad, rows)} rows outside"
+    if kind == "duplicate_key":
+        return f"{_share(bad, rows)} rows share a key"
+    if kind == "null_key":
+        return f"{_share(bad, rows)} rows null"
+    if kind in ("unknown_category", "label_not_binary"):
+        return f"{_share(bad, rows)} rows outside the set"
+    if kind == "bad_row_fraction":
+        return f"{_share(bad, rows)} rows"
+    return _fmt(observed)
+
+
 def render_validation_html(report) -> str:
     rules = sorted(report.rules, key=lambda r: (r.success, r.level, r.rule, r.column))
     rows = []
     for r in rules:
         rows.append(
             f"<tr class={'ok' if r.success else 'bad'}><td>{'pass' if r.success else 'FAIL'}</td>"
-            f"<td>{_e(r.rule)}</td><td>{_e(_column(r))}</td><td>{_e(r.level)}</td>"
-            f"<td class=n>{_e(_fmt(r.unexpected_count))}</td><td class=n>{_e(_fmt(r.element_count))}</td>"
-            f"<td><code>{_e(_fmt(r.observed_value))}</code></td><td class=n>{_e(_fmt(r.limit))}</td>"
+            f"<td class=k>{_e(r.rule)}</td><td class=k>{_e(r.table)}</td><td>{_e(_column(r))}</td>"
+            f"<td class=k>{_e(r.level)}</td><td class=expected>{_e(expected_text(r, report))}</td>"
+            f"<td class=seen>{_e(seen_text(r, report))}</td>"
+            f"<td class=n>{_e(_num(r.unexpected_count) if r.unexpected_count is not None else '')}</td>"
             f"<td>{_e(r.error or '')}</td></tr>")
-    reasons = "".join(f"<tr><td>{_e(k)}</td><td class=n>{v}</td></tr>"
+    reasons = "".join(f"<tr><td>{_e(k)}</td><td class=n>{v:,}</td></tr>"
                       for k, v in sorted(report.reasons.items(), key=lambda kv: -kv[1]))
     counts = [("rows read", report.rows_read or report.input_rows), ("input rows", report.input_rows),
               ("passed rows", report.passed_rows), ("quarantined rows", report.quarantined_rows),
@@ -163,7 +256,11 @@ def render_validation_html(report) -> str:
     if reasons:
         parts.append("<h2>Quarantine reasons</h2><table><tr><th>rule:column</th><th>rows</th></tr>"
                      f"{reasons}</table>")
-    parts += ["<h2>Expectations</h2><table><tr><th>result</th><th>rule</th><th>column</th><th>level</th>"
-              "<th>unexpected</th><th>rows</th><th>observed</th><th>limit</th><th>error</th></tr>",
-              "".join(rows), "</table></body></html>"]
+    parts += ["<h2>Expectations</h2><p class=sub>Expected: what the rule allows (from the "
+              "dataset spec). Seen: what this partition showed; a dense column's min and max "
+              "come from its parquet footers' statistics, its rows outside count NaN and "
+              "&plusmn;inf too.</p><div class=wide><table "
+              "class=rules><tr><th>result</th><th>rule</th><th>table</th><th>column</th>"
+              "<th>level</th><th>expected</th><th>seen</th><th>unexpected</th><th>error</th></tr>",
+              "".join(rows), "</table></div></body></html>"]
     return "\n".join(parts)

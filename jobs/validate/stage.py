@@ -90,6 +90,7 @@ from jobs.core.status import (
 from jobs.core.warehouse import (
     Warehouse,
     fingerprint,
+    footer_ranges,
     parquet_files,
     read_footers,
     remove,
@@ -135,6 +136,7 @@ class ValidationInputs:
     rows_read: int
     bounds: RowCountBounds
     fingerprint: list
+    ranges: dict[str, tuple] | None = None   # dense column -> (min, max) from the footers
 
 
 class _Refused(Exception):
@@ -278,8 +280,10 @@ def read_inputs(wh: Warehouse, spec: DatasetSpec, ds: str) -> ValidationInputs:
     features_schema, rows = read_footers(files)
     labels_files = parquet_files(labels_dir)
     labels_schema = read_footers(labels_files)[0] if labels_files else None
+    dense = [f.name for f in spec.dense_features if f.name in features_schema.names]
     return ValidationInputs(features_dir, labels_dir, features_schema, labels_schema, rows,
-                            row_count_bounds(wh, spec, ds), fingerprint(features_dir))
+                            row_count_bounds(wh, spec, ds), fingerprint(features_dir),
+                            footer_ranges(files, dense))
 
 
 def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
@@ -330,6 +334,7 @@ def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds:
         report = decide(spec, ds, result, inputs.rows_read, cfg, inputs.bounds,
                         labels_result=labels_result)
         report.result_json = str(validation_dir / RESULT_FILE)
+        report.column_ranges = dict(inputs.ranges or {})
         if labels_result is not None:
             report.labels_result_json = str(validation_dir / LABELS_RESULT_FILE)
         report.data_docs = str(docs_dir / "index.html") if docs_dir is not None else None
