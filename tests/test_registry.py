@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import getpass
 import json
+from types import SimpleNamespace
 
 import pytest
 from tiny_models import tiny_model
 from typer.testing import CliRunner
 
 from jobs.core.errors import InputError, RegistryError
+from jobs.compare.report import _versions_section
 from jobs.core.registry import (
     Registry,
+    describe_model,
     list_models,
     models_in_force,
     promote_model,
@@ -190,3 +193,29 @@ def test_every_model_reference_names_one_version(job_config, artifacts, tmp_path
         ModelRef.parse(tmp_path / "nowhere")
     with pytest.raises(MissingInputError, match="neither an artifact directory"):
         ModelRef.parse("../escape")
+
+
+def test_describe_model_says_what_a_version_is_for_the_ab_report(job_config, tmp_path):
+    """The A/B report's "What is compared": architecture, epochs, training range and aliases,
+    the same for a version, an @alias and the artifact directory; an unregistered version (its
+    predictions only) says so."""
+    trained = {"dataset": "synth", "start": "2026-10-01", "end": "2026-10-07", "seed": 7,
+               "arch": "mmoe", "epochs_run": 5, "best_epoch": 4, "train_rows": 1234}
+    directory = tiny_model(tmp_path / "m", seed=9, metrics=trained)
+    version = register_model(job_config, directory, alias="champion", effective="2026-11-01").version
+    promote_model(job_config, version, "challenger-x", effective="2026-11-03")
+    by_version = describe_model(job_config, "synth", "2026-11-05", version)
+    assert by_version == describe_model(job_config, "synth", "2026-11-05", "@champion") | {
+        "reference": version}
+    assert describe_model(job_config, "synth", "2026-11-05", directory) | {
+        "reference": version, "artifact": by_version["artifact"]} == by_version
+    assert (by_version["arch"], by_version["epochs_run"], by_version["best_epoch"]) == ("mmoe", 5, 4)
+    assert by_version["training_range"] == "2026-10-01 .. 2026-10-07" and by_version["seed"] == 7
+    assert by_version["aliases"] == ["@champion from 2026-11-01", "@challenger-x from 2026-11-03"]
+    assert by_version["registered"]
+    other = describe_model(job_config, "synth", "2026-11-05", "mmoe-000000000000")
+    assert other["registered"] is None and other["aliases"] == [] and other["arch"] is None
+    page = _versions_section(SimpleNamespace(versions={"baseline": other, "candidate": by_version}))
+    assert "What is compared" in page and "2026-10-01 .. 2026-10-07" in page
+    assert "@champion from 2026-11-01, @challenger-x from 2026-11-03" in page
+    assert "not registered" in page and ">unknown<" in page

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def tiny_model(out: Path, seed: int, dataset: str = "synth") -> Path:
-    """An artifact of a tiny MMoE for ``dataset``; another ``seed`` gives another version."""
+def tiny_model(out: Path, seed: int, dataset: str = "synth", metrics: dict | None = None) -> Path:
+    """An artifact of a tiny MMoE for ``dataset``; another ``seed`` gives another version;
+    ``metrics``: what its metrics.json records (as training writes it: range, epochs...)."""
     import torch
 
     from mmoe_model.artifact import save_artifact
@@ -22,5 +23,5 @@ def tiny_model(out: Path, seed: int, dataset: str = "synth") -> Path:
                          tower_hidden=(4,))
     model = build_model(config, InputLayout.from_spec(spec), len(spec.tasks)).eval()
     encoder = FeatureEncoder.fit(spec, sample_frame(spec, 200, seed=seed))
-    save_artifact(out, model, config, spec, encoder)
+    save_artifact(out, model, config, spec, encoder, metrics)
     return out

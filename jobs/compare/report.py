@@ -40,6 +40,8 @@ ul{margin-top:4px}
 def _f(x, digits: int = 4) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
+    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+        return f"{int(x):,}"
     return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
 
 
@@ -118,22 +120,32 @@ def task_figure(task: str, payload: dict, auc: dict):
     ax.set(title=f"{task}: ROC", xlabel="false positive rate", ylabel="true positive rate")
     ax.legend(loc="lower right", fontsize=8)
     ax = axes[1]
-    top = 0.0
-    for arm, dy in (("baseline", -9), ("candidate", 5)):
-        bins = reliability_bins(payload[arm])
+    points = {arm: reliability_bins(payload[arm]) for arm in ("baseline", "candidate")}
+    values = [v for bins in points.values() for b in bins for v in (b["mean_predicted"], b["observed"])]
+    top = min(1.0, 1.15 * max(values, default=1.0)) or 1.0
+    positive = [v for v in values if v > 0]
+    # quantile bins of a rare task crowd near 0 on a linear axis: log axes when they span decades
+    low = min(positive, default=top) / 1.5
+    logs = top / low > 100
+    for arm, bins in points.items():
         x = [b["mean_predicted"] for b in bins]
-        y = [b["observed"] for b in bins]
-        top = max([top, *x, *y])
-        ax.plot(x, y, "o-", color=ARM_COLORS[arm], ms=4, label=f"{arm} ({len(bins)} bins)")
-        for b in bins:
-            ax.annotate(f"{b['rows']:,}", (b["mean_predicted"], b["observed"]), fontsize=6,
-                        color=ARM_COLORS[arm], textcoords="offset points", xytext=(2, dy))
-    top = min(1.0, 1.08 * top) or 1.0
-    ax.plot([0, top], [0, top], ":", color="#999")
-    ax.set(title=f"{task}: reliability (quantile bins, rows per bin)", xlabel="mean predicted",
-           ylabel="observed rate", xlim=(0, top), ylim=(0, top))
-    ax.title.set_fontsize(9)
-    ax.legend(loc="upper left", fontsize=8)
+        y = [max(b["observed"], low) if logs else b["observed"] for b in bins]
+        rows = [b["rows"] for b in bins]
+        per_bin = f"~{int(np.median(rows)):,}" if rows else "0"
+        ax.plot(x, y, "o-", color=ARM_COLORS[arm], ms=4,
+                label=f"{arm}: {len(bins)} bins of {per_bin} rows")
+    lo = low if logs else 0.0
+    if logs:
+        ticks = [p for p in (1e-4, 1e-3, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0) if lo <= p <= top]
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_ticks(ticks, [f"{p:g}" for p in ticks])
+            axis.set_minor_formatter(plt.NullFormatter())
+    ax.plot([lo, top], [lo, top], ":", color="#999")
+    ax.set(title=f"{task}: reliability (quantile bins{', log axes' if logs else ''})",
+           xlabel="mean predicted", ylabel="observed rate", xlim=(lo, top), ylim=(lo, top))
+    ax.legend(loc="upper left", fontsize=7)
     ax = axes[2]
     edges = payload["lo"] + payload["step"] * np.arange(payload["bins"] + 1)
     used = np.nonzero(np.asarray(payload["baseline"]["cnt"]) + np.asarray(payload["candidate"]["cnt"]))[0]
@@ -236,8 +248,8 @@ def _gate_figure(gates: dict) -> str:
 # Tables
 
 
-def _verdict_table(rows: pd.DataFrame, label_col: str) -> str:
-    head = (f"<tr><th class=l>{label_col}</th><th class=l>metric</th><th>baseline</th><th>candidate</th>"
+def _verdict_table(rows: pd.DataFrame, label_col: str, header: str | None = None) -> str:
+    head = (f"<tr><th class=l>{_esc(header or label_col)}</th><th class=l>metric</th><th>baseline</th><th>candidate</th>"
             "<th>delta</th><th>adjusted CI (level)</th><th>p adjusted</th><th class=l>verdict</th>"
             "<th class=raw>raw 95% CI</th><th class=raw>raw p</th><th>n</th></tr>")
     body = []
@@ -249,7 +261,7 @@ def _verdict_table(rows: pd.DataFrame, label_col: str) -> str:
             f"<td>{_f(r['p_value_adjusted'], 3)}</td>"
             f"<td class=l>{_esc(r['verdict']).replace('_', ' ')}</td>"
             f"<td class=raw>{_interval(r, '')}</td><td class=raw>{_f(r['p_value'], 3)}</td>"
-            f"<td>{r['n']}</td></tr>")
+            f"<td>{_f(r['n'])}</td></tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
 
@@ -335,11 +347,12 @@ def _segments_section(segs: pd.DataFrame, columns: list[str], tasks: list[str]) 
         decided = rows[rows["verdict"].isin(["better", "worse"])]
         rest = rows[~rows["verdict"].isin(["better", "worse"])]
         out.append(f"<h3>{_esc(column)}</h3>")
-        out.append(_verdict_table(decided, "label") if not decided.empty else
+        header = f"task / {column}"
+        out.append(_verdict_table(decided, "label", header) if not decided.empty else
                    f"<p>No segment of {_esc(column)} differs.</p>")
         if not rest.empty:
             out.append(f"<details><summary>{len(rest)} rows without a difference</summary>"
-                       f"{_verdict_table(rest, 'label')}</details>")
+                       f"{_verdict_table(rest, 'label', header)}</details>")
     return "".join(out)
 
 
