@@ -160,65 +160,55 @@ def _share(count: int, total: int | None) -> str:
     return f"{count:,} of {total:,} ({count / total:.2%})" if total else f"{count:,}"
 
 
-def expected_text(rule, report) -> str:
-    """What the rule expects, from its expectation's own arguments (bounds, set, type)."""
-    e, kind = rule.expected, rule.rule
-    if kind == "missing_column":
-        return f"the {len(e.get('column_set') or [])} spec columns present in the {rule.table} table"
-    if kind == "wrong_type":
-        return f"type {e.get('type_', '?')}"
-    if kind == "row_count":
-        hi = e.get("max_value")
-        return f"rows in [{_num(e.get('min_value'))}, {'no upper bound' if hi is None else _num(hi)}]"
-    if kind == "null_fraction":
-        return f"null share <= {_num(rule.limit)}"
-    if kind == "oov_fraction":
-        return (f"in the vocabulary {_values(e.get('value_set'))}, out-of-vocabulary share "
-                f"<= {_num(rule.limit)} of non-null rows")
-    if kind == "duplicate_key":
-        return f"each key ({rule.column}) on one row"
-    if kind == "null_key":
-        return "no null"
-    if kind == "out_of_range":
-        return f"finite, in [{_bound(e.get('min_value'))}, {_bound(e.get('max_value'))}]"
-    if kind in ("unknown_category", "label_not_binary"):
-        return f"in {_values(e.get('value_set'))}"
-    if kind == "bad_row_fraction":
-        return f"rows breaking a row-level rule <= {100 * float(rule.limit or 0):.4g}% of the rows"
-    return ", ".join(f"{k} {_fmt(v)}" for k, v in e.items())
+def _missing(rule) -> list[str]:
+    present = set(_clean(rule.observed_value) or [])
+    return [c for c in rule.column.split(",") if c not in present]
 
 
-def seen_text(rule, report) -> str:
-    """What the data showed for the rule: the observed value, min/max, counts."""
-    kind, observed, bad = rule.rule, _clean(rule.observed_value), int(rule.unexpected_count or 0)
-    rows = rule.element_count
-    if kind == "missing_column":
-        present = set(observed or [])
-        missing = [c for c in rule.column.split(",") if c not in present]
-        return (f"missing: {', '.join(missing)}" if missing
-                else f"all present ({len(present)} columns in the table)")
-    if kind == "wrong_type":
-        return f"type {observed}" if observed is not None else "column absent"
-    if kind == "row_count":
-        return f"{_num(observed)} rows" if observed is not None else ""
-    if kind == "null_fraction":
-        return "" if observed is None else f"null share {_num(1.0 - float(observed))}"
-    if kind == "oov_fraction":
-        nonnull = int(rows or 0) - int(rule.missing_count or 0)
-        return f"{_share(bad, nonnull)} non-null rows out of the vocabulary"
-    if kind == "out_of_range":
-        span = report.column_ranges.get(rule.column)
-        where = "" if span is None else f"min {span[0]:.6g}, max {span[1]:.6g}; "
-        return f"{where}{_share(bad, rows)} rows outside"
-    if kind == "duplicate_key":
-        return f"{_share(bad, rows)} rows share a key"
-    if kind == "null_key":
-        return f"{_share(bad, rows)} rows null"
-    if kind in ("unknown_category", "label_not_binary"):
-        return f"{_share(bad, rows)} rows outside the set"
-    if kind == "bad_row_fraction":
-        return f"{_share(bad, rows)} rows"
-    return _fmt(observed)
+def _out_of_range_seen(rule, report) -> str:
+    span = report.column_ranges.get(rule.column)
+    where = "" if span is None else f"min {span[0]:.6g}, max {span[1]:.6g}; "
+    return f"{where}{_share(int(rule.unexpected_count or 0), rule.element_count)} rows outside"
+
+
+def expected_and_seen(rule, report) -> tuple[str, str]:
+    """What the rule expects (from its expectation's own arguments: bounds, set, type) and what
+    this partition showed (observed value, min/max, counts), per rule kind."""
+    e, observed = rule.expected, _clean(rule.observed_value)
+    bad, rows = int(rule.unexpected_count or 0), rule.element_count
+    share = _share(bad, rows)
+    nonnull = int(rows or 0) - int(rule.missing_count or 0)
+    hi = e.get("max_value")
+    texts = {
+        "missing_column": lambda: (
+            f"the {len(e.get('column_set') or [])} spec columns present in the {rule.table} table",
+            f"missing: {', '.join(_missing(rule))}" if _missing(rule)
+            else f"all present ({len(observed or [])} columns in the table)"),
+        "wrong_type": lambda: (f"type {e.get('type_', '?')}",
+                               f"type {observed}" if observed is not None else "column absent"),
+        "row_count": lambda: (
+            f"rows in [{_num(e.get('min_value'))}, {'no upper bound' if hi is None else _num(hi)}]",
+            "" if observed is None else f"{_num(observed)} rows"),
+        "null_fraction": lambda: (f"null share <= {_num(rule.limit)}", "" if observed is None
+                                  else f"null share {_num(1.0 - float(observed))}"),
+        "oov_fraction": lambda: (
+            f"in the vocabulary {_values(e.get('value_set'))}, out-of-vocabulary share "
+            f"<= {_num(rule.limit)} of non-null rows",
+            f"{_share(bad, nonnull)} non-null rows out of the vocabulary"),
+        "duplicate_key": lambda: (f"each key ({rule.column}) on one row", f"{share} rows share a key"),
+        "null_key": lambda: ("no null", f"{share} rows null"),
+        "out_of_range": lambda: (
+            f"finite, in [{_bound(e.get('min_value'))}, {_bound(hi)}]",
+            _out_of_range_seen(rule, report)),
+        "unknown_category": lambda: (f"in {_values(e.get('value_set'))}", f"{share} rows outside the set"),
+        "bad_row_fraction": lambda: (
+            f"rows breaking a row-level rule <= {100 * float(rule.limit or 0):.4g}% of the rows",
+            f"{share} rows"),
+    }
+    texts["label_not_binary"] = texts["unknown_category"]
+    if rule.rule in texts:
+        return texts[rule.rule]()
+    return ", ".join(f"{k} {_fmt(v)}" for k, v in e.items()), _fmt(observed)
 
 
 def render_validation_html(report) -> str:
@@ -228,8 +218,8 @@ def render_validation_html(report) -> str:
         rows.append(
             f"<tr class={'ok' if r.success else 'bad'}><td>{'pass' if r.success else 'FAIL'}</td>"
             f"<td class=k>{_e(r.rule)}</td><td class=k>{_e(r.table)}</td><td>{_e(_column(r))}</td>"
-            f"<td class=k>{_e(r.level)}</td><td class=expected>{_e(expected_text(r, report))}</td>"
-            f"<td class=seen>{_e(seen_text(r, report))}</td>"
+            f"<td class=k>{_e(r.level)}</td><td class=expected>{_e(expected_and_seen(r, report)[0])}</td>"
+            f"<td class=seen>{_e(expected_and_seen(r, report)[1])}</td>"
             f"<td class=n>{_e(_num(r.unexpected_count) if r.unexpected_count is not None else '')}</td>"
             f"<td>{_e(r.error or '')}</td></tr>")
     reasons = "".join(f"<tr><td>{_e(k)}</td><td class=n>{v:,}</td></tr>"
