@@ -138,9 +138,11 @@ class Launch:
 
     def __post_init__(self) -> None:
         if self.mode not in LAUNCHERS:
-            raise JobFailed(f"mmoe_launcher must be one of {', '.join(LAUNCHERS)}; got {self.mode!r}")
+            raise JobFailed(f"mmoe_launcher must be one of {', '.join(LAUNCHERS)}; got {self.mode!r}",
+                            permanent=True)
         if self.mode == "connect" and not self.remote:
-            raise JobFailed("mmoe_launcher is connect but no mmoe_remote (or SPARK_REMOTE) is set")
+            raise JobFailed("mmoe_launcher is connect but no mmoe_remote (or SPARK_REMOTE) is set",
+                            permanent=True)
 
 
 def build_command(subcommand: list[str], ds: str | None, dataset: str, model_dir: str | None,

@@ -21,9 +21,9 @@ ROWS = ("[...document.querySelectorAll('table.rules tr')].slice(1).map(tr =>"
 NUMBER_CELLS = ("[...document.querySelectorAll('td.n, td.num')].map(td => {"
                 " const r = document.createRange(); r.selectNodeContents(td);"
                 " const lines = new Set([...r.getClientRects()].map(b => Math.round(b.top)));"
-                " return [getComputedStyle(td).whiteSpace, lines.size === 1, td.innerText]; })")
+                " return [getComputedStyle(td).whiteSpace, lines.size <= 1, td.innerText]; })")
 # the same page squeezed into a narrow window: tables scroll, numbers still do not wrap
-NARROW = ("(() => { document.body.style.width = '420px'; const cells = " + NUMBER_CELLS
+NARROW = ("(() => { document.body.style.width = '100px'; const cells = " + NUMBER_CELLS
           + "; document.body.style.width = ''; return cells; })()")
 
 

@@ -475,7 +475,10 @@ def describe_model(cfg: JobConfig, dataset: str, ds: str, model: "ModelRef | str
     Torch-free; reads the artifact's small JSON files only."""
     ref = ModelRef.parse(model)
     version = version_of(cfg, dataset, ds, ref)
-    registry = Registry.read(Warehouse(cfg.warehouse), dataset)
+    try:
+        registry = Registry.read(Warehouse(cfg.warehouse), dataset)
+    except RegistryError:  # an unreadable registry must not stop a report of plain versions
+        registry = Registry(Warehouse(cfg.warehouse), dataset)
     registered = registry.models.get(version)
     out: dict[str, Any] = {"version": version, "reference": str(ref),
                            "registered": registered.registered_at if registered else None,

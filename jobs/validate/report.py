@@ -157,6 +157,8 @@ def _values(values: Any, shown: int = 8) -> str:
 
 
 def _share(count: int, total: int | None) -> str:
+    if not count:
+        return f"none of {total:,}" if total else "none"
     return f"{count:,} of {total:,} ({count / total:.2%})" if total else f"{count:,}"
 
 
