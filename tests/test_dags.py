@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import stat
+from types import SimpleNamespace
 
 import pytest
 
@@ -234,6 +235,43 @@ def test_failure_callback_logs_the_one_line_error(caplog):
                      "data_interval_start": pendulum.datetime(2026, 11, 3, 3, tz="UTC")})
     assert caplog.messages == [
         "mmoe task score failed for ds=2026-11-03: mmoe score exited 1: error: no rows"]
+
+
+def test_the_error_kind_mapping_and_the_manifest_that_carries_it(tmp_path):
+    """THE mapping (jobs.core.errors.error_kind): locks, an unreachable server, a signal and the
+    unexpected are transient; our typed refusals permanent; a failed job's manifest says which."""
+    from jobs.core.errors import (
+        InputError,
+        JobStopped,
+        MissingInputError,
+        NotValidated,
+        PartitionLocked,
+        RegistryError,
+        SparkUnavailable,
+        ValidationFailed,
+        error_kind,
+    )
+    from jobs.core.manifest import run_job as run_stage
+    from mmoe_model.errors import SpecMismatch
+    from schemas.spec import SpecError
+
+    transient = [PartitionLocked("held by pid 1"), SparkUnavailable("refused"),
+                 JobStopped(15, "SIGTERM"), RuntimeError("lost executor")]
+    permanent = [InputError("bad --ds"), MissingInputError("no features"), NotValidated("x"),
+                 ValidationFailed("x"), RegistryError("no @champion in force"),
+                 SpecMismatch("spec differs"), SpecError("bad spec")]
+    assert [error_kind(e) for e in transient] == ["transient"] * len(transient)
+    assert [error_kind(e) for e in permanent] == ["permanent"] * len(permanent)
+
+    def failing(exc):
+        def body(cfg, run_id):
+            raise exc
+        return run_stage("score", "synth", "2026-11-03", lambda: SimpleNamespace(warehouse=tmp_path),
+                         body).manifest
+
+    assert failing(PartitionLocked("held")).error_kind == "transient"
+    assert failing(RegistryError("no model")).error_kind == "permanent"
+    assert json.loads(failing(InputError("bad")).to_json())["error_kind"] == "permanent"
 
 
 def _failing_mmoe(tmp_path, exit_code: int, kind: str | None) -> str:
