@@ -146,10 +146,12 @@ def test_pairing_values_rerun_and_gates(spark, job_config, spec, warehouse, chro
     page = visit(chromium, again.outputs["html"], PROBES, full_page=True)
     assert page.errors == [] and page.requests == []
     # a figure row per task, per-day deltas, gates; tables: tasks, versions, pairing, verdicts,
-    # the segment columns with a difference (the rest collapsed) + one prediction drift table per arm
+    # the segment columns with a difference, one prediction drift table per arm, and those
+    # under <details> (closed: Chromium still lays them out): reliability bins, undecided segments
     segs = table[table.day.isna() & (table.segment != "all")]
     decided = {s.split("=")[0] for s in segs[segs.verdict.isin(["better", "worse"])].segment}
-    assert page.images == len(spec.task_names) + 2 and page.tables == 4 + len(decided) + 2
+    assert page.images == len(spec.task_names) + 2
+    assert page.tables == 4 + len(decided) + 2 + len(page.probes["collapsed"])
     assert "Prediction drift" in page.text and "candidate B" in page.text and "p_click" in page.text
     (job_config.warehouse.parent / "compare.png").write_bytes(page.screenshot)
     assert page.screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(page.screenshot) > 50_000
@@ -170,8 +172,8 @@ PROBES = {
     "collapsed": "[...document.querySelectorAll('details')].map(d => [d.open,"
                  " d.querySelectorAll('tr').length])",
     "reliability": "[...document.querySelectorAll('table.reliability')].map(t =>"
-                   " [...t.rows].slice(1).map(r => [r.cells[0].innerText,"
-                   " Number(r.cells[2].innerText.replace(/,/g, ''))]))",
+                   " [...t.rows].slice(1).map(r => [r.cells[0].textContent,"
+                   " Number(r.cells[2].textContent.replace(/,/g, ''))]))",
     "number_cells": "[...document.querySelectorAll('td:not(.l)')].map(td => getComputedStyle(td)"
                     ".whiteSpace)",
 }
