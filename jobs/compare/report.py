@@ -450,9 +450,12 @@ def render_markdown(result) -> str:
              f"({result.dataset}, {result.start}..{result.end}): "
              f"**{'SHIP' if d.ship else 'DO NOT SHIP'}**", ""]
     for arm, v in (getattr(result, "versions", None) or {}).items():
-        lines.append(f"- {arm} `{v['version']}`: {_version_value('arch', v.get('arch'))}, "
-                     f"{_version_value('epochs_run', v.get('epochs_run'))} epochs, trained on "
-                     f"{_version_value('training_range', v.get('training_range'))}; aliases: "
+        known = [f"{v['arch']}" if v.get("arch") else None,
+                 f"{v['epochs_run']} epochs" if v.get("epochs_run") is not None else None,
+                 f"trained on {v['training_range']}" if v.get("training_range") else None]
+        what = ", ".join(k for k in known if k) or "no artifact found (its predictions only)"
+        lines.append(f"- {arm} `{v['version']}`: {what}; "
+                     f"{'registered' if v.get('registered') else 'not registered'}, aliases: "
                      f"{_version_value('aliases', v.get('aliases'))}")
     lines += [f"- {r}" for r in d.reasons] + [""]
     lines += ["| task | verdict | guardrails | AUC (base -> cand) | delta AUC [adjusted CI] "
