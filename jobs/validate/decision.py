@@ -184,6 +184,12 @@ def decide(spec: DatasetSpec, ds: str, result, rows_read: int, cfg: JobConfig,
     return report
 
 
+def missing_columns(rule: RuleResult) -> list[str]:
+    """The columns a ``missing_column`` rule wanted and the table did not have."""
+    present = set(rule.observed_value or [])
+    return [c for c in rule.column.split(",") if c not in present]
+
+
 def _fraction(value: float, limit: float) -> tuple[str, str]:
     digits = 2
     while digits < 6 and f"{value:.{digits}f}" == f"{limit:.{digits}f}":
@@ -200,10 +206,10 @@ def _failure_message(rule: RuleResult, spec: DatasetSpec, rows: int, bad: int, b
                      cfg: JobConfig, bounds: RowCountBounds) -> str:
     head = "validation failed: "
     if rule.rule == "missing_column":
-        observed = set(rule.observed_value or [])
-        missing = [c for c in rule.column.split(",") if c not in observed]
+        missing = missing_columns(rule)
         return head + (f"missing column{'s' if len(missing) > 1 else ''} "
-                       f"{', '.join(repr(c) for c in missing)} ({rule.table} table of dataset {spec.name})")
+                       f"{', '.join(repr(c) for c in missing)} "
+                       f"({rule.table} table of dataset {spec.name})")
     if rule.rule == "wrong_type":
         expected = LABEL_TYPE if rule.column in spec.task_names else \
             SPARK_TYPE[spec.column(rule.column).dtype]

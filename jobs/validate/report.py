@@ -15,6 +15,7 @@ import json
 import math
 from typing import Any
 
+from jobs.validate.decision import missing_columns
 from jobs.validate.rules import FINITE_MAX, KEY_COPIES, REASON
 
 HELPERS = (KEY_COPIES, REASON)
@@ -162,11 +163,6 @@ def _share(count: int, total: int | None) -> str:
     return f"{count:,} of {total:,} ({count / total:.2%})" if total else f"{count:,}"
 
 
-def _missing(rule) -> list[str]:
-    present = set(_clean(rule.observed_value) or [])
-    return [c for c in rule.column.split(",") if c not in present]
-
-
 def _out_of_range_seen(rule, report) -> str:
     span = report.column_ranges.get(rule.column)
     where = "" if span is None else f"min {span[0]:.6g}, max {span[1]:.6g}; "
@@ -184,7 +180,7 @@ def expected_and_seen(rule, report) -> tuple[str, str]:
     texts = {
         "missing_column": lambda: (
             f"the {len(e.get('column_set') or [])} spec columns present in the {rule.table} table",
-            f"missing: {', '.join(_missing(rule))}" if _missing(rule)
+            f"missing: {', '.join(missing_columns(rule))}" if missing_columns(rule)
             else f"all present ({len(observed or [])} columns in the table)"),
         "wrong_type": lambda: (f"type {e.get('type_', '?')}",
                                f"type {observed}" if observed is not None else "column absent"),
