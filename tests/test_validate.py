@@ -228,6 +228,43 @@ def test_row_level_failures_are_quarantined_and_reruns_replace(spark, job_config
     assert_failed_cleanly(job_config, spec, manifest3)
 
 
+def test_gx_results_equal_without_its_unexpected_values_queries(spark, job_config, spec,
+                                                                monkeypatch):
+    """jobs/validate/gx.py drops GX's per-expectation ``unexpected_values`` query (asked for 0
+    values). Oracle: the same partition validated by GX as shipped (its own dependencies put
+    back): every result equal but for the empty ``partial_unexpected_list``."""
+    from jobs.validate.gx import GX_DEPENDENCIES
+
+    cols = good_rows(spec, N, seed=4)
+    cols["x0"][3] = float("nan")
+    cols["platform"][5] = "tv"
+    cols["user_age"][7] = None
+    write_features(job_config, spec, cols)
+    job_config.validation.keep_data_docs = False
+    job_config.drift.enabled = False
+    result_json = Warehouse(job_config.warehouse).partition(spec.name, "validation", DS) / "result.json"
+
+    def results() -> list[dict]:
+        validate_partition(spark, job_config, spec, DS)
+        return [{"type": r["expectation_config"]["type"],
+                 "kwargs": r["expectation_config"]["kwargs"], "success": r["success"],
+                 "result": r["result"]} for r in json.loads(result_json.read_text())["results"]]
+
+    ours = results()
+    with monkeypatch.context() as m:
+        for cls, original in GX_DEPENDENCIES.items():
+            m.setattr(cls, "get_validation_dependencies", original)
+        shipped = results()
+    assert len(GX_DEPENDENCIES) == 3 and len(ours) == len(shipped) > 50
+    listed = [r for r in shipped if "partial_unexpected_list" in r["result"]]
+    assert len(listed) > 20 and all(r["result"]["partial_unexpected_list"] == [] for r in listed)
+    assert not [r for r in ours if "partial_unexpected_list" in r["result"]]
+    for r in shipped:
+        r["result"].pop("partial_unexpected_list", None)
+    assert ours == shipped
+    assert sum((r["result"].get("unexpected_count") or 0) > 0 for r in ours) >= 2  # bad rows seen
+
+
 def test_too_many_bad_rows_fail_the_partition(spark, job_config, spec):
     cols = good_rows(spec, N, seed=4)
     for i in range(32):                       # 8 % > max_bad_row_fraction 5 %

@@ -31,7 +31,10 @@ from jobs.validate.drift import (
 from jobs.validate.rules import REASON, _ident, _literal, vocabulary_values
 from schemas.spec import DatasetSpec
 
-PERCENTILE_ACCURACY = 10_000   # percentile_approx: rank error <= 1/10 000 of the rows
+# percentile_approx: rank error <= 1/1 000 of the rows. The profile's quantiles are 1 % apart
+# and PSI bins 10 %, so 0.1 % is far below what a threshold can see; 10 000 cost a third more
+# (2M rows, 20 dense + 4 categorical features, load ~5: 32.6-38.1 s -> 24.2 s; 100: 23.8 s).
+PERCENTILE_ACCURACY = 1_000
 
 
 def watched(spec: DatasetSpec, cfg: DriftConfig) -> list[Watched]:

@@ -13,9 +13,46 @@ from great_expectations.data_context.types.base import (
     InMemoryStoreBackendDefaults,
     ProgressBarsConfig,
 )
+from great_expectations.expectations.expectation import (
+    ColumnMapExpectation,
+    ColumnPairMapExpectation,
+    MulticolumnMapExpectation,
+)
 from pyspark.sql import DataFrame
 
 RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": 0}
+UNEXPECTED_VALUES = "unexpected_values"
+GX_DEPENDENCIES: dict[type, object] = {}  # GX's own get_validation_dependencies, per class
+
+
+def _skip_unexpected_values(cls) -> None:
+    """GX 1.x's BASIC result format asks every map expectation for its first
+    ``partial_unexpected_count`` unexpected values, even when that count is 0: one more Spark
+    query per expectation (a filter, a limit, a collect; over Spark Connect one more gRPC round
+    trip and plan analysis), ~20 % of a small partition's validation here, for a list that is
+    always empty. When the count is 0 the metric is dropped from the expectation's
+    dependencies; GX then leaves ``partial_unexpected_list`` out of the result (it reads the
+    metric with ``.get``). Counts, percentages and success are computed as before."""
+    original = cls.get_validation_dependencies
+    if getattr(original, "_mmoe_skips_unexpected_values", False):
+        return
+    GX_DEPENDENCIES[cls] = original
+
+    def get_validation_dependencies(self, execution_engine=None, runtime_configuration=None):
+        deps = original(self, execution_engine=execution_engine,
+                        runtime_configuration=runtime_configuration)
+        name = f"{self.map_metric}.{UNEXPECTED_VALUES}"
+        if deps.result_format.get("partial_unexpected_count") == 0 and \
+                name in deps.metric_configurations:
+            deps.remove_metric_configuration(name)
+        return deps
+
+    get_validation_dependencies._mmoe_skips_unexpected_values = True
+    cls.get_validation_dependencies = get_validation_dependencies
+
+
+for _map_expectation in (ColumnMapExpectation, ColumnPairMapExpectation, MulticolumnMapExpectation):
+    _skip_unexpected_values(_map_expectation)
 
 
 class GxRun:

@@ -27,7 +27,9 @@ How it keeps Spark work small (``manifest.details["spark_jobs"]`` counts the job
 - GX runs every expectation over that cached frame (``persist=False``: GX does not cache again);
   its metrics are bundled into a few single-row aggregates (row count; non-null shares; all the
   map counts). The result format is BASIC with ``partial_unexpected_count: 0``: counts, no
-  sample values (Spark optimises the ``LIMIT 0`` sample queries away: no job, only planning);
+  sample values. GX would still plan one ``LIMIT 0`` sample query per map expectation (no job,
+  but a plan analysis each: ~35-50 % of a small day's validation, a gRPC round trip each over
+  Connect); jobs/validate/gx.py drops them;
 - adaptive execution is off while the validation runs (it would split every shuffle into a job
   of its own, with nothing to re-plan here) and so is whole-stage code generation of methods
   the JVM would not JIT-compile (see :data:`VALIDATION_CONF`), both restored after: 4 jobs
