@@ -35,7 +35,7 @@ MODEL_HELP = ("Model: an artifact directory, a registered version, or @alias (th
 @dataclass
 class Globals:
     config: Optional[Path]
-    warehouse: Optional[Path]
+    warehouse: Optional[str]
 
     def job_config(self) -> JobConfig:
         return load_config(self.config, self.warehouse)
@@ -46,8 +46,10 @@ def _globals(
     ctx: typer.Context,
     config: Optional[Path] = typer.Option(None, "--config", envvar="MMOE_CONFIG",
                                           help="Job config YAML (default: the embedded demo config)."),
-    warehouse: Optional[Path] = typer.Option(None, "--warehouse", envvar="MMOE_WAREHOUSE",
-                                             help="Warehouse root; overrides the config's."),
+    # a string, not a Path: Path("file:///x") collapses to "file:/x" (load_config parses it)
+    warehouse: Optional[str] = typer.Option(None, "--warehouse", envvar="MMOE_WAREHOUSE",
+                                            help="Warehouse root (a path or file:// URI); "
+                                                 "overrides the config's."),
 ) -> None:
     ctx.obj = Globals(config, warehouse)
 

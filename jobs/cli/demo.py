@@ -19,6 +19,7 @@ from jobs.cli._app import app, exit_on_error
 from jobs.core.config import JobConfig, load_config
 from jobs.core.errors import MmoeError
 from jobs.core.manifest import RunManifest, error_line, run_job
+from jobs.core.tables import table
 from jobs.core.warehouse import Warehouse, date_range
 
 
@@ -79,7 +80,7 @@ def _print_summary(spark, cfg: JobConfig, spec, ds: str, runs: dict[str, RunMani
     from pyspark.sql import functions as F
 
     wh = Warehouse(cfg.warehouse)
-    metrics = (spark.read.parquet(str(wh.partition(spec.name, "metrics", ds)))
+    metrics = (table(cfg, spec.name, "metrics", spark).read(spark, ds)
                .where(F.col("segment") == "all")
                .where(F.col("metric").isin("auc", "gauc", "logloss", "ne", "calibration", "pr_auc", "positives", "count"))
                .groupBy("task").pivot("metric").agg(F.first("value"))
@@ -93,7 +94,7 @@ def _print_summary(spark, cfg: JobConfig, spec, ds: str, runs: dict[str, RunMani
     print(metrics[cols].to_string(float_format=lambda v: f"{v:.4f}"))
     _print_gates(spark, cfg, spec, ds, Path(runs["train"].outputs["artifact"]))
     if "catalog" in runs:
-        _print_recommendations(spark, spec, runs["catalog"])
+        _print_recommendations(spark, cfg, spec, ds, runs["catalog"])
     print("\n== Outputs")
     print(f"   warehouse        {wh.root}")
     for name in ("features", "labels", "quarantine", "validation", "predictions", "metrics",
@@ -102,12 +103,14 @@ def _print_summary(spark, cfg: JobConfig, spec, ds: str, runs: dict[str, RunMani
     print(f"   model artifact   {runs['train'].outputs.get('artifact')}")
 
 
-def _print_recommendations(spark, spec, run: RunManifest, users: int = 3, k: int = 3) -> None:
+def _print_recommendations(spark, cfg: JobConfig, spec, ds: str, run: RunManifest, users: int = 3,
+                           k: int = 3) -> None:
     """The top items of a few users from the catalog run's recommendations partition."""
     from pyspark.sql import functions as F
 
     cat = spec.catalog
-    recs = spark.read.parquet(run.outputs["recommendations"])
+    recs = table(cfg, spec.name, "recommendations", spark).read(spark, ds,
+                                                                 model_version=run.model_version)
     first = [r[0] for r in recs.select(cat.user_key).distinct().orderBy(cat.user_key)
              .limit(users).collect()]
     rows = (recs.where(F.col(cat.user_key).isin(first) & (F.col("rank") <= k))

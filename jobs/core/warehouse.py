@@ -144,12 +144,12 @@ class Warehouse:
     def ab_report(self, dataset: str, baseline: str, candidate: str, start: str, end: str) -> Path:
         """``ab_reports/report=<baseline>_vs_<candidate>_<start>_<end>/``: one comparison's rows
         (a rerun of the same pair and range replaces it)."""
-        return self.table(dataset, "ab_reports") / f"report={_report_id(baseline, candidate, start, end)}"
+        return self.table(dataset, "ab_reports") / f"report={report_id(baseline, candidate, start, end)}"
 
     def ab_report_docs(self, dataset: str, baseline: str, candidate: str, start: str, end: str) -> Path:
         """``ab_reports/_docs/<id>/``: its HTML report and Markdown summary (hidden from parquet
         readers: Spark would try to read any visible file of the table as parquet)."""
-        return self.table(dataset, "ab_reports") / "_docs" / _report_id(baseline, candidate, start, end)
+        return self.table(dataset, "ab_reports") / "_docs" / report_id(baseline, candidate, start, end)
 
     def status_path(self, dataset: str, ds: str) -> Path:
         """The validation decision of a ds (``validation/ds=D/status.json``)."""
@@ -233,7 +233,7 @@ class Warehouse:
                       if p.is_dir() and p.name.startswith(prefix) and parquet_files(p))
 
 
-def _report_id(baseline: str, candidate: str, start: str, end: str) -> str:
+def report_id(baseline: str, candidate: str, start: str, end: str) -> str:
     return (f"{safe_name(baseline, 'baseline')}_vs_{safe_name(candidate, 'candidate')}_"
             f"{parse_date(start, 'start').isoformat()}_{parse_date(end, 'end').isoformat()}")
 
@@ -433,22 +433,22 @@ def remove(target: Path) -> None:
 
 def write_text(path: Path, text: str) -> Path:
     """Write a small text file (an HTML report) atomically (temporary name, then rename)."""
+    return write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write a small file atomically (temporary name, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     tmp.replace(path)
     return path
 
 
 def write_json(path: Path, payload: Any, indent: int | None = 1) -> Path:
     """Write JSON atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(payload, indent=indent, default=str) + "\n")
-    tmp.replace(path)
-    return path
+    return write_bytes_atomic(path, (json.dumps(payload, indent=indent, default=str) + "\n").encode())
 
 
 def read_json(path: Path) -> Any | None:

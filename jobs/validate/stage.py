@@ -65,12 +65,12 @@ from uuid import uuid4
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.pandas.types import from_arrow_schema
 
 from jobs.core.config import JobConfig
 from jobs.core.errors import MissingInputError, NotValidated, ValidationFailed
 from jobs.core.manifest import RunRecord, utc_now
 from jobs.core.spark import job_group, jobs_in_group, session_conf
+from jobs.core.tables import DatasetTables, Table, arrow_to_spark
 from jobs.core.status import (
     ValidationStatus,
     read_validation_status,
@@ -79,13 +79,8 @@ from jobs.core.status import (
 from jobs.core.warehouse import (
     STATUS_FILE,
     Warehouse,
-    fingerprint,
-    parquet_files,
     read_footers,
-    read_table,
     remove,
-    replacing,
-    spark_paths,
     write_json,
     write_text,
 )
@@ -202,8 +197,8 @@ class ValidationReport:
 class ValidationInputs:
     """What the validation knows before any Spark work: paths and footers."""
 
-    features_dir: Path
-    labels_dir: Path
+    features: Table
+    labels: Table
     features_schema: pa.Schema
     labels_schema: pa.Schema | None
     rows_read: int
@@ -224,32 +219,34 @@ def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     now, return it (``report.reused``) instead of running GX again; checked under the lock, so
     of two jobs wanting the same day validated only the first one validates."""
     started = time.perf_counter()
-    wh = Warehouse(cfg.warehouse)
-    features_dir = wh.partition(spec.name, "features", ds)
-    if not parquet_files(features_dir):
+    tb = DatasetTables(cfg, spec.name, spark)
+    wh = tb.wh
+    for name, output in (("features", False), ("labels", False), ("quarantine", True)):
+        tb[name].preflight(output)  # a mapped catalog table that cannot serve: refused now
+    if not tb["features"].exists(ds):
         raise MissingInputError(
-            f"features partition {features_dir} is missing or has no parquet files "
+            f"features partition {tb['features'].where(ds)} is missing or has no parquet files "
             f"(dataset {spec.name}, ds {ds})")
     validation_dir = wh.partition(spec.name, "validation", ds)
     # One writer of the ds's validation, quarantine and status at a time (nightly vs backfill).
     with wh.lock(spec.name, "validation", ds, wait_seconds=cfg.locks.wait_seconds,
                  poll_seconds=cfg.locks.poll_seconds):
         if reuse_current:
-            current = _current_decision(wh, spec, ds)
+            current = _current_decision(tb, spec, ds)
             if current is not None:
                 return current
         remove(validation_dir)  # no stale decision while we run
         validation_dir.mkdir(parents=True)
         try:
-            inputs = read_inputs(wh, spec, ds)
+            inputs = read_inputs(tb, spec, ds)
         except ValueError as exc:
-            _fail(wh, spec, ds, run_id, f"validation failed: {exc}", 0)
-        _check_extra_columns(cfg, spec, inputs, wh, ds, run_id)
+            _fail(tb, spec, ds, run_id, f"validation failed: {exc}", 0)
+        _check_extra_columns(cfg, spec, inputs, tb, ds, run_id)
         group = f"mmoe-validate-{uuid4().hex[:12]}"
         docs_dir = validation_dir / DOCS_DIR if cfg.validation.keep_data_docs else None
         with job_group(spark, group, f"validate {spec.name} ds={ds}"), \
                 session_conf(spark, VALIDATION_CONF):
-            report = _check_and_write(spark, cfg, spec, ds, inputs, wh, docs_dir, run_id)
+            report = _check_and_write(spark, cfg, spec, ds, inputs, tb, docs_dir, run_id)
         report.spark_jobs = jobs_in_group(spark, group)
         report.seconds = round(time.perf_counter() - started, 3)
         report.validation_dir = str(validation_dir)
@@ -265,21 +262,21 @@ def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     return report
 
 
-def _current_decision(wh: Warehouse, spec: DatasetSpec, ds: str) -> ValidationReport | None:
+def _current_decision(tb: DatasetTables, spec: DatasetSpec, ds: str) -> ValidationReport | None:
     """The stored decision when it was made on the features as they are now (None otherwise);
     a stored failure is raised again."""
+    wh = tb.wh
     try:
         status = read_validation_status(wh, spec.name, ds)
     except ValueError:
         return None
     if status is None or status.features_fingerprint is None or \
-            status.features_fingerprint != fingerprint(wh.partition(spec.name, "features", ds)):
+            status.features_fingerprint != tb["features"].fingerprint(ds):
         return None
     if status.status == "failed":
         raise ValidationFailed(f"{spec.name} ds={ds} failed validation (features unchanged "
                                f"since): {status.message or '?'}")
-    quarantine = wh.partition(spec.name, "quarantine", ds)
-    if status.quarantined_rows and not parquet_files(quarantine):
+    if status.quarantined_rows and not tb["quarantine"].exists(ds):
         return None  # the decision's quarantine went missing: decide again
     return ValidationReport(
         dataset=spec.name, ds=ds, status=status.status, input_rows=status.input_rows,
@@ -291,7 +288,7 @@ def _current_decision(wh: Warehouse, spec: DatasetSpec, ds: str) -> ValidationRe
 
 
 def _check_extra_columns(cfg: JobConfig, spec: DatasetSpec, inputs: "ValidationInputs",
-                         wh: Warehouse, ds: str, run_id: str | None) -> None:
+                         tb: DatasetTables, ds: str, run_id: str | None) -> None:
     """A features column the spec does not know fails the partition (a rename upstream, a
     producer writing the wrong table) unless ``validation.on_extra_columns: ignore``. Checked
     only when no spec column is missing: then GX's missing-column failure says more."""
@@ -301,7 +298,7 @@ def _check_extra_columns(cfg: JobConfig, spec: DatasetSpec, inputs: "ValidationI
         return
     extra = [c for c in names if c not in spec.features_table_columns]
     if extra:
-        _fail(wh, spec, ds, run_id,
+        _fail(tb, spec, ds, run_id,
               f"validation failed: unexpected column{'s' if len(extra) > 1 else ''} "
               f"{', '.join(repr(c) for c in extra)} not in the {spec.name} spec "
               f"(validation.on_extra_columns: fail)", inputs.rows_read,
@@ -313,50 +310,49 @@ def _failure_details(report: ValidationReport) -> dict[str, Any]:
     return {**record.details, "outputs": record.outputs}
 
 
-def _fail(wh: Warehouse, spec: DatasetSpec, ds: str, run_id: str | None, message: str,
+def _fail(tb: DatasetTables, spec: DatasetSpec, ds: str, run_id: str | None, message: str,
           rows: int, cause: BaseException | None = None,
           skipped: tuple[str, ...] = ()) -> NoReturn:
     """Before a GX result exists: leave a failed status (and no quarantine) behind."""
-    remove(wh.partition(spec.name, "quarantine", ds))
+    wh = tb.wh
+    tb["quarantine"].remove(ds)
     # The fingerprint makes the failure reusable: an unchanged partition fails again without
     # another GX run (the backfill's reuse_current).
     write_validation_status(wh, ValidationStatus(
         status="failed", dataset=spec.name, ds=ds, input_rows=rows, message=message,
         validated_at=utc_now(), run_id=run_id, skipped_partitions=list(skipped),
-        features_fingerprint=fingerprint(wh.partition(spec.name, "features", ds))))
+        features_fingerprint=tb["features"].fingerprint(ds)))
     raise ValidationFailed(message, details={"validation_status": "failed", "rows_read": rows,
                                              "spark_jobs": 0,
                                              "skipped_partitions": list(skipped)}) from cause
 
 
-def read_inputs(wh: Warehouse, spec: DatasetSpec, ds: str) -> ValidationInputs:
+def read_inputs(tb: DatasetTables, spec: DatasetSpec, ds: str) -> ValidationInputs:
     """Footers of the features and labels partitions and the row-count bounds: no Spark job.
     ``ValueError`` names an unreadable file or a schema disagreement."""
-    features_dir = wh.partition(spec.name, "features", ds)
-    labels_dir = wh.partition(spec.name, "labels", ds)
-    files = parquet_files(features_dir)
-    features_schema, rows = read_footers(files)
-    labels_files = parquet_files(labels_dir)
+    features, labels = tb["features"], tb["labels"]
+    features_schema, rows = read_footers(features.files(ds))
+    labels_files = labels.files(ds)
     labels_schema = read_footers(labels_files)[0] if labels_files else None
-    return ValidationInputs(features_dir, labels_dir, features_schema, labels_schema, rows,
-                            row_count_bounds(wh, spec, ds), fingerprint(features_dir))
+    return ValidationInputs(features, labels, features_schema, labels_schema, rows,
+                            row_count_bounds(tb, spec, ds), features.fingerprint(ds))
 
 
 def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
-                     inputs: ValidationInputs, wh: Warehouse, docs_dir: Path | None,
+                     inputs: ValidationInputs, tb: DatasetTables, docs_dir: Path | None,
                      run_id: str | None) -> ValidationReport:
     """GX over the labels table (its own batch) and over the cached features frame → the
     decision → result.json (+ labels_result.json) and the quarantine partition."""
     max_bad = 0.0 if cfg.validation.on_bad_rows == "fail" else cfg.validation.max_bad_row_fraction
     suite = build_suite(spec, inputs.bounds, with_labels=False, max_bad_row_fraction=max_bad)
     labels_suite = build_labels_suite(spec) if inputs.labels_schema is not None else None
-    validation_dir = wh.partition(spec.name, "validation", ds)
-    quarantine_dir = wh.partition(spec.name, "quarantine", ds)
+    validation_dir = tb.wh.partition(spec.name, "validation", ds)
+    quarantine = tb["quarantine"]
     frame: DataFrame | None = None
     run_name = f"{spec.name}-{ds}"
     try:
-        raw = _read(spark, inputs.features_dir, inputs.features_schema)
-        labels = (_read(spark, inputs.labels_dir, inputs.labels_schema)
+        raw = _read(spark, inputs.features, ds, inputs.features_schema)
+        labels = (_read(spark, inputs.labels, ds, inputs.labels_schema)
                   if inputs.labels_schema is not None else None)
         gx_run = _GxRun(docs_dir)
         labels_result = None
@@ -366,7 +362,7 @@ def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds:
             _schema_only(suite, set(raw.columns))
             if labels is not None:
                 _schema_only(labels_suite, set(labels.columns))
-                labels_result = _run_or_fail(wh, spec, ds, run_id, inputs, lambda: gx_run.run(
+                labels_result = _run_or_fail(tb, spec, ds, run_id, inputs, lambda: gx_run.run(
                     labels, labels_suite, "labels", run_name))
         else:
             bad_labels = None
@@ -377,11 +373,11 @@ def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds:
                 labels_frame = labels.select(*spec.key_names, *[
                     F.coalesce(F.col(t), F.lit(-1)).alias(t)
                     for t in spec.task_names])
-                labels_result = _run_or_fail(wh, spec, ds, run_id, inputs, lambda: gx_run.run(
+                labels_result = _run_or_fail(tb, spec, ds, run_id, inputs, lambda: gx_run.run(
                     labels_frame, labels_suite, "labels", run_name))
                 bad_labels = bad_label_keys(spec, labels_frame, labels_result)
             frame = prepare_frame(spec, raw, None, bad_labels=bad_labels).cache()
-        result = _run_or_fail(wh, spec, ds, run_id, inputs, lambda: gx_run.run(
+        result = _run_or_fail(tb, spec, ds, run_id, inputs, lambda: gx_run.run(
             frame, suite, "features", run_name))
         write_json(validation_dir / RESULT_FILE, result.to_json_dict())
         if labels_result is not None:
@@ -393,17 +389,17 @@ def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds:
             report.labels_result_json = str(validation_dir / LABELS_RESULT_FILE)
         report.data_docs = str(docs_dir / "index.html") if docs_dir is not None else None
         if report.status == "quarantined":
-            with replacing(quarantine_dir) as staging:
-                write_quarantine(frame, spec, staging)
-            report.quarantine = str(quarantine_dir)
-            written, report.reasons = _reason_counts(quarantine_dir)
+            with quarantine.writing(spark, ds) as staged:
+                write_quarantine(frame, spec, staged.dir)
+            report.quarantine = quarantine.where(ds)
+            written, report.reasons = _reason_counts(quarantine, ds)
             if written != report.quarantined_rows:  # a broken invariant must not pass
-                _fail(wh, spec, ds, run_id,
+                _fail(tb, spec, ds, run_id,
                       f"validation failed: {written:,} rows written to quarantine but GX "
                       f"counted {report.quarantined_rows:,} rows breaking row-level rules",
                       inputs.rows_read)
         else:
-            remove(quarantine_dir)
+            quarantine.remove(ds)
     finally:
         if frame is not None and frame.is_cached:
             frame.unpersist()
@@ -416,14 +412,14 @@ def _schema_only(suite, present: set[str]) -> None:
                           and (e.meta["rule"] == "missing_column" or e.column in present)]
 
 
-def _run_or_fail(wh: Warehouse, spec: DatasetSpec, ds: str, run_id: str | None,
+def _run_or_fail(tb: DatasetTables, spec: DatasetSpec, ds: str, run_id: str | None,
                  inputs: ValidationInputs, run):
     try:
         return run()
     except ValidationFailed:
         raise
     except Exception as exc:  # GX itself broke: still leave a failed status behind
-        _fail(wh, spec, ds, run_id,
+        _fail(tb, spec, ds, run_id,
               f"validation failed: Great Expectations could not run the suite: "
               f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}",
               inputs.rows_read, exc)
@@ -454,22 +450,21 @@ def passed_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str)
     Raises :class:`NotValidated` when the ds was never validated, failed, or its features
     partition changed since it was validated.
     """
-    wh = Warehouse(cfg.warehouse)
-    status = checked_status(cfg, spec, ds)
-    rows = spark.read.schema(features_struct(spec)).parquet(
-        *spark_paths(wh.partition(spec.name, "features", ds)))
+    tb = DatasetTables(cfg, spec.name, spark)
+    status = checked_status(cfg, spec, ds, tb)
+    rows = tb["features"].read(spark, ds, schema=features_struct(spec))
     if status.quarantined_rows == 0:
         return rows
-    quarantine_dir = wh.partition(spec.name, "quarantine", ds)
-    keys = spark.read.parquet(*spark_paths(quarantine_dir)).select(*spec.key_names).distinct()
+    keys = tb["quarantine"].read(spark, ds, columns=spec.key_names).distinct()
     cond = reduce(lambda a, b: a & b, [rows[k].eqNullSafe(keys[k]) for k in spec.key_names])
     return rows.join(keys, on=cond, how="left_anti")
 
 
-def checked_status(cfg: JobConfig, spec: DatasetSpec, ds: str) -> ValidationStatus:
+def checked_status(cfg: JobConfig, spec: DatasetSpec, ds: str,
+                   tb: DatasetTables | None = None) -> ValidationStatus:
     """The ds's validation status when its rows may be scored; :class:`NotValidated` when it
     was never validated, failed, changed since, or its quarantine partition went missing."""
-    wh = Warehouse(cfg.warehouse)
+    tb = tb or DatasetTables(cfg, spec.name)
     status = read_status(cfg, spec, ds)
     where = f"{spec.name} ds={ds}"
     if status is None:
@@ -477,13 +472,13 @@ def checked_status(cfg: JobConfig, spec: DatasetSpec, ds: str) -> ValidationStat
                            f"--dataset {spec.name} --ds {ds}")
     if not status.scorable:
         raise NotValidated(f"{where} did not pass validation: {status.message or '?'}")
-    if fingerprint(wh.partition(spec.name, "features", ds)) != status.features_fingerprint:
+    if tb["features"].fingerprint(ds) != status.features_fingerprint:
         raise NotValidated(f"{where}: the features partition changed after it was validated; "
                            f"run mmoe validate --dataset {spec.name} --ds {ds} again")
-    quarantine_dir = wh.partition(spec.name, "quarantine", ds)
-    if status.quarantined_rows and not parquet_files(quarantine_dir):
+    if status.quarantined_rows and not tb["quarantine"].exists(ds):
         raise NotValidated(f"{where}: status says {status.quarantined_rows} rows were "
-                           f"quarantined but {quarantine_dir} is missing; validate again")
+                           f"quarantined but {tb['quarantine'].where(ds)} is missing; "
+                           f"validate again")
     return status
 
 
@@ -500,28 +495,25 @@ def read_status(cfg: JobConfig, spec: DatasetSpec, ds: str) -> ValidationStatus 
 # Inputs: row-count history, schema
 
 
-def _read(spark: SparkSession, directory: Path, schema: pa.Schema) -> DataFrame:
-    """Read a partition with the schema its footers declare (no schema-inference job); fall back
-    to Spark's own inference for types pyspark cannot map from arrow."""
-    try:
-        spark_schema = from_arrow_schema(schema)
-    except (TypeError, ValueError, NotImplementedError):
-        return spark.read.parquet(*spark_paths(directory))
-    return spark.read.schema(spark_schema).parquet(*spark_paths(directory))
+def _read(spark: SparkSession, source: Table, ds: str, schema: pa.Schema) -> DataFrame:
+    """Read a partition with the schema its footers declare (no schema-inference job); Spark's
+    own inference for types pyspark cannot map from arrow."""
+    return source.read(spark, ds, schema=arrow_to_spark(schema))
 
 
-def row_count_bounds(wh: Warehouse, spec: DatasetSpec, ds: str) -> RowCountBounds:
+def row_count_bounds(tb: DatasetTables, spec: DatasetSpec, ds: str) -> RowCountBounds:
     """``row_count.min_rows``, tightened by [min_ratio, max_ratio] x the median row count of up
     to ``trailing_partitions`` previous features partitions (footer counts, no Spark job).
     A previous partition whose files cannot be read is skipped and named in ``unreadable``:
     one corrupt day never fails the validation of another."""
     policy = spec.row_count
-    previous = [d for d in wh.partitions(spec.name, "features") if d < ds]
+    features = tb["features"]
+    previous = [d for d in features.partitions() if d < ds]
     counts, unreadable = [], []
     for day in reversed(previous):
         if len(counts) == policy.trailing_partitions:
             break
-        files = parquet_files(wh.partition(spec.name, "features", day))
+        files = features.files(day)
         if files:
             try:
                 counts.append(read_footers(files)[1])
@@ -844,10 +836,10 @@ def write_quarantine(frame: DataFrame, spec: DatasetSpec, quarantine_dir: Path) 
     bad.coalesce(1).write.mode("overwrite").parquet(str(quarantine_dir))
 
 
-def _reason_counts(quarantine_dir: Path) -> tuple[int, dict[str, int]]:
+def _reason_counts(quarantine: Table, ds: str) -> tuple[int, dict[str, int]]:
     """Rows written to quarantine, and rows per single rule (``rule:column``; a row breaking
     several rules counts under each), read from the files with pyarrow (no Spark job)."""
-    table = read_table(quarantine_dir, columns=["reason"])
+    table = quarantine.read_arrow(ds, columns=["reason"])
     counts: dict[str, int] = {}
     for item in table.column("reason").value_counts().to_pylist():
         for reason in str(item["values"]).split(";"):
