@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import yaml
 from _reliability import (
     REPO,
     cli_env,
@@ -180,11 +181,12 @@ def test_standalone_cluster_matches_local_mode(spark, tmp_path):
     spec = load_spec("synth")
     model = tiny_model(tmp_path / "model", spec, seed=5)
     local_wh, cluster_wh = tmp_path / "local" / "wh", tmp_path / "cluster" / "wh"
-    for wh in (local_wh, cluster_wh):
+    catalog_wh = tmp_path / "cluster" / "wh-catalog"  # issue 18: one catalog-table day
+    for wh in (local_wh, cluster_wh, catalog_wh):
         write_day(wh, spec, DS_PREV, n=N, seed=1, first_key=0)
         cols, _ = write_day(wh, spec, DS, n=N, seed=2, first_key=N)
     # a few bad rows, so that the quarantine path (and the quarantined keys) run on executors
-    for wh in (local_wh, cluster_wh):
+    for wh in (local_wh, cluster_wh, catalog_wh):
         bad = dict(cols)
         bad["x0"] = list(cols["x0"])
         for i in (3, 30, 300):
@@ -228,6 +230,13 @@ def test_standalone_cluster_matches_local_mode(spark, tmp_path):
         lines = failed.stdout.strip().splitlines()
         assert last_manifest(failed.stdout)["status"] == "failed"
         assert lines[-2].startswith("error: ") and "is not a valid date" in lines[-2]
+        # One catalog-table day: quarantine, predictions and metrics mapped to tables of the
+        # driver's own embedded metastore (one JVM per Derby: not the test session's), in one
+        # backfill (validate -> score with the direct reader -> evaluate).
+        manifest = cluster.submit(zip_path, catalog_config(tmp_path), catalog_wh, "backfill",
+                                  "--dataset", "synth", "--start", DS, "--end", DS,
+                                  "--model", str(model))
+        assert [d["status"] for d in manifest["details"]["days"]] == ["scored"], manifest
     finally:
         alive = cluster.stop()
     assert not alive, f"cluster processes still alive: {alive}"
@@ -245,4 +254,27 @@ def test_standalone_cluster_matches_local_mode(spark, tmp_path):
         status = json.loads(wh.status_path("synth", DS).read_text())
         assert (status["status"], status["passed_rows"], status["quarantined_rows"]) == \
             ("quarantined", N - 3, 3)
+    tables = tmp_path / "cluster-metastore" / "spark-warehouse" / "day18.db"
+    _assert_close(_sorted(tables / "predictions" / f"ds={DS}" / f"model_version={version}"), want)
+    _assert_close(_sorted(tables / "quarantine" / f"ds={DS}"),
+                  _sorted(local.partition("synth", "quarantine", DS)))
+    _assert_close(_sorted(tables / "metrics" / f"ds={DS}"),
+                  _sorted(local.partition("synth", "metrics", DS)), atol=1e-9)
+    assert not Warehouse(catalog_wh).has_partition("synth", "predictions", DS,
+                                                   model_version=version)
     print(f"cluster part of the test: {seconds:.1f}s")
+
+
+def catalog_config(tmp_path: Path) -> Path:
+    """The cluster job config of the catalog-table day: Hive catalog, Derby under tmp_path."""
+    root = tmp_path / "cluster-metastore"
+    base = job_config_file(tmp_path / "unused.yaml")
+    conf = yaml.safe_load(base.read_text())["spark"]["conf"]
+    conf.update({"spark.sql.catalogImplementation": "hive",
+                 "spark.hadoop.javax.jdo.option.ConnectionURL":
+                     f"jdbc:derby:;databaseName={root / 'metastore_db'};create=true",
+                 "spark.sql.warehouse.dir": str(root / "spark-warehouse")})
+    return job_config_file(
+        tmp_path / "cluster-catalog.yaml", spark={"conf": conf},
+        tables={"synth": {t: f"day18.{t}" for t in ("quarantine", "predictions", "metrics")}},
+        validation={"keep_data_docs": False})

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from jobs.core.config import JobConfig, load_config
 from jobs.core.errors import InputError
 from jobs.core.manifest import error_line, run_job
+from jobs.core.warehouse import local_path
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Batch scoring and offline evaluation of multi-task (MMoE) models on Spark.")
@@ -38,7 +39,8 @@ class Globals:
     warehouse: Optional[str]
 
     def job_config(self) -> JobConfig:
-        return load_config(self.config, self.warehouse)
+        return load_config(None if self.config is None else local_path(self.config, "--config"),
+                           self.warehouse)
 
 
 @app.callback()

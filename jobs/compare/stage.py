@@ -43,10 +43,10 @@ from jobs.core.modelref import ModelRef
 from jobs.core.registry import version_of
 from jobs.core.tables import DatasetTables, Table
 from jobs.core.warehouse import (
-    report_id,
     date_range,
     read_footers,
     replacing,
+    report_id,
 )
 from jobs.evaluate.gates import gate_diagnostics
 from schemas.spec import DatasetSpec
@@ -271,6 +271,7 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
                          f"nothing to compare")
     days = date_range(start, end)
     tb = DatasetTables(cfg, spec.name, spark)
+    tb.preflight(inputs=("predictions", "labels", "features"), outputs=("ab_reports",))
     segments = _segments(cfg, spec, segments)
     keys, tasks = spec.key_names, spec.task_names
     arm_days = {v: _versions_days(tb, v, days) for v in (baseline, candidate)}

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
-from urllib.parse import urlparse
 
 import yaml
 
-from jobs.core.errors import ConfigError
+from jobs.core.errors import ConfigError, InputError
+from jobs.core.warehouse import local_path
 from mmoe_model.config import ModelConfig, TrainConfig
 from mmoe_model.errors import ModelConfigError
 
@@ -208,38 +208,6 @@ def parse_tables(raw: Any, where: str = "config.tables") -> dict[str, dict[str, 
     return out
 
 
-# Filesystems: the warehouse (locks, staging renames, the model registry, run manifests) needs
-# POSIX semantics: O_EXCL creates, flock, atomic rename. Schemes Hadoop (the JVM side) and
-# pyarrow (the Python side) can both open may hold catalog tables' files, not the warehouse.
-TABLE_SCHEMES = ("hdfs", "viewfs", "s3a", "gs", "abfs", "abfss")
-
-
-def local_path(value: str | Path, what: str = "--warehouse") -> Path:
-    """A plain path, or a ``file://`` URI for the same place; any other scheme is refused with
-    one line naming it (never a directory literally named ``file:``)."""
-    text = str(value)
-    parsed = urlparse(text)
-    scheme = parsed.scheme.lower()
-    if "://" not in text:
-        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", text):  # file:/x (a collapsed file://x)
-            raise ConfigError(f"{what} {text!r}: write a URI with '//' ({scheme}://...) or a "
-                              f"plain path")
-        return Path(text).expanduser()
-    if scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            raise ConfigError(f"{what} {text!r}: a file:// URI names a local path (file:///dir), "
-                              f"not host {parsed.netloc!r}")
-        return Path(parsed.path or "/")
-    if scheme in TABLE_SCHEMES:
-        raise ConfigError(
-            f"{what} {text!r}: scheme {scheme!r} cannot hold the warehouse: its partition locks "
-            f"(O_EXCL files, flock), atomic renames and model registry need a POSIX filesystem "
-            f"(a local disk or a mounted NFS path); keep tables there through the config's "
-            f"tables: section instead")
-    raise ConfigError(f"{what} {text!r}: unknown filesystem scheme {scheme!r} (a plain path or "
-                      f"file://; tables on {', '.join(TABLE_SCHEMES)} go through tables:)")
-
-
 @dataclass
 class JobConfig:
     warehouse: Path = Path("warehouse")
@@ -269,12 +237,19 @@ def load_config(path: str | Path | None = None, warehouse: str | Path | None = N
         raise ConfigError(f"config {path}: must be a mapping")
     cfg = _build(JobConfig, raw, "config")
     if warehouse is not None:
-        cfg.warehouse = local_path(warehouse, "--warehouse")
+        cfg.warehouse = _local(warehouse, "--warehouse")
     elif "warehouse" in raw:
-        cfg.warehouse = local_path(raw["warehouse"], "config.warehouse")
+        cfg.warehouse = _local(raw["warehouse"], "config.warehouse")
     cfg.warehouse = Path(cfg.warehouse).expanduser().resolve()
     _check(cfg)
     return cfg
+
+
+def _local(value: str | Path, what: str) -> Path:
+    try:
+        return local_path(value, what)
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _build(cls: type, raw: dict[str, Any], where: str) -> Any:

@@ -56,7 +56,6 @@ from jobs.core.warehouse import (
     parquet_files,
     parse_date,
     read_footers,
-    read_table,
     remove,
     replacing,
     safe_name,
@@ -157,11 +156,16 @@ class Table:
         frame = self._spark_frame(spark, part, schema)
         if columns is None:
             return frame
-        missing = [c for c in columns if c not in frame.columns]
+        self._require(frame.columns, columns, ds, more)
+        return frame.select(*columns)
+
+    def _require(self, present: list[str], columns: list[str] | None, ds: str | None,
+                 more: dict[str, str]) -> None:
+        """The one column check of a read: a missing column names the table and partition."""
+        missing = [c for c in (columns or []) if c not in present]
         if missing:
             raise MissingInputError(f"{self.table} at {self.where(ds, **more)} lacks column(s) "
                                     f"{missing}", details={"path": self.where(ds, **more)})
-        return frame.select(*columns)
 
     def read_arrow(self, ds: str | None = None, columns: list[str] | None = None,
                    **more: str) -> pa.Table:
@@ -170,11 +174,7 @@ class Table:
         if not files:
             raise MissingInputError(f"{self.dataset} {self.table}: no partition "
                                     f"{self.where(ds, **more)}")
-        names = read_footers(files)[0].names
-        missing = [c for c in (columns or []) if c not in names]
-        if missing:
-            raise MissingInputError(f"{self.table} at {self.where(ds, **more)} lacks column(s) "
-                                    f"{missing}")
+        self._require(read_footers(files)[0].names, columns, ds, more)
         return open_dataset(files).to_table(columns=columns)
 
     @contextmanager
@@ -230,17 +230,6 @@ class PathTable(Table):
         reader = spark.read if schema is None else spark.read.schema(schema)
         return reader.parquet(*paths)
 
-    def read_arrow(self, ds=None, columns=None, **more):
-        if not self.exists(ds, **more):
-            raise MissingInputError(f"{self.dataset} {self.table}: no partition "
-                                    f"{self.where(ds, **more)}")
-        names = read_footers(parquet_files(self.path(ds, **more)))[0].names
-        missing = [c for c in (columns or []) if c not in names]
-        if missing:
-            raise MissingInputError(f"{self.table} at {self.where(ds, **more)} lacks column(s) "
-                                    f"{missing}")
-        return read_table(self.path(ds, **more), columns=columns)
-
     @contextmanager
     def writing(self, spark, ds=None, **more):
         with replacing(self.path(ds, **more)) as staging:
@@ -268,6 +257,7 @@ class CatalogTable(Table):
     mapping: TableMapping
     spark: SparkSession | None = None
     _checked: bool = field(default=False, repr=False)
+    _schema: T.StructType | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -295,10 +285,12 @@ class CatalogTable(Table):
     # ---- checks (one line naming the table)
 
     def _existing(self) -> T.StructType | None:
-        spark = self._session()
-        if not spark.catalog.tableExists(self.name):
-            return None
-        return spark.table(self.name).schema
+        """The table's schema, or None while it does not exist (kept once it does)."""
+        if self._schema is None:
+            spark = self._session()
+            if spark.catalog.tableExists(self.name):
+                self._schema = spark.table(self.name).schema
+        return self._schema
 
     def check(self) -> T.StructType:
         """The table's schema after checking it exists and is partitioned as mapped."""
@@ -357,6 +349,8 @@ class CatalogTable(Table):
     # ---- the Table calls
 
     def files(self, ds=None, **more):
+        if self._existing() is None:  # an output not written yet (inputs: see preflight)
+            return []
         return sorted(self._frame(Partition.of(ds, more)).inputFiles())
 
     def exists(self, ds=None, **more):
@@ -543,7 +537,8 @@ def arrow_to_spark(schema: pa.Schema) -> T.StructType | None:
 
 @dataclass
 class DatasetTables:
-    """The logical tables of one dataset under one job config (each resolved once)."""
+    """The logical tables of one dataset under one job config (each resolved once).
+    :meth:`preflight` refuses, before any work, the mapped tables a stage cannot use."""
 
     cfg: JobConfig
     dataset: str
@@ -558,3 +553,9 @@ class DatasetTables:
         if name not in self._cache:
             self._cache[name] = table(self.cfg, self.dataset, name, self.spark)
         return self._cache[name]
+
+    def preflight(self, inputs: tuple[str, ...] = (), outputs: tuple[str, ...] = ()) -> None:
+        for name in inputs:
+            self[name].preflight(output=False)
+        for name in outputs:
+            self[name].preflight(output=True)

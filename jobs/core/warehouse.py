@@ -115,6 +115,37 @@ def safe_name(value: str, what: str) -> str:
     return value
 
 
+# Filesystems: the warehouse (locks, staging renames, the model registry, run manifests) needs
+# POSIX semantics: O_EXCL creates, flock, atomic rename. Schemes Hadoop (the JVM side) and
+# pyarrow (the Python side) can both open may hold catalog tables' files, not the warehouse.
+TABLE_SCHEMES = ("hdfs", "viewfs", "s3a", "gs", "abfs", "abfss")
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(//[^/]*)?(/.*)?$")
+
+
+def local_path(value: str | Path, what: str = "--warehouse") -> Path:
+    """A plain path, or a ``file:`` URI (``file:///dir``, ``file:/dir``; also what ``Path``
+    makes of ``file:///dir``) for the same place; any other scheme is an :class:`InputError`
+    naming it, so nothing is ever created under a directory named like ``file:``."""
+    text = str(value)
+    match = _URI.match(text)
+    if match is None:
+        return Path(text).expanduser()
+    scheme, authority = match.group(1).lower(), (match.group(2) or "//")[2:]
+    if scheme == "file":
+        if authority not in ("", "localhost"):
+            raise InputError(f"{what} {text!r}: a file:// URI names a local path (file:///dir), "
+                             f"not host {authority!r}")
+        return Path(match.group(3) or "/")
+    if scheme in TABLE_SCHEMES:
+        raise InputError(
+            f"{what} {text!r}: scheme {scheme!r} cannot hold the warehouse or a job's files: "
+            f"the partition locks (O_EXCL files, flock), atomic renames and model registry need "
+            f"a POSIX filesystem (a local disk or a mounted NFS path); keep tables there through "
+            f"the config's tables: section instead")
+    raise InputError(f"{what} {text!r}: unknown filesystem scheme {scheme!r} (a plain path or "
+                     f"file://; tables on {', '.join(TABLE_SCHEMES)} go through tables:)")
+
+
 # --------------------------------------------------------------------------------------------
 # Paths
 

@@ -374,6 +374,7 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
     catalog = cfg.scoring.catalog
     fusion_weights(spec, catalog.fusion_weights)  # refuse unknown tasks before any work
     tb = DatasetTables(cfg, spec.name, spark)
+    tb.preflight(inputs=("users", "items", "candidates"), outputs=("recommendations",))
     wh, users_t, items_t, candidates_t = tb.wh, tb["users"], tb["items"], tb["candidates"]
     if not users_t.exists() or not items_t.exists():
         raise MissingInputError(f"catalog mode needs {users_t.where()} and {items_t.where()} "

@@ -28,8 +28,8 @@ from jobs.core.errors import NotValidated
 from jobs.core.manifest import RunRecord
 from jobs.core.registry import ModelChoice, resolve_model
 from jobs.core.spark import session_conf
-from jobs.core.tables import DatasetTables
 from jobs.core.status import ScoreStamp, ValidationStatus, write_score_stamp
+from jobs.core.tables import DatasetTables
 from jobs.core.warehouse import (
     count_rows,
 )
@@ -136,6 +136,7 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
     except NotValidated as exc:
         raise NotValidated(str(exc), details=model_fields) from None
     tb = DatasetTables(cfg, spec.name, spark)
+    tb.preflight(inputs=("features",), outputs=("predictions",))
     wh, features, version = tb.wh, tb["features"], artifact.model_version
     out = tb["predictions"].where(ds, model_version=version)
     details: dict[str, Any] = {"with_gates": with_gates, **choice.details()}

@@ -145,7 +145,9 @@ def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, o
                            checkpoint_dir=str(checkpoint), resume=resume)
 
     skipped: list[str] = []
-    frame, rows_read = load_training_frame(DatasetTables(cfg, spec.name), spec, days, skipped)
+    tables = DatasetTables(cfg, spec.name)
+    tables.preflight(inputs=("features", "labels"))
+    frame, rows_read = load_training_frame(tables, spec, days, skipped)
     if len(frame) == 0:
         raise MissingInputError(f"{dataset}: no feature row of ds {start}..{end} has labels",
                                 details={"input_rows": rows_read})

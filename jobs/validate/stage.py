@@ -70,12 +70,12 @@ from jobs.core.config import JobConfig
 from jobs.core.errors import MissingInputError, NotValidated, ValidationFailed
 from jobs.core.manifest import RunRecord, utc_now
 from jobs.core.spark import job_group, jobs_in_group, session_conf
-from jobs.core.tables import DatasetTables, Table, arrow_to_spark
 from jobs.core.status import (
     ValidationStatus,
     read_validation_status,
     write_validation_status,
 )
+from jobs.core.tables import DatasetTables, Table, arrow_to_spark
 from jobs.core.warehouse import (
     STATUS_FILE,
     Warehouse,
@@ -221,8 +221,7 @@ def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     started = time.perf_counter()
     tb = DatasetTables(cfg, spec.name, spark)
     wh = tb.wh
-    for name, output in (("features", False), ("labels", False), ("quarantine", True)):
-        tb[name].preflight(output)  # a mapped catalog table that cannot serve: refused now
+    tb.preflight(inputs=("features", "labels"), outputs=("quarantine",))
     if not tb["features"].exists(ds):
         raise MissingInputError(
             f"features partition {tb['features'].where(ds)} is missing or has no parquet files "
