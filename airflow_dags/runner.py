@@ -152,17 +152,6 @@ def has_predictions(settings: Settings, ds: str) -> bool:
                                                         "model_version"))
 
 
-def cli_has(path: list[str]) -> bool:
-    """Whether the installed CLI has a sub-command (``compare`` arrives with its own issue)."""
-    from jobs.cli import command_line
-
-    try:
-        command_line(path)
-    except KeyError:
-        return False
-    return True
-
-
 def compare_pairs(versions: list[str]) -> list[dict[str, str]]:
     """Champion (the first) against each challenger."""
     return [{"baseline": versions[0], "candidate": v} for v in versions[1:]]

@@ -9,7 +9,6 @@ output tables) is derived from it. This module is pure Python: no Spark, no torc
 from __future__ import annotations
 
 import importlib.resources
-
 import re
 from dataclasses import dataclass, field
 from functools import cached_property

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from schemas.spec import DatasetSpec
 
 _SPARK = {"long": T.LongType(), "string": T.StringType(), "double": T.DoubleType()}
-_ARROW = {"long": pa.int64(), "string": pa.string(), "double": pa.float64()}
 
 
 def _typed_feature_columns(spec: DatasetSpec) -> list[tuple[str, str]]:
@@ -63,12 +63,20 @@ METRICS_STRUCT = T.StructType([
 
 
 def features_arrow_schema(spec: DatasetSpec) -> pa.Schema:
-    keys = set(spec.key_names)
-    return pa.schema([pa.field(n, _ARROW[d], nullable=n not in keys)
-                      for n, d in _typed_feature_columns(spec)])
+    """:func:`features_struct` as Arrow (the writers that bypass Spark use it)."""
+    return to_arrow_schema(features_struct(spec))
 
 
 def labels_arrow_schema(spec: DatasetSpec) -> pa.Schema:
-    fields = [pa.field(k.name, _ARROW[k.dtype], nullable=False) for k in spec.keys]
-    fields += [pa.field(t, pa.int32(), nullable=False) for t in spec.task_names]
-    return pa.schema(fields)
+    return to_arrow_schema(labels_struct(spec))
+
+
+_DDL_ARROW = {"string": pa.string(), "byte": pa.int8(), "int": pa.int32(), "long": pa.int64(),
+              "double": pa.float64(), "binary": pa.binary()}
+
+
+def ddl_arrow_schema(ddl: str) -> pa.Schema:
+    """The Arrow schema of a flat Spark DDL string (``"a string, n long, x double"``): the
+    schemas ``applyInArrow`` / ``mapInArrow`` functions return."""
+    return pa.schema([pa.field(name, _DDL_ARROW[kind])
+                      for name, kind in (part.split() for part in ddl.split(","))])

@@ -216,11 +216,12 @@ def test_bad_ranges_are_refused_before_any_spark_work(tmp_path, args, message):
 
 def test_every_stage_writes_under_its_partition_lock(spark, cfg):
     """A live holder (here: this process, as a nightly job would be) of a partition's lock makes
-    validate, score and evaluate of that partition wait, then refuse with one line naming the
+    validate, score, evaluate and the data generator of that partition wait, then refuse with one line naming the
     holder, leaving the partition as it was."""
     import socket
 
     from jobs.core.errors import PartitionLocked
+    from jobs.data.synth import generate_synth
     from jobs.evaluate.stage import evaluate_partition
     from jobs.score.stage import score_partition
     from jobs.validate.stage import validate_partition
@@ -241,6 +242,8 @@ def test_every_stage_writes_under_its_partition_lock(spark, cfg):
          wh.partition("synth", "predictions", ds, model_version=version)),
         ("metrics", {}, lambda: evaluate_partition(spark, cfg, spec, ds),
          wh.partition("synth", "metrics", ds)),
+        ("features", {}, lambda: generate_synth(cfg, ds, 1, 50, seed=3),
+         wh.partition("synth", "features", ds)),
     ]
     for table, more, attempt, partition in attempts:
         before = sorted((str(p), p.stat().st_mtime_ns) for p in partition.rglob("*"))

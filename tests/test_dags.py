@@ -185,7 +185,6 @@ def test_decisions_use_the_registry_and_the_label_delay(tmp_path, monkeypatch):
     from airflow_dags.runner import (
         JobFailed,
         Settings,
-        cli_has,
         compare_pairs,
         matured_ds,
         models_to_score,
@@ -209,7 +208,6 @@ def test_decisions_use_the_registry_and_the_label_delay(tmp_path, monkeypatch):
     assert models_to_score(settings, "2026-11-04") == [champion, challenger]
     assert compare_pairs([champion, challenger]) == [
         {"baseline": champion, "candidate": challenger}]
-    assert cli_has(["score"]) and not cli_has(["no-such-command"])
 
 
 def test_failure_callback_logs_the_one_line_error(caplog):
@@ -243,7 +241,6 @@ def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, tmp_path
 
     from tiny_models import tiny_model
 
-    from airflow_dags.runner import cli_has
     from jobs.core.config import load_config
     from jobs.core.registry import register_model
     from jobs.core.warehouse import Warehouse, parquet_files, read_table
@@ -298,10 +295,7 @@ def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, tmp_path
     assert "auc" in metrics.column("metric").to_pylist()
     assert not parquet_files(wh.partition("synth", "metrics", "2026-06-03"))  # not matured
     assert "evaluate --dataset synth --ds 2026-06-02" in log
-    if cli_has(["compare"]):
-        assert parquet_files(wh.table("synth", "ab_reports"))
-    else:
-        assert "no `compare` sub-command" in log
+    assert parquet_files(wh.table("synth", "ab_reports"))
 
 
 def test_backfill_dag_command_parses_with_the_real_cli():

@@ -37,7 +37,7 @@ def _bench_config(cfg: JobConfig) -> JobConfig:
     import copy
 
     bench_cfg = copy.deepcopy(cfg)
-    bench_cfg.warehouse = Path(cfg.warehouse) / "_bench"
+    bench_cfg.warehouse = Warehouse(cfg.warehouse).bench_root()
     return bench_cfg
 
 
@@ -56,7 +56,7 @@ def reference_artifact(cfg: JobConfig, sample_rows: int = 20000) -> Path:
     import torch
 
     spec = load_spec("synth")
-    out = Path(cfg.warehouse) / "reference-mmoe"
+    out = Warehouse(cfg.warehouse).scratch("reference-mmoe")
     if (out / "MANIFEST.json").exists():
         return out
     part = Warehouse(cfg.warehouse).partition("synth", "features", BENCH_DS)
@@ -81,7 +81,7 @@ def _machine() -> dict[str, Any]:
 
 def results_path(cfg: JobConfig, results: Path | None) -> Path:
     """Where a bench appends its results: the user's path, else under the bench warehouse."""
-    return Path(results) if results is not None else Path(cfg.warehouse) / "benchmarks.md"
+    return Path(results) if results is not None else Warehouse(cfg.warehouse).scratch("benchmarks.md")
 
 
 def _append_doc(path: Path, title: str, result: dict[str, Any]) -> None:

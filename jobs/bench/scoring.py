@@ -135,7 +135,7 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
     from pyspark.sql import types as T
 
     cores = spark.sparkContext.defaultParallelism
-    out_root = Path(cfg.warehouse) / "bench-out"
+    out_root = Warehouse(cfg.warehouse).scratch("bench-out")
     features = spread_partitions(spark, spark.read.parquet(str(part)))
     scored_at = dt.datetime.now(dt.timezone.utc)
     keys, feats, _tasks = spec.key_names, spec.feature_names, spec.task_names
@@ -267,7 +267,7 @@ def bench_scaling(cfg: JobConfig, rows: int | None = None, results: Path | None 
         artifact = ModelArtifact.from_files(files)
         with WorkerRssSampler() as rss:
             seconds, _ = _timed(lambda: _score_direct(
-                spark, part, files, artifact, spec, cfg, Path(cfg.warehouse) / "bench-out" / "scaling",
+                spark, part, files, artifact, spec, cfg, Warehouse(cfg.warehouse).scratch("bench-out", "scaling"),
                 dt.datetime.now(dt.timezone.utc)))
         runs.append({"rows": size, "seconds": round(seconds, 2), "rows_per_s": round(size / seconds),
                      "peak_python_worker_rss_mib": round(rss.peak_mib, 1)})
@@ -292,7 +292,7 @@ def bench_catalog(cfg: JobConfig, rows: int | None = None, results: Path | None 
     spec = load_spec("synth")
     wh = Warehouse(cfg.warehouse)
     if not (parquet_files(wh.catalog(spec.name, "users"))
-            and (Path(cfg.warehouse) / "reference-mmoe").is_dir()):
+            and Warehouse(cfg.warehouse).scratch("reference-mmoe").is_dir()):
         ensure_synth_partition(cfg, 20_000)  # writes the catalog tables too
     files = read_artifact_files(reference_artifact(cfg))
     artifact = ModelArtifact.from_files(files)
@@ -303,7 +303,7 @@ def bench_catalog(cfg: JobConfig, rows: int | None = None, results: Path | None 
     if n_users > all_users.num_rows:
         raise ValueError(f"bench catalog: {rows} pairs need {n_users} users, the synth catalog "
                          f"has {all_users.num_rows}")
-    users_dir = Path(cfg.warehouse) / "bench-in" / f"catalog-users-{n_users}"
+    users_dir = Warehouse(cfg.warehouse).scratch("bench-in", f"catalog-users-{n_users}")
     if not users_dir.is_dir():
         with replacing(users_dir) as staging:
             staging.mkdir(parents=True, exist_ok=True)
@@ -313,7 +313,7 @@ def bench_catalog(cfg: JobConfig, rows: int | None = None, results: Path | None 
     items_df = spark.read.parquet(str(wh.catalog(spec.name, "items")))
     top_items = top_items_frame(items_df, spec, items).toArrow()
     cfg.scoring.catalog.top_k = top_k
-    out_root = Path(cfg.warehouse) / "bench-out"
+    out_root = Warehouse(cfg.warehouse).scratch("bench-out")
     scored_at = dt.datetime.now(dt.timezone.utc)
 
     def factored():

@@ -34,9 +34,8 @@ def compare(
         date_range(start, end)
         base, cand = ModelRef.parse(baseline), ModelRef.parse(candidate)
         spec = load_dataset_spec(dataset)
-        from jobs.compare.stage import (
-            compare_models,  # deferred: pyspark (CLI start-up)
-        )
+        # deferred: pyspark (CLI start-up)
+        from jobs.compare.stage import compare_models
 
         result = compare_models(spark_session(cfg), cfg, spec, base, cand, start, end,
                                 segment or None)

@@ -42,9 +42,8 @@ def data_synth(
 ) -> None:
     """Generate synthetic impression logs (click, like, conversion) plus catalog tables."""
     def body(cfg: JobConfig, run_id: str):
-        from jobs.data.synth import (
-            generate_synth,  # deferred: pyarrow/numpy (CLI start-up)
-        )
+        # deferred: pyarrow/numpy (CLI start-up)
+        from jobs.data.synth import generate_synth
 
         return generate_synth(cfg, start, days, rows_per_day, seed=seed,
                               task_correlation=task_correlation)

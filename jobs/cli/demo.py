@@ -42,6 +42,7 @@ def _step(name: str, dataset: str, ds: str, cfg: JobConfig, body,
 
 
 def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
+    # deferred: pyspark, torch, GX (CLI start-up)
     from jobs.core.spark import get_spark
     from jobs.data.synth import generate_synth
     from jobs.evaluate.stage import evaluate_partition
@@ -56,7 +57,7 @@ def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
     days = date_range(demo.start, (dt.date.fromisoformat(demo.start)
                                    + dt.timedelta(days=demo.days - 1)).isoformat())
     train_end, last = days[-2] if len(days) > 1 else days[-1], days[-1]
-    model_dir = Path(cfg.warehouse).parent / "artifacts" / f"{demo.dataset}-{demo.arch}"
+    model_dir = Warehouse(cfg.warehouse).beside("artifacts", f"{demo.dataset}-{demo.arch}")
     runs: dict[str, RunManifest] = {}
     runs["data"] = _step("data-synth", spec.name, days[0], cfg, lambda: generate_synth(
         cfg, days[0], demo.days, demo.rows_per_day, seed=demo.seed))

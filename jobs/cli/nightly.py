@@ -23,9 +23,8 @@ def validate(
     """Validate a features partition with the Great Expectations suite derived from the spec."""
     def body(cfg: JobConfig, run_id: str):
         spec = load_dataset_spec(dataset)
-        from jobs.validate.stage import (
-            validate_partition,  # deferred: pyspark, GX (start-up)
-        )
+        # deferred: pyspark, GX (start-up)
+        from jobs.validate.stage import validate_partition
 
         return validate_partition(spark_session(cfg), cfg, spec, ds, run_id=run_id)
 
@@ -46,9 +45,8 @@ def score(
     def body(cfg: JobConfig, run_id: str):
         spec = load_dataset_spec(dataset)
         target = ModelRef.parse(model)
-        from jobs.score.catalog import (
-            score_catalog,  # deferred: pyspark, torch (start-up)
-        )
+        # deferred: pyspark, torch (start-up)
+        from jobs.score.catalog import score_catalog
         from jobs.score.stage import score_partition
 
         if catalog:
@@ -71,9 +69,8 @@ def evaluate(
     def body(cfg: JobConfig, run_id: str):
         spec = load_dataset_spec(dataset)
         refs = [ModelRef.parse(v) for v in model_version or []]
-        from jobs.evaluate.stage import (
-            evaluate_partition,  # deferred: pyspark (start-up)
-        )
+        # deferred: pyspark (start-up)
+        from jobs.evaluate.stage import evaluate_partition
 
         return evaluate_partition(spark_session(cfg), cfg, spec, ds, refs or None)
 

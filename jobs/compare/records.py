@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from scipy import sparse
 
 from jobs.compare import stats
 from mmoe_model.hashing import splitmix64
+from schemas.tables import ddl_arrow_schema
 
 METRIC_ORDER = ("auc", "gauc", "pr_auc", "logloss", "ne", "calibration")
 LOGIT_STEP = 0.05                     # PR-AUC bootstrap bins, in logit units
@@ -169,17 +171,8 @@ def _segment_codes(values: pd.Series, column: str) -> tuple[np.ndarray, list[str
 def group_records_arrow(table, segments: list[str], replicates: int, seed: int, alpha: float):
     """``group_records`` on an Arrow table (``applyInArrow``): strings become categoricals, so a
     10M-row group costs no Python object per row."""
-    import pyarrow as pa
-
     out = group_records(table.to_pandas(strings_to_categorical=True), segments, replicates, seed, alpha)
-    return pa.Table.from_pandas(out, schema=record_arrow_schema(), preserve_index=False)
-
-
-def record_arrow_schema():
-    import pyarrow as pa
-
-    types = {"string": pa.string(), "double": pa.float64(), "long": pa.int64()}
-    return pa.schema([pa.field(n, types[t]) for n, t in (f.split() for f in RECORD_SCHEMA.split(", "))])
+    return pa.Table.from_pandas(out, schema=ddl_arrow_schema(RECORD_SCHEMA), preserve_index=False)
 
 
 def group_records(pdf: pd.DataFrame, segments: list[str], replicates: int, seed: int,

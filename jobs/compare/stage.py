@@ -37,7 +37,7 @@ from jobs.compare.records import (
 )
 from jobs.compare.report import render_html, render_markdown
 from jobs.core.config import JobConfig
-from jobs.core.errors import ConfigError, InputError, MissingInputError
+from jobs.core.errors import InputError, MissingInputError
 from jobs.core.manifest import RunRecord
 from jobs.core.modelref import ModelRef
 from jobs.core.registry import version_of
@@ -49,12 +49,10 @@ from jobs.core.warehouse import (
     report_id,
 )
 from jobs.evaluate.gates import gate_diagnostics
+from jobs.evaluate.stage import segment_columns
 from schemas.spec import DatasetSpec
 
 DAY = "day"
-AB_COLUMNS = ["baseline", "candidate", "task", "segment", "metric", "baseline_value",
-              "candidate_value", "delta", "ci_low", "ci_high", "p_value", "p_value_adjusted",
-              "verdict", "n", "day"]
 AB_SCHEMA = pa.schema([
     ("baseline", pa.string()), ("candidate", pa.string()), ("task", pa.string()),
     ("segment", pa.string()), ("metric", pa.string()), ("baseline_value", pa.float64()),
@@ -200,16 +198,6 @@ def _read_days(spark: SparkSession, source: Table, days: list[str], columns: lis
     return reduce(DataFrame.unionByName, frames)
 
 
-def _segments(cfg: JobConfig, spec: DatasetSpec, requested: list[str] | None) -> list[str]:
-    segments = list(requested or (cfg.evaluation.segments if cfg.evaluation.segments is not None
-                                  else spec.segments))
-    unknown = [s for s in segments if s not in spec.features_table_columns]
-    if unknown:
-        raise (InputError if requested else ConfigError)(
-            f"segment column(s) {unknown} are not columns of the {spec.name} features table")
-    return list(dict.fromkeys(segments))
-
-
 def _gate_columns(files_by_arm: dict[str, list[str]], tasks: list[str]) -> list[str]:
     """gate_<task> columns present in every prediction file of both arms."""
     present = None
@@ -272,7 +260,7 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
     days = date_range(start, end)
     tb = DatasetTables(cfg, spec.name, spark)
     tb.preflight(inputs=("predictions", "labels", "features"), outputs=("ab_reports",))
-    segments = _segments(cfg, spec, segments)
+    segments = segment_columns(cfg, spec, segments)
     keys, tasks = spec.key_names, spec.task_names
     arm_days = {v: _versions_days(tb, v, days) for v in (baseline, candidate)}
     for role, v in (("baseline", baseline), ("candidate", candidate)):
@@ -319,7 +307,10 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
 
     result = CompareResult(spec.name, baseline, candidate, start, end, segments, days, pairing,
                            table, plots, decision, gates)
-    _write(spark, tb, result)
+    with tb.wh.ab_report_lock(spec.name, baseline, candidate, start, end,
+                              wait_seconds=cfg.locks.wait_seconds,
+                              poll_seconds=cfg.locks.poll_seconds):
+        _write(spark, tb, result)
     return result
 
 

@@ -46,6 +46,7 @@ from jobs.core.warehouse import (
     sha256_hex,
     write_files_once,
 )
+from schemas import load_spec
 
 MANIFEST = "MANIFEST.json"  # mmoe_model.artifact.MANIFEST (not imported: that module needs torch)
 CHAMPION = "champion"
@@ -228,6 +229,8 @@ def version_of(cfg: JobConfig, dataset: str, ds: str, model: "ModelRef | Path | 
 
 
 def directory_choice(directory: Path) -> ModelChoice:
+    # deferred: mmoe_model.artifact imports torch; the registry stays torch-free (the Airflow
+    # DAG and `mmoe --help` import it)
     from mmoe_model.artifact import read_artifact_files
 
     files = read_artifact_files(directory)
@@ -271,8 +274,8 @@ def register_model(cfg: JobConfig, directory: Path, alias: str | None = None,
     """Copy an artifact into its dataset's registry (content-addressed) and record it; with
     ``alias``, promote it too. Refuses an artifact that fails verification or whose spec differs
     from the dataset's current spec (``SpecMismatch``)."""
+    # deferred: torch (see directory_choice)
     from mmoe_model.artifact import ModelArtifact, read_artifact_files
-    from schemas import load_spec
 
     files = read_artifact_files(directory)
     artifact = ModelArtifact.from_files(files)         # verifies every checksum and the version

@@ -22,7 +22,7 @@ def driver_settings(cfg: SparkConfig, stderr_is_tty: bool, submitted: bool) -> d
       sets it): in a log file or a pipe the progress bar is ``\r``-separated junk on the line
       of the job's one-line error;
     - outside spark-submit (which starts the driver JVM before we run), the driver JVM's log4j
-      configuration ``jobs/log4j2.properties`` (errors only), unless the config names its own.
+      configuration ``jobs/core/log4j2.properties`` (errors only), unless the config names its own.
     """
     settings = dict(cfg.conf)
     settings.setdefault("spark.ui.showConsoleProgress", "true" if stderr_is_tty else "false")

@@ -172,6 +172,19 @@ class Warehouse:
     def runs_dir(self, dataset: str) -> Path:
         return self.table(dataset, "_runs")
 
+    def bench_root(self) -> Path:
+        """``<wh>/_bench``: the benches' own warehouse (hidden from every dataset)."""
+        return Path(self.root) / "_bench"
+
+    def scratch(self, *parts: str) -> Path:
+        """A working path under the root that is no dataset's table (the benches' inputs,
+        outputs, results and reference model)."""
+        return Path(self.root).joinpath(*[safe_name(p, "scratch path") for p in parts])
+
+    def beside(self, *parts: str) -> Path:
+        """A path next to the warehouse root, outside it (the demo's ``artifacts/``)."""
+        return Path(self.root).parent.joinpath(*[safe_name(p, "path") for p in parts])
+
     def ab_report(self, dataset: str, baseline: str, candidate: str, start: str, end: str) -> Path:
         """``ab_reports/report=<baseline>_vs_<candidate>_<start>_<end>/``: one comparison's rows
         (a rerun of the same pair and range replaces it)."""
@@ -231,6 +244,14 @@ class Warehouse:
         if model_version is not None:
             name += f".model_version={safe_name(model_version, 'model_version')}"
         return self.table(dataset, "_locks") / f"{name}.lock"
+
+    def ab_report_lock(self, dataset: str, baseline: str, candidate: str, start: str, end: str,
+                       *, wait_seconds: float = 0.0, poll_seconds: float = 0.5):
+        """The lock of one comparison's rows and report (one pair and range)."""
+        report = report_id(baseline, candidate, start, end)
+        return partition_lock(self.table(dataset, "_locks") / f"ab_reports.report={report}.lock",
+                              f"{dataset} ab_reports report={report}",
+                              wait_seconds=wait_seconds, poll_seconds=poll_seconds)
 
     def lock(self, dataset: str, table: str, ds: str | None = None,
              model_version: str | None = None, *, wait_seconds: float = 0.0,
@@ -312,6 +333,7 @@ def read_footers(files: list[Path]):
     """The unified arrow schema (field metadata dropped) and total row count of parquet files,
     from their footers. Raises ``ValueError`` naming the file that cannot be read, or the
     directory whose files disagree on the schema."""
+    # deferred: the CLI imports this module and must start without pyarrow
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -340,7 +362,7 @@ def count_rows(directory: Path) -> int:
 
 def read_table(directory: Path, columns: list[str] | None = None):
     """A (small) directory's data files as one arrow table, read on the driver."""
-    import pyarrow.dataset as pads
+    import pyarrow.dataset as pads  # deferred: see read_footers
 
     files = parquet_files(directory)
     if not files:

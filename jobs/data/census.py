@@ -93,7 +93,8 @@ def ingest_census(spark: SparkSession, cfg: JobConfig, input_path: Path, ds: str
             labels = _labels_frame(parsed, spec)
             for table, frame in (("features", features), ("labels", labels)):
                 out = wh.partition(spec.name, table, ds)
-                with replacing(out) as staging:
+                with wh.lock(spec.name, table, ds, wait_seconds=cfg.locks.wait_seconds,
+                             poll_seconds=cfg.locks.poll_seconds), replacing(out) as staging:
                     frame.write.mode("overwrite").parquet(str(staging))
                 outputs[f"{spec.name}/{table}"] = str(out)
             written[spec.name] = stats["rows"]

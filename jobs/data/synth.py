@@ -477,7 +477,11 @@ def generate_synth(cfg: JobConfig, start: str, days: int, rows_per_day: int, see
         counts = {t: 0 for t in world.tasks}
         f_dir, l_dir = wh.partition(DATASET, "features", ds), wh.partition(DATASET, "labels", ds)
         files = 0
-        with replacing(f_dir) as tmp_f, replacing(l_dir) as tmp_l:
+        with wh.lock(DATASET, "features", ds, wait_seconds=cfg.locks.wait_seconds,
+                     poll_seconds=cfg.locks.poll_seconds), \
+                wh.lock(DATASET, "labels", ds, wait_seconds=cfg.locks.wait_seconds,
+                        poll_seconds=cfg.locks.poll_seconds), \
+                replacing(f_dir) as tmp_f, replacing(l_dir) as tmp_l:
             tmp_f.mkdir(parents=True)
             tmp_l.mkdir(parents=True)
             for k, (feats, labels, _) in enumerate(_chunks(world, ds, rows_per_day)):

@@ -68,7 +68,6 @@ def summarise(row: dict, experts: dict[str, int]) -> dict:
     return {"tasks": out, "flags": flags}
 
 
-GATE_METRICS = ("gate_entropy", "gate_max_share")
 
 
 def gate_sizes(frame: DataFrame, tasks: list[str]) -> dict[str, int]:

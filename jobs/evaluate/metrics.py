@@ -69,7 +69,7 @@ from pyspark.sql import functions as F
 
 from jobs.core.errors import MissingInputError
 from mmoe_model.hashing import splitmix64, value_hash64
-from schemas.tables import METRICS_STRUCT
+from schemas.tables import METRICS_STRUCT, ddl_arrow_schema
 
 EPS = 1e-15
 METRICS = ("count", "positives", "auc", "pr_auc", "gauc", "gauc_users", "gauc_excluded_users",
@@ -89,12 +89,6 @@ _PARTIAL_SCHEMA = ("model_version string, task string, segment string, kind byte
 _GROUP_SCHEMA = ("model_version string, task string, segment string, count long, positives long, "
                  "logloss_sum double, p_sum double, auc2 long, ap_sum double, gauc double, "
                  "gauc_users long, gauc_excluded_users long")
-
-
-def _arrow_schema(ddl: str) -> pa.Schema:
-    types = {"string": pa.string(), "byte": pa.int8(), "int": pa.int32(), "long": pa.int64(),
-             "double": pa.float64(), "binary": pa.binary()}
-    return pa.schema([pa.field(n, types[k]) for n, k in (p.split() for p in ddl.split(","))])
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,7 +337,7 @@ def _receive(batches: Iterator[pa.RecordBatch], tasks: list[str],
         column = batch.column("blob")
         for i, kind in enumerate(batch.column("kind").to_pylist()):
             blobs[kind].append(column[i].as_buffer())  # zero-copy view
-    schema = _arrow_schema(_PARTIAL_SCHEMA)
+    schema = ddl_arrow_schema(_PARTIAL_SCHEMA)
     table = _unblob(blobs.pop(_GLOBAL))
     if table is not None:
         task = table.column("t").to_numpy()

@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.core.config import JobConfig
-from jobs.core.errors import ConfigError, MissingInputError
+from jobs.core.errors import ConfigError, InputError, MissingInputError
 from jobs.core.manifest import RunRecord
 from jobs.core.modelref import ModelRef
 from jobs.core.registry import version_of
@@ -71,12 +71,19 @@ def _labels_missing(spec: DatasetSpec, ds: str, path: Path, wait_days: int) -> M
         f"{deadline.isoformat()} (ds + evaluation.label_wait_days={wait_days}): {state}")
 
 
-def _segments(cfg: JobConfig, spec: DatasetSpec) -> list[str]:
-    segments = list(cfg.evaluation.segments if cfg.evaluation.segments is not None else spec.segments)
+def segment_columns(cfg: JobConfig, spec: DatasetSpec,
+                    requested: list[str] | None = None) -> list[str]:
+    """The segment columns of evaluate and compare: ``requested`` (compare's ``--segment``),
+    else ``evaluation.segments``, else the spec's; each must be a features column (an
+    :class:`InputError` for a requested one, a :class:`ConfigError` for the config's)."""
+    configured = cfg.evaluation.segments if cfg.evaluation.segments is not None else spec.segments
+    segments = list(requested or configured)
     unknown = [s for s in segments if s not in spec.features_table_columns]
     if unknown:
-        raise ConfigError(f"evaluation.segments names column(s) {unknown} that the {spec.name} "
-                          f"features table does not have")
+        source = "--segment" if requested else "evaluation.segments"
+        raise (InputError if requested else ConfigError)(
+            f"{source} names column(s) {unknown} that the {spec.name} features table does not "
+            f"have")
     return list(dict.fromkeys(segments))
 
 
@@ -104,7 +111,7 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     wh, predictions_t = tb.wh, tb["predictions"]
     ds = parse_date(ds, "ds").isoformat()
     versions = _select_versions(cfg, tb, spec, ds, model_versions)
-    segments = _segments(cfg, spec)
+    segments = segment_columns(cfg, spec)
     user = spec.user_column
     keys, tasks = spec.key_names, spec.task_names
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import os
 import signal
 
+from pyspark import TaskContext
+
 from jobs.core.errors import ConfigError
 
 FAULT_ENV = "MMOE_FAULT"
@@ -46,7 +48,6 @@ def after_first_batch(faults: frozenset[str]) -> None:
     task's first attempt only."""
     if not faults:
         return
-    from pyspark import TaskContext
 
     ctx = TaskContext.get()
     if ctx is None or ctx.attemptNumber() > 0:

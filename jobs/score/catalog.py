@@ -36,6 +36,7 @@ import uuid
 from typing import Any, Iterator
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
@@ -135,8 +136,6 @@ def fuse_column(spec: DatasetSpec, weights: np.ndarray, how: str):
 
 def _keyed(table: pa.Table, key: str) -> tuple[pa.Table, Any]:
     """One row per key (the first), with a pandas index from key to row."""
-    import pandas as pd
-
     table = table.filter(pc.is_valid(table.column(key)))
     index = pd.Index(table.column(key).to_numpy(zero_copy_only=False))
     if index.has_duplicates:

@@ -46,7 +46,6 @@ LABEL_TYPE = "IntegerType"
 # Bounds that make "between" mean "finite" where the spec leaves a side open.
 FINITE_MIN, FINITE_MAX = -sys.float_info.max, sys.float_info.max
 
-LEVELS = ("schema", "table", "row", "policy")
 
 
 @dataclass(frozen=True)

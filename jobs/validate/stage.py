@@ -375,7 +375,7 @@ def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds:
                 labels_result = _run_or_fail(tb, spec, ds, run_id, inputs, lambda: gx_run.run(
                     labels_frame, labels_suite, "labels", run_name))
                 bad_labels = bad_label_keys(spec, labels_frame, labels_result)
-            frame = prepare_frame(spec, raw, None, bad_labels=bad_labels).cache()
+            frame = prepare_frame(spec, raw, bad_labels=bad_labels).cache()
         result = _run_or_fail(tb, spec, ds, run_id, inputs, lambda: gx_run.run(
             frame, suite, "features", run_name))
         write_json(validation_dir / RESULT_FILE, result.to_json_dict())
@@ -566,39 +566,20 @@ def schema_problems(spec: DatasetSpec, features: DataFrame,
 MAX_BROADCAST_KEYS = 100_000
 
 
-def prepare_frame(spec: DatasetSpec, features: DataFrame, labels: DataFrame | None, *,
+def prepare_frame(spec: DatasetSpec, features: DataFrame, *,
                   bad_labels: DataFrame | None = None) -> DataFrame:
-    """The partition's spec columns (+ one label value per key and task) + ``_key_copies`` +
-    ``_reason``.
+    """The partition's spec columns + ``_key_copies`` + ``_reason``.
 
-    The validation job passes ``labels=None`` and, when the labels batch found bad labels,
-    ``bad_labels`` (:func:`bad_label_keys`: only those keys): they are joined on (broadcast when
-    few) so that ``_reason`` names ``label_not_binary:<task>`` exactly as with the full join.
-
-    With labels: the folded labels are joined on (the one shuffle of the wide rows) and
-    ``_key_copies`` is a window count that reuses the join's partitioning and order. Without:
-    no wide row is shuffled; duplicated keys come from a group-by over the key columns alone
-    (only keys move; normally none survive ``count > 1``), broadcast back when few.
+    When the labels batch found bad labels, ``bad_labels`` (:func:`bad_label_keys`: only those
+    keys) are joined on (broadcast when few) so that ``_reason`` names
+    ``label_not_binary:<task>``. No wide row is shuffled: duplicated keys come from a group-by
+    over the key columns alone (only keys move; normally none survive ``count > 1``), broadcast
+    back when few.
     """
     spark = features.sparkSession
     keys = spec.key_names
     any_null_key = " OR ".join(f"{_ident(k)} IS NULL" for k in keys)
     frame = features.select(*spec.features_table_columns)
-    if labels is not None:
-        # out-of-{0,1} values are < 0 or > 1: keep one if there is one. A null label (a labels
-        # row without a value) counts as -1: not in {0, 1}. (A features row with no labels row
-        # at all keeps null labels: not judged.)
-        labelled = [F.coalesce(F.col(t), F.lit(-1)).alias(t) for t in spec.task_names]
-        folded = labels.select(*keys, *labelled).groupBy(*keys).agg(*[
-            F.when(F.min(t) < 0, F.min(t)).otherwise(F.max(t)).alias(t) for t in spec.task_names])
-        frame = frame.join(folded, on=keys, how="left")
-        # The join's output is hash-partitioned and sorted by the key already: the window
-        # count reuses both (no second exchange, no sort).
-        key_list = ", ".join(_ident(k) for k in keys)
-        frame = frame.selectExpr(
-            "*", f"CASE WHEN {any_null_key} THEN NULL ELSE count(1) OVER (PARTITION BY "
-                 f"{key_list}) END AS {_ident(KEY_COPIES)}")
-        return _with_reason(spec, frame, with_labels=True)
     copies = "_copies"
     dups = (features.groupBy(*keys).agg(F.count(F.lit(1)).alias(copies))
             .where(f"{copies} > 1 AND NOT ({any_null_key})"))
@@ -676,12 +657,6 @@ class _GxRun:
         if self.docs_dir is not None:
             _prune_static_images(self.docs_dir)
         return next(iter(outcome.run_results.values()))
-
-
-def run_suite(frame: DataFrame, suite, docs_dir: Path | None, run_name: str,
-              asset: str = "features"):
-    """Run one suite on ``frame`` in an ephemeral GX context (see :class:`_GxRun`)."""
-    return _GxRun(docs_dir).run(frame, suite, asset, run_name)
 
 
 def _prune_static_images(docs_dir: Path) -> None:
