@@ -17,6 +17,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
@@ -74,6 +76,21 @@ def _nightly(spark, cfg, models) -> dict:
     return out
 
 
+def _duplicate_keys(cfg, ds: str) -> None:
+    """Rows 1-3 take row 0's key: validation quarantines those 4 rows (the quarantine table,
+    the quarantined keys of both readers run on catalog tables too)."""
+    part = Warehouse(cfg.warehouse).partition("synth", "features", ds)
+    table = pq.read_table(part)
+    key = load_spec("synth").key_names[0]
+    keys = table.column(key).to_pylist()
+    keys[1:4] = [keys[0]] * 3
+    table = table.set_column(table.schema.get_field_index(key), table.schema.field(key),
+                             pa.array(keys, table.schema.field(key).type))
+    for old in part.glob("*.parquet"):
+        old.unlink()
+    pq.write_table(table, part / "part-00000.parquet")
+
+
 def _load_team_tables(spark, path_cfg) -> None:
     """A team's existing tables, written with plain Spark (not our code)."""
     wh = Warehouse(path_cfg.warehouse)
@@ -94,6 +111,7 @@ def flows(spark, tmp_path_factory):
     models = (tiny_model(base / "a", seed=21), tiny_model(base / "b", seed=22))
     path_cfg = _config(base / "path-wh")
     generate_synth(path_cfg, START, len(DAYS), 300, seed=3)
+    _duplicate_keys(path_cfg, DAYS[0])
     _load_team_tables(spark, path_cfg)
     cat_cfg = _config(base / "cat-wh", MAPPING)
     path = _nightly(spark, path_cfg, models)
@@ -129,15 +147,16 @@ def test_nightly_flow_on_catalog_tables_equals_the_path_layout(spark, flows):
     assert cat["compare"].outputs["ab_reports"] == f"{DB}.ab_reports (report={rid})"
     # nothing of the mapped tables' rows under the catalog flow's warehouse (only side files)
     cat_wh = Warehouse(cat_cfg.warehouse)
-    assert not any(cat_wh.table("synth", t).rglob("*.parquet")
-                   for t in ("predictions", "metrics", "quarantine", "ab_reports"))
+    assert [p for t in ("predictions", "metrics", "quarantine", "ab_reports")
+            for p in cat_wh.table("synth", t).rglob("*.parquet")] == []
 
 
 def test_quarantine_partition_on_the_catalog(spark, flows):
     path_cfg, *_ = flows
     wh = Warehouse(path_cfg.warehouse)
     days = [d for d in DAYS if wh.has_partition("synth", "quarantine", d)]
-    assert days, "the synth data quarantines rows on some day"
+    assert days == [DAYS[0]]
+    assert spark.table(f"{DB}.quarantine").count() == 4
     for ds in days:
         assertDataFrameEqual(_catalog(spark, f"{DB}.quarantine", ds=ds),
                              spark.read.parquet(str(wh.partition("synth", "quarantine", ds))))
@@ -227,8 +246,9 @@ def test_analysts_query_metrics_and_ab_reports_through_jdbc(spark, flows, tmp_pa
 
     _, _, _, cat, _ = flows
     port = _free_port()
-    spark.conf.set("hive.server2.thrift.port", str(port))
-    spark.conf.set("hive.server2.thrift.bind.host", "127.0.0.1")
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()  # the server's HiveConf reads it
+    hadoop.set("hive.server2.thrift.port", str(port))
+    hadoop.set("hive.server2.thrift.bind.host", "127.0.0.1")
     server = spark._jvm.org.apache.spark.sql.hive.thriftserver.HiveThriftServer2 \
         .startWithContext(spark._jsparkSession.sqlContext())
     try:
@@ -281,3 +301,24 @@ def test_warehouse_uris(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="unknown table"):
         from jobs.core.config import parse_tables
         parse_tables({"synth": {"nosuch": "db.t"}})
+
+
+@pytest.mark.parametrize("body, message", [
+    ("tables: {synth: {nosuch: db.t}}", "config.tables.synth.nosuch: unknown table"),
+    ("tables: {synth: {features: 'db.t; DROP TABLE x'}}", "is not a catalog table name"),
+    ("tables: {synth: {labels: {name: db.l, partition_type: timestamp}}}",
+     "config.tables.synth.labels.partition_type: must be one of 'string', 'date'"),
+    ("tables: {synth: {labels: {name: db.l, partition_column: 'a b'}}}", "is not a column name"),
+    ("tables: {synth: {labels: {table: db.l}}}", "must be a table name or a mapping with name"),
+    ("tables: [db.t]", "config.tables: must be a mapping"),
+])
+def test_tables_config_is_checked(refused_config, body, message):
+    refused_config(body, message)
+
+
+def test_tables_config_maps_names_and_partition_columns(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("tables:\n  synth:\n    features: db.f\n"
+                    "    labels: {name: db.l, partition_column: day, partition_type: date}\n")
+    assert load_config(path).tables == {"synth": {
+        "features": TableMapping("db.f"), "labels": TableMapping("db.l", "day", "date")}}

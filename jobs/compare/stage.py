@@ -271,7 +271,8 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
                 f"{role} {v} has no predictions for {spec.name} in {start}..{end} "
                 f"(versions with predictions there: {', '.join(present) or 'none'})")
     predictions = tb["predictions"]
-    gate_cols = _gate_columns({v: [f for d in arm_days[v] for f in predictions.files(d, model_version=v)]
+    gate_cols = _gate_columns({v: [f for d in arm_days[v]
+                                   for f in predictions.files(d, model_version=v)]
                                for v in (baseline, candidate)}, tasks)
     pred_cols = keys + spec.prediction_columns
     base = _read_days(spark, predictions, arm_days[baseline], pred_cols + gate_cols,

@@ -66,6 +66,7 @@ from jobs.core.warehouse import (
 # Tables a job config may map to the catalog (CONTRACT.md); ``catalog`` is the path twin's
 # directory of the unpartitioned users / items tables.
 UNPARTITIONED = ("users", "items")
+NO_DS = UNPARTITIONED + ("ab_reports",)  # not partitioned by date
 EXTRA_PARTITIONS = {"predictions": ("model_version",), "recommendations": ("model_version",),
                     "ab_reports": ("report",)}
 
@@ -129,7 +130,8 @@ class Table:
     def fingerprint(self, ds: str | None = None, **more: str) -> list:
         raise NotImplementedError
 
-    def _spark_frame(self, spark: SparkSession, part: Partition, schema: T.StructType | None) -> DataFrame:
+    def _spark_frame(self, spark: SparkSession, part: Partition,
+                     schema: T.StructType | None) -> DataFrame:
         raise NotImplementedError
 
     def schema(self, ds: str | None = None, **more: str) -> pa.Schema:
@@ -275,7 +277,7 @@ class CatalogTable(Table):
         return spark
 
     def partition_columns(self) -> list[str]:
-        cols = [] if self.table in UNPARTITIONED else [self.ds_column]
+        cols = [] if self.table in NO_DS else [self.ds_column]
         return cols + list(EXTRA_PARTITIONS.get(self.table, ()))
 
     def where(self, ds=None, **more):
@@ -320,7 +322,7 @@ class CatalogTable(Table):
                              f"partitioned by ({', '.join(declared) or 'nothing'}), expected "
                              f"({', '.join(wanted)}) (tables.{self.dataset}.{self.table}."
                              f"partition_column / partition_type)")
-        if self.table not in UNPARTITIONED:
+        if self.table not in NO_DS:
             got = schema[self.ds_column].dataType
             want = T.DateType() if self.mapping.partition_type == "date" else T.StringType()
             if got != want:
@@ -398,7 +400,7 @@ class CatalogTable(Table):
             spark.sql(f"CREATE DATABASE IF NOT EXISTS {_quote(db)}")
         cols = [f"`{f.name}` {f.dataType.simpleString()}" for f in data.fields]
         ptype = "DATE" if self.mapping.partition_type == "date" else "STRING"
-        parts = [] if self.table in UNPARTITIONED else [f"`{self.ds_column}` {ptype}"]
+        parts = [] if self.table in NO_DS else [f"`{self.ds_column}` {ptype}"]
         parts += [f"`{c}` STRING" for c in EXTRA_PARTITIONS.get(self.table, ())]
         spark.sql(f"CREATE TABLE IF NOT EXISTS {_quote(self.name)} "
                   f"({', '.join(cols + parts)}) USING parquet"
@@ -459,9 +461,9 @@ class CatalogTable(Table):
         view = f"mmoe_staged_{uuid.uuid4().hex[:12]}"
         frame.select(*data_cols).createOrReplaceTempView(view)
         values = ([] if part.ds is None else [(self.ds_column, part.ds)]) + list(part.more)
-        spec = ", ".join(
-            f"`{k}`=" + (f"DATE'{v}'" if k == self.ds_column and self.mapping.partition_type == "date"
-                         else f"'{v}'") for k, v in values)
+        dated = self.mapping.partition_type == "date"
+        spec = ", ".join(f"`{k}`=" + (f"DATE'{v}'" if k == self.ds_column and dated else f"'{v}'")
+                         for k, v in values)
         try:
             spark.sql(f"INSERT OVERWRITE TABLE {_quote(self.name)}"
                       + (f" PARTITION ({spec})" if spec else "")

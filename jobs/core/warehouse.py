@@ -349,7 +349,8 @@ def read_footers(files: list[Path]):
     try:
         schema = pa.unify_schemas(schemas)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise ValueError(f"the files of {files[0].parent} disagree on their schema: "
+        raise ValueError(f"the files of {os.path.dirname(str(files[0]))} disagree on their "
+                         f"schema: "
                          f"{(str(exc).splitlines() or [''])[0]}") from None
     return pa.schema([f.remove_metadata() for f in schema]), rows
 
@@ -501,7 +502,8 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
 
 def write_json(path: Path, payload: Any, indent: int | None = 1) -> Path:
     """Write JSON atomically (temporary name, then rename)."""
-    return write_bytes_atomic(path, (json.dumps(payload, indent=indent, default=str) + "\n").encode())
+    text = json.dumps(payload, indent=indent, default=str) + "\n"
+    return write_bytes_atomic(path, text.encode())
 
 
 def read_json(path: Path) -> Any | None:

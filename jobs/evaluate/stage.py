@@ -125,7 +125,8 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
                                 f"evaluation needs {feature_columns} from them")
 
     # gate_<task> arrays (predictions scored --with-gates) feed gate_entropy / gate_max_share
-    gate_cols = {v: [c for c in (f"gate_{t}" for t in tasks) if c in predictions_t.schema(ds, model_version=v).names] for v in versions}
+    gate_cols = {v: [c for c in (f"gate_{t}" for t in tasks)
+                     if c in predictions_t.schema(ds, model_version=v).names] for v in versions}
     all_gates = sorted({c for cols in gate_cols.values() for c in cols})
     frames = [predictions_t.read(spark, ds, keys + spec.prediction_columns + gate_cols[v],
                                  model_version=v)
