@@ -11,7 +11,6 @@ The oracle of the catalog flow is the path flow, run on the same data with the s
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from dataclasses import replace
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pyspark
 import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
@@ -233,31 +233,24 @@ def test_an_output_table_disagreeing_with_the_spec_is_refused_nothing_written(sp
 # SQL for analysts: the Thrift server over the same metastore, queried with beeline
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_analysts_query_metrics_and_ab_reports_through_jdbc(spark, flows, tmp_path):
     """Embedded Derby admits one JVM: the server runs inside this session's JVM
     (``HiveThriftServer2.startWithContext``), beeline is a separate client JVM."""
-    import pyspark
 
     _, _, _, cat, _ = flows
-    port = _free_port()
-    hadoop = spark.sparkContext._jsc.hadoopConfiguration()  # the server's HiveConf reads it
-    hadoop.set("hive.server2.thrift.port", str(port))
-    hadoop.set("hive.server2.thrift.bind.host", "127.0.0.1")
+    # As Spark's own suites do (SharedThriftServer): port 0 in the session's SQL conf, then the
+    # port the binary Thrift service bound.
+    spark.conf.set("hive.server2.thrift.port", "0")
+    spark.conf.set("hive.server2.thrift.bind.host", "127.0.0.1")
     server = spark._jvm.org.apache.spark.sql.hive.thriftserver.HiveThriftServer2 \
         .startWithContext(spark._jsparkSession.sqlContext())
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
+        port, deadline = 0, time.monotonic() + 60
+        while not port and time.monotonic() < deadline:
+            port = max([svc.getPortNumber() for svc in server.getServices()
+                        if svc.getClass().getSimpleName() == "ThriftBinaryCLIService"] or [0])
             time.sleep(0.2)
+        assert port, "the Thrift server bound no port"
         spark_class = Path(pyspark.__file__).parent / "bin" / "spark-class"
         query = (f"SELECT COUNT(*) AS n FROM {DB}.metrics WHERE ds = '{DAYS[0]}' "
                  f"AND metric = 'auc';"
