@@ -27,21 +27,18 @@ layer (``E`` = ``model.num_gate_experts``):
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
 import torch
 from torch import nn
 
+from mmoe_model.archs import ARCHS
 from mmoe_model.config import ModelConfig
 from mmoe_model.errors import ModelConfigError
 from mmoe_model.features import InputLayout
-from mmoe_model.layers import (
-    MLP,
-    EmbeddingInput,
-    ExpertBank,
-    ExpertSet,
-    Gate,
-    Tower,
-    mix,
-)
+from mmoe_model.layers import MLP, EmbeddingInput, ExpertBank, ExpertSet, Gate, Tower, mix
+
 
 # Top-k scoring computes only the chosen experts when one expert costs at least this many
 # multiply-adds per row (below it the gather / scatter costs more than it saves). Measured on

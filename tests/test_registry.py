@@ -166,3 +166,27 @@ def test_cli_register_promote_list(job_config, artifacts):
     out = runner.invoke(app, wh + ["models", "promote", "mmoe-000000000000", "--alias", "champion"])
     assert out.exit_code == 1
     assert out.stderr.strip().splitlines()[-1].startswith("error: unknown model version")
+
+
+def test_every_model_reference_names_one_version(job_config, artifacts, tmp_path):
+    """A directory, a version and @alias are parsed once (ModelRef) and name the version
+    their own files record; compare and evaluate resolve them through version_of."""
+    from jobs.core.errors import MissingInputError
+    from jobs.core.modelref import ModelRef
+    from jobs.core.registry import version_of
+
+    first, second = artifacts
+    v1 = register_model(job_config, first, alias="champion", effective="2026-11-01").version
+    v2 = _version(second)  # never registered: its predictions may still be compared
+    assert ModelRef.parse(str(first)) == ModelRef("directory", str(first))
+    assert ModelRef.parse("@champion") == ModelRef("alias", "champion")
+    assert ModelRef.parse(v2) == ModelRef("version", v2)
+    assert version_of(job_config, "synth", "2026-11-03", "@champion") == v1
+    assert version_of(job_config, "synth", "2026-11-03", str(second)) == v2
+    assert version_of(job_config, "synth", "2026-11-03", v2) == v2
+    with pytest.raises(RegistryError, match="has no promotion in force on 2026-10-31"):
+        version_of(job_config, "synth", "2026-10-31", "@champion")  # before it took effect
+    with pytest.raises(MissingInputError, match="is not an artifact directory"):
+        ModelRef.parse(tmp_path / "nowhere")
+    with pytest.raises(MissingInputError, match="neither an artifact directory"):
+        ModelRef.parse("../escape")

@@ -214,7 +214,7 @@ def test_spark_scores_new_gates_experts_and_encodings(spark, validated, synth, f
 def test_pipeline_keeps_order_and_raises_helper_errors():
     import time
 
-    from jobs.score.stage import _Pipeline
+    from jobs.runtime.kernel import Pipeline as _Pipeline
 
     written = []
 

@@ -113,7 +113,7 @@ def test_executors_verify_the_artifact_they_are_sent(tmp_path):
     broadcast altered on its way is refused, not run."""
     from _reliability import tiny_model
 
-    from jobs import worker
+    from jobs.runtime import worker
     from mmoe_model.artifact import read_artifact_files
     from mmoe_model.errors import ArtifactTampered
     from schemas import load_spec

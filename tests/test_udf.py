@@ -88,7 +88,7 @@ def test_tampered_or_missing_artifact_is_refused(spark, model_dir, tmp_path):
 
 
 def test_worker_cache_verifies_once_and_refuses_tampered_bytes(model_dir):
-    from jobs import worker
+    from jobs.runtime import worker
     from mmoe_model.artifact import read_artifact_files
 
     files = read_artifact_files(model_dir)
