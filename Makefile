@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(BIN)/mmoe demo
 
+# Two pytest workers (pytest-xdist), each with its own Spark session; a test file stays on one
+# worker, so its module fixtures (and a file's shared server) are built once.
 # The report tests open pages in Debian's headless chromium; install it when missing (as root, as
 # on the CI machines; elsewhere the tests that need it skip and say why).
 test: $(STAMP)
@@ -29,7 +31,7 @@ test: $(STAMP)
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
 		{ DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null 2>&1 && \
 		  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || true
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 bench: $(STAMP)
 	$(BIN)/mmoe bench scoring

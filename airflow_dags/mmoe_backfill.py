@@ -26,7 +26,7 @@ def backfill(**context) -> dict:
     params = context["params"]
     settings = Settings.from_airflow()
     return run_job(["backfill"], None, dataset=params["dataset"] or settings.dataset,
-                   config=settings.config, mmoe_bin=settings.mmoe_bin,
+                   config=settings.config, launch=settings.launch(),
                    warehouse=settings.warehouse, start=params["start"], end=params["end"],
                    model=params["model"], force=bool(params["force"]))
 

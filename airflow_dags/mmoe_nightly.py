@@ -7,7 +7,8 @@ replaces its own partitions:
 
 1. `wait_for_features` — sensor (reschedule mode, so it holds no worker slot while waiting;
    times out after 12 h) until `<wh>/<dataset>/features/ds=D` has data;
-2. `validate` — `mmoe validate` for ds;
+2. `validate` — `mmoe validate` for ds (with `drift.on_drift: fail` a drifted feature fails it,
+   so nothing downstream scores that day);
 3. `models_in_force` → `score` — the champion and every challenger (aliases `challenger*`) in
    force on ds, read from the model registry; one mapped `mmoe score --model V` each;
 4. `evaluate` — `mmoe evaluate` for ds − `evaluation.label_wait_days` (the day whose labels
@@ -16,8 +17,11 @@ replaces its own partitions:
 5. `compare` — `mmoe compare` champion vs each challenger over the trailing
    `mmoe_compare_days` days ending at the matured day; skipped while the CLI has no `compare`.
 
-Each job task runs one `mmoe` command (a Spark driver itself, see README "Deploying the DAGs") and
-returns its manifest (XCom). Retries, an execution timeout and a failure callback that logs the
+Each job task runs one job and returns its manifest (XCom); how is the Variable `mmoe_launcher`
+(README "Deploying the DAGs"): `console` (default: the `mmoe_bin` command, a Spark driver
+itself), `spark-submit` (the Spark provider's SparkSubmitHook with connection
+`mmoe_spark_conn_id`, default `spark_default`, the project zip and `jobs/submit.py`) or
+`connect` (the `mmoe_bin` command with `--remote` `mmoe_remote`). Retries, an execution timeout and a failure callback that logs the
 job's one-line error are set on every task. `score` and `evaluate` update the Assets
 `mmoe_predictions` / `mmoe_metrics` (extra: dataset, ds, model version, path), so downstream
 DAGs can be scheduled on them.
@@ -79,7 +83,7 @@ def run_mmoe(subcommand: list[str], model: str | None = None, **context) -> dict
     ds = run_ds(context["data_interval_start"])
     manifest = run_job(subcommand, ds, dataset=settings.dataset,
                        model_dir=model or settings.model_dir, config=settings.config,
-                       mmoe_bin=settings.mmoe_bin, warehouse=settings.warehouse)
+                       launch=settings.launch(), warehouse=settings.warehouse)
     _record_assets(context, manifest, ds)
     return manifest
 
@@ -110,7 +114,7 @@ def evaluate_matured(**context) -> dict:
     if not has_predictions(settings, day):
         raise AirflowSkipException(f"no predictions for the matured day {day}: nothing to evaluate")
     manifest = run_job(["evaluate"], day, dataset=settings.dataset, config=settings.config,
-                       mmoe_bin=settings.mmoe_bin, warehouse=settings.warehouse)
+                       launch=settings.launch(), warehouse=settings.warehouse)
     _record_assets(context, manifest, day)
     return manifest
 
@@ -132,7 +136,7 @@ def compare(pair: dict[str, str], **context) -> dict:
     end = matured_ds(settings, run_ds(context["data_interval_start"]))
     start = (dt.date.fromisoformat(end) - dt.timedelta(days=settings.compare_days - 1)).isoformat()
     return run_job(["compare"], None, dataset=settings.dataset, config=settings.config,
-                   mmoe_bin=settings.mmoe_bin, warehouse=settings.warehouse,
+                   launch=settings.launch(), warehouse=settings.warehouse,
                    baseline=pair["baseline"], candidate=pair["candidate"], start=start, end=end)
 
 

@@ -40,6 +40,11 @@ class Settings:
     mmoe_bin: str = "mmoe"
     model_dir: str | None = None     # legacy: score this directory when no registry exists
     compare_days: int = 7
+    launcher: str = "console"         # console | spark-submit | connect (see Launch)
+    remote: str | None = None         # connect: the Spark Connect URL (sc://HOST:PORT)
+    spark_conn_id: str = "spark_default"  # spark-submit: the Airflow Spark connection
+    code_zip: str | None = None       # spark-submit: the project zip (--py-files); None: built here
+    submit_conf: str | None = None    # spark-submit: extra --conf as JSON {"key": "value"}
 
     @classmethod
     def from_airflow(cls) -> "Settings":
@@ -54,12 +59,51 @@ class Settings:
                    warehouse=var("mmoe_warehouse", "MMOE_WAREHOUSE"),
                    mmoe_bin=var("mmoe_bin", default="mmoe"),
                    model_dir=var("mmoe_model_dir"),
-                   compare_days=int(var("mmoe_compare_days", default=7)))
+                   compare_days=int(var("mmoe_compare_days", default=7)),
+                   launcher=var("mmoe_launcher", default="console"),
+                   remote=var("mmoe_remote", "SPARK_REMOTE"),
+                   spark_conn_id=var("mmoe_spark_conn_id", default="spark_default"),
+                   code_zip=var("mmoe_code_zip"),
+                   submit_conf=var("mmoe_submit_conf"))
+
+    def launch(self) -> "Launch":
+        return Launch(self.launcher, self.mmoe_bin, self.remote, self.spark_conn_id,
+                      self.code_zip, json.loads(self.submit_conf) if self.submit_conf else {})
 
     def job_config(self):
         from jobs.core.config import load_config
 
         return load_config(self.config, self.warehouse)
+
+
+LAUNCHERS = ("console", "spark-submit", "connect")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a job task starts its job (Airflow Variable ``mmoe_launcher``):
+
+    - ``console`` (default): the ``mmoe_bin`` command line, a Spark driver on the Airflow worker;
+    - ``connect``: the same command line with ``--remote URL`` (Variable ``mmoe_remote``, else
+      ``SPARK_REMOTE``): the job is a thin Spark Connect client of that server;
+    - ``spark-submit``: the provider's SparkSubmitHook (what ``SparkSubmitOperator`` runs) with the
+      Airflow connection ``spark_conn_id`` (master, deploy mode, queue, spark binary), the
+      project zip as ``--py-files`` and ``jobs/submit.py`` as the application, arguments built
+      from the CLI's own definitions; ``conf`` adds ``--conf`` settings.
+    """
+
+    mode: str = "console"
+    mmoe_bin: str = "mmoe"
+    remote: str | None = None
+    spark_conn_id: str = "spark_default"
+    code_zip: str | None = None
+    conf: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in LAUNCHERS:
+            raise JobFailed(f"mmoe_launcher must be one of {', '.join(LAUNCHERS)}; got {self.mode!r}")
+        if self.mode == "connect" and not self.remote:
+            raise JobFailed("mmoe_launcher is connect but no mmoe_remote (or SPARK_REMOTE) is set")
 
 
 def build_command(subcommand: list[str], ds: str | None, dataset: str, model_dir: str | None,
@@ -79,10 +123,17 @@ def build_command(subcommand: list[str], ds: str | None, dataset: str, model_dir
 
 def run_job(subcommand: list[str], ds: str | None, dataset: str, model_dir: str | None = None,
             config: str | None = None, mmoe_bin: str = "mmoe", warehouse: str | None = None,
-            **options: object) -> dict:
+            launch: Launch | None = None, **options: object) -> dict:
     """Run one job; its manifest (the last stdout line) is the return value. Non-zero exit:
-    :class:`JobFailed` with the command and the job's one-line error (stderr's last line)."""
-    cmd = build_command(subcommand, ds, dataset, model_dir, config, mmoe_bin, warehouse,
+    :class:`JobFailed` with the command and the job's one-line error (stderr's last line).
+    ``launch`` says how (:class:`Launch`; default: the ``mmoe_bin`` console script)."""
+    launch = launch or Launch(mmoe_bin=mmoe_bin)
+    if launch.mode == "connect":
+        options = {**options, "remote": launch.remote}
+    if launch.mode == "spark-submit":
+        return submit_job(launch, build_command(subcommand, ds, dataset, model_dir, config, "",
+                                                warehouse, **options))
+    cmd = build_command(subcommand, ds, dataset, model_dir, config, launch.mmoe_bin, warehouse,
                         **options)
     log.info("running %s", " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -97,6 +148,46 @@ def run_job(subcommand: list[str], ds: str | None, dataset: str, model_dir: str 
         error = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no error output"
         raise JobFailed(f"{' '.join(cmd)} exited {proc.returncode}: {error}")
     return manifest
+
+
+def submit_job(launch: Launch, args: list[str]) -> dict:
+    """``spark-submit [connection's settings] --py-files ZIP jobs/submit.py ARGS`` through the
+    Spark provider's hook; the manifest is the last JSON line of the driver's output (client
+    deploy mode: spark-submit relays it; in cluster mode read it from ``manifest_path``)."""
+    # Deferred: the provider (and jobs.core.shipping) are needed only when a task runs.
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+    from jobs.core.shipping import PROJECT_ROOT, project_zip
+
+    lines: list[str] = []
+
+    class ManifestHook(SparkSubmitHook):
+        def _process_spark_submit_log(self, itr):
+            def kept():
+                for line in itr:
+                    lines.append(line.rstrip("\n"))
+                    del lines[:-200]
+                    yield line
+            return super()._process_spark_submit_log(kept())
+
+    zip_path = launch.code_zip or str(project_zip())
+    hook = ManifestHook(conn_id=launch.spark_conn_id, py_files=zip_path, conf=dict(launch.conf or {}),
+                        application_args=args, name="mmoe", verbose=False)
+    application = str(PROJECT_ROOT / "jobs" / "submit.py")
+    log.info("spark-submit %s %s", application, " ".join(args))
+    try:
+        hook.submit(application)
+    except Exception as exc:  # AirflowException: non-zero exit; name the job's own error line
+        error = next((line for line in reversed(lines) if line.startswith("error: ")), None)
+        raise JobFailed(f"spark-submit {' '.join(args)} failed: "
+                        f"{error or str(exc).strip().splitlines()[0]}") from None
+    for line in reversed(lines):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    return {}
 
 
 def log_failure(context) -> None:

@@ -9,7 +9,8 @@ Layout (format ``mmoe-artifact/1``)::
     normalization.json   per dense feature {"mean", "std"}, plus "edges" (bins + 1 training-set
                          quantiles) for quantile / pwl encoded features
     model.safetensors    the weights (state_dict)
-    metrics.json         training metrics (per epoch, best epoch, validation AUC, versions)
+    metrics.json         training metrics (per epoch, best epoch, validation AUC, versions);
+                         no wall-clock times, so the same training gives the same checksum
     model_version        one line: the version string below
     MANIFEST.json        {"format", "model_version", "files": {name: sha256 hex}} for all the above
 
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pandas as pd
 import torch
 from safetensors import SafetensorError
@@ -41,6 +44,7 @@ from safetensors.torch import save as save_safetensors
 from mmoe_model.errors import ArtifactError, ArtifactTampered, SpecMismatch
 from mmoe_model.features import FeatureEncoder, Frame, InputLayout
 from mmoe_model.models import ModelConfig, MultiTaskModel, build_model
+from mmoe_model.onnx_graph import GraphSignature, OnnxRunner, check_graph
 from schemas.spec import DatasetSpec, SpecError, parse_spec
 
 FORMAT = "mmoe-artifact/1"
@@ -54,6 +58,12 @@ MANIFEST = "MANIFEST.json"
 CONTENT_FILES = (CONFIG, SPEC, NORMALIZATION, WEIGHTS, METRICS, VERSION)
 # The files whose bytes decide what the model predicts: the version fingerprints exactly these.
 _VERSIONED = (CONFIG, SPEC, NORMALIZATION, WEIGHTS)
+# An imported ONNX graph (``mmoe models import``): config.json says ``"kind": "onnx"``, the graph
+# is model.onnx, metrics.json records the import (who, when, source file and its SHA-256, why).
+ONNX_KIND = "onnx"
+GRAPH = "model.onnx"
+IMPORTED_FILES = (CONFIG, SPEC, GRAPH, METRICS, VERSION)
+_IMPORTED_VERSIONED = (CONFIG, SPEC, GRAPH)
 
 # Fields that change how a feature is encoded. Validation-only settings (null / OOV thresholds,
 # the OOV policy) may change without invalidating a model.
@@ -106,9 +116,10 @@ def spec_to_dict(spec: DatasetSpec) -> dict[str, Any]:
     return out
 
 
-def model_version_of(arch: str, files: Mapping[str, bytes]) -> str:
+def model_version_of(arch: str, files: Mapping[str, bytes],
+                     versioned: tuple[str, ...] = _VERSIONED) -> str:
     digest = hashlib.sha256()
-    for name in _VERSIONED:
+    for name in versioned:
         digest.update(name.encode() + b"\0" + _sha256(files[name]).encode() + b"\n")
     return f"{arch}-{digest.hexdigest()[:12]}"
 
@@ -205,7 +216,8 @@ def _load_json(files: Mapping[str, bytes], name: str) -> Any:
         raise ArtifactError(f"artifact file {name} is not valid JSON: {exc}") from None
 
 
-def _verify(files: Mapping[str, bytes]) -> dict[str, Any]:
+def _verify(files: Mapping[str, bytes], required: tuple[str, ...] = CONTENT_FILES
+            ) -> dict[str, Any]:
     if MANIFEST not in files:
         raise ArtifactError(f"artifact has no {MANIFEST}")
     manifest = _load_json(files, MANIFEST)
@@ -214,7 +226,7 @@ def _verify(files: Mapping[str, bytes]) -> dict[str, Any]:
     listed = manifest.get("files")
     if not isinstance(listed, dict):
         raise ArtifactError(f"{MANIFEST} has no file list")
-    for name in CONTENT_FILES:
+    for name in required:
         if name not in listed:
             raise ArtifactError(f"{MANIFEST} does not list {name}")
     for name, expected in listed.items():
@@ -226,6 +238,49 @@ def _verify(files: Mapping[str, bytes]) -> dict[str, Any]:
                                    f"{MANIFEST} (expected {str(expected)[:12]}…, "
                                    f"got {actual[:12]}…)")
     return manifest
+
+
+def _checked_version(files: Mapping[str, bytes], manifest: Mapping[str, Any], version: str) -> str:
+    """``version`` (computed from the content) when the model_version file and the manifest
+    record exactly it; ArtifactTampered otherwise."""
+    recorded = files[VERSION].decode(errors="replace").strip()
+    if version != recorded or manifest.get("model_version") != recorded:
+        raise ArtifactTampered(f"artifact model_version {recorded!r} does not match its "
+                               f"content (expected {version!r})")
+    return version
+
+
+def _kind(files: Mapping[str, bytes]) -> str | None:
+    """``config.json``'s kind (None for a trained artifact); unreadable configs are left to the
+    loader's own checks."""
+    try:
+        config = json.loads(files[CONFIG])
+    except (KeyError, ValueError, UnicodeDecodeError):
+        return None
+    return config.get("kind") if isinstance(config, dict) else None
+
+
+def build_imported_files(graph: bytes, spec: DatasetSpec,
+                         provenance: Mapping[str, Any]) -> dict[str, bytes]:
+    """The artifact files of ONNX ``graph`` for ``spec`` (checked against it first: a one-line
+    GraphRefused otherwise); ``provenance`` (who, when, source, reason) goes into metrics.json."""
+    signature = check_graph(graph, spec)
+    OnnxRunner(graph, spec, signature)  # onnxruntime must load it here, not first on a worker
+    files = {
+        CONFIG: _json_bytes({"format": FORMAT, "kind": ONNX_KIND, "arch": ONNX_KIND,
+                             "task_names": spec.task_names, "graph": signature.to_dict()}),
+        SPEC: _json_bytes(spec_to_dict(spec)),
+        GRAPH: bytes(graph),
+    }
+    version = model_version_of(ONNX_KIND, files, _IMPORTED_VERSIONED)
+    files[METRICS] = _json_bytes(_finite({"imported": {**provenance, "onnx": onnx.__version__,
+                                                       "onnxruntime": ort.__version__}}))
+    files[VERSION] = (version + "\n").encode()
+    files[MANIFEST] = _json_bytes({
+        "format": FORMAT, "model_version": version,
+        "files": {name: _sha256(files[name]) for name in IMPORTED_FILES},
+    })
+    return files
 
 
 def _describe_diff(model_feat: Any, data_feat: Any) -> str | None:
@@ -260,8 +315,13 @@ class ModelArtifact:
         self.model = model
         self.metrics = metrics
 
+    imported = False  # True for an ImportedArtifact (an ONNX graph, no torch model)
+
+    def use_threads(self, threads: int) -> None:
+        """Intra-op threads for this model (torch's are per process: jobs.runtime.worker)."""
+
     def __repr__(self) -> str:
-        return (f"ModelArtifact({self.model_version!r}, dataset={self.spec.name!r}, "
+        return (f"{type(self).__name__}({self.model_version!r}, dataset={self.spec.name!r}, "
                 f"tasks={self.task_names})")
 
     # ---------------------------------------------------------------------------------- loading
@@ -272,7 +332,10 @@ class ModelArtifact:
 
     @classmethod
     def from_files(cls, files: Mapping[str, bytes]) -> "ModelArtifact":
-        """Verify every checksum and the version, then rebuild the model from the bytes."""
+        """Verify every checksum and the version, then rebuild the model from the bytes. An
+        imported graph (``config.json`` kind ``onnx``) loads as an :class:`ImportedArtifact`."""
+        if _kind(files) == ONNX_KIND:
+            return ImportedArtifact.from_files(files)
         manifest = _verify(files)
         config = _load_json(files, CONFIG)
         try:
@@ -282,11 +345,7 @@ class ModelArtifact:
             layout = InputLayout.from_dict(config["layout"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"artifact {CONFIG} is malformed: {exc}") from None
-        version = model_version_of(arch, files)
-        recorded = files[VERSION].decode(errors="replace").strip()
-        if version != recorded or manifest.get("model_version") != recorded:
-            raise ArtifactTampered(f"artifact model_version {recorded!r} does not match its "
-                                   f"content (expected {version!r})")
+        version = _checked_version(files, manifest, model_version_of(arch, files))
         try:
             spec = parse_spec(_load_json(files, SPEC), origin=f"artifact {SPEC}")
         except SpecError as exc:
@@ -362,7 +421,63 @@ class ModelArtifact:
         return p, (gates[0] if len(gates) == 1 else np.concatenate(gates))
 
 
+class ImportedArtifact(ModelArtifact):
+    """An imported ONNX graph with the artifact's surface: version, checksum, spec, ``check_spec``
+    and ``predict(frame)`` (through onnxruntime). It has no torch model, encoder or gates:
+    ``model``, ``encoder`` and ``model_config`` are None."""
+
+    imported = True
+
+    def __init__(self, *, model_version: str, sha256: str, task_names: list[str],
+                 spec: DatasetSpec, graph: bytes, signature: GraphSignature,
+                 metrics: dict[str, Any]) -> None:
+        super().__init__(model_version=model_version, sha256=sha256, arch=ONNX_KIND,
+                         model_config=None, task_names=task_names, spec=spec, encoder=None,
+                         model=None, metrics=metrics)
+        self.graph, self.signature = graph, signature
+        self.runner = OnnxRunner(graph, spec, signature)
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, bytes]) -> "ImportedArtifact":
+        """Verify every checksum (the graph's bytes included) and the version, re-check the graph
+        against its spec and build its onnxruntime session."""
+        manifest = _verify(files, IMPORTED_FILES)
+        config = _load_json(files, CONFIG)
+        version = _checked_version(files, manifest,
+                                   model_version_of(ONNX_KIND, files, _IMPORTED_VERSIONED))
+        try:
+            spec = parse_spec(_load_json(files, SPEC), origin=f"artifact {SPEC}")
+            task_names = [str(t) for t in config["task_names"]]
+            recorded_signature = GraphSignature.from_dict(config["graph"])
+        except SpecError as exc:
+            raise ArtifactError(str(exc)) from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"artifact {CONFIG} is malformed: {exc}") from None
+        signature = check_graph(files[GRAPH], spec)
+        if signature != recorded_signature or spec.task_names != task_names:
+            raise ArtifactError(f"artifact {CONFIG} does not describe its {GRAPH}")
+        artifact = cls(model_version=version, sha256=_sha256(files[MANIFEST]),
+                       task_names=task_names, spec=spec, graph=bytes(files[GRAPH]),
+                       signature=signature, metrics=_load_json(files, METRICS))
+        artifact.files = dict(files)
+        return artifact
+
+    def use_threads(self, threads: int) -> None:
+        self.runner = self.runner.with_threads(threads)
+
+    def predict(self, frame: Frame, with_gates: bool = False, batch_size: int | None = None):
+        if with_gates:
+            raise ArtifactError(f"{self.model_version} is an imported ONNX graph: it has no "
+                                f"gates to report (--with-gates is for trained models)")
+        rows = len(frame) if isinstance(frame, pd.DataFrame) else frame.num_rows
+        step = batch_size or max(rows, 1)
+        parts = [self.runner.predict(frame.iloc[s:s + step] if isinstance(frame, pd.DataFrame)
+                                     else frame.slice(s, step))
+                 for s in range(0, max(rows, 1), step)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 __all__ = [
-    "ModelArtifact", "read_artifact_files", "save_artifact", "build_artifact_files",
+    "ImportedArtifact", "build_imported_files", "ModelArtifact", "read_artifact_files", "save_artifact", "build_artifact_files",
     "spec_to_dict", "model_version_of", "FORMAT",
 ]

@@ -38,3 +38,13 @@ class ArtifactTampered(ArtifactError):
 
 class SpecMismatch(ArtifactError):
     """The data's dataset spec differs from the spec the model was trained on."""
+
+
+class GraphRefused(ArtifactError):
+    """An ONNX graph offered for import does not fit the contract (not ONNX, an input that is no
+    spec feature, a wrong dtype, a missing task, an opset or operator domain onnxruntime must not
+    or cannot run, external data)."""
+
+
+class ExportRefused(ArtifactError):
+    """A model cannot be written as an ONNX graph (e.g. a feature encoding ONNX cannot express)."""

@@ -76,8 +76,13 @@ class TrainResult:
             "train_rows": self.train_rows,
             "val_rows": self.val_rows,
             "val_auc": self.val_auc,
-            "epochs": self.metrics,
+            # Without the wall-clock seconds: metrics.json is checksummed, and the same training
+            # must give the same artifact checksum (the job's manifest keeps the seconds).
+            "epochs": [{k: v for k, v in m.items() if k not in WALL_CLOCK} for m in self.metrics],
         }
+
+
+WALL_CLOCK = ("seconds",)  # per-epoch facts that differ between two identical trainings
 
 
 def validation_mask(keys: pd.DataFrame, fraction: float) -> np.ndarray:

@@ -112,7 +112,9 @@ def visit(chromium: str, page: Path) -> PageVisit:
     page = Path(page).resolve()
     url = page.as_uri()
     out = PageVisit()
-    with tempfile.TemporaryDirectory(prefix="mmoe-chromium-") as profile:
+    # Chromium's helper processes may still write into the profile after the browser exits:
+    # its removal must not fail the visit.
+    with tempfile.TemporaryDirectory(prefix="mmoe-chromium-", ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

@@ -60,6 +60,72 @@ def spark(metastore_dir):
     session.stop()
 
 
+_CONNECT: dict = {}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """When a collected test needs the Spark Connect server, start it now, in the background:
+    its ~40 s JVM start overlaps the tests that run before it."""
+    if os.environ.get("MMOE_TEST_CONNECT_URL"):  # a developer's running server (tests/_connect.py)
+        return
+    # Under pytest-xdist every worker collects every test: the one that runs them launches the
+    # server from the fixture instead (the other worker's tests overlap its start there).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    if any("connect_server" in getattr(item, "fixturenames", ()) for item in items):
+        _launch_connect_server()
+
+
+def _launch_connect_server():
+    import tempfile
+
+    from _connect import ConnectServer
+
+    server = ConnectServer(Path(tempfile.mkdtemp(prefix="mmoe-connect-")), sys.executable)
+    server.launch()
+    _CONNECT["server"] = server
+    return server
+
+
+@pytest.fixture(scope="session")
+def connect_server():
+    """ONE real Spark Connect server for the session (tests/_connect.py): loopback, free port,
+    temp dirs, its Python without the project; stopped by pid at the end."""
+    import shutil
+
+    if os.environ.get("MMOE_TEST_CONNECT_URL"):
+        from _connect import ExternalServer
+
+        yield ExternalServer(os.environ["MMOE_TEST_CONNECT_URL"])
+        return
+    server = _CONNECT.get("server")
+    if server is None and os.environ.get("PYTEST_XDIST_WORKER"):
+        server = _launch_connect_server()
+    if server is None:
+        pytest.fail("the Connect server was not launched at collection")
+    try:
+        server.wait()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def standalone_cluster(tmp_path_factory):
+    """ONE Spark standalone cluster (master + 2 one-core workers on 127.0.0.1) for the session
+    (tests/_cluster.py); stopped by pid at the end, failing if a process survives."""
+    from _cluster import Cluster
+
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        alive = cluster.stop()
+    assert not alive, f"cluster processes still alive: {alive}"
+
+
 @pytest.fixture
 def job_config(tmp_path):
     """The embedded config with a per-test warehouse and the test Spark settings."""
@@ -103,3 +169,13 @@ def refused_config(tmp_path):
             load_config(path)
 
     return check
+
+
+def pytest_unconfigure(config):
+    """Never leave the Connect server behind (e.g. a run stopped by -x before its fixture)."""
+    server = _CONNECT.pop("server", None)
+    if server is not None:
+        import shutil
+
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)

@@ -126,3 +126,27 @@ def test_bootstrap_se_equals_direct_cluster_resampling():
 ])
 def test_compare_config_refuses_bad_values(refused_config, section, message):
     refused_config(section, message)
+
+
+@pytest.mark.parametrize("metric, baseline, candidate", [
+    ("logloss", 0.5, 0.507),     # worse by 0.007: over 1% of 0.5 (0.005), under an absolute 0.01
+    ("logloss", 2.0, 2.015),     # worse by 0.015: under 1% of 2.0 (0.02), over an absolute 0.01
+    ("ne", 0.8, 0.8079),         # just under 1% of 0.8
+    ("ne", 0.8, 0.8081),         # just over 1% of 0.8
+    ("auc", 0.7, 0.6929),        # auc: lower is worse; 1% of 0.7 = 0.007
+    ("auc", 0.7, 0.6925),
+])
+def test_relative_guardrail_decides_on_the_baseline_scaled_limit(metric, baseline, candidate):
+    """The decision of a relative guardrail against a plain oracle: broken exactly when the
+    regression (in the metric's own direction) exceeds max_regression x |baseline|."""
+    report = pd.DataFrame([{"task": "click", "scope": "all", "segment": "all", "metric": metric,
+                            "baseline_value": baseline, "candidate_value": candidate,
+                            "delta": candidate - baseline, "p_value_adjusted": 0.5,
+                            "verdict": "no_difference"}])
+    d = decide(report, ["auc"], [Guardrail(metric, 0.01, relative=True)], ["click"])
+    worse_by = (baseline - candidate) if metric == "auc" else (candidate - baseline)
+    want_broken = worse_by > 0.01 * abs(baseline)
+    assert bool(d.broken_guardrails) is want_broken, d.broken_guardrails
+    assert d.ship is False                      # nothing is better: never ships either way
+    if want_broken:
+        assert f"limit {0.01 * abs(baseline):.4g}" in d.broken_guardrails[0]

@@ -115,12 +115,17 @@ def test_changed_features_or_model_are_not_skipped(spark, cfg, models):
     again = _run(spark, cfg)
     assert [d.status for d in again.days] == ["skipped", "scored", "skipped"]
     assert again.days[1].validation == "passed"  # validated again: the features changed
+    # the last day is skipped (its predictions are up to date) but has no metrics yet (its
+    # labels had not matured): it must be evaluated now, the first day is up to date
+    assert [d.evaluation for d in again.days] == ["up to date", "evaluated", "evaluated"]
+    assert {r[0] for r in _metrics(spark, cfg, DAYS[2])} == {again.days[2].model_version}
     # a promotion effective mid-range: the later days are scored with the new champion
     version_b = register_model(cfg, models[1]).version
     promote_model(cfg, version_b, "champion", effective="2025-03-03")
     third = _run(spark, cfg)
     assert [d.status for d in third.days] == ["skipped", "skipped", "scored"]
     assert third.days[2].model_version == version_b != third.days[0].model_version
+    assert [d.evaluation for d in third.days] == ["up to date", "up to date", "evaluated"]
 
 
 def test_failed_day_does_not_stop_the_others_and_fails_the_run(spark, cfg):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from jobs.core.manifest import RunManifest
+from jobs.core.spark import session_conf
 from jobs.core.warehouse import Warehouse
 from jobs.score.catalog import (
     grid_pairs,
@@ -131,6 +132,46 @@ def test_factored_grid_equals_row_scoring_top_k(spark, job_config, tables, model
         CAT.user_key: got[CAT.user_key].to_numpy(), CAT.item_key: got[CAT.item_key].to_numpy()}))
     np.testing.assert_allclose(got.set_index([CAT.user_key, CAT.item_key]).sort_index()[
         SPEC.prediction_columns].to_numpy(), oracle.to_numpy(), atol=1e-6, rtol=0)
+
+
+def test_a_second_items_table_in_one_session_is_not_the_first(spark, job_config, tables, model):
+    """The workers cache a grid job's item side: a second job with the same model and another
+    items table (other keys, other features) must score the second table."""
+    users, items, _ = tables
+    _, files, artifact = model
+    few_users = users.slice(0, 6)
+    first = recommend_grid(spark, spark.createDataFrame(few_users), items, files, artifact, SPEC,
+                           job_config, NOW, top_k=None).toPandas()
+    other = items.slice(3, 8).set_column(0, CAT.item_key, pa.array(np.arange(8, dtype=np.int64) + 5000))
+    second = recommend_grid(spark, spark.createDataFrame(few_users), other, files, artifact, SPEC,
+                            job_config, NOW, top_k=None).toPandas()
+    assert set(first[CAT.item_key]) == set(items.column(CAT.item_key).to_pylist())
+    assert set(second[CAT.item_key]) == set(range(5000, 5008))
+    oracle = _oracle(artifact, few_users, other, pa.table({
+        CAT.user_key: second[CAT.user_key].to_numpy(), CAT.item_key: second[CAT.item_key].to_numpy()}))
+    np.testing.assert_allclose(second.set_index([CAT.user_key, CAT.item_key]).sort_index()[
+        SPEC.prediction_columns].to_numpy(), oracle.to_numpy(), atol=1e-6, rtol=0)
+
+
+def test_users_straddling_arrow_batches_get_one_top_k(spark, job_config, tables, model):
+    """Arrow batches of 5 rows (each user has ~12 candidates, so most users span batches):
+    still one top-3 per user, equal to row scoring's window rank."""
+    users, items, candidates = tables
+    _, files, artifact = model
+    with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": "5"}):
+        got = recommend_candidates(spark, spark.createDataFrame(candidates), users, items, files,
+                                   artifact, SPEC, job_config, NOW, top_k=3).toPandas()
+    want = recommend_rows(spark, spark.createDataFrame(candidates), spark.createDataFrame(users),
+                          spark.createDataFrame(items), files, artifact, SPEC, job_config, NOW,
+                          top_k=3).toPandas()
+    per_user = candidates.to_pandas().groupby(CAT.user_key).size()
+    assert (per_user > 5).sum() > 30                      # the batches really split users
+    counts = got.groupby(CAT.user_key).size()
+    assert counts.to_dict() == {u: min(3, n) for u, n in per_user.items()}   # a plain count
+    key = [CAT.user_key, "rank"]
+    got, want = got.sort_values(key).reset_index(drop=True), want.sort_values(key).reset_index(drop=True)
+    assert got[key + [CAT.item_key]].values.tolist() == want[key + [CAT.item_key]].values.tolist()
+    np.testing.assert_allclose(got["score"], want["score"], atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("method", ["factored", "rows"])

@@ -4,6 +4,7 @@ replaced on rerun, one-line refusals, gate diagnostics."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -16,9 +17,10 @@ from browser import visit
 from sklearn.metrics import roc_auc_score
 
 from jobs.compare import stats
-from jobs.compare.stage import compare_models
+from jobs.compare.stage import compare_models, compute_records, labelled_pairs, stack_tasks
 from jobs.core.errors import InputError, MissingInputError
 from jobs.core.warehouse import Warehouse, read_table
+from jobs.score.drift import prediction_drift
 from schemas.spec import load_spec
 from schemas.tables import labels_arrow_schema
 
@@ -72,6 +74,12 @@ def warehouse(job_config, spec):
         _write(wh.partition(spec.name, "predictions", ds, model_version="B"),
                _predictions(spec, np.concatenate([ids[3:], ids[-1] + 100 + np.arange(4)]), labels,
                             1.0, rng, gates=True))
+    # each arm's prediction drift (what `mmoe score` writes): day 2 against day 1
+    job_config.drift = dataclasses.replace(job_config.drift, reference_days=1)
+    for ds in DAYS:
+        for v in ("A", "B"):
+            prediction_drift(job_config, spec, ds, v,
+                             wh.partition(spec.name, "predictions", ds, model_version=v))
     return wh
 
 
@@ -136,7 +144,10 @@ def test_pairing_values_rerun_and_gates(spark, job_config, spec, warehouse, chro
     page = visit(chromium, again.outputs["html"])
     assert page.errors == [] and page.requests == []
     # a figure row per task, per-day deltas, gates; tables: tasks, pairing, verdicts, segments
-    assert page.images == len(spec.task_names) + 2 and page.tables == 4
+    # + one prediction drift table per arm
+    assert page.images == len(spec.task_names) + 2 and page.tables == 4 + 2
+    assert "Prediction drift" in page.text and "candidate B" in page.text and "p_click" in page.text
+    (job_config.warehouse.parent / "compare.png").write_bytes(page.screenshot)
     assert page.screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(page.screenshot) > 50_000
     summary = open(again.outputs["summary"]).read()
     assert "**SHIP**" in summary and "| click | better |" in summary
@@ -225,3 +236,38 @@ def test_compare_bench_smoke(spark, job_config, tmp_path):
     assert result["rows"] == result["paired_rows"] == 2000
     assert result["compare_seconds"] > 0 and result["evaluate_seconds"] > 0
     assert '"compare_over_evaluate"' in results.read_text()
+
+
+def test_bootstrap_se_is_clustered_by_user(spark, spec):
+    """30 users x 20 rows whose log-loss difference is nearly constant within a user, through
+    the stage's Spark transforms (user cluster column, task stacking, the per-group records on
+    the executors): the bootstrap SE must match the analytic user-clustered SE (a row-clustered
+    bootstrap is ~sqrt(20) times smaller) and the interval must be delta +- z * SE."""
+    rng = np.random.default_rng(17)
+    users, per_user = 30, 20
+    n = users * per_user
+    uid = np.repeat(np.arange(users), per_user)
+    y = rng.integers(0, 2, users)[uid]
+    p_b = np.clip(0.5 + 0.02 * rng.normal(size=n), 0.05, 0.95)
+    p_c = np.clip(1 / (1 + np.exp(-(rng.normal(0, 1.5, users)[uid] + 0.05 * rng.normal(size=n)))), 0.05, 0.95)
+    t = spec.task_names[0]
+    day = dt.date(2026, 11, 5)
+    paired = spark.createDataFrame(pd.DataFrame({
+        "impression_id": np.arange(n, dtype=np.int64), "day": [day] * n, f"b_{t}": p_b, f"c_{t}": p_c,
+        f"y_{t}": y.astype(np.int32), "_in_b": True, "_in_c": True, "_labelled": True}))
+    features = spark.createDataFrame(pd.DataFrame({"impression_id": np.arange(n, dtype=np.int64),
+                                                   "day": [day] * n, "user_id": uid.astype(np.int64)}))
+    rows = labelled_pairs(paired, features, ["impression_id"], spec.user_column, [])
+    records = compute_records(stack_tasks(rows, [t], [], False), [], 400, 7, 0.05).toPandas()
+
+    d = -(y * np.log(p_c) + (1 - y) * np.log(1 - p_c)) + (y * np.log(p_b) + (1 - y) * np.log(1 - p_b))
+    resid = d - d.mean()
+    se_user = np.sqrt(np.sum(np.bincount(uid, weights=resid) ** 2)) / n   # analytic, clustered by user
+    se_row = np.sqrt(np.sum(resid ** 2)) / n
+    assert se_user > 3 * se_row                                            # the data tells them apart
+    got = records[(records.segment == "all") & (records.metric == "logloss")].iloc[0]
+    assert got.delta == pytest.approx(d.mean(), abs=1e-9)
+    assert got.se == pytest.approx(se_user, rel=0.2), (got.se, se_user, se_row)
+    z = 1.959963984540054
+    assert got.ci_low == pytest.approx(got.delta - z * got.se, abs=1e-9)
+    assert got.ci_high - got.ci_low == pytest.approx(2 * z * se_user, rel=0.2)

@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 
 from jobs.cli import app
 from jobs.core.warehouse import Warehouse
-from jobs.validate.stage import passed_rows, validate_partition
+from jobs.validate.scorable import passed_rows
+from jobs.validate.stage import validate_partition
 from schemas.spec import load_spec
 from schemas.tables import labels_arrow_schema
 
@@ -156,11 +157,13 @@ def test_cli_failure_is_one_line_with_a_failed_manifest(job_config, spec, monkey
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire\nsecond line")
 
+    write_features(job_config, spec, good_rows(spec, N, seed=15))  # past the pre-JVM checks
     monkeypatch.setattr(validate, "validate_partition", boom)
     monkeypatch.setattr("jobs.cli.nightly.spark_session", lambda cfg: None)
     result = runner.invoke(app, args)
     assert result.exit_code == 1
-    assert result.stderr.strip() == "error: RuntimeError: disk on fire"
+    assert result.stderr.strip() == ("error: unexpected RuntimeError (the traceback is in the "
+                                     "manifest): disk on fire")
     manifest = json.loads(result.stdout.strip().splitlines()[-1])
     assert "Traceback" in manifest["details"]["traceback"]
 

@@ -228,11 +228,17 @@ def test_failure_callback_logs_the_one_line_error(caplog):
         "mmoe task score failed for ds=2026-11-03: mmoe score exited 1: error: no rows"]
 
 
-def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, tmp_path):
+def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, standalone_cluster,
+                                                                   tmp_path):
     """Fresh SQLite AIRFLOW_HOME, `airflow db migrate`, two registered models, then `airflow
     dags test mmoe_nightly 2026-06-05` (ds 2026-06-03; labels wait 1 day, so the matured day
     is 2026-06-02, which an earlier night scored): the real jobs leave both models'
-    predictions for ds and both models' metrics for the matured day, and nothing else."""
+    predictions for ds and both models' metrics for the matured day, and nothing else.
+
+    The jobs go through the Spark provider's SparkSubmitHook (``mmoe_launcher=spark-submit``,
+    connection ``spark_default`` = the session's loopback standalone cluster, the project zip
+    as --py-files, jobs/submit.py): what a YARN / Kubernetes deployment runs."""
+    import json
     import os
     import shlex
     import subprocess
@@ -274,7 +280,12 @@ def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, tmp_path
            "AIRFLOW__CORE__DAGS_FOLDER": str(repo / "airflow_dags"),
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "AIRFLOW_VAR_MMOE_DATASET": "synth", "AIRFLOW_VAR_MMOE_CONFIG": str(config),
-           "AIRFLOW_VAR_MMOE_BIN": f"{shlex.quote(sys.executable)} -m jobs.cli"}
+           "AIRFLOW_VAR_MMOE_BIN": f"{shlex.quote(sys.executable)} -m jobs.cli",
+           "AIRFLOW_VAR_MMOE_LAUNCHER": "spark-submit",
+           "AIRFLOW_CONN_SPARK_DEFAULT": standalone_cluster.url,
+           "AIRFLOW_VAR_MMOE_SUBMIT_CONF": json.dumps(standalone_cluster.submit_conf()),
+           "PATH": f"{standalone_cluster.bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "SPARK_HOME": standalone_cluster.env["SPARK_HOME"], "SPARK_LOCAL_IP": "127.0.0.1"}
     env.pop("MMOE_WAREHOUSE", None)
     env.pop("MMOE_START_DATE", None)  # the default start date must not skip 2026-06-05
     airflow = str(Path(sys.executable).parent / "airflow")
@@ -295,6 +306,7 @@ def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, tmp_path
     assert "auc" in metrics.column("metric").to_pylist()
     assert not parquet_files(wh.partition("synth", "metrics", "2026-06-03"))  # not matured
     assert "evaluate --dataset synth --ds 2026-06-02" in log
+    assert f"spark-submit {repo / 'jobs' / 'submit.py'}" in log  # the SparkSubmit launcher ran
     assert parquet_files(wh.table("synth", "ab_reports"))
 
 
@@ -311,3 +323,15 @@ def test_backfill_dag_command_parses_with_the_real_cli():
     group = typer.main.get_command(app)
     sub = group.commands["backfill"].make_context("backfill", cmd[6:])
     assert sub.params["force"] is True and sub.params["model"] == "@champion"
+
+
+def test_connect_launcher_adds_the_remote_and_bad_launchers_are_refused(tmp_path):
+    from airflow_dags.runner import Launch
+
+    manifest = run_job(["validate"], "2026-11-03", "synth",
+                       launch=Launch("connect", _fake_mmoe(tmp_path, 0), remote="sc://spark:15002"))
+    assert manifest["args"] == "--remote sc://spark:15002 validate --dataset synth --ds 2026-11-03"
+    with pytest.raises(JobFailed, match="no mmoe_remote"):
+        Launch("connect")
+    with pytest.raises(JobFailed, match="mmoe_launcher must be one of"):
+        Launch("ssh")

@@ -14,7 +14,8 @@ import pytest
 from _reliability import run_concurrently
 
 from jobs.core.errors import PartitionLocked
-from jobs.core.locks import partition_lock
+from jobs.core.locks import _UNREADABLE_LOCK_GRACE_S as GRACE
+from jobs.core.locks import _break_stale, _read_holder, partition_lock
 from jobs.core.warehouse import Warehouse
 
 
@@ -128,3 +129,40 @@ def test_locks_config_is_read_and_checked(tmp_path):
     config.write_text("locks: {wait_seconds: -1}\n")
     with pytest.raises(ConfigError, match="locks.wait_seconds"):
         load_config(config)
+
+
+def test_a_just_created_lock_file_is_never_broken_and_an_old_unreadable_one_is(tmp_path):
+    """A lock file its creator has not written yet (empty: between O_EXCL create and write) is
+    live for the grace period, however often a second writer looks; aged past it with os.utime
+    (its creator died in between), the second writer breaks it. No race: ages are set."""
+    path = tmp_path / "_locks" / "x.lock"
+    path.parent.mkdir(parents=True)
+    path.write_text("")
+    for age in (0.0, GRACE - 2.0):                      # just created, and nearly old
+        now = time.time()
+        os.utime(path, (now - age, now - age))
+        with pytest.raises(PartitionLocked, match="still writing the lock file"):
+            with partition_lock(path, "x", wait_seconds=0.2, poll_seconds=0.02):
+                pytest.fail("broke a lock that was just created")
+        assert path.exists() and path.read_text() == ""
+    now = time.time()
+    os.utime(path, (now - GRACE - 2.0, now - GRACE - 2.0))   # its creator is long gone
+    with partition_lock(path, "x", wait_seconds=0) as me:
+        assert json.loads(path.read_text())["token"] == me.token
+    assert not path.exists()
+
+
+def test_a_breaker_never_removes_a_lock_taken_since_it_looked(tmp_path):
+    """The breaker re-reads under its guard: a stale lock replaced meanwhile by a fresh one
+    (another token, a live holder, or a just-created empty file) is left alone."""
+    path = tmp_path / "_locks" / "x.lock"
+    _plant(path, _dead_pid(), token="stale")
+    seen = _read_holder(path)
+    _plant(path, os.getpid(), token="fresh")            # taken in between by a live writer
+    _break_stale(path, seen)
+    assert json.loads(path.read_text())["token"] == "fresh"
+    path.write_text("")                                  # a writer between create and write
+    _break_stale(path, seen)
+    _break_stale(path, None)
+    assert path.exists() and path.read_text() == ""
+    assert not list(path.parent.glob(".broken-*")) and not list(path.parent.glob("*.break"))

@@ -94,6 +94,8 @@ def test_rank_metrics_and_loss_match_sklearn_and_numpy(random_case):
                 assert pd.isna(value["pr_auc"]) and pd.isna(value["calibration"])
             ll = log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1])
             assert value["logloss"] == pytest.approx(ll, rel=1e-9)
+            assert value["mean_prediction"] == pytest.approx(p.mean(), rel=1e-9)
+            assert value["label_rate"] == pytest.approx(y.mean(), rel=1e-12, abs=1e-15)
     assert checked_auc >= 30 and null_auc >= 1  # v3/platform=web/like is single-class
 
 

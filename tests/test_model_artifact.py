@@ -94,7 +94,10 @@ def test_version_and_sha256(saved, spec, trained):
     # Same model, same data: the same version (weights serialise byte-identically).
     again = build_artifact_files(result.model, result.model_config, spec, result.encoder, {})
     assert again["model_version"] == files["model_version"]
-    assert json.loads(files["metrics.json"])["epochs"] == result.metrics
+    # metrics.json keeps every epoch's figures but its wall-clock seconds (issue 22)
+    stored = json.loads(files["metrics.json"])["epochs"]
+    assert stored == [{k: v for k, v in m.items() if k != "seconds"} for m in result.metrics]
+    assert all("seconds" in m for m in result.metrics)
 
 
 def test_a_flipped_byte_is_refused(saved):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -15,7 +16,8 @@ from jobs.core.manifest import RunManifest
 from jobs.core.warehouse import Warehouse
 from jobs.score.catalog import score_catalog
 from jobs.score.stage import score_partition
-from jobs.validate.stage import passed_rows, validate_partition
+from jobs.validate.scorable import passed_rows
+from jobs.validate.stage import validate_partition
 from mmoe_model.artifact import save_artifact
 from mmoe_model.errors import ArtifactTampered, SpecMismatch
 from mmoe_model.features import FeatureEncoder, InputLayout
@@ -38,14 +40,16 @@ def frame(synth):
     return sample_frame(synth, 3000, seed=3, null_fraction=0.01, oov_fraction=0.005)
 
 
-def _write_partition(cfg, spec, frame, ds=DS):
+def _write_partition(cfg, spec, frame, ds=DS, null_keys=False):
     wh = Warehouse(cfg.warehouse)
-    for table, schema in (("features", features_arrow_schema(spec)),
-                          ("labels", labels_arrow_schema(spec))):
+    features = features_arrow_schema(spec)
+    if null_keys:  # as a careless upstream writes them: validation quarantines such rows
+        features = pa.schema([f.with_nullable(True) for f in features])
+    for table, schema in (("features", features), ("labels", labels_arrow_schema(spec))):
         out = wh.partition(spec.name, table, ds)
         out.mkdir(parents=True, exist_ok=True)
-        cols = schema.names
-        pq.write_table(pa.Table.from_pandas(frame[cols], schema=schema, preserve_index=False),
+        rows = frame if table == "features" else frame.dropna(subset=spec.key_names)
+        pq.write_table(pa.Table.from_pandas(rows[schema.names], schema=schema, preserve_index=False),
                        out / "part-0.parquet")
 
 
@@ -66,7 +70,9 @@ def validated(spark, tmp_path_factory, synth, frame):
     from jobs.core.config import load_config
 
     cfg = load_config(warehouse=tmp_path_factory.mktemp("wh"))
-    _write_partition(cfg, synth, frame)
+    with_null_key = frame.assign(impression_id=frame["impression_id"].astype("Int64"))
+    with_null_key.loc[0, "impression_id"] = pd.NA       # quarantined (null_key); no reader scores it
+    _write_partition(cfg, synth, with_null_key, null_keys=True)
     validate_partition(spark, cfg, synth, DS)
     return cfg
 
@@ -95,6 +101,16 @@ def test_spark_scores_equal_the_in_process_model(spark, validated, synth, model_
     assert manifest.model_version == artifact.model_version
     assert predictions.where((F.col("p_click") < 0) | (F.col("p_click") > 1)).count() == 0
     assert predictions.select("scored_at").distinct().count() == 1
+    # the null-key row of the features is not scored: the keys are exactly the features' non-null
+    # keys minus the quarantined ones (both read with pyarrow, not through passed_rows)
+    wh = Warehouse(validated.warehouse)
+    features_keys = pq.read_table(wh.partition(synth.name, "features", DS)).column("impression_id")
+    quarantined = set(pq.read_table(wh.partition(synth.name, "quarantine", DS)).column(
+        "impression_id").drop_null().to_pylist())
+    assert features_keys.null_count == 1
+    scored = predictions.select("impression_id").toPandas()["impression_id"]
+    assert scored.notna().all()
+    assert sorted(scored) == sorted(set(features_keys.drop_null().to_pylist()) - quarantined)
 
 
 def test_rerun_replaces_the_partition(spark, validated, synth, model_dir):

@@ -10,6 +10,7 @@ The oracle of the catalog flow is the path flow, run on the same data with the s
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import time
@@ -28,10 +29,12 @@ from typer.testing import CliRunner
 from jobs.backfill.stage import backfill_range
 from jobs.compare.stage import compare_models
 from jobs.core.config import TableMapping, load_config
+from jobs.core.drift_table import replace_drift_rows
 from jobs.core.errors import ConfigError, MissingInputError, TableError
 from jobs.core.warehouse import Warehouse, report_id
 from jobs.evaluate.stage import evaluate_partition
 from jobs.score.stage import score_partition
+from jobs.validate.drift import DriftRow
 from jobs.validate.stage import validate_partition
 from schemas import load_spec
 
@@ -57,9 +60,9 @@ def _config(base: Path, tables: dict | None = None):
     return cfg
 
 
-def _nightly(spark, cfg, models) -> dict:
+def _nightly(spark, cfg, models, backfill: bool) -> dict:
     """validate -> score (direct reader: model a, Spark reader: model b) -> evaluate ->
-    compare -> backfill (everything up to date: skipped) on both days."""
+    compare [-> backfill (everything up to date: skipped)]."""
     spec = load_spec("synth")
     out = {"versions": []}
     for ds in DAYS:
@@ -71,8 +74,9 @@ def _nightly(spark, cfg, models) -> dict:
         out["versions"] = [a.model_version, b.model_version]
         evaluate_partition(spark, cfg, spec, ds)
     out["compare"] = compare_models(spark, cfg, spec, *out["versions"], DAYS[0], DAYS[-1])
-    out["backfill"] = backfill_range(spark, cfg, spec, DAYS[0], DAYS[-1], models[0],
-                                     as_of=__import__("datetime").date(2025, 5, 1))
+    if backfill:
+        out["backfill"] = backfill_range(spark, cfg, spec, DAYS[0], DAYS[-1], models[0],
+                                         as_of=dt.date(2025, 5, 1))
     return out
 
 
@@ -114,8 +118,9 @@ def flows(spark, tmp_path_factory):
     _duplicate_keys(path_cfg, DAYS[0])
     _load_team_tables(spark, path_cfg)
     cat_cfg = _config(base / "cat-wh", MAPPING)
-    path = _nightly(spark, path_cfg, models)
-    cat = _nightly(spark, cat_cfg, models)
+    # the path flow is the oracle (its backfill is tests/test_backfill.py's)
+    path = _nightly(spark, path_cfg, models, backfill=False)
+    cat = _nightly(spark, cat_cfg, models, backfill=True)
     return path_cfg, cat_cfg, path, cat, models
 
 
@@ -143,7 +148,6 @@ def test_nightly_flow_on_catalog_tables_equals_the_path_layout(spark, flows):
                          spark.read.parquet(str(wh.table("synth", "ab_reports") / f"report={rid}")))
     # backfill: the stamps and fingerprints of catalog inputs make every day up to date
     assert [d.status for d in cat["backfill"].days] == ["skipped"] * len(DAYS)
-    assert [d.status for d in path["backfill"].days] == ["skipped"] * len(DAYS)
     assert cat["compare"].outputs["ab_reports"] == f"{DB}.ab_reports (report={rid})"
     # nothing of the mapped tables' rows under the catalog flow's warehouse (only side files)
     cat_wh = Warehouse(cat_cfg.warehouse)
@@ -176,6 +180,26 @@ def test_rerun_replaces_the_catalog_partition(spark, flows):
     n = _catalog(spark, f"{DB}.metrics", ds=DAYS[0]).count()
     evaluate_partition(spark, cat_cfg, spec, DAYS[0], [v])
     assert _catalog(spark, f"{DB}.metrics", ds=DAYS[0]).count() == n
+
+
+def test_drift_on_the_catalog_keeps_each_writers_rows(spark, flows):
+    """The drift table's two writers (validate: feature rows, score: one version's rows) on a
+    catalog table: each rerun replaces only its own rows, as on the path layout."""
+    _, cat_cfg, *_ = flows
+    cfg = replace(cat_cfg, tables={"synth": {"drift": TableMapping(f"{DB}.drift")}})
+    ds = "2025-04-20"
+
+    def rows(feature, value):
+        return [DriftRow(feature, "psi", value, 0.2, value > 0.2, "trailing", 7)]
+
+    replace_drift_rows(cfg, "synth", ds, rows("x0", 0.1))
+    replace_drift_rows(cfg, "synth", ds, rows("p_click", 0.3), model_version="v1")
+    where = replace_drift_rows(cfg, "synth", ds, rows("x1", 0.05))  # validate's rerun
+    assert where == f"{DB}.drift (ds={ds})"
+    got = sorted((r["feature"], r["model_version"], r["value"], r["drifted"])
+                 for r in _catalog(spark, f"{DB}.drift", ds=ds).collect())
+    assert got == [("p_click", "v1", 0.3, True), ("x1", None, 0.05, False)]
+    assert list(Warehouse(cfg.warehouse).table("synth", "drift").rglob("*.parquet")) == []
 
 
 # --------------------------------------------------------------------------------------------

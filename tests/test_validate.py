@@ -8,6 +8,7 @@ row by row, not by the code under test.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -25,12 +26,9 @@ from jobs.core.manifest import RunManifest, run_job
 from jobs.core.tables import DatasetTables
 from jobs.core.warehouse import Warehouse, fingerprint
 from jobs.validate.rules import KEY_COPIES, REASON, RowCountBounds, build_suite
-from jobs.validate.stage import (
-    passed_rows,
-    read_status,
-    row_count_bounds,
-    validate_partition,
-)
+from jobs.validate.history import row_count_bounds
+from jobs.validate.scorable import passed_rows, read_status
+from jobs.validate.stage import validate_partition
 from schemas.spec import load_spec
 from schemas.tables import features_arrow_schema, features_struct, labels_arrow_schema
 
@@ -134,7 +132,8 @@ def test_clean_partition_passes(spark, job_config, spec):
 
     assert report.status == "passed", report.message
     assert (manifest.input_rows, manifest.output_rows, manifest.quarantined_rows) == (N, N, 0)
-    assert 1 <= manifest.details["spark_jobs"] <= 4  # GX: row count, null shares, the rest
+    # GX: row count, null shares, the rest; + the drift aggregate
+    assert 1 <= manifest.details["spark_jobs"] <= 5
     vdir = Warehouse(job_config.warehouse).partition(spec.name, "validation", DS)
     result = json.loads((vdir / "result.json").read_text())
     assert result["success"] is True and result["statistics"]["evaluated_expectations"] > 40
@@ -169,6 +168,13 @@ def test_row_level_failures_are_quarantined_and_reruns_replace(spark, job_config
     bad(8, "hour", 24, "unknown_category:hour")   # long-typed vocabulary
     cols["x2"][9] = -11.0
     bad(9, "item_category", "cars", "out_of_range:x2;unknown_category:item_category")
+    # a range is closed: values exactly on either bound pass, the next double beyond fails
+    bounds = {f.name: (f.min, f.max) for f in spec.dense_features}
+    for i, (column, side) in enumerate([("x3", 1), ("x4", 0), ("user_age", 1), ("user_age", 0)]):
+        cols[column][11 + i] = float(bounds[column][side])
+    for i, (column, side) in enumerate([("x6", 1), ("x7", 0), ("x8", 1)]):
+        edge = float(bounds[column][side])
+        bad(15 + i, column, float(np.nextafter(edge, np.inf if side else -np.inf)), f"out_of_range:{column}")
     write_features(job_config, spec, cols)
     labels = {k: cols[k] for k in spec.key_names} | {t: [1] * N for t in spec.task_names}
     labels["click"][10] = 2
@@ -190,8 +196,11 @@ def test_row_level_failures_are_quarantined_and_reruns_replace(spark, job_config
                  "out_of_range:x0 1", "out_of_range:x1 1", "out_of_range:x5 1",  # GX: NaN/inf
                  "out_of_range:user_age 1", "out_of_range:x2 1", "unknown_category:platform 1",
                  "unknown_category:hour 1", "unknown_category:item_category 1",
-                 "label_not_binary:click 1"):
+                 "label_not_binary:click 1", "out_of_range:x6 1", "out_of_range:x7 1",
+                 "out_of_range:x8 1"):
         assert rule in report.message, report.message
+    for on_bound in ("x3", "x4"):                 # GX agrees the bounds are inclusive
+        assert f"out_of_range:{on_bound}" not in report.message, report.message
     assert report.reasons == Counter(r for reasons in expected.values()
                                      for r in reasons.split(";"))
     quarantine_path = Warehouse(job_config.warehouse).partition(spec.name, "quarantine", DS)
@@ -291,6 +300,11 @@ def test_row_count_against_trailing_median(spark, job_config, spec):
         min_rows=max(policy.min_rows, math.ceil(policy.min_ratio_to_median * median)),
         max_rows=int(policy.max_ratio_to_median * median), median=median, trailing=4)
     assert row_count_bounds(wh, spec, "2026-03-06").max_rows is None  # no history yet
+    # min_rows out of the way, the ratio bound shows its rounding: 0.5 x 165 = 82.5 -> 83 rows
+    # (82 rows are fewer than half the median: rounding down would let them through)
+    loose = dataclasses.replace(spec, row_count=dataclasses.replace(policy, min_rows=1))
+    assert row_count_bounds(wh, loose, DS) == RowCountBounds(min_rows=83, max_rows=330,
+                                                             median=median, trailing=4)
 
     write_features(job_config, spec, good_rows(spec, 400, seed=20))  # 400 > 2 x 165
     manifest, message = run_failing(spark, job_config, spec)

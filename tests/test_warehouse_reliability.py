@@ -86,6 +86,34 @@ def test_a_killed_holder_releases_the_lock(tmp_path):
     assert not list(tmp_path.glob(".lock-*"))  # and its lock file
 
 
+@pytest.mark.parametrize("point", ["swapping", "renaming"])
+def test_a_kill_between_the_renames_keeps_the_old_copy_whole(tmp_path, point):
+    """Killed after the old copy is renamed away (``swapping``) or just before the new one is
+    renamed in (``renaming``): the old copy must still exist, whole, beside the target, so the
+    next holder puts it back; a reader then sees the old content, never nothing or a mix."""
+    target = tmp_path / "t"
+    target.mkdir()
+    _write(target, "part-0.parquet", "old")
+    code = ("import sys; from pathlib import Path; from jobs.core.warehouse import replacing\n"
+            "with replacing(Path(sys.argv[1])) as s:\n"
+            "    s.mkdir(); (s / 'part-1.parquet').write_text('new')\n")
+    markers = tmp_path / "markers"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], cwd=REPO,
+                            env=cli_env(MMOE_TEST_PAUSE_AT=point, MMOE_TEST_PAUSE_DIR=str(markers)))
+    try:
+        wait_for(markers / point, proc, timeout=60)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert not target.exists()                     # between the renames
+    olds = list(tmp_path.glob(".old-t-*"))
+    assert [sorted((p.name, p.read_text()) for p in o.iterdir()) for o in olds] == \
+        [[("part-0.parquet", "old")]], olds
+    recover(target)                                # what the next holder does first
+    assert sorted((p.name, p.read_text()) for p in target.iterdir()) == [("part-0.parquet", "old")]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith((".old-", ".staging-"))] == []
+
+
 def test_many_writers_never_overlap(tmp_path):
     """Eight threads replacing one target: at most one inside at any time (the lock file is
     deleted and re-created between holders), and the target ends whole."""

@@ -39,7 +39,8 @@ from jobs.core.tables import DatasetTables
 from jobs.core.warehouse import date_range, parse_date
 from jobs.evaluate.stage import evaluate_partition
 from jobs.score.stage import score_partition
-from jobs.validate.stage import checked_status, validate_partition
+from jobs.validate.scorable import checked_status
+from jobs.validate.stage import validate_partition
 from schemas.spec import DatasetSpec
 
 STATUSES = ("scored", "skipped", "failed", "not_run")

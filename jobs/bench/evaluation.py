@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from jobs.core.config import JobConfig
-from jobs.core.spark import get_spark
+from jobs.core.spark import default_parallelism, get_spark
 from jobs.core.warehouse import Warehouse
 from jobs.evaluate.metrics import compute_metrics
 
@@ -94,6 +94,6 @@ def run_evaluation_bench(cfg: JobConfig, rows: int) -> dict[str, Any]:
         "sklearn_sample_rows_approx": int(rows * sample_fraction),
         "click_auc_ours": our_auc, "click_auc_mllib": mllib_auc,
         "mllib_auc_abs_diff": abs(our_auc - mllib_auc),
-        "spark_cores": spark.sparkContext.defaultParallelism,
+        "spark_cores": default_parallelism(spark),
         "shuffle_partitions": spark.conf.get("spark.sql.shuffle.partitions"),
     }

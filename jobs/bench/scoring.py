@@ -26,8 +26,9 @@ from jobs.bench.common import (
     reference_artifact,
     results_path,
 )
+from jobs.bench.connect import connect_columns
 from jobs.core.config import JobConfig
-from jobs.core.spark import get_spark, session_conf
+from jobs.core.spark import default_parallelism, get_spark, session_conf
 from jobs.core.warehouse import Warehouse, parquet_files, read_table, replacing
 from jobs.runtime.udf import mmoe_udf
 from jobs.score.catalog import (
@@ -112,7 +113,9 @@ def _with_arity(fn: Callable, arity: int) -> Callable:
 
 
 def bench_scoring(cfg: JobConfig, rows: int | None = None, results: Path | None = None,
-                  record: bool = True) -> dict[str, Any]:
+                  record: bool = True, connect: str | None = None) -> dict[str, Any]:
+    """Every scoring method on the same data and model; with ``connect`` (a Spark Connect URL)
+    also both readers from a Connect client of that server (:mod:`jobs.bench.connect`)."""
     rows = rows or 1_000_000
     cfg = _bench_config(cfg)
     spec = load_spec("synth")
@@ -123,18 +126,22 @@ def bench_scoring(cfg: JobConfig, rows: int | None = None, results: Path | None 
     spark = get_spark(cfg.spark)
     batch = cfg.scoring.batch_size
     with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(batch)}):
-        return _scoring_runs(spark, cfg, spec, part, files, artifact, rows, batch, results,
-                             record)
+        result = _scoring_runs(spark, cfg, spec, part, files, artifact, rows, batch)
+    if connect:
+        result.update(connect_columns(connect, cfg, part, model_dir, rows, result))
+    if record:
+        _append_doc(results_path(cfg, results), f"scoring, {rows:,} rows", result)
+    return result
 
 
-def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows: int, batch: int,
-                  results: Path | None, record: bool) -> dict[str, Any]:
+def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows: int,
+                  batch: int) -> dict[str, Any]:
     import torch
     from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    cores = spark.sparkContext.defaultParallelism
+    cores = default_parallelism(spark)
     out_root = Warehouse(cfg.warehouse).scratch("bench-out")
     features = spread_partitions(spark, spark.read.parquet(str(part)))
     scored_at = dt.datetime.now(dt.timezone.utc)
@@ -222,8 +229,6 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
         "ours_peak_python_worker_rss_mib": round(rss.peak_mib, 1),
         **_machine(),
     }
-    if record:
-        _append_doc(results_path(cfg, results), f"scoring, {rows:,} rows", result)
     return result
 
 
@@ -308,7 +313,7 @@ def bench_catalog(cfg: JobConfig, rows: int | None = None, results: Path | None 
         with replacing(users_dir) as staging:
             staging.mkdir(parents=True, exist_ok=True)
             pq.write_table(all_users.slice(0, n_users), staging / "part-0.parquet",
-                           row_group_size=max(1, n_users // spark.sparkContext.defaultParallelism))
+                           row_group_size=max(1, n_users // default_parallelism(spark)))
     users = spark.read.parquet(str(users_dir))
     items_df = spark.read.parquet(str(wh.catalog(spec.name, "items")))
     top_items = top_items_frame(items_df, spec, items).toArrow()
@@ -328,7 +333,7 @@ def bench_catalog(cfg: JobConfig, rows: int | None = None, results: Path | None 
                               str(cfg.scoring.batch_size)}):
         # warm-up, untimed: a Python worker per core started, torch imported, model cached there
         # (both paths then find them warm)
-        warm = spread_partitions(spark, users.limit(16 * spark.sparkContext.defaultParallelism))
+        warm = spread_partitions(spark, users.limit(16 * default_parallelism(spark)))
         recommend_grid(spark, warm, top_items, files, artifact, spec, cfg, scored_at,
                        top_k).write.mode("overwrite").parquet(str(out_root / "catalog-warmup"))
         factored_seconds, _ = _timed(lambda: factored().write.mode("overwrite").parquet(
@@ -350,7 +355,7 @@ def bench_catalog(cfg: JobConfig, rows: int | None = None, results: Path | None 
     result = {
         "bench": "catalog", "rows": pairs, "users": n_users, "items": top_items.num_rows,
         "top_k": top_k, "batch_size": cfg.scoring.batch_size,
-        "spark_cores": spark.sparkContext.defaultParallelism,
+        "spark_cores": default_parallelism(spark),
         "factored_seconds": round(factored_seconds, 3),
         "factored_pairs_per_s": round(pairs / factored_seconds),
         "rows_seconds": round(rows_seconds, 3),

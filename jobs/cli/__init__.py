@@ -8,6 +8,9 @@ one-line error goes to stderr. Only this package exits.
 
 from __future__ import annotations
 
+import sys
+
+import typer
 import typer.main
 
 from jobs.cli import backfill, bench, compare, data, demo, models, nightly, train  # noqa: F401  (registers the commands)
@@ -39,5 +42,18 @@ def command_line(path: list[str], **options: object) -> list[str]:
     return head + list(path) + tail
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """The console script: the app without click's standalone mode, so a mistyped flag or a
+    missing option is one plain ``error:`` line on stderr (exit 2), not Typer's box."""
+    try:
+        code = app(args=argv, prog_name="mmoe", standalone_mode=False)
+    except typer.Abort:
+        print("error: stopped by SIGINT (interrupted)", file=sys.stderr)
+        sys.exit(130)
+    except typer.TyperException as exc:  # click's UsageError / ClickException (typer's own copy)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        if exc.format_message():  # empty: a group called bare, its help already printed
+            print(f"error: {exc.format_message()}{hint}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)

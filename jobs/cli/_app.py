@@ -26,7 +26,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 data_app = typer.Typer(no_args_is_help=True, help="Write the features and labels tables.")
 app.add_typer(data_app, name="data")
 models_app = typer.Typer(no_args_is_help=True,
-                         help="The model registry in the warehouse: register, promote, list.")
+                         help="The model registry in the warehouse: register, promote, list, "
+                              "import, export (ONNX).")
 app.add_typer(models_app, name="models")
 
 MODEL_HELP = ("Model: an artifact directory, a registered version, or @alias (the promotion of "
@@ -37,10 +38,11 @@ MODEL_HELP = ("Model: an artifact directory, a registered version, or @alias (th
 class Globals:
     config: Optional[Path]
     warehouse: Optional[str]
+    remote: Optional[str] = None
 
     def job_config(self) -> JobConfig:
         return load_config(None if self.config is None else local_path(self.config, "--config"),
-                           self.warehouse)
+                           self.warehouse, self.remote)
 
 
 @app.callback()
@@ -52,8 +54,11 @@ def _globals(
     warehouse: Optional[str] = typer.Option(None, "--warehouse", envvar="MMOE_WAREHOUSE",
                                             help="Warehouse root (a path or file:// URI); "
                                                  "overrides the config's."),
+    remote: Optional[str] = typer.Option(None, "--remote", envvar="SPARK_REMOTE",
+                                         help="Spark Connect server (sc://HOST:PORT); overrides "
+                                              "the config's spark.remote. Unset: classic Spark."),
 ) -> None:
-    ctx.obj = Globals(config, warehouse)
+    ctx.obj = Globals(config, warehouse, remote)
 
 
 def run_command(ctx: typer.Context, job: str, dataset: str, ds: Optional[str],
@@ -64,7 +69,9 @@ def run_command(ctx: typer.Context, job: str, dataset: str, ds: Optional[str],
     exc = outcome.error
     # The error line first, then the manifest: under spark-submit, Spark's PythonRunner merges
     # the Python driver's stderr into its stdout, and the manifest must stay the last line.
-    if exc is not None and not isinstance(exc, KeyboardInterrupt):
+    if exc is None:
+        print_summary(outcome.result)
+    if exc is not None:
         print(f"error: {error_line(exc)}", file=sys.stderr, flush=True)
     print(outcome.manifest.to_json(), flush=True)
     if exc is None:
@@ -72,6 +79,15 @@ def run_command(ctx: typer.Context, job: str, dataset: str, ds: Optional[str],
     if isinstance(exc, KeyboardInterrupt):
         raise typer.Exit(130)
     raise typer.Exit(getattr(exc, "exit_code", 1))
+
+
+def print_summary(result: object) -> None:
+    """A finished job's few lines for people, on stderr (stdout ends with the manifest): the
+    result's ``summary()`` when it has one."""
+    summary = getattr(result, "summary", None)
+    text = summary() if callable(summary) else None
+    if text:
+        print(text, file=sys.stderr, flush=True)
 
 
 def exit_on_error(exc: BaseException) -> None:

@@ -14,6 +14,7 @@ from jobs.cli._app import (
     run_command,
     spark_session,
 )
+from jobs.core import precheck
 from jobs.core.config import JobConfig
 from jobs.core.modelref import ModelRef
 from jobs.core.warehouse import date_range
@@ -35,6 +36,7 @@ def backfill(
         days = date_range(start, end)
         spec = load_dataset_spec(dataset)
         target = ModelRef.parse(model)
+        precheck.model_known(cfg, spec.name, end, target)  # before the JVM starts
         # deferred: pyspark, torch, GX (CLI start-up)
         from jobs.backfill.stage import backfill_range, day_line, summary_table
 

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from jobs.cli._app import app, check_choice, exit_on_error
+from jobs.core.errors import InputError
 
 BENCHES = ("scoring", "evaluation", "validation", "scaling", "compare", "catalog")
 
@@ -21,6 +22,9 @@ def bench(
     results: Optional[Path] = typer.Option(
         None, "--results", help="Markdown file to append the results to "
                                 "(default: <warehouse>/_bench/benchmarks.md)."),
+    connect: Optional[str] = typer.Option(
+        None, "--connect", help="scoring: also time both readers from a client of this Spark "
+                                "Connect server (sc://HOST:PORT)."),
 ) -> None:
     """Benchmark a stage; prints one JSON object as the last line and appends it to --results."""
     try:
@@ -28,7 +32,10 @@ def bench(
         cfg = ctx.obj.job_config()
         from jobs import bench as bench_mod  # deferred: pyspark, torch (CLI start-up)
 
-        result = getattr(bench_mod, f"bench_{which}")(cfg, rows, results)
+        extra = {"connect": connect} if connect else {}
+        if connect and which != "scoring":
+            raise InputError("--connect applies to `mmoe bench scoring` only")
+        result = getattr(bench_mod, f"bench_{which}")(cfg, rows, results, **extra)
     except Exception as exc:
         exit_on_error(exc)
     print(json.dumps(result, default=str))

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from jobs.cli._app import app, load_dataset_spec, run_command, spark_session
+from jobs.core import precheck
 from jobs.core.config import JobConfig
 from jobs.core.errors import RegressionDetected
 from jobs.core.modelref import ModelRef
@@ -34,6 +35,7 @@ def compare(
         date_range(start, end)
         base, cand = ModelRef.parse(baseline), ModelRef.parse(candidate)
         spec = load_dataset_spec(dataset)
+        precheck.different_models(cfg, spec.name, end, base, cand)  # before the JVM starts
         # deferred: pyspark (CLI start-up)
         from jobs.compare.stage import compare_models
 

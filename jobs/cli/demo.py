@@ -1,8 +1,9 @@
 """`make demo`: the whole nightly flow on the embedded default config.
 
 generate synth days → train a small MMoE on all but the last day → validate → score → evaluate
-the last day → print a per-task metrics table and where every output is. Each step prints its
-run manifest, exactly as the CLI does.
+the last day → print a per-task metrics table, where every output is, and what to run next.
+Each step is run and recorded exactly as the CLI runs a job (its manifest goes to ``_runs/``,
+whose path is printed once); the screen gets one line per step.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from pathlib import Path
 import typer
 
 from jobs.cli._app import app, exit_on_error
+from jobs.core import metric_registry
 from jobs.core.config import JobConfig, load_config
 from jobs.core.errors import MmoeError
 from jobs.core.manifest import RunManifest, error_line, run_job
-from jobs.core.tables import table
 from jobs.core.warehouse import Warehouse, date_range
 
 
@@ -31,14 +32,18 @@ def _step(name: str, dataset: str, ds: str, cfg: JobConfig, body,
           label: str | None = None) -> RunManifest:
     """One step, run and recorded exactly as the CLI runs a job (:func:`run_job`)."""
     started = time.perf_counter()
-    print(f"\n== {label or name} ({dataset}, ds={ds})", flush=True)
     outcome = run_job(name, dataset, ds, lambda: cfg, lambda cfg, run_id: body())
-    print(outcome.manifest.to_json(), flush=True)
+    m = outcome.manifest
     if outcome.error is not None:
-        raise DemoFailed(f"demo step {name} failed: {error_line(outcome.error)}") \
-            from outcome.error
-    print(f"   {label or name}: {time.perf_counter() - started:.1f}s", flush=True)
-    return outcome.manifest
+        raise DemoFailed(f"demo step {name} failed: {error_line(outcome.error)} "
+                         f"(manifest: {m.manifest_path})") from outcome.error
+    counts = f"{m.input_rows:,} rows in, {m.output_rows:,} out"
+    if m.quarantined_rows:
+        counts += f", {m.quarantined_rows:,} quarantined"
+    model = f", model {m.model_version}" if m.model_version else ""
+    print(f"== {label or name:<16} ds={ds}  {counts}{model}  "
+          f"({time.perf_counter() - started:.1f}s)", flush=True)
+    return m
 
 
 def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
@@ -59,6 +64,8 @@ def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
     train_end, last = days[-2] if len(days) > 1 else days[-1], days[-1]
     model_dir = Warehouse(cfg.warehouse).beside("artifacts", f"{demo.dataset}-{demo.arch}")
     runs: dict[str, RunManifest] = {}
+    print(f"mmoe demo: {spec.name}, {demo.days} days of {demo.rows_per_day:,} rows; every step's "
+          f"run manifest goes to {Warehouse(cfg.warehouse).runs_dir(spec.name)}", flush=True)
     runs["data"] = _step("data-synth", spec.name, days[0], cfg, lambda: generate_synth(
         cfg, days[0], demo.days, demo.rows_per_day, seed=demo.seed))
     runs["train"] = _step("train", spec.name, train_end, cfg, lambda: train_model(
@@ -80,15 +87,17 @@ def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
 def _print_summary(spark, cfg: JobConfig, spec, ds: str, runs: dict[str, RunManifest]) -> None:
     from pyspark.sql import functions as F
 
+    from jobs.core.tables import table  # deferred: pyspark (CLI start-up)
+
     wh = Warehouse(cfg.warehouse)
+    shown = metric_registry.names("size", "quality")
     metrics = (table(cfg, spec.name, "metrics", spark).read(spark, ds)
                .where(F.col("segment") == "all")
-               .where(F.col("metric").isin("auc", "gauc", "logloss", "ne", "calibration", "pr_auc", "positives", "count"))
+               .where(F.col("metric").isin(*shown))
                .groupBy("task").pivot("metric").agg(F.first("value"))
                .toPandas().set_index("task").reindex(spec.task_names))
-    cols = [c for c in ("count", "positives", "auc", "gauc", "pr_auc", "logloss", "ne", "calibration")
-            if c in metrics.columns]
-    for col in ("count", "positives"):
+    cols = [c for c in shown if c in metrics.columns]
+    for col in metric_registry.names("size"):
         if col in metrics.columns:
             metrics[col] = metrics[col].astype("int64")
     print(f"\n== Offline metrics, {spec.name} ds={ds}, model {runs['score'].model_version}")
@@ -102,12 +111,21 @@ def _print_summary(spark, cfg: JobConfig, spec, ds: str, runs: dict[str, RunMani
                  "recommendations", "_runs"):
         print(f"   {name:<16} {wh.table(spec.name, name)}")
     print(f"   model artifact   {runs['train'].outputs.get('artifact')}")
+    print("\n== What next")
+    print("   real data: the README's census example (mmoe data census, then train, validate, "
+          "score, evaluate)")
+    print("   A/B: train a second model, score it for the same days, then mmoe compare "
+          "--baseline A --candidate B (README, 'Offline A/B')")
+    print("   every night: airflow_dags/ (validate -> score champion and challengers -> "
+          "evaluate), and mmoe backfill for a range of days")
 
 
 def _print_recommendations(spark, cfg: JobConfig, spec, ds: str, run: RunManifest, users: int = 3,
                            k: int = 3) -> None:
     """The top items of a few users from the catalog run's recommendations partition."""
     from pyspark.sql import functions as F
+
+    from jobs.core.tables import table  # deferred: pyspark (CLI start-up)
 
     cat = spec.catalog
     recs = table(cfg, spec.name, "recommendations", spark).read(spark, ds,
@@ -125,7 +143,7 @@ def _print_recommendations(spark, cfg: JobConfig, spec, ds: str, run: RunManifes
 
 def _print_gates(spark, cfg: JobConfig, spec, ds: str, model_dir: Path, rows: int = 5000) -> None:
     """Which experts each task's gate uses, on a sample of the scored day (in-process)."""
-    from jobs.validate.stage import passed_rows
+    from jobs.validate.scorable import passed_rows
     from mmoe_model.artifact import ModelArtifact
     from mmoe_model.gates import gate_summary
 

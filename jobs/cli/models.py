@@ -1,4 +1,5 @@
-"""`mmoe models register | promote | list`: the model registry in the warehouse."""
+"""`mmoe models register | promote | list | import | export`: the model registry in the
+warehouse, and ONNX graphs in and out of it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from jobs.core.registry import (
     artifact_dataset,
     find_dataset,
     format_table,
+    import_model,
     list_models,
     promote_model,
     register_model,
@@ -21,15 +23,20 @@ from jobs.core.registry import (
 from jobs.core.warehouse import safe_name
 
 
+# Shared by register and import (typer reads the defaults; they are never mutated).
+ALIAS = typer.Option(None, "--alias", help="Also promote it to this alias.")
+EFFECTIVE = typer.Option(None, "--effective",
+                         help="With --alias: first ds it is in force (default: today, UTC).")
+REASON = typer.Option(None, "--reason", help="Why (kept in the history).")
+
+
 @models_app.command("register")
 def models_register(
     ctx: typer.Context,
     directory: Path = typer.Argument(..., help="Model artifact directory."),
-    alias: Optional[str] = typer.Option(None, "--alias", help="Also promote it to this alias."),
-    effective: Optional[str] = typer.Option(None, "--effective",
-                                            help="With --alias: first ds it is in force "
-                                                 "(default: today, UTC)."),
-    reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the history)."),
+    alias: Optional[str] = ALIAS,
+    effective: Optional[str] = EFFECTIVE,
+    reason: Optional[str] = REASON,
 ) -> None:
     """Copy an artifact into its dataset's registry (content-addressed) and record it."""
     def body(cfg: JobConfig, run_id: str):
@@ -57,6 +64,48 @@ def models_promote(
         return dataset or find_dataset(ctx.obj.job_config(), safe_name(version, "version"))
 
     _registry_job(ctx, "models-promote", which_dataset, body)
+
+
+@models_app.command("import")
+def models_import(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="The model file (an ONNX graph)."),
+    fmt: str = typer.Option(..., "--format", help="onnx"),
+    dataset: str = typer.Option(..., "--dataset", help="The dataset whose spec it scores."),
+    alias: Optional[str] = ALIAS,
+    effective: Optional[str] = EFFECTIVE,
+    reason: Optional[str] = REASON,
+) -> None:
+    """Check an ONNX multi-task graph against the dataset's spec, wrap it in the artifact format
+    and register it (inputs: spec feature columns; outputs: p_<task> or [N, T] probabilities)."""
+    def body(cfg: JobConfig, run_id: str):
+        return import_model(cfg, file, fmt, dataset, alias, effective, reason)
+
+    _registry_job(ctx, "models-import", lambda: safe_name(dataset, "--dataset"), body)
+
+
+@models_app.command("export")
+def models_export(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., help="An artifact directory, a registered version, or "
+                                          "@alias."),
+    fmt: str = typer.Option(..., "--format", help="onnx"),
+    out: Path = typer.Option(..., "--out", help="The ONNX file to write."),
+    dataset: Optional[str] = typer.Option(None, "--dataset",
+                                          help="Needed only when several datasets hold MODEL."),
+    ds: Optional[str] = typer.Option(None, "--ds", help="For @alias: the ds whose promotion "
+                                                        "(default: today, UTC)."),
+) -> None:
+    """Write the whole model (feature encoding included) as one ONNX graph with the contract's
+    inputs and outputs."""
+    # Deferred: the exporter imports torch and onnx; `mmoe models --help` stays instant.
+    from jobs.runtime.onnx import export_dataset, export_model
+
+    def body(cfg: JobConfig, run_id: str):
+        return export_model(cfg, model, fmt, out, dataset, ds)
+
+    _registry_job(ctx, "models-export",
+                  lambda: export_dataset(ctx.obj.job_config(), model, dataset), body)
 
 
 @models_app.command("list")

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from jobs.cli._app import MODEL_HELP, app, load_dataset_spec, run_command, spark_session
+from jobs.core import precheck
 from jobs.core.config import JobConfig
 from jobs.core.modelref import ModelRef
 
@@ -23,6 +24,7 @@ def validate(
     """Validate a features partition with the Great Expectations suite derived from the spec."""
     def body(cfg: JobConfig, run_id: str):
         spec = load_dataset_spec(dataset)
+        precheck.features_present(cfg, spec.name, ds, "validate")  # before the JVM starts
         # deferred: pyspark, GX (start-up)
         from jobs.validate.stage import validate_partition
 
@@ -45,6 +47,9 @@ def score(
     def body(cfg: JobConfig, run_id: str):
         spec = load_dataset_spec(dataset)
         target = ModelRef.parse(model)
+        precheck.model_known(cfg, spec.name, ds, target)  # before the JVM starts
+        if not catalog:
+            precheck.features_present(cfg, spec.name, ds, "score")
         # deferred: pyspark, torch (start-up)
         from jobs.score.catalog import score_catalog
         from jobs.score.stage import score_partition

@@ -29,10 +29,11 @@ import pyarrow as pa
 from scipy import sparse
 
 from jobs.compare import stats
+from jobs.core import metric_registry
+from jobs.core.metric_registry import Sums
 from mmoe_model.hashing import splitmix64
 from schemas.tables import ddl_arrow_schema
 
-METRIC_ORDER = ("auc", "gauc", "pr_auc", "logloss", "ne", "calibration")
 LOGIT_STEP = 0.05                     # PR-AUC bootstrap bins, in logit units
 LOGIT_RANGE = 16.0
 PLOT_BINS = 100                       # equal-width score bins for the report's figures
@@ -44,6 +45,8 @@ RECORD_SCHEMA = ("task string, scope string, segment string, metric string, meth
 
 
 N_LOGIT_BINS = int(2 * LOGIT_RANGE / LOGIT_STEP) + 1
+# bootstrapped from per-user sums (registry formulas, as evaluate); auc by DeLong, pr_auc on bins
+SUM_METRICS = tuple(m for m in metric_registry.COMPARED if m not in ("auc", "pr_auc"))
 
 
 def _logit_bin(s: np.ndarray) -> np.ndarray:
@@ -82,13 +85,10 @@ class _Arm:
 def _sum_metrics(S: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(baseline, candidate) values per replicate row of the per-pair sums S (see _level_sums)."""
     w, wy = S[:, 0], S[:, 1]
-    out = {m: (stats.metric_from_sums(m, w, wy, S[:, 2], S[:, 4]),
-               stats.metric_from_sums(m, w, wy, S[:, 3], S[:, 5]))
-           for m in ("logloss", "ne", "calibration")}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out["gauc"] = (np.where(S[:, 8] > 0, S[:, 6] / S[:, 8], np.nan),
-                       np.where(S[:, 8] > 0, S[:, 7] / S[:, 8], np.nan))
-    return out
+    arms = [metric_registry.values(Sums(w, wy, p_sum=S[:, 2 + a], logloss_sum=S[:, 4 + a],
+                                        gauc_sum=S[:, 6 + a], gauc_rows=S[:, 8]), SUM_METRICS)
+            for a in (0, 1)]
+    return {m: (arms[0][m], arms[1][m]) for m in SUM_METRICS}
 
 
 @dataclass
@@ -226,21 +226,8 @@ def group_records(pdf: pd.DataFrame, segments: list[str], replicates: int, seed:
 # Verdicts and the decision (driver side, on the small report)
 
 
-def is_better(metric: str, baseline: float, candidate: float) -> bool:
-    if metric in ("logloss", "ne"):
-        return candidate < baseline
-    if metric == "calibration":
-        return abs(candidate - 1.0) < abs(baseline - 1.0)
-    return candidate > baseline
-
-
-def regression(metric: str, baseline: float, candidate: float) -> float:
-    """How much worse the candidate is (positive = worse), in the metric's own units."""
-    if metric in ("logloss", "ne"):
-        return candidate - baseline
-    if metric == "calibration":
-        return abs(candidate - 1.0) - abs(baseline - 1.0)
-    return baseline - candidate
+is_better = metric_registry.is_better      # direction from the registry
+regression = metric_registry.regression    # how much worse (positive = worse)
 
 
 def verdict(metric: str, row: dict, alpha: float) -> str:
@@ -253,7 +240,14 @@ def verdict(metric: str, row: dict, alpha: float) -> str:
 def finish_report(records: pd.DataFrame, method: str, alpha: float) -> pd.DataFrame:
     """Adjusted p-values over every test of the report, and a verdict per row."""
     rows = records[records["metric"] != "plot"].copy()
-    rows["p_value_adjusted"] = stats.adjust_pvalues(rows["p_value"].to_numpy(dtype=float), method)
+    p = rows["p_value"].to_numpy(dtype=float)
+    rows["p_value_adjusted"] = stats.adjust_pvalues(p, method)
+    # The interval adjusted to the same multiplicity as the verdict (stats.adjusted_levels):
+    # it excludes 0 exactly when the verdict is a difference; ci_low / ci_high stay the raw 95 %.
+    level = stats.adjusted_levels(p, method, alpha)
+    rows["ci_level_adjusted"] = 1.0 - level
+    rows["ci_low_adjusted"], rows["ci_high_adjusted"] = stats.normal_interval(
+        rows["delta"].to_numpy(dtype=float), rows["se"].to_numpy(dtype=float), level)
     rows["verdict"] = [verdict(m, r, alpha) for m, r in zip(rows["metric"], rows.to_dict("records"))]
     return rows.reset_index(drop=True)
 
@@ -264,6 +258,7 @@ class Decision:
     tasks: dict[str, str]                      # task -> better | worse | no_difference
     reasons: list[str] = field(default_factory=list)
     broken_guardrails: list[str] = field(default_factory=list)
+    guardrails_by_task: dict[str, list[str]] = field(default_factory=dict)  # task -> broken ones
 
     def as_dict(self) -> dict:
         return {"ship": self.ship, "tasks": self.tasks, "reasons": self.reasons,
@@ -280,7 +275,7 @@ def decide(report: pd.DataFrame, decision_metrics: list[str], guardrails, tasks:
     breaks and at least one task is better."""
     pooled = report[(report["scope"] == "all") & (report["segment"] == "all")]
     by = {(r["task"], r["metric"]): r for r in pooled.to_dict("records")}
-    verdicts, reasons, broken = {}, [], []
+    verdicts, reasons, broken, by_task = {}, [], [], {}
     for task in tasks:
         v = [by[(task, m)]["verdict"] for m in decision_metrics if (task, m) in by]
         verdicts[task] = "worse" if "worse" in v else "better" if "better" in v else "no_difference"
@@ -298,9 +293,12 @@ def decide(report: pd.DataFrame, decision_metrics: list[str], guardrails, tasks:
             worse_by = regression(g.metric, r["baseline_value"], r["candidate_value"])
             limit = g.max_regression * (abs(r["baseline_value"]) if g.relative else 1.0)
             if worse_by > limit:
-                broken.append(f"{task}: {g.metric} regressed by {_fmt(worse_by)} "
-                              f"(> {'relative ' if g.relative else ''}limit {_fmt(limit)})")
+                what = (f"{g.metric} regressed by {_fmt(worse_by)} "
+                        f"(> {'relative ' if g.relative else ''}limit {_fmt(limit)})")
+                broken.append(f"{task}: {what}")
+                by_task.setdefault(task, []).append(what)
     ship = not broken and "worse" not in verdicts.values() and "better" in verdicts.values()
     if not any(v == "better" for v in verdicts.values()):
         reasons.append("no task is significantly better")
-    return Decision(ship, verdicts, reasons + [f"guardrail broken: {b}" for b in broken], broken)
+    return Decision(ship, verdicts, reasons + [f"guardrail broken: {b}" for b in broken], broken,
+                    by_task)

@@ -15,7 +15,11 @@ import math
 import numpy as np
 import pandas as pd
 
-METRICS = ("auc", "gauc", "pr_auc", "logloss", "ne", "calibration")
+from jobs.core import metric_registry
+from jobs.validate.drift import DriftRow
+from jobs.validate.report import CSS as VALIDATION_CSS
+from jobs.validate.report import render_drift_rows
+
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px 32px;color:#1d2330;max-width:1300px}
 h1{font-size:22px;margin-bottom:4px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #dde;padding-bottom:4px}
@@ -25,9 +29,10 @@ h1{font-size:22px;margin-bottom:4px}h2{font-size:18px;margin-top:28px;border-bot
 table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #d8dbe3;padding:4px 8px;text-align:right}
 th{background:#f2f4f8}td.l,th.l{text-align:left}
 .better{background:#dff3e4}.worse{background:#fbe3e4}.no_difference{color:#5a6275}
+.raw{color:#8a90a0}td{white-space:nowrap}
 .figs{display:flex;flex-wrap:wrap;gap:8px}.figs img{border:1px solid #e5e7ee;max-width:100%}
 ul{margin-top:4px}
-"""
+""" + "\n".join(line for line in VALIDATION_CSS.splitlines() if line.startswith((".bar", ".ok-bar", "svg.spark")))
 
 
 def _f(x, digits: int = 4) -> str:
@@ -164,21 +169,71 @@ def _gate_figure(gates: dict) -> str:
 
 def _verdict_table(rows: pd.DataFrame, label_col: str) -> str:
     head = (f"<tr><th class=l>{label_col}</th><th class=l>metric</th><th>baseline</th><th>candidate</th>"
-            "<th>delta</th><th>95% CI</th><th>p</th><th>p adjusted</th><th>n</th><th class=l>verdict</th></tr>")
+            "<th>delta</th><th>adjusted CI (level)</th><th>p adjusted</th><th class=l>verdict</th>"
+            "<th class=raw>raw 95% CI</th><th class=raw>raw p</th><th>n</th></tr>")
     body = []
     for r in rows.to_dict("records"):
         body.append(
             f"<tr class={_esc(r['verdict'])}><td class=l>{_esc(r[label_col])}</td><td class=l>{_esc(r['metric'])}</td>"
             f"<td>{_f(r['baseline_value'])}</td><td>{_f(r['candidate_value'])}</td><td>{_f(r['delta'], 3)}</td>"
-            f"<td>[{_f(r['ci_low'], 3)}, {_f(r['ci_high'], 3)}]</td><td>{_f(r['p_value'], 3)}</td>"
-            f"<td>{_f(r['p_value_adjusted'], 3)}</td><td>{r['n']}</td>"
-            f"<td class=l>{_esc(r['verdict']).replace('_', ' ')}</td></tr>")
+            f"<td>{_interval(r, '_adjusted')} ({_level(r.get('ci_level_adjusted'))})</td>"
+            f"<td>{_f(r['p_value_adjusted'], 3)}</td>"
+            f"<td class=l>{_esc(r['verdict']).replace('_', ' ')}</td>"
+            f"<td class=raw>{_interval(r, '')}</td><td class=raw>{_f(r['p_value'], 3)}</td>"
+            f"<td>{r['n']}</td></tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
 
+def _interval(r: dict, suffix: str) -> str:
+    return f"[{_f(r.get('ci_low' + suffix), 3)}, {_f(r.get('ci_high' + suffix), 3)}]"
+
+
+def _level(level) -> str:
+    """A confidence level as a percentage with the digits it needs (95%, 99.6%, 99.93%)."""
+    if level is None or not np.isfinite(level):
+        return "n/a"
+    digits = max(0, int(np.ceil(-np.log10(max(1.0 - level, 1e-12)))) - 1)
+    return f"{100 * level:.{digits}f}%"
+
+
+INTERVALS_NOTE = (
+    "Adjusted CI: the interval at the same multiplicity as the verdict, so it excludes 0 exactly "
+    "when the verdict is a difference (Benjamini-Hochberg: Benjamini-Yekutieli false-coverage-rate "
+    "intervals, level 1 - R&alpha;/m for R differences among m tests; Holm: the level of its "
+    "step-down). Raw 95% CI and raw p: one test alone, not adjusted; do not read a verdict "
+    "from them.")
+
+
+def _guardrails(d, task: str) -> str:
+    broken = getattr(d, "guardrails_by_task", {}).get(task, [])
+    return ("<b>broken</b>: " + _esc("; ".join(broken))) if broken else "ok"
+
+
 def _ordered(rows: pd.DataFrame) -> pd.DataFrame:
-    order = {m: i for i, m in enumerate(METRICS)}
-    return rows.assign(_m=rows["metric"].map(order)).sort_values(["task", "segment", "_m"]).drop(columns="_m")
+    return rows.assign(_m=rows["metric"].map(metric_registry.rank)).sort_values(["task", "segment", "_m"]).drop(columns="_m")
+
+
+def _drift_section(result) -> str:
+    """Per arm: its last day's prediction drift rows (bar per task column, coloured by
+    threshold) and each column's PSI over the range's days (small line)."""
+    out = []
+    for arm, version in (("baseline", result.baseline), ("candidate", result.candidate)):
+        rows = getattr(result, "prediction_drift", {}).get(arm) or []
+        if not rows:
+            continue
+        last = max(r["ds"] for r in rows)
+        history: dict[str, list] = {}
+        for r in sorted(rows, key=lambda r: r["ds"]):
+            if r["statistic"] == "psi":
+                history.setdefault(r["feature"], []).append((r["ds"], r["value"]))
+        today = [DriftRow(r["feature"], r["statistic"], r["value"], r["threshold"], r["drifted"],
+                          r["reference"], r["reference_days"], r["model_version"])
+                 for r in rows if r["ds"] == last]
+        drifted = sorted({r["feature"] + " on " + r["ds"] for r in rows if r["drifted"]})
+        note = (f"{arm} {version}, ds={last}: "
+                + (f"drifted: {', '.join(drifted)}" if drifted else "no drifted day in the range"))
+        out.append(render_drift_rows(today, history, note))
+    return "".join(out)
 
 
 def render_html(result) -> str:
@@ -196,8 +251,10 @@ def render_html(result) -> str:
         f"{_esc(', '.join(result.segments) or 'none')}</p>",
         f"<div class='verdict {ship[0]}'>{ship[1]}</div>",
         "<ul>" + "".join(f"<li>{_esc(r)}</li>" for r in d.reasons) + "</ul>",
-        "<h2>Per task</h2><table><tr><th class=l>task</th><th class=l>verdict</th></tr>"
-        + "".join(f"<tr class={_esc(v)}><td class=l>{_esc(t)}</td><td class=l>{_esc(v).replace('_', ' ')}</td></tr>"
+        "<h2>Per task</h2><table><tr><th class=l>task</th><th class=l>verdict</th>"
+        "<th class=l>guardrails</th></tr>"
+        + "".join(f"<tr class={_esc(v)}><td class=l>{_esc(t)}</td><td class=l>{_esc(v).replace('_', ' ')}</td>"
+                  f"<td class=l>{_guardrails(d, t)}</td></tr>"
                   for t, v in d.tasks.items()) + "</table>",
         "<h2>Pairing</h2><table>"
         + "".join(f"<tr><th class=l>{_esc(k.replace('_', ' '))}</th><td>{v}</td></tr>" for k, v in
@@ -229,8 +286,12 @@ def render_html(result) -> str:
         parts += ["<h2>Gates</h2>", "<ul>" + "".join(f"<li>{_esc(x)}</li>" for x in flags) + "</ul>"
                   if flags else "<p>No collapsed gate, no dead expert.</p>",
                   f"<div class=figs>{_gate_figure(result.gates)}</div>"]
+    drift = _drift_section(result)
+    if drift:
+        parts += ["<h2>Prediction drift (score distribution vs the arm's trailing days)</h2>", drift]
     parts.append("<p class=sub>AUC: DeLong's test (exact). Other metrics: paired bootstrap clustered "
-                 "by user, normal interval. p-values adjusted over every test in this report.</p>")
+                 "by user, normal interval. p-values adjusted over every test in this report. "
+                 f"{INTERVALS_NOTE}</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -241,15 +302,19 @@ def render_markdown(result) -> str:
     lines = [f"### A/B `{result.candidate}` vs `{result.baseline}` ({result.dataset}, "
              f"{result.start}..{result.end}): **{'SHIP' if d.ship else 'DO NOT SHIP'}**", ""]
     lines += [f"- {r}" for r in d.reasons] + [""]
-    lines += ["| task | verdict | AUC (base -> cand) | delta AUC [95% CI] | logloss delta [95% CI] |",
-              "|---|---|---|---|---|"]
+    lines += ["| task | verdict | guardrails | AUC (base -> cand) | delta AUC [adjusted CI] "
+              "| logloss delta [adjusted CI] |", "|---|---|---|---|---|---|"]
     for t, v in d.tasks.items():
         rows = {r["metric"]: r for r in pooled[pooled["task"] == t].to_dict("records")}
         a, ll = rows.get("auc"), rows.get("logloss")
         auc = f"{_f(a['baseline_value'])} -> {_f(a['candidate_value'])}" if a else "n/a"
-        da = f"{_f(a['delta'], 3)} [{_f(a['ci_low'], 3)}, {_f(a['ci_high'], 3)}]" if a else "n/a"
-        dl = f"{_f(ll['delta'], 3)} [{_f(ll['ci_low'], 3)}, {_f(ll['ci_high'], 3)}]" if ll else "n/a"
-        lines.append(f"| {t} | {v.replace('_', ' ')} | {auc} | {da} | {dl} |")
+        da = f"{_f(a['delta'], 3)} {_interval(a, '_adjusted')}" if a else "n/a"
+        dl = f"{_f(ll['delta'], 3)} {_interval(ll, '_adjusted')}" if ll else "n/a"
+        broken = getattr(d, "guardrails_by_task", {}).get(t, [])
+        lines.append(f"| {t} | {v.replace('_', ' ')} | {'broken: ' + '; '.join(broken) if broken else 'ok'} "
+                     f"| {auc} | {da} | {dl} |")
+    lines += ["", "Adjusted CI: at the verdicts' multiplicity (it excludes 0 exactly when the verdict "
+              "is a difference); the report's tables show the raw 95% CI beside it."]
     p = result.pairing
     lines += ["", f"Paired rows: {p.paired_rows} ({p.labelled_rows} labelled); baseline only: "
               f"{p.baseline_only_rows}; candidate only: {p.candidate_only_rows}; paired without "

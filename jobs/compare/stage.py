@@ -36,7 +36,9 @@ from jobs.compare.records import (
     group_records_arrow,
 )
 from jobs.compare.report import render_html, render_markdown
+from jobs.core import metric_registry
 from jobs.core.config import JobConfig
+from jobs.core.drift_table import version_drift
 from jobs.core.errors import InputError, MissingInputError
 from jobs.core.manifest import RunRecord
 from jobs.core.modelref import ModelRef
@@ -61,6 +63,9 @@ AB_SCHEMA = pa.schema([
     ("verdict", pa.string()), ("n", pa.int64()), ("day", pa.date32()),
     # beyond the contract
     ("method", pa.string()), ("se", pa.float64()), ("start", pa.date32()), ("end", pa.date32()),
+    # the interval adjusted to the verdict's multiplicity (jobs.compare.stats.adjusted_levels)
+    ("ci_low_adjusted", pa.float64()), ("ci_high_adjusted", pa.float64()),
+    ("ci_level_adjusted", pa.float64()),
 ])
 
 
@@ -95,6 +100,7 @@ class CompareResult:
     decision: Decision
     gates: dict | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    prediction_drift: dict[str, list[dict]] = field(default_factory=dict)  # arm -> drift rows
 
     def record(self):
         return RunRecord(
@@ -306,8 +312,10 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
         gates = {role: gate_diagnostics(frame, tasks) for role, frame in
                  (("baseline", base), ("candidate", cand))}
 
+    drift = {arm: version_drift(tb["drift"], v, days)
+             for arm, v in (("baseline", baseline), ("candidate", candidate))}
     result = CompareResult(spec.name, baseline, candidate, start, end, segments, days, pairing,
-                           table, plots, decision, gates)
+                           table, plots, decision, gates, prediction_drift=drift)
     with tb.wh.ab_report_lock(spec.name, baseline, candidate, start, end,
                               wait_seconds=cfg.locks.wait_seconds,
                               poll_seconds=cfg.locks.poll_seconds):
@@ -321,9 +329,8 @@ def ab_table(report: pd.DataFrame, baseline: str, candidate: str, start: str, en
     out["day"] = [None if s == "all" else pd.Timestamp(s).date() for s in out["scope"]]
     out["start"], out["end"] = pd.Timestamp(start).date(), pd.Timestamp(end).date()
     out["n"] = out["n"].astype("int64")
-    order = {m: i for i, m in enumerate(("auc", "gauc", "pr_auc", "logloss", "ne", "calibration"))}
     out = out.assign(_d=out["day"].map(lambda d: "" if d is None else str(d)),
-                     _m=out["metric"].map(order), _s=out["segment"] != "all")
+                     _m=out["metric"].map(metric_registry.rank), _s=out["segment"] != "all")
     out = out.sort_values(["_d", "task", "_s", "segment", "_m"]).reset_index(drop=True)
     return out[[f.name for f in AB_SCHEMA]]
 

@@ -14,7 +14,11 @@ the Spark stage (``jobs.compare.stage``) only moves data to these functions on t
   replicates). The interval is the normal bootstrap interval (delta +- z * bootstrap SE) and the
   p-value its two-sided normal counterpart, so interval and p-value always agree and p-values
   keep their resolution below 1/replicates (needed once they are adjusted for multiplicity).
-- **Multiplicity**: Holm (family-wise error) or Benjamini-Hochberg (false discovery rate).
+- **Multiplicity**: Holm (family-wise error) or Benjamini-Hochberg (false discovery rate),
+  and intervals adjusted to the same multiplicity (:func:`adjusted_levels`), so a row's
+  adjusted interval excludes 0 exactly when its adjusted p-value is below alpha: for BH the
+  Benjamini-Yekutieli (2005) false-coverage-rate intervals (level 1 - R alpha / m for R
+  rejections among m tests), for Holm the level each row was tested at by the step-down.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr, ndtri
 
+from jobs.core import metric_registry
+from jobs.core.metric_registry import Sums
 from mmoe_model.hashing import splitmix64, value_hash64
 
 EPS = 1e-15
@@ -259,19 +265,11 @@ def logloss_terms(y: np.ndarray, p: np.ndarray) -> np.ndarray:
 def metric_from_sums(metric: str, w: np.ndarray, wy: np.ndarray, wp: np.ndarray,
                      wll: np.ndarray) -> np.ndarray:
     """logloss, ne or calibration from (weighted) counts, positives, score sums and log-loss
-    sums; NaN where undefined (as in ``jobs.evaluate.metrics``)."""
-    w, wy, wp, wll = (np.asarray(a, dtype=np.float64) for a in (w, wy, wp, wll))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logloss = np.where(w > 0, wll / w, np.nan)
-        if metric == "logloss":
-            return logloss
-        if metric == "ne":
-            rate = wy / w
-            entropy = -(rate * np.log(rate) + (1.0 - rate) * np.log(1.0 - rate))
-            return np.where((wy > 0) & (wy < w), logloss / entropy, np.nan)
-        if metric == "calibration":
-            return np.where(wy > 0, wp / wy, np.nan)
-    raise ValueError(f"unknown sum metric {metric!r}")
+    sums; NaN where undefined. The formulas are the registry's (``jobs.core.metric_registry``),
+    the ones ``jobs.evaluate.metrics`` uses."""
+    if metric not in ("logloss", "ne", "calibration"):
+        raise ValueError(f"unknown sum metric {metric!r}")
+    return metric_registry.values(Sums(w, wy, p_sum=wp, logloss_sum=wll), [metric])[metric]
 
 
 def grouped_auc(code: np.ndarray, y: np.ndarray, s: np.ndarray, groups: int,
@@ -303,12 +301,17 @@ def average_precision(pos: np.ndarray, count: np.ndarray) -> np.ndarray:
 # Multiplicity
 
 
+def _tests(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The p-values as floats, an all-NaN output of their shape, the indices of the tests
+    (finite p-values; NaN is no test)."""
+    p = np.asarray(p, dtype=np.float64)
+    return p, np.full(p.shape, np.nan), np.flatnonzero(np.isfinite(p))
+
+
 def adjust_pvalues(p: np.ndarray, method: str) -> np.ndarray:
     """Holm's step-down or Benjamini-Hochberg's step-up adjusted p-values; NaN stays NaN and
     does not count as a test."""
-    p = np.asarray(p, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    idx = np.flatnonzero(np.isfinite(p))
+    p, out, idx = _tests(p)
     k = len(idx)
     if not k:
         return out
@@ -323,6 +326,45 @@ def adjust_pvalues(p: np.ndarray, method: str) -> np.ndarray:
         raise ValueError(f"unknown adjustment {method!r} (holm or bh)")
     out[order] = adj
     return out
+
+
+def adjusted_levels(p: np.ndarray, method: str, alpha: float) -> np.ndarray:
+    """Per test, the miscoverage level of its multiplicity-adjusted interval (NaN where p is).
+
+    - ``bh``: Benjamini & Yekutieli (2005), "False discovery rate-adjusted multiple confidence
+      intervals for selected parameters": with R of the m tests rejected by BH at ``alpha``,
+      every interval at level 1 - max(R, 1) alpha / m. The rejected have p < R alpha / m (their
+      intervals exclude 0) and the others p >= (R + 1) alpha / m (theirs include it); the
+      selected intervals keep the false coverage rate at or below alpha.
+    - ``holm``: the level the step-down tested each row at: alpha / (m - r + 1) for the rejected
+      r-th smallest p-value, alpha / (m - R) for every row not rejected.
+
+    So with a normal interval (delta +- z(1 - level / 2) se, the p-value its counterpart), the
+    adjusted interval excludes 0 exactly when ``adjust_pvalues(p, method) < alpha``.
+    """
+    p, out, idx = _tests(p)
+    m = len(idx)
+    if not m:
+        return out
+    rejected = adjust_pvalues(p, method)[idx] < alpha
+    r = int(rejected.sum())
+    if method == "bh":
+        out[idx] = max(r, 1) * alpha / m
+    elif method == "holm":
+        rank = np.empty(m, dtype=np.int64)  # 1-based position among the sorted p-values
+        rank[np.argsort(p[idx], kind="stable")] = np.arange(1, m + 1)
+        out[idx] = np.where(rejected, alpha / (m - rank + 1), alpha / max(m - r, 1))
+    else:
+        raise ValueError(f"unknown adjustment {method!r} (holm or bh)")
+    return out
+
+
+def normal_interval(delta: np.ndarray, se: np.ndarray, level: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """delta -+ z(1 - level / 2) se: the interval of :func:`_normal_test` at another level."""
+    z = ndtri(1.0 - np.asarray(level, dtype=np.float64) / 2.0)
+    delta, se = np.asarray(delta, dtype=np.float64), np.asarray(se, dtype=np.float64)
+    return delta - z * se, delta + z * se
 
 
 def replicate_sums(cluster: np.ndarray, values: np.ndarray, hashes: np.ndarray, replicates: int,

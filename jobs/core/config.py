@@ -12,6 +12,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from jobs.core.errors import ConfigError, InputError
+from jobs.core.metric_registry import COMPARED
 from jobs.core.warehouse import local_path
 from mmoe_model.config import ModelConfig, TrainConfig
 from mmoe_model.errors import ModelConfigError
@@ -24,6 +25,7 @@ DEFAULT_CONFIG = importlib.resources.files("jobs.core") / "default_config.yaml"
 class SparkConfig:
     master: str = "local[*]"
     app_name: str = "mmoe"
+    remote: str | None = None  # sc://HOST:PORT: a Spark Connect server (then master is not used)
     conf: dict[str, str] = field(default_factory=dict)
 
 
@@ -35,6 +37,25 @@ class ValidationConfig:
     on_extra_columns: Literal["fail", "ignore"] = "fail"
 
 
+DRIFT_STATISTICS = ("psi", "js", "null_share")
+
+
+@dataclass
+class DriftConfig:
+    """Feature and prediction drift (jobs/validate/drift.py): against the trailing
+    ``reference_days`` validated days; a statistic over its threshold drifts its feature."""
+
+    enabled: bool = True
+    reference_days: int = 7
+    thresholds: dict[str, float] = field(default_factory=lambda: {
+        "psi": 0.2, "js": 0.1, "null_share": 0.05})
+    on_drift: Literal["warn", "fail"] = "warn"
+    bins: int = 10
+    skip_ids: bool = True          # hashed id features (no vocabulary): not compared
+    id_buckets: int = 64           # with skip_ids false: ids compared over pmod(id, id_buckets)
+    skip: list[str] = field(default_factory=list)   # feature names never compared
+
+
 @dataclass
 class CatalogConfig:
     top_k: int = 20
@@ -44,6 +65,9 @@ class CatalogConfig:
     method: Literal["factored", "rows"] = "factored"
 
 
+RUNTIMES = ("torch", "onnxruntime")  # scoring.runtime (jobs/runtime/onnx.py)
+
+
 @dataclass
 class ScoringConfig:
     validate_inline: bool = False
@@ -51,6 +75,7 @@ class ScoringConfig:
     batch_size: int = 8192
     threads_per_task: int = 0
     pipeline: bool = True
+    runtime: Literal["torch", "onnxruntime"] = "torch"
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
 
 
@@ -96,15 +121,11 @@ class TrainingConfig:
                        epochs=self.optimiser.epochs if epochs is None else epochs)
 
 
-METRIC_DIRECTIONS = {"auc": "higher", "gauc": "higher", "pr_auc": "higher", "logloss": "lower",
-                     "ne": "lower", "calibration": "closer_to_1"}
-
-
 @dataclass(frozen=True)
 class Guardrail:
     """TFMA-style change threshold: the candidate may not be worse than the baseline by more than
     ``max_regression`` (absolute, or relative to the baseline value) on the pooled, all-segment
-    value of a task. Which way is worse comes from the metric (METRIC_DIRECTIONS)."""
+    value of a task. Which way is worse comes from the metric (``jobs.core.metric_registry``)."""
 
     metric: str
     max_regression: float
@@ -124,8 +145,8 @@ class CompareConfig:
         out = []
         for metric, raw in self.guardrails.items():
             where = f"config.compare.guardrails.{metric}"
-            if metric not in METRIC_DIRECTIONS:
-                raise ConfigError(f"{where}: unknown metric (one of {', '.join(METRIC_DIRECTIONS)})")
+            if metric not in COMPARED:
+                raise ConfigError(f"{where}: unknown metric (one of {', '.join(COMPARED)})")
             if not isinstance(raw, dict) or set(raw) - {"max_regression", "relative"} \
                     or "max_regression" not in raw:
                 raise ConfigError(f"{where}: must be a mapping with max_regression (and relative)")
@@ -213,6 +234,7 @@ class JobConfig:
     warehouse: Path = Path("warehouse")
     spark: SparkConfig = field(default_factory=SparkConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -222,8 +244,10 @@ class JobConfig:
     tables: dict[str, dict[str, TableMapping]] = field(default_factory=dict)
 
 
-def load_config(path: str | Path | None = None, warehouse: str | Path | None = None) -> JobConfig:
-    """Read a config file (default: the embedded demo config); ``warehouse`` overrides its root."""
+def load_config(path: str | Path | None = None, warehouse: str | Path | None = None,
+                remote: str | None = None) -> JobConfig:
+    """Read a config file (default: the embedded demo config); ``warehouse`` overrides its root,
+    ``remote`` (a Spark Connect URL) its ``spark.remote``."""
     path = Path(path) if path else DEFAULT_CONFIG
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -241,6 +265,8 @@ def load_config(path: str | Path | None = None, warehouse: str | Path | None = N
     elif "warehouse" in raw:
         cfg.warehouse = _local(raw["warehouse"], "config.warehouse")
     cfg.warehouse = Path(cfg.warehouse).expanduser().resolve()
+    if remote:
+        cfg.spark.remote = remote
     _check(cfg)
     return cfg
 
@@ -344,6 +370,9 @@ def _check(cfg: JobConfig) -> None:
         raise ConfigError("validation.max_bad_row_fraction must be within [0, 1]")
     if cfg.scoring.reader not in ("direct", "spark"):
         raise ConfigError("scoring.reader must be 'direct' or 'spark'")
+    if cfg.scoring.runtime not in RUNTIMES:
+        raise ConfigError(f"scoring.runtime must be one of {', '.join(RUNTIMES)}; "
+                          f"got {cfg.scoring.runtime!r}")
     if cfg.scoring.batch_size < 1:
         raise ConfigError("scoring.batch_size must be >= 1")
     if cfg.scoring.catalog.top_k < 1 or cfg.scoring.catalog.max_items_per_user < 1:
@@ -355,6 +384,21 @@ def _check(cfg: JobConfig) -> None:
     if cfg.locks.poll_seconds <= 0:
         raise ConfigError("locks.poll_seconds must be > 0")
     _check_compare(cfg.compare)
+    _check_drift(cfg.drift)
+
+
+def _check_drift(d: DriftConfig) -> None:
+    if d.reference_days < 1:
+        raise ConfigError("drift.reference_days must be >= 1")
+    if d.bins < 2 or d.id_buckets < 2:
+        raise ConfigError("drift.bins and drift.id_buckets must be >= 2")
+    unknown = sorted(set(d.thresholds) - set(DRIFT_STATISTICS))
+    if unknown:
+        raise ConfigError(f"drift.thresholds: unknown statistic(s) {unknown} (one of "
+                          f"{', '.join(DRIFT_STATISTICS)})")
+    bad = [k for k, v in d.thresholds.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0]
+    if bad:
+        raise ConfigError(f"drift.thresholds.{bad[0]}: must be a number >= 0, got {d.thresholds[bad[0]]!r}")
 
 
 def _check_compare(c: CompareConfig) -> None:
@@ -364,8 +408,8 @@ def _check_compare(c: CompareConfig) -> None:
         raise ConfigError("compare.alpha must be within (0, 1)")
     if c.adjustment not in ("bh", "holm"):
         raise ConfigError("compare.adjustment must be 'bh' or 'holm'")
-    unknown = [m for m in c.decision_metrics if m not in METRIC_DIRECTIONS]
+    unknown = [m for m in c.decision_metrics if m not in COMPARED]
     if unknown or not c.decision_metrics:
         raise ConfigError(f"compare.decision_metrics must name metrics among "
-                          f"{', '.join(METRIC_DIRECTIONS)}; got {c.decision_metrics}")
+                          f"{', '.join(COMPARED)}; got {c.decision_metrics}")
     c.guardrail_list()

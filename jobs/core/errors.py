@@ -17,6 +17,11 @@ class ConfigError(MmoeError):
     exit_code = 2
 
 
+class SparkUnavailable(MmoeError):
+    """The Spark Connect server named by ``spark.remote`` / ``SPARK_REMOTE`` / ``--remote``
+    cannot be reached (refused, timed out, not a Connect server)."""
+
+
 class InputError(MmoeError):
     """Bad command-line input (dates, paths, names), refused before any work."""
 
@@ -60,3 +65,17 @@ class RegressionDetected(MmoeError):
     written; the exit status lets a DAG or CI gate on it."""
 
     exit_code = 3
+
+
+class JobStopped(BaseException):
+    """The job was sent SIGTERM or SIGINT (Airflow's timeout or mark-failed, ``kill``, Ctrl-C).
+
+    A ``BaseException`` like ``KeyboardInterrupt``: no ``except Exception`` in a stage, and none
+    in py4j (which wraps the ``Exception``s raised under a JVM call), turns it into another
+    error. Raised by :mod:`jobs.core.signals`; the exit status is 128 + the signal's number."""
+
+    def __init__(self, signum: int, name: str) -> None:
+        super().__init__(f"stopped by {name}: its Spark jobs were cancelled and nothing it was "
+                         f"writing was kept")
+        self.signum, self.signal_name = signum, name
+        self.exit_code = 128 + signum

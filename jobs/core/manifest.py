@@ -12,13 +12,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import signal
 import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol
 
-from jobs.core.errors import MmoeError
+from jobs.core import signals
+from jobs.core.errors import JobStopped, MmoeError
 from jobs.core.warehouse import Warehouse, parse_date, safe_name, write_json
 from mmoe_model.errors import MmoeModelError
 
@@ -97,14 +99,22 @@ def error_line(exc: BaseException) -> str:
     """The one line a failure is reported with: the message of our typed errors, else the
     exception's type and first line."""
     text = str(exc).strip().splitlines()
-    if isinstance(exc, MmoeError) or _is_model_error(exc):
+    if isinstance(exc, (MmoeError, JobStopped)) or _is_model_error(exc) or _is_ours(exc):
         return text[0] if text else type(exc).__name__
     if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
+        return "stopped by SIGINT (interrupted)"
     cause = spark_task_failure(str(exc))
     if cause:
-        return f"{type(exc).__name__}: {cause}"
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+        return cause
+    # a bug: the type name is part of what a person needs to report it
+    return (f"unexpected {type(exc).__name__} (the traceback is in the manifest): "
+            f"{text[0] if text else ''}").rstrip(": ")
+
+
+def _is_ours(exc: BaseException) -> bool:
+    """An exception class of this project (e.g. ``schemas.spec.SpecError``): its message is
+    written for people, without a class-name prefix."""
+    return type(exc).__module__.split(".")[0] in ("jobs", "schemas", "mmoe_model")
 
 
 _PY_EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Fault|Exit)): (.*)$")
@@ -134,7 +144,7 @@ def _is_model_error(exc: BaseException) -> bool:
 
 def is_expected(exc: BaseException) -> bool:
     """Our typed errors (a one-line cause is the whole story) vs bugs worth a traceback."""
-    return isinstance(exc, (MmoeError, KeyboardInterrupt)) or _is_model_error(exc)
+    return isinstance(exc, (MmoeError, JobStopped, KeyboardInterrupt)) or _is_model_error(exc)
 
 
 @dataclass
@@ -152,21 +162,31 @@ def run_job(job: str, dataset: str, ds: str | None, prepare: Callable[[], Any],
     fails: there is no warehouse yet); ``body(cfg, run_id)`` runs the stage and returns its
     result. The manifest is written under ``<wh>/<dataset>/_runs/`` once the config is known.
     Exceptions (``KeyboardInterrupt`` included) are returned, never raised: the caller decides
-    how to report them.
+    how to report them. SIGTERM and SIGINT stop the job as a ``JobStopped`` failure
+    (:mod:`jobs.core.signals`): whatever the clean-up raised after the signal, the manifest and
+    the error name the signal, and the driver JVM is stopped before the caller prints.
     """
     manifest = RunManifest(job=job, dataset=dataset, ds=ds)
     runs_dir: Path | None = None
     outcome = Outcome(manifest)
     try:
-        if ds is not None:
-            parse_date(ds, "--ds")
-        cfg = prepare()
-        safe_name(dataset, "--dataset")
-        runs_dir = Warehouse(cfg.warehouse).runs_dir(dataset)
-        outcome.result = body(cfg, manifest.run_id)
-        manifest.apply(outcome.result.record())
-        manifest.status = "succeeded"
+        with signals.stop_on_signals():
+            if ds is not None:
+                parse_date(ds, "--ds")
+            cfg = prepare()
+            safe_name(dataset, "--dataset")
+            runs_dir = Warehouse(cfg.warehouse).runs_dir(dataset)
+            outcome.result = body(cfg, manifest.run_id)
+            manifest.apply(outcome.result.record())
+            manifest.status = "succeeded"
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a manifest
+        stopped_by = signals.received()
+        if stopped_by is not None and not isinstance(exc, JobStopped):
+            # a clean-up step failed after the signal (e.g. the JVM got it too): the signal is
+            # what happened
+            exc = JobStopped(getattr(signal, stopped_by), stopped_by)
+        if isinstance(exc, (JobStopped, KeyboardInterrupt)):
+            signals.stop_spark()
         outcome.error = exc
         manifest.apply_error(exc)
         if not is_expected(exc):  # a bug: keep the traceback in the manifest, not on stderr

@@ -41,6 +41,7 @@ from jobs.core.warehouse import (
     append_json_line,
     parse_date,
     read_files,
+    read_bytes,
     read_json_lines,
     safe_name,
     sha256_hex,
@@ -249,11 +250,22 @@ class RegistryResult:
     sha256: str
     events: list[dict[str, Any]]  # what was appended (empty: already registered, no alias)
     artifact: Path
+    note: str | None = None       # a no-op says so: "... already registered ...: nothing to do"
 
     def record(self) -> RunRecord:
+        details: dict[str, Any] = {"action": self.action, "events": self.events}
+        if self.note:
+            details["note"] = self.note
         return RunRecord(model_version=self.version, model_sha256=self.sha256,
-                         outputs={"artifact": str(self.artifact)},
-                         details={"action": self.action, "events": self.events})
+                         outputs={"artifact": str(self.artifact)}, details=details)
+
+    def summary(self) -> str:
+        """The line a person reads on stderr."""
+        if self.note:
+            return self.note
+        return "; ".join(f"registered {e['version']}" if e["event"] == "register" else
+                         f"@{e['alias']} -> {e['version']} from {e['effective']}"
+                         for e in self.events)
 
 
 def _event(kind: str, reason: str | None, **fields: Any) -> dict[str, Any]:
@@ -275,9 +287,48 @@ def register_model(cfg: JobConfig, directory: Path, alias: str | None = None,
     ``alias``, promote it too. Refuses an artifact that fails verification or whose spec differs
     from the dataset's current spec (``SpecMismatch``)."""
     # deferred: torch (see directory_choice)
-    from mmoe_model.artifact import ModelArtifact, read_artifact_files
+    from mmoe_model.artifact import read_artifact_files
 
-    files = read_artifact_files(directory)
+    return register_files(cfg, read_artifact_files(directory), str(Path(directory).resolve()),
+                          alias, effective, reason)
+
+
+IMPORT_FORMATS = ("onnx",)
+
+
+def import_model(cfg: JobConfig, path: Path, fmt: str, dataset: str, alias: str | None = None,
+                 effective: str | None = None, reason: str | None = None) -> RegistryResult:
+    """``mmoe models import``: check an ONNX graph against ``dataset``'s spec, wrap it in the
+    artifact format (checksums, spec, who / when / source / why in metrics.json) and register
+    it (and promote it to ``alias``). Importing the same graph again for the same spec finds
+    the same version and records no second registration."""
+    # deferred: torch and onnx (see directory_choice)
+    from mmoe_model.artifact import build_imported_files
+
+    if fmt not in IMPORT_FORMATS:
+        raise InputError(f"--format must be one of {', '.join(IMPORT_FORMATS)}; got {fmt!r}")
+    if alias is not None:
+        safe_name(alias, "--alias")
+    if effective is not None:
+        parse_date(effective, "--effective")
+    spec = load_spec(safe_name(dataset, "--dataset"))
+    data = read_bytes(Path(path), "models import FILE")
+    source = str(Path(path).resolve())
+    files = build_imported_files(data, spec, {
+        "by": getpass.getuser(), "at": utc_now(), "source": source,
+        "source_sha256": sha256_hex(data), "reason": reason, "format": fmt})
+    return register_files(cfg, files, source, alias, effective, reason, reuse_version=True)
+
+
+def register_files(cfg: JobConfig, files: dict[str, bytes], source: str, alias: str | None = None,
+                   effective: str | None = None, reason: str | None = None,
+                   reuse_version: bool = False) -> RegistryResult:
+    """Register artifact ``files`` (see :func:`register_model`). ``reuse_version``: a version
+    already registered with other metadata (an imported graph imported again: same graph and
+    spec, another who / when) is the registered one, not a conflict."""
+    # deferred: torch (see directory_choice)
+    from mmoe_model.artifact import ModelArtifact
+
     artifact = ModelArtifact.from_files(files)         # verifies every checksum and the version
     dataset = artifact.spec.name
     artifact.check_spec(load_spec(dataset))            # the data it will score must fit it
@@ -288,27 +339,46 @@ def register_model(cfg: JobConfig, directory: Path, alias: str | None = None,
                  poll_seconds=cfg.locks.poll_seconds):
         registry = Registry.read(wh, dataset)
         known = registry.models.get(artifact.model_version)
-        if known is not None and known.sha256 != artifact.sha256:
-            raise RegistryError(f"model version {artifact.model_version} is already registered "
-                                f"for {dataset} with checksum {known.sha256[:12]}…; this artifact's "
-                                f"is {artifact.sha256[:12]}… (same weights, other metadata)")
-        target = wh.registry_artifact(dataset, artifact.sha256)
-        write_files_once(target, files)
-        registry_files = read_files(target)
-        problem = artifact_problem(registry_files, artifact.sha256)
+        # The version fingerprints what the model computes (config, spec, normalisation,
+        # weights): the same version is the same model, even when its metadata (metrics.json:
+        # training metrics, an import's who / when) differs; the registered copy is kept and
+        # nothing is recorded (so ``reuse_version`` is now what every registration does).
+        sha256 = known.sha256 if known is not None else artifact.sha256
+        target = wh.registry_artifact(dataset, sha256)
+        if known is None:
+            write_files_once(target, files)
+        problem = artifact_problem(read_files(target), sha256)
         if problem:  # the copy must read back exactly before the history points at it
-            raise RegistryError(f"copying {directory} into the registry failed: {problem}")
+            raise RegistryError(f"copying {source} into the registry failed: {problem}"
+                                if known is None else
+                                f"the stored artifact of {known.version} was tampered with: "
+                                f"{problem} ({target})")
         events = []
         if known is None:
             events.append(_event("register", reason, version=artifact.model_version,
-                                 sha256=artifact.sha256, arch=artifact.arch,
-                                 source=str(Path(directory).resolve())))
+                                 sha256=sha256, arch=artifact.arch, source=source))
         if alias is not None:
-            events.append(_promotion_event(alias, artifact.model_version, effective, reason))
+            promotion = _promotion_event(alias, artifact.model_version, effective, reason)
+            if not _already_in_force(registry, promotion):
+                events.append(promotion)
         for event in events:
             append_json_line(wh.registry_history(dataset), event)
-    return RegistryResult("register", dataset, artifact.model_version, artifact.sha256, events,
-                          target)
+    note = None
+    if not events:
+        note = (f"{artifact.model_version} is already registered for {dataset}"
+                + (f" and @{alias} already points at it from that date" if alias else "")
+                + ": nothing to do")
+    return RegistryResult("register", dataset, artifact.model_version, sha256, events, target,
+                          note)
+
+
+def _already_in_force(registry: Registry, promotion: dict[str, Any]) -> bool:
+    """The alias's latest promotion for that effective date already names that version: a
+    repeated ``register --alias`` (a DAG's second pass) records nothing."""
+    same_day = [p for p in registry.promotions
+                if p.alias == promotion["alias"] and p.effective == promotion["effective"]]
+    return bool(same_day) and max(same_day, key=lambda p: p.sequence).version == \
+        promotion["version"]
 
 
 def _promotion_event(alias: str, version: str, effective: str | None,

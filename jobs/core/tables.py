@@ -50,6 +50,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from jobs.core.config import JobConfig, TableMapping
 from jobs.core.errors import MissingInputError, TableError
+from jobs.core.spark import read_partition
 from jobs.core.warehouse import (
     Warehouse,
     fingerprint,
@@ -58,9 +59,9 @@ from jobs.core.warehouse import (
     read_footers,
     remove,
     replacing,
+    require_columns,
     safe_name,
-    spark_paths,
-    write_bytes_atomic,
+    write_bytes,
 )
 
 # Tables a job config may map to the catalog (CONTRACT.md); ``catalog`` is the path twin's
@@ -110,9 +111,10 @@ class Table:
         """Where a partition lives, for messages and manifests."""
         raise NotImplementedError
 
-    def preflight(self, output: bool = False) -> None:
+    def preflight(self, output: bool = False, columns: list[str] | None = None) -> None:
         """Refuse a table the job cannot use before any work: an input must exist, an
-        output may be missing (it is created on first write); both partitioned as mapped."""
+        output may be missing (it is created on first write); both partitioned as mapped; an
+        existing output holding other data ``columns`` than the stage writes is refused."""
 
     def exists(self, ds: str | None = None, **more: str) -> bool:
         raise NotImplementedError
@@ -162,21 +164,18 @@ class Table:
         return frame.select(*columns)
 
     def _require(self, present: list[str], columns: list[str] | None, ds: str | None,
-                 more: dict[str, str]) -> None:
-        """The one column check of a read: a missing column names the table and partition."""
-        missing = [c for c in (columns or []) if c not in present]
-        if missing:
-            raise MissingInputError(f"{self.table} at {self.where(ds, **more)} lacks column(s) "
-                                    f"{missing}", details={"path": self.where(ds, **more)})
+                 more: dict[str, str], error: type[Exception] = MissingInputError) -> None:
+        """The one column check of a read (:func:`require_columns`, naming table and partition)."""
+        require_columns(present, columns or [], self.table, self.where(ds, **more), error)
 
     def read_arrow(self, ds: str | None = None, columns: list[str] | None = None,
-                   **more: str) -> pa.Table:
+                   error: type[Exception] = MissingInputError, **more: str) -> pa.Table:
         """A (small) partition read on the driver with pyarrow, checked like :meth:`read`."""
         files = self.files(ds, **more)
         if not files:
             raise MissingInputError(f"{self.dataset} {self.table}: no partition "
                                     f"{self.where(ds, **more)}")
-        self._require(read_footers(files)[0].names, columns, ds, more)
+        self._require(read_footers(files)[0].names, columns, ds, more, error)
         return open_dataset(files).to_table(columns=columns)
 
     @contextmanager
@@ -228,9 +227,7 @@ class PathTable(Table):
         return fingerprint(self.path(ds, **more))
 
     def _spark_frame(self, spark, part, schema):
-        paths = spark_paths(self.path(part.ds, **dict(part.more)))
-        reader = spark.read if schema is None else spark.read.schema(schema)
-        return reader.parquet(*paths)
+        return read_partition(spark, self.path(part.ds, **dict(part.more)), schema=schema)
 
     @contextmanager
     def writing(self, spark, ds=None, **more):
@@ -303,13 +300,27 @@ class CatalogTable(Table):
         self._check_partitioning(schema)
         return schema
 
-    def preflight(self, output=False):
+    def preflight(self, output=False, columns=None):
         schema = self._existing()
         if schema is None and output:
             return
         if schema is None:
             self.check()
         self._check_partitioning(schema)
+        if output and columns is not None:
+            self._check_columns(schema, list(columns))
+
+    def _data_columns(self, schema: T.StructType) -> list[str]:
+        return [f.name for f in schema.fields if f.name not in self.partition_columns()]
+
+    def _check_columns(self, schema: T.StructType, written: list[str]) -> None:
+        """The rows a stage writes must have exactly the table's data columns."""
+        data_cols = self._data_columns(schema)
+        missing = [c for c in data_cols if c not in written]
+        extra = [c for c in written if c not in data_cols]
+        if missing or extra:
+            raise TableError(f"{self.dataset} {self.table}: catalog table {self.name}'s columns "
+                             f"disagree with the spec: missing {missing}, unexpected {extra}")
 
     def _check_partitioning(self, schema: T.StructType) -> None:
         if self._checked:
@@ -436,7 +447,7 @@ class CatalogTable(Table):
         twin = PathTable(self.wh, self.dataset, self.table).path(part.ds, **dict(part.more))
         twin.mkdir(parents=True, exist_ok=True)
         for path in extras:
-            write_bytes_atomic(twin / path.name, path.read_bytes())
+            write_bytes(twin / path.name, path.read_bytes())
 
     def _insert(self, spark: SparkSession, staging: Path, part: Partition) -> None:
         files = [str(p) for p in parquet_files(staging)]
@@ -452,12 +463,8 @@ class CatalogTable(Table):
         if existing is None:
             self._create(spark, frame.schema)
             existing = self.check()
-        data_cols = [f.name for f in existing.fields if f.name not in self.partition_columns()]
-        missing = [c for c in data_cols if c not in frame.columns]
-        extra = [c for c in frame.columns if c not in data_cols]
-        if missing or extra:
-            raise TableError(f"{self.dataset} {self.table}: catalog table {self.name}'s columns "
-                             f"disagree with the spec: missing {missing}, unexpected {extra}")
+        self._check_columns(existing, frame.columns)
+        data_cols = self._data_columns(existing)
         view = f"mmoe_staged_{uuid.uuid4().hex[:12]}"
         frame.select(*data_cols).createOrReplaceTempView(view)
         values = ([] if part.ds is None else [(self.ds_column, part.ds)]) + list(part.more)
@@ -556,8 +563,11 @@ class DatasetTables:
             self._cache[name] = table(self.cfg, self.dataset, name, self.spark)
         return self._cache[name]
 
-    def preflight(self, inputs: tuple[str, ...] = (), outputs: tuple[str, ...] = ()) -> None:
+    def preflight(self, inputs: tuple[str, ...] = (), outputs: tuple[str, ...] = (),
+                  columns: dict[str, list[str]] | None = None) -> None:
+        """``columns``: the data columns a stage writes into an output (checked against an
+        existing catalog table before any work)."""
         for name in inputs:
             self[name].preflight(output=False)
         for name in outputs:
-            self[name].preflight(output=True)
+            self[name].preflight(output=True, columns=(columns or {}).get(name))

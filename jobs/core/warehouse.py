@@ -38,7 +38,7 @@ then ``staging → target``.
 
 - a crash while the body writes, or after it wrote but before the first rename (point
   ``staged``): the previous content is in place, untouched, plus hidden staging debris;
-- a crash between the two renames (point ``swapping``): no ``target`` (a reader sees the
+- a crash between the two renames (points ``swapping`` and ``renaming``): no ``target`` (a reader sees the
   partition as absent, never half of it) but a complete ``.old-`` copy, which the next
   :func:`replacing` of that target (or :func:`recover`) renames back before doing anything else;
 - a crash after the second rename: the new content is in place; the ``.old-`` copy is debris.
@@ -54,7 +54,8 @@ lock (at most its hidden, unlocked file, which the next run removes).
 Test hook (off by default, for the kill tests only): with ``MMOE_TEST_PAUSE_AT=<point>`` (or
 ``<point>@<table>``, e.g. ``staged@predictions``) and ``MMOE_TEST_PAUSE_DIR=<dir>``,
 :func:`replacing` touches ``<dir>/<point>`` when it reaches that point and then sleeps (up to
-10 minutes) so that a test can ``kill -9`` the process there. Points: ``staged``, ``swapping``.
+10 minutes) so that a test can ``kill -9`` the process there. Points: ``staged``, ``swapping``
+(right after the old copy is renamed away), ``renaming`` (right before the new one is renamed in).
 """
 
 from __future__ import annotations
@@ -73,17 +74,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from jobs.core.errors import InputError
+from jobs.core import signals
+from jobs.core.errors import InputError, MissingInputError
 from jobs.core.locks import partition_lock
 
 TABLES = ("features", "labels", "predictions", "quarantine", "metrics", "ab_reports",
           "validation", "recommendations", "catalog", "candidates", "models", "_runs", "_locks",
-          "_checkpoints")
+          "_checkpoints", "drift")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 HIDDEN = (".", "_")  # staging / old copies, Spark's _temporary, _SUCCESS, .crc files
 STATUS_FILE = "status.json"
 SCORE_STAMP = "_scored.json"  # in a predictions partition: what it was scored from (hidden name)
+PREDICTION_PROFILE = "_drift_profile.json"  # in a predictions partition: its score distribution (drift)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -313,6 +316,14 @@ def spark_paths(directory: Path) -> list[str]:
     return [str(p) for p in files]
 
 
+def require_columns(present: list[str], columns: list[str], what: str, where: Path | str,
+                    error: type[Exception] = MissingInputError) -> None:
+    """The one column check of a partition read: ``error`` naming what lacks which columns."""
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise error(f"{what} at {where} lacks column(s) {missing}", details={"path": str(where)})
+
+
 def discard_hidden(directory: Path) -> None:
     """Delete the hidden files directly in ``directory`` (partial files of failed task attempts
     in a staging directory); data files are untouched."""
@@ -463,10 +474,12 @@ def replacing(target: Path) -> Iterator[Path]:
             staging.mkdir(parents=True, exist_ok=True)
             _pause_point("staged", target)
             old = _sibling(target, "old", token)
-            if target.exists():
-                target.rename(old)
-                _pause_point("swapping", target)
-            staging.rename(target)
+            with signals.deferred():  # a SIGTERM waits until the two renames are done
+                if target.exists():
+                    target.rename(old)
+                    _pause_point("swapping", target)
+                _pause_point("renaming", target)  # the last moment before the new copy goes in
+                staging.rename(target)
             shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -487,11 +500,11 @@ def remove(target: Path) -> None:
 
 def write_text(path: Path, text: str) -> Path:
     """Write a small text file (an HTML report) atomically (temporary name, then rename)."""
-    return write_bytes_atomic(path, text.encode())
+    return write_bytes(path, text.encode())
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write a small file atomically (temporary name, then rename)."""
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write a file (an exported model) atomically (temporary name, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -503,7 +516,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
 def write_json(path: Path, payload: Any, indent: int | None = 1) -> Path:
     """Write JSON atomically (temporary name, then rename)."""
     text = json.dumps(payload, indent=indent, default=str) + "\n"
-    return write_bytes_atomic(path, text.encode())
+    return write_bytes(path, text.encode())
 
 
 def read_json(path: Path) -> Any | None:
@@ -559,6 +572,16 @@ def read_files(directory: Path) -> dict[str, bytes]:
         return {}
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())
             if p.is_file() and not p.name.startswith(HIDDEN)}
+
+
+def read_bytes(path: Path, what: str) -> bytes:
+    """One file's bytes (a model file a user names), or a one-line MissingInputError."""
+    try:
+        return Path(path).read_bytes()
+    except IsADirectoryError:
+        raise MissingInputError(f"{what} {path} is a directory, not a file") from None
+    except OSError as exc:
+        raise MissingInputError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
 
 
 def write_files_once(target: Path, files: dict[str, bytes]) -> bool:

@@ -152,13 +152,24 @@ def _check_input(path: Path) -> Path:
 
 
 def _read_indexed_lines(spark: SparkSession, path: Path) -> DataFrame:
-    """(row_id, line): row_id is the 0-based line number. ``textFile`` keeps file order across
-    its partitions (byte offsets), and ``zipWithIndex`` numbers them in that order."""
-    lines = spark.sparkContext.textFile(str(path))
-    indexed = lines.zipWithIndex().map(lambda pair: (pair[1], pair[0]))
-    schema = T.StructType([T.StructField("row_id", T.LongType(), nullable=False),
-                           T.StructField("line", T.StringType(), nullable=False)])
-    return spark.createDataFrame(indexed, schema, verifySchema=False)
+    """(row_id, line): row_id is the 0-based line number, without RDDs (so also over Spark
+    Connect). The text source reads the file in byte-range splits, each in line order;
+    ``monotonically_increasing_id`` numbers a partition's rows consecutively, so a line's number
+    is its split's first line number (a prefix sum of the per-split counts in byte order: one
+    small aggregate, collected) + its distance from the split's first row."""
+    text = spark.read.text(str(path)).select(
+        F.input_file_block_start().alias("_block"), F.monotonically_increasing_id().alias("_mid"),
+        F.col("value").alias("line"))
+    splits = sorted((int(r["_block"]), int(r["first_mid"]), int(r["n"])) for r in text.groupBy(
+        "_block").agg(F.min("_mid").alias("first_mid"), F.count(F.lit(1)).alias("n")).collect())
+    starts, total = [], 0
+    for block, first_mid, n in splits:
+        starts.append((block, first_mid, total))
+        total += n
+    offsets = spark.createDataFrame(starts or [(0, 0, 0)], T.StructType(  # non-null: so is row_id
+        [T.StructField(c, T.LongType(), nullable=False) for c in ("_block", "_first_mid", "_first")]))
+    return (text.join(F.broadcast(offsets), "_block")
+            .select((F.col("_first") + F.col("_mid") - F.col("_first_mid")).alias("row_id"), "line"))
 
 
 def _parse(raw: DataFrame, columns: list[str], null_token: str) -> DataFrame:

@@ -17,6 +17,8 @@ import math
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from jobs.core.metric_registry import GATES
+
 COLLAPSE_SHARE = 0.9
 DEAD_SHARE = 0.01
 ENTROPY_BINS = 20
@@ -68,8 +70,6 @@ def summarise(row: dict, experts: dict[str, int]) -> dict:
     return {"tasks": out, "flags": flags}
 
 
-
-
 def gate_sizes(frame: DataFrame, tasks: list[str]) -> dict[str, int]:
     """Experts per task (length of the first non-null gate array; 0 without gates)."""
     cols = [t for t in tasks if f"gate_{t}" in frame.columns]
@@ -93,10 +93,11 @@ def gate_metric_rows(frame: DataFrame, tasks: list[str], experts: dict[str, int]
             F.count(F.lit(1)).alias("n"), F.avg(row_entropy(g) / norm).alias("entropy"),
             F.array(*means).alias("means"))
         share = F.array_max("means") / F.aggregate("means", F.lit(0.0), lambda a, x: a + x)
+        computed = {"gate_entropy": F.col("entropy"), "gate_max_share": share}
         parts.append(agg.select(
             "model_version", F.lit(t).alias("task"), F.lit("all").alias("segment"), "n",
-            F.explode(F.array(F.struct(F.lit("gate_entropy").alias("metric"), F.col("entropy").alias("value")),
-                              F.struct(F.lit("gate_max_share").alias("metric"), share.alias("value")))).alias("m")))
+            F.explode(F.array(*(F.struct(F.lit(name).alias("metric"), computed[name].alias("value"))
+                                for name in GATES))).alias("m")))
     if not parts:
         return None
     out = parts[0]

@@ -19,7 +19,9 @@ Metrics (``n`` is always the number of rows of the group):
   Without a user column the three values are null;
 - ``logloss`` (p clipped to [1e-15, 1 - 1e-15]), ``ne`` = logloss / entropy of the group's base
   rate (null when the base rate is 0 or 1), ``calibration`` = mean(p) / observed rate (null
-  without positives).
+  without positives); ``mean_prediction`` = mean(p) and ``label_rate`` = the observed rate
+  (each metrics partition is one day: the two side by side show prediction drift against the
+  labels).
 
 Labels count as positive when > 0. Per task, rows whose label or score is null or NaN are left
 out of that task's metrics; rows with a null model_version are left out.
@@ -47,7 +49,8 @@ Python one by one, so the plan is a single chain with one shuffle of the data:
    user's rows are in the partition).
 4. A grouped pandas step per (model_version, task, segment) adds the cross-bucket terms
    exactly: AUC pairs += positives(b) x negatives(buckets below b); precision at a threshold
-   adds the rows / positives of the higher buckets. AUC numerators are int64 pair counts.
+   adds the rows / positives of the higher buckets. AUC numerators are int64 pair counts. The
+   group's sums become values through ``jobs.core.metric_registry`` (names, order, formulas).
 
 Work is O(rows x tasks x (log rows + segment columns)) numpy operations spread over the shuffle
 partitions; the shuffled volume is ~20 bytes per row and task (plus the user side for GAUC).
@@ -67,13 +70,14 @@ import pyarrow as pa
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from jobs.core import metric_registry
 from jobs.core.errors import MissingInputError
+from jobs.core.spark import default_parallelism
 from mmoe_model.hashing import splitmix64, value_hash64
 from schemas.tables import METRICS_STRUCT, ddl_arrow_schema
 
 EPS = 1e-15
-METRICS = ("count", "positives", "auc", "pr_auc", "gauc", "gauc_users", "gauc_excluded_users",
-           "logloss", "ne", "calibration")
+METRICS = metric_registry.ENGINE  # the metrics table's metrics, in display order
 FLUSH_ROWS = 1 << 20          # input rows a sender gathers before cutting blobs
 _MANTISSA_SHIFT = 52 - 5      # keep 5 mantissa bits: 32 buckets per octave
 _HALF_BUCKET = int(np.array(0.5).view(np.int64)) >> _MANTISSA_SHIFT
@@ -86,9 +90,8 @@ _BLOB_SCHEMA = "dest int, kind byte, blob binary"
 _PARTIAL_SCHEMA = ("model_version string, task string, segment string, kind byte, b int, "
                    "cb long, pb long, ll double, ps double, w2 long, ap_w binary, ap_a binary, "
                    "ap_c binary, wsum double, wcount long, users long, excluded long")
-_GROUP_SCHEMA = ("model_version string, task string, segment string, count long, positives long, "
-                 "logloss_sum double, p_sum double, auc2 long, ap_sum double, gauc double, "
-                 "gauc_users long, gauc_excluded_users long")
+_GROUP_SCHEMA = ", ".join(["model_version string, task string, segment string, n long",
+                           *(f"{m} double" for m in METRICS)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,8 +460,9 @@ def _gauc_records(table: pa.Table, tasks: list[str], segments: list[str]) -> Ite
 # Step 4: per group
 
 
-def _combine_group(pdf: pd.DataFrame) -> pd.DataFrame:
-    """All partial records of one (model_version, task, segment) -> its sums."""
+def _combine_group(pdf: pd.DataFrame, with_user: bool) -> pd.DataFrame:
+    """All partial records of one (model_version, task, segment) -> its sums -> its metric
+    values (``jobs.core.metric_registry``, the formulas compare uses too)."""
     buckets = pdf[pdf["kind"] == _GLOBAL].sort_values("b")
     users = pdf[pdf["kind"] == _GAUC]
     pb = buckets["pb"].to_numpy(np.int64)
@@ -477,17 +481,19 @@ def _combine_group(pdf: pd.DataFrame) -> pd.DataFrame:
         tp_ge = a + np.repeat(pos_above, lengths)
         n_ge = c + np.repeat(cnt_above, lengths)
         ap_sum = float(np.sum(np.concatenate(w) * (tp_ge / n_ge)))
-    wcount = int(users["wcount"].sum())
+    gauc_users = gauc_excluded = np.nan  # no user column: the three GAUC values are null
+    if with_user:
+        gauc_users, gauc_excluded = int(users["users"].sum()), int(users["excluded"].sum())
+    sums = metric_registry.Sums(
+        count=int(cb.sum()), positives=int(pb.sum()), p_sum=float(buckets["ps"].sum()),
+        logloss_sum=float(buckets["ll"].sum()), auc2=auc2, ap_sum=ap_sum,
+        gauc_sum=float(users["wsum"].sum()), gauc_rows=int(users["wcount"].sum()),
+        gauc_users=gauc_users, gauc_excluded=gauc_excluded)
     first = pdf.iloc[0]
-    return pd.DataFrame({
-        "model_version": [first["model_version"]], "task": [first["task"]],
-        "segment": [first["segment"]], "count": [int(cb.sum())], "positives": [int(pb.sum())],
-        "logloss_sum": [float(buckets["ll"].sum())], "p_sum": [float(buckets["ps"].sum())],
-        "auc2": [auc2], "ap_sum": [ap_sum],
-        "gauc": [float(users["wsum"].sum()) / wcount if wcount else None],
-        "gauc_users": [int(users["users"].sum()) if len(users) else None],
-        "gauc_excluded_users": [int(users["excluded"].sum()) if len(users) else None],
-    })
+    out = {"model_version": [first["model_version"]], "task": [first["task"]],
+           "segment": [first["segment"]], "n": [int(cb.sum())]}
+    out.update({name: [float(v)] for name, v in metric_registry.values(sums, METRICS).items()})
+    return pd.DataFrame(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -501,11 +507,7 @@ def _shuffle_partitions(scored: DataFrame) -> int:
         configured = int(session.conf.get("spark.sql.shuffle.partitions"))
     except (TypeError, ValueError):
         configured = 200
-    try:
-        cores = session.sparkContext.defaultParallelism
-    except Exception:  # Spark Connect has no SparkContext
-        cores = 1
-    return max(1, configured, cores)
+    return max(1, configured, default_parallelism(session))
 
 
 def compute_metrics(scored: DataFrame, tasks: list[str], segment_columns: list[str],
@@ -541,34 +543,17 @@ def compute_metrics(scored: DataFrame, tasks: list[str], segment_columns: list[s
         _BLOB_SCHEMA)
     partials = blobs.repartition(parts, "dest").mapInArrow(
         partial(_receive, tasks=tasks, segments=segment_columns), _PARTIAL_SCHEMA)
-    groups = partials.groupBy(*_G).applyInPandas(_combine_group, _GROUP_SCHEMA)
+    with_user = user_column is not None
 
-    count = F.col("count").cast("double")
-    positives = F.col("positives").cast("double")
-    negatives = count - positives
-    two_class = (positives > 0) & (negatives > 0)
-    logloss = F.col("logloss_sum") / count
-    rate = positives / count
-    entropy = -(rate * F.log(rate) + (1.0 - rate) * F.log(1.0 - rate))
-    if user_column is not None:
-        gauc_users = F.coalesce(F.col("gauc_users"), F.lit(0))
-        gauc_excluded = F.coalesce(F.col("gauc_excluded_users"), F.lit(0))
-    else:
-        gauc_users = gauc_excluded = F.lit(None)
-    values = {
-        "count": count,
-        "positives": positives,
-        "auc": F.when(two_class, F.col("auc2") / (2.0 * positives * negatives)),
-        "pr_auc": F.when(positives > 0, F.col("ap_sum") / positives),
-        "gauc": F.col("gauc"),
-        "gauc_users": gauc_users,
-        "gauc_excluded_users": gauc_excluded,
-        "logloss": logloss,
-        "ne": F.when(two_class, logloss / entropy),
-        "calibration": F.when(positives > 0, F.col("p_sum") / positives),
-    }
-    metric = F.explode(F.array(*[F.struct(F.lit(name).alias("metric"), col.cast("double").alias("value"))
-                                 for name, col in values.items()])).alias("m")
-    long = groups.select(*_G, F.col("count").alias("n"), metric)
+    def combine(pdf: pd.DataFrame) -> pd.DataFrame:  # a plain function: Spark reads its hints
+        return _combine_group(pdf, with_user)
+
+    groups = partials.groupBy(*_G).applyInPandas(combine, _GROUP_SCHEMA)
+    # NaN (undefined: one class, no positives, no user) is stored as null
+    metric = F.explode(F.array(*[
+        F.struct(F.lit(name).alias("metric"),
+                 F.when(~F.isnan(F.col(name)), F.col(name)).alias("value"))
+        for name in METRICS])).alias("m")
+    long = groups.select(*_G, "n", metric)
     return (long.select(*_G, F.col("m.metric").alias("metric"), F.col("m.value").alias("value"), "n")
             .select(*(F.col(f.name).cast(f.dataType) for f in METRICS_STRUCT.fields)))

@@ -107,7 +107,8 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     """Compute and write the metrics of ``ds`` for the requested (default: all) model versions;
     the result's ``metrics`` is the partition as written (all versions in it)."""
     tb = DatasetTables(cfg, spec.name, spark)
-    tb.preflight(inputs=("predictions", "labels", "features"), outputs=("metrics",))
+    tb.preflight(inputs=("predictions", "labels", "features"), outputs=("metrics",),
+                 columns={"metrics": METRICS_STRUCT.names})
     wh, predictions_t = tb.wh, tb["predictions"]
     ds = parse_date(ds, "ds").isoformat()
     versions = _select_versions(cfg, tb, spec, ds, model_versions)

@@ -11,7 +11,9 @@ retry the task and the retry must give the same output as a clean run):
 
 - ``score_task_first_attempt`` — the scoring function raises :class:`InjectedFault`;
 - ``score_worker_kill_first_attempt`` — the Python worker kills itself with SIGKILL
-  (a worker crashing mid-batch: out of memory, a segfault in native code).
+  (a worker crashing mid-batch: out of memory, a segfault in native code);
+- ``score_task_hang`` — the task touches ``$MMOE_TEST_PAUSE_DIR/in_task`` and sleeps (up to
+  10 minutes): a Spark job still running when the signal tests send SIGTERM.
 
 Spark retries a failed task up to ``spark.task.maxFailures`` times (default 4) on a cluster;
 plain ``local[N]`` never retries (use ``local[N,F]``).
@@ -21,13 +23,15 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from pathlib import Path
 
 from pyspark import TaskContext
 
 from jobs.core.errors import ConfigError
 
 FAULT_ENV = "MMOE_FAULT"
-FAULTS = ("score_task_first_attempt", "score_worker_kill_first_attempt")
+FAULTS = ("score_task_first_attempt", "score_worker_kill_first_attempt", "score_task_hang")
 
 
 class InjectedFault(RuntimeError):
@@ -54,6 +58,11 @@ def after_first_batch(faults: frozenset[str]) -> None:
         return
     if "score_worker_kill_first_attempt" in faults:
         os.kill(os.getpid(), signal.SIGKILL)
+    if "score_task_hang" in faults:
+        marker = Path(os.environ.get("MMOE_TEST_PAUSE_DIR", ".")) / "in_task"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(ctx.partitionId()))
+        time.sleep(600)
     if "score_task_first_attempt" in faults:
         raise InjectedFault(f"{FAULT_ENV}=score_task_first_attempt: partition "
                             f"{ctx.partitionId()}, attempt {ctx.attemptNumber()}")

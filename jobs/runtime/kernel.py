@@ -2,7 +2,8 @@
 Arrow batches there. Used by the Spark reader, the direct reader, catalog scoring and the UDF.
 
 How the model travels: :class:`ShippedModel` carries the artifact's files (a few hundred KB)
-to the executors once (a broadcast); each Python worker verifies their SHA-256 manifest and
+to the executors (a broadcast, sent once per executor; over Spark Connect, which has no
+broadcast, the bytes ride in the task's closure: :func:`jobs.core.spark.ship`); each Python worker verifies their SHA-256 manifest and
 builds the model once, caching it by checksum for every later batch and task
 (:mod:`jobs.runtime.worker`). :func:`scored_batches` is the loop: skip empty batches, score,
 fire the reliability faults after the first batch (:mod:`jobs.runtime.faults`).
@@ -21,25 +22,44 @@ from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
+from jobs.core.spark import ship
 from jobs.runtime.faults import after_first_batch
-from jobs.runtime.worker import set_threads, worker_artifact
+from jobs.runtime.onnx import OnnxScorer, runtime_graph
+from jobs.runtime.worker import set_threads, worker_artifact, worker_cached
 
 
 class ShippedModel:
     """The model's files on their way to the executors; picklable (it holds a broadcast
-    handle), so task closures carry it. ``load()`` runs on the executor."""
+    handle, or over Connect the bytes themselves), so task closures carry it. ``load()`` runs
+    on the executor."""
 
     def __init__(self, spark: SparkSession, files: Mapping[str, bytes], sha256: str,
-                 threads_per_task: int = 0) -> None:
-        self._files = spark.sparkContext.broadcast(dict(files))
+                 threads_per_task: int = 0, graph: bytes | None = None) -> None:
+        self._files = ship(spark, dict(files))
+        self._graph = ship(spark, graph) if graph is not None else None
         self.sha256 = sha256
         self.threads = threads_per_task
 
+    @classmethod
+    def for_job(cls, spark: SparkSession, files: Mapping[str, bytes], artifact,
+                scoring) -> "ShippedModel":
+        """The model as ``scoring`` (a ScoringConfig) says: its threads, and for ``runtime:
+        onnxruntime`` the trained model's exported graph (exported once on the driver)."""
+        return cls(spark, files, artifact.sha256, scoring.threads_per_task,
+                   runtime_graph(artifact, scoring.runtime))
+
     def load(self):
-        """Executor side: the verified model of this worker (built once), torch threads set."""
+        """Executor side: the verified model of this worker (built once), its threads set; with
+        a shipped graph, an onnxruntime scorer over it (one session per worker, by checksum)."""
         artifact = worker_artifact(self._files.value, self.sha256)
-        set_threads(self.threads)
-        return artifact
+        threads = set_threads(self.threads)
+        model = artifact
+        if self._graph is not None:
+            graph = self._graph
+            model = worker_cached(("onnxruntime", self.sha256),
+                                  lambda: OnnxScorer(artifact, graph.value))
+        model.use_threads(threads)
+        return model
 
 
 def scored_batches(batches: Iterator, score: Callable[[Any], Any], faults: frozenset[str],

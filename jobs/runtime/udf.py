@@ -15,7 +15,8 @@ Python worker Arrow batches of the input columns, which go straight into the mod
 (task order of the model). Columns are passed positionally in ``input_columns`` order (the
 model's features in spec order); their Spark types must be the spec's (long, double, string).
 
-How the model reaches the workers: the artifact's files (a few hundred KB) are broadcast once;
+How the model reaches the workers: the artifact's files (a few hundred KB) are broadcast once
+(over Spark Connect, which has no broadcast, they travel in the UDF's closure);
 each Python worker verifies every SHA-256 of its manifest and builds the model once, cached by
 the artifact's checksum for every later batch and task (:mod:`jobs.runtime.worker`, shared with the
 score job). A tampered artifact is refused on the driver when the UDF is made and again on every
@@ -36,6 +37,7 @@ from pyspark.sql.functions import arrow_udf
 from jobs.core.errors import MissingInputError
 from jobs.runtime.faults import active_faults
 from jobs.runtime.kernel import ShippedModel, scored_batches
+from jobs.runtime.onnx import runtime_graph
 from mmoe_model.artifact import ModelArtifact, read_artifact_files
 
 
@@ -54,7 +56,7 @@ def _artifact_files(model: Any) -> dict[str, bytes]:
     return read_artifact_files(path)
 
 
-def mmoe_udf(model: Any, *, threads_per_task: int = 0, spark=None):
+def mmoe_udf(model: Any, *, threads_per_task: int = 0, spark=None, runtime: str = "torch"):
     """A Spark UDF scoring rows with ``model`` (an artifact directory, a loaded
     ``ModelArtifact``, or the artifact's files as a mapping).
 
@@ -62,13 +64,16 @@ def mmoe_udf(model: Any, *, threads_per_task: int = 0, spark=None):
     ``struct<p_<task>: double, ...>``. ``udf.output_columns`` names the struct's fields and
     ``udf.model_version`` / ``udf.model_sha256`` say which model it is. ``threads_per_task``:
     torch threads per Spark task (0: the task's CPUs, ``spark.task.cpus``). The UDF's batch size
-    is the session's ``spark.sql.execution.arrow.maxRecordsPerBatch``."""
+    is the session's ``spark.sql.execution.arrow.maxRecordsPerBatch``. ``runtime``: ``torch`` or
+    ``onnxruntime`` (a trained model's exported graph; an imported ONNX model always runs on
+    onnxruntime)."""
     files = _artifact_files(model)
     artifact = ModelArtifact.from_files(files)  # verified on the driver: fail before any task
     spark = spark or SparkSession.getActiveSession()
     if spark is None:
         raise MissingInputError("mmoe_udf needs an active SparkSession")
-    shipped = ShippedModel(spark, files, artifact.sha256, threads_per_task)
+    shipped = ShippedModel(spark, files, artifact.sha256, threads_per_task,
+                           runtime_graph(artifact, runtime))
     sha256, names = artifact.sha256, list(artifact.spec.feature_names)
     outputs = [f"p_{t}" for t in artifact.task_names]
     struct_type = pa.struct([pa.field(c, pa.float64()) for c in outputs])

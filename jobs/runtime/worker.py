@@ -1,7 +1,7 @@
 """What a Spark Python worker keeps between tasks: the verified model, built once per worker.
 
 Used by :class:`jobs.runtime.kernel.ShippedModel` (every scoring path, the UDF included). Nothing here touches the warehouse: the artifact's files arrive as bytes (a
-broadcast), every checksum is verified once per worker process and the built model is cached
+broadcast, or the task's closure over Spark Connect), every checksum is verified once per worker process and the built model is cached
 by the artifact's SHA-256 for every later batch and task (Spark reuses Python workers).
 """
 
@@ -37,9 +37,11 @@ def worker_cached(key: tuple, build: Callable[[], Any]) -> Any:
     return value
 
 
-def set_threads(threads_per_task: int) -> None:
-    """torch threads for this task: ``threads_per_task``, or the task's CPUs when 0."""
+def set_threads(threads_per_task: int) -> int:
+    """torch threads for this task: ``threads_per_task``, or the task's CPUs when 0; returns
+    that number (an onnxruntime session takes it as its intra-op threads)."""
     ctx = TaskContext.get()
     threads = threads_per_task or (ctx.cpus() if ctx is not None else 1)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+    return threads

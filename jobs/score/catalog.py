@@ -45,8 +45,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.core.config import JobConfig
-from jobs.core.errors import ConfigError, MissingInputError
-from jobs.core.spark import session_conf
+from jobs.core.errors import ConfigError, InputError, MissingInputError
+from jobs.core.spark import default_parallelism, session_conf, ship
 from jobs.core.tables import DatasetTables
 from jobs.runtime.kernel import ShippedModel, arrow_schema, utc_us
 from jobs.runtime.worker import worker_cached
@@ -183,6 +183,7 @@ class _Job:
                  cfg: JobConfig, sides: tuple[tuple[str, ...], tuple[str, ...]],
                  scored_at: dt.datetime, top_k: int | None) -> None:
         cat, catalog = catalog_spec(spec), cfg.scoring.catalog
+        # torch only: the factored first layer is the torch model's, split (not an ONNX graph)
         self.shipped = ShippedModel(spark, files, artifact.sha256, cfg.scoring.threads_per_task)
         self.sha = artifact.sha256
         self.user_key, self.item_key = cat.user_key, cat.item_key
@@ -213,7 +214,7 @@ def recommend_grid(spark: SparkSession, users: DataFrame, items: pa.Table, files
     the ``top_k`` items per user (all, ranked, when None). Pure transform."""
     user_cols, item_cols = catalog_sides(spec, users.columns, items.column_names)
     job = _Job(spark, files, artifact, spec, cfg, (user_cols, item_cols), scored_at, top_k)
-    items_bc = spark.sparkContext.broadcast(_keyed(items.select(
+    items_bc = ship(spark, _keyed(items.select(
         list(dict.fromkeys([job.item_key, *item_cols]))), job.item_key)[0])
 
     def item_block(fm):
@@ -255,9 +256,9 @@ def recommend_candidates(spark: SparkSession, candidates: DataFrame, users: pa.T
     Pure transform."""
     user_cols, item_cols = catalog_sides(spec, users.column_names, items.column_names)
     job = _Job(spark, files, artifact, spec, cfg, (user_cols, item_cols), scored_at, top_k)
-    users_bc = spark.sparkContext.broadcast(_keyed(users.select(
+    users_bc = ship(spark, _keyed(users.select(
         list(dict.fromkeys([job.user_key, *user_cols]))), job.user_key))
-    items_bc = spark.sparkContext.broadcast(_keyed(items.select(
+    items_bc = ship(spark, _keyed(items.select(
         list(dict.fromkeys([job.item_key, *item_cols]))), job.item_key))
 
     def score(fm, pairs: pa.Table) -> Iterator[pa.RecordBatch]:
@@ -296,7 +297,7 @@ def recommend_candidates(spark: SparkSession, candidates: DataFrame, users: pa.T
 
     user, item = job.user_key, job.item_key
     pairs = (candidates.select(user, item).where(F.col(user).isNotNull() & F.col(item).isNotNull())
-             .repartition(spark.sparkContext.defaultParallelism, user)
+             .repartition(default_parallelism(spark), user)
              .sortWithinPartitions(user, item))
     return pairs.mapInArrow(run, output_schema(spec))
 
@@ -347,7 +348,7 @@ def recommend_rows(spark: SparkSession, pairs: DataFrame, users: DataFrame, item
                               + [T.StructField(user, _key_type(spec, user)),
                                  T.StructField(item, _key_type(spec, item))]
                               + base.fields[len(spec.keys):])
-    shipped = ShippedModel(spark, files, artifact.sha256, cfg.scoring.threads_per_task)
+    shipped = ShippedModel.for_job(spark, files, artifact, cfg.scoring)
     scorer = make_scorer(shipped, spec, spec.feature_names, out_schema, scored_at, False,
                          extra_columns=pair_columns)
     scored = spread_partitions(spark, rows).mapInArrow(scorer, out_schema)
@@ -380,6 +381,10 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
                                 f"(written by `mmoe data synth`)")
     has_candidates = candidates_t.exists(ds)
     method = catalog.method
+    if method == "factored" and artifact.imported:
+        raise InputError(f"{artifact.model_version} is an imported ONNX graph: the factored "
+                         f"catalog method needs a trained model's layers; set "
+                         f"scoring.catalog.method: rows")
     if method == "factored" and not factorable(artifact.model, artifact.spec):
         method = "rows"  # e.g. single-task: one input layer per task
     scored_at = dt.datetime.now(dt.timezone.utc)

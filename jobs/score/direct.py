@@ -1,6 +1,7 @@
 """The direct reader: Spark schedules, the Python workers read and write parquet themselves.
 
-Measured on 2 cores (docs/performance.md): through mapInArrow, Spark's conversion of rows to
+Scheduling needs no RDD (a range of fragment numbers → ``mapInArrow``), so it runs over Spark
+Connect too. Measured on 2 cores (docs/performance.md): through mapInArrow, Spark's conversion of rows to
 Arrow for ~27 columns costs about 3x the model itself. When the input is a parquet partition
 the executors can open, each task instead reads one row group with pyarrow (columnar, no row
 conversion), scores it and writes one parquet file into a staging directory; the driver then
@@ -20,8 +21,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark import TaskContext
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from jobs.core.config import JobConfig
+from jobs.core.spark import ship
 from jobs.core.tables import DatasetTables, Table, open_parquet, pyarrow_opens
 from jobs.core.warehouse import discard_hidden
 from jobs.runtime.faults import active_faults
@@ -62,9 +65,9 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
     """Score every fragment into ``staging/part-NNNNN.parquet``; returns the rows written.
     Rows with a null key or a key in ``excluded`` (the quarantine) are left out. Direct scoring
     needs a single key column (:func:`direct_reader_applies`)."""
-    sc = spark.sparkContext
-    shipped = ShippedModel(spark, files, artifact.sha256, cfg.scoring.threads_per_task)
-    excluded_bc = sc.broadcast(excluded)
+    shipped = ShippedModel.for_job(spark, files, artifact, cfg.scoring)
+    excluded_bc = ship(spark, excluded)
+    work_items = list(enumerate(fragments))
     keys, features = spec.key_names, spec.feature_names
     columns = list(dict.fromkeys(keys + features))
     out_schema = arrow_schema(predictions_struct(spec, with_gates=with_gates))
@@ -74,7 +77,12 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
     pipelined = cfg.scoring.pipeline
     faults = active_faults()  # off by default (jobs/runtime/faults.py)
 
-    def run(items: Iterator[tuple[int, tuple[str, int]]]) -> Iterator[int]:
+    def run(ids: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        items = (work_items[i] for batch in ids for i in batch.column(0).to_pylist())
+        for written in score_items(items):
+            yield pa.RecordBatch.from_arrays([pa.array([written], pa.int64())], names=["written"])
+
+    def score_items(items: Iterator[tuple[int, tuple[str, int]]]) -> Iterator[int]:
         model = shipped.load()
         skip = excluded_bc.value
         skip_set = None if skip is None else pa.array(skip)
@@ -111,8 +119,11 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
             yield written
 
     staging.mkdir(parents=True, exist_ok=True)
-    work = sc.parallelize(list(enumerate(fragments)), max(len(fragments), 1))
-    written = sum(work.mapPartitions(run).collect())
+    # One task per fragment, without RDDs (so also over Spark Connect): a range of fragment
+    # numbers in as many partitions (one number each) → mapInArrow, each task scores its own.
+    n = max(len(fragments), 1)
+    work = spark.range(0, len(fragments), 1, n).mapInArrow(run, "written long")
+    written = int(work.agg(F.sum("written")).first()[0] or 0)
     discard_hidden(staging)  # partial files of failed attempts
     return written
 

@@ -24,10 +24,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from jobs.core.config import JobConfig
-from jobs.core.errors import NotValidated
+from jobs.core.errors import InputError, NotValidated
 from jobs.core.manifest import RunRecord
 from jobs.core.registry import ModelChoice, resolve_model
-from jobs.core.spark import session_conf
+from jobs.core.spark import default_parallelism, is_connect, session_conf
 from jobs.core.status import ScoreStamp, ValidationStatus, write_score_stamp
 from jobs.core.tables import DatasetTables
 from jobs.core.warehouse import (
@@ -47,7 +47,9 @@ from jobs.score.direct import (
     quarantined_keys,
     score_fragments,
 )
-from jobs.validate.stage import passed_rows, read_status, validate_partition
+from jobs.score.drift import prediction_drift
+from jobs.validate.scorable import passed_rows, read_status
+from jobs.validate.stage import validate_partition
 from mmoe_model.artifact import ModelArtifact
 from schemas.spec import DatasetSpec
 from schemas.tables import predictions_struct
@@ -87,16 +89,17 @@ def score_frame(spark: SparkSession, frame: DataFrame, files: dict[str, bytes], 
                 with_gates: bool = False) -> DataFrame:
     """Pure transform: keys + features → keys + p_<task> + scored_at (+ gate_<task>)."""
     out_schema = predictions_struct(spec, with_gates=with_gates)
-    shipped = ShippedModel(spark, files, artifact.sha256, cfg.scoring.threads_per_task)
+    shipped = ShippedModel.for_job(spark, files, artifact, cfg.scoring)
     scorer = make_scorer(shipped, spec, spec.feature_names, out_schema, scored_at, with_gates)
     needed = list(dict.fromkeys(spec.key_names + spec.feature_names))
     return frame.select(*needed).mapInArrow(scorer, out_schema)
 
 
 def spread_partitions(spark: SparkSession, frame: DataFrame) -> DataFrame:
-    """Give every core work: a single big file would otherwise be one task on one core."""
-    parallelism = spark.sparkContext.defaultParallelism
-    if frame.rdd.getNumPartitions() < parallelism:
+    """Give every core work: a single big file would otherwise be one task on one core. Over
+    Spark Connect the partition count is not known before running (no RDD): always spread."""
+    parallelism = default_parallelism(spark)
+    if is_connect(spark) or frame.rdd.getNumPartitions() < parallelism:
         return frame.repartition(parallelism)
     return frame
 
@@ -131,12 +134,16 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
     features fingerprint) in the partition, which a backfill reads to skip up-to-date days."""
     files, artifact, choice = load_model(cfg, spec, ds, model)
     model_fields = {"model_version": artifact.model_version, "model_sha256": artifact.sha256}
+    if with_gates and artifact.imported:
+        raise InputError(f"--with-gates: {artifact.model_version} is an imported ONNX graph and "
+                         f"has no gates to report", details=model_fields)
     try:
         rows, status, inline = _validated_rows(spark, cfg, spec, ds)  # refuses an unvalidated ds
     except NotValidated as exc:
         raise NotValidated(str(exc), details=model_fields) from None
     tb = DatasetTables(cfg, spec.name, spark)
-    tb.preflight(inputs=("features",), outputs=("predictions",))
+    tb.preflight(inputs=("features",), outputs=("predictions",), columns={
+        "predictions": predictions_struct(spec, with_gates=with_gates).names})
     wh, features, version = tb.wh, tb["features"], artifact.model_version
     out = tb["predictions"].where(ds, model_version=version)
     details: dict[str, Any] = {"with_gates": with_gates, **choice.details()}
@@ -164,6 +171,9 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
             model_version=artifact.model_version, model_sha256=artifact.sha256,
             features_fingerprint=features.fingerprint(ds), with_gates=with_gates,
             rows=written, scored_at=scored_at.isoformat()))
+        if cfg.drift.enabled and written:
+            details["prediction_drift"] = prediction_drift(cfg, spec, ds, artifact.model_version,
+                                                           staging)
     return ScoreResult(artifact.model_version, artifact.sha256,
                        input_rows=status.passed_rows if status else 0, output_rows=written,
                        quarantined_rows=status.quarantined_rows if status else 0, output=out,

@@ -46,7 +46,7 @@ class UnreadablePartition(MissingInputError):
 def _read_partition(source: Table, ds: str, columns: list[str]) -> pa.Table:
     """One partition's data files, only ``columns`` (checked by the table)."""
     try:
-        return source.read_arrow(ds, columns=columns)
+        return source.read_arrow(ds, columns=columns, error=InputError)
     except ValueError as exc:
         raise UnreadablePartition(f"cannot read {source.table} ds={ds} at {source.where(ds)}: "
                                   f"{exc}") from None
@@ -176,6 +176,7 @@ def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, o
         "stopped_early": result.stopped_early, "val_auc": result.val_auc,
         "skipped_partitions": skipped,   # unreadable days left out of the range (path, cause)
         "resumed_after_epoch": result.resumed_after_epoch,  # 0: trained from scratch
+        "epoch_seconds": [m.get("seconds") for m in result.metrics],  # not in the artifact
     }
     if replaced is not None:
         details["replaced_model_version"] = replaced

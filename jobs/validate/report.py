@@ -3,7 +3,7 @@
 GX's Data Docs pull Bootstrap, jQuery and Vega from CDNs, so without network their index lists
 no validation and the result pages are unstyled; they also show the helper columns
 ``_key_copies`` / ``_reason`` as if they were data. This page is ours: one file, inline CSS, no
-script, built from the decision (:class:`~jobs.validate.stage.ValidationReport`), and it names
+script, built from the decision (:class:`~jobs.validate.decision.ValidationReport`), and it names
 only real columns: the duplicate-key rule names the key columns, the bad-row-fraction policy
 names "row-level rules", and helper names are dropped from observed values.
 """
@@ -26,7 +26,72 @@ h1{font-size:22px;margin-bottom:4px}h2{font-size:18px;margin-top:26px;border-bot
 table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #d8dbe3;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f2f4f8}td{max-width:480px;overflow-wrap:anywhere}td.n{text-align:right}tr.bad td{background:#fbe3e4}
 code{font-size:12px}
+.bar{display:inline-block;height:12px;border-radius:2px;vertical-align:middle}.track{display:inline-block;width:220px;background:#eef0f4;border-radius:2px}
+.ok-bar{background:#3a9d5d}.near-bar{background:#e0a526}.over-bar{background:#c8343e}
+svg.spark polyline{fill:none;stroke:#3b5bdb;stroke-width:1.5}svg.spark line{stroke:#c8343e;stroke-dasharray:3 2}
 """
+
+SPARK_W, SPARK_H = 120, 24
+
+
+def _bar_class(value: float, limit: float | None) -> str:
+    if limit is None or limit <= 0:
+        return "ok-bar"
+    return "over-bar" if value > limit else ("near-bar" if value > 0.5 * limit else "ok-bar")
+
+
+def _sparkline(points: list[tuple[str, float]], limit: float | None) -> str:
+    """A small inline SVG line of one feature's PSI over the trailing days (dashed: threshold)."""
+    if not points:
+        return ""
+    top = max([v for _, v in points] + [limit or 0.0]) or 1.0
+    n = len(points)
+    xy = " ".join(f"{(i / max(1, n - 1)) * (SPARK_W - 4) + 2:.1f},"
+                  f"{SPARK_H - 2 - v / top * (SPARK_H - 4):.1f}" for i, (_, v) in enumerate(points))
+    line = ""
+    if limit:
+        y = SPARK_H - 2 - limit / top * (SPARK_H - 4)
+        line = f"<line x1=0 x2={SPARK_W} y1={y:.1f} y2={y:.1f} />"
+    title = ", ".join(f"{d}: {v:.3g}" for d, v in points)
+    return (f"<svg class=spark width={SPARK_W} height={SPARK_H} role=img>"
+            f"<title>{html.escape(title)}</title>{line}<polyline points='{xy}' /></svg>")
+
+
+def render_drift_rows(rows, history: dict | None = None, note: str = "") -> str:
+    """The drift section: one row per feature (or prediction column), a bar of its PSI on a
+    scale of twice the threshold coloured by the threshold (green, amber past half, red past
+    it), its other statistics and a small line of its PSI over the trailing days."""
+    if not rows:
+        return f"<p>{_e(note)}</p>" if note else ""
+    by: dict[tuple, dict] = {}
+    for r in rows:
+        by.setdefault((r.model_version or "", r.feature), {})[r.statistic] = r
+    out = [f"<p>{_e(note)}</p>" if note else "",
+           "<table class=drift><tr><th>feature</th>"
+           + ("<th>model version</th>" if any(k[0] for k in by) else "")
+           + "<th>PSI</th><th></th><th>JS</th><th>null share &Delta;</th><th>drifted</th>"
+             "<th>trailing days (PSI)</th><th>reference</th></tr>"]
+    for (version, feature), stats in by.items():
+        p = stats.get("psi")
+        limit = p.threshold if p is not None else None
+        value = p.value if p is not None else 0.0
+        width = 0 if limit is None else min(1.0, value / (2 * limit)) if limit else 1.0
+        drifted = any(s.drifted for s in stats.values())
+        any_row = next(iter(stats.values()))
+        cells = [f"<td>{_e(feature)}</td>"]
+        if any(k[0] for k in by):
+            cells.append(f"<td>{_e(version)}</td>")
+        cells += [
+            f"<td class=n>{_e(_fmt(value))}</td>",
+            f"<td><span class=track><span class='bar {_bar_class(value, limit)}' "
+            f"style='width:{width * 100:.1f}%'></span></span></td>",
+            f"<td class=n>{_e(_fmt(stats['js'].value)) if 'js' in stats else ''}</td>",
+            f"<td class=n>{_e(_fmt(stats['null_share'].value)) if 'null_share' in stats else ''}</td>",
+            f"<td>{'DRIFT' if drifted else ''}</td>",
+            f"<td>{_sparkline((history or {}).get(feature, []), limit)}</td>",
+            f"<td>{_e(any_row.reference)}</td>"]
+        out.append(f"<tr class={'bad' if drifted else 'ok'}>{''.join(cells)}</tr>")
+    return "".join(out) + "</table>"
 
 
 def _clean(value: Any) -> Any:
@@ -91,6 +156,10 @@ def render_validation_html(report) -> str:
         "<h2>Counts</h2><table>" + "".join(f"<tr><th>{_e(k)}</th><td class=n>{v:,}</td></tr>"
                                             for k, v in counts) + "</table>",
     ]
+    drift = render_drift_rows(report.drift, report.drift_history,
+                              (report.drift_details or {}).get("note", ""))
+    if drift:
+        parts.append("<h2>Feature drift</h2>" + drift)
     if reasons:
         parts.append("<h2>Quarantine reasons</h2><table><tr><th>rule:column</th><th>rows</th></tr>"
                      f"{reasons}</table>")

@@ -48,18 +48,29 @@ Decisions (see CONTRACT.md and docs/DESIGN.md):
   so "features minus quarantined keys" is exactly the passing rows (see :func:`passed_rows`).
 - **passed** — nothing to quarantine.
 
+Feature drift (jobs/validate/feature_drift.py) is measured on the same cached frame (one more
+aggregate, over the rows that pass) against the trailing ``drift.reference_days`` validated
+days: its rows go to ``drift/ds=D`` (jobs/core/drift_table.py), the day's profile to
+``validation/ds=D/drift_profile.json``; with ``drift.on_drift: fail`` a drifted feature fails
+the partition (one line naming the features), with ``warn`` it passes and the manifest's
+``details.drift`` lists them.
+
+Module map: this file orchestrates and writes ``status.json`` in one place
+(:func:`_write_status`); :mod:`jobs.validate.decision` decides and words it;
+:mod:`jobs.validate.gx` runs GX; :mod:`jobs.validate.frame` builds the frame and the
+quarantine; :mod:`jobs.validate.history` reads earlier days; :mod:`jobs.validate.scorable` is
+the gate score and backfill call.
+
 Every run first removes the ds's previous validation partition (so a crash never leaves an old
 "passed" behind) and, unless rows are quarantined again, its quarantine partition.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
-from dataclasses import asdict, dataclass, field
-from functools import reduce
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from uuid import uuid4
 
 import pyarrow as pa
@@ -67,130 +78,47 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.core.config import JobConfig
-from jobs.core.errors import MissingInputError, NotValidated, ValidationFailed
-from jobs.core.manifest import RunRecord, utc_now
+from jobs.core.drift_table import replace_drift_rows
+from jobs.core.errors import MissingInputError, ValidationFailed
+from jobs.core.manifest import utc_now
 from jobs.core.spark import job_group, jobs_in_group, session_conf
 from jobs.core.status import (
     ValidationStatus,
     read_validation_status,
     write_validation_status,
 )
-from jobs.core.tables import DatasetTables, Table, arrow_to_spark
+from jobs.core.tables import DatasetTables, Table
 from jobs.core.warehouse import (
-    STATUS_FILE,
-    Warehouse,
     read_footers,
     remove,
     write_json,
     write_text,
 )
-from jobs.validate.report import render_validation_html
-from jobs.validate.rules import (
-    KEY_COPIES,
-    LABEL_TYPE,
-    REASON,
-    SPARK_TYPE,
-    RowCountBounds,
-    _ident,
-    bad_label_condition,
-    build_labels_suite,
-    build_suite,
-    reason_expression,
+from jobs.validate.decision import ValidationReport, decide
+from jobs.validate.feature_drift import DriftOutcome, feature_drift
+from jobs.validate.frame import (
+    bad_label_keys,
+    prepare_frame,
+    read_partition,
+    reason_counts,
+    schema_problems,
+    write_quarantine,
 )
+from jobs.validate.gx import GxRun, schema_only
+from jobs.validate.history import (
+    PROFILE_FILE,
+    drift_history,
+    row_count_bounds,
+    trailing_profiles,
+)
+from jobs.validate.report import render_validation_html
+from jobs.validate.rules import RowCountBounds, build_labels_suite, build_suite
 from schemas.spec import DatasetSpec
-from schemas.tables import features_struct
 
 RESULT_FILE = "result.json"
 REPORT_FILE = "report.html"   # our self-contained, offline-readable page (GX's Data Docs need CDNs)
 LABELS_RESULT_FILE = "labels_result.json"
 DOCS_DIR = "data_docs"
-RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": 0}
-
-
-@dataclass
-class RuleResult:
-    """One expectation's outcome, flattened from the GX result."""
-
-    rule: str
-    column: str
-    level: str
-    success: bool
-    expectation: str
-    unexpected_count: int | None = None
-    element_count: int | None = None
-    missing_count: int | None = None
-    observed_value: Any = None
-    limit: float | None = None
-    error: str | None = None
-
-
-@dataclass
-class ValidationReport:
-    dataset: str
-    ds: str
-    status: str                      # passed | quarantined | failed
-    input_rows: int
-    passed_rows: int
-    quarantined_rows: int
-    message: str
-    reasons: dict[str, int] = field(default_factory=dict)
-    failed_rules: list[str] = field(default_factory=list)
-    rules: list[RuleResult] = field(default_factory=list)
-    spark_jobs: int = 0
-    seconds: float = 0.0
-    validation_dir: str = ""
-    result_json: str = ""
-    labels_result_json: str | None = None
-    data_docs: str | None = None
-    report_html: str | None = None
-    quarantine: str | None = None
-    rows_read: int = 0
-    bounds: RowCountBounds | None = None
-    reused: bool = False             # the stored decision, features unchanged (reuse_current)
-
-    def to_status(self, **facts: Any) -> ValidationStatus:
-        """The decision as stored in ``status.json`` (``facts``: when, run id, fingerprint...)."""
-        return ValidationStatus(
-            status=self.status, dataset=self.dataset, ds=self.ds, input_rows=self.input_rows,
-            passed_rows=self.passed_rows, quarantined_rows=self.quarantined_rows,
-            message=self.message, reasons=self.reasons, failed_rules=self.failed_rules,
-            result_json=self.result_json, data_docs=self.data_docs, report=self.report_html,
-            quarantine=self.quarantine, **facts)
-
-    def record(self) -> RunRecord:
-        """Counts for the manifest: a failed validation passed nothing on and quarantined
-        nothing (0/0/0); the rows it read are in ``details["rows_read"]``."""
-        counted = self.status != "failed"
-        outputs = {"validation": self.validation_dir,
-                   "status": str(Path(self.validation_dir) / STATUS_FILE),
-                   "result_json": self.result_json}
-        if self.labels_result_json:
-            outputs["labels_result_json"] = self.labels_result_json
-        if self.data_docs:
-            outputs["data_docs"] = self.data_docs
-        if self.report_html:
-            outputs["report"] = self.report_html
-        if self.quarantine:
-            outputs["quarantine"] = self.quarantine
-        return RunRecord(
-            input_rows=self.input_rows if counted else 0,
-            output_rows=self.passed_rows if counted else 0,
-            quarantined_rows=self.quarantined_rows if counted else 0,
-            outputs=outputs,
-            details={
-                "validation_status": self.status,
-                "reused_decision": self.reused,
-                "rows_read": self.rows_read,
-                "spark_jobs": self.spark_jobs,
-                "seconds": self.seconds,
-                "reasons": self.reasons,
-                "failed_rules": self.failed_rules,
-                "expectations": len(self.rules),
-                "unsuccessful_expectations": sum(not r.success for r in self.rules),
-                "row_count_bounds": asdict(self.bounds) if self.bounds else None,
-                # earlier partitions the row-count history could not read (path and cause)
-                "skipped_partitions": list(self.bounds.unreadable) if self.bounds else [],
-            })
 
 
 @dataclass
@@ -204,6 +132,15 @@ class ValidationInputs:
     rows_read: int
     bounds: RowCountBounds
     fingerprint: list
+
+
+class _Refused(Exception):
+    """A failure before (or instead of) a GX decision; :func:`validate_partition` records it
+    as a failed status with no quarantine."""
+
+    def __init__(self, message: str, rows: int, skipped: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.message, self.rows, self.skipped = message, rows, skipped
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,28 +174,52 @@ def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
         remove(validation_dir)  # no stale decision while we run
         validation_dir.mkdir(parents=True)
         try:
-            inputs = read_inputs(tb, spec, ds)
-        except ValueError as exc:
-            _fail(tb, spec, ds, run_id, f"validation failed: {exc}", 0)
-        _check_extra_columns(cfg, spec, inputs, tb, ds, run_id)
-        group = f"mmoe-validate-{uuid4().hex[:12]}"
-        docs_dir = validation_dir / DOCS_DIR if cfg.validation.keep_data_docs else None
-        with job_group(spark, group, f"validate {spec.name} ds={ds}"), \
-                session_conf(spark, VALIDATION_CONF):
-            report = _check_and_write(spark, cfg, spec, ds, inputs, tb, docs_dir, run_id)
-        report.spark_jobs = jobs_in_group(spark, group)
+            try:
+                inputs = read_inputs(tb, spec, ds)
+            except ValueError as exc:
+                raise _Refused(f"validation failed: {exc}", 0) from None
+            _check_extra_columns(cfg, spec, inputs)
+            group = f"mmoe-validate-{uuid4().hex[:12]}"
+            docs_dir = validation_dir / DOCS_DIR if cfg.validation.keep_data_docs else None
+            with job_group(spark, group, f"validate {spec.name} ds={ds}"), \
+                    session_conf(spark, VALIDATION_CONF):
+                report = _check_and_write(spark, cfg, spec, ds, inputs, tb, docs_dir)
+            report.spark_jobs = jobs_in_group(spark, group)
+        except _Refused as refused:
+            tb["quarantine"].remove(ds)
+            _write_status(tb, spec, ds, run_id, refused=refused)
+            raise ValidationFailed(refused.message, details={
+                "validation_status": "failed", "rows_read": refused.rows, "spark_jobs": 0,
+                "skipped_partitions": list(refused.skipped)}) from refused.__cause__
         report.seconds = round(time.perf_counter() - started, 3)
         report.validation_dir = str(validation_dir)
-
         report.report_html = str(write_text(validation_dir / REPORT_FILE,
                                             render_validation_html(report)))
-        write_validation_status(wh, report.to_status(
-            validated_at=utc_now(), run_id=run_id, spark_jobs=report.spark_jobs,
-            features_fingerprint=inputs.fingerprint, row_count_bounds=asdict(inputs.bounds),
-            skipped_partitions=list(inputs.bounds.unreadable)))
+        _write_status(tb, spec, ds, run_id, report=report, inputs=inputs)
     if report.status == "failed":
         raise ValidationFailed(report.message, details=_failure_details(report))
     return report
+
+
+def _write_status(tb: DatasetTables, spec: DatasetSpec, ds: str, run_id: str | None, *,
+                  report: ValidationReport | None = None, inputs: ValidationInputs | None = None,
+                  refused: _Refused | None = None) -> None:
+    """THE writer of ``status.json``: a decision (``report`` + ``inputs``) or a refusal before
+    one. The fingerprint makes a failure reusable too: an unchanged partition fails again
+    without another GX run (the backfill's reuse_current)."""
+    wh = tb.wh
+    facts: dict[str, Any] = {"validated_at": utc_now(), "run_id": run_id}
+    if report is None or inputs is None:
+        write_validation_status(wh, ValidationStatus(
+            status="failed", dataset=spec.name, ds=ds,
+            input_rows=refused.rows if refused else 0, message=refused.message if refused else "",
+            skipped_partitions=list(refused.skipped) if refused else [],
+            features_fingerprint=tb["features"].fingerprint(ds), **facts))
+        return
+    write_validation_status(wh, report.to_status(
+        spark_jobs=report.spark_jobs, features_fingerprint=inputs.fingerprint,
+        row_count_bounds=asdict(inputs.bounds), skipped_partitions=list(inputs.bounds.unreadable),
+        **facts))
 
 
 def _current_decision(tb: DatasetTables, spec: DatasetSpec, ds: str) -> ValidationReport | None:
@@ -286,8 +247,7 @@ def _current_decision(tb: DatasetTables, spec: DatasetSpec, ds: str) -> Validati
         quarantine=status.quarantine, reused=True)
 
 
-def _check_extra_columns(cfg: JobConfig, spec: DatasetSpec, inputs: "ValidationInputs",
-                         tb: DatasetTables, ds: str, run_id: str | None) -> None:
+def _check_extra_columns(cfg: JobConfig, spec: DatasetSpec, inputs: ValidationInputs) -> None:
     """A features column the spec does not know fails the partition (a rename upstream, a
     producer writing the wrong table) unless ``validation.on_extra_columns: ignore``. Checked
     only when no spec column is missing: then GX's missing-column failure says more."""
@@ -297,33 +257,15 @@ def _check_extra_columns(cfg: JobConfig, spec: DatasetSpec, inputs: "ValidationI
         return
     extra = [c for c in names if c not in spec.features_table_columns]
     if extra:
-        _fail(tb, spec, ds, run_id,
-              f"validation failed: unexpected column{'s' if len(extra) > 1 else ''} "
-              f"{', '.join(repr(c) for c in extra)} not in the {spec.name} spec "
-              f"(validation.on_extra_columns: fail)", inputs.rows_read,
-              skipped=inputs.bounds.unreadable)
+        raise _Refused(
+            f"validation failed: unexpected column{'s' if len(extra) > 1 else ''} "
+            f"{', '.join(repr(c) for c in extra)} not in the {spec.name} spec "
+            f"(validation.on_extra_columns: fail)", inputs.rows_read, inputs.bounds.unreadable)
 
 
 def _failure_details(report: ValidationReport) -> dict[str, Any]:
     record = report.record()
     return {**record.details, "outputs": record.outputs}
-
-
-def _fail(tb: DatasetTables, spec: DatasetSpec, ds: str, run_id: str | None, message: str,
-          rows: int, cause: BaseException | None = None,
-          skipped: tuple[str, ...] = ()) -> NoReturn:
-    """Before a GX result exists: leave a failed status (and no quarantine) behind."""
-    wh = tb.wh
-    tb["quarantine"].remove(ds)
-    # The fingerprint makes the failure reusable: an unchanged partition fails again without
-    # another GX run (the backfill's reuse_current).
-    write_validation_status(wh, ValidationStatus(
-        status="failed", dataset=spec.name, ds=ds, input_rows=rows, message=message,
-        validated_at=utc_now(), run_id=run_id, skipped_partitions=list(skipped),
-        features_fingerprint=tb["features"].fingerprint(ds)))
-    raise ValidationFailed(message, details={"validation_status": "failed", "rows_read": rows,
-                                             "spark_jobs": 0,
-                                             "skipped_partitions": list(skipped)}) from cause
 
 
 def read_inputs(tb: DatasetTables, spec: DatasetSpec, ds: str) -> ValidationInputs:
@@ -338,10 +280,11 @@ def read_inputs(tb: DatasetTables, spec: DatasetSpec, ds: str) -> ValidationInpu
 
 
 def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
-                     inputs: ValidationInputs, tb: DatasetTables, docs_dir: Path | None,
-                     run_id: str | None) -> ValidationReport:
+                     inputs: ValidationInputs, tb: DatasetTables,
+                     docs_dir: Path | None) -> ValidationReport:
     """GX over the labels table (its own batch) and over the cached features frame → the
-    decision → result.json (+ labels_result.json) and the quarantine partition."""
+    decision (+ feature drift) → result.json (+ labels_result.json), the drift rows and
+    profile, and the quarantine partition."""
     max_bad = 0.0 if cfg.validation.on_bad_rows == "fail" else cfg.validation.max_bad_row_fraction
     suite = build_suite(spec, inputs.bounds, with_labels=False, max_bad_row_fraction=max_bad)
     labels_suite = build_labels_suite(spec) if inputs.labels_schema is not None else None
@@ -350,18 +293,19 @@ def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds:
     frame: DataFrame | None = None
     run_name = f"{spec.name}-{ds}"
     try:
-        raw = _read(spark, inputs.features, ds, inputs.features_schema)
-        labels = (_read(spark, inputs.labels, ds, inputs.labels_schema)
+        raw = read_partition(spark, inputs.features, ds, inputs.features_schema)
+        labels = (read_partition(spark, inputs.labels, ds, inputs.labels_schema)
                   if inputs.labels_schema is not None else None)
-        gx_run = _GxRun(docs_dir)
+        gx_run = GxRun(docs_dir)
         labels_result = None
-        if schema_problems(spec, raw, labels):
+        schema_ok = not schema_problems(spec, raw, labels)
+        if not schema_ok:
             # Only the schema expectations can run; they need no Spark job.
             frame = raw
-            _schema_only(suite, set(raw.columns))
+            schema_only(suite, set(raw.columns))
             if labels is not None:
-                _schema_only(labels_suite, set(labels.columns))
-                labels_result = _run_or_fail(tb, spec, ds, run_id, inputs, lambda: gx_run.run(
+                schema_only(labels_suite, set(labels.columns))
+                labels_result = _run_or_fail(inputs, lambda: gx_run.run(
                     labels, labels_suite, "labels", run_name))
         else:
             bad_labels = None
@@ -372,12 +316,11 @@ def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds:
                 labels_frame = labels.select(*spec.key_names, *[
                     F.coalesce(F.col(t), F.lit(-1)).alias(t)
                     for t in spec.task_names])
-                labels_result = _run_or_fail(tb, spec, ds, run_id, inputs, lambda: gx_run.run(
+                labels_result = _run_or_fail(inputs, lambda: gx_run.run(
                     labels_frame, labels_suite, "labels", run_name))
                 bad_labels = bad_label_keys(spec, labels_frame, labels_result)
             frame = prepare_frame(spec, raw, bad_labels=bad_labels).cache()
-        result = _run_or_fail(tb, spec, ds, run_id, inputs, lambda: gx_run.run(
-            frame, suite, "features", run_name))
+        result = _run_or_fail(inputs, lambda: gx_run.run(frame, suite, "features", run_name))
         write_json(validation_dir / RESULT_FILE, result.to_json_dict())
         if labels_result is not None:
             write_json(validation_dir / LABELS_RESULT_FILE, labels_result.to_json_dict())
@@ -387,16 +330,18 @@ def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds:
         if labels_result is not None:
             report.labels_result_json = str(validation_dir / LABELS_RESULT_FILE)
         report.data_docs = str(docs_dir / "index.html") if docs_dir is not None else None
+        if cfg.drift.enabled and schema_ok and report.status != "failed":
+            _drift(cfg, spec, ds, tb, frame, report)
         if report.status == "quarantined":
             with quarantine.writing(spark, ds) as staged:
                 write_quarantine(frame, spec, staged.dir)
             report.quarantine = quarantine.where(ds)
-            written, report.reasons = _reason_counts(quarantine, ds)
+            written, report.reasons = reason_counts(quarantine, ds)
             if written != report.quarantined_rows:  # a broken invariant must not pass
-                _fail(tb, spec, ds, run_id,
-                      f"validation failed: {written:,} rows written to quarantine but GX "
-                      f"counted {report.quarantined_rows:,} rows breaking row-level rules",
-                      inputs.rows_read)
+                raise _Refused(
+                    f"validation failed: {written:,} rows written to quarantine but GX "
+                    f"counted {report.quarantined_rows:,} rows breaking row-level rules",
+                    inputs.rows_read)
         else:
             quarantine.remove(ds)
     finally:
@@ -405,420 +350,37 @@ def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds:
     return report
 
 
-def _schema_only(suite, present: set[str]) -> None:
-    suite.expectations = [e for e in suite.expectations
-                          if e.meta["level"] == "schema"
-                          and (e.meta["rule"] == "missing_column" or e.column in present)]
+def _drift(cfg: JobConfig, spec: DatasetSpec, ds: str, tb: DatasetTables, frame: DataFrame,
+           report: ValidationReport) -> DriftOutcome:
+    """Feature drift on the cached frame → the drift rows (table), the day's profile (for later
+    references), the report's drift and, with ``on_drift: fail`` and a drifted feature, the
+    failed decision."""
+    wh = tb.wh
+    reference, skipped = trailing_profiles(wh, spec, ds, cfg.drift.reference_days)
+    outcome = feature_drift(spec, ds, frame, cfg.drift, reference, skipped)
+    report.drift, report.drift_details = outcome.rows, outcome.details()
+    report.drift_details["table"] = str(replace_drift_rows(cfg, spec.name, ds, outcome.rows))
+    write_json(wh.partition(spec.name, "validation", ds) / PROFILE_FILE, outcome.profile.to_json())
+    report.drift_history = drift_history(tb, ds, cfg.drift.reference_days)
+    if outcome.drifted and cfg.drift.on_drift == "fail":
+        report.status, report.passed_rows, report.quarantined_rows = "failed", 0, 0
+        report.failed_rules = report.failed_rules + [f"drift:{f}" for f in outcome.drifted]
+        report.message = f"validation failed: {outcome.note()} (drift.on_drift: fail)"
+    elif outcome.drifted:
+        report.message += f"; warning: {outcome.note()}"
+    return outcome
 
 
-def _run_or_fail(tb: DatasetTables, spec: DatasetSpec, ds: str, run_id: str | None,
-                 inputs: ValidationInputs, run):
+def _run_or_fail(inputs: ValidationInputs, run):
     try:
         return run()
     except ValidationFailed:
         raise
     except Exception as exc:  # GX itself broke: still leave a failed status behind
-        _fail(tb, spec, ds, run_id,
-              f"validation failed: Great Expectations could not run the suite: "
-              f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}",
-              inputs.rows_read, exc)
-
-
-def bad_label_keys(spec: DatasetSpec, labels: DataFrame, labels_result) -> DataFrame | None:
-    """The keys whose labels break ``label_not_binary`` (one row per key, each task folded to
-    an out-of-{0,1} value when the key has one), or None when the labels batch found none (no
-    Spark job then). Few keys are collected and broadcast back; many stay a DataFrame."""
-    if all(r.success and not r.unexpected_count for r in _rule_results(labels_result)
-           if r.rule == "label_not_binary"):
-        return None
-    keys = spec.key_names
-    folded = labels.where(bad_label_condition(spec)).groupBy(*keys).agg(*[
-        # out-of-{0,1} values are < 0 or > 1: keep one if there is one
-        F.when(F.min(t) < 0, F.min(t)).otherwise(F.max(t)).alias(t) for t in spec.task_names])
-    found = folded.limit(MAX_BROADCAST_KEYS + 1).agg(
-        F.collect_list(F.struct(*keys, *spec.task_names)).alias("found")).first()["found"]
-    if len(found) > MAX_BROADCAST_KEYS:
-        return folded
-    return F.broadcast(labels.sparkSession.createDataFrame(found, schema=folded.schema))
-
-
-def passed_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str) -> DataFrame:
-    """The features rows of ``ds`` that passed validation: the partition minus the quarantined
-    keys (a null-safe left-anti join, so null-key rows stay out too).
-
-    Raises :class:`NotValidated` when the ds was never validated, failed, or its features
-    partition changed since it was validated.
-    """
-    tb = DatasetTables(cfg, spec.name, spark)
-    status = checked_status(cfg, spec, ds, tb)
-    rows = tb["features"].read(spark, ds, schema=features_struct(spec))
-    if status.quarantined_rows == 0:
-        return rows
-    keys = tb["quarantine"].read(spark, ds, columns=spec.key_names).distinct()
-    cond = reduce(lambda a, b: a & b, [rows[k].eqNullSafe(keys[k]) for k in spec.key_names])
-    return rows.join(keys, on=cond, how="left_anti")
-
-
-def checked_status(cfg: JobConfig, spec: DatasetSpec, ds: str,
-                   tb: DatasetTables | None = None) -> ValidationStatus:
-    """The ds's validation status when its rows may be scored; :class:`NotValidated` when it
-    was never validated, failed, changed since, or its quarantine partition went missing."""
-    tb = tb or DatasetTables(cfg, spec.name)
-    status = read_status(cfg, spec, ds)
-    where = f"{spec.name} ds={ds}"
-    if status is None:
-        raise NotValidated(f"{where} has not been validated; run: mmoe validate "
-                           f"--dataset {spec.name} --ds {ds}")
-    if not status.scorable:
-        raise NotValidated(f"{where} did not pass validation: {status.message or '?'}")
-    if tb["features"].fingerprint(ds) != status.features_fingerprint:
-        raise NotValidated(f"{where}: the features partition changed after it was validated; "
-                           f"run mmoe validate --dataset {spec.name} --ds {ds} again")
-    if status.quarantined_rows and not tb["quarantine"].exists(ds):
-        raise NotValidated(f"{where}: status says {status.quarantined_rows} rows were "
-                           f"quarantined but {tb['quarantine'].where(ds)} is missing; "
-                           f"validate again")
-    return status
-
-
-def read_status(cfg: JobConfig, spec: DatasetSpec, ds: str) -> ValidationStatus | None:
-    """The validation decision of a ds, or None when it was never validated (or is being
-    validated)."""
-    try:
-        return read_validation_status(Warehouse(cfg.warehouse), spec.name, ds)
-    except ValueError as exc:
-        raise NotValidated(str(exc)) from None
-
-
-# --------------------------------------------------------------------------------------------
-# Inputs: row-count history, schema
-
-
-def _read(spark: SparkSession, source: Table, ds: str, schema: pa.Schema) -> DataFrame:
-    """Read a partition with the schema its footers declare (no schema-inference job); Spark's
-    own inference for types pyspark cannot map from arrow."""
-    return source.read(spark, ds, schema=arrow_to_spark(schema))
-
-
-def row_count_bounds(tb: DatasetTables, spec: DatasetSpec, ds: str) -> RowCountBounds:
-    """``row_count.min_rows``, tightened by [min_ratio, max_ratio] x the median row count of up
-    to ``trailing_partitions`` previous features partitions (footer counts, no Spark job).
-    A previous partition whose files cannot be read is skipped and named in ``unreadable``:
-    one corrupt day never fails the validation of another."""
-    policy = spec.row_count
-    features = tb["features"]
-    previous = [d for d in features.partitions() if d < ds]
-    counts, unreadable = [], []
-    for day in reversed(previous):
-        if len(counts) == policy.trailing_partitions:
-            break
-        files = features.files(day)
-        if files:
-            try:
-                counts.append(read_footers(files)[1])
-            except ValueError as exc:
-                unreadable.append(f"ds={day}: {exc}")
-    if not counts:
-        return RowCountBounds(min_rows=policy.min_rows, max_rows=None,
-                              unreadable=tuple(unreadable))
-    median = float(statistics.median(counts))
-    lo = max(policy.min_rows, int(-(-policy.min_ratio_to_median * median // 1)))  # ceil
-    hi = int(policy.max_ratio_to_median * median)                                    # floor
-    return RowCountBounds(min_rows=lo, max_rows=max(hi, lo), median=median, trailing=len(counts),
-                          unreadable=tuple(unreadable))
-
-
-def _spark_type_name(frame: DataFrame, column: str) -> str:
-    return type(frame.schema[column].dataType).__name__
-
-
-def schema_problems(spec: DatasetSpec, features: DataFrame,
-                    labels: DataFrame | None) -> list[str]:
-    """Columns missing or of the wrong type (the GX result words the failure; this only decides
-    whether the full suite can run)."""
-    problems = []
-    typed = [(k.name, k.dtype) for k in spec.keys] + [(f.name, f.dtype) for f in spec.features]
-    typed += [(a.name, a.dtype) for a in spec.attributes]
-    for name, dtype in typed:
-        if name not in features.columns:
-            problems.append(f"missing:{name}")
-        elif _spark_type_name(features, name) != SPARK_TYPE[dtype]:
-            problems.append(f"type:{name}")
-    if labels is not None:
-        for name in spec.key_names:
-            if name not in labels.columns:
-                problems.append(f"labels_missing:{name}")
-        for task in spec.task_names:
-            if task not in labels.columns:
-                problems.append(f"missing:{task}")
-            elif _spark_type_name(labels, task) != LABEL_TYPE:
-                problems.append(f"type:{task}")
-    return problems
-
-
-# --------------------------------------------------------------------------------------------
-# The frame GX validates
-
-
-# Duplicated keys (no labels partition) up to this many are collected to the driver and broadcast
-# back onto the partition; more (a badly broken partition), and they are joined back with a
-# shuffle instead.
-MAX_BROADCAST_KEYS = 100_000
-
-
-def prepare_frame(spec: DatasetSpec, features: DataFrame, *,
-                  bad_labels: DataFrame | None = None) -> DataFrame:
-    """The partition's spec columns + ``_key_copies`` + ``_reason``.
-
-    When the labels batch found bad labels, ``bad_labels`` (:func:`bad_label_keys`: only those
-    keys) are joined on (broadcast when few) so that ``_reason`` names
-    ``label_not_binary:<task>``. No wide row is shuffled: duplicated keys come from a group-by
-    over the key columns alone (only keys move; normally none survive ``count > 1``), broadcast
-    back when few.
-    """
-    spark = features.sparkSession
-    keys = spec.key_names
-    any_null_key = " OR ".join(f"{_ident(k)} IS NULL" for k in keys)
-    frame = features.select(*spec.features_table_columns)
-    copies = "_copies"
-    dups = (features.groupBy(*keys).agg(F.count(F.lit(1)).alias(copies))
-            .where(f"{copies} > 1 AND NOT ({any_null_key})"))
-    # one job (a limit + a one-row aggregate; ``limit().collect()`` may run several)
-    found = dups.limit(MAX_BROADCAST_KEYS + 1).agg(
-        F.collect_list(F.struct(*keys, copies)).alias("found")).first()["found"]
-    if not found:
-        frame = frame.selectExpr(
-            "*", f"CAST(CASE WHEN {any_null_key} THEN NULL ELSE 1 END AS BIGINT) "
-                 f"AS {_ident(KEY_COPIES)}")
-    else:
-        if len(found) <= MAX_BROADCAST_KEYS:
-            dups = F.broadcast(spark.createDataFrame(found, schema=dups.schema))
-        frame = frame.join(dups, on=keys, how="left").selectExpr(
-            *[_ident(c) for c in frame.columns],
-            f"CASE WHEN {any_null_key} THEN NULL ELSE coalesce({_ident(copies)}, 1) END "
-            f"AS {_ident(KEY_COPIES)}")
-    if bad_labels is not None:
-        frame = frame.join(bad_labels, on=keys, how="left")
-        return _with_reason(spec, frame, with_labels=True)
-    return _with_reason(spec, frame, with_labels=False)
-
-
-def _with_reason(spec: DatasetSpec, frame: DataFrame, with_labels: bool) -> DataFrame:
-    return frame.selectExpr(
-        "*", f"{reason_expression(spec, with_labels)} AS {_ident(REASON)}")
-
-
-class _GxRun:
-    """One ephemeral GX context for a validation: each batch (the labels table, the features
-    frame) is validated by its own checkpoint; with ``docs_dir``, GX's Data Docs site builder
-    renders every result there (``index.html`` + one page per batch)."""
-
-    def __init__(self, docs_dir: Path | None) -> None:
-        import great_expectations as gx
-        from great_expectations.data_context.types.base import (
-            DataContextConfig,
-            InMemoryStoreBackendDefaults,
-            ProgressBarsConfig,
-        )
-
-        sites = {}
-        if docs_dir is not None:
-            sites["local"] = {
-                "class_name": "SiteBuilder",
-                "show_how_to_buttons": False,
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                                  "base_directory": str(docs_dir)},
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            }
-        self.docs_dir = docs_dir
-        self.context = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
-            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-            data_docs_sites=sites, analytics_enabled=False,
-            progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False)))
-        self.source = self.context.data_sources.add_spark(name="warehouse", persist=False)
-
-    def run(self, frame: DataFrame, suite, asset: str, run_name: str):
-        import great_expectations as gx
-        from great_expectations.checkpoint import UpdateDataDocsAction
-        from great_expectations.core.run_identifier import RunIdentifier
-
-        context = self.context
-        batch = self.source.add_dataframe_asset(name=asset).add_batch_definition_whole_dataframe(
-            "partition")
-        suite = context.suites.add(suite)
-        definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=suite.name, data=batch, suite=suite))
-        actions = [UpdateDataDocsAction(name="data_docs")] if self.docs_dir is not None else []
-        checkpoint = context.checkpoints.add(gx.Checkpoint(
-            name=f"validate-{asset}", validation_definitions=[definition], actions=actions,
-            result_format=RESULT_FORMAT))
-        outcome = checkpoint.run(batch_parameters={"dataframe": frame},
-                                 run_id=RunIdentifier(run_name=run_name))
-        if self.docs_dir is not None:
-            _prune_static_images(self.docs_dir)
-        return next(iter(outcome.run_results.values()))
-
-
-def _prune_static_images(docs_dir: Path) -> None:
-    """GX copies ~3.4 MB of marketing images into every site; the pages use only the favicon."""
-    images = docs_dir / "static" / "images"
-    if images.is_dir():
-        for path in images.iterdir():
-            if path.is_file() and path.name != "favicon.ico":
-                path.unlink()
-
-
-# --------------------------------------------------------------------------------------------
-# Deciding
-
-
-def _rule_results(result) -> list[RuleResult]:
-    rules = []
-    for r in result.results:
-        cfg = r.expectation_config
-        meta = cfg.meta or {}
-        res = r.result or {}
-        info = r.exception_info or {}
-        error = None
-        if info.get("raised_exception"):
-            error = info.get("exception_message") or "error"
-        elif info and not {"raised_exception", "exception_message",
-                           "exception_traceback"} >= set(info):
-            # several metric errors, keyed by metric id
-            errors = [v.get("exception_message") for v in info.values() if isinstance(v, dict)
-                      and v.get("raised_exception")]
-            error = "; ".join(str(e) for e in errors if e) or None
-        rules.append(RuleResult(
-            rule=meta.get("rule", cfg.type), column=meta.get("column", ""),
-            level=meta.get("level", "table"), success=bool(r.success), expectation=cfg.type,
-            unexpected_count=res.get("unexpected_count"), element_count=res.get("element_count"),
-            missing_count=res.get("missing_count"),
-            observed_value=res.get("observed_value"), limit=meta.get("limit"), error=error))
-    return rules
-
-
-def decide(spec: DatasetSpec, ds: str, result, rows_read: int, cfg: JobConfig,
-           bounds: RowCountBounds, labels_result=None) -> ValidationReport:
-    """The decision from the features batch's GX result and, when there is a labels partition,
-    the labels batch's (its rules follow the features' in the report)."""
-    rules = _rule_results(result)
-    if labels_result is not None:
-        rules += _rule_results(labels_result)
-    rows = next((int(r.observed_value) for r in rules if r.rule == "row_count"
-                 and r.observed_value is not None), rows_read)
-    errors = [r for r in rules if r.error]
-    failed = [r for r in rules if not r.success and r.level in ("schema", "table", "policy")]
-    row_failed = [r for r in rules if not r.success and r.level == "row"]
-    policy = next((r for r in rules if r.level == "policy"), None)
-    bad = int(policy.unexpected_count or 0) if policy is not None else 0
-    breakdown = ", ".join(f"{r.rule}:{r.column} {r.unexpected_count or 0:,}" for r in row_failed)
-    report = ValidationReport(dataset=spec.name, ds=ds, status="passed", input_rows=rows,
-                              passed_rows=rows, quarantined_rows=0, message="", rules=rules,
-                              rows_read=rows_read, bounds=bounds)
-    if errors or failed:
-        first = errors[0] if errors else failed[0]
-        msg = (_error_message(first) if errors
-               else _failure_message(first, spec, rows, bad, breakdown, cfg, bounds))
-        others = [f"{r.rule}:{r.column}" for r in (errors + failed) if r is not first]
-        if others:
-            more = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-            msg += f" (+{len(others)} more: {more})"
-        report.status, report.message = "failed", msg
-        report.passed_rows = 0
-        report.failed_rules = [f"{r.rule}:{r.column}" for r in errors + failed]
-        return report
-    if bad:
-        report.status = "quarantined"
-        report.quarantined_rows, report.passed_rows = bad, rows - bad
-        report.failed_rules = [f"{r.rule}:{r.column}" for r in row_failed]
-        report.message = (f"validation quarantined {bad:,} of {rows:,} rows "
-                          f"({breakdown}); {rows - bad:,} passed")
-    else:
-        report.message = f"validation passed: {rows:,} rows"
-    return report
-
-
-def _fraction(value: float, limit: float) -> tuple[str, str]:
-    digits = 2
-    while digits < 6 and f"{value:.{digits}f}" == f"{limit:.{digits}f}":
-        digits += 1
-    return f"{value:.{digits}f}", f"{limit:.{digits}f}"
-
-
-def _error_message(rule: RuleResult) -> str:
-    return (f"validation failed: rule {rule.rule} on column '{rule.column}' could not be "
-            f"evaluated ({rule.expectation}): {str(rule.error).splitlines()[0][:300]}")
-
-
-def _failure_message(rule: RuleResult, spec: DatasetSpec, rows: int, bad: int, breakdown: str,
-                     cfg: JobConfig, bounds: RowCountBounds) -> str:
-    head = "validation failed: "
-    if rule.rule == "missing_column":
-        observed = set(rule.observed_value or [])
-        missing = [c for c in rule.column.split(",") if c not in observed]
-        return head + (f"missing column{'s' if len(missing) > 1 else ''} "
-                       f"{', '.join(repr(c) for c in missing)} (dataset {spec.name})")
-    if rule.rule == "wrong_type":
-        expected = LABEL_TYPE if rule.column in spec.task_names else \
-            SPARK_TYPE[spec.column(rule.column).dtype]
-        return head + (f"column '{rule.column}' has type {rule.observed_value}, "
-                       f"expected {expected}")
-    if rule.rule == "row_count":
-        policy = spec.row_count
-        if rows == 0:
-            return head + f"partition is empty (0 rows; row_count.min_rows {policy.min_rows:,})"
-        if rows < policy.min_rows:
-            return head + f"row count {rows:,} < row_count.min_rows {policy.min_rows:,}"
-        side = "<" if rows < bounds.min_rows else ">"
-        limit = bounds.min_rows if side == "<" else bounds.max_rows
-        return head + (f"row count {rows:,} {side} {limit:,} (row_count: "
-                       f"[{policy.min_ratio_to_median}, {policy.max_ratio_to_median}] x median "
-                       f"{bounds.median:,.0f} of the "
-                       f"{bounds.trailing} previous partition(s))")
-    if rule.rule == "null_fraction":
-        nulls = rows - round(float(rule.observed_value or 0.0) * rows)  # observed: non-null share
-        value, limit = _fraction(nulls / rows if rows else 0.0, float(rule.limit or 0.0))
-        return head + (f"column '{rule.column}' null fraction {value} > {limit} "
-                       f"({nulls:,} of {rows:,} rows)")
-    if rule.rule == "oov_fraction":
-        # GX's ``mostly`` is over the non-null values
-        oov = int(rule.unexpected_count or 0)
-        nonnull = int(rule.element_count or rows) - int(rule.missing_count or 0)
-        value, limit = _fraction(oov / nonnull if nonnull else 0.0, float(rule.limit or 0.0))
-        return head + (f"column '{rule.column}' out-of-vocabulary fraction {value} > {limit} "
-                       f"({oov:,} of {nonnull:,} non-null rows)")
-    if rule.rule == "bad_row_fraction":
-        if cfg.validation.on_bad_rows == "fail":
-            return head + (f"{bad:,} of {rows:,} rows break row-level rules and "
-                           f"validation.on_bad_rows is 'fail' ({breakdown})")
-        value, limit = _fraction(bad / rows if rows else 0.0,
-                                 cfg.validation.max_bad_row_fraction)
-        return head + (f"bad row fraction {value} > validation.max_bad_row_fraction {limit} "
-                       f"({bad:,} of {rows:,} rows: {breakdown})")
-    return head + f"rule {rule.rule} on column '{rule.column}' ({rule.expectation})"
-
-
-# --------------------------------------------------------------------------------------------
-# Outputs
-
-
-def write_quarantine(frame: DataFrame, spec: DatasetSpec, quarantine_dir: Path) -> None:
-    """The rows as read (spec columns) + ``reason``, written to ``quarantine_dir`` (a staging
-    directory of :func:`jobs.core.warehouse.replacing`)."""
-    bad = frame.filter(F.col(REASON).isNotNull()).select(
-        *spec.features_table_columns, F.col(REASON).alias("reason"))
-    bad.coalesce(1).write.mode("overwrite").parquet(str(quarantine_dir))
-
-
-def _reason_counts(quarantine: Table, ds: str) -> tuple[int, dict[str, int]]:
-    """Rows written to quarantine, and rows per single rule (``rule:column``; a row breaking
-    several rules counts under each), read from the files with pyarrow (no Spark job)."""
-    table = quarantine.read_arrow(ds, columns=["reason"])
-    counts: dict[str, int] = {}
-    for item in table.column("reason").value_counts().to_pylist():
-        for reason in str(item["values"]).split(";"):
-            counts[reason] = counts.get(reason, 0) + int(item["counts"])
-    return table.num_rows, dict(sorted(counts.items()))
+        raise _Refused(
+            f"validation failed: Great Expectations could not run the suite: "
+            f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}",
+            inputs.rows_read) from exc
 
 
 # Session settings while the validation runs, restored after (session settings: the validation

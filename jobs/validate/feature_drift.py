@@ -1,0 +1,152 @@
+"""Feature drift in the validation pass: which features are watched (from the spec and
+``drift:``), ONE Spark aggregate over the cached, validated frame that measures today's
+profile and the exact bin counts at the reference's edges, and the comparison against the
+trailing validated days (jobs/validate/drift.py has the statistics)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from jobs.core.config import DriftConfig
+from jobs.validate.drift import (
+    OOV,
+    DayProfile,
+    DriftRow,
+    FeatureProfile,
+    Reference,
+    Watched,
+    compare,
+    counts_from_cumulative,
+    describe,
+    drifted_features,
+    pool,
+    profile_probabilities,
+    summary,
+)
+from jobs.validate.rules import REASON, _ident, _literal, vocabulary_values
+from schemas.spec import DatasetSpec
+
+PERCENTILE_ACCURACY = 10_000   # percentile_approx: rank error <= 1/10 000 of the rows
+
+
+def watched(spec: DatasetSpec, cfg: DriftConfig) -> list[Watched]:
+    """The features drift compares, in spec order: dense ones, categorical ones with a
+    vocabulary, hashed ids only with ``skip_ids: false``; never those in ``skip``."""
+    out = []
+    for feat in spec.features:
+        if feat.name in cfg.skip:
+            continue
+        if feat.kind == "dense":
+            out.append(Watched(feat.name, "dense"))
+        elif feat.vocabulary is not None:
+            out.append(Watched(feat.name, "categorical",
+                               categories=tuple(str(v) for v in vocabulary_values(feat))))
+        elif not cfg.skip_ids:
+            out.append(Watched(feat.name, "categorical", buckets=cfg.id_buckets,
+                               categories=tuple(str(b) for b in range(cfg.id_buckets))))
+    return out
+
+
+def _category_literals(spec: DatasetSpec, w: Watched) -> list[tuple[str, str]]:
+    """(category, SQL condition) per category of a watched categorical feature."""
+    col = _ident(w.name)
+    if w.buckets:
+        return [(c, f"pmod({col}, {w.buckets}) = {c}") for c in w.categories]
+    values = vocabulary_values(spec.column(w.name))
+    return [(str(v), f"{col} = {_literal(v)}") for v in values]
+
+
+def measure(spec: DatasetSpec, frame: DataFrame, features: list[Watched],
+            references: dict[str, Reference]) -> tuple[DayProfile, dict[str, np.ndarray], int]:
+    """One aggregate over the rows that passed (``_reason`` null): per feature its nulls, its
+    quantile summary (dense) or category counts, and (dense, with a reference) the rows at or
+    above each reference edge. Returns the day's profile (ds left empty), the exact dense bin
+    counts and the rows measured."""
+    probs = profile_probabilities()
+    aggs = [F.count(F.lit(1)).alias("rows")]
+    for i, w in enumerate(features):
+        col = _ident(w.name)
+        aggs.append(F.expr(f"count({col})").alias(f"n{i}"))
+        if w.kind == "dense":
+            aggs.append(F.expr(f"percentile_approx({col}, array({', '.join(map(repr, probs))}), "
+                               f"{PERCENTILE_ACCURACY})").alias(f"q{i}"))
+            ref = references.get(w.name)
+            for j, edge in enumerate(ref.edges if ref is not None else []):
+                aggs.append(F.expr(f"count_if({col} >= {_literal(float(edge))})").alias(f"g{i}_{j}"))
+        else:
+            for j, (_, cond) in enumerate(_category_literals(spec, w)):
+                aggs.append(F.expr(f"count_if({cond})").alias(f"c{i}_{j}"))
+    row = frame.where(F.col(REASON).isNull()).agg(*aggs).first().asDict()
+    rows = int(row["rows"])
+    profiles: dict[str, FeatureProfile] = {}
+    counts: dict[str, np.ndarray] = {}
+    for i, w in enumerate(features):
+        nonnull = int(row[f"n{i}"])
+        if w.kind == "dense":
+            q = [float(v) for v in (row[f"q{i}"] or [])]
+            profiles[w.name] = FeatureProfile("dense", rows, rows - nonnull, quantiles=q)
+            ref = references.get(w.name)
+            if ref is not None and ref.edges is not None:
+                ge = [float(row[f"g{i}_{j}"]) for j in range(len(ref.edges))]
+                counts[w.name] = counts_from_cumulative(ge, nonnull)
+        else:
+            cats = {c: int(row[f"c{i}_{j}"])
+                    for j, (c, _) in enumerate(_category_literals(spec, w))}
+            cats[OOV] = nonnull - sum(cats.values())
+            profiles[w.name] = FeatureProfile("categorical", rows, rows - nonnull, counts=cats)
+    return DayProfile("", profiles), counts, rows
+
+
+@dataclass
+class DriftOutcome:
+    """A day's feature drift: its rows, its profile (kept for later references) and what the
+    manifest says about it."""
+
+    rows: list[DriftRow]
+    profile: DayProfile
+    reference_days: int
+    wanted_days: int
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def judged(self) -> bool:
+        return self.reference_days >= self.wanted_days
+
+    @property
+    def drifted(self) -> list[str]:
+        return drifted_features(self.rows)
+
+    def note(self) -> str:
+        ref = self.rows[0].reference if self.rows else describe(None, self.wanted_days)
+        if not self.judged:
+            return (f"drift not judged: the reference has {self.reference_days} of "
+                    f"drift.reference_days {self.wanted_days} validated days")
+        if self.drifted:
+            return f"drift in {len(self.drifted)} feature(s) against the {ref}: {summary(self.rows)}"
+        return f"no drift against the {ref}"
+
+    def details(self) -> dict[str, Any]:
+        return {"judged": self.judged, "reference_days": self.reference_days,
+                "wanted_days": self.wanted_days, "drifted_features": self.drifted,
+                "features": sorted({r.feature for r in self.rows}),
+                "watched": len(self.profile.features), "note": self.note(),
+                "skipped_partitions": self.skipped}
+
+
+def feature_drift(spec: DatasetSpec, ds: str, frame: DataFrame, cfg: DriftConfig,
+                  reference: list[DayProfile], skipped: list[str]) -> DriftOutcome:
+    """Today's drift rows against ``reference`` (the trailing days' profiles)."""
+    features = watched(spec, cfg)
+    refs = {w.name: r for w in features if (r := pool(w.name, reference, cfg.bins)) is not None}
+    profile, counts, _ = measure(spec, frame, features, refs)
+    profile.ds = ds
+    rows: list[DriftRow] = []
+    for w in features:
+        rows += compare(w.name, refs.get(w.name), profile.features[w.name], counts.get(w.name),
+                        cfg.thresholds, cfg.reference_days)
+    return DriftOutcome(rows, profile, len(reference), cfg.reference_days, skipped)

@@ -1,0 +1,184 @@
+"""Spark Connect (issue 19), against ONE real server for the session (``connect_server`` in
+tests/conftest.py, tests/_connect.py): the server's Python has the dependencies but not the
+project, so every step below also proves the client ships its code (pyfile artifact).
+
+- the nightly flow (validate with quarantined rows → score with the direct reader → score a
+  challenger with the Spark reader → evaluate → compare) and a 3-day backfill, run as one
+  Connect client process (tests/_connect_client.py), leave tables equal to the same commands
+  run in classic mode in this process (whole frames, minus ``scored_at``);
+- the public UDF over Connect, through select and SQL, equals the classic UDF to 1e-9;
+- a bad URL / an unreachable server is a one-line error within seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.testing import assertDataFrameEqual
+from typer.testing import CliRunner
+
+from _reliability import (
+    REPO, assert_clean_error, cli_env, job_config_file, last_manifest, mmoe_command, tiny_model,
+    write_day,
+)
+from jobs.cli import app
+from jobs.core.errors import ConfigError, SparkUnavailable
+from jobs.core.spark import check_remote
+from jobs.core.warehouse import Warehouse
+from schemas import load_spec
+
+DAYS = ["2026-07-01", "2026-07-02", "2026-07-03", "2026-07-04"]
+N = 200
+KEY = "impression_id"
+
+
+def _warehouse(root: Path, spec) -> Path:
+    wh = root / "wh"
+    for i, ds in enumerate(DAYS):
+        cols, _ = write_day(wh, spec, ds, n=N, seed=10 + i, first_key=i * N)
+    bad = dict(cols)
+    bad["x0"] = list(cols["x0"])
+    for i in (3, 50):
+        bad["x0"][i] = float("nan")  # quarantined rows on the last day
+    write_day(wh, spec, DAYS[-1], features=bad)
+    return wh
+
+
+def _commands(config: Path, spark_reader: Path, a: Path, b: Path) -> list[list[str]]:
+    d1, last = DAYS[0], DAYS[-1]
+    return [
+        ["--config", str(config), "validate", "--dataset", "synth", "--ds", last],
+        ["--config", str(config), "score", "--dataset", "synth", "--ds", last, "--model", str(a)],
+        ["--config", str(spark_reader), "score", "--dataset", "synth", "--ds", last, "--model", str(b)],
+        ["--config", str(config), "evaluate", "--dataset", "synth", "--ds", last],
+        ["--config", str(config), "compare", "--dataset", "synth", "--baseline", str(a),
+         "--candidate", str(b), "--start", last, "--end", last],
+        ["--config", str(config), "backfill", "--dataset", "synth", "--start", d1,
+         "--end", DAYS[2], "--model", str(a)],
+    ]
+
+
+def _configs(root: Path, wh: Path) -> tuple[Path, Path]:
+    common = dict(validation={"keep_data_docs": False}, evaluation={"segments": []},
+                  compare={"replicates": 20})
+    config = job_config_file(root / "direct.yaml", **common)
+    spark_reader = job_config_file(root / "spark.yaml", scoring={"batch_size": 64, "reader": "spark"},
+                                   **common)
+    for path in (config, spark_reader):
+        path.write_text(path.read_text() + f"\nwarehouse: {wh}\n")
+    return config, spark_reader
+
+
+def run_connect_client(plan: list[dict], root: Path, timeout: float = 600) -> list[dict]:
+    """The plan run by one Connect client process (tests/_connect_client.py)."""
+    plan_path = root / "plan.json"
+    plan_path.write_text(json.dumps(plan))
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "_connect_client.py"), str(plan_path)],
+                          env=cli_env(), cwd=root, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [json.loads(line) for line in proc.stdout.strip().splitlines() if line.startswith("{")]
+
+
+def _frame(spark, directory: Path):
+    frame = spark.read.option("basePath", str(directory)).parquet(str(directory))
+    return frame.drop(*[c for c in ("scored_at",) if c in frame.columns])
+
+
+TABLES = [("predictions", DAYS[-1]), ("quarantine", DAYS[-1]), ("metrics", DAYS[-1]),
+          *[("predictions", ds) for ds in DAYS[:3]]]
+
+
+def test_nightly_flow_and_backfill_over_connect_equal_classic(spark, connect_server, tmp_path):
+    spec = load_spec("synth")
+    a, b = tiny_model(tmp_path / "a", spec, seed=1), tiny_model(tmp_path / "b", spec, seed=2)
+    runs = {}
+    for mode in ("classic", "connect"):
+        root = tmp_path / mode
+        root.mkdir()
+        wh = _warehouse(root, spec)
+        runs[mode] = (wh, _commands(*_configs(root, wh), a, b))
+
+    # classic: this process's session
+    runner = CliRunner()
+    classic = []
+    for args in runs["classic"][1]:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args, result.stderr[-2000:])
+        classic.append(last_manifest(result.stdout))
+
+    # Connect: one client process, its server without the project
+    started = time.monotonic()
+    steps = run_connect_client([{"args": ["--remote", connect_server.url, *args]}
+                                for args in runs["connect"][1]], tmp_path / "connect")
+    seconds = time.monotonic() - started
+    assert [s["exit_code"] for s in steps] == [0] * len(steps), (steps, connect_server.log())
+    connect = [json.loads(s["stdout_last"]) for s in steps]
+    for got, want in zip(connect, classic):
+        for key in ("job", "status", "input_rows", "output_rows", "quarantined_rows",
+                    "model_version", "model_sha256"):
+            assert got[key] == want[key], (got["job"], key)
+    assert connect[0]["quarantined_rows"] == 2
+    assert connect[0]["details"]["spark_jobs"] is None  # no status tracker over Connect
+    assert [d["status"] for d in connect[-1]["details"]["days"]] == ["scored"] * 3
+
+    wh_classic, wh_connect = Warehouse(runs["classic"][0]), Warehouse(runs["connect"][0])
+    for table, ds in TABLES:
+        got, want = (_frame(spark, w.partition("synth", table, ds)) for w in (wh_connect, wh_classic))
+        assert want.count() > 0, (table, ds)
+        assertDataFrameEqual(got, want, checkRowOrder=False, rtol=0, atol=1e-12)
+    got, want = (_frame(spark, w.table("synth", "ab_reports")) for w in (wh_connect, wh_classic))
+    assertDataFrameEqual(got, want, checkRowOrder=False, rtol=0, atol=1e-12)
+    print(f"connect client: {seconds:.1f}s for {len(steps)} commands")
+
+
+def test_public_udf_over_connect_equals_classic(spark, connect_server, tmp_path):
+    from jobs.runtime.udf import mmoe_udf
+
+    spec = load_spec("synth")
+    model = tiny_model(tmp_path / "m", spec, seed=4)
+    wh = tmp_path / "wh"
+    write_day(wh, spec, DAYS[0], n=300, seed=3)
+    features = Warehouse(wh).partition("synth", "features", DAYS[0])
+    [step] = run_connect_client([{"udf": {"remote": connect_server.url, "model": str(model),
+                                          "features": str(features), "key": KEY}}], tmp_path)
+    score = mmoe_udf(model, spark=spark)
+    want = {r[KEY]: r for r in spark.read.parquet(str(features)).select(
+        KEY, score(*score.input_columns).alias("p")).select(KEY, "p.*").collect()}
+    assert len(want) == 300
+    for path in ("select", "sql"):
+        got = {r[KEY]: r for r in step[path]}
+        assert sorted(got) == sorted(want), path
+        for column in step["columns"]:
+            np.testing.assert_allclose([got[k][column] for k in sorted(want)],
+                                       [want[k][column] for k in sorted(want)], rtol=0, atol=1e-9)
+
+
+def test_unreachable_server_and_bad_url_fail_in_seconds(tmp_path):
+    from _cluster import free_port
+
+    closed = f"sc://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(SparkUnavailable, match=f"Spark Connect server {closed} unreachable"):
+        check_remote(closed)
+    for bad, why in (("http://127.0.0.1:1", "expected sc://HOST"), ("sc://127.0.0.1:port", "not a number")):
+        with pytest.raises(ConfigError, match=why):
+            check_remote(bad)
+    assert time.monotonic() - started < 5
+    # the real CLI: one error line, no hang (SPARK_REMOTE selects Connect, no --remote needed);
+    # the day has data, so the pre-JVM checks pass and the session start is what fails
+    write_day(tmp_path / "wh", load_spec("synth"), DAYS[0], n=20)
+    env = cli_env(SPARK_REMOTE=closed)
+    started = time.monotonic()
+    proc = subprocess.run(mmoe_command("--warehouse", str(tmp_path / "wh"), "validate", "--dataset",
+                                       "synth", "--ds", DAYS[0]), env=env, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert_clean_error(proc.stderr, "unreachable", closed)
+    assert last_manifest(proc.stdout)["status"] == "failed"
+    assert time.monotonic() - started < 60  # interpreter + imports on a loaded 2-core machine

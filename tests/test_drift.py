@@ -1,0 +1,120 @@
+"""Feature drift in `mmoe validate`, on real Spark runs: short references measured but not
+judged, a clean judged day quiet, a shifted feature and a flipped category mix flagged (warn:
+passes, manifest and table list them; fail: one line naming them), the table replaced on rerun,
+its PSI equal to numpy on the raw columns, and the report page showing it in Chromium."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from browser import visit
+from scipy.spatial.distance import jensenshannon
+from test_validate import good_rows, run, run_failing, write_features
+
+from jobs.core.drift_table import DRIFT_SCHEMA, read_drift
+from jobs.core.tables import table as logical_table
+from jobs.core.warehouse import Warehouse
+from jobs.validate.drift import psi
+from schemas.spec import load_spec
+
+DAYS = ["2026-04-01"]
+TODAY = "2026-04-02"
+N = 2000
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_spec("synth")
+
+
+def _clean(spec, seed):
+    return good_rows(spec, N, seed=seed, first_key=seed * N)
+
+
+def test_feature_drift_end_to_end(spark, job_config, spec, chromium, tmp_path):
+    cfg = job_config
+    cfg.validation.keep_data_docs = False
+    cfg.drift = dataclasses.replace(cfg.drift, reference_days=1)
+    raw = {}
+    for i, ds in enumerate(DAYS):
+        raw[ds] = _clean(spec, i)
+        write_features(cfg, spec, raw[ds], ds=ds)
+        manifest, report = run(spark, cfg, spec, ds)
+        drift = manifest.details["drift"]
+        # fewer reference days than configured: measured, never alarming (clean days judged
+        # against a full reference: tests/test_drift_stats.py, 30 days)
+        assert drift["judged"] is False and drift["drifted_features"] == []
+        assert f"{i} of drift.reference_days 1" in drift["note"]
+    # today: x0's mean and spread move, the platform mix flips; both still within the rules
+    today = _clean(spec, 9)
+    today["x0"] = [0.3 * v + 6.0 for v in today["x0"]]
+    today["platform"] = ["web" if j % 10 else "android" for j in range(N)]
+    write_features(cfg, spec, today, ds=TODAY)
+    manifest, report = run(spark, cfg, spec, TODAY)
+    assert manifest.status == "succeeded" and report.status == "passed"
+    assert manifest.details["drift"]["drifted_features"] == ["platform", "x0"]
+    table = read_drift(logical_table(cfg, spec.name, "drift"), TODAY)
+    assert table.schema == DRIFT_SCHEMA
+    rows = table.to_pylist()
+    # the categorical PSI / JS against numpy on the raw columns of the 3 reference days
+    vocab = list(spec.column("platform").vocabulary)
+    ref = np.array([sum(raw[d]["platform"].count(v) for d in DAYS) for v in vocab] + [0])
+    cur = np.array([today["platform"].count(v) for v in vocab] + [0])
+    got = {(r["feature"], r["statistic"]): r for r in rows}
+    assert abs(got["platform", "psi"]["value"] - psi(ref, cur)) <= 1e-9
+    assert abs(got["platform", "js"]["value"] - jensenshannon(ref / ref.sum(), cur / cur.sum(),
+                                                              base=2)) <= 1e-9
+    assert got["x0", "psi"]["drifted"] and got["x0", "psi"]["threshold"] == 0.2
+    assert got["x0", "psi"]["reference"] == f"trailing 1 of 1 days {DAYS[0]}..{DAYS[0]}"
+    assert not got["x1", "psi"]["drifted"] and "user_id" not in {r["feature"] for r in rows}
+    assert all(r["model_version"] is None for r in rows)
+
+    page = visit(chromium, manifest.outputs["report"])
+    (tmp_path / "validation-drift.png").write_bytes(page.screenshot)
+    assert page.errors == [] and page.requests == []
+    assert "Feature drift" in page.text and "DRIFT" in page.text
+
+    # on_drift: fail → one line naming the drifted features; the table is replaced, not doubled
+    cfg.drift = dataclasses.replace(cfg.drift, on_drift="fail")
+    manifest, message = run_failing(spark, cfg, spec, TODAY)
+    assert "\n" not in message and "platform" in message and "x0" in message
+    assert "drift.on_drift: fail" in message
+    assert len(read_drift(logical_table(cfg, spec.name, "drift"), TODAY).to_pylist()) == len(rows)
+    assert manifest.status == "failed"
+
+
+def test_prediction_drift_against_the_same_versions_trailing_days(job_config, spec):
+    """What `mmoe score` runs on its staged partition (no Spark needed): each p_<task> against
+    the same model version's trailing days; another version's days are not its reference."""
+    from jobs.score.drift import prediction_drift
+
+    cfg = job_config
+    cfg.drift = dataclasses.replace(cfg.drift, reference_days=2)
+    wh = Warehouse(cfg.warehouse)
+    rng = np.random.default_rng(2)
+
+    def scored(ds, version, shift=0.0):
+        d = wh.partition(spec.name, "predictions", ds, model_version=version)
+        d.mkdir(parents=True, exist_ok=True)
+        cols = {f"p_{t}": 1 / (1 + np.exp(-(rng.normal(size=3000) + (shift if t == "click" else 0))))
+                for t in spec.task_names}
+        pq.write_table(pa.table(cols), d / "part-0.parquet")
+        return prediction_drift(cfg, spec, ds, version, d)
+
+    scored("2026-04-01", "other", shift=3.0)       # another version: never a reference
+    first = scored("2026-04-01", "V")
+    assert first["reference_days"] == 0 and first["drifted"] == []
+    scored("2026-04-02", "V")
+    clean = scored("2026-04-03", "V")
+    assert clean["judged"] and clean["drifted"] == [], clean
+    shifted = scored("2026-04-04", "V", shift=1.0)
+    assert shifted["drifted"] == ["p_click"], shifted
+    again = scored("2026-04-04", "V", shift=1.0)     # rerun: replaced, not doubled
+    rows = read_drift(logical_table(cfg, spec.name, "drift"), "2026-04-04").to_pylist()
+    assert len(rows) == 2 * len(spec.task_names) and again["drifted"] == ["p_click"]
+    assert {r["model_version"] for r in rows} == {"V"}
+    assert {r["statistic"] for r in rows} == {"psi", "js"}
