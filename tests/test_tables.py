@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import subprocess
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -108,7 +108,8 @@ def _load_team_tables(spark, path_cfg) -> None:
 
 
 @pytest.fixture(scope="module")
-def flows(spark, tmp_path_factory):
+def team(spark, tmp_path_factory):
+    """The data (path layout) and the team's own tables holding the same rows."""
     from jobs.data.synth import generate_synth
 
     base = tmp_path_factory.mktemp("tables")
@@ -117,6 +118,12 @@ def flows(spark, tmp_path_factory):
     generate_synth(path_cfg, START, len(DAYS), 300, seed=3)
     _duplicate_keys(path_cfg, DAYS[0])
     _load_team_tables(spark, path_cfg)
+    return base, path_cfg, models
+
+
+@pytest.fixture(scope="module")
+def flows(spark, team):
+    base, path_cfg, models = team
     cat_cfg = _config(base / "cat-wh", MAPPING)
     # the path flow is the oracle (its backfill is tests/test_backfill.py's)
     path = _nightly(spark, path_cfg, models, backfill=False)
@@ -182,11 +189,10 @@ def test_rerun_replaces_the_catalog_partition(spark, flows):
     assert _catalog(spark, f"{DB}.metrics", ds=DAYS[0]).count() == n
 
 
-def test_drift_on_the_catalog_keeps_each_writers_rows(spark, flows):
+def test_drift_on_the_catalog_keeps_each_writers_rows(spark, tmp_path):
     """The drift table's two writers (validate: feature rows, score: one version's rows) on a
     catalog table: each rerun replaces only its own rows, as on the path layout."""
-    _, cat_cfg, *_ = flows
-    cfg = replace(cat_cfg, tables={"synth": {"drift": TableMapping(f"{DB}.drift")}})
+    cfg = _config(tmp_path / "wh", {"drift": TableMapping(f"{DB}.drift")})
     ds = "2025-04-20"
 
     def rows(feature, value):
@@ -217,7 +223,7 @@ def _nothing_written(cfg, ds):
 
 
 @pytest.mark.parametrize("case", ["missing-table", "wrong-partition-name", "wrong-partition-type"])
-def test_a_bad_input_table_is_refused_naming_it(spark, flows, tmp_path, case):
+def test_a_bad_input_table_is_refused_naming_it(spark, team, tmp_path, case):
     spec = load_spec("synth")
     if case == "missing-table":
         tables, message = {"features": TableMapping(f"{DB}.nosuch")}, \
@@ -235,7 +241,7 @@ def test_a_bad_input_table_is_refused_naming_it(spark, flows, tmp_path, case):
     assert _nothing_written(cfg, DAYS[0])
 
 
-def test_a_missing_partition_is_refused_naming_the_table(spark, flows, tmp_path):
+def test_a_missing_partition_is_refused_naming_the_table(spark, team, tmp_path):
     cfg = _bad(tmp_path, {})
     with pytest.raises(MissingInputError, match=rf"{DB}\.features \(ds=2025-05-09\) is missing"):
         validate_partition(spark, cfg, load_spec("synth"), "2025-05-09")
@@ -259,22 +265,30 @@ def test_an_output_table_disagreeing_with_the_spec_is_refused_nothing_written(sp
 
 def test_analysts_query_metrics_and_ab_reports_through_jdbc(spark, flows, tmp_path):
     """Embedded Derby admits one JVM: the server runs inside this session's JVM
-    (``HiveThriftServer2.startWithContext``), beeline is a separate client JVM."""
+    (``HiveThriftServer2.startWithContext``, over the same metastore), beeline is a separate
+    client JVM. Port and bind host are JVM system properties (HiveConf applies them over its
+    settings; a session conf does not reach the server's HiveConf: it bound *:10000), port 0:
+    the bound port is read back from the binary Thrift service."""
 
     _, _, _, cat, _ = flows
-    # As Spark's own suites do (SharedThriftServer): port 0 in the session's SQL conf, then the
-    # port the binary Thrift service bound.
-    spark.conf.set("hive.server2.thrift.port", "0")
-    spark.conf.set("hive.server2.thrift.bind.host", "127.0.0.1")
-    server = spark._jvm.org.apache.spark.sql.hive.thriftserver.HiveThriftServer2 \
-        .startWithContext(spark._jsparkSession.sqlContext())
+    jvm = spark._jvm
+    system = jvm.java.lang.System
+    system.setProperty("hive.server2.thrift.port", "0")
+    system.setProperty("hive.server2.thrift.bind.host", "127.0.0.1")
     try:
-        port, deadline = 0, time.monotonic() + 60
-        while not port and time.monotonic() < deadline:
-            port = max([svc.getPortNumber() for svc in server.getServices()
-                        if svc.getClass().getSimpleName() == "ThriftBinaryCLIService"] or [0])
-            time.sleep(0.2)
-        assert port, "the Thrift server bound no port"
+        server = jvm.org.apache.spark.sql.hive.thriftserver.HiveThriftServer2 \
+            .startWithContext(spark._jsparkSession.sqlContext())
+    finally:
+        system.clearProperty("hive.server2.thrift.port")
+        system.clearProperty("hive.server2.thrift.bind.host")
+    try:
+        port = max([svc.getPortNumber() for svc in server.getServices()
+                    if svc.getClass().getSimpleName() == "ThriftBinaryCLIService"] or [0])
+        assert port and port != 10000, f"the Thrift server bound port {port}"
+        if shutil.which("ss"):  # iproute2: the listening socket is on loopback only
+            listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"],
+                                       capture_output=True, text=True).stdout
+            assert "127.0.0.1" in listening and "*:" not in listening, listening
         spark_class = Path(pyspark.__file__).parent / "bin" / "spark-class"
         query = (f"SELECT COUNT(*) AS n FROM {DB}.metrics WHERE ds = '{DAYS[0]}' "
                  f"AND metric = 'auc';"
@@ -318,24 +332,3 @@ def test_warehouse_uris(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="unknown table"):
         from jobs.core.config import parse_tables
         parse_tables({"synth": {"nosuch": "db.t"}})
-
-
-@pytest.mark.parametrize("body, message", [
-    ("tables: {synth: {nosuch: db.t}}", "config.tables.synth.nosuch: unknown table"),
-    ("tables: {synth: {features: 'db.t; DROP TABLE x'}}", "is not a catalog table name"),
-    ("tables: {synth: {labels: {name: db.l, partition_type: timestamp}}}",
-     "config.tables.synth.labels.partition_type: must be one of 'string', 'date'"),
-    ("tables: {synth: {labels: {name: db.l, partition_column: 'a b'}}}", "is not a column name"),
-    ("tables: {synth: {labels: {table: db.l}}}", "must be a table name or a mapping with name"),
-    ("tables: [db.t]", "config.tables: must be a mapping"),
-])
-def test_tables_config_is_checked(refused_config, body, message):
-    refused_config(body, message)
-
-
-def test_tables_config_maps_names_and_partition_columns(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("tables:\n  synth:\n    features: db.f\n"
-                    "    labels: {name: db.l, partition_column: day, partition_type: date}\n")
-    assert load_config(path).tables == {"synth": {
-        "features": TableMapping("db.f"), "labels": TableMapping("db.l", "day", "date")}}
