@@ -26,6 +26,10 @@ def hive_settings(root: Path) -> dict[str, str]:
             f"jdbc:derby:;databaseName={root / 'metastore_db'};create=true",
         "spark.sql.warehouse.dir": str(root / "spark-warehouse"),
         "spark.driver.extraJavaOptions": f"-Dderby.system.home={root}",
+        # the Thrift server a test starts in this JVM (tests/test_tables.py): a free port on
+        # loopback (only settings given at the session's start reach it)
+        "spark.hadoop.hive.server2.thrift.port": "0",
+        "spark.hadoop.hive.server2.thrift.bind.host": "127.0.0.1",
     }
 
 

@@ -1,9 +1,8 @@
 """Catalog tables (issue 18): the nightly flow on Spark catalog tables in the bundled Hive
 metastore (embedded Derby under a temporary directory, tests/conftest.py) gives the same tables
 as the same flow on the path layout; reruns replace partitions; bad tables are refused with one
-line naming them, nothing written; ``--warehouse`` URIs. (No Thrift server / beeline check
-yet: the in-JVM server ignored the port and bind host it was given and listened on
-``*:10000``; see the README.)
+line naming them, nothing written; analysts query metrics and ab_reports with SQL through the
+Spark Thrift Server and beeline; ``--warehouse`` URIs.
 
 The oracle of the catalog flow is the path flow, run on the same data with the same models
 (its own tests hold it to numpy/sklearn oracles); the catalog tables are read back with plain
@@ -12,11 +11,15 @@ The oracle of the catalog flow is the path flow, run on the same data with the s
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pyspark
 import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
@@ -254,6 +257,49 @@ def test_an_output_table_disagreeing_with_the_spec_is_refused_nothing_written(sp
     with pytest.raises(TableError, match=rf"{DB}\.bad_predictions's columns disagree with the spec"):
         score_partition(spark, cfg, load_spec("synth"), DAYS[0], models[0])
     assert spark.table(f"{DB}.bad_predictions").count() == 0
+
+
+# --------------------------------------------------------------------------------------------
+# SQL for analysts: the Thrift server over the same metastore, queried with beeline
+
+
+def test_analysts_query_metrics_and_ab_reports_through_jdbc(spark, flows, tmp_path):
+    """Embedded Derby admits one JVM: the server runs inside this session's JVM
+    (``HiveThriftServer2.startWithContext``, over the same metastore), beeline is a separate
+    client JVM. Port 0 and the loopback bind host are session settings given at the session's
+    start (``spark.hadoop.hive.server2.thrift.*``, tests/conftest.py: set later, through
+    ``spark.conf.set`` or JVM system properties, they never reach the server, which then
+    listens on ``*:10000``); the bound port is read back from the binary Thrift service."""
+
+    _, _, _, cat, _ = flows
+    server = spark._jvm.org.apache.spark.sql.hive.thriftserver.HiveThriftServer2 \
+        .startWithContext(spark._jsparkSession.sqlContext())
+    try:
+        port = max([svc.getPortNumber() for svc in server.getServices()
+                    if svc.getClass().getSimpleName() == "ThriftBinaryCLIService"] or [0])
+        assert port and port != 10000, f"the Thrift server bound port {port}"
+        if shutil.which("ss"):  # iproute2: the listening socket is on loopback only
+            listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"],
+                                       capture_output=True, text=True).stdout
+            assert "127.0.0.1" in listening and "*:" not in listening, listening
+        spark_class = Path(pyspark.__file__).parent / "bin" / "spark-class"
+        query = (f"SELECT COUNT(*) AS n FROM {DB}.metrics WHERE ds = '{DAYS[0]}' "
+                 f"AND metric = 'auc';"
+                 f"SELECT COUNT(*) AS n FROM {DB}.ab_reports;")
+        env = {**os.environ, "SPARK_HOME": str(Path(pyspark.__file__).parent)}
+        done = subprocess.run([str(spark_class), "org.apache.hive.beeline.BeeLine", "-u",
+                               f"jdbc:hive2://127.0.0.1:{port}", "--outputformat=csv2",
+                               "--showHeader=false", "--silent=true", "-e", query],
+                              capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        lines = [line for line in done.stdout.splitlines() if line.strip().isdigit()]
+        want_auc = _catalog(spark, f"{DB}.metrics", ds=DAYS[0]).where("metric = 'auc'").count()
+        want_ab = spark.table(f"{DB}.ab_reports").count()
+        assert [int(x) for x in lines] == [want_auc, want_ab], done.stdout
+        assert want_auc > 0 and want_ab == len(cat["compare"].report)
+    finally:
+        server.stop()
+    assert not (Path.cwd() / "metastore_db").exists() and not (Path.cwd() / "derby.log").exists()
 
 
 # --------------------------------------------------------------------------------------------
