@@ -281,7 +281,8 @@ def test_analysts_query_metrics_and_ab_reports_through_jdbc(spark, flows, tmp_pa
         if shutil.which("ss"):  # iproute2: the listening socket is on loopback only
             listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"],
                                        capture_output=True, text=True).stdout
-            assert "127.0.0.1" in listening and "*:" not in listening, listening
+            local = listening.split()[3]  # State Recv-Q Send-Q Local Peer
+            assert local.rsplit(":", 1)[0].strip("[]").endswith("127.0.0.1"), listening
         spark_class = Path(pyspark.__file__).parent / "bin" / "spark-class"
         query = (f"SELECT COUNT(*) AS n FROM {DB}.metrics WHERE ds = '{DAYS[0]}' "
                  f"AND metric = 'auc';"
