@@ -16,13 +16,40 @@ REPO = Path(__file__).resolve().parents[1]
 CENSUS_FILE = REPO.parent / "shared" / "data" / "census" / "census-income.dev.data.gz"
 
 
+def hive_settings(root: Path) -> dict[str, str]:
+    """A Hive-enabled session's settings with its embedded Derby metastore, the catalog's
+    warehouse and derby.log all under ``root`` (never in the working directory). Embedded Derby
+    admits one JVM at a time: a second process needs its own ``root``."""
+    return {
+        "spark.sql.catalogImplementation": "hive",
+        "spark.hadoop.javax.jdo.option.ConnectionURL":
+            f"jdbc:derby:;databaseName={root / 'metastore_db'};create=true",
+        "spark.sql.warehouse.dir": str(root / "spark-warehouse"),
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={root}",
+        # the Thrift server a test starts in this JVM (tests/test_tables.py): a free port on
+        # loopback (only settings given at the session's start reach it)
+        "spark.hadoop.hive.server2.thrift.port": "0",
+        "spark.hadoop.hive.server2.thrift.bind.host": "127.0.0.1",
+    }
+
+
 @pytest.fixture(scope="session")
-def spark():
+def metastore_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("metastore")
+
+
+@pytest.fixture(scope="session")
+def spark(metastore_dir):
+    """The one local session of the run. Hive-enabled (catalog tables, tests/test_tables.py):
+    the Derby metastore starts on the first catalog call only, path-layout tests never pay it."""
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder
+    for key, value in hive_settings(metastore_dir).items():
+        builder = builder.config(key, value)
     session = (
-        SparkSession.builder.master("local[2]")
+        builder.master("local[2]")
         .appName("mmoe-tests")
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import yaml
 from _reliability import job_config_file, last_manifest, tiny_model, write_day
 from typer.testing import CliRunner
 
@@ -118,6 +119,25 @@ def test_standalone_cluster_matches_local_mode(spark, standalone_cluster, tmp_pa
             ("quarantined", N - 3, 3)
     print(f"cluster part of the test: {seconds:.1f}s")
 
+    # Issue 18, one catalog-table day: the day scored again (direct reader on the executors)
+    # into a catalog table of the cluster driver's own embedded metastore (one JVM per Derby:
+    # not the test session's), equal to the local predictions.
+    started = time.monotonic()
+    root = tmp_path / "cluster-metastore"
+    conf = {**yaml.safe_load(cfg.read_text())["spark"]["conf"],
+            "spark.sql.catalogImplementation": "hive",
+            "spark.hadoop.javax.jdo.option.ConnectionURL":
+                f"jdbc:derby:;databaseName={root / 'metastore_db'};create=true",
+            "spark.sql.warehouse.dir": str(root / "spark-warehouse")}
+    catalog_cfg = job_config_file(tmp_path / "cluster-catalog.yaml", spark={"conf": conf},
+                                  scoring={"batch_size": 64, "reader": "direct"},
+                                  tables={"synth": {"predictions": "day18.predictions"}})
+    manifest = cluster.submit(zip_path, catalog_cfg, cluster_wh, *commands[1], executors=1)
+    assert manifest["details"]["reader"] == "direct"
+    assert manifest["outputs"]["predictions"] == f"day18.predictions (ds={DS}/model_version={version})"
+    _assert_close(_sorted(root / "spark-warehouse" / "day18.db" / "predictions" / f"ds={DS}"
+                          / f"model_version={version}"), want)
+    print(f"catalog-table day on the cluster: {time.monotonic() - started:.1f}s")
 
 def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, standalone_cluster,
                                                                    tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.core.config import load_config
+from jobs.core.config import TableMapping, load_config
 from jobs.core.errors import ConfigError
 from mmoe_model.config import ModelConfig, TrainConfig
 
@@ -34,9 +34,25 @@ def test_training_keys_reach_the_model_and_optimiser(tmp_path):
     ("training: {epochs: '8'}", r"config.training.epochs: must be a number"),
     ("training: {num_experts: 0}", r"config.training: num_experts must be >= 1"),
     ("training: [1, 2]", r"config.training: must be a mapping"),
+    # tables: (issue 18)
+    ("tables: {synth: {nosuch: db.t}}", r"config.tables.synth.nosuch: unknown table"),
+    ("tables: {synth: {features: 'db.t; DROP TABLE x'}}", r"is not a catalog table name"),
+    ("tables: {synth: {labels: {name: db.l, partition_type: timestamp}}}",
+     r"config.tables.synth.labels.partition_type: must be one of 'string', 'date'"),
+    ("tables: {synth: {labels: {name: db.l, partition_column: 'a b'}}}", r"is not a column name"),
+    ("tables: {synth: {labels: {table: db.l}}}", r"must be a table name or a mapping with name"),
+    ("tables: [db.t]", r"config.tables: must be a mapping"),
 ])
-def test_bad_training_section_is_refused(refused_config, body, message):
+def test_bad_training_or_tables_section_is_refused(refused_config, body, message):
     refused_config(body, message)
+
+
+def test_tables_config_maps_names_and_partition_columns(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("tables:\n  synth:\n    features: db.f\n"
+                    "    labels: {name: db.l, partition_column: day, partition_type: date}\n")
+    assert load_config(path).tables == {"synth": {
+        "features": TableMapping("db.f"), "labels": TableMapping("db.l", "day", "date")}}
 
 
 def test_gate_and_expert_layout_are_training_keys(tmp_path):

@@ -16,6 +16,7 @@ from scipy.spatial.distance import jensenshannon
 from test_validate import good_rows, run, run_failing, write_features
 
 from jobs.core.drift_table import DRIFT_SCHEMA, read_drift
+from jobs.core.tables import table as logical_table
 from jobs.core.warehouse import Warehouse
 from jobs.validate.drift import psi
 from schemas.spec import load_spec
@@ -56,8 +57,7 @@ def test_feature_drift_end_to_end(spark, job_config, spec, chromium, tmp_path):
     manifest, report = run(spark, cfg, spec, TODAY)
     assert manifest.status == "succeeded" and report.status == "passed"
     assert manifest.details["drift"]["drifted_features"] == ["platform", "x0"]
-    wh = Warehouse(cfg.warehouse)
-    table = read_drift(wh, spec.name, TODAY)
+    table = read_drift(logical_table(cfg, spec.name, "drift"), TODAY)
     assert table.schema == DRIFT_SCHEMA
     rows = table.to_pylist()
     # the categorical PSI / JS against numpy on the raw columns of the 3 reference days
@@ -83,7 +83,7 @@ def test_feature_drift_end_to_end(spark, job_config, spec, chromium, tmp_path):
     manifest, message = run_failing(spark, cfg, spec, TODAY)
     assert "\n" not in message and "platform" in message and "x0" in message
     assert "drift.on_drift: fail" in message
-    assert len(read_drift(wh, spec.name, TODAY).to_pylist()) == len(rows)
+    assert len(read_drift(logical_table(cfg, spec.name, "drift"), TODAY).to_pylist()) == len(rows)
     assert manifest.status == "failed"
 
 
@@ -114,7 +114,7 @@ def test_prediction_drift_against_the_same_versions_trailing_days(job_config, sp
     shifted = scored("2026-04-04", "V", shift=1.0)
     assert shifted["drifted"] == ["p_click"], shifted
     again = scored("2026-04-04", "V", shift=1.0)     # rerun: replaced, not doubled
-    rows = read_drift(wh, spec.name, "2026-04-04").to_pylist()
+    rows = read_drift(logical_table(cfg, spec.name, "drift"), "2026-04-04").to_pylist()
     assert len(rows) == 2 * len(spec.task_names) and again["drifted"] == ["p_click"]
     assert {r["model_version"] for r in rows} == {"V"}
     assert {r["statistic"] for r in rows} == {"psi", "js"}

@@ -108,12 +108,14 @@ def test_a_checkpoint_of_other_settings_is_refused_not_mixed_in(tmp_path, day):
     checkpoint = Warehouse(day).train_checkpoint("synth", out)
     # A checkpoint left by an interrupted run with another learning rate (written by the
     # library directly, the way the CLI's run writes it).
+    from jobs.core.config import load_config
+    from jobs.core.tables import DatasetTables
     from jobs.train.stage import load_training_frame
     from mmoe_model.config import ModelConfig, TrainConfig
     from mmoe_model.trainer import train
 
     spec = load_spec("synth")
-    frame, _ = load_training_frame(Warehouse(day), spec, [DS])
+    frame, _ = load_training_frame(DatasetTables(load_config(warehouse=day), spec.name), spec, [DS])
     small = {k: v for k, v in SMALL.items() if k != "batch_size"}
     train(frame, spec, ModelConfig(**small),
           TrainConfig(epochs=1, batch_size=128, learning_rate=0.01, progress=False,

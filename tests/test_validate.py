@@ -23,6 +23,7 @@ import pytest
 
 from jobs.core.errors import MissingInputError, NotValidated, ValidationFailed
 from jobs.core.manifest import RunManifest, run_job
+from jobs.core.tables import DatasetTables
 from jobs.core.warehouse import Warehouse, fingerprint
 from jobs.validate.rules import KEY_COPIES, REASON, RowCountBounds, build_suite
 from jobs.validate.history import row_count_bounds
@@ -325,7 +326,7 @@ def test_null_fraction_over_limit_fails(spark, job_config, spec):
 
 
 def test_row_count_against_trailing_median(spark, job_config, spec):
-    wh = Warehouse(job_config.warehouse)
+    wh = DatasetTables(job_config, spec.name)  # the tables of the job config
     for i, (day, n) in enumerate([("2026-03-06", 150), ("2026-03-07", 999),
                                   ("2026-03-08", 160), ("2026-03-09", 170)]):
         write_features(job_config, spec, good_rows(spec, n, seed=10 + i), ds=day)

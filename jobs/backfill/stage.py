@@ -35,14 +35,8 @@ from jobs.core.errors import BackfillFailed
 from jobs.core.manifest import RunRecord, error_line
 from jobs.core.registry import ModelChoice, format_table, resolve_model
 from jobs.core.status import ValidationStatus, read_score_stamp
-from jobs.core.warehouse import (
-    Warehouse,
-    date_range,
-    fingerprint,
-    parquet_files,
-    parse_date,
-    read_table,
-)
+from jobs.core.tables import DatasetTables
+from jobs.core.warehouse import date_range, parse_date
 from jobs.evaluate.stage import evaluate_partition
 from jobs.score.stage import score_partition
 from jobs.validate.scorable import checked_status
@@ -173,9 +167,9 @@ def _stamped_version(cfg: JobConfig, spec: DatasetSpec, ds: str,
                      choice: ModelChoice) -> str | None:
     """A directory's version is only known once loaded; the stamp of a partition scored from
     the same checksum tells it without loading the model."""
-    wh = Warehouse(cfg.warehouse)
-    for version in wh.sub_partitions(spec.name, "predictions", ds, "model_version"):
-        stamp = read_score_stamp(wh, spec.name, ds, version)
+    tb = DatasetTables(cfg, spec.name)
+    for version in tb["predictions"].sub_partitions(ds, "model_version"):
+        stamp = read_score_stamp(tb.wh, spec.name, ds, version)
         if stamp and stamp.model_sha256 == choice.sha256:
             return version
     return None
@@ -185,12 +179,12 @@ def is_up_to_date(cfg: JobConfig, spec: DatasetSpec, ds: str, version: str,
                   choice: ModelChoice) -> bool:
     """Predictions of ``version`` exist for ``ds``, scored from the same artifact checksum and
     the features as they are now."""
-    wh = Warehouse(cfg.warehouse)
-    stamp = read_score_stamp(wh, spec.name, ds, version)
+    tb = DatasetTables(cfg, spec.name)
+    stamp = read_score_stamp(tb.wh, spec.name, ds, version)
     return bool(
-        stamp and wh.has_partition(spec.name, "predictions", ds, model_version=version)
+        stamp and tb["predictions"].exists(ds, model_version=version)
         and stamp.model_sha256 == choice.sha256
-        and stamp.features_fingerprint == fingerprint(wh.partition(spec.name, "features", ds)))
+        and stamp.features_fingerprint == tb["features"].fingerprint(ds))
 
 
 def labels_matured(cfg: JobConfig, ds: str, as_of: dt.date) -> bool:
@@ -200,23 +194,23 @@ def labels_matured(cfg: JobConfig, ds: str, as_of: dt.date) -> bool:
 
 def evaluate_if_matured(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, day: DayResult,
                         force: bool, as_of: dt.date) -> str:
-    wh = Warehouse(cfg.warehouse)
+    tb = DatasetTables(cfg, spec.name, spark)
     if not labels_matured(cfg, day.ds, as_of):
         return "labels not matured"
-    if not parquet_files(wh.partition(spec.name, "labels", day.ds)):
+    if not tb["labels"].exists(day.ds):
         return "no labels"
     if day.status == "skipped" and not force and day.model_version in _evaluated_versions(
-            wh, spec, day.ds):
+            tb, day.ds):
         return "up to date"
     evaluate_partition(spark, cfg, spec, day.ds, [day.model_version])
     return "evaluated"
 
 
-def _evaluated_versions(wh: Warehouse, spec: DatasetSpec, ds: str) -> set[str]:
-    directory = wh.partition(spec.name, "metrics", ds)
-    if not parquet_files(directory):
+def _evaluated_versions(tb: DatasetTables, ds: str) -> set[str]:
+    metrics = tb["metrics"]
+    if not metrics.exists(ds):
         return set()
-    return set(read_table(directory, columns=["model_version"]).column(0).to_pylist())
+    return set(metrics.read_arrow(ds, columns=["model_version"]).column(0).to_pylist())
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from jobs.core.config import JobConfig, load_config
 from jobs.core.errors import InputError
 from jobs.core.manifest import error_line, run_job
+from jobs.core.warehouse import local_path
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Batch scoring and offline evaluation of multi-task (MMoE) models on Spark.")
@@ -36,11 +37,12 @@ MODEL_HELP = ("Model: an artifact directory, a registered version, or @alias (th
 @dataclass
 class Globals:
     config: Optional[Path]
-    warehouse: Optional[Path]
+    warehouse: Optional[str]
     remote: Optional[str] = None
 
     def job_config(self) -> JobConfig:
-        return load_config(self.config, self.warehouse, self.remote)
+        return load_config(None if self.config is None else local_path(self.config, "--config"),
+                           self.warehouse, self.remote)
 
 
 @app.callback()
@@ -48,8 +50,10 @@ def _globals(
     ctx: typer.Context,
     config: Optional[Path] = typer.Option(None, "--config", envvar="MMOE_CONFIG",
                                           help="Job config YAML (default: the embedded demo config)."),
-    warehouse: Optional[Path] = typer.Option(None, "--warehouse", envvar="MMOE_WAREHOUSE",
-                                             help="Warehouse root; overrides the config's."),
+    # a string, not a Path: Path("file:///x") collapses to "file:/x" (load_config parses it)
+    warehouse: Optional[str] = typer.Option(None, "--warehouse", envvar="MMOE_WAREHOUSE",
+                                            help="Warehouse root (a path or file:// URI); "
+                                                 "overrides the config's."),
     remote: Optional[str] = typer.Option(None, "--remote", envvar="SPARK_REMOTE",
                                          help="Spark Connect server (sc://HOST:PORT); overrides "
                                               "the config's spark.remote. Unset: classic Spark."),

@@ -9,6 +9,7 @@ import typer
 from jobs.cli._app import data_app, run_command, spark_session
 from jobs.core.config import JobConfig
 from jobs.core.errors import InputError
+from jobs.core.warehouse import local_path
 
 
 @data_app.command("census")
@@ -19,11 +20,12 @@ def data_census(
 ) -> None:
     """Ingest a raw UCI Census-Income file into census-group1 and census-group2."""
     def body(cfg: JobConfig, run_id: str):
-        if not input.is_file():
+        source = local_path(input, "--input")
+        if not source.is_file():
             raise InputError(f"--input {input} is not a readable file")
         from jobs.data.census import ingest_census  # deferred: pyspark (CLI start-up)
 
-        return ingest_census(spark_session(cfg), cfg, input, ds)
+        return ingest_census(spark_session(cfg), cfg, source, ds)
 
     run_command(ctx, "data-census", "census", ds, body)
 

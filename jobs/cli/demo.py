@@ -87,11 +87,11 @@ def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
 def _print_summary(spark, cfg: JobConfig, spec, ds: str, runs: dict[str, RunManifest]) -> None:
     from pyspark.sql import functions as F
 
-    from jobs.core.spark import read_partition
+    from jobs.core.tables import table  # deferred: pyspark (CLI start-up)
 
     wh = Warehouse(cfg.warehouse)
     shown = metric_registry.names("size", "quality")
-    metrics = (read_partition(spark, wh.partition(spec.name, "metrics", ds))
+    metrics = (table(cfg, spec.name, "metrics", spark).read(spark, ds)
                .where(F.col("segment") == "all")
                .where(F.col("metric").isin(*shown))
                .groupBy("task").pivot("metric").agg(F.first("value"))
@@ -104,7 +104,7 @@ def _print_summary(spark, cfg: JobConfig, spec, ds: str, runs: dict[str, RunMani
     print(metrics[cols].to_string(float_format=lambda v: f"{v:.4f}"))
     _print_gates(spark, cfg, spec, ds, Path(runs["train"].outputs["artifact"]))
     if "catalog" in runs:
-        _print_recommendations(spark, spec, runs["catalog"])
+        _print_recommendations(spark, cfg, spec, ds, runs["catalog"])
     print("\n== Outputs")
     print(f"   warehouse        {wh.root}")
     for name in ("features", "labels", "quarantine", "validation", "predictions", "metrics",
@@ -120,14 +120,16 @@ def _print_summary(spark, cfg: JobConfig, spec, ds: str, runs: dict[str, RunMani
           "evaluate), and mmoe backfill for a range of days")
 
 
-def _print_recommendations(spark, spec, run: RunManifest, users: int = 3, k: int = 3) -> None:
+def _print_recommendations(spark, cfg: JobConfig, spec, ds: str, run: RunManifest, users: int = 3,
+                           k: int = 3) -> None:
     """The top items of a few users from the catalog run's recommendations partition."""
     from pyspark.sql import functions as F
 
-    from jobs.core.spark import read_partition
+    from jobs.core.tables import table  # deferred: pyspark (CLI start-up)
 
     cat = spec.catalog
-    recs = read_partition(spark, Path(run.outputs["recommendations"]))
+    recs = table(cfg, spec.name, "recommendations", spark).read(spark, ds,
+                                                                 model_version=run.model_version)
     first = [r[0] for r in recs.select(cat.user_key).distinct().orderBy(cat.user_key)
              .limit(users).collect()]
     rows = (recs.where(F.col(cat.user_key).isin(first) & (F.col("rank") <= k))

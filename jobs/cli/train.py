@@ -11,7 +11,7 @@ import typer
 from jobs.cli._app import app, check_choice, load_dataset_spec, run_command
 from jobs.core.config import JobConfig
 from jobs.core.errors import InputError
-from jobs.core.warehouse import date_range
+from jobs.core.warehouse import date_range, local_path
 from mmoe_model.archs import ARCHS
 from mmoe_model.config import GATE_KINDS, ExpertGroup
 from mmoe_model.errors import ModelConfigError
@@ -73,7 +73,8 @@ def train(
         load_dataset_spec(dataset)
         from jobs.train.stage import train_model  # deferred: torch (CLI start-up)
 
-        return train_model(cfg, dataset, arch, start, end, out, epochs, seed, resume=resume,
-                           checkpoint_dir=checkpoint_dir)
+        return train_model(cfg, dataset, arch, start, end, local_path(out, "--out"), epochs, seed,
+                           resume=resume, checkpoint_dir=None if checkpoint_dir is None
+                           else local_path(checkpoint_dir, "--checkpoint-dir"))
 
     run_command(ctx, "train", dataset, end, body)

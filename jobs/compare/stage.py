@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import reduce
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -44,13 +43,12 @@ from jobs.core.errors import InputError, MissingInputError
 from jobs.core.manifest import RunRecord
 from jobs.core.modelref import ModelRef
 from jobs.core.registry import describe_model, version_of
-from jobs.core.spark import read_partition
+from jobs.core.tables import DatasetTables, Table
 from jobs.core.warehouse import (
-    Warehouse,
     date_range,
-    parquet_files,
     read_footers,
     replacing,
+    report_id,
 )
 from jobs.evaluate.gates import gate_diagnostics
 from jobs.evaluate.stage import segment_columns
@@ -197,19 +195,18 @@ def compute_records(stacked: DataFrame, segments: list[str], replicates: int, se
 # Reading
 
 
-def _versions_days(wh: Warehouse, spec: DatasetSpec, version: str, days: list[str]) -> list[str]:
-    return [d for d in days if version in wh.sub_partitions(spec.name, "predictions", d, "model_version")]
+def _versions_days(tb: DatasetTables, version: str, days: list[str]) -> list[str]:
+    return [d for d in days if version in tb["predictions"].sub_partitions(d, "model_version")]
 
 
-def _read_days(spark: SparkSession, paths: dict[str, Path], columns: list[str], what: str) -> DataFrame:
-    frames = []
-    for day, path in paths.items():
-        frame = read_partition(spark, path, columns, what)
-        frames.append(frame.withColumn(DAY, F.lit(day).cast("date")))
+def _read_days(spark: SparkSession, source: Table, days: list[str], columns: list[str],
+               **more: str) -> DataFrame:
+    frames = [source.read(spark, day, columns, **more).withColumn(DAY, F.lit(day).cast("date"))
+              for day in days]
     return reduce(DataFrame.unionByName, frames)
 
 
-def _gate_columns(files_by_arm: dict[str, list[Path]], tasks: list[str]) -> list[str]:
+def _gate_columns(files_by_arm: dict[str, list[str]], tasks: list[str]) -> list[str]:
     """gate_<task> columns present in every prediction file of both arms."""
     present = None
     for files in files_by_arm.values():
@@ -222,7 +219,7 @@ def _gate_columns(files_by_arm: dict[str, list[Path]], tasks: list[str]) -> list
 # The stage
 
 
-def _paired_records(spark, cfg: JobConfig, spec: DatasetSpec, wh: Warehouse, paired: DataFrame,
+def _paired_records(spark, cfg: JobConfig, spec: DatasetSpec, tb: DatasetTables, paired: DataFrame,
                     baseline: str, candidate: str, start: str, end: str, days: list[str],
                     segments: list[str], arm_days: dict, label_days: dict):
     """Row accounting, refusals, then the per-group statistics of the paired, labelled rows."""
@@ -241,13 +238,12 @@ def _paired_records(spark, cfg: JobConfig, spec: DatasetSpec, wh: Warehouse, pai
     feature_cols = list(dict.fromkeys(segments + ([user] if user else [])))
     features = None
     if feature_cols:
-        feature_days = {d: wh.partition(spec.name, "features", d) for d in days
-                        if wh.has_partition(spec.name, "features", d)}
+        feature_days = [d for d in days if tb["features"].exists(d)]
         if not feature_days:
             raise MissingInputError(f"no features for {spec.name} in {start}..{end}; compare needs "
                                     f"{feature_cols} from them")
-        features = _read_days(spark, feature_days, keys + [c for c in feature_cols if c not in keys],
-                              "features")
+        features = _read_days(spark, tb["features"], feature_days,
+                              keys + [c for c in feature_cols if c not in keys])
     rows = labelled_pairs(paired, features, keys, user, segments)
     labelled_days = sorted(set(arm_days[baseline]) & set(arm_days[candidate]) & set(label_days))
     per_day = len(labelled_days) > 1
@@ -272,34 +268,37 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
         raise InputError(f"--baseline and --candidate are the same version {baseline!r}: "
                          f"nothing to compare")
     days = date_range(start, end)
-    wh = Warehouse(cfg.warehouse)
+    tb = DatasetTables(cfg, spec.name, spark)
+    tb.preflight(inputs=("predictions", "labels", "features"), outputs=("ab_reports",))
     segments = segment_columns(cfg, spec, segments)
     keys, tasks = spec.key_names, spec.task_names
-    arm_days = {v: _versions_days(wh, spec, v, days) for v in (baseline, candidate)}
+    arm_days = {v: _versions_days(tb, v, days) for v in (baseline, candidate)}
     for role, v in (("baseline", baseline), ("candidate", candidate)):
         if not arm_days[v]:
-            present = sorted({m for d in days for m in wh.sub_partitions(spec.name, "predictions", d, "model_version")})
+            present = sorted({m for d in days
+                              for m in tb["predictions"].sub_partitions(d, "model_version")})
             raise MissingInputError(
                 f"{role} {v} has no predictions for {spec.name} in {start}..{end} "
                 f"(versions with predictions there: {', '.join(present) or 'none'})")
-    pred_paths = {v: {d: wh.partition(spec.name, "predictions", d, model_version=v) for d in arm_days[v]}
-                  for v in (baseline, candidate)}
-    gate_cols = _gate_columns({v: [f for p in paths.values() for f in parquet_files(p)]
-                               for v, paths in pred_paths.items()}, tasks)
+    predictions = tb["predictions"]
+    gate_cols = _gate_columns({v: [f for d in arm_days[v]
+                                   for f in predictions.files(d, model_version=v)]
+                               for v in (baseline, candidate)}, tasks)
     pred_cols = keys + spec.prediction_columns
-    base = _read_days(spark, pred_paths[baseline], pred_cols + gate_cols, "predictions")
-    cand = _read_days(spark, pred_paths[candidate], pred_cols + gate_cols, "predictions")
-    label_days = {d: wh.partition(spec.name, "labels", d) for d in days
-                  if wh.has_partition(spec.name, "labels", d)}
+    base = _read_days(spark, predictions, arm_days[baseline], pred_cols + gate_cols,
+                      model_version=baseline)
+    cand = _read_days(spark, predictions, arm_days[candidate], pred_cols + gate_cols,
+                      model_version=candidate)
+    label_days = [d for d in days if tb["labels"].exists(d)]
     if not label_days:
         raise MissingInputError(f"no labels for {spec.name} in {start}..{end}")
-    labels = _read_days(spark, label_days, keys + tasks, "labels")
+    labels = _read_days(spark, tb["labels"], label_days, keys + tasks)
 
     # the joins run once: the row accounting fills the cache the statistics then read
     paired = pair_arms(base, cand, labels, keys, tasks).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         records, pairing, per_day, labelled_days = _paired_records(
-            spark, cfg, spec, wh, paired, baseline, candidate, start, end, days, segments,
+            spark, cfg, spec, tb, paired, baseline, candidate, start, end, days, segments,
             arm_days, label_days)
     finally:
         paired.unpersist()
@@ -317,15 +316,16 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
         gates = {role: gate_diagnostics(frame, tasks) for role, frame in
                  (("baseline", base), ("candidate", cand))}
 
-    drift = {arm: version_drift(wh, spec.name, v, days)
+    drift = {arm: version_drift(tb["drift"], v, days)
              for arm, v in (("baseline", baseline), ("candidate", candidate))}
     result = CompareResult(spec.name, baseline, candidate, start, end, segments, days, pairing,
                            table, plots, decision, gates, prediction_drift=drift, tasks=list(tasks),
                            versions={arm: describe_model(cfg, spec.name, end, ref)
                                      for arm, ref in refs.items()})
-    with wh.ab_report_lock(spec.name, baseline, candidate, start, end,
-                           wait_seconds=cfg.locks.wait_seconds, poll_seconds=cfg.locks.poll_seconds):
-        _write(wh, result)
+    with tb.wh.ab_report_lock(spec.name, baseline, candidate, start, end,
+                              wait_seconds=cfg.locks.wait_seconds,
+                              poll_seconds=cfg.locks.poll_seconds):
+        _write(spark, tb, result)
     return result
 
 
@@ -345,14 +345,15 @@ def ab_table(report: pd.DataFrame, baseline: str, candidate: str, start: str, en
     return out[[f.name for f in AB_SCHEMA]]
 
 
-def _write(wh: Warehouse, result: CompareResult) -> None:
+def _write(spark: SparkSession, tb: DatasetTables, result: CompareResult) -> None:
     args = (result.dataset, result.baseline, result.candidate, result.start, result.end)
-    target = wh.ab_report(*args)
-    with replacing(target) as staging:
-        staging.mkdir(parents=True)
+    report = report_id(*args[1:])
+    with tb["ab_reports"].writing(spark, None, report=report) as staged:
+        staged.dir.mkdir(parents=True)
         pq.write_table(pa.Table.from_pandas(result.report, schema=AB_SCHEMA, preserve_index=False),
-                       staging / "part-00000.parquet")
-    docs = wh.ab_report_docs(*args)
+                       staged.dir / "part-00000.parquet")
+    target = tb["ab_reports"].where(None, report=report)
+    docs = tb.wh.ab_report_docs(*args)
     with replacing(docs) as staging:
         staging.mkdir(parents=True)
         (staging / "report.html").write_text(render_html(result))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import re
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from types import UnionType
@@ -10,8 +11,9 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from jobs.core.errors import ConfigError
+from jobs.core.errors import ConfigError, InputError
 from jobs.core.metric_registry import COMPARED
+from jobs.core.warehouse import local_path
 from mmoe_model.config import ModelConfig, TrainConfig
 from mmoe_model.errors import ModelConfigError
 
@@ -174,6 +176,59 @@ class DemoConfig:
     epochs: int = 3
 
 
+# Logical tables a job config may map to Spark catalog tables (CONTRACT.md, "Tables").
+MAPPABLE_TABLES = ("features", "labels", "candidates", "users", "items", "predictions",
+                   "quarantine", "metrics", "ab_reports", "recommendations", "drift")
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
+_COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class TableMapping:
+    """``tables.<dataset>.<table>``: a catalog table name (``db.name``), or a mapping with
+    ``name`` and optionally ``partition_column`` (default ``ds``) and ``partition_type``
+    (``string``, YYYY-MM-DD, the default; or ``date``)."""
+
+    name: str
+    partition_column: str = "ds"
+    partition_type: Literal["string", "date"] = "string"
+
+
+def parse_tables(raw: Any, where: str = "config.tables") -> dict[str, dict[str, TableMapping]]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping <dataset>: {{<table>: <db>.<name>}}")
+    out: dict[str, dict[str, TableMapping]] = {}
+    for dataset, tables in raw.items():
+        if not isinstance(tables, dict):
+            raise ConfigError(f"{where}.{dataset}: must be a mapping <table>: <db>.<name>")
+        out[str(dataset)] = {}
+        for name, value in tables.items():
+            at = f"{where}.{dataset}.{name}"
+            if name not in MAPPABLE_TABLES:
+                raise ConfigError(f"{at}: unknown table (one of {', '.join(MAPPABLE_TABLES)})")
+            value = {"name": value} if isinstance(value, str) else value
+            if not isinstance(value, dict) or "name" not in value:
+                raise ConfigError(f"{at}: must be a table name or a mapping with name")
+            unknown = set(value) - {"name", "partition_column", "partition_type"}
+            if unknown:
+                raise ConfigError(f"{at}: unknown key(s) {sorted(unknown)}")
+            mapping = TableMapping(
+                name=_typed(str, value["name"], f"{at}.name"),
+                partition_column=_typed(str, value.get("partition_column", "ds"),
+                                        f"{at}.partition_column"),
+                partition_type=_typed(Literal["string", "date"],
+                                      value.get("partition_type", "string"),
+                                      f"{at}.partition_type"))
+            if not _TABLE_NAME.match(mapping.name):
+                raise ConfigError(f"{at}: {mapping.name!r} is not a catalog table name "
+                                  f"([catalog.]db.name, letters, digits, '_')")
+            if not _COLUMN_NAME.match(mapping.partition_column):
+                raise ConfigError(f"{at}.partition_column: {mapping.partition_column!r} is not a "
+                                  f"column name")
+            out[str(dataset)][name] = mapping
+    return out
+
+
 @dataclass
 class JobConfig:
     warehouse: Path = Path("warehouse")
@@ -186,6 +241,7 @@ class JobConfig:
     locks: LocksConfig = field(default_factory=LocksConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    tables: dict[str, dict[str, TableMapping]] = field(default_factory=dict)
 
 
 def load_config(path: str | Path | None = None, warehouse: str | Path | None = None,
@@ -205,12 +261,21 @@ def load_config(path: str | Path | None = None, warehouse: str | Path | None = N
         raise ConfigError(f"config {path}: must be a mapping")
     cfg = _build(JobConfig, raw, "config")
     if warehouse is not None:
-        cfg.warehouse = Path(warehouse)
+        cfg.warehouse = _local(warehouse, "--warehouse")
+    elif "warehouse" in raw:
+        cfg.warehouse = _local(raw["warehouse"], "config.warehouse")
     cfg.warehouse = Path(cfg.warehouse).expanduser().resolve()
     if remote:
         cfg.spark.remote = remote
     _check(cfg)
     return cfg
+
+
+def _local(value: str | Path, what: str) -> Path:
+    try:
+        return local_path(value, what)
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
@@ -222,7 +287,9 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for name, value in raw.items():
         hint = hints[name]
-        if hint is TrainingConfig:
+        if cls is JobConfig and name == "tables":
+            kwargs[name] = parse_tables(value)
+        elif hint is TrainingConfig:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}.{name}: must be a mapping")
             kwargs[name] = TrainingConfig.from_flat(value, f"{where}.{name}")

@@ -50,6 +50,11 @@ class MissingInputError(MmoeError):
     """A table partition or artifact the job needs does not exist."""
 
 
+class TableError(MissingInputError):
+    """A mapped catalog table that does not exist, is partitioned other than mapped, or whose
+    columns disagree with the spec (the message names the table); nothing was written."""
+
+
 class ValidationFailed(MmoeError):
     """A table-level data-quality rule failed; nothing downstream was written."""
 

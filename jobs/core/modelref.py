@@ -9,12 +9,15 @@ JVM starts.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from jobs.core.errors import InputError, MissingInputError
-from jobs.core.warehouse import safe_name
+from jobs.core.warehouse import local_path, safe_name
+
+_URI_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 
 Kind = Literal["directory", "version", "alias"]
 
@@ -31,8 +34,10 @@ class ModelRef:
         if isinstance(model, ModelRef):
             return model
         if isinstance(model, Path):
-            return cls.directory(model, what)
+            return cls.directory(local_path(model, what), what)
         text = str(model)
+        if _URI_LIKE.match(text):  # file:///dir is the directory; other schemes are refused
+            text = str(local_path(text, what))
         if text.startswith("@"):
             return cls("alias", safe_name(text[1:], f"{what} alias"))
         if Path(text).is_dir():

@@ -12,7 +12,10 @@ from jobs.core.warehouse import Warehouse, parquet_files
 
 
 def features_present(cfg: JobConfig, dataset: str, ds: str, job: str) -> None:
-    """The ds has a features partition with data (else: there is no data to ``job``)."""
+    """The ds has a features partition with data (else: there is no data to ``job``). A
+    features table mapped to the catalog (``tables:``) needs the session: its stage checks it."""
+    if "features" in cfg.tables.get(dataset, {}):
+        return
     features_dir = Warehouse(cfg.warehouse).partition(dataset, "features", ds)
     if not parquet_files(features_dir):
         raise MissingInputError(f"no data for {dataset} on {ds}: the features partition "

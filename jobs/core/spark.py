@@ -221,11 +221,13 @@ def jobs_in_group(spark: SparkSession, group: str) -> int | None:
 
 
 def read_partition(spark: SparkSession, directory: Path, columns: list[str] | None = None,
-                   what: str = "partition"):
-    """The one Spark read of a partition: exactly the files :func:`parquet_files` lists (never
-    the bare directory), the requested ``columns`` checked (one line naming what lacks which)
-    and selected."""
-    frame = spark.read.parquet(*spark_paths(directory))
+                   what: str = "partition", schema: Any = None):
+    """The one Spark read of a partition directory (a path table's, :mod:`jobs.core.tables`:
+    stages read through their tables): exactly the files :func:`parquet_files` lists (never the
+    bare directory), with ``schema`` when given (no inference), the requested ``columns``
+    checked (one line naming what lacks which) and selected."""
+    reader = spark.read if schema is None else spark.read.schema(schema)
+    frame = reader.parquet(*spark_paths(directory))
     if columns is None:
         return frame
     require_columns(frame.columns, columns, what, directory)

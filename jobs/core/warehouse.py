@@ -118,6 +118,37 @@ def safe_name(value: str, what: str) -> str:
     return value
 
 
+# Filesystems: the warehouse (locks, staging renames, the model registry, run manifests) needs
+# POSIX semantics: O_EXCL creates, flock, atomic rename. Schemes Hadoop (the JVM side) and
+# pyarrow (the Python side) can both open may hold catalog tables' files, not the warehouse.
+TABLE_SCHEMES = ("hdfs", "viewfs", "s3a", "gs", "abfs", "abfss")
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(//[^/]*)?(/.*)?$")
+
+
+def local_path(value: str | Path, what: str = "--warehouse") -> Path:
+    """A plain path, or a ``file:`` URI (``file:///dir``, ``file:/dir``; also what ``Path``
+    makes of ``file:///dir``) for the same place; any other scheme is an :class:`InputError`
+    naming it, so nothing is ever created under a directory named like ``file:``."""
+    text = str(value)
+    match = _URI.match(text)
+    if match is None:
+        return Path(text).expanduser()
+    scheme, authority = match.group(1).lower(), (match.group(2) or "//")[2:]
+    if scheme == "file":
+        if authority not in ("", "localhost"):
+            raise InputError(f"{what} {text!r}: a file:// URI names a local path (file:///dir), "
+                             f"not host {authority!r}")
+        return Path(match.group(3) or "/")
+    if scheme in TABLE_SCHEMES:
+        raise InputError(
+            f"{what} {text!r}: scheme {scheme!r} cannot hold the warehouse or a job's files: "
+            f"the partition locks (O_EXCL files, flock), atomic renames and model registry need "
+            f"a POSIX filesystem (a local disk or a mounted NFS path); keep tables there through "
+            f"the config's tables: section instead")
+    raise InputError(f"{what} {text!r}: unknown filesystem scheme {scheme!r} (a plain path or "
+                     f"file://; tables on {', '.join(TABLE_SCHEMES)} go through tables:)")
+
+
 # --------------------------------------------------------------------------------------------
 # Paths
 
@@ -160,12 +191,12 @@ class Warehouse:
     def ab_report(self, dataset: str, baseline: str, candidate: str, start: str, end: str) -> Path:
         """``ab_reports/report=<baseline>_vs_<candidate>_<start>_<end>/``: one comparison's rows
         (a rerun of the same pair and range replaces it)."""
-        return self.table(dataset, "ab_reports") / f"report={_report_id(baseline, candidate, start, end)}"
+        return self.table(dataset, "ab_reports") / f"report={report_id(baseline, candidate, start, end)}"
 
     def ab_report_docs(self, dataset: str, baseline: str, candidate: str, start: str, end: str) -> Path:
         """``ab_reports/_docs/<id>/``: its HTML report and Markdown summary (hidden from parquet
         readers: Spark would try to read any visible file of the table as parquet)."""
-        return self.table(dataset, "ab_reports") / "_docs" / _report_id(baseline, candidate, start, end)
+        return self.table(dataset, "ab_reports") / "_docs" / report_id(baseline, candidate, start, end)
 
     def status_path(self, dataset: str, ds: str) -> Path:
         """The validation decision of a ds (``validation/ds=D/status.json``)."""
@@ -220,7 +251,7 @@ class Warehouse:
     def ab_report_lock(self, dataset: str, baseline: str, candidate: str, start: str, end: str,
                        *, wait_seconds: float = 0.0, poll_seconds: float = 0.5):
         """The lock of one comparison's rows and report (one pair and range)."""
-        report = _report_id(baseline, candidate, start, end)
+        report = report_id(baseline, candidate, start, end)
         return partition_lock(self.table(dataset, "_locks") / f"ab_reports.report={report}.lock",
                               f"{dataset} ab_reports report={report}",
                               wait_seconds=wait_seconds, poll_seconds=poll_seconds)
@@ -257,7 +288,7 @@ class Warehouse:
                       if p.is_dir() and p.name.startswith(prefix) and parquet_files(p))
 
 
-def _report_id(baseline: str, candidate: str, start: str, end: str) -> str:
+def report_id(baseline: str, candidate: str, start: str, end: str) -> str:
     return (f"{safe_name(baseline, 'baseline')}_vs_{safe_name(candidate, 'candidate')}_"
             f"{parse_date(start, 'start').isoformat()}_{parse_date(end, 'end').isoformat()}")
 
@@ -329,7 +360,8 @@ def read_footers(files: list[Path]):
     try:
         schema = pa.unify_schemas(schemas)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise ValueError(f"the files of {files[0].parent} disagree on their schema: "
+        raise ValueError(f"the files of {os.path.dirname(str(files[0]))} disagree on their "
+                         f"schema: "
                          f"{(str(exc).splitlines() or [''])[0]}") from None
     return pa.schema([f.remove_metadata() for f in schema]), rows
 
@@ -502,12 +534,8 @@ def write_bytes(path: Path, data: bytes) -> Path:
 
 def write_json(path: Path, payload: Any, indent: int | None = 1) -> Path:
     """Write JSON atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(payload, indent=indent, default=str) + "\n")
-    tmp.replace(path)
-    return path
+    text = json.dumps(payload, indent=indent, default=str) + "\n"
+    return write_bytes(path, text.encode())
 
 
 def read_json(path: Path) -> Any | None:

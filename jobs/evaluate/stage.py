@@ -25,14 +25,10 @@ from jobs.core.errors import ConfigError, InputError, MissingInputError
 from jobs.core.manifest import RunRecord
 from jobs.core.modelref import ModelRef
 from jobs.core.registry import version_of
-from jobs.core.spark import read_partition
+from jobs.core.tables import DatasetTables, Table
 from jobs.core.warehouse import (
-    Warehouse,
-    count_rows,
-    parquet_files,
     parse_date,
-    read_footers,
-    replacing,
+    spark_paths,
 )
 from jobs.evaluate.gates import gate_metric_rows, gate_sizes
 from jobs.evaluate.metrics import compute_metrics
@@ -40,17 +36,17 @@ from schemas.spec import DatasetSpec
 from schemas.tables import METRICS_STRUCT
 
 
-def available_versions(wh: Warehouse, spec: DatasetSpec, ds: str) -> list[str]:
+def available_versions(tb: DatasetTables, ds: str) -> list[str]:
     """The model versions that have predictions for ``ds``."""
-    return wh.sub_partitions(spec.name, "predictions", ds, "model_version")
+    return tb["predictions"].sub_partitions(ds, "model_version")
 
 
-def _select_versions(cfg: JobConfig, wh: Warehouse, spec: DatasetSpec, ds: str,
+def _select_versions(cfg: JobConfig, tb: DatasetTables, spec: DatasetSpec, ds: str,
                      requested: "list[ModelRef | str] | None") -> list[str]:
     """The versions to evaluate: those requested (any model reference, resolved on ``ds``), or
     every version with predictions on ``ds``."""
-    root = wh.partition(spec.name, "predictions", ds)
-    present = available_versions(wh, spec, ds)
+    root = tb["predictions"].where(ds)
+    present = available_versions(tb, ds)
     if requested:
         versions = list(dict.fromkeys(
             version_of(cfg, spec.name, ds, ModelRef.parse(v, "--model-version")) for v in requested))
@@ -96,7 +92,7 @@ class EvaluateResult:
     versions: list[str]
     input_rows: int          # prediction rows read (all evaluated versions)
     output_rows: int         # metric rows written for the evaluated versions
-    output: Path
+    output: str              # the partition's directory, or catalog table (partition)
     metrics: DataFrame       # the partition as written, every version in it
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -110,28 +106,31 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
                        model_versions: list[str] | None = None) -> EvaluateResult:
     """Compute and write the metrics of ``ds`` for the requested (default: all) model versions;
     the result's ``metrics`` is the partition as written (all versions in it)."""
-    wh = Warehouse(cfg.warehouse)
+    tb = DatasetTables(cfg, spec.name, spark)
+    tb.preflight(inputs=("predictions", "labels", "features"), outputs=("metrics",),
+                 columns={"metrics": METRICS_STRUCT.names})
+    wh, predictions_t = tb.wh, tb["predictions"]
     ds = parse_date(ds, "ds").isoformat()
-    versions = _select_versions(cfg, wh, spec, ds, model_versions)
+    versions = _select_versions(cfg, tb, spec, ds, model_versions)
     segments = segment_columns(cfg, spec)
     user = spec.user_column
     keys, tasks = spec.key_names, spec.task_names
 
-    labels_path = wh.partition(spec.name, "labels", ds)
-    if not parquet_files(labels_path):
-        raise _labels_missing(spec, ds, labels_path, cfg.evaluation.label_wait_days)
+    labels_t, features_t = tb["labels"], tb["features"]
+    if not labels_t.exists(ds):
+        raise _labels_missing(spec, ds, labels_t.where(ds), cfg.evaluation.label_wait_days)
     feature_columns = list(dict.fromkeys(segments + ([user] if user else [])))
-    features_path = wh.partition(spec.name, "features", ds)
-    if feature_columns and not parquet_files(features_path):
-        raise MissingInputError(f"features for {spec.name} ds={ds} are missing ({features_path}); "
+    if feature_columns and not features_t.exists(ds):
+        raise MissingInputError(f"features for {spec.name} ds={ds} are missing "
+                                f"({features_t.where(ds)}); "
                                 f"evaluation needs {feature_columns} from them")
 
     # gate_<task> arrays (predictions scored --with-gates) feed gate_entropy / gate_max_share
-    gate_cols = {v: [c for c in (f"gate_{t}" for t in tasks) if c in read_footers(parquet_files(
-        wh.partition(spec.name, "predictions", ds, model_version=v)))[0].names] for v in versions}
+    gate_cols = {v: [c for c in (f"gate_{t}" for t in tasks)
+                     if c in predictions_t.schema(ds, model_version=v).names] for v in versions}
     all_gates = sorted({c for cols in gate_cols.values() for c in cols})
-    frames = [read_partition(spark, wh.partition(spec.name, "predictions", ds, model_version=v),
-                    keys + spec.prediction_columns + gate_cols[v], "predictions")
+    frames = [predictions_t.read(spark, ds, keys + spec.prediction_columns + gate_cols[v],
+                                 model_version=v)
               .select(*keys, *spec.prediction_columns,
                       *(F.col(c) if c in gate_cols[v] else F.lit(None).cast("array<float>").alias(c)
                         for c in all_gates))
@@ -139,13 +138,12 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
               for v in versions]
     predictions = reduce(DataFrame.unionByName, frames)
     # Row counts from the parquet footers: no Spark pass over the largest input just to count it.
-    read_rows = {v: count_rows(wh.partition(spec.name, "predictions", ds, model_version=v))
+    read_rows = {v: predictions_t.count(ds, model_version=v)
                  for v in versions}
 
-    scored = predictions.join(read_partition(spark, labels_path, keys + tasks, "labels"), keys, "inner")
+    scored = predictions.join(labels_t.read(spark, ds, keys + tasks), keys, "inner")
     if feature_columns:
-        features = read_partition(spark, features_path, keys + [c for c in feature_columns if c not in keys],
-                         "features")
+        features = features_t.read(spark, ds, keys + [c for c in feature_columns if c not in keys])
         scored = scored.join(features, keys, "inner")
     metrics = compute_metrics(scored, tasks, segments, user)
     if all_gates:
@@ -154,14 +152,14 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
             metrics = metrics.unionByName(gate_rows.select(
                 *(F.col(f.name).cast(f.dataType) for f in METRICS_STRUCT.fields)))
 
-    target = wh.partition(spec.name, "metrics", ds)
+    target = tb["metrics"]
     # The lock covers reading the other versions' rows too: two evaluations of one ds (for
     # different versions) must not each keep what the other is about to replace.
     with wh.lock(spec.name, "metrics", ds, wait_seconds=cfg.locks.wait_seconds,
                  poll_seconds=cfg.locks.poll_seconds):
-        rows_written, kept = _replace_partition(spark, target, metrics, versions)
+        rows_written, kept = _replace_partition(spark, target, ds, metrics, versions)
 
-    summary = (read_partition(spark, target)
+    summary = (target.read(spark, ds)
                .where(F.col("model_version").isin(versions) & (F.col("segment") == "all")
                       & F.col("metric").isin("auc", "count"))
                .collect())
@@ -174,7 +172,7 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
             matched[r["model_version"]] = max(matched[r["model_version"]], int(r["value"]))
     return EvaluateResult(
         versions=versions, input_rows=int(sum(read_rows.values())), output_rows=rows_written,
-        output=target, metrics=read_partition(spark, target), details={
+        output=target.where(ds), metrics=target.read(spark, ds), details={
             "auc": auc,                    # model_version -> task -> AUC over segment 'all'
             "segments": segments,
             "user_column": user,
@@ -185,7 +183,7 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
         })
 
 
-def _replace_partition(spark: SparkSession, target: Path, metrics: DataFrame,
+def _replace_partition(spark: SparkSession, target: Table, ds: str, metrics: DataFrame,
                        versions: list[str]) -> tuple[int, int]:
     """Write ``metrics`` plus the rows of other versions already in ``target`` to a staging
     directory, then swap it in. Returns (rows of the evaluated versions, rows kept)."""
@@ -194,17 +192,17 @@ def _replace_partition(spark: SparkSession, target: Path, metrics: DataFrame,
     # rerun. So the written schema (column order, nullability) is the same on both.
     others = spark.createDataFrame([], T.StructType(
         [T.StructField(f.name, f.dataType, nullable=True) for f in METRICS_STRUCT]))
-    if parquet_files(target):
-        others = (spark.read.schema(METRICS_STRUCT).parquet(str(target))
+    if target.exists(ds):
+        others = (target.read(spark, ds, METRICS_STRUCT.fieldNames(), schema=METRICS_STRUCT)
                   .where(~F.col("model_version").isin(versions)))
     content = others.unionByName(metrics)
-    with replacing(target) as staging:
-        content.repartition(1).write.mode("overwrite").parquet(str(staging))
-        written = spark.read.schema(METRICS_STRUCT).parquet(str(staging))
+    with target.writing(spark, ds) as staged:
+        content.repartition(1).write.mode("overwrite").parquet(str(staged.dir))
+        written = spark.read.schema(METRICS_STRUCT).parquet(*spark_paths(staged.dir))
         counts = {r["mine"]: r["count"] for r in written.groupBy(
             F.col("model_version").isin(versions).alias("mine")).count().collect()}
         if not counts.get(True):
             raise MissingInputError(
-                f"no prediction row of model_version {', '.join(versions)} on {target.name} "
+                f"no prediction row of model_version {', '.join(versions)} on ds={ds} "
                 f"matched a label row (inner join on the keys): nothing to evaluate")
     return int(counts.get(True, 0)), int(counts.get(False, 0))

@@ -46,14 +46,8 @@ from pyspark.sql import types as T
 
 from jobs.core.config import JobConfig
 from jobs.core.errors import ConfigError, InputError, MissingInputError
-from jobs.core.spark import default_parallelism, read_partition, session_conf, ship
-from jobs.core.warehouse import (
-    Warehouse,
-    count_rows,
-    parquet_files,
-    read_table,
-    replacing,
-)
+from jobs.core.spark import default_parallelism, session_conf, ship
+from jobs.core.tables import DatasetTables
 from jobs.runtime.kernel import ShippedModel, arrow_schema, utc_us
 from jobs.runtime.worker import worker_cached
 from jobs.score.stage import ScoreResult, load_model, make_scorer, spread_partitions
@@ -379,13 +373,13 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
     catalog_spec(spec)
     catalog = cfg.scoring.catalog
     fusion_weights(spec, catalog.fusion_weights)  # refuse unknown tasks before any work
-    wh = Warehouse(cfg.warehouse)
-    users_dir, items_dir = wh.catalog(spec.name, "users"), wh.catalog(spec.name, "items")
-    if not parquet_files(users_dir) or not parquet_files(items_dir):
-        raise MissingInputError(f"catalog mode needs {users_dir} and {items_dir} "
+    tb = DatasetTables(cfg, spec.name, spark)
+    tb.preflight(inputs=("users", "items", "candidates"), outputs=("recommendations",))
+    wh, users_t, items_t, candidates_t = tb.wh, tb["users"], tb["items"], tb["candidates"]
+    if not users_t.exists() or not items_t.exists():
+        raise MissingInputError(f"catalog mode needs {users_t.where()} and {items_t.where()} "
                                 f"(written by `mmoe data synth`)")
-    candidates_dir = wh.partition(spec.name, "candidates", ds)
-    has_candidates = bool(parquet_files(candidates_dir))
+    has_candidates = candidates_t.exists(ds)
     method = catalog.method
     if method == "factored" and artifact.imported:
         raise InputError(f"{artifact.model_version} is an imported ONNX graph: the factored "
@@ -394,32 +388,33 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
     if method == "factored" and not factorable(artifact.model, artifact.spec):
         method = "rows"  # e.g. single-task: one input layer per task
     scored_at = dt.datetime.now(dt.timezone.utc)
-    users_df = read_partition(spark, users_dir)
-    out = wh.partition(spec.name, "recommendations", ds, model_version=artifact.model_version)
+    users_df = users_t.read(spark)
+    version = artifact.model_version
+    out = tb["recommendations"].where(ds, model_version=version)
     with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
                               str(cfg.scoring.batch_size)}), \
             wh.lock(spec.name, "recommendations", ds, artifact.model_version,
                     wait_seconds=cfg.locks.wait_seconds, poll_seconds=cfg.locks.poll_seconds), \
-            replacing(out) as staging:
+            tb["recommendations"].writing(spark, ds, model_version=version) as staged:
         if method == "factored" and has_candidates:
             recs = recommend_candidates(
-                spark, read_partition(spark, candidates_dir), read_table(users_dir),
-                read_table(items_dir), files, artifact, spec, cfg, scored_at, catalog.top_k)
+                spark, candidates_t.read(spark, ds), users_t.read_arrow(),
+                items_t.read_arrow(), files, artifact, spec, cfg, scored_at, catalog.top_k)
         elif method == "factored":
-            top_items = top_items_frame(read_partition(spark, items_dir), spec,
+            top_items = top_items_frame(items_t.read(spark), spec,
                                    catalog.max_items_per_user)
             recs = recommend_grid(spark, users_df, top_items.toArrow(), files, artifact, spec,
                                   cfg, scored_at, catalog.top_k)
         else:
-            items_df = read_partition(spark, items_dir)
-            pairs = (read_partition(spark, candidates_dir) if has_candidates
+            items_df = items_t.read(spark)
+            pairs = (candidates_t.read(spark, ds) if has_candidates
                      else grid_pairs(users_df, items_df, spec, catalog.max_items_per_user))
             recs = recommend_rows(spark, pairs, users_df, items_df, files, artifact, spec, cfg,
                                   scored_at, catalog.top_k)
-        recs.write.mode("overwrite").parquet(str(staging))
-        written = count_rows(staging)
-    pairs_in = (count_rows(candidates_dir) if has_candidates  # footers: no pass over the data
-                else count_rows(users_dir) * min(count_rows(items_dir), catalog.max_items_per_user))
+        recs.write.mode("overwrite").parquet(str(staged.dir))
+    written = staged.rows
+    pairs_in = (candidates_t.count(ds) if has_candidates  # footers: no pass over the data
+                else users_t.count() * min(items_t.count(), catalog.max_items_per_user))
     return ScoreResult(artifact.model_version, artifact.sha256, input_rows=pairs_in,
                        output_rows=written, quarantined_rows=0, output=out,
                        table="recommendations",

@@ -25,7 +25,8 @@ from pyspark.sql import functions as F
 
 from jobs.core.config import JobConfig
 from jobs.core.spark import ship
-from jobs.core.warehouse import Warehouse, discard_hidden, parquet_files, read_table
+from jobs.core.tables import DatasetTables, Table, open_parquet, pyarrow_opens
+from jobs.core.warehouse import discard_hidden
 from jobs.runtime.faults import active_faults
 from jobs.runtime.kernel import (
     Pipeline,
@@ -39,20 +40,21 @@ from schemas.spec import DatasetSpec
 from schemas.tables import predictions_struct
 
 
-def parquet_fragments(directory: Path) -> list[tuple[str, int]]:
-    """(file, row group) pairs of a partition directory: the unit of parallel work."""
+def parquet_fragments(files: list[str]) -> list[tuple[str, int]]:
+    """(file, row group) pairs of a partition's data files (paths or URIs, as
+    :meth:`jobs.core.tables.Table.files` gives them): the unit of parallel work."""
     fragments = []
-    for path in parquet_files(directory):
-        fragments += [(str(path), rg) for rg in range(pq.ParquetFile(path).metadata.num_row_groups)]
+    for path in files:
+        fragments += [(str(path), rg) for rg in range(open_parquet(path).metadata.num_row_groups)]
     return fragments
 
 
-def quarantined_keys(cfg: JobConfig, spec: DatasetSpec, ds: str) -> np.ndarray | None:
+def quarantined_keys(tb: DatasetTables, spec: DatasetSpec, ds: str) -> np.ndarray | None:
     """The keys validation quarantined for ``ds`` (single-key specs), or None when none were."""
-    directory = Warehouse(cfg.warehouse).partition(spec.name, "quarantine", ds)
-    if not parquet_files(directory):
+    quarantine = tb["quarantine"]
+    if not quarantine.exists(ds):
         return None
-    keys = read_table(directory, columns=spec.key_names).column(0)
+    keys = quarantine.read_arrow(ds, columns=spec.key_names).column(0)
     return keys.drop_null().unique().to_numpy(zero_copy_only=False)
 
 
@@ -100,7 +102,8 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
         for index, (path, row_group) in items:
             written = 0
             # Streamed batch by batch: worker memory stays flat whatever the row group's size.
-            batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size, row_groups=[row_group],
+            # a path or a URI: pyarrow's filesystem for it (file://, hdfs://, s3://, ...)
+            batches = open_parquet(path).iter_batches(batch_size=batch_size, row_groups=[row_group],
                                                         columns=columns)
             # Each attempt writes a hidden file and renames it into place when complete: a
             # worker killed mid-file leaves hidden debris, never a visible partial part file.
@@ -125,6 +128,10 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
     return written
 
 
-def direct_reader_applies(cfg: JobConfig, spec: DatasetSpec, features_dir: Path) -> bool:
-    return (cfg.scoring.reader == "direct" and len(spec.keys) == 1
-            and features_dir.is_dir() and bool(parquet_fragments(features_dir)))
+def direct_reader_applies(cfg: JobConfig, spec: DatasetSpec, features: Table, ds: str) -> bool:
+    """The direct reader needs one key column and data files pyarrow can open."""
+    if cfg.scoring.reader != "direct" or len(spec.keys) != 1:
+        return False
+    files = features.files(ds)
+    return bool(files) and all(pyarrow_opens(f) for f in files[:1]) \
+        and bool(parquet_fragments(files))

@@ -29,11 +29,9 @@ from jobs.core.manifest import RunRecord
 from jobs.core.registry import ModelChoice, resolve_model
 from jobs.core.spark import default_parallelism, is_connect, session_conf
 from jobs.core.status import ScoreStamp, ValidationStatus, write_score_stamp
+from jobs.core.tables import DatasetTables
 from jobs.core.warehouse import (
-    Warehouse,
     count_rows,
-    fingerprint,
-    replacing,
 )
 from jobs.runtime.faults import active_faults
 from jobs.runtime.kernel import (
@@ -115,7 +113,7 @@ class ScoreResult:
     input_rows: int            # rows that passed validation (catalog: candidate pairs)
     output_rows: int           # rows written
     quarantined_rows: int
-    output: Path
+    output: Path | str         # the partition's directory, or catalog table (partition)
     details: dict[str, Any] = field(default_factory=dict)
     table: str = "predictions"
 
@@ -143,20 +141,23 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
         rows, status, inline = _validated_rows(spark, cfg, spec, ds)  # refuses an unvalidated ds
     except NotValidated as exc:
         raise NotValidated(str(exc), details=model_fields) from None
-    wh = Warehouse(cfg.warehouse)
-    features_dir = wh.partition(spec.name, "features", ds)
-    out = wh.partition(spec.name, "predictions", ds, model_version=artifact.model_version)
+    tb = DatasetTables(cfg, spec.name, spark)
+    tb.preflight(inputs=("features",), outputs=("predictions",), columns={
+        "predictions": predictions_struct(spec, with_gates=with_gates).names})
+    wh, features, version = tb.wh, tb["features"], artifact.model_version
+    out = tb["predictions"].where(ds, model_version=version)
     details: dict[str, Any] = {"with_gates": with_gates, **choice.details()}
     if inline is not None:
         details["inline_validation"] = inline
     with wh.lock(spec.name, "predictions", ds, artifact.model_version,
                  wait_seconds=cfg.locks.wait_seconds, poll_seconds=cfg.locks.poll_seconds), \
-            replacing(out) as staging:
+            tb["predictions"].writing(spark, ds, model_version=version) as staged:
+        staging = staged.dir
         scored_at = dt.datetime.now(dt.timezone.utc)  # one stamp for the whole run
-        if direct_reader_applies(cfg, spec, features_dir):
+        if direct_reader_applies(cfg, spec, features, ds):
             written = score_fragments(
-                spark, parquet_fragments(features_dir), files, artifact, spec, cfg, staging,
-                scored_at, with_gates, quarantined_keys(cfg, spec, ds))
+                spark, parquet_fragments(features.files(ds)), files, artifact, spec, cfg,
+                staging, scored_at, with_gates, quarantined_keys(tb, spec, ds))
             details["reader"] = "direct"
         else:
             with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
@@ -168,7 +169,7 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
             details["reader"] = "spark"
         write_score_stamp(staging, ScoreStamp(
             model_version=artifact.model_version, model_sha256=artifact.sha256,
-            features_fingerprint=fingerprint(features_dir), with_gates=with_gates,
+            features_fingerprint=features.fingerprint(ds), with_gates=with_gates,
             rows=written, scored_at=scored_at.isoformat()))
         if cfg.drift.enabled and written:
             details["prediction_drift"] = prediction_drift(cfg, spec, ds, artifact.model_version,

@@ -18,13 +18,10 @@ import pyarrow as pa
 from jobs.core.config import JobConfig
 from jobs.core.errors import InputError, MissingInputError
 from jobs.core.manifest import RunRecord
+from jobs.core.tables import DatasetTables, Table
 from jobs.core.warehouse import (
     Warehouse,
     date_range,
-    parquet_files,
-    read_footers,
-    read_table,
-    require_columns,
     replacing,
 )
 from mmoe_model.archs import ARCHS
@@ -46,17 +43,16 @@ class UnreadablePartition(MissingInputError):
     """A partition whose files cannot be read (truncated, not parquet, schemas disagree)."""
 
 
-def _read_partition(path: Path, columns: list[str], what: str) -> pa.Table:
-    """One partition directory's data files (hidden names skipped), only ``columns``."""
+def _read_partition(source: Table, ds: str, columns: list[str]) -> pa.Table:
+    """One partition's data files, only ``columns`` (checked by the table)."""
     try:
-        schema, _ = read_footers(parquet_files(path))
+        return source.read_arrow(ds, columns=columns, error=InputError)
     except ValueError as exc:
-        raise UnreadablePartition(f"cannot read {what} at {path}: {exc}") from None
-    require_columns(schema.names, columns, what, path, error=InputError)
-    return read_table(path, columns=columns)
+        raise UnreadablePartition(f"cannot read {source.table} ds={ds} at {source.where(ds)}: "
+                                  f"{exc}") from None
 
 
-def load_training_frame(wh: Warehouse, spec: DatasetSpec, days: list[str],
+def load_training_frame(tb: DatasetTables, spec: DatasetSpec, days: list[str],
                         skipped: list[str] | None = None) -> tuple[pd.DataFrame, int]:
     """Features joined with labels for every ds in ``days``: ``(frame, feature rows read)``.
 
@@ -68,19 +64,17 @@ def load_training_frame(wh: Warehouse, spec: DatasetSpec, days: list[str],
     """
     for ds in days:  # check everything first: fail before reading gigabytes
         for table in ("features", "labels"):
-            if not wh.has_partition(spec.name, table, ds):
+            if not tb[table].exists(ds):
                 raise MissingInputError(f"{spec.name}: no {table} partition for ds={ds} "
-                                        f"({wh.partition(spec.name, table, ds)})")
+                                        f"({tb[table].where(ds)})")
     keys = spec.key_names
     feature_cols = keys + spec.feature_names
     label_cols = keys + spec.task_names
     frames, rows_read, first_error = [], 0, None
     for ds in days:
         try:
-            features = _read_partition(wh.partition(spec.name, "features", ds), feature_cols,
-                                       f"features ds={ds}")
-            labels = _read_partition(wh.partition(spec.name, "labels", ds), label_cols,
-                                     f"labels ds={ds}")
+            features = _read_partition(tb["features"], ds, feature_cols)
+            labels = _read_partition(tb["labels"], ds, label_cols)
         except UnreadablePartition as exc:
             if skipped is None:
                 raise
@@ -151,7 +145,9 @@ def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, o
                            checkpoint_dir=str(checkpoint), resume=resume)
 
     skipped: list[str] = []
-    frame, rows_read = load_training_frame(wh, spec, days, skipped)
+    tables = DatasetTables(cfg, spec.name)
+    tables.preflight(inputs=("features", "labels"))
+    frame, rows_read = load_training_frame(tables, spec, days, skipped)
     if len(frame) == 0:
         raise MissingInputError(f"{dataset}: no feature row of ds {start}..{end} has labels",
                                 details={"input_rows": rows_read})

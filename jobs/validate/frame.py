@@ -9,9 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.pandas.types import from_arrow_schema
 
-from jobs.core.warehouse import read_table, spark_paths
+from jobs.core.tables import Table, arrow_to_spark
 from jobs.validate.decision import rule_results
 from jobs.validate.rules import (
     KEY_COPIES,
@@ -25,14 +24,10 @@ from jobs.validate.rules import (
 from schemas.spec import DatasetSpec
 
 
-def read_partition(spark: SparkSession, directory: Path, schema: pa.Schema) -> DataFrame:
+def read_partition(spark: SparkSession, source: Table, ds: str, schema: pa.Schema) -> DataFrame:
     """Read a partition with the schema its footers declare (no schema-inference job); fall back
     to Spark's own inference for types pyspark cannot map from arrow."""
-    try:
-        spark_schema = from_arrow_schema(schema)
-    except (TypeError, ValueError, NotImplementedError):
-        return spark.read.parquet(*spark_paths(directory))
-    return spark.read.schema(spark_schema).parquet(*spark_paths(directory))
+    return source.read(spark, ds, schema=arrow_to_spark(schema))
 
 
 def _spark_type_name(frame: DataFrame, column: str) -> str:
@@ -137,10 +132,10 @@ def write_quarantine(frame: DataFrame, spec: DatasetSpec, quarantine_dir: Path) 
     bad.coalesce(1).write.mode("overwrite").parquet(str(quarantine_dir))
 
 
-def reason_counts(quarantine_dir: Path) -> tuple[int, dict[str, int]]:
+def reason_counts(quarantine: Table, ds: str) -> tuple[int, dict[str, int]]:
     """Rows written to quarantine, and rows per single rule (``rule:column``; a row breaking
     several rules counts under each), read from the files with pyarrow (no Spark job)."""
-    table = read_table(quarantine_dir, columns=["reason"])
+    table = quarantine.read_arrow(ds, columns=["reason"])
     counts: dict[str, int] = {}
     for item in table.column("reason").value_counts().to_pylist():
         for reason in str(item["values"]).split(";"):

@@ -8,7 +8,8 @@ import statistics
 
 from jobs.core.drift_table import read_drift
 from jobs.core.status import read_validation_status
-from jobs.core.warehouse import Warehouse, parquet_files, read_footers, read_json
+from jobs.core.tables import DatasetTables
+from jobs.core.warehouse import Warehouse, read_footers, read_json
 from jobs.validate.drift import DayProfile
 from jobs.validate.rules import RowCountBounds
 from schemas.spec import DatasetSpec
@@ -16,18 +17,18 @@ from schemas.spec import DatasetSpec
 PROFILE_FILE = "drift_profile.json"   # in validation/ds=D/: the day's drift profile
 
 
-def row_count_bounds(wh: Warehouse, spec: DatasetSpec, ds: str) -> RowCountBounds:
+def row_count_bounds(tb: DatasetTables, spec: DatasetSpec, ds: str) -> RowCountBounds:
     """``row_count.min_rows``, tightened by [min_ratio, max_ratio] x the median row count of up
     to ``trailing_partitions`` previous features partitions (footer counts, no Spark job).
     A previous partition whose files cannot be read is skipped and named in ``unreadable``:
     one corrupt day never fails the validation of another."""
-    policy = spec.row_count
-    previous = [d for d in wh.partitions(spec.name, "features") if d < ds]
+    policy, features = spec.row_count, tb["features"]
+    previous = [d for d in features.partitions() if d < ds]
     counts, unreadable = [], []
     for day in reversed(previous):
         if len(counts) == policy.trailing_partitions:
             break
-        files = parquet_files(wh.partition(spec.name, "features", day))
+        files = features.files(day)
         if files:
             try:
                 counts.append(read_footers(files)[1])
@@ -66,14 +67,14 @@ def trailing_profiles(wh: Warehouse, spec: DatasetSpec, ds: str,
     return out, skipped
 
 
-def drift_history(wh: Warehouse, spec: DatasetSpec, ds: str,
-                  days: int) -> dict[str, list[tuple[str, float]]]:
+def drift_history(tb: DatasetTables, ds: str, days: int) -> dict[str, list[tuple[str, float]]]:
     """PSI per feature over the ``days`` drift partitions up to and including ``ds`` (feature
     rows only), oldest first: the report's small line per feature."""
     out: dict[str, list[tuple[str, float]]] = {}
-    for day in [d for d in wh.partitions(spec.name, "drift") if d <= ds][-(days + 1):]:
+    drift = tb["drift"]
+    for day in [d for d in drift.partitions() if d <= ds][-(days + 1):]:
         try:
-            table = read_drift(wh, spec.name, day)
+            table = read_drift(drift, day)
         except (ValueError, OSError):
             continue
         for row in (table.to_pylist() if table is not None else []):

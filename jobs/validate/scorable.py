@@ -11,7 +11,8 @@ from pyspark.sql import DataFrame, SparkSession
 from jobs.core.config import JobConfig
 from jobs.core.errors import NotValidated
 from jobs.core.status import ValidationStatus, read_validation_status
-from jobs.core.warehouse import Warehouse, fingerprint, parquet_files, spark_paths
+from jobs.core.tables import DatasetTables
+from jobs.core.warehouse import Warehouse
 from schemas.spec import DatasetSpec
 from schemas.tables import features_struct
 
@@ -23,22 +24,21 @@ def passed_rows(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str)
     Raises :class:`NotValidated` when the ds was never validated, failed, or its features
     partition changed since it was validated.
     """
-    wh = Warehouse(cfg.warehouse)
-    status = checked_status(cfg, spec, ds)
-    rows = spark.read.schema(features_struct(spec)).parquet(
-        *spark_paths(wh.partition(spec.name, "features", ds)))
+    tb = DatasetTables(cfg, spec.name, spark)
+    status = checked_status(cfg, spec, ds, tb)
+    rows = tb["features"].read(spark, ds, schema=features_struct(spec))
     if status.quarantined_rows == 0:
         return rows
-    quarantine_dir = wh.partition(spec.name, "quarantine", ds)
-    keys = spark.read.parquet(*spark_paths(quarantine_dir)).select(*spec.key_names).distinct()
+    keys = tb["quarantine"].read(spark, ds, columns=spec.key_names).distinct()
     cond = reduce(lambda a, b: a & b, [rows[k].eqNullSafe(keys[k]) for k in spec.key_names])
     return rows.join(keys, on=cond, how="left_anti")
 
 
-def checked_status(cfg: JobConfig, spec: DatasetSpec, ds: str) -> ValidationStatus:
+def checked_status(cfg: JobConfig, spec: DatasetSpec, ds: str,
+                   tb: DatasetTables | None = None) -> ValidationStatus:
     """The ds's validation status when its rows may be scored; :class:`NotValidated` when it
     was never validated, failed, changed since, or its quarantine partition went missing."""
-    wh = Warehouse(cfg.warehouse)
+    tb = tb or DatasetTables(cfg, spec.name)
     status = read_status(cfg, spec, ds)
     where = f"{spec.name} ds={ds}"
     if status is None:
@@ -46,13 +46,13 @@ def checked_status(cfg: JobConfig, spec: DatasetSpec, ds: str) -> ValidationStat
                            f"--dataset {spec.name} --ds {ds}")
     if not status.scorable:
         raise NotValidated(f"{where} did not pass validation: {status.message or '?'}")
-    if fingerprint(wh.partition(spec.name, "features", ds)) != status.features_fingerprint:
+    if tb["features"].fingerprint(ds) != status.features_fingerprint:
         raise NotValidated(f"{where}: the features partition changed after it was validated; "
                            f"run mmoe validate --dataset {spec.name} --ds {ds} again")
-    quarantine_dir = wh.partition(spec.name, "quarantine", ds)
-    if status.quarantined_rows and not parquet_files(quarantine_dir):
+    if status.quarantined_rows and not tb["quarantine"].exists(ds):
         raise NotValidated(f"{where}: status says {status.quarantined_rows} rows were "
-                           f"quarantined but {quarantine_dir} is missing; validate again")
+                           f"quarantined but {tb['quarantine'].where(ds)} is missing; "
+                           f"validate again")
     return status
 
 

@@ -89,14 +89,11 @@ from jobs.core.status import (
     read_validation_status,
     write_validation_status,
 )
+from jobs.core.tables import DatasetTables, Table
 from jobs.core.warehouse import (
-    Warehouse,
-    fingerprint,
     footer_ranges,
-    parquet_files,
     read_footers,
     remove,
-    replacing,
     write_json,
     write_text,
 )
@@ -131,8 +128,8 @@ DOCS_DIR = "data_docs"
 class ValidationInputs:
     """What the validation knows before any Spark work: paths and footers."""
 
-    features_dir: Path
-    labels_dir: Path
+    features: Table
+    labels: Table
     features_schema: pa.Schema
     labels_schema: pa.Schema | None
     rows_read: int
@@ -163,25 +160,26 @@ def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     now, return it (``report.reused``) instead of running GX again; checked under the lock, so
     of two jobs wanting the same day validated only the first one validates."""
     started = time.perf_counter()
-    wh = Warehouse(cfg.warehouse)
-    features_dir = wh.partition(spec.name, "features", ds)
-    if not parquet_files(features_dir):
+    tb = DatasetTables(cfg, spec.name, spark)
+    wh = tb.wh
+    tb.preflight(inputs=("features", "labels"), outputs=("quarantine",))
+    if not tb["features"].exists(ds):
         raise MissingInputError(
-            f"features partition {features_dir} is missing or has no parquet files "
+            f"features partition {tb['features'].where(ds)} is missing or has no parquet files "
             f"(dataset {spec.name}, ds {ds})")
     validation_dir = wh.partition(spec.name, "validation", ds)
     # One writer of the ds's validation, quarantine and status at a time (nightly vs backfill).
     with wh.lock(spec.name, "validation", ds, wait_seconds=cfg.locks.wait_seconds,
                  poll_seconds=cfg.locks.poll_seconds):
         if reuse_current:
-            current = _current_decision(wh, spec, ds)
+            current = _current_decision(tb, spec, ds)
             if current is not None:
                 return current
         remove(validation_dir)  # no stale decision while we run
         validation_dir.mkdir(parents=True)
         try:
             try:
-                inputs = read_inputs(wh, spec, ds)
+                inputs = read_inputs(tb, spec, ds)
             except ValueError as exc:
                 raise _Refused(f"validation failed: {exc}", 0) from None
             _check_extra_columns(cfg, spec, inputs)
@@ -189,11 +187,11 @@ def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
             docs_dir = validation_dir / DOCS_DIR if cfg.validation.keep_data_docs else None
             with job_group(spark, group, f"validate {spec.name} ds={ds}"), \
                     session_conf(spark, VALIDATION_CONF):
-                report = _check_and_write(spark, cfg, spec, ds, inputs, wh, docs_dir)
+                report = _check_and_write(spark, cfg, spec, ds, inputs, tb, docs_dir)
             report.spark_jobs = jobs_in_group(spark, group)
         except _Refused as refused:
-            remove(wh.partition(spec.name, "quarantine", ds))
-            _write_status(wh, spec, ds, run_id, refused=refused)
+            tb["quarantine"].remove(ds)
+            _write_status(tb, spec, ds, run_id, refused=refused)
             raise ValidationFailed(refused.message, details={
                 "validation_status": "failed", "rows_read": refused.rows, "spark_jobs": 0,
                 "skipped_partitions": list(refused.skipped)}) from refused.__cause__
@@ -201,25 +199,26 @@ def validate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
         report.validation_dir = str(validation_dir)
         report.report_html = str(write_text(validation_dir / REPORT_FILE,
                                             render_validation_html(report)))
-        _write_status(wh, spec, ds, run_id, report=report, inputs=inputs)
+        _write_status(tb, spec, ds, run_id, report=report, inputs=inputs)
     if report.status == "failed":
         raise ValidationFailed(report.message, details=_failure_details(report))
     return report
 
 
-def _write_status(wh: Warehouse, spec: DatasetSpec, ds: str, run_id: str | None, *,
+def _write_status(tb: DatasetTables, spec: DatasetSpec, ds: str, run_id: str | None, *,
                   report: ValidationReport | None = None, inputs: ValidationInputs | None = None,
                   refused: _Refused | None = None) -> None:
     """THE writer of ``status.json``: a decision (``report`` + ``inputs``) or a refusal before
     one. The fingerprint makes a failure reusable too: an unchanged partition fails again
     without another GX run (the backfill's reuse_current)."""
+    wh = tb.wh
     facts: dict[str, Any] = {"validated_at": utc_now(), "run_id": run_id}
     if report is None or inputs is None:
         write_validation_status(wh, ValidationStatus(
             status="failed", dataset=spec.name, ds=ds,
             input_rows=refused.rows if refused else 0, message=refused.message if refused else "",
             skipped_partitions=list(refused.skipped) if refused else [],
-            features_fingerprint=fingerprint(wh.partition(spec.name, "features", ds)), **facts))
+            features_fingerprint=tb["features"].fingerprint(ds), **facts))
         return
     write_validation_status(wh, report.to_status(
         spark_jobs=report.spark_jobs, features_fingerprint=inputs.fingerprint,
@@ -227,21 +226,21 @@ def _write_status(wh: Warehouse, spec: DatasetSpec, ds: str, run_id: str | None,
         **facts))
 
 
-def _current_decision(wh: Warehouse, spec: DatasetSpec, ds: str) -> ValidationReport | None:
+def _current_decision(tb: DatasetTables, spec: DatasetSpec, ds: str) -> ValidationReport | None:
     """The stored decision when it was made on the features as they are now (None otherwise);
     a stored failure is raised again."""
+    wh = tb.wh
     try:
         status = read_validation_status(wh, spec.name, ds)
     except ValueError:
         return None
     if status is None or status.features_fingerprint is None or \
-            status.features_fingerprint != fingerprint(wh.partition(spec.name, "features", ds)):
+            status.features_fingerprint != tb["features"].fingerprint(ds):
         return None
     if status.status == "failed":
         raise ValidationFailed(f"{spec.name} ds={ds} failed validation (features unchanged "
                                f"since): {status.message or '?'}")
-    quarantine = wh.partition(spec.name, "quarantine", ds)
-    if status.quarantined_rows and not parquet_files(quarantine):
+    if status.quarantined_rows and not tb["quarantine"].exists(ds):
         return None  # the decision's quarantine went missing: decide again
     return ValidationReport(
         dataset=spec.name, ds=ds, status=status.status, input_rows=status.input_rows,
@@ -273,23 +272,22 @@ def _failure_details(report: ValidationReport) -> dict[str, Any]:
     return {**record.details, "outputs": record.outputs}
 
 
-def read_inputs(wh: Warehouse, spec: DatasetSpec, ds: str) -> ValidationInputs:
+def read_inputs(tb: DatasetTables, spec: DatasetSpec, ds: str) -> ValidationInputs:
     """Footers of the features and labels partitions and the row-count bounds: no Spark job.
     ``ValueError`` names an unreadable file or a schema disagreement."""
-    features_dir = wh.partition(spec.name, "features", ds)
-    labels_dir = wh.partition(spec.name, "labels", ds)
-    files = parquet_files(features_dir)
+    features, labels = tb["features"], tb["labels"]
+    files = features.files(ds)
     features_schema, rows = read_footers(files)
-    labels_files = parquet_files(labels_dir)
+    labels_files = labels.files(ds)
     labels_schema = read_footers(labels_files)[0] if labels_files else None
     dense = [f.name for f in spec.dense_features if f.name in features_schema.names]
-    return ValidationInputs(features_dir, labels_dir, features_schema, labels_schema, rows,
-                            row_count_bounds(wh, spec, ds), fingerprint(features_dir),
+    return ValidationInputs(features, labels, features_schema, labels_schema, rows,
+                            row_count_bounds(tb, spec, ds), features.fingerprint(ds),
                             footer_ranges(files, dense))
 
 
 def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
-                     inputs: ValidationInputs, wh: Warehouse,
+                     inputs: ValidationInputs, tb: DatasetTables,
                      docs_dir: Path | None) -> ValidationReport:
     """GX over the labels table (its own batch) and over the cached features frame → the
     decision (+ feature drift) → result.json (+ labels_result.json), the drift rows and
@@ -297,13 +295,13 @@ def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds:
     max_bad = 0.0 if cfg.validation.on_bad_rows == "fail" else cfg.validation.max_bad_row_fraction
     suite = build_suite(spec, inputs.bounds, with_labels=False, max_bad_row_fraction=max_bad)
     labels_suite = build_labels_suite(spec) if inputs.labels_schema is not None else None
-    validation_dir = wh.partition(spec.name, "validation", ds)
-    quarantine_dir = wh.partition(spec.name, "quarantine", ds)
+    validation_dir = tb.wh.partition(spec.name, "validation", ds)
+    quarantine = tb["quarantine"]
     frame: DataFrame | None = None
     run_name = f"{spec.name}-{ds}"
     try:
-        raw = read_partition(spark, inputs.features_dir, inputs.features_schema)
-        labels = (read_partition(spark, inputs.labels_dir, inputs.labels_schema)
+        raw = read_partition(spark, inputs.features, ds, inputs.features_schema)
+        labels = (read_partition(spark, inputs.labels, ds, inputs.labels_schema)
                   if inputs.labels_schema is not None else None)
         gx_run = GxRun(docs_dir)
         labels_result = None
@@ -341,36 +339,37 @@ def _check_and_write(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds:
             report.labels_result_json = str(validation_dir / LABELS_RESULT_FILE)
         report.data_docs = str(docs_dir / "index.html") if docs_dir is not None else None
         if cfg.drift.enabled and schema_ok and report.status != "failed":
-            _drift(cfg, spec, ds, wh, frame, report)
+            _drift(cfg, spec, ds, tb, frame, report)
         if report.status == "quarantined":
-            with replacing(quarantine_dir) as staging:
-                write_quarantine(frame, spec, staging)
-            report.quarantine = str(quarantine_dir)
-            written, report.reasons = reason_counts(quarantine_dir)
+            with quarantine.writing(spark, ds) as staged:
+                write_quarantine(frame, spec, staged.dir)
+            report.quarantine = quarantine.where(ds)
+            written, report.reasons = reason_counts(quarantine, ds)
             if written != report.quarantined_rows:  # a broken invariant must not pass
                 raise _Refused(
                     f"validation failed: {written:,} rows written to quarantine but GX "
                     f"counted {report.quarantined_rows:,} rows breaking row-level rules",
                     inputs.rows_read)
         else:
-            remove(quarantine_dir)
+            quarantine.remove(ds)
     finally:
         if frame is not None and frame.is_cached:
             frame.unpersist()
     return report
 
 
-def _drift(cfg: JobConfig, spec: DatasetSpec, ds: str, wh: Warehouse, frame: DataFrame,
+def _drift(cfg: JobConfig, spec: DatasetSpec, ds: str, tb: DatasetTables, frame: DataFrame,
            report: ValidationReport) -> DriftOutcome:
     """Feature drift on the cached frame → the drift rows (table), the day's profile (for later
     references), the report's drift and, with ``on_drift: fail`` and a drifted feature, the
     failed decision."""
+    wh = tb.wh
     reference, skipped = trailing_profiles(wh, spec, ds, cfg.drift.reference_days)
     outcome = feature_drift(spec, ds, frame, cfg.drift, reference, skipped)
     report.drift, report.drift_details = outcome.rows, outcome.details()
     report.drift_details["table"] = str(replace_drift_rows(cfg, spec.name, ds, outcome.rows))
     write_json(wh.partition(spec.name, "validation", ds) / PROFILE_FILE, outcome.profile.to_json())
-    report.drift_history = drift_history(wh, spec, ds, cfg.drift.reference_days)
+    report.drift_history = drift_history(tb, ds, cfg.drift.reference_days)
     if outcome.drifted and cfg.drift.on_drift == "fail":
         report.status, report.passed_rows, report.quarantined_rows = "failed", 0, 0
         report.failed_rules = report.failed_rules + [f"drift:{f}" for f in outcome.drifted]

@@ -1,0 +1,573 @@
+"""Tables: the one way a stage reads and writes a logical table (part of the I/O edge).
+
+A dataset's logical table (features, labels, predictions, ...) is either
+
+- a :class:`PathTable` — today's layout, ``<wh>/<dataset>/<table>/ds=D[/model_version=V]/``
+  (``catalog/<name>`` for the unpartitioned users / items), the embedded default; or
+- a :class:`CatalogTable` — a Spark catalog table named in the job config's ``tables:``
+  section (CONTRACT.md, "Tables"), read with ``spark.table(name)`` + a partition filter and
+  written with ``INSERT OVERWRITE ... PARTITION (...)``; created on first write from the staged
+  rows' schema (which the spec drives), ``USING parquet PARTITIONED BY (ds[, model_version])``.
+
+Both give the same calls, and no stage asks which kind it has: :meth:`exists`,
+:meth:`partitions`, :meth:`sub_partitions`, :meth:`files`, :meth:`schema`, :meth:`count`,
+:meth:`fingerprint`, :meth:`read` (Spark, with the one column check), :meth:`read_arrow`
+(driver-side, small tables), :meth:`writing` (a staging directory the stage writes parquet
+into; swapped in whole for a path table, inserted as one partition overwrite for a catalog
+table) and :meth:`remove`.
+
+A partition is addressed as ``(ds, **more)``: ``ds`` is the date (None for an unpartitioned
+table), ``more`` the further partition columns (``model_version=V``; ``report=ID`` for
+ab_reports). A catalog table's ``ds`` column is named by its mapping's ``partition_column``
+(default ``ds``) and typed ``string`` (``YYYY-MM-DD``, default) or ``date``.
+
+Atomicity of a catalog write: the rows are first staged as parquet under the warehouse (hidden
+name), then one ``INSERT OVERWRITE TABLE t PARTITION (ds='D'[, model_version='V'])`` replaces
+the partition. Spark's file-source commit writes the new files under the table's
+``.spark-staging-*`` directory and, at job commit, deletes the old partition directory and
+renames the new one in: a reader in that window (milliseconds on one filesystem) or after a
+crash inside it sees the partition empty, never mixed; the rerun replaces it. A failure before
+the commit leaves the old partition as it was.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.pandas.types import from_arrow_schema
+
+from jobs.core.config import JobConfig, TableMapping
+from jobs.core.errors import MissingInputError, TableError
+from jobs.core.spark import read_partition
+from jobs.core.warehouse import (
+    Warehouse,
+    fingerprint,
+    parquet_files,
+    parse_date,
+    read_footers,
+    remove,
+    replacing,
+    require_columns,
+    safe_name,
+    write_bytes,
+)
+
+# Tables a job config may map to the catalog (CONTRACT.md); ``catalog`` is the path twin's
+# directory of the unpartitioned users / items tables.
+UNPARTITIONED = ("users", "items")
+NO_DS = UNPARTITIONED + ("ab_reports",)  # not partitioned by date
+EXTRA_PARTITIONS = {"predictions": ("model_version",), "recommendations": ("model_version",),
+                    "ab_reports": ("report",)}
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition's address: ``ds`` (None: the table is not partitioned by date) and the
+    further partition columns in table order."""
+
+    ds: str | None
+    more: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, ds: str | None, more: dict[str, str]) -> "Partition":
+        if ds is not None:
+            ds = parse_date(ds, "ds").isoformat()
+        return cls(ds, tuple((k, safe_name(v, k)) for k, v in more.items()))
+
+    def label(self, ds_column: str = "ds") -> str:
+        parts = ([f"{ds_column}={self.ds}"] if self.ds is not None else []) \
+            + [f"{k}={v}" for k, v in self.more]
+        return "/".join(parts)
+
+
+@dataclass
+class Staged:
+    """What :meth:`Table.writing` yields: write the partition's parquet files (and hidden
+    extras, e.g. the score stamp) into ``dir``; ``rows`` is filled in when the block ends."""
+
+    dir: Path
+    rows: int = 0
+
+
+class Table:
+    """The calls every stage uses; see the module docstring."""
+
+    dataset: str
+    table: str
+
+    def where(self, ds: str | None = None, **more: str) -> str:
+        """Where a partition lives, for messages and manifests."""
+        raise NotImplementedError
+
+    def preflight(self, output: bool = False, columns: list[str] | None = None) -> None:
+        """Refuse a table the job cannot use before any work: an input must exist, an
+        output may be missing (it is created on first write); both partitioned as mapped; an
+        existing output holding other data ``columns`` than the stage writes is refused."""
+
+    def exists(self, ds: str | None = None, **more: str) -> bool:
+        raise NotImplementedError
+
+    def partitions(self) -> list[str]:
+        raise NotImplementedError
+
+    def sub_partitions(self, ds: str, key: str) -> list[str]:
+        raise NotImplementedError
+
+    def files(self, ds: str | None = None, **more: str) -> list[str]:
+        """The partition's data files (paths or URIs), sorted."""
+        raise NotImplementedError
+
+    def fingerprint(self, ds: str | None = None, **more: str) -> list:
+        raise NotImplementedError
+
+    def _spark_frame(self, spark: SparkSession, part: Partition,
+                     schema: T.StructType | None) -> DataFrame:
+        raise NotImplementedError
+
+    def schema(self, ds: str | None = None, **more: str) -> pa.Schema:
+        """The data columns (partition columns excluded), from the files' footers."""
+        files = self.files(ds, **more)
+        if not files:
+            raise MissingInputError(f"{self.table} {self.where(ds, **more)} has no data files")
+        return read_footers(files)[0]
+
+    def count(self, ds: str | None = None, **more: str) -> int:
+        """Rows of a partition from its footers (0 when it has no files): no Spark job."""
+        files = self.files(ds, **more)
+        return read_footers(files)[1] if files else 0
+
+    def read(self, spark: SparkSession, ds: str | None = None, columns: list[str] | None = None,
+             schema: T.StructType | None = None, **more: str) -> DataFrame:
+        """The partition as a DataFrame, partition columns left out; with ``columns``, exactly
+        those (a missing one is a :class:`MissingInputError` naming the table and the columns).
+        ``schema``: read with it (no inference), for a path table's files."""
+        part = Partition.of(ds, more)
+        if not self.exists(ds, **more):
+            raise MissingInputError(f"{self.dataset} {self.table}: no partition "
+                                    f"{self.where(ds, **more)}")
+        frame = self._spark_frame(spark, part, schema)
+        if columns is None:
+            return frame
+        self._require(frame.columns, columns, ds, more)
+        return frame.select(*columns)
+
+    def _require(self, present: list[str], columns: list[str] | None, ds: str | None,
+                 more: dict[str, str], error: type[Exception] = MissingInputError) -> None:
+        """The one column check of a read (:func:`require_columns`, naming table and partition)."""
+        require_columns(present, columns or [], self.table, self.where(ds, **more), error)
+
+    def read_arrow(self, ds: str | None = None, columns: list[str] | None = None,
+                   error: type[Exception] = MissingInputError, **more: str) -> pa.Table:
+        """A (small) partition read on the driver with pyarrow, checked like :meth:`read`."""
+        files = self.files(ds, **more)
+        if not files:
+            raise MissingInputError(f"{self.dataset} {self.table}: no partition "
+                                    f"{self.where(ds, **more)}")
+        self._require(read_footers(files)[0].names, columns, ds, more, error)
+        return open_dataset(files).to_table(columns=columns)
+
+    @contextmanager
+    def writing(self, spark: SparkSession | None, ds: str | None = None,
+                **more: str) -> Iterator[Staged]:
+        raise NotImplementedError
+        yield
+
+    def remove(self, ds: str | None = None, **more: str) -> None:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------
+# The path layout
+
+
+@dataclass
+class PathTable(Table):
+    wh: Warehouse
+    dataset: str
+    table: str
+
+    def path(self, ds: str | None = None, **more: str) -> Path:
+        if self.table in UNPARTITIONED:
+            return self.wh.catalog(self.dataset, self.table)
+        if ds is None:
+            base = self.wh.table(self.dataset, self.table)
+            for key, value in more.items():
+                base = base / f"{key}={safe_name(value, key)}"
+            return base
+        return self.wh.partition(self.dataset, self.table, ds, **more)
+
+    def where(self, ds=None, **more):
+        return str(self.path(ds, **more))
+
+    def exists(self, ds=None, **more):
+        return bool(parquet_files(self.path(ds, **more)))
+
+    def partitions(self):
+        return self.wh.partitions(self.dataset, self.table)
+
+    def sub_partitions(self, ds, key):
+        return self.wh.sub_partitions(self.dataset, self.table, ds, key)
+
+    def files(self, ds=None, **more):
+        return [str(p) for p in parquet_files(self.path(ds, **more))]
+
+    def fingerprint(self, ds=None, **more):
+        return fingerprint(self.path(ds, **more))
+
+    def _spark_frame(self, spark, part, schema):
+        return read_partition(spark, self.path(part.ds, **dict(part.more)), schema=schema)
+
+    @contextmanager
+    def writing(self, spark, ds=None, **more):
+        with replacing(self.path(ds, **more)) as staging:
+            staged = Staged(staging)
+            yield staged
+            staged.rows = _staged_rows(staging)
+
+    def remove(self, ds=None, **more):
+        remove(self.path(ds, **more))
+
+
+# --------------------------------------------------------------------------------------------
+# Catalog tables
+
+
+def _quote(name: str) -> str:
+    return ".".join(f"`{part}`" for part in name.split("."))
+
+
+@dataclass
+class CatalogTable(Table):
+    wh: Warehouse
+    dataset: str
+    table: str
+    mapping: TableMapping
+    spark: SparkSession | None = None
+    _checked: bool = field(default=False, repr=False)
+    _schema: T.StructType | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.mapping.name
+
+    @property
+    def ds_column(self) -> str:
+        return self.mapping.partition_column
+
+    def _session(self) -> SparkSession:
+        spark = self.spark or SparkSession.getActiveSession()
+        if spark is None:
+            raise TableError(f"{self.dataset} {self.table} is the catalog table {self.name}: "
+                             f"reading it needs a Spark session")
+        return spark
+
+    def partition_columns(self) -> list[str]:
+        cols = [] if self.table in NO_DS else [self.ds_column]
+        return cols + list(EXTRA_PARTITIONS.get(self.table, ()))
+
+    def where(self, ds=None, **more):
+        label = Partition.of(ds, more).label(self.ds_column)
+        return f"{self.name}" + (f" ({label})" if label else "")
+
+    # ---- checks (one line naming the table)
+
+    def _existing(self) -> T.StructType | None:
+        """The table's schema, or None while it does not exist (kept once it does)."""
+        if self._schema is None:
+            spark = self._session()
+            if spark.catalog.tableExists(self.name):
+                self._schema = spark.table(self.name).schema
+        return self._schema
+
+    def check(self) -> T.StructType:
+        """The table's schema after checking it exists and is partitioned as mapped."""
+        schema = self._existing()
+        if schema is None:
+            raise TableError(f"{self.dataset} {self.table}: catalog table {self.name} does not "
+                             f"exist (config tables.{self.dataset}.{self.table})")
+        self._check_partitioning(schema)
+        return schema
+
+    def preflight(self, output=False, columns=None):
+        schema = self._existing()
+        if schema is None and output:
+            return
+        if schema is None:
+            self.check()
+        self._check_partitioning(schema)
+        if output and columns is not None:
+            self._check_columns(schema, list(columns))
+
+    def _data_columns(self, schema: T.StructType) -> list[str]:
+        return [f.name for f in schema.fields if f.name not in self.partition_columns()]
+
+    def _check_columns(self, schema: T.StructType, written: list[str]) -> None:
+        """The rows a stage writes must have exactly the table's data columns."""
+        data_cols = self._data_columns(schema)
+        missing = [c for c in data_cols if c not in written]
+        extra = [c for c in written if c not in data_cols]
+        if missing or extra:
+            raise TableError(f"{self.dataset} {self.table}: catalog table {self.name}'s columns "
+                             f"disagree with the spec: missing {missing}, unexpected {extra}")
+
+    def _check_partitioning(self, schema: T.StructType) -> None:
+        if self._checked:
+            return
+        spark = self._session()
+        declared = [c.name for c in spark.catalog.listColumns(self.name) if c.isPartition]
+        wanted = self.partition_columns()
+        if declared != wanted:
+            raise TableError(f"{self.dataset} {self.table}: catalog table {self.name} is "
+                             f"partitioned by ({', '.join(declared) or 'nothing'}), expected "
+                             f"({', '.join(wanted)}) (tables.{self.dataset}.{self.table}."
+                             f"partition_column / partition_type)")
+        if self.table not in NO_DS:
+            got = schema[self.ds_column].dataType
+            want = T.DateType() if self.mapping.partition_type == "date" else T.StringType()
+            if got != want:
+                raise TableError(f"{self.dataset} {self.table}: catalog table {self.name}'s "
+                                 f"partition column {self.ds_column} is {got.simpleString()}, "
+                                 f"expected {want.simpleString()} (tables.{self.dataset}."
+                                 f"{self.table}.partition_type: {self.mapping.partition_type})")
+        self._checked = True
+
+    def _filter(self, part: Partition):
+        conds = []
+        if part.ds is not None:
+            value = F.to_date(F.lit(part.ds)) if self.mapping.partition_type == "date" \
+                else F.lit(part.ds)
+            conds.append(F.col(self.ds_column) == value)
+        conds += [F.col(k) == F.lit(v) for k, v in part.more]
+        out = F.lit(True)
+        for c in conds:
+            out = out & c
+        return out
+
+    def _frame(self, part: Partition) -> DataFrame:
+        self.check()
+        return self._session().table(self.name).where(self._filter(part))
+
+    # ---- the Table calls
+
+    def files(self, ds=None, **more):
+        if self._existing() is None:  # an output not written yet (inputs: see preflight)
+            return []
+        return sorted(self._frame(Partition.of(ds, more)).inputFiles())
+
+    def exists(self, ds=None, **more):
+        return bool(self.files(ds, **more))
+
+    def _partition_values(self, part: Partition) -> list[dict[str, str]]:
+        spec = ""
+        if part.ds is not None:
+            spec = f" PARTITION ({_quote(self.ds_column)}='{part.ds}')"
+        self.check()
+        rows = self._session().sql(f"SHOW PARTITIONS {_quote(self.name)}{spec}").collect()
+        out = []
+        for row in rows:
+            out.append(dict(item.split("=", 1) for item in row[0].split("/")))
+        return out
+
+    def partitions(self):
+        if self._existing() is None:
+            return []
+        return sorted({p[self.ds_column] for p in self._partition_values(Partition(None))})
+
+    def sub_partitions(self, ds, key):
+        if self._existing() is None:
+            return []
+        part = Partition.of(ds, {})
+        values = sorted({p[key] for p in self._partition_values(part) if key in p})
+        return [v for v in values if self.exists(ds, **{key: v})]
+
+    def fingerprint(self, ds=None, **more):
+        """The partition's files with sizes and modification times (a rewrite, a file changed in
+        place, a file added or removed all change it)."""
+        out = []
+        for uri in self.files(ds, **more):
+            fs, path = pafs.FileSystem.from_uri(uri)
+            info = fs.get_file_info(path)
+            out.append([uri, info.size, info.mtime_ns])
+        return out
+
+    def _spark_frame(self, spark, part, schema):
+        return self._frame(part).drop(*self.partition_columns())
+
+    def _create(self, spark: SparkSession, data: T.StructType) -> None:
+        db = self.name.rsplit(".", 1)[0] if "." in self.name else None
+        if db:
+            spark.sql(f"CREATE DATABASE IF NOT EXISTS {_quote(db)}")
+        cols = [f"`{f.name}` {f.dataType.simpleString()}" for f in data.fields]
+        ptype = "DATE" if self.mapping.partition_type == "date" else "STRING"
+        parts = [] if self.table in NO_DS else [f"`{self.ds_column}` {ptype}"]
+        parts += [f"`{c}` STRING" for c in EXTRA_PARTITIONS.get(self.table, ())]
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {_quote(self.name)} "
+                  f"({', '.join(cols + parts)}) USING parquet"
+                  + (f" PARTITIONED BY ({', '.join(self.partition_columns())})" if parts else ""))
+
+    @contextmanager
+    def writing(self, spark, ds=None, **more):
+        spark = spark or self._session()
+        part = Partition.of(ds, more)
+        base = self.wh.table(self.dataset, self.table if self.table not in UNPARTITIONED
+                             else "catalog")
+        staging = base / f".catalog-staging-{uuid.uuid4().hex[:12]}"
+        schema = self._existing()
+        if schema is not None:
+            self._check_partitioning(schema)  # a wrongly partitioned table: refused before work
+        try:
+            staged = Staged(staging)
+            yield staged
+            staging.mkdir(parents=True, exist_ok=True)
+            staged.rows = _staged_rows(staging)
+            self._insert(spark, staging, part)
+            self._keep_sidecars(staging, part)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _keep_sidecars(self, staging: Path, part: Partition) -> None:
+        """Hidden small files staged beside the rows (the score stamp ``_scored.json``) go to
+        the path twin's partition directory under the warehouse, which holds no data for a
+        mapped table: the same place their readers look for them."""
+        extras = [p for p in staging.iterdir() if p.is_file() and p.name.startswith("_")]
+        if not extras:
+            return
+        twin = PathTable(self.wh, self.dataset, self.table).path(part.ds, **dict(part.more))
+        twin.mkdir(parents=True, exist_ok=True)
+        for path in extras:
+            write_bytes(twin / path.name, path.read_bytes())
+
+    def _insert(self, spark: SparkSession, staging: Path, part: Partition) -> None:
+        files = [str(p) for p in parquet_files(staging)]
+        existing = self._existing()
+        if files:
+            frame = spark.read.parquet(*files)
+        elif existing is not None:
+            frame = spark.createDataFrame([], T.StructType(
+                [f for f in existing.fields if f.name not in self.partition_columns()]))
+        else:
+            raise TableError(f"{self.dataset} {self.table}: nothing to write into {self.name}, "
+                             f"which does not exist yet")
+        if existing is None:
+            self._create(spark, frame.schema)
+            existing = self.check()
+        self._check_columns(existing, frame.columns)
+        data_cols = self._data_columns(existing)
+        view = f"mmoe_staged_{uuid.uuid4().hex[:12]}"
+        frame.select(*data_cols).createOrReplaceTempView(view)
+        values = ([] if part.ds is None else [(self.ds_column, part.ds)]) + list(part.more)
+        dated = self.mapping.partition_type == "date"
+        spec = ", ".join(f"`{k}`=" + (f"DATE'{v}'" if k == self.ds_column and dated else f"'{v}'")
+                         for k, v in values)
+        try:
+            spark.sql(f"INSERT OVERWRITE TABLE {_quote(self.name)}"
+                      + (f" PARTITION ({spec})" if spec else "")
+                      + f" SELECT {', '.join(f'`{c}`' for c in data_cols)} FROM {view}")
+        finally:
+            spark.catalog.dropTempView(view)
+
+    def remove(self, ds=None, **more):
+        if self._existing() is None:
+            return
+        part = Partition.of(ds, more)
+        values = ([] if part.ds is None else [(self.ds_column, part.ds)]) + list(part.more)
+        spec = ", ".join(f"`{k}`='{v}'" for k, v in values)
+        self._session().sql(f"ALTER TABLE {_quote(self.name)} DROP IF EXISTS PARTITION ({spec})")
+
+
+def _staged_rows(staging: Path) -> int:
+    files = parquet_files(staging)
+    return read_footers(files)[1] if files else 0
+
+
+# --------------------------------------------------------------------------------------------
+# Resolution and filesystems
+
+
+def table(cfg: JobConfig, dataset: str, name: str, spark: SparkSession | None = None) -> Table:
+    """The logical table ``name`` of ``dataset``: its catalog table when ``tables:`` maps it,
+    else its path under the warehouse."""
+    wh = Warehouse(cfg.warehouse)
+    mapping = cfg.tables.get(dataset, {}).get(name)
+    if mapping is None:
+        return PathTable(wh, dataset, name)
+    return CatalogTable(wh, dataset, name, mapping, spark)
+
+
+def open_dataset(files: list[str]) -> pads.Dataset:
+    """A pyarrow dataset over files given as paths or URIs (``file://``, ``hdfs://``, ...)."""
+    if files and "://" in files[0]:
+        fs, first = pafs.FileSystem.from_uri(files[0])
+        paths = [first] + [pafs.FileSystem.from_uri(f)[1] for f in files[1:]]
+        return pads.dataset(paths, format="parquet", filesystem=fs)
+    return pads.dataset(files, format="parquet")
+
+
+def pyarrow_opens(file: str) -> bool:
+    """Whether pyarrow has a filesystem for a file's URI scheme (else: the Spark reader)."""
+    if "://" not in file:
+        return True
+    try:
+        pafs.FileSystem.from_uri(file)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError):
+        return False
+    return True
+
+
+def open_parquet(file: str) -> pq.ParquetFile:
+    """One parquet file given as a path or a URI, opened with pyarrow's filesystem for it."""
+    if "://" in file:
+        fs, path = pafs.FileSystem.from_uri(file)
+        return pq.ParquetFile(fs.open_input_file(path))
+    return pq.ParquetFile(file)
+
+
+def arrow_to_spark(schema: pa.Schema) -> T.StructType | None:
+    """The Spark schema of an arrow schema, or None where pyspark cannot map a type."""
+    try:
+        return from_arrow_schema(schema)
+    except (TypeError, ValueError, NotImplementedError):
+        return None
+
+
+
+
+@dataclass
+class DatasetTables:
+    """The logical tables of one dataset under one job config (each resolved once).
+    :meth:`preflight` refuses, before any work, the mapped tables a stage cannot use."""
+
+    cfg: JobConfig
+    dataset: str
+    spark: SparkSession | None = None
+    _cache: dict[str, Table] = field(default_factory=dict, repr=False)
+
+    @property
+    def wh(self) -> Warehouse:
+        return Warehouse(self.cfg.warehouse)
+
+    def __getitem__(self, name: str) -> Table:
+        if name not in self._cache:
+            self._cache[name] = table(self.cfg, self.dataset, name, self.spark)
+        return self._cache[name]
+
+    def preflight(self, inputs: tuple[str, ...] = (), outputs: tuple[str, ...] = (),
+                  columns: dict[str, list[str]] | None = None) -> None:
+        """``columns``: the data columns a stage writes into an output (checked against an
+        existing catalog table before any work)."""
+        for name in inputs:
+            self[name].preflight(output=False)
+        for name in outputs:
+            self[name].preflight(output=True, columns=(columns or {}).get(name))
