@@ -165,6 +165,10 @@ def test_quarantine_run_succeeds(quarantine_run):
     assert quarantine_run["validate"].stderr.splitlines()[0] == (
         f"validate synth ds={DS}: quarantined, {N} rows read, {N - quarantined} passed, "
         f"{quarantined} quarantined")
+    reasons = Counter(r["reason"] for r in quarantine_run["quarantine"])
+    top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+    assert quarantine_run["validate"].stderr.splitlines()[1].startswith(
+        "  quarantined for: " + ", ".join(f"{reason} {n}" for reason, n in top[:5]))
     predictions = quarantine_run["predictions"]
     version = last_manifest(quarantine_run["score"].stdout)["model_version"]
     assert quarantine_run["score"].stderr.splitlines()[0].startswith(

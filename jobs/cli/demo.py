@@ -17,7 +17,7 @@ import datetime as dt
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import typer
@@ -38,7 +38,7 @@ class DemoFailed(MmoeError):
 
 
 def _step(name: str, dataset: str, ds: str, cfg: JobConfig, body,
-          label: str | None = None) -> RunManifest:
+          label: str | None = None, quiet: bool = False) -> RunManifest:
     """One step, run and recorded exactly as the CLI runs a job (:func:`run_job`)."""
     started = time.perf_counter()
     outcome = run_job(name, dataset, ds, lambda: cfg, lambda cfg, run_id: body())
@@ -46,6 +46,8 @@ def _step(name: str, dataset: str, ds: str, cfg: JobConfig, body,
     if outcome.error is not None:
         raise DemoFailed(f"demo step {name} failed: {error_line(outcome.error)} "
                          f"(manifest: {m.manifest_path})") from outcome.error
+    if quiet:
+        return m
     counts = f"{m.input_rows:,} rows in, {m.output_rows:,} out"
     if m.quarantined_rows:
         counts += f", {m.quarantined_rows:,} quarantined"
@@ -90,17 +92,19 @@ def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
     runs: dict[str, RunManifest] = {}
     print(f"mmoe demo: {spec.name}, {demo.days} days of {demo.rows_per_day:,} rows; every step's "
           f"run manifest goes to {wh.runs_dir(spec.name)}", flush=True)
-    _section(f"0. Data and two models (trained on {days[0]}..{train_end}; {last} is held out)")
+    _section(f"0. Data, and two models trained on {days[0]}..{train_end} ({last} is held out), "
+             f"registered as @champion ({arms['champion']}) and @challenger "
+             f"({arms['challenger']})")
     runs["data"] = _step("data synth", spec.name, days[0], cfg, lambda: generate_synth(
         cfg, days[0], demo.days, demo.rows_per_day, seed=demo.seed))
     for alias, arch in arms.items():
         runs[f"train-{alias}"] = _step("train", spec.name, train_end, cfg, lambda: train_model(
             cfg, spec.name, arch, days[0], train_end, model_dirs[alias], demo.epochs, demo.seed),
-            label=f"train {arch}")
+            label=f"train @{alias}")
         runs[f"register-{alias}"] = _step(
             "models-register", spec.name, days[0], cfg,
             lambda: register_model(cfg, model_dirs[alias], alias=alias, effective=days[0]),
-            label=f"register @{alias}")
+            quiet=True)
     spark = get_spark(cfg.spark)
 
     _section(f"1. The nightly day {last}: validate -> score @champion -> evaluate")
@@ -117,8 +121,11 @@ def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
     _section(f"2. Backfill {days[0]}..{last}, @champion and @challenger in one Spark session "
              f"(each day validated once)")
 
+    # the nightly day above shows the Data Docs; rendering them is most of a validation
+    quick = replace(cfg, validation=replace(cfg.validation, keep_data_docs=False))
+
     def backfill():
-        result = backfill_range(spark, cfg, spec, days[0], last, ["@champion", "@challenger"])
+        result = backfill_range(spark, quick, spec, days[0], last, ["@champion", "@challenger"])
         result.raise_if_failed()
         return result
 

@@ -17,6 +17,7 @@ from jobs.core import metric_registry
 from jobs.core.registry import format_table
 
 Manifest = dict[str, Any]
+MAX_ITEMS = 5  # reasons shown (compare's decision, validate's quarantine); the rest are counted
 
 _COLOURS = {"green": "\x1b[32m", "red": "\x1b[31m", "yellow": "\x1b[33m"}
 _RESET = "\x1b[0m"
@@ -64,7 +65,12 @@ def validate_summary(m: Manifest, colour: bool = False) -> str:
     lines = [_head(m, f"{_word(status, colour)}{reused}, {_num(d.get('rows_read', 0))} rows read, "
                       f"{_num(m['output_rows'])} passed, {_num(m['quarantined_rows'])} "
                       f"quarantined")]
-    lines += [f"  {reason}" for reason in (d.get("reasons") or [])[:3]]
+    reasons = d.get("reasons") or {}  # quarantine reason -> rows
+    if reasons:
+        shown = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        more = f" (+{len(shown) - MAX_ITEMS} more)" if len(shown) > MAX_ITEMS else ""
+        lines.append("  quarantined for: " + ", ".join(
+            f"{reason} {_num(n)}" for reason, n in shown[:MAX_ITEMS]) + more)
     if out.get("report"):
         lines.append(f"  report: {out['report']}")
     return "\n".join(lines)
@@ -115,7 +121,11 @@ def compare_summary(m: Manifest, colour: bool = False) -> str:
              f"baseline {baseline}: {verdict}",
              f"  {_num(pairing.get('labelled_rows', 0))} paired rows with labels; per task: "
              + ", ".join(f"{t} {_word(v, colour)}" for t, v in (decision.get("tasks") or {}).items())]
-    lines += [f"  - {reason}" for reason in decision.get("reasons") or []]  # guardrails too
+    reasons = decision.get("reasons") or []  # the broken guardrails among them
+    lines += [f"  - {reason}" for reason in reasons[:MAX_ITEMS]]
+    if len(reasons) > MAX_ITEMS:
+        lines.append(f"  - ... and {len(reasons) - MAX_ITEMS} more reason(s) (the report lists "
+                     f"every one)")
     if out.get("html"):
         lines.append(f"  report: {out['html']}")
     return "\n".join(lines)
@@ -147,8 +157,6 @@ def backfill_summary(m: Manifest, colour: bool = False) -> str:
     counts = ", ".join(f"{n} {_word(s, colour)}" for s, n in (d.get("counts") or {}).items() if n)
     unit = f"model-day(s) ({len(models)} models)" if several else "day(s)"
     lines = [backfill_table(days, several, colour), f"{len(days)} {unit}: {counts}"]
-    for model, c in (d.get("counts_by_model") or {}).items():
-        lines.append(f"  {model}: " + ", ".join(f"{n} {s}" for s, n in c.items() if n))
     return "\n".join(lines)
 
 
