@@ -186,8 +186,10 @@ def test_quarantine_run_succeeds(quarantine_run):
             [value] = [r["value"] for r in metrics if (r["task"], r["segment"], r["metric"],
                                                        r["model_version"]) ==
                        (task, "all", metric, version)]
-            assert cell == (f"{int(value):,}" if metric in ("count", "positives")
-                            else f"{value:.4f}"), (task, metric, cell, value)
+            want = ("n/a" if value is None or not math.isfinite(value)
+                    else f"{int(value):,}" if metric in ("count", "positives")
+                    else f"{value:.4f}")
+            assert cell == want, (task, metric, cell, value)
 
 
 def test_null_key_is_quarantined(quarantine_run):

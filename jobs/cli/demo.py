@@ -99,8 +99,8 @@ def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
         cfg, days[0], demo.days, demo.rows_per_day, seed=demo.seed))
     for alias, arch in arms.items():
         runs[f"train-{alias}"] = _step("train", spec.name, train_end, cfg, lambda: train_model(
-            cfg, spec.name, arch, days[0], train_end, model_dirs[alias], demo.epochs, demo.seed),
-            label=f"train @{alias}")
+            cfg, spec.name, arch, days[0], train_end, model_dirs[alias], demo.epochs, demo.seed,
+            progress=False), label=f"train @{alias}")
         runs[f"register-{alias}"] = _step(
             "models-register", spec.name, days[0], cfg,
             lambda: register_model(cfg, model_dirs[alias], alias=alias, effective=days[0]),
@@ -163,8 +163,9 @@ def _what_next(cfg: JobConfig, spec, runs: dict[str, RunManifest]) -> None:
           f"challengers -> evaluate -> compare); ranges: airflow_dags/mmoe_backfill.py")
 
 
-def _print_recommendations(spark, spec, run: RunManifest, users: int = 2, k: int = 3) -> None:
-    """The top items of a few users from the catalog run's recommendations partition."""
+def _print_recommendations(spark, spec, run: RunManifest, users: int = 3, k: int = 3) -> None:
+    """The top items of a few users from the catalog run's recommendations partition, one line
+    per user."""
     from pyspark.sql import functions as F
 
     from jobs.core.spark import read_partition
@@ -174,12 +175,14 @@ def _print_recommendations(spark, spec, run: RunManifest, users: int = 2, k: int
     first = [r[0] for r in recs.select(cat.user_key).distinct().orderBy(cat.user_key)
              .limit(users).collect()]
     rows = (recs.where(F.col(cat.user_key).isin(first) & (F.col("rank") <= k))
-            .orderBy(cat.user_key, "rank").toPandas())
+            .orderBy(cat.user_key, "rank").collect())
     print(f"{INDENT}top {k} of {run.details.get('top_k')} items for {users} users "
           f"({run.input_rows:,} candidate pairs, {run.details.get('method')} scoring, "
-          f"{run.details.get('fusion')} fusion):")
-    _indented(rows[[cat.user_key, "rank", cat.item_key, "score", *spec.prediction_columns]]
-              .to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+          f"{run.details.get('fusion')} fusion; {cat.item_key} (score)):")
+    for user in first:
+        top = [r for r in rows if r[cat.user_key] == user]
+        print(f"{INDENT}{cat.user_key} {user}: "
+              + ", ".join(f"{r[cat.item_key]} ({r['score']:.4f})" for r in top))
 
 
 def main(cfg: JobConfig | None = None) -> int:
