@@ -82,6 +82,8 @@ def test_two_models_in_one_backfill_equal_two_single_backfills(spark, tmp_path, 
         (END, "@champion", "scored"), (END, "@challenger", "scored")]
     assert "no @challenger" in days[1]["error"] or "challenger" in days[1]["error"]
     assert [d["evaluation"] for d in days if d["status"] == "scored"] == ["evaluated"] * 3
+    # validated once per day, before the models: no model's row reuses another's validation
+    assert [d["validation"] for d in days] == ["passed", None, "passed", "passed"]
     assert manifest["details"]["models"] == ["@champion", "@challenger"]
     assert manifest["details"]["counts_by_model"] == {
         "@champion": {"scored": 2, "skipped": 0, "failed": 0, "not_run": 0},
