@@ -113,9 +113,12 @@ class Cluster:
                 "spark.driver.extraJavaOptions":
                     f"-Dlog4j2.configurationFile={(REPO / 'jobs' / 'core' / 'log4j2.properties').as_uri()}"}
 
-    def submit(self, zip_path: Path, config: Path, wh: Path, *args: str, ok: bool = True):
+    def submit(self, zip_path: Path, config: Path, wh: Path, *args: str, ok: bool = True,
+               executors: int = 2):
+        """``spark-submit`` one job; ``executors``: one per worker (2) or just one (each costs
+        a JVM and its Python workers on this 2-core machine)."""
         command = [str(spark_bin() / "spark-submit"), "--master", self.url, "--py-files", str(zip_path)]
-        for key, value in self.submit_conf().items():
+        for key, value in {**self.submit_conf(), "spark.cores.max": str(executors)}.items():
             command += ["--conf", f"{key}={value}"]
         command += [
             str(REPO / "jobs" / "submit.py"),

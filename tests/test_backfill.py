@@ -47,6 +47,7 @@ def cfg(job_config, models):
     job_config.locks.poll_seconds = 0.05
     job_config.validation.keep_data_docs = False  # rendering Data Docs is most of a validation
     job_config.evaluation.segments = []
+    job_config.drift.enabled = False  # drift has its own tests (test_drift.py): ~15 % of a day here
     return job_config
 
 
@@ -64,13 +65,16 @@ def _metrics(spark, cfg, ds):
                   for r in spark.read.parquet(str(path)).collect())
 
 
-def _snapshot(spark, cfg):
-    return {ds: (_predictions(spark, cfg, ds), _metrics(spark, cfg, ds)) for ds in DAYS}
+def _snapshot(spark, cfg, days=DAYS):
+    return {ds: (_predictions(spark, cfg, ds), _metrics(spark, cfg, ds)) for ds in days}
 
 
-def _run(spark, cfg, **kw):
-    return backfill_range(spark, cfg, load_spec("synth"), START, END, "@champion",
+def _run(spark, cfg, end=END, **kw):
+    return backfill_range(spark, cfg, load_spec("synth"), START, end, "@champion",
                           as_of=AS_OF, **kw)
+
+
+TWO_DAYS = DAYS[:2]  # enough for the concurrency and kill tests (a day each side of the kill)
 
 
 def test_backfill_twice_skips_and_force_rewrites_identical_content(spark, cfg):
@@ -156,16 +160,18 @@ def test_failed_day_does_not_stop_the_others_and_fails_the_run(spark, cfg):
 
 def test_concurrent_backfills_never_tear_or_duplicate(spark, cfg):
     results = []
-    assert run_concurrently(lambda: results.append(_run(spark, cfg)), 2) == []
+    end = TWO_DAYS[-1]
+    assert run_concurrently(lambda: results.append(_run(spark, cfg, end=end)), 2) == []
     assert all(d.status in ("scored", "skipped") for r in results for d in r.days), \
         [(d.ds, d.status, d.error) for r in results for d in r.days]
-    concurrent = _snapshot(spark, cfg)
-    for ds in DAYS:
+    assert [len(r.days) for r in results] == [2, 2]
+    concurrent = _snapshot(spark, cfg, TWO_DAYS)
+    for ds in TWO_DAYS:
         rows = concurrent[ds][0]
         assert len(rows) == len({row[0] for row in rows})  # no duplicated key
-    forced = _run(spark, cfg, force=True)  # one writer alone: the reference content
+    forced = _run(spark, cfg, end=end, force=True)  # one writer alone: the reference content
     assert all(d.status == "scored" for d in forced.days)
-    assert _snapshot(spark, cfg) == concurrent
+    assert _snapshot(spark, cfg, TWO_DAYS) == concurrent
     assert not list(Warehouse(cfg.warehouse).table("synth", "_locks").glob("*.lock"))
 
 
@@ -177,9 +183,10 @@ def test_a_killed_backfill_completes_on_rerun(spark, cfg, tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("spark: {master: 'local[1]', conf: {spark.ui.enabled: 'false', "
                       "spark.sql.shuffle.partitions: '2'}}\nlocks: {wait_seconds: 60}\n")
+    end = TWO_DAYS[-1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobs.cli", "--config", str(config), "backfill", "--dataset",
-         "synth", "--start", START, "--end", END, "--model", "@champion"],
+         "synth", "--start", START, "--end", end, "--model", "@champion"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     deadline = time.monotonic() + 240
@@ -195,13 +202,10 @@ def test_a_killed_backfill_completes_on_rerun(spark, cfg, tmp_path):
         proc.wait()
     wh = Warehouse(cfg.warehouse)
     done = [ds for ds in DAYS if wh.sub_partitions("synth", "predictions", ds, "model_version")]
-    assert done[:1] == [DAYS[0]] and len(done) < 3
-    rerun = _run(spark, cfg)
-    assert rerun.days[0].status == "skipped"
-    assert all(d.status in ("scored", "skipped") for d in rerun.days[1:])
-    assert [d.ds for d in rerun.days if d.status == "scored"] == [
-        ds for ds in DAYS if ds not in done]
-    assert all(wh.sub_partitions("synth", "predictions", ds, "model_version") for ds in DAYS)
+    assert done == [DAYS[0]]  # killed while the second (last) day was under way
+    rerun = _run(spark, cfg, end=end)
+    assert [d.status for d in rerun.days] == ["skipped", "scored"]
+    assert all(wh.sub_partitions("synth", "predictions", ds, "model_version") for ds in TWO_DAYS)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -6,10 +6,11 @@ real cluster an identical environment on every node, or the venv as an archive).
 score (both readers) → evaluate run with ``spark-submit --master spark://127.0.0.1:PORT
 jobs/submit.py ...`` and their tables must equal a local-mode run of the same commands.
 
-The cluster is the session's ``standalone_cluster`` (tests/_cluster.py, shared with the nightly
-DAG's SparkSubmit test); every process it starts is stopped by its pid (and its process group:
-the executors and Python workers the workers launched) at the end of the session, and the
-fixture fails if any is left alive.
+The nightly DAG's SparkSubmit run (`airflow dags test mmoe_nightly`, last test) uses the same
+cluster: both live in this file so that one pytest-xdist worker (``--dist loadfile``) starts it
+once. The cluster is the session's ``standalone_cluster`` (tests/_cluster.py); every process it
+starts is stopped by its pid (and its process group: the executors and Python workers the
+workers launched) at the end of the session, and the fixture fails if any is left alive.
 """
 
 from __future__ import annotations
@@ -84,19 +85,19 @@ def test_standalone_cluster_matches_local_mode(spark, standalone_cluster, tmp_pa
     for reader in ("direct", "spark"):
         cfg = job_config_file(tmp_path / f"cluster-{reader}.yaml",
                               scoring={"batch_size": 64, "reader": reader})
-        if reader == "direct":
-            manifest = cluster.submit(zip_path, cfg, cluster_wh, *commands[0])
+        if reader == "direct":  # (one executor: only the scoring runs need both workers)
+            manifest = cluster.submit(zip_path, cfg, cluster_wh, *commands[0], executors=1)
             assert manifest["quarantined_rows"] == 3
         manifest = cluster.submit(zip_path, cfg, cluster_wh, *commands[1])
         assert manifest["details"]["reader"] == reader
         readers[reader] = _sorted(Warehouse(cluster_wh).partition(
             "synth", "predictions", DS, model_version=version))
-    evaluated = cluster.submit(zip_path, cfg, cluster_wh, *commands[2])
+    evaluated = cluster.submit(zip_path, cfg, cluster_wh, *commands[2], executors=1)
     assert evaluated["status"] == "succeeded"
     # A failure under spark-submit: Spark's PythonRunner merges the driver's stderr into
     # its stdout, so the error line comes just before the manifest, which stays last.
     failed = cluster.submit(zip_path, cfg, cluster_wh, "evaluate", "--dataset", "synth",
-                            "--ds", "2026-02-30", ok=False)
+                            "--ds", "2026-02-30", ok=False, executors=1)
     assert failed.returncode == 2, failed.stdout[-2000:]
     lines = failed.stdout.strip().splitlines()
     assert last_manifest(failed.stdout)["status"] == "failed"
@@ -116,3 +117,88 @@ def test_standalone_cluster_matches_local_mode(spark, standalone_cluster, tmp_pa
         assert (status["status"], status["passed_rows"], status["quarantined_rows"]) == \
             ("quarantined", N - 3, 3)
     print(f"cluster part of the test: {seconds:.1f}s")
+
+
+def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, standalone_cluster,
+                                                                   tmp_path):
+    """Fresh SQLite AIRFLOW_HOME, `airflow db migrate`, two registered models, then `airflow
+    dags test mmoe_nightly 2026-06-05` (ds 2026-06-03; labels wait 1 day, so the matured day
+    is 2026-06-02, which an earlier night scored): the real jobs leave both models'
+    predictions for ds and both models' metrics for the matured day, and nothing else.
+
+    The jobs go through the Spark provider's SparkSubmitHook (``mmoe_launcher=spark-submit``,
+    connection ``spark_default`` = the session's loopback standalone cluster, the project zip
+    as --py-files, jobs/submit.py): what a YARN / Kubernetes deployment runs."""
+    import json
+    import os
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tiny_models import tiny_model
+
+    from jobs.core.config import load_config
+    from jobs.core.registry import register_model
+    from jobs.core.warehouse import Warehouse, parquet_files, read_table
+    from jobs.data.synth import generate_synth
+    from jobs.score.stage import score_partition
+    from jobs.validate.stage import validate_partition
+    from schemas import load_spec
+
+    repo = Path(__file__).resolve().parents[1]
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"warehouse: {tmp_path / 'wh'}\n"
+        "spark: {master: 'local[1]', conf: {spark.ui.enabled: 'false', "
+        "spark.sql.shuffle.partitions: '2', spark.driver.memory: 1g, "
+        "spark.sql.session.timeZone: UTC}}\n"
+        "validation: {keep_data_docs: false}\n"
+        "evaluation: {label_wait_days: 1, segments: []}\n")
+    cfg = load_config(config)
+    generate_synth(cfg, "2026-06-02", 2, 150, seed=3)
+    champion = register_model(cfg, tiny_model(tmp_path / "a", 1), alias="champion",
+                              effective="2026-01-01").version
+    challenger = register_model(cfg, tiny_model(tmp_path / "b", 2), alias="challenger",
+                                effective="2026-01-01").version
+    spec = load_spec("synth")
+    validate_partition(spark, cfg, spec, "2026-06-02")  # the earlier night, in-process
+    for alias in ("@champion", "@challenger"):
+        score_partition(spark, cfg, spec, "2026-06-02", alias)
+
+    home = tmp_path / "airflow"
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "PYTHONPATH": str(repo),
+           "AIRFLOW__CORE__DAGS_FOLDER": str(repo / "airflow_dags"),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW_VAR_MMOE_DATASET": "synth", "AIRFLOW_VAR_MMOE_CONFIG": str(config),
+           "AIRFLOW_VAR_MMOE_BIN": f"{shlex.quote(sys.executable)} -m jobs.cli",
+           "AIRFLOW_VAR_MMOE_LAUNCHER": "spark-submit",
+           "AIRFLOW_CONN_SPARK_DEFAULT": standalone_cluster.url,
+           # one executor per job: this test is about the wiring, test_standalone_cluster_... about
+           # several executors
+           "AIRFLOW_VAR_MMOE_SUBMIT_CONF": json.dumps({**standalone_cluster.submit_conf(),
+                                                       "spark.cores.max": "1"}),
+           "PATH": f"{standalone_cluster.bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "SPARK_HOME": standalone_cluster.env["SPARK_HOME"], "SPARK_LOCAL_IP": "127.0.0.1"}
+    env.pop("MMOE_WAREHOUSE", None)
+    env.pop("MMOE_START_DATE", None)  # the default start date must not skip 2026-06-05
+    airflow = str(Path(sys.executable).parent / "airflow")
+    migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    run = subprocess.run([airflow, "dags", "test", "mmoe_nightly", "2026-06-05"], env=env,
+                         capture_output=True, text=True, timeout=1800)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-5000:]
+
+    wh = Warehouse(cfg.warehouse)
+    assert wh.sub_partitions("synth", "predictions", "2026-06-03", "model_version") == sorted(
+        [champion, challenger])
+    metrics = read_table(wh.partition("synth", "metrics", "2026-06-02"),
+                         columns=["model_version", "metric"])
+    assert set(metrics.column("model_version").to_pylist()) == {champion, challenger}
+    assert "auc" in metrics.column("metric").to_pylist()
+    assert not parquet_files(wh.partition("synth", "metrics", "2026-06-03"))  # not matured
+    assert "evaluate --dataset synth --ds 2026-06-02" in log
+    assert f"spark-submit {repo / 'jobs' / 'submit.py'}" in log  # the SparkSubmit launcher ran
+    assert parquet_files(wh.table("synth", "ab_reports"))

@@ -5,7 +5,12 @@ project, so every step below also proves the client ships its code (pyfile artif
 - the nightly flow (validate with quarantined rows → score with the direct reader → score a
   challenger with the Spark reader → evaluate → compare) and a 3-day backfill, run as one
   Connect client process (tests/_connect_client.py), leave tables equal to the same commands
-  run in classic mode in this process (whole frames, minus ``scored_at``);
+  run in classic mode in this process (whole frames, minus ``scored_at``). The backfill's three
+  days were validated beforehand (classic, once, then the warehouse copied for both runs): over
+  Connect Great Expectations issues its metric queries one gRPC round trip at a time (~30-60 s a
+  day here), the validate step already runs it over Connect, and the backfill reuses a
+  validation whose features are unchanged — so it scores and evaluates the three days over
+  Connect, and the last day's drift has three reference days;
 - the public UDF over Connect, through select and SQL, equals the classic UDF to 1e-9;
 - a bad URL / an unreachable server is a one-line error within seconds.
 """
@@ -13,6 +18,7 @@ project, so every step below also proves the client ships its code (pyfile artif
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -28,9 +34,11 @@ from _reliability import (
     write_day,
 )
 from jobs.cli import app
+from jobs.core.config import load_config
 from jobs.core.errors import ConfigError, SparkUnavailable
 from jobs.core.spark import check_remote
 from jobs.core.warehouse import Warehouse
+from jobs.validate.stage import validate_partition
 from schemas import load_spec
 
 DAYS = ["2026-07-01", "2026-07-02", "2026-07-03", "2026-07-04"]
@@ -38,7 +46,8 @@ N = 200
 KEY = "impression_id"
 
 
-def _warehouse(root: Path, spec) -> Path:
+def _warehouse(spark, root: Path, spec) -> Path:
+    """The four days (quarantined rows on the last), the first three validated."""
     wh = root / "wh"
     for i, ds in enumerate(DAYS):
         cols, _ = write_day(wh, spec, ds, n=N, seed=10 + i, first_key=i * N)
@@ -47,6 +56,10 @@ def _warehouse(root: Path, spec) -> Path:
     for i in (3, 50):
         bad["x0"][i] = float("nan")  # quarantined rows on the last day
     write_day(wh, spec, DAYS[-1], features=bad)
+    cfg = load_config(warehouse=wh)
+    cfg.validation.keep_data_docs = False
+    for ds in DAYS[:3]:
+        assert validate_partition(spark, cfg, spec, ds).status == "passed"
     return wh
 
 
@@ -97,11 +110,12 @@ TABLES = [("predictions", DAYS[-1]), ("quarantine", DAYS[-1]), ("metrics", DAYS[
 def test_nightly_flow_and_backfill_over_connect_equal_classic(spark, connect_server, tmp_path):
     spec = load_spec("synth")
     a, b = tiny_model(tmp_path / "a", spec, seed=1), tiny_model(tmp_path / "b", spec, seed=2)
+    built = _warehouse(spark, tmp_path / "built", spec)
     runs = {}
     for mode in ("classic", "connect"):
         root = tmp_path / mode
-        root.mkdir()
-        wh = _warehouse(root, spec)
+        wh = root / "wh"
+        shutil.copytree(built, wh)  # copy2: sizes, names and times kept (the features stamp)
         runs[mode] = (wh, _commands(*_configs(root, wh), a, b))
 
     # classic: this process's session
@@ -125,7 +139,9 @@ def test_nightly_flow_and_backfill_over_connect_equal_classic(spark, connect_ser
             assert got[key] == want[key], (got["job"], key)
     assert connect[0]["quarantined_rows"] == 2
     assert connect[0]["details"]["spark_jobs"] is None  # no status tracker over Connect
-    assert [d["status"] for d in connect[-1]["details"]["days"]] == ["scored"] * 3
+    days = connect[-1]["details"]["days"]
+    assert [d["status"] for d in days] == ["scored"] * 3
+    assert [d["validation"] for d in days] == ["passed (reused)"] * 3, days
 
     wh_classic, wh_connect = Warehouse(runs["classic"][0]), Warehouse(runs["connect"][0])
     for table, ds in TABLES:

@@ -1,8 +1,8 @@
 """The DAGs parse (fast, without Spark/torch/GX), the nightly one is wired sensor → validate →
 models in force → score (mapped) → evaluate (matured day) → compare, its task runner passes the
-run manifest on (or fails with the job's one-line error), and — end to end — `airflow dags test
-mmoe_nightly` on a fresh SQLite AIRFLOW_HOME really runs the jobs for a champion and a
-challenger."""
+run manifest on (or fails with the job's one-line error). The end-to-end run (`airflow dags test
+mmoe_nightly` through SparkSubmit on the loopback standalone cluster) is in tests/test_cluster.py,
+beside the other test of that cluster, so that one pytest-xdist worker starts it once."""
 
 from __future__ import annotations
 
@@ -226,88 +226,6 @@ def test_failure_callback_logs_the_one_line_error(caplog):
                      "data_interval_start": pendulum.datetime(2026, 11, 3, 3, tz="UTC")})
     assert caplog.messages == [
         "mmoe task score failed for ds=2026-11-03: mmoe score exited 1: error: no rows"]
-
-
-def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, standalone_cluster,
-                                                                   tmp_path):
-    """Fresh SQLite AIRFLOW_HOME, `airflow db migrate`, two registered models, then `airflow
-    dags test mmoe_nightly 2026-06-05` (ds 2026-06-03; labels wait 1 day, so the matured day
-    is 2026-06-02, which an earlier night scored): the real jobs leave both models'
-    predictions for ds and both models' metrics for the matured day, and nothing else.
-
-    The jobs go through the Spark provider's SparkSubmitHook (``mmoe_launcher=spark-submit``,
-    connection ``spark_default`` = the session's loopback standalone cluster, the project zip
-    as --py-files, jobs/submit.py): what a YARN / Kubernetes deployment runs."""
-    import json
-    import os
-    import shlex
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from tiny_models import tiny_model
-
-    from jobs.core.config import load_config
-    from jobs.core.registry import register_model
-    from jobs.core.warehouse import Warehouse, parquet_files, read_table
-    from jobs.data.synth import generate_synth
-    from jobs.score.stage import score_partition
-    from jobs.validate.stage import validate_partition
-    from schemas import load_spec
-
-    repo = Path(__file__).resolve().parents[1]
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        f"warehouse: {tmp_path / 'wh'}\n"
-        "spark: {master: 'local[1]', conf: {spark.ui.enabled: 'false', "
-        "spark.sql.shuffle.partitions: '2', spark.driver.memory: 1g, "
-        "spark.sql.session.timeZone: UTC}}\n"
-        "validation: {keep_data_docs: false}\n"
-        "evaluation: {label_wait_days: 1, segments: []}\n")
-    cfg = load_config(config)
-    generate_synth(cfg, "2026-06-02", 2, 150, seed=3)
-    champion = register_model(cfg, tiny_model(tmp_path / "a", 1), alias="champion",
-                              effective="2026-01-01").version
-    challenger = register_model(cfg, tiny_model(tmp_path / "b", 2), alias="challenger",
-                                effective="2026-01-01").version
-    spec = load_spec("synth")
-    validate_partition(spark, cfg, spec, "2026-06-02")  # the earlier night, in-process
-    for alias in ("@champion", "@challenger"):
-        score_partition(spark, cfg, spec, "2026-06-02", alias)
-
-    home = tmp_path / "airflow"
-    env = {**os.environ, "AIRFLOW_HOME": str(home), "PYTHONPATH": str(repo),
-           "AIRFLOW__CORE__DAGS_FOLDER": str(repo / "airflow_dags"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW_VAR_MMOE_DATASET": "synth", "AIRFLOW_VAR_MMOE_CONFIG": str(config),
-           "AIRFLOW_VAR_MMOE_BIN": f"{shlex.quote(sys.executable)} -m jobs.cli",
-           "AIRFLOW_VAR_MMOE_LAUNCHER": "spark-submit",
-           "AIRFLOW_CONN_SPARK_DEFAULT": standalone_cluster.url,
-           "AIRFLOW_VAR_MMOE_SUBMIT_CONF": json.dumps(standalone_cluster.submit_conf()),
-           "PATH": f"{standalone_cluster.bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "SPARK_HOME": standalone_cluster.env["SPARK_HOME"], "SPARK_LOCAL_IP": "127.0.0.1"}
-    env.pop("MMOE_WAREHOUSE", None)
-    env.pop("MMOE_START_DATE", None)  # the default start date must not skip 2026-06-05
-    airflow = str(Path(sys.executable).parent / "airflow")
-    migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True,
-                             text=True, timeout=600)
-    assert migrate.returncode == 0, migrate.stderr[-3000:]
-    run = subprocess.run([airflow, "dags", "test", "mmoe_nightly", "2026-06-05"], env=env,
-                         capture_output=True, text=True, timeout=1800)
-    log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-5000:]
-
-    wh = Warehouse(cfg.warehouse)
-    assert wh.sub_partitions("synth", "predictions", "2026-06-03", "model_version") == sorted(
-        [champion, challenger])
-    metrics = read_table(wh.partition("synth", "metrics", "2026-06-02"),
-                         columns=["model_version", "metric"])
-    assert set(metrics.column("model_version").to_pylist()) == {champion, challenger}
-    assert "auc" in metrics.column("metric").to_pylist()
-    assert not parquet_files(wh.partition("synth", "metrics", "2026-06-03"))  # not matured
-    assert "evaluate --dataset synth --ds 2026-06-02" in log
-    assert f"spark-submit {repo / 'jobs' / 'submit.py'}" in log  # the SparkSubmit launcher ran
-    assert parquet_files(wh.table("synth", "ab_reports"))
 
 
 def test_backfill_dag_command_parses_with_the_real_cli():

@@ -103,9 +103,10 @@ def _target(base, wh: Path) -> Path:
 # Injected task failures and worker crashes: retried, same output
 
 
+# (A task failure in the Spark reader is left out: that reader's retry and output commit are
+# Spark's own, and the worker kill below already drives them.)
 @pytest.mark.parametrize("fault,reader", [
     ("score_task_first_attempt", "direct"),
-    ("score_task_first_attempt", "spark"),
     ("score_worker_kill_first_attempt", "spark"),
 ])
 def test_faulty_first_attempts_are_retried_to_the_clean_output(base, tmp_path, fault, reader):
@@ -173,8 +174,9 @@ def _visible_rows(spark, table_root: Path, version: str | None = None) -> int:
     return frame.count()
 
 
-@pytest.mark.parametrize("job,point", [("score", "staged"), ("score", "swapping"),
-                                       ("evaluate", "swapping")])
+# Both points of the crash window, each once: score and evaluate write through the same
+# ``warehouse.replacing``, so each job is killed at one of them.
+@pytest.mark.parametrize("job,point", [("score", "staged"), ("evaluate", "swapping")])
 def test_kill_9_mid_write_keeps_previous_content_and_a_rerun_completes(spark, base, tmp_path,
                                                                         job, point):
     wh = _copy(base, tmp_path)
