@@ -145,6 +145,11 @@ class Launch:
                             permanent=True)
 
 
+def model_values(value: str | list[str]) -> list[str]:
+    """The backfill DAG's ``model`` param: one reference or a list of them."""
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
 def build_command(subcommand: list[str], ds: str | None, dataset: str, model_dir: str | None,
                   config: str | None, mmoe_bin: str = "mmoe", warehouse: str | None = None,
                   **options: object) -> list[str]:

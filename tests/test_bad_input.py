@@ -155,7 +155,41 @@ def test_quarantine_run_succeeds(quarantine_run):
     for step in ("validate", "score", "evaluate"):
         result = quarantine_run[step]
         assert result.exit_code == 0, (step, result.stdout[-3000:], result.stderr)
-        assert result.stderr == ""
+        # stderr: the command's short summary only (issue 22 item 5), no colour codes (it is
+        # not a terminal), the manifest still stdout's last line
+        assert result.stderr.startswith(f"{step} synth ds={DS}: "), result.stderr
+        assert "\x1b[" not in result.stderr and "error" not in result.stderr
+        assert json.loads(result.stdout.strip().splitlines()[-1])["job"] == step
+    # the numbers the summaries show, against the tables themselves
+    quarantined = len(quarantine_run["quarantine"])
+    assert quarantine_run["validate"].stderr.splitlines()[0] == (
+        f"validate synth ds={DS}: quarantined, {N} rows read, {N - quarantined} passed, "
+        f"{quarantined} quarantined")
+    reasons = Counter(r["reason"] for r in quarantine_run["quarantine"])
+    top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+    assert quarantine_run["validate"].stderr.splitlines()[1].startswith(
+        "  quarantined for: " + ", ".join(f"{reason} {n}" for reason, n in top[:5]))
+    predictions = quarantine_run["predictions"]
+    version = last_manifest(quarantine_run["score"].stdout)["model_version"]
+    assert quarantine_run["score"].stderr.splitlines()[0].startswith(
+        f"score synth ds={DS}: {len(predictions)} of {N - quarantined} validated rows scored by "
+        f"{version}")
+    env = quarantine_run["env"]
+    metrics = pq.read_table(env.wh.partition("synth", "metrics", DS)).to_pylist()
+    table = quarantine_run["evaluate"].stderr.splitlines()
+    header = next(i for i, line in enumerate(table) if line.split()[:1] == ["task"])
+    shown = table[header].split()[1:]
+    assert {"count", "auc", "logloss"} <= set(shown)
+    for line in table[header + 1:header + 4]:
+        task, *cells = line.split()
+        for metric, cell in zip(shown, cells):
+            [value] = [r["value"] for r in metrics if (r["task"], r["segment"], r["metric"],
+                                                       r["model_version"]) ==
+                       (task, "all", metric, version)]
+            want = ("n/a" if value is None or not math.isfinite(value)
+                    else f"{int(value):,}" if metric in ("count", "positives")
+                    else f"{value:.4f}")
+            assert cell == want, (task, metric, cell, value)
 
 
 def test_null_key_is_quarantined(quarantine_run):

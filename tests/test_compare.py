@@ -267,6 +267,20 @@ def test_cli_gates_on_regression_and_refuses_in_one_line(spark, job_config, spec
     assert manifest["details"]["decision"]["ship"] is False
     assert manifest["details"]["segments"] == ["platform"]
     assert open(manifest["outputs"]["summary"]).read().count("DO NOT SHIP") == 1
+    # the summary a person reads (printed on success; a failed run has only its error line),
+    # from the same manifest: decision, every task's verdict, the reasons, the report's path
+    from jobs.cli.summary import compare_summary
+
+    decision = manifest["details"]["decision"]
+    lines = compare_summary(manifest).splitlines()
+    assert lines[0] == f"compare synth {DAYS[0]}..{DAYS[1]}: candidate A vs baseline B: NO SHIP"
+    assert lines[1].endswith(", ".join(f"{t} {v}" for t, v in decision["tasks"].items()))
+    shown = [line[4:] for line in lines if line.startswith("  - ")]
+    reasons = decision["reasons"]
+    assert shown[:5] == reasons[:5] and len(shown) == min(len(reasons), 6)
+    if len(reasons) > 5:
+        assert shown[5] == f"... and {len(reasons) - 5} more reason(s) (the report lists every one)"
+    assert f"  report: {manifest['outputs']['html']}" in lines
     table = read_table(warehouse.ab_report(spec.name, "B", "A", *DAYS)).to_pandas()
     assert set(table.segment) == {"all", "platform=android", "platform=ios", "platform=web"}
     assert manifest["output_rows"] == len(table)

@@ -351,7 +351,7 @@ def test_backfill_dag_command_parses_with_the_real_cli():
                    "@champion", "--force"]
     group = typer.main.get_command(app)
     sub = group.commands["backfill"].make_context("backfill", cmd[6:])
-    assert sub.params["force"] is True and sub.params["model"] == "@champion"
+    assert sub.params["force"] is True and list(sub.params["model"]) == ["@champion"]
 
 
 def test_connect_launcher_adds_the_remote_and_bad_launchers_are_refused(tmp_path):

@@ -246,3 +246,39 @@ def test_arguments_checkable_without_spark_are_refused_before_the_jvm_starts(day
         if has_manifest:
             manifest = json.loads(run["stdout"].strip().splitlines()[-1])
             assert manifest["status"] == "failed" and manifest["error"] in lines[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Item 4: the demo shows the three uses in about 60 lines
+
+
+def test_the_demo_shows_the_nightly_day_an_ab_a_backfill_and_the_catalog(tmp_path):
+    """The real demo, in-process on the test session, over a small config (2 days of 1,500
+    rows, tiny models): every section, at most 60 lines, no manifest on the screen."""
+    config = job_config_file(tmp_path / "config.yaml", training={**SMALL, "epochs": 1},
+                             demo={"days": 2, "rows_per_day": 1500, "epochs": 1},
+                             validation={"keep_data_docs": False},
+                             scoring={"batch_size": 512, "catalog": {"max_items_per_user": 20}})
+    wh = tmp_path / "wh"
+    result = runner.invoke(app, ["--config", str(config), "--warehouse", str(wh), "demo"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.rstrip("\n").splitlines()
+    assert len(lines) <= 60, "\n".join(lines)
+    text = result.output
+    sections = ["== 0. Data, and two models", "== 1. The nightly day 2026-11-02: validate -> "
+                "score @champion -> evaluate", "== 2. Backfill 2026-11-01..2026-11-02, @champion "
+                "and @challenger", "== 3. A/B on the held-out day 2026-11-02",
+                "== 4. Catalog: top items per user", "== What next"]
+    at = [text.find(s) for s in sections]
+    assert all(i >= 0 for i in at) and at == sorted(at), list(zip(sections, at))
+    assert re.search(r"^   task +count +positives +auc", text, re.M)       # the metrics table
+    assert re.search(r"^   ds +model +status", text, re.M)                 # the per-day table
+    assert re.search(r"^   compare synth .*: (SHIP|NO SHIP)$", text, re.M)  # the decision
+    assert "4 model-day(s) (2 models)" in text
+    assert "A/B report " + str(wh) in text and "report.html" in text
+    assert lines[-1].startswith("demo finished in ")
+    assert not any(line.lstrip().startswith("{") for line in lines)    # no manifest on screen
+    runs = sorted(p.name.split("_")[0] for p in (wh / "synth" / "_runs").glob("*.json"))
+    assert runs == sorted(["data-synth", "train", "train", "models-register", "models-register",
+                           "validate", "score", "evaluate", "backfill", "compare", "score"])
+    assert f"run manifest goes to {wh / 'synth' / '_runs'}" in lines[0]

@@ -1,31 +1,34 @@
-"""Backfill stage: validate → score → evaluate every day of a ds range in ONE Spark session.
+"""Backfill stage: validate → score → evaluate every day of a ds range in ONE Spark session,
+for one model or several (``--model A --model B``: an A/B in one command).
 
 Per day (read → decide → write, through the other stages):
 
-1. **model** — ``--model`` resolved for the day (a directory, a registered version, or the
+1. **model** — each ``--model`` resolved for the day (a directory, a registered version, or the
    ``@alias`` promotion in force that day, see :mod:`jobs.core.registry`);
-2. **validate** — only when the day was never validated or its features changed since (the
-   fingerprint in ``status.json``); ``--force`` validates again. A stored *failed* decision for
-   unchanged features fails the day without running GX again;
-3. **score** — skipped when the predictions partition's stamp (``_scored.json``) names the same
-   model checksum and the same features fingerprint (the day is then ``skipped``), unless
-   ``--force``;
-4. **evaluate** — when the labels have matured (ds + ``evaluation.label_wait_days`` <= the run's
-   ``as_of`` date, today in UTC by default) and the labels partition exists, for this model
-   version only (other versions' metrics are kept), unless its metrics are already there for a
-   skipped day.
+2. **validate** — once per day, shared by every model: only when the day was never validated or
+   its features changed since (the fingerprint in ``status.json``); ``--force`` validates again.
+   A stored *failed* decision for unchanged features fails the day without running GX again;
+3. **score** — per model; skipped when the predictions partition's stamp (``_scored.json``)
+   names the same model checksum and the same features fingerprint (the model's day is then
+   ``skipped``), unless ``--force``;
+4. **evaluate** — per model, when the labels have matured (ds + ``evaluation.label_wait_days``
+   <= the run's ``as_of`` date, today in UTC by default) and the labels partition exists, for
+   this model version only (other versions' metrics are kept), unless its metrics are already
+   there for a skipped day.
 
-A day's failure is recorded (``failed`` + its one-line error) and the next day runs, unless
-``fail_fast``: then the remaining days are ``not_run``. Days are independent and every write
-replaces its partition under its lock, so a run killed mid-range is simply run again: the days
-it finished are skipped, the rest are done.
+The result has one :class:`DayResult` per day and model (days first, models in the order
+given). A failure is recorded (``failed`` + its one-line error) on the model's day it belongs
+to (a failed validation on every model's), and the rest runs, unless ``fail_fast``: then the
+remaining days are ``not_run``. Days are independent and every write replaces its partition
+under its lock, so a run killed mid-range is simply run again: the days it finished are
+skipped, the rest are done.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from pyspark.sql import SparkSession
@@ -33,8 +36,9 @@ from pyspark.sql import SparkSession
 from jobs.core.config import JobConfig
 from jobs.core.errors import BackfillFailed
 from jobs.core.manifest import RunRecord, error_line
-from jobs.core.registry import ModelChoice, format_table, resolve_model
-from jobs.core.status import ValidationStatus, read_score_stamp
+from jobs.core.modelref import parse_models
+from jobs.core.registry import ModelChoice, resolve_model
+from jobs.core.status import read_score_stamp
 from jobs.core.tables import DatasetTables
 from jobs.core.warehouse import date_range, parse_date
 from jobs.evaluate.stage import evaluate_partition
@@ -48,6 +52,8 @@ STATUSES = ("scored", "skipped", "failed", "not_run")
 
 @dataclass
 class DayResult:
+    """One day of one model (the ``--model`` reference as given, in ``model``)."""
+
     ds: str
     status: str = "not_run"          # scored | skipped | failed | not_run (after --fail-fast)
     model_version: str | None = None
@@ -60,6 +66,7 @@ class DayResult:
     evaluation: str | None = None    # evaluated | up to date | labels not matured | no labels
     seconds: float = 0.0
     error: str | None = None
+    model: str | None = None
 
 
 @dataclass
@@ -67,42 +74,56 @@ class BackfillResult:
     dataset: str
     start: str
     end: str
-    model: str
+    model: str                       # the --model values as given, comma-joined
     force: bool
-    days: list[DayResult]
+    days: list[DayResult]            # one per day and model: days first, models in order
+    models: list[str] = field(default_factory=list)
 
-    def counts(self) -> dict[str, int]:
-        return {status: sum(d.status == status for d in self.days) for status in STATUSES}
+    def counts(self, model: str | None = None) -> dict[str, int]:
+        rows = [d for d in self.days if model is None or d.model == model]
+        return {status: sum(d.status == status for d in rows) for status in STATUSES}
 
     @property
     def failed_days(self) -> list[DayResult]:
         return [d for d in self.days if d.status == "failed"]
+
+    def _per_day(self, name: str) -> dict[str, int]:
+        """A day's shared count (its validation's), once per day whatever the models."""
+        out: dict[str, int] = {}
+        for d in self.days:
+            out[d.ds] = max(out.get(d.ds, 0), getattr(d, name))
+        return out
 
     def _joined(self, name: str) -> str | None:
         values = list(dict.fromkeys(getattr(d, name) for d in self.days if getattr(d, name)))
         return ",".join(values) or None
 
     def record(self) -> RunRecord:
+        details = {"start": self.start, "end": self.end, "model": self.model,
+                   "models": self.models, "force": self.force, "counts": self.counts(),
+                   "days": [asdict(d) for d in self.days]}
+        if len(self.models) > 1:
+            details["counts_by_model"] = {m: self.counts(m) for m in self.models}
         return RunRecord(
             input_rows=sum(d.input_rows for d in self.days),
             output_rows=sum(d.output_rows for d in self.days),
-            quarantined_rows=sum(d.quarantined_rows for d in self.days),
+            quarantined_rows=sum(self._per_day("quarantined_rows").values()),
             model_version=self._joined("model_version"),
             model_sha256=self._joined("model_sha256"),
-            details={"start": self.start, "end": self.end, "model": self.model,
-                     "force": self.force, "counts": self.counts(),
-                     "days": [asdict(d) for d in self.days]})
+            details=details)
 
     def raise_if_failed(self) -> None:
-        """The run failed when any day did: a one-line error naming the first failure."""
+        """The run failed when any model's day did: a one-line error naming the first failure."""
         failed = self.failed_days
         if not failed:
             return
         record = self.record()
         first = failed[0]
+        which = f" {first.model}" if len(self.models) > 1 else ""
+        unit = "model-day(s)" if len(self.models) > 1 else "day(s)"
         raise BackfillFailed(
             f"backfill {self.dataset} {self.start}..{self.end}: {len(failed)} of "
-            f"{len(self.days)} day(s) failed; first {first.ds}: {first.error}",
+            f"{len(self.days)} {unit} failed; first {first.ds}{which}: {first.error}",
             details={**{k: getattr(record, k) for k in ("input_rows", "output_rows",
                                                         "quarantined_rows", "model_version",
                                                         "model_sha256")},
@@ -110,39 +131,71 @@ class BackfillResult:
 
 
 def backfill_range(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, start: str, end: str,
-                   model: str, *, force: bool = False, fail_fast: bool = False,
+                   model, *, force: bool = False, fail_fast: bool = False,
                    as_of: dt.date | None = None,
                    on_day: Callable[[DayResult], None] | None = None) -> BackfillResult:
-    """Every day of ``start``..``end`` (see the module docstring). ``on_day`` is called after
-    each day (progress reporting); per-day failures are in the result, never raised."""
-    days = [DayResult(ds) for ds in date_range(start, end)]
+    """Every day of ``start``..``end`` for ``model`` (one reference or a list of them; see the
+    module docstring). ``on_day`` is called after each model's day (progress reporting);
+    failures are in the result, never raised."""
+    models = parse_models(model)
+    names = [str(m) for m in models]
+    days = [DayResult(ds, model=name) for ds in date_range(start, end) for name in names]
     as_of = as_of or dt.datetime.now(dt.timezone.utc).date()
-    result = BackfillResult(spec.name, start, end, str(model), force, days)
-    for day in days:
-        began = time.perf_counter()
-        try:
-            backfill_day(spark, cfg, spec, day, model, force, as_of)
-        except Exception as exc:  # noqa: BLE001 - one day's failure must not stop the others
-            day.status, day.error = "failed", error_line(exc)
-        day.seconds = round(time.perf_counter() - began, 2)
-        if on_day is not None:
-            on_day(day)
-        if day.status == "failed" and fail_fast:
+    result = BackfillResult(spec.name, start, end, ",".join(names), force, days, names)
+    for first in range(0, len(days), len(models)):
+        rows = days[first:first + len(models)]
+        backfill_day(spark, cfg, spec, list(zip(rows, models)), force, as_of, on_day)
+        if fail_fast and any(d.status == "failed" for d in rows):
             break
     return result
 
 
-def backfill_day(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, day: DayResult,
-                 model: str, force: bool, as_of: dt.date) -> None:
-    """Fill ``day`` in place: validate if needed, score unless up to date, evaluate if matured."""
-    choice = resolve_model(cfg, spec.name, day.ds, model)
-    day.model_sha256, day.model_source = choice.sha256, choice.source
-    status = ensure_validated(spark, cfg, spec, day, force)
-    day.quarantined_rows = status.quarantined_rows
+def backfill_day(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
+                 rows: list[tuple[DayResult, object]], force: bool, as_of: dt.date,
+                 on_day: Callable[[DayResult], None] | None = None) -> None:
+    """Fill one day's rows (one per model) in place: resolve each model, validate once if
+    needed, then per model score unless up to date and evaluate if matured. A failure fails
+    the model's row it belongs to (a validation failure every row), never the others."""
+    began = time.perf_counter()
+    chosen: list[tuple[DayResult, ModelChoice]] = []
+    for day, model in rows:
+        try:
+            choice = resolve_model(cfg, spec.name, day.ds, model)
+        except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the others
+            day.status, day.error = "failed", error_line(exc)
+            continue
+        day.model_sha256, day.model_source = choice.sha256, choice.source
+        chosen.append((day, choice))
+    status = None
+    if chosen:
+        try:
+            status = ensure_validated(spark, cfg, spec, chosen[0][0].ds, force)
+        except Exception as exc:  # noqa: BLE001 - the day fails for every model
+            for day, _ in chosen:
+                day.status, day.validation, day.error = "failed", "failed", error_line(exc)
+    rows[0][0].seconds = time.perf_counter() - began  # the shared part: the first row's
+    for day, choice in chosen if status is not None else []:
+        day.validation = status.validation
+        day.quarantined_rows = status.quarantined_rows
+        own = time.perf_counter()
+        try:
+            score_day(spark, cfg, spec, day, choice, status.passed_rows, force, as_of)
+        except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the others
+            day.status, day.error = "failed", error_line(exc)
+        day.seconds += time.perf_counter() - own
+    for day, _ in rows:
+        day.seconds = round(day.seconds, 2)
+        if on_day is not None:
+            on_day(day)
+
+
+def score_day(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, day: DayResult,
+              choice: ModelChoice, passed_rows: int, force: bool, as_of: dt.date) -> None:
+    """One model's day on a validated ds: score unless up to date, evaluate if matured."""
     stamp_version = choice.version or _stamped_version(cfg, spec, day.ds, choice)
     if not force and stamp_version and is_up_to_date(cfg, spec, day.ds, stamp_version, choice):
         day.status, day.model_version = "skipped", stamp_version
-        day.input_rows = status.passed_rows
+        day.input_rows = passed_rows
     else:
         scored = score_partition(spark, cfg, spec, day.ds, choice)
         day.status, day.model_version = "scored", scored.model_version
@@ -150,17 +203,21 @@ def backfill_day(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, day: Da
     day.evaluation = evaluate_if_matured(spark, cfg, spec, day, force, as_of)
 
 
-def ensure_validated(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, day: DayResult,
-                     force: bool) -> ValidationStatus:
-    """The day's validation status, validating first when it is missing, stale or forced (a
-    stored failure for unchanged features fails the day without running GX again)."""
-    try:
-        report = validate_partition(spark, cfg, spec, day.ds, reuse_current=not force)
-    except Exception:
-        day.validation = "failed"
-        raise
-    day.validation = report.status + (" (reused)" if report.reused else "")
-    return checked_status(cfg, spec, day.ds)
+@dataclass
+class DayValidation:
+    validation: str                  # passed | quarantined (+ " (reused)")
+    passed_rows: int
+    quarantined_rows: int
+
+
+def ensure_validated(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
+                     force: bool) -> DayValidation:
+    """The day's validation, validating first when it is missing, stale or forced (a stored
+    failure for unchanged features fails the day without running GX again)."""
+    report = validate_partition(spark, cfg, spec, ds, reuse_current=not force)
+    status = checked_status(cfg, spec, ds)
+    return DayValidation(report.status + (" (reused)" if report.reused else ""),
+                         status.passed_rows, status.quarantined_rows)
 
 
 def _stamped_version(cfg: JobConfig, spec: DatasetSpec, ds: str,
@@ -217,8 +274,8 @@ def _evaluated_versions(tb: DatasetTables, ds: str) -> set[str]:
 # Presentation helpers (the CLI prints them on stderr)
 
 
-def day_line(dataset: str, day: DayResult) -> str:
-    """One plain line per finished day."""
+def day_line(dataset: str, day: DayResult, with_model: bool = False) -> str:
+    """One plain line per finished day (per model's day when ``with_model``)."""
     what = f"{day.status}"
     if day.model_version:
         what += f" {day.model_version}"
@@ -227,13 +284,5 @@ def day_line(dataset: str, day: DayResult) -> str:
         what += f", validation {day.validation}, evaluation {day.evaluation}"
     if day.error:
         what += f": {day.error}"
-    return f"backfill {dataset} {day.ds}: {what} ({day.seconds:.1f}s)"
-
-
-def summary_table(result: BackfillResult) -> str:
-    columns = ["ds", "status", "model_version", "validation", "input_rows", "output_rows",
-               "quarantined_rows", "evaluation", "seconds", "error"]
-    rows = [{c: ("" if getattr(d, c) is None else getattr(d, c)) for c in columns}
-            for d in result.days]
-    counts = ", ".join(f"{n} {s}" for s, n in result.counts().items() if n)
-    return f"{format_table(rows, columns)}\n{len(result.days)} day(s): {counts}"
+    which = f" {day.model}" if with_model else ""
+    return f"backfill {dataset} {day.ds}{which}: {what} ({day.seconds:.1f}s)"

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import typer
 from tqdm import tqdm
 
+from jobs.cli.summary import summarize, use_colour
 from jobs.core.config import JobConfig, load_config
 from jobs.core.errors import InputError
 from jobs.core.manifest import error_line, run_job
@@ -63,14 +64,16 @@ def _globals(
 
 def run_command(ctx: typer.Context, job: str, dataset: str, ds: Optional[str],
                 body: Callable[[JobConfig, str], object]) -> None:
-    """Run ``body(cfg, run_id)`` (it returns the stage's result); print the manifest as the last
-    stdout line; on failure print one line on stderr and exit non-zero."""
+    """Run ``body(cfg, run_id)`` (it returns the stage's result); print the command's summary
+    (:mod:`jobs.cli.summary`, from the manifest) on stderr and the manifest as the last stdout
+    line; on failure print one line on stderr (its last) and exit non-zero."""
     outcome = run_job(job, dataset, ds, ctx.obj.job_config, body)
     exc = outcome.error
     # The error line first, then the manifest: under spark-submit, Spark's PythonRunner merges
     # the Python driver's stderr into its stdout, and the manifest must stay the last line.
-    if exc is None:
-        print_summary(outcome.result)
+    summary = summarize(asdict(outcome.manifest), colour=use_colour(sys.stderr))
+    if summary:
+        print(summary, file=sys.stderr, flush=True)
     if exc is not None:
         print(f"error: {error_line(exc)}", file=sys.stderr, flush=True)
     print(outcome.manifest.to_json(), flush=True)
@@ -79,15 +82,6 @@ def run_command(ctx: typer.Context, job: str, dataset: str, ds: Optional[str],
     if isinstance(exc, KeyboardInterrupt):
         raise typer.Exit(130)
     raise typer.Exit(getattr(exc, "exit_code", 1))
-
-
-def print_summary(result: object) -> None:
-    """A finished job's few lines for people, on stderr (stdout ends with the manifest): the
-    result's ``summary()`` when it has one."""
-    summary = getattr(result, "summary", None)
-    text = summary() if callable(summary) else None
-    if text:
-        print(text, file=sys.stderr, flush=True)
 
 
 def exit_on_error(exc: BaseException) -> None:

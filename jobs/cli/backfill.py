@@ -1,8 +1,9 @@
-"""`mmoe backfill`: validate, score and evaluate every day of a range in one Spark session."""
+"""`mmoe backfill`: validate, score and evaluate every day of a range in one Spark session, for
+one model or several (an A/B's arms in one command)."""
 
 from __future__ import annotations
 
-import sys
+from typing import Optional
 
 import typer
 
@@ -16,8 +17,10 @@ from jobs.cli._app import (
 )
 from jobs.core import precheck
 from jobs.core.config import JobConfig
-from jobs.core.modelref import ModelRef
+from jobs.core.modelref import parse_models
 from jobs.core.warehouse import date_range
+
+DEFAULT_MODEL = "@champion"
 
 
 @app.command()
@@ -26,7 +29,9 @@ def backfill(
     dataset: str = typer.Option(..., "--dataset", help="Dataset spec name (schemas/specs/NAME.yaml)."),
     start: str = typer.Option(..., "--start", help="First ds YYYY-MM-DD."),
     end: str = typer.Option(..., "--end", help="Last ds YYYY-MM-DD (inclusive)."),
-    model: str = typer.Option("@champion", "--model", help=MODEL_HELP),
+    model: Optional[list[str]] = typer.Option(
+        None, "--model", help=f"{MODEL_HELP} Repeatable: each day is validated once, then every "
+                              f"model is scored and evaluated (default {DEFAULT_MODEL})."),
     force: bool = typer.Option(False, "--force", help="Validate, score and evaluate every day "
                                                       "again, even when up to date."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed day."),
@@ -35,15 +40,17 @@ def backfill(
     def body(cfg: JobConfig, run_id: str):
         days = date_range(start, end)
         spec = load_dataset_spec(dataset)
-        target = ModelRef.parse(model)
-        precheck.model_known(cfg, spec.name, end, target)  # before the JVM starts
+        targets = parse_models(model or [DEFAULT_MODEL])
+        for target in targets:
+            precheck.model_known(cfg, spec.name, end, target)  # before the JVM starts
+        several = len(targets) > 1
         # deferred: pyspark, torch, GX (CLI start-up)
-        from jobs.backfill.stage import backfill_range, day_line, summary_table
+        from jobs.backfill.stage import backfill_range, day_line
 
-        with day_progress(len(days), f"backfill {dataset}", day_line) as on_day:
-            result = backfill_range(spark_session(cfg), cfg, spec, start, end, target,
+        with day_progress(len(days) * len(targets), f"backfill {dataset}",
+                          lambda name, day: day_line(name, day, several)) as on_day:
+            result = backfill_range(spark_session(cfg), cfg, spec, start, end, targets,
                                     force=force, fail_fast=fail_fast, on_day=on_day)
-        print(summary_table(result), file=sys.stderr, flush=True)
         result.raise_if_failed()
         return result
 

@@ -173,6 +173,7 @@ class DemoConfig:
     rows_per_day: int = 40000
     seed: int = 7
     arch: str = "mmoe"
+    challenger_arch: str = "shared-bottom"
     epochs: int = 3
 
 

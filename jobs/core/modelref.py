@@ -63,3 +63,17 @@ class ModelRef:
 
     def __str__(self) -> str:
         return f"@{self.value}" if self.kind == "alias" else self.value
+
+
+def parse_models(models: "ModelRef | Path | str | list", what: str = "--model") -> list[ModelRef]:
+    """One reference or several (backfill's repeated ``--model``), parsed; none, or the same
+    reference twice, is refused."""
+    values = [models] if isinstance(models, (ModelRef, Path, str)) else list(models)
+    refs = [ModelRef.parse(m, what) for m in values]
+    if not refs:
+        raise InputError(f"{what}: at least one model is needed")
+    names = [str(r) for r in refs]
+    repeated = next((n for n in names if names.count(n) > 1), None)
+    if repeated is not None:
+        raise InputError(f"{what} {repeated} is given more than once")
+    return refs

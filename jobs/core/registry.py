@@ -259,14 +259,6 @@ class RegistryResult:
         return RunRecord(model_version=self.version, model_sha256=self.sha256,
                          outputs={"artifact": str(self.artifact)}, details=details)
 
-    def summary(self) -> str:
-        """The line a person reads on stderr."""
-        if self.note:
-            return self.note
-        return "; ".join(f"registered {e['version']}" if e["event"] == "register" else
-                         f"@{e['alias']} -> {e['version']} from {e['effective']}"
-                         for e in self.events)
-
 
 def _event(kind: str, reason: str | None, **fields: Any) -> dict[str, Any]:
     return {"event": kind, "at": utc_now(), "by": getpass.getuser(), "reason": reason, **fields}

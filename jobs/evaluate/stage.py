@@ -20,6 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from jobs.core import metric_registry
 from jobs.core.config import JobConfig
 from jobs.core.errors import ConfigError, InputError, MissingInputError
 from jobs.core.manifest import RunRecord
@@ -159,21 +160,26 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
                  poll_seconds=cfg.locks.poll_seconds):
         rows_written, kept = _replace_partition(spark, target, ds, metrics, versions)
 
+    shown = metric_registry.names("size", "quality")
     summary = (target.read(spark, ds)
                .where(F.col("model_version").isin(versions) & (F.col("segment") == "all")
-                      & F.col("metric").isin("auc", "count"))
+                      & F.col("metric").isin(*shown))
                .collect())
-    auc = {v: {} for v in versions}
-    matched = {v: 0 for v in versions}
+    pooled: dict[str, dict[str, dict[str, float]]] = {v: {t: {} for t in tasks} for v in versions}
     for r in summary:
-        if r["metric"] == "auc":
-            auc[r["model_version"]][r["task"]] = r["value"]
-        else:
-            matched[r["model_version"]] = max(matched[r["model_version"]], int(r["value"]))
+        pooled[r["model_version"]].setdefault(r["task"], {})[r["metric"]] = r["value"]
+    auc = {v: {t: m["auc"] for t, m in by_task.items() if "auc" in m}
+           for v, by_task in pooled.items()}
+    matched = {v: max([int(m.get("count", 0)) for m in by_task.values()] or [0])
+               for v, by_task in pooled.items()}
     return EvaluateResult(
         versions=versions, input_rows=int(sum(read_rows.values())), output_rows=rows_written,
         output=target.where(ds), metrics=target.read(spark, ds), details={
             "auc": auc,                    # model_version -> task -> AUC over segment 'all'
+            # model_version -> task -> metric -> value, segment 'all', the size and quality
+            # metrics in the registry's order (what the summary table shows)
+            "pooled": {v: {t: {m: by_task[t][m] for m in shown if m in by_task[t]}
+                           for t in by_task} for v, by_task in pooled.items()},
             "segments": segments,
             "user_column": user,
             "matched_rows": matched,

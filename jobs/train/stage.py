@@ -114,7 +114,7 @@ class TrainJobResult:
 
 def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, out: Path,
                 epochs: int | None, seed: int, *, resume: bool = True,
-                checkpoint_dir: Path | None = None) -> TrainJobResult:
+                checkpoint_dir: Path | None = None, progress: bool = True) -> TrainJobResult:
     """Train ``arch`` on ``dataset``'s ds range [start, end] and write the artifact to ``out``.
 
     ``out`` may be a new directory, an empty one or an existing artifact (replaced whole, via
@@ -142,7 +142,8 @@ def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, o
     if not resume:
         discard_checkpoint(checkpoint)
     train_config = replace(cfg.training.train_config(epochs, seed),
-                           checkpoint_dir=str(checkpoint), resume=resume)
+                           checkpoint_dir=str(checkpoint), resume=resume,
+                           progress=progress)  # False: no per-epoch lines (the demo)
 
     skipped: list[str] = []
     tables = DatasetTables(cfg, spec.name)
