@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from jobs.core.config import JobConfig
-from jobs.core.warehouse import Warehouse, read_table, replacing
+from jobs.core.warehouse import Warehouse, parquet_files, read_table, replacing
 from jobs.data.synth import generate_synth
 from jobs.score.stage import (
     parquet_fragments,
@@ -97,7 +97,7 @@ def _append_doc(path: Path, title: str, result: dict[str, Any]) -> None:
 
 def _score_direct(spark, part: Path, files, artifact, spec, cfg: JobConfig, out: Path,
                   scored_at: dt.datetime, max_fragments: int | None = None) -> int:
-    fragments = parquet_fragments(part)[:max_fragments]
+    fragments = parquet_fragments(parquet_files(part))[:max_fragments]
     with replacing(out) as staging:
         return score_fragments(spark, fragments, files, artifact, spec, cfg, staging, scored_at,
                                False, None)

@@ -526,8 +526,9 @@ def pyarrow_opens(file: str) -> bool:
     return True
 
 
-def open_parquet(file: str) -> pq.ParquetFile:
+def open_parquet(file: str | Path) -> pq.ParquetFile:
     """One parquet file given as a path or a URI, opened with pyarrow's filesystem for it."""
+    file = str(file)
     if "://" in file:
         fs, path = pafs.FileSystem.from_uri(file)
         return pq.ParquetFile(fs.open_input_file(path))
