@@ -12,7 +12,7 @@ import zipimport
 
 import pytest
 
-from jobs.runtime.worker import reread_zips_only_when_changed
+from jobs.runtime.worker import PYTHON_ZIP_INVALIDATE, reread_zips_only_when_changed
 
 
 def _zip(path, modules: dict[str, str]) -> None:
@@ -23,8 +23,9 @@ def _zip(path, modules: dict[str, str]) -> None:
 
 @pytest.fixture
 def zip_on_path(tmp_path, monkeypatch):
-    monkeypatch.setattr(zipimport.zipimporter, "invalidate_caches",
-                        zipimport.zipimporter.invalidate_caches)  # restored after the test
+    # Python's own method for the test (an earlier test in this process may have installed
+    # the stamped one: every in-process scoring does); the current one is restored after
+    monkeypatch.setattr(zipimport.zipimporter, "invalidate_caches", PYTHON_ZIP_INVALIDATE)
     archive = tmp_path / "lib.zip"
     _zip(archive, {"mmoe_zip_one": "X = 1\n"})
     monkeypatch.syspath_prepend(str(archive))

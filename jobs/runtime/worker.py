@@ -21,6 +21,7 @@ _WORKER_CACHE: dict[tuple, Any] = {}  # (kind, sha256, ...) -> derived objects (
 
 
 _ZIP_STAMPS: dict[str, tuple[int, int]] = {}  # archive -> (size, mtime_ns) when last read
+PYTHON_ZIP_INVALIDATE = zipimport.zipimporter.invalidate_caches  # Python's own (re-reads always)
 
 
 def _zip_stamp(archive: str) -> tuple[int, int] | None:
