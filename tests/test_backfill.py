@@ -144,8 +144,13 @@ def test_failed_day_does_not_stop_the_others_and_fails_the_run(spark, cfg):
     assert out.exit_code == 1, out.output
     manifest = json.loads(out.stdout.strip().splitlines()[-1])
     assert manifest["status"] == "failed" and manifest["job"] == "backfill"
+    # a range job's ds is its last day, as compare's (README)
+    assert (manifest["ds"], manifest["details"]["start"]) == (END, START)
     statuses = [d["status"] for d in manifest["details"]["days"]]
     assert statuses == ["scored", "failed", "scored"]
+    # a missing partition is not fixed by a retry: the DAG must not retry this run
+    assert [d["error_kind"] for d in manifest["details"]["days"]] == [None, "permanent", None]
+    assert manifest["error_kind"] == "permanent"
     assert manifest["details"]["counts"]["failed"] == 1
     stderr = out.stderr.strip().splitlines()
     assert stderr[-1].startswith("error: backfill synth 2025-03-01..2025-03-03: 1 of 3 day(s) "

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
+from jobs.cli import app
 from jobs.core.config import load_config
 from jobs.core.errors import InputError
-from jobs.core.manifest import RunManifest
 from jobs.core.warehouse import Warehouse
 from jobs.data.census import ingest_census
 from schemas.spec import load_spec
@@ -44,9 +46,12 @@ def ingested(spark, census_file, raw_lines, tmp_path_factory):
     head = root / "head.data"
     head.write_text("\n".join(raw_lines[:100]) + "\n")
     first = ingest_census(spark, cfg, head, DS).written
-    outcome = ingest_census(spark, cfg, census_file, DS)
-    manifest = RunManifest("data-census", "census", DS).apply(outcome.record())
-    result = outcome.written
+    # the whole file through the CLI, in process (the same session): its manifest as printed
+    out = CliRunner().invoke(app, ["--warehouse", str(cfg.warehouse), "data", "census",
+                                   "--input", str(census_file), "--ds", DS])
+    assert out.exit_code == 0, out.output
+    manifest = json.loads(out.stdout.strip().splitlines()[-1])
+    result = {name: info["rows"] for name, info in manifest["details"]["datasets"].items()}
     return {"cfg": cfg, "wh": Warehouse(cfg.warehouse), "first": first, "result": result,
             "manifest": manifest}
 
@@ -87,13 +92,24 @@ def test_counts_and_positives(spark, ingested, raw_lines):
         assert sums["n"] == 66508
         oracle = _oracle_positives(raw_lines, spec)
         assert {t: sums[t] for t in spec.task_names} == oracle
-        assert ingested["manifest"].details["datasets"][name]["positives"] == oracle
+        assert ingested["manifest"]["details"]["datasets"][name]["positives"] == oracle
     # the published facts about this file (README / brief)
     g1 = _oracle_positives(raw_lines, load_spec("census-group1"))
     assert g1 == {"income": 4101, "never_married": 28722}
     m = ingested["manifest"]
-    assert m.input_rows == 66508 and m.output_rows == 66508
-    assert set(m.outputs) == {f"{g}/{t}" for g in GROUPS for t in ("features", "labels")}
+    assert m["input_rows"] == 66508 and m["output_rows"] == 66508
+    assert set(m["outputs"]) == {f"{g}/{t}" for g in GROUPS for t in ("features", "labels")}
+
+
+def test_manifest_is_kept_beside_both_data_sets(ingested):
+    """The ingest writes two data sets, and its manifest is in each one's _runs/ (there is no
+    "census" data set to keep it in)."""
+    wh, m = ingested["wh"], ingested["manifest"]
+    copies = [wh.runs_dir(name) / Path(m["manifest_path"]).name for name in GROUPS]
+    assert Path(m["manifest_path"]) == copies[0]
+    for copy in copies:
+        assert json.loads(copy.read_text()) == m
+    assert not (Path(wh.root) / "census").exists()
 
 
 def test_schemas_and_excluded_columns(spark, ingested):

@@ -79,3 +79,30 @@ def test_train_gate_option_is_checked(tmp_path):
                   tmp_path)
     assert result.exit_code == 2 and "--gate must be one of softmax, topk, max, constant" \
         in result.stderr
+
+
+def _leaf_commands(group, path=()):
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):  # a group (typer carries its own copy of click)
+            yield from _leaf_commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def test_help_shows_flags_bare_and_every_option_described():
+    """`--help` of every command: a flag shows no value placeholder (Typer's rich help printed
+    `--force <bool>`), dates, data sets and models are named as such, and every option says
+    what it is."""
+    import typer.main
+
+    for path, command in _leaf_commands(typer.main.get_command(app)):
+        text = runner.invoke(app, [*path, "--help"], terminal_width=100).stdout
+        assert "<bool>" not in text and "╭" not in text, (path, text)
+        for param in command.params:
+            if param.param_type_name != "option":
+                continue
+            assert param.help, (path, param.name)  # described
+            if param.opts[0] in ("--ds", "--start", "--end", "--effective"):
+                assert f"{param.opts[0]} DATE" in text, (path, text)
+            if param.opts[0] in ("--dataset",):
+                assert "--dataset NAME" in text, (path, text)

@@ -274,6 +274,31 @@ def test_the_error_kind_mapping_and_the_manifest_that_carries_it(tmp_path):
     assert json.loads(failing(InputError("bad")).to_json())["error_kind"] == "permanent"
 
 
+def test_a_backfill_is_retried_only_when_a_failed_day_may_pass_next_time():
+    """A backfill whose failed days all failed permanently is permanent (a retry repeats them);
+    one transient day (a held lock) makes the whole run worth a retry."""
+    from jobs.backfill.stage import BackfillResult, DayResult
+    from jobs.core.errors import BackfillFailed, MissingInputError, PartitionLocked, error_kind
+
+    def run_with(*failures):
+        days = [DayResult(ds="2026-11-01", status="scored")]
+        for i, exc in enumerate(failures):
+            day = DayResult(ds=f"2026-11-0{i + 2}")
+            day.fail(exc)
+            days.append(day)
+        result = BackfillResult("synth", "2026-11-01", days[-1].ds, "@champion", False, days,
+                                ["@champion"])
+        with pytest.raises(BackfillFailed) as err:
+            result.raise_if_failed()
+        return error_kind(err.value)
+
+    missing, locked = MissingInputError("no features"), PartitionLocked("held by pid 1")
+    assert run_with(missing) == "permanent"
+    assert run_with(missing, missing) == "permanent"
+    assert run_with(missing, locked) == "transient"
+    assert run_with(locked) == "transient"
+
+
 def _failing_mmoe(tmp_path, exit_code: int, kind: str | None) -> str:
     """A console script that fails like the CLI: its manifest (with ``error_kind``) last on
     stdout, one error line on stderr."""

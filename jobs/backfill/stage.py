@@ -34,7 +34,7 @@ from typing import Callable
 from pyspark.sql import SparkSession
 
 from jobs.core.config import JobConfig
-from jobs.core.errors import BackfillFailed
+from jobs.core.errors import PERMANENT, BackfillFailed, error_kind as failure_kind
 from jobs.core.manifest import RunRecord, error_line
 from jobs.core.modelref import parse_models
 from jobs.core.registry import ModelChoice, resolve_model
@@ -66,7 +66,11 @@ class DayResult:
     evaluation: str | None = None    # evaluated | up to date | labels not matured | no labels
     seconds: float = 0.0
     error: str | None = None
+    error_kind: str | None = None    # transient | permanent (jobs.core.errors.error_kind)
     model: str | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        self.status, self.error, self.error_kind = "failed", error_line(exc), failure_kind(exc)
 
 
 @dataclass
@@ -127,7 +131,8 @@ class BackfillResult:
             details={**{k: getattr(record, k) for k in ("input_rows", "output_rows",
                                                         "quarantined_rows", "model_version",
                                                         "model_sha256")},
-                     **record.details})
+                     **record.details},
+            retryable=any(d.error_kind != PERMANENT for d in failed))
 
 
 def backfill_range(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, start: str, end: str,
@@ -162,7 +167,7 @@ def backfill_day(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
         try:
             choice = resolve_model(cfg, spec.name, day.ds, model)
         except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the others
-            day.status, day.error = "failed", error_line(exc)
+            day.fail(exc)
             continue
         day.model_sha256, day.model_source = choice.sha256, choice.source
         chosen.append((day, choice))
@@ -172,7 +177,8 @@ def backfill_day(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
             status = ensure_validated(spark, cfg, spec, chosen[0][0].ds, force)
         except Exception as exc:  # noqa: BLE001 - the day fails for every model
             for day, _ in chosen:
-                day.status, day.validation, day.error = "failed", "failed", error_line(exc)
+                day.fail(exc)
+                day.validation = "failed"
     rows[0][0].seconds = time.perf_counter() - began  # the shared part: the first row's
     for day, choice in chosen if status is not None else []:
         day.validation = status.validation
@@ -181,7 +187,7 @@ def backfill_day(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
         try:
             score_day(spark, cfg, spec, day, choice, status.passed_rows, force, as_of)
         except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the others
-            day.status, day.error = "failed", error_line(exc)
+            day.fail(exc)
         day.seconds += time.perf_counter() - own
     for day, _ in rows:
         day.seconds = round(day.seconds, 2)

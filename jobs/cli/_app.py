@@ -11,7 +11,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import typer
 from tqdm import tqdm
@@ -22,11 +22,12 @@ from jobs.core.errors import InputError
 from jobs.core.manifest import error_line, run_job
 from jobs.core.warehouse import local_path
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Batch scoring and offline evaluation of multi-task (MMoE) models on Spark.")
-data_app = typer.Typer(no_args_is_help=True, help="Write the features and labels tables.")
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                       help="Write the features and labels tables.")
 app.add_typer(data_app, name="data")
-models_app = typer.Typer(no_args_is_help=True,
+models_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                          help="The model registry in the warehouse: register, promote, list, "
                               "import, export (ONNX).")
 app.add_typer(models_app, name="models")
@@ -63,11 +64,13 @@ def _globals(
 
 
 def run_command(ctx: typer.Context, job: str, dataset: str, ds: Optional[str],
-                body: Callable[[JobConfig, str], object]) -> None:
-    """Run ``body(cfg, run_id)`` (it returns the stage's result); print the command's summary
+                body: Callable[[JobConfig, str], object],
+                runs_in: Optional[Sequence[str]] = None) -> None:
+    """Run ``body(cfg, run_id)`` (it returns the stage's result; ``runs_in``: the data sets whose
+    ``_runs/`` keep the manifest, default ``dataset``); print the command's summary
     (:mod:`jobs.cli.summary`, from the manifest) on stderr and the manifest as the last stdout
     line; on failure print one line on stderr (its last) and exit non-zero."""
-    outcome = run_job(job, dataset, ds, ctx.obj.job_config, body)
+    outcome = run_job(job, dataset, ds, ctx.obj.job_config, body, runs_in)
     exc = outcome.error
     # The error line first, then the manifest: under spark-submit, Spark's PythonRunner merges
     # the Python driver's stderr into its stdout, and the manifest must stay the last line.

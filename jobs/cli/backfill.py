@@ -26,11 +26,13 @@ DEFAULT_MODEL = "@champion"
 @app.command()
 def backfill(
     ctx: typer.Context,
-    dataset: str = typer.Option(..., "--dataset", help="Dataset spec name (schemas/specs/NAME.yaml)."),
-    start: str = typer.Option(..., "--start", help="First ds YYYY-MM-DD."),
-    end: str = typer.Option(..., "--end", help="Last ds YYYY-MM-DD (inclusive)."),
+    dataset: str = typer.Option(..., "--dataset", metavar="NAME",
+                                help="Dataset spec name (schemas/specs/NAME.yaml)."),
+    start: str = typer.Option(..., "--start", metavar="DATE", help="First ds YYYY-MM-DD."),
+    end: str = typer.Option(..., "--end", metavar="DATE", help="Last ds YYYY-MM-DD (inclusive)."),
     model: Optional[list[str]] = typer.Option(
-        None, "--model", help=f"{MODEL_HELP} Repeatable: each day is validated once, then every "
+        None, "--model", metavar="MODEL",
+        help=f"{MODEL_HELP} Repeatable: each day is validated once, then every "
                               f"model is scored and evaluated (default {DEFAULT_MODEL})."),
     force: bool = typer.Option(False, "--force", help="Validate, score and evaluate every day "
                                                       "again, even when up to date."),
@@ -54,4 +56,5 @@ def backfill(
         result.raise_if_failed()
         return result
 
-    run_command(ctx, "backfill", dataset, start, body)
+    # a range job's manifest ds is the range's last day, as for compare (README)
+    run_command(ctx, "backfill", dataset, end, body)

@@ -18,7 +18,8 @@ BENCHES = ("scoring", "evaluation", "validation", "scaling", "compare", "catalog
 def bench(
     ctx: typer.Context,
     which: str = typer.Argument(..., help=f"One of: {', '.join(BENCHES)}."),
-    rows: Optional[int] = typer.Option(None, "--rows", min=1),
+    rows: Optional[int] = typer.Option(None, "--rows", min=1,
+                                       help="Rows to time (default: the bench's own size)."),
     results: Optional[Path] = typer.Option(
         None, "--results", help="Markdown file to append the results to "
                                 "(default: <warehouse>/_bench/benchmarks.md)."),

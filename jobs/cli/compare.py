@@ -19,11 +19,15 @@ REF_HELP = "a model version, @alias (in force on --end) or artifact directory"
 @app.command()
 def compare(
     ctx: typer.Context,
-    dataset: str = typer.Option(..., "--dataset", help="Dataset spec name (schemas/specs/NAME.yaml)."),
-    baseline: str = typer.Option(..., "--baseline", help=f"The champion: {REF_HELP}."),
-    candidate: str = typer.Option(..., "--candidate", help=f"The challenger: {REF_HELP}."),
-    start: str = typer.Option(..., "--start", help="First ds YYYY-MM-DD."),
-    end: str = typer.Option(..., "--end", help="Last ds YYYY-MM-DD (the manifest's ds)."),
+    dataset: str = typer.Option(..., "--dataset", metavar="NAME",
+                                help="Dataset spec name (schemas/specs/NAME.yaml)."),
+    baseline: str = typer.Option(..., "--baseline", metavar="MODEL",
+                                 help=f"The champion: {REF_HELP}."),
+    candidate: str = typer.Option(..., "--candidate", metavar="MODEL",
+                                  help=f"The challenger: {REF_HELP}."),
+    start: str = typer.Option(..., "--start", metavar="DATE", help="First ds YYYY-MM-DD."),
+    end: str = typer.Option(..., "--end", metavar="DATE",
+                            help="Last ds YYYY-MM-DD (the manifest's ds)."),
     segment: Optional[list[str]] = typer.Option(
         None, "--segment", help="Segment column (repeatable; default: evaluation.segments / the spec's)."),
     fail_on_regression: bool = typer.Option(

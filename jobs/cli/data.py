@@ -10,13 +10,14 @@ from jobs.cli._app import data_app, run_command, spark_session
 from jobs.core.config import JobConfig
 from jobs.core.errors import InputError
 from jobs.core.warehouse import local_path
+from jobs.data import CENSUS_DATASETS
 
 
 @data_app.command("census")
 def data_census(
     ctx: typer.Context,
     input: Path = typer.Option(..., "--input", help="Raw UCI Census-Income file (.gz or plain)."),
-    ds: str = typer.Option(..., "--ds", help="Partition date YYYY-MM-DD."),
+    ds: str = typer.Option(..., "--ds", metavar="DATE", help="Partition date YYYY-MM-DD."),
 ) -> None:
     """Ingest a raw UCI Census-Income file into census-group1 and census-group2."""
     def body(cfg: JobConfig, run_id: str):
@@ -27,16 +28,18 @@ def data_census(
 
         return ingest_census(spark_session(cfg), cfg, source, ds)
 
-    run_command(ctx, "data-census", "census", ds, body)
+    # the manifest is kept beside the data sets the ingest writes (there is no "census" data set)
+    run_command(ctx, "data-census", "census", ds, body, runs_in=CENSUS_DATASETS)
 
 
 @data_app.command("synth")
 def data_synth(
     ctx: typer.Context,
-    start: str = typer.Option(..., "--start", help="First partition date YYYY-MM-DD."),
+    start: str = typer.Option(..., "--start", metavar="DATE",
+                              help="First partition date YYYY-MM-DD."),
     days: int = typer.Option(..., "--days", min=1, help="Number of daily partitions."),
-    rows_per_day: int = typer.Option(..., "--rows-per-day", min=1),
-    seed: int = typer.Option(0, "--seed"),
+    rows_per_day: int = typer.Option(..., "--rows-per-day", min=1, help="Impressions per day."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (the same seed, the same data)."),
     task_correlation: float = typer.Option(0.5, "--task-correlation", min=-1.0, max=1.0,
                                            help="Cosine between the tasks' weight vectors (rho)."),
 ) -> None:

@@ -25,7 +25,7 @@ from jobs.core.warehouse import safe_name
 
 # Shared by register and import (typer reads the defaults; they are never mutated).
 ALIAS = typer.Option(None, "--alias", help="Also promote it to this alias.")
-EFFECTIVE = typer.Option(None, "--effective",
+EFFECTIVE = typer.Option(None, "--effective", metavar="DATE",
                          help="With --alias: first ds it is in force (default: today, UTC).")
 REASON = typer.Option(None, "--reason", help="Why (kept in the history).")
 
@@ -50,10 +50,10 @@ def models_promote(
     ctx: typer.Context,
     version: str = typer.Argument(..., help="A registered model version."),
     alias: str = typer.Option(..., "--alias", help="champion, challenger[-NAME], or any name."),
-    effective: Optional[str] = typer.Option(None, "--effective",
+    effective: Optional[str] = typer.Option(None, "--effective", metavar="DATE",
                                             help="First ds it is in force (default: today, UTC)."),
     reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the history)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset",
+    dataset: Optional[str] = typer.Option(None, "--dataset", metavar="NAME",
                                           help="Needed only when several datasets hold V."),
 ) -> None:
     """Point an alias at a registered version from an effective date on."""
@@ -71,7 +71,8 @@ def models_import(
     ctx: typer.Context,
     file: Path = typer.Argument(..., help="The model file (an ONNX graph)."),
     fmt: str = typer.Option(..., "--format", help="onnx"),
-    dataset: str = typer.Option(..., "--dataset", help="The dataset whose spec it scores."),
+    dataset: str = typer.Option(..., "--dataset", metavar="NAME",
+                                help="The dataset whose spec it scores."),
     alias: Optional[str] = ALIAS,
     effective: Optional[str] = EFFECTIVE,
     reason: Optional[str] = REASON,
@@ -91,10 +92,11 @@ def models_export(
                                           "@alias."),
     fmt: str = typer.Option(..., "--format", help="onnx"),
     out: Path = typer.Option(..., "--out", help="The ONNX file to write."),
-    dataset: Optional[str] = typer.Option(None, "--dataset",
+    dataset: Optional[str] = typer.Option(None, "--dataset", metavar="NAME",
                                           help="Needed only when several datasets hold MODEL."),
-    ds: Optional[str] = typer.Option(None, "--ds", help="For @alias: the ds whose promotion "
-                                                        "(default: today, UTC)."),
+    ds: Optional[str] = typer.Option(None, "--ds", metavar="DATE",
+                                     help="For @alias: the ds whose promotion in force is "
+                                          "exported (default: today, UTC)."),
 ) -> None:
     """Write the whole model (feature encoding included) as one ONNX graph with the contract's
     inputs and outputs."""
@@ -111,7 +113,8 @@ def models_export(
 @models_app.command("list")
 def models_list(
     ctx: typer.Context,
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", metavar="NAME",
+                                          help="Only this dataset."),
     as_json: bool = typer.Option(False, "--json", help="One JSON list instead of the table."),
 ) -> None:
     """The registered versions: version, checksum, spec, registered, aliases (effective dates).

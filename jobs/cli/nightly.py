@@ -18,8 +18,8 @@ DS_HELP = "Partition date YYYY-MM-DD."
 @app.command()
 def validate(
     ctx: typer.Context,
-    dataset: str = typer.Option(..., "--dataset", help=DATASET_HELP),
-    ds: str = typer.Option(..., "--ds", help=DS_HELP),
+    dataset: str = typer.Option(..., "--dataset", metavar="NAME", help=DATASET_HELP),
+    ds: str = typer.Option(..., "--ds", metavar="DATE", help=DS_HELP),
 ) -> None:
     """Validate a features partition with the Great Expectations suite derived from the spec."""
     def body(cfg: JobConfig, run_id: str):
@@ -36,9 +36,9 @@ def validate(
 @app.command()
 def score(
     ctx: typer.Context,
-    dataset: str = typer.Option(..., "--dataset", help=DATASET_HELP),
-    ds: str = typer.Option(..., "--ds", help=DS_HELP),
-    model: str = typer.Option(..., "--model", help=MODEL_HELP),
+    dataset: str = typer.Option(..., "--dataset", metavar="NAME", help=DATASET_HELP),
+    ds: str = typer.Option(..., "--ds", metavar="DATE", help=DS_HELP),
+    model: str = typer.Option(..., "--model", metavar="MODEL", help=MODEL_HELP),
     with_gates: bool = typer.Option(False, "--with-gates", help="Add per-row gate weights."),
     catalog: bool = typer.Option(False, "--catalog",
                                  help="Score catalog candidates (or users x top items) and write top-K recommendations."),
@@ -64,8 +64,8 @@ def score(
 @app.command()
 def evaluate(
     ctx: typer.Context,
-    dataset: str = typer.Option(..., "--dataset", help=DATASET_HELP),
-    ds: str = typer.Option(..., "--ds", help=DS_HELP),
+    dataset: str = typer.Option(..., "--dataset", metavar="NAME", help=DATASET_HELP),
+    ds: str = typer.Option(..., "--ds", metavar="DATE", help=DS_HELP),
     model_version: Optional[list[str]] = typer.Option(
         None, "--model-version",
         help="Only these models (repeatable): a version, @alias or artifact directory."),

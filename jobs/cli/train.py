@@ -39,13 +39,16 @@ def model_options(model, gate: str | None, gate_k: int | None,
 @app.command()
 def train(
     ctx: typer.Context,
-    dataset: str = typer.Option(..., "--dataset", help="Dataset spec name (schemas/specs/NAME.yaml)."),
+    dataset: str = typer.Option(..., "--dataset", metavar="NAME", help="Dataset spec name (schemas/specs/NAME.yaml)."),
     arch: str = typer.Option(..., "--arch", help=f"One of: {', '.join(ARCHS)}."),
-    start: str = typer.Option(..., "--start", help="First training ds YYYY-MM-DD."),
-    end: str = typer.Option(..., "--end", help="Last training ds YYYY-MM-DD (inclusive)."),
+    start: str = typer.Option(..., "--start", metavar="DATE", help="First training ds YYYY-MM-DD."),
+    end: str = typer.Option(..., "--end", metavar="DATE", help="Last training ds YYYY-MM-DD (inclusive)."),
     out: Path = typer.Option(..., "--out", help="Artifact directory to write."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
-    seed: int = typer.Option(0, "--seed"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1,
+                                         help="Training epochs (default: the config's "
+                                              "training.epochs)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the initial weights and the "
+                                              "shuffling."),
     gate: Optional[str] = typer.Option(None, "--gate",
                                        help="Gate kind: softmax, topk, max or constant "
                                             "(default: the config's training.gate)."),

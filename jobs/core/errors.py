@@ -78,10 +78,14 @@ class RegistryError(MmoeError):
 
 class BackfillFailed(MmoeError):
     """At least one day of a backfill failed (the others ran, unless --fail-fast). A rerun
-    skips the days already scored, so a retry is cheap and may fix a day lost to a transient
-    failure."""
+    skips the days already scored, so a retry is cheap: it is ``retryable`` when at least one
+    failed day's error was transient (a lost executor, a held lock), not when every one was
+    permanent (no model in force, a refused input), which a retry would only repeat."""
 
-    retryable = True
+    def __init__(self, message: str = "", details: dict | None = None,
+                 retryable: bool = True) -> None:
+        super().__init__(message, details)
+        self.retryable = retryable
 
 
 class RegressionDetected(MmoeError):

@@ -17,7 +17,7 @@ import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 from jobs.core import signals
 from jobs.core.errors import JobStopped, MmoeError, error_kind
@@ -156,19 +156,22 @@ class Outcome:
 
 
 def run_job(job: str, dataset: str, ds: str | None, prepare: Callable[[], Any],
-            body: Callable[[Any, str], StageResult]) -> Outcome:
+            body: Callable[[Any, str], StageResult],
+            runs_in: Sequence[str] | None = None) -> Outcome:
     """Run one job and finish its manifest, whatever happens.
 
     ``prepare()`` checks the inputs and returns the job config (nothing is written when it
     fails: there is no warehouse yet); ``body(cfg, run_id)`` runs the stage and returns its
-    result. The manifest is written under ``<wh>/<dataset>/_runs/`` once the config is known.
+    result. The manifest is written under ``<wh>/<dataset>/_runs/`` once the config is known;
+    ``runs_in`` names other data sets to keep it in instead (census ingest writes two data
+    sets, and its manifest goes to both; ``manifest_path`` is the first copy).
     Exceptions (``KeyboardInterrupt`` included) are returned, never raised: the caller decides
     how to report them. SIGTERM and SIGINT stop the job as a ``JobStopped`` failure
     (:mod:`jobs.core.signals`): whatever the clean-up raised after the signal, the manifest and
     the error name the signal, and the driver JVM is stopped before the caller prints.
     """
     manifest = RunManifest(job=job, dataset=dataset, ds=ds)
-    runs_dir: Path | None = None
+    runs_dirs: list[Path] = []
     outcome = Outcome(manifest)
     try:
         with signals.stop_on_signals():
@@ -176,7 +179,8 @@ def run_job(job: str, dataset: str, ds: str | None, prepare: Callable[[], Any],
                 parse_date(ds, "--ds")
             cfg = prepare()
             safe_name(dataset, "--dataset")
-            runs_dir = Warehouse(cfg.warehouse).runs_dir(dataset)
+            kept_in = [safe_name(name, "--dataset") for name in (runs_in or [dataset])]
+            runs_dirs = [Warehouse(cfg.warehouse).runs_dir(name) for name in kept_in]
             outcome.result = body(cfg, manifest.run_id)
             manifest.apply(outcome.result.record())
             manifest.status = "succeeded"
@@ -195,8 +199,8 @@ def run_job(job: str, dataset: str, ds: str | None, prepare: Callable[[], Any],
         manifest.status, manifest.error = "failed", error_line(exc)
         manifest.error_kind = error_kind(exc)
     manifest.finished_at = utc_now()
-    if runs_dir is not None:
-        path = runs_dir / manifest.file_name()
-        manifest.manifest_path = str(path)
-        write_json(path, asdict(manifest), indent=None)
+    if runs_dirs:
+        manifest.manifest_path = str(runs_dirs[0] / manifest.file_name())
+        for runs_dir in runs_dirs:
+            write_json(runs_dir / manifest.file_name(), asdict(manifest), indent=None)
     return outcome

@@ -45,10 +45,11 @@ from jobs.core.config import JobConfig
 from jobs.core.errors import ConfigError, InputError
 from jobs.core.manifest import RunRecord
 from jobs.core.warehouse import Warehouse, parse_date, replacing
+from jobs.data import CENSUS_DATASETS
 from schemas.spec import DatasetSpec, SpecError, load_spec
 from schemas.tables import features_struct, labels_struct
 
-DATASETS = ("census-group1", "census-group2")
+DATASETS = CENSUS_DATASETS
 _NFIELDS = "_nfields"
 _TRIM = " \t\r"
 _GZIP_MAGIC = b"\x1f\x8b"
