@@ -215,7 +215,7 @@ def test_a_killed_backfill_completes_on_rerun(spark, cfg, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--start", "2025-03-01", "--end", "2025-02-30"], "--end '2025-02-30' is not a valid date"),
-    (["--start", "2025/03/01", "--end", "2025-03-02"], "--ds must be YYYY-MM-DD"),
+    (["--start", "2025/03/01", "--end", "2025-03-02"], "--start must be YYYY-MM-DD"),
     (["--start", "2025-03-03", "--end", "2025-03-01"], "--end 2025-03-01 is before --start"),
 ])
 def test_bad_ranges_are_refused_before_any_spark_work(tmp_path, args, message):

@@ -65,12 +65,12 @@ def _globals(
 
 def run_command(ctx: typer.Context, job: str, dataset: str, ds: Optional[str],
                 body: Callable[[JobConfig, str], object],
-                runs_in: Optional[Sequence[str]] = None) -> None:
+                runs_in: Optional[Sequence[str]] = None, ds_option: str = "--ds") -> None:
     """Run ``body(cfg, run_id)`` (it returns the stage's result; ``runs_in``: the data sets whose
     ``_runs/`` keep the manifest, default ``dataset``); print the command's summary
     (:mod:`jobs.cli.summary`, from the manifest) on stderr and the manifest as the last stdout
     line; on failure print one line on stderr (its last) and exit non-zero."""
-    outcome = run_job(job, dataset, ds, ctx.obj.job_config, body, runs_in)
+    outcome = run_job(job, dataset, ds, ctx.obj.job_config, body, runs_in, ds_option)
     exc = outcome.error
     # The error line first, then the manifest: under spark-submit, Spark's PythonRunner merges
     # the Python driver's stderr into its stdout, and the manifest must stay the last line.

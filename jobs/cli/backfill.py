@@ -57,4 +57,4 @@ def backfill(
         return result
 
     # a range job's manifest ds is the range's last day, as for compare (README)
-    run_command(ctx, "backfill", dataset, end, body)
+    run_command(ctx, "backfill", dataset, end, body, ds_option="--end")

@@ -56,4 +56,4 @@ def compare(
                          **record.details})
         return result
 
-    run_command(ctx, "compare", dataset, end, body)
+    run_command(ctx, "compare", dataset, end, body, ds_option="--end")

@@ -128,7 +128,7 @@ def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
         result.raise_if_failed()
         return result
 
-    runs["backfill"] = _step("backfill", spec.name, days[0], cfg, backfill)
+    runs["backfill"] = _step("backfill", spec.name, last, cfg, backfill)  # a range: its last day
     _indented(backfill_summary(asdict(runs["backfill"]), colour))
 
     _section(f"3. A/B on the held-out day {last}: @challenger ({arms['challenger']}) vs "

@@ -157,14 +157,15 @@ class Outcome:
 
 def run_job(job: str, dataset: str, ds: str | None, prepare: Callable[[], Any],
             body: Callable[[Any, str], StageResult],
-            runs_in: Sequence[str] | None = None) -> Outcome:
+            runs_in: Sequence[str] | None = None, ds_option: str = "--ds") -> Outcome:
     """Run one job and finish its manifest, whatever happens.
 
     ``prepare()`` checks the inputs and returns the job config (nothing is written when it
     fails: there is no warehouse yet); ``body(cfg, run_id)`` runs the stage and returns its
     result. The manifest is written under ``<wh>/<dataset>/_runs/`` once the config is known;
     ``runs_in`` names other data sets to keep it in instead (census ingest writes two data
-    sets, and its manifest goes to both; ``manifest_path`` is the first copy).
+    sets, and its manifest goes to both; ``manifest_path`` is the first copy). ``ds_option``
+    names the option ``ds`` came from in the error when it is no date.
     Exceptions (``KeyboardInterrupt`` included) are returned, never raised: the caller decides
     how to report them. SIGTERM and SIGINT stop the job as a ``JobStopped`` failure
     (:mod:`jobs.core.signals`): whatever the clean-up raised after the signal, the manifest and
@@ -176,7 +177,7 @@ def run_job(job: str, dataset: str, ds: str | None, prepare: Callable[[], Any],
     try:
         with signals.stop_on_signals():
             if ds is not None:
-                parse_date(ds, "--ds")
+                parse_date(ds, ds_option)  # the option it came from (a range's: --end)
             cfg = prepare()
             safe_name(dataset, "--dataset")
             kept_in = [safe_name(name, "--dataset") for name in (runs_in or [dataset])]
