@@ -118,3 +118,60 @@ def test_prediction_drift_against_the_same_versions_trailing_days(job_config, sp
     assert len(rows) == 2 * len(spec.task_names) and again["drifted"] == ["p_click"]
     assert {r["model_version"] for r in rows} == {"V"}
     assert {r["statistic"] for r in rows} == {"psi", "js"}
+
+
+def test_a_large_day_is_summarised_on_a_sample_and_counted_exactly(spark, spec, monkeypatch):
+    """Above PROFILE_SAMPLE_ROWS the quantile summaries read a uniform sample (one pass, fixed
+    seed): each profile quantile's rank in the whole day is within the sample's error of its
+    probability, while the null counts and the rows at the reference's edges stay exact (numpy
+    on all the rows), as does the profile of a day below the sample size."""
+    from pyspark.sql import functions as F
+
+    from jobs.core.config import DriftConfig
+    from jobs.validate import feature_drift as fd
+    from jobs.validate.drift import DayProfile, pool, profile_probabilities, profile_values
+    from jobs.validate.rules import REASON
+
+    n, sample = 40_000, 4_000
+    rng = np.random.default_rng(5)
+    cols = good_rows(spec, n, seed=5)
+    dense = [f.name for f in spec.dense_features]
+    for name in dense[:3]:  # skewed, with nulls: what a real feature looks like
+        values = rng.lognormal(0.0, 1.0, n)
+        values[rng.random(n) < 0.05] = np.nan
+        cols[name] = values.tolist()
+    frame = spark.createDataFrame(pa.table(cols).to_pandas()).withColumn(
+        REASON, F.lit(None).cast("string")).cache()
+    features = [w for w in fd.watched(spec, DriftConfig()) if w.kind == "dense"]
+    # a reference from another draw of the same features, pooled as validate pools it
+    other = good_rows(spec, 3000, seed=6)
+    reference = DayProfile("2026-04-01", {w.name: profile_values(w, other[w.name])
+                                          for w in features})
+    refs = {w.name: pool(w.name, [reference], 10) for w in features}
+
+    monkeypatch.setattr(fd, "PROFILE_SAMPLE_ROWS", sample)
+    assert fd.sample_fraction(n) == pytest.approx(sample / n)
+    profile, counts, rows = fd.measure(spec, frame, features, refs, rows=n)
+    exact, _, _ = fd.measure(spec, frame, features, refs, rows=sample)  # below: no sampling
+    assert rows == n
+    probs = np.array(profile_probabilities())
+    tolerance = 4 * np.sqrt(probs * (1 - probs) / sample) + 0.002  # 4 sigma + the summary's own
+    differs = 0
+    for w in features:
+        values = np.array(cols[w.name], dtype=np.float64)
+        present = np.sort(values[~np.isnan(values)])
+        got = profile.features[w.name]
+        assert (got.rows, got.nulls) == (n, n - len(present))  # exact
+        ranks = np.searchsorted(present, got.quantiles, side="right") / len(present)
+        assert np.all(np.abs(ranks - probs) <= tolerance), w.name
+        edges = refs[w.name].edges
+        want = np.array([np.sum((present >= edges[j - 1]) if j else np.ones_like(present))
+                         - (np.sum(present >= edges[j]) if j < len(edges) else 0)
+                         for j in range(len(edges) + 1)], dtype=np.float64)
+        np.testing.assert_array_equal(counts[w.name], want)  # exact, on every row
+        unsampled = exact.features[w.name].quantiles
+        ranks = np.searchsorted(present, unsampled, side="right") / len(present)
+        assert np.all(np.abs(ranks - probs) <= 0.002), w.name
+        differs += unsampled != got.quantiles
+    assert differs == len(features)  # the sampled summaries are not the whole-day ones
+    frame.unpersist()
