@@ -34,11 +34,14 @@ def labels_struct(spec: DatasetSpec) -> T.StructType:
     return T.StructType(fields)
 
 
+SCORED_AT = "scored_at"  # the predictions' scoring time (one value per run)
+
+
 def predictions_struct(spec: DatasetSpec, with_gates: bool = False) -> T.StructType:
     """Keys + ``p_<task>`` doubles + ``scored_at`` (+ per-task gate weight arrays)."""
     fields = [T.StructField(k.name, _SPARK[k.dtype], nullable=False) for k in spec.keys]
     fields += [T.StructField(c, T.DoubleType(), nullable=False) for c in spec.prediction_columns]
-    fields.append(T.StructField("scored_at", T.TimestampType(), nullable=False))
+    fields.append(T.StructField(SCORED_AT, T.TimestampType(), nullable=False))
     if with_gates:
         fields += [T.StructField(f"gate_{t}", T.ArrayType(T.FloatType()), nullable=True)
                    for t in spec.task_names]

@@ -269,3 +269,22 @@ def test_direct_reader_with_and_without_pipeline_write_the_same(spark, validated
     validated.scoring.pipeline = True
     _, piped = _score(spark, validated, synth, model_dir)
     assertDataFrameEqual(plain.drop("scored_at"), piped.drop("scored_at"))
+
+
+def test_direct_reader_files_use_a_dictionary_only_for_scored_at(spark, validated, synth,
+                                                                 model_dir):
+    """pyarrow's default would try (and abandon) a dictionary on every key and probability
+    column: 4x the write's CPU and larger files. Only the repeated scored_at gets one."""
+    from jobs.core.warehouse import parquet_files
+
+    validated.scoring.pipeline = True
+    result = score_partition(spark, validated, synth, DS, model_dir, False)
+    files = parquet_files(result.output)
+    assert files
+    for path in files:
+        meta = pq.ParquetFile(path).metadata
+        for rg in range(meta.num_row_groups):
+            for i in range(meta.num_columns):
+                column = meta.row_group(rg).column(i)
+                dictionary = column.dictionary_page_offset is not None
+                assert dictionary == (column.path_in_schema == "scored_at"), column.path_in_schema

@@ -28,6 +28,7 @@ from jobs.core.config import JobConfig, load_config
 from jobs.core.warehouse import parquet_files
 from jobs.runtime.kernel import arrow_schema, score_batch, utc_us
 from jobs.runtime.onnx import exported_graph
+from jobs.score.direct import predictions_writer
 from mmoe_model.artifact import ModelArtifact
 from mmoe_model.onnx_graph import OnnxRunner, check_graph, graph_feeds
 from schemas import load_spec
@@ -95,7 +96,7 @@ def bench_pieces(cfg: JobConfig, rows: int = 200_000, repeats: int = 3) -> dict[
                                repeats)
     with tempfile.TemporaryDirectory() as tmp:
         def write():
-            with pq.ParquetWriter(Path(tmp) / "out.parquet", schema) as writer:
+            with predictions_writer(Path(tmp) / "out.parquet", schema) as writer:
                 for s in scored:
                     writer.write_batch(s)
 

@@ -37,7 +37,7 @@ from jobs.runtime.kernel import (
     utc_us,
 )
 from schemas.spec import DatasetSpec
-from schemas.tables import predictions_struct
+from schemas.tables import SCORED_AT, predictions_struct
 
 
 def parquet_fragments(files: list[str]) -> list[tuple[str, int]]:
@@ -47,6 +47,14 @@ def parquet_fragments(files: list[str]) -> list[tuple[str, int]]:
     for path in files:
         fragments += [(str(path), rg) for rg in range(open_parquet(path).metadata.num_row_groups)]
     return fragments
+
+
+def predictions_writer(path, schema: pa.Schema) -> pq.ParquetWriter:
+    """The direct reader's parquet writer. Dictionary pages only for the one column that
+    repeats (``scored_at``): pyarrow's default tries a dictionary on every column, and on the
+    keys and probabilities it is abandoned each time: 0.32 vs 0.08 CPU-µs a row and 23 % larger
+    files (8192-row batches of synth predictions, measured)."""
+    return pq.ParquetWriter(path, schema, use_dictionary=[SCORED_AT])
 
 
 def quarantined_keys(tb: DatasetTables, spec: DatasetSpec, ds: str) -> np.ndarray | None:
@@ -115,7 +123,7 @@ def score_fragments(spark: SparkSession, fragments: list[tuple[str, int]], files
             # worker killed mid-file leaves hidden debris, never a visible partial part file.
             final = f"{out_dir}/part-{index:05d}.parquet"
             partial = f"{out_dir}/.part-{index:05d}-{attempt}.parquet.tmp"
-            with pq.ParquetWriter(partial, out_schema) as writer, \
+            with predictions_writer(partial, out_schema) as writer, \
                     Pipeline(writer.write_batch, pipelined) as pipe:
                 kept_batches = (kept(batch) for batch in pipe.read_ahead(batches))
                 for scored in scored_batches(kept_batches, score, faults):
