@@ -106,3 +106,12 @@ def test_help_shows_flags_bare_and_every_option_described():
                 assert f"{param.opts[0]} DATE" in text, (path, text)
             if param.opts[0] in ("--dataset",):
                 assert "--dataset NAME" in text, (path, text)
+
+
+@pytest.mark.parametrize("group", [[], ["data"], ["models"]])
+def test_command_lists_are_not_cut_short(group):
+    """Each command's one-line summary fits the listing (click cuts a long first sentence with
+    '...', as `backfill  Validate, score and evaluate every day of a range in one...` was)."""
+    text = runner.invoke(app, [*group, "--help"], terminal_width=80).stdout
+    listing = text.split("Commands:")[1].strip().splitlines()
+    assert listing and all(not line.rstrip().endswith("...") for line in listing), listing

@@ -13,7 +13,8 @@ import sys
 import typer
 import typer.main
 
-from jobs.cli import backfill, bench, compare, data, demo, models, nightly, train  # noqa: F401  (registers the commands)
+# registers the commands; `mmoe --help` lists them in this order (the groups data, models last)
+from jobs.cli import nightly, compare, backfill, train, demo, bench, data, models  # noqa: F401, I001
 from jobs.cli._app import app
 
 

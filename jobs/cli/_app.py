@@ -29,7 +29,8 @@ data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
 app.add_typer(data_app, name="data")
 models_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                          help="The model registry in the warehouse: register, promote, list, "
-                              "import, export (ONNX).")
+                              "import, export (ONNX).",
+                         short_help="The model registry: register, promote, import, export.")
 app.add_typer(models_app, name="models")
 
 MODEL_HELP = ("Model: an artifact directory, a registered version, or @alias (the promotion of "
@@ -50,13 +51,14 @@ class Globals:
 @app.callback()
 def _globals(
     ctx: typer.Context,
-    config: Optional[Path] = typer.Option(None, "--config", envvar="MMOE_CONFIG",
+    config: Optional[Path] = typer.Option(None, "--config", envvar="MMOE_CONFIG", metavar="FILE",
                                           help="Job config YAML (default: the embedded demo config)."),
     # a string, not a Path: Path("file:///x") collapses to "file:/x" (load_config parses it)
     warehouse: Optional[str] = typer.Option(None, "--warehouse", envvar="MMOE_WAREHOUSE",
+                                            metavar="DIR|URI",
                                             help="Warehouse root (a path or file:// URI); "
                                                  "overrides the config's."),
-    remote: Optional[str] = typer.Option(None, "--remote", envvar="SPARK_REMOTE",
+    remote: Optional[str] = typer.Option(None, "--remote", envvar="SPARK_REMOTE", metavar="URL",
                                          help="Spark Connect server (sc://HOST:PORT); overrides "
                                               "the config's spark.remote. Unset: classic Spark."),
 ) -> None:

@@ -23,7 +23,7 @@ from jobs.core.warehouse import date_range
 DEFAULT_MODEL = "@champion"
 
 
-@app.command()
+@app.command(short_help="Validate, score and evaluate every day of a ds range.")
 def backfill(
     ctx: typer.Context,
     dataset: str = typer.Option(..., "--dataset", metavar="NAME",

@@ -14,7 +14,7 @@ from jobs.core.errors import InputError
 BENCHES = ("scoring", "evaluation", "validation", "scaling", "compare", "catalog")
 
 
-@app.command()
+@app.command(short_help="Benchmark a stage against its peers (JSON on stdout).")
 def bench(
     ctx: typer.Context,
     which: str = typer.Argument(..., help=f"One of: {', '.join(BENCHES)}."),

@@ -16,7 +16,7 @@ from jobs.core.warehouse import date_range
 REF_HELP = "a model version, @alias (in force on --end) or artifact directory"
 
 
-@app.command()
+@app.command(short_help="Offline A/B of two models: verdicts, decision, report.")
 def compare(
     ctx: typer.Context,
     dataset: str = typer.Option(..., "--dataset", metavar="NAME",

@@ -13,7 +13,7 @@ from jobs.core.warehouse import local_path
 from jobs.data import CENSUS_DATASETS
 
 
-@data_app.command("census")
+@data_app.command("census", short_help="Ingest a raw UCI Census-Income file (two data sets).")
 def data_census(
     ctx: typer.Context,
     input: Path = typer.Option(..., "--input", help="Raw UCI Census-Income file (.gz or plain)."),
@@ -32,7 +32,7 @@ def data_census(
     run_command(ctx, "data-census", "census", ds, body, runs_in=CENSUS_DATASETS)
 
 
-@data_app.command("synth")
+@data_app.command("synth", short_help="Generate synthetic impression logs and catalog tables.")
 def data_synth(
     ctx: typer.Context,
     start: str = typer.Option(..., "--start", metavar="DATE",

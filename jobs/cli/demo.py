@@ -198,7 +198,7 @@ def main(cfg: JobConfig | None = None) -> int:
     return 0
 
 
-@app.command("demo")
+@app.command("demo", short_help="The product's three uses on synthetic data (make demo).")
 def demo_command(ctx: typer.Context) -> None:
     """The nightly day, an A/B of two models, a backfill and the catalog on the config's demo
     section (what `make demo` runs)."""

@@ -30,7 +30,8 @@ EFFECTIVE = typer.Option(None, "--effective", metavar="DATE",
 REASON = typer.Option(None, "--reason", help="Why (kept in the history).")
 
 
-@models_app.command("register")
+@models_app.command("register",
+                    short_help="Copy an artifact into the registry (optionally alias it).")
 def models_register(
     ctx: typer.Context,
     directory: Path = typer.Argument(..., help="Model artifact directory."),
@@ -45,7 +46,7 @@ def models_register(
     _registry_job(ctx, "models-register", lambda: artifact_dataset(directory), body)
 
 
-@models_app.command("promote")
+@models_app.command("promote", short_help="Point an alias at a version from an effective date.")
 def models_promote(
     ctx: typer.Context,
     version: str = typer.Argument(..., help="A registered model version."),
@@ -66,7 +67,7 @@ def models_promote(
     _registry_job(ctx, "models-promote", which_dataset, body)
 
 
-@models_app.command("import")
+@models_app.command("import", short_help="Register an ONNX model trained elsewhere.")
 def models_import(
     ctx: typer.Context,
     file: Path = typer.Argument(..., help="The model file (an ONNX graph)."),
@@ -85,7 +86,7 @@ def models_import(
     _registry_job(ctx, "models-import", lambda: safe_name(dataset, "--dataset"), body)
 
 
-@models_app.command("export")
+@models_app.command("export", short_help="Write a model as one ONNX graph (encoding included).")
 def models_export(
     ctx: typer.Context,
     model: str = typer.Argument(..., help="An artifact directory, a registered version, or "
@@ -110,7 +111,7 @@ def models_export(
                   lambda: export_dataset(ctx.obj.job_config(), model, dataset), body)
 
 
-@models_app.command("list")
+@models_app.command("list", short_help="The registered versions and their aliases.")
 def models_list(
     ctx: typer.Context,
     dataset: Optional[str] = typer.Option(None, "--dataset", metavar="NAME",

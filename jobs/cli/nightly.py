@@ -15,7 +15,7 @@ DATASET_HELP = "Dataset spec name (schemas/specs/NAME.yaml)."
 DS_HELP = "Partition date YYYY-MM-DD."
 
 
-@app.command()
+@app.command(short_help="Validate a day's features (Great Expectations, drift).")
 def validate(
     ctx: typer.Context,
     dataset: str = typer.Option(..., "--dataset", metavar="NAME", help=DATASET_HELP),
@@ -33,7 +33,7 @@ def validate(
     run_command(ctx, "validate", dataset, ds, body)
 
 
-@app.command()
+@app.command(short_help="Score a validated day with a model.")
 def score(
     ctx: typer.Context,
     dataset: str = typer.Option(..., "--dataset", metavar="NAME", help=DATASET_HELP),
@@ -61,7 +61,7 @@ def score(
     run_command(ctx, "score", dataset, ds, body)
 
 
-@app.command()
+@app.command(short_help="A day's metrics: predictions against labels.")
 def evaluate(
     ctx: typer.Context,
     dataset: str = typer.Option(..., "--dataset", metavar="NAME", help=DATASET_HELP),

@@ -36,7 +36,7 @@ def model_options(model, gate: str | None, gate_k: int | None,
         raise InputError(str(exc)) from None
 
 
-@app.command()
+@app.command(short_help="Train a model on a ds range.")
 def train(
     ctx: typer.Context,
     dataset: str = typer.Option(..., "--dataset", metavar="NAME", help="Dataset spec name (schemas/specs/NAME.yaml)."),
