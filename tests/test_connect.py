@@ -18,7 +18,9 @@ project, so every step below also proves the client ships its code (pyfile artif
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -30,8 +32,8 @@ from pyspark.testing import assertDataFrameEqual
 from typer.testing import CliRunner
 
 from _reliability import (
-    REPO, assert_clean_error, cli_env, job_config_file, last_manifest, mmoe_command, tiny_model,
-    write_day,
+    REPO, assert_clean_error, cli_env, job_config_file, kill_group, last_manifest, mmoe_command,
+    start_cli, tiny_model, wait_for, write_day,
 )
 from jobs.cli import app
 from jobs.core.config import load_config
@@ -198,3 +200,58 @@ def test_unreachable_server_and_bad_url_fail_in_seconds(tmp_path):
     assert_clean_error(proc.stderr, "unreachable", closed)
     assert last_manifest(proc.stdout)["status"] == "failed"
     assert time.monotonic() - started < 60  # interpreter + imports on a loaded 2-core machine
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has ended
+
+
+def test_sigterm_over_connect_stops_the_client_and_interrupts_the_servers_job(
+        spark, connect_server, tmp_path):
+    """Airflow SIGTERMs a Connect client mid-job: the client ends like any stopped job (exit
+    143, one error line, the failed manifest), and the job it started on the server is
+    interrupted: the hung task's Python worker (it would sleep 10 minutes) is gone within
+    seconds, and nothing is written. (The server drops an execution whose client went away:
+    measured 3.5 s after the signal, the same with an explicit ``interruptAll`` from the
+    handler, which is therefore not made.)"""
+    spec = load_spec("synth")
+    model = tiny_model(tmp_path / "model", spec, seed=3)
+    wh, ds = tmp_path / "wh", DAYS[0]
+    write_day(wh, spec, ds, n=N, seed=3, first_key=0)
+    cfg = load_config(warehouse=wh)
+    cfg.validation.keep_data_docs = False
+    assert validate_partition(spark, cfg, spec, ds).status == "passed"  # classic, in process
+    markers = tmp_path / "markers"
+    proc = start_cli(["--remote", connect_server.url, "--warehouse", str(wh), "score",
+                      "--dataset", "synth", "--ds", ds, "--model", str(model)],
+                     cli_env(MMOE_FAULT="score_task_hang", MMOE_TEST_PAUSE_DIR=str(markers)),
+                     tmp_path / "log")
+    try:
+        wait_for(markers / "in_task", proc, timeout=240)
+        worker = int((markers / "in_task").read_text().split()[1])
+        assert _alive(worker)
+        started = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        stopped_in = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+    stdout, stderr = ((tmp_path / "log" / name).read_text() for name in ("stdout", "stderr"))
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert_clean_error(stderr, "stopped by SIGTERM")
+    manifest = last_manifest(stdout)
+    assert manifest["status"] == "failed" and manifest["job"] == "score"
+    assert stopped_in < 30, stopped_in
+    deadline = time.monotonic() + 30
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _alive(worker), "the server's task still runs after its client was stopped"
+    print(f"client stopped in {stopped_in:.1f}s; the server's task ended "
+          f"{time.monotonic() - started:.1f}s after the signal")
+    predictions = Warehouse(wh).partition("synth", "predictions", ds)
+    assert not predictions.exists() or not any(predictions.rglob("*.parquet"))

@@ -12,8 +12,9 @@ retry the task and the retry must give the same output as a clean run):
 - ``score_task_first_attempt`` — the scoring function raises :class:`InjectedFault`;
 - ``score_worker_kill_first_attempt`` — the Python worker kills itself with SIGKILL
   (a worker crashing mid-batch: out of memory, a segfault in native code);
-- ``score_task_hang`` — the task touches ``$MMOE_TEST_PAUSE_DIR/in_task`` and sleeps (up to
-  10 minutes): a Spark job still running when the signal tests send SIGTERM.
+- ``score_task_hang`` — the task writes its partition and its Python worker's pid to
+  ``$MMOE_TEST_PAUSE_DIR/in_task`` (the driver's variable, carried in the closure too) and
+  sleeps (up to 10 minutes): a Spark job still running when the signal tests send SIGTERM.
 
 Spark retries a failed task up to ``spark.task.maxFailures`` times (default 4) on a cluster;
 plain ``local[N]`` never retries (use ``local[N,F]``).
@@ -38,13 +39,22 @@ class InjectedFault(RuntimeError):
     """Raised in an executor by ``score_task_first_attempt``."""
 
 
-def active_faults() -> frozenset[str]:
+class Faults(frozenset):
+    """The active fault names, plus the driver's ``MMOE_TEST_PAUSE_DIR`` for the hang marker
+    (over Spark Connect the executors have the server's environment, not the client's)."""
+
+    pause_dir: str = "."
+
+
+def active_faults() -> Faults:
     """The faults named by ``MMOE_FAULT`` (empty: none, the default)."""
     names = {n.strip() for n in os.environ.get(FAULT_ENV, "").split(",") if n.strip()}
     unknown = sorted(names - set(FAULTS))
     if unknown:
         raise ConfigError(f"{FAULT_ENV} names unknown fault(s) {unknown}; known: {', '.join(FAULTS)}")
-    return frozenset(names)
+    faults = Faults(names)
+    faults.pause_dir = os.environ.get("MMOE_TEST_PAUSE_DIR", ".")
+    return faults
 
 
 def after_first_batch(faults: frozenset[str]) -> None:
@@ -59,9 +69,9 @@ def after_first_batch(faults: frozenset[str]) -> None:
     if "score_worker_kill_first_attempt" in faults:
         os.kill(os.getpid(), signal.SIGKILL)
     if "score_task_hang" in faults:
-        marker = Path(os.environ.get("MMOE_TEST_PAUSE_DIR", ".")) / "in_task"
+        marker = Path(getattr(faults, "pause_dir", ".")) / "in_task"
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(str(ctx.partitionId()))
+        marker.write_text(f"{ctx.partitionId()} {os.getpid()}")  # the pid: a test sees it end
         time.sleep(600)
     if "score_task_first_attempt" in faults:
         raise InjectedFault(f"{FAULT_ENV}=score_task_first_attempt: partition "
