@@ -115,3 +115,29 @@ def test_command_lists_are_not_cut_short(group):
     text = runner.invoke(app, [*group, "--help"], terminal_width=80).stdout
     listing = text.split("Commands:")[1].strip().splitlines()
     assert listing and all(not line.rstrip().endswith("...") for line in listing), listing
+
+
+def test_py4j_root_logger_tracebacks_stay_off_stderr(tmp_path):
+    """py4j logs a lost JVM connection with the module-level ``logging.exception`` (seen once
+    after SIGTERM to a job's process group): the console script keeps that off stderr, while
+    any other warning still reaches it. In a fresh interpreter, as the console script runs."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "py4j" / "java_gateway.py"  # a module of a directory named py4j
+    fake.parent.mkdir()
+    fake.write_text("import logging\n"
+                    "def send():\n"
+                    "    try:\n"
+                    "        raise ConnectionResetError(104, 'Connection reset by peer')\n"
+                    "    except OSError:\n"
+                    "        logging.exception('Exception while sending command.')\n")
+    script = ("import logging, runpy, sys\n"
+              "from jobs.cli import quiet_py4j_root_logging\n"
+              "quiet_py4j_root_logging()\n"
+              f"runpy.run_path({str(fake)!r})['send']()\n"
+              "logging.getLogger('some.library').warning('a warning people should see')\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().splitlines() == ["a warning people should see"], out.stderr

@@ -8,13 +8,17 @@ one-line error goes to stderr. Only this package exits.
 
 from __future__ import annotations
 
+import logging
 import sys
+from pathlib import Path
 
 import typer
 import typer.main
 
 # registers the commands; `mmoe --help` lists them in this order (the groups data, models last)
-from jobs.cli import nightly, compare, backfill, train, demo, bench, data, models  # noqa: F401, I001
+# isort: off
+from jobs.cli import nightly, compare, backfill, train, demo, bench, data, models  # noqa: F401
+# isort: on
 from jobs.cli._app import app
 
 
@@ -43,9 +47,33 @@ def command_line(path: list[str], **options: object) -> list[str]:
     return head + list(path) + tail
 
 
+class _NotPy4j(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "py4j" not in Path(record.pathname).parts
+
+
+def quiet_py4j_root_logging() -> None:
+    """py4j reports a lost JVM connection with the module-level ``logging.exception`` (the root
+    logger), which, with no handler there, installs one on stderr and prints a traceback. A job
+    stopped by SIGTERM with its whole process group (the JVM dies too) can hit that while it
+    cleans up, after which stderr would not end in one error line (seen once in a clean-clone
+    run of tests/test_signals.py). The job's error line says what happened; every other
+    record reaches stderr as Python's last-resort handler prints it (WARNING and up, the
+    message)."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(_NotPy4j())
+    root.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The console script: the app without click's standalone mode, so a mistyped flag or a
     missing option is one plain ``error:`` line on stderr (exit 2), not Typer's box."""
+    quiet_py4j_root_logging()
     try:
         code = app(args=argv, prog_name="mmoe", standalone_mode=False)
     except typer.Abort:
