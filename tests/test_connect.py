@@ -226,6 +226,8 @@ def test_sigterm_over_connect_stops_the_client_and_interrupts_the_servers_job(
     cfg.validation.keep_data_docs = False
     assert validate_partition(spark, cfg, spec, ds).status == "passed"  # classic, in process
     markers = tmp_path / "markers"
+    # the embedded default config: its driver-only settings (spark.ui.enabled,
+    # spark.driver.memory) must not print warnings over Connect (seen in a clean-clone run)
     proc = start_cli(["--remote", connect_server.url, "--warehouse", str(wh), "score",
                       "--dataset", "synth", "--ds", ds, "--model", str(model)],
                      cli_env(MMOE_FAULT="score_task_hang", MMOE_TEST_PAUSE_DIR=str(markers)),

@@ -97,14 +97,20 @@ def check_remote(url: str, timeout: float = CONNECT_TIMEOUT_S) -> tuple[str, int
 
 
 def connect_session(cfg: SparkConfig, url: str) -> SparkSession:
-    """A Spark Connect session for ``url`` with the config's settings (the server ignores the
-    ones only a driver's start can set: memory, UI) and the project's code added to it."""
+    """A Spark Connect session for ``url`` with the config's settings that a session can set
+    (the SQL ones, and any other the server says is modifiable; the ones only a driver's start
+    can set, such as memory or the UI, belong to the server: the client would print a warning
+    for each) and the project's code added to it."""
     check_remote(url)
     builder = SparkSession.builder.remote(url).appName(cfg.app_name)
     for key, value in cfg.conf.items():
-        builder = builder.config(key, value)
+        if key.startswith("spark.sql."):
+            builder = builder.config(key, value)
     try:
         spark = builder.getOrCreate()
+        for key, value in cfg.conf.items():
+            if not key.startswith("spark.sql.") and spark.conf.isModifiable(key):
+                spark.conf.set(key, value)
         ship_code(spark)
     except Exception as exc:  # grpc/pyspark errors: keep the first line only
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
