@@ -40,7 +40,8 @@ class Cluster:
         self.env = {k: v for k, v in cli_env().items() if k != "PYTHONPATH"}  # nothing shared
         self.env.update(SPARK_HOME=str(spark_bin().parent), SPARK_LOCAL_IP="127.0.0.1",
                         SPARK_DAEMON_MEMORY="256m", SPARK_LOG_DIR=str(root / "logs"),
-                        SPARK_NO_DAEMONIZE="1")
+                        SPARK_NO_DAEMONIZE="1",
+                        SPARK_DAEMON_JAVA_OPTS=os.environ.get("SPARK_SUBMIT_OPTS", ""))
 
     @property
     def url(self) -> str:
@@ -111,7 +112,9 @@ class Cluster:
                 "spark.executor.cores": "1", "spark.cores.max": "2",
                 "spark.pyspark.python": sys.executable, "spark.pyspark.driver.python": sys.executable,
                 "spark.driver.extraJavaOptions":
-                    f"-Dlog4j2.configurationFile={(REPO / 'jobs' / 'core' / 'log4j2.properties').as_uri()}"}
+                    f"-Dlog4j2.configurationFile={(REPO / 'jobs' / 'core' / 'log4j2.properties').as_uri()}",
+                # the tests' JVM options (tests/conftest.py) for the executors too
+                "spark.executor.extraJavaOptions": os.environ.get("SPARK_SUBMIT_OPTS", "")}
 
     def submit(self, zip_path: Path, config: Path, wh: Path, *args: str, ok: bool = True,
                executors: int = 2):

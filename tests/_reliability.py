@@ -109,8 +109,10 @@ def job_config_file(path: Path, master: str = "local[2]", **sections) -> Path:
 
 
 def cli_env(**extra: str) -> dict[str, str]:
+    # (SPARK_SUBMIT_OPTS: the tests' JVM options, tests/conftest.py; nothing of a session's state)
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MMOE_", "PYSPARK_", "SPARK_")) or k == "SPARK_HOME"}
+           if not k.startswith(("MMOE_", "PYSPARK_", "SPARK_"))
+           or k in ("SPARK_HOME", "SPARK_SUBMIT_OPTS")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in
                                                        env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.update(extra)
