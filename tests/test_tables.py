@@ -173,16 +173,33 @@ def test_quarantine_partition_on_the_catalog(spark, flows):
                              spark.read.parquet(str(wh.partition("synth", "quarantine", ds))))
 
 
+def _location(spark, name, **part) -> Path:
+    """A partition's directory, as the metastore has it (plain SQL, not the code under test)."""
+    spec = ", ".join(f"{k}='{v}'" for k, v in part.items())
+    rows = spark.sql(f"DESCRIBE TABLE EXTENDED {name} PARTITION ({spec})").collect()
+    location = next(r[1] for r in rows if r[0] == "Location")
+    return Path(location.removeprefix("file:"))
+
+
 def test_rerun_replaces_the_catalog_partition(spark, flows):
+    """A parquet output's partition is the staged files themselves, registered in the table's
+    directory (no copy); a rerun points the partition at its new files and deletes the old."""
     _, cat_cfg, _, cat, models = flows
     spec = load_spec("synth")
     v = cat["versions"][0]
-    before = _catalog(spark, f"{DB}.predictions", ds=DAYS[0], model_version=v).count()
+    def rows():
+        return _catalog(spark, f"{DB}.predictions", ds=DAYS[0], model_version=v).drop("scored_at")
+
+    before = rows().collect()
+    old = _location(spark, f"{DB}.predictions", ds=DAYS[0], model_version=v)
+    assert old.parent.name == "_mmoe_partitions" and list(old.glob("*.parquet"))
     score_partition(spark, cat_cfg, spec, DAYS[0], models[0])
-    assert _catalog(spark, f"{DB}.predictions", ds=DAYS[0], model_version=v).count() == before
+    new = _location(spark, f"{DB}.predictions", ds=DAYS[0], model_version=v)
+    assert new != old and new.parent == old.parent and not old.exists()
+    assertDataFrameEqual(rows(), before)
     # the other version's partition of the day is untouched
     assert _catalog(spark, f"{DB}.predictions", ds=DAYS[0],
-                    model_version=cat["versions"][1]).count() == before
+                    model_version=cat["versions"][1]).count() == len(before)
     # metrics of one version re-evaluated: the other version's rows are kept, none doubled
     n = _catalog(spark, f"{DB}.metrics", ds=DAYS[0]).count()
     evaluate_partition(spark, cat_cfg, spec, DAYS[0], [v])
@@ -206,6 +223,47 @@ def test_drift_on_the_catalog_keeps_each_writers_rows(spark, tmp_path):
                  for r in _catalog(spark, f"{DB}.drift", ds=ds).collect())
     assert got == [("p_click", "v1", 0.3, True), ("x1", None, 0.05, False)]
     assert list(Warehouse(cfg.warehouse).table("synth", "drift").rglob("*.parquet")) == []
+
+
+@pytest.mark.parametrize("case, registered", [("hive-parquet", True), ("date-partition", True),
+                                              ("float-column", False), ("orc-table", False)])
+def test_an_output_table_gets_the_staged_files_registered_or_inserted(spark, flows, case,
+                                                                      registered):
+    """A Hive parquet table, or one partitioned by a DATE column of its own name, takes the
+    staged files as they are (registered in its directory). Where Spark would not read them as
+    the table's own (a column of another type, a table in another format), Spark inserts the
+    rows: cast to the table's types, in its format, in the partition's usual directory."""
+    _, cat_cfg, _, cat, models = flows
+    name, v = f"{DB}.predictions_{case.replace('-', '_')}", cat["versions"][0]
+    day, mapping = ("day", TableMapping(name, "day", "date")) if case == "date-partition" \
+        else ("ds", TableMapping(name))
+    schema = spark.table(f"{DB}.predictions").schema
+    data = [f for f in schema.fields if f.name not in ("ds", "model_version")]
+    cols = ", ".join(f"`{f.name}` " + ("FLOAT" if f.name == "p_click" and case == "float-column"
+                                      else f.dataType.simpleString()) for f in data)
+    if case == "hive-parquet":
+        spark.sql(f"CREATE TABLE {name} ({cols}) STORED AS PARQUET "
+                  f"PARTITIONED BY (ds STRING, model_version STRING)")
+    else:
+        fmt = "orc" if case == "orc-table" else "parquet"
+        dtype = "DATE" if day == "day" else "STRING"
+        spark.sql(f"CREATE TABLE {name} ({cols}, {day} {dtype}, model_version STRING) "
+                  f"USING {fmt} PARTITIONED BY ({day}, model_version)")
+    cfg = replace(cat_cfg, tables={"synth": {**MAPPING, "predictions": mapping}})
+    for _ in range(2):  # the second run replaces the first's partition
+        score_partition(spark, cfg, load_spec("synth"), DAYS[0], models[0])
+    want = _catalog(spark, f"{DB}.predictions", ds=DAYS[0], model_version=v)
+    got = _catalog(spark, name, **{day: DAYS[0]}, model_version=v)
+    assert dict(got.dtypes)["p_click"] == ("float" if case == "float-column" else "double")
+    assertDataFrameEqual(got.drop("scored_at"),
+                         want.drop("scored_at").withColumn("p_click", F.col("p_click")
+                                                           .cast(dict(got.dtypes)["p_click"])))
+    where = _location(spark, name, **{day: DAYS[0]}, model_version=v)
+    assert ("_mmoe_partitions" in where.parts) == registered
+    if registered:  # the first run's directory is gone
+        assert [p.name for p in where.parent.iterdir()] == [where.name]
+    else:
+        assert where.name == f"model_version={v}"
 
 
 # --------------------------------------------------------------------------------------------

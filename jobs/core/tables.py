@@ -6,28 +6,42 @@ A dataset's logical table (features, labels, predictions, ...) is either
   (``catalog/<name>`` for the unpartitioned users / items), the embedded default; or
 - a :class:`CatalogTable` — a Spark catalog table named in the job config's ``tables:``
   section (CONTRACT.md, "Tables"), read with ``spark.table(name)`` + a partition filter and
-  written with ``INSERT OVERWRITE ... PARTITION (...)``; created on first write from the staged
+  written one whole partition at a time (below); created on first write from the staged
   rows' schema (which the spec drives), ``USING parquet PARTITIONED BY (ds[, model_version])``.
 
 Both give the same calls, and no stage asks which kind it has: :meth:`exists`,
 :meth:`partitions`, :meth:`sub_partitions`, :meth:`files`, :meth:`schema`, :meth:`count`,
 :meth:`fingerprint`, :meth:`read` (Spark, with the one column check), :meth:`read_arrow`
 (driver-side, small tables), :meth:`writing` (a staging directory the stage writes parquet
-into; swapped in whole for a path table, inserted as one partition overwrite for a catalog
-table) and :meth:`remove`.
+into; swapped in whole for a path table, registered or inserted as the partition of a catalog
+table, below) and :meth:`remove`.
 
 A partition is addressed as ``(ds, **more)``: ``ds`` is the date (None for an unpartitioned
 table), ``more`` the further partition columns (``model_version=V``; ``report=ID`` for
 ab_reports). A catalog table's ``ds`` column is named by its mapping's ``partition_column``
 (default ``ds``) and typed ``string`` (``YYYY-MM-DD``, default) or ``date``.
 
-Atomicity of a catalog write: the rows are first staged as parquet under the warehouse (hidden
-name), then one ``INSERT OVERWRITE TABLE t PARTITION (ds='D'[, model_version='V'])`` replaces
-the partition. Spark's file-source commit writes the new files under the table's
-``.spark-staging-*`` directory and, at job commit, deletes the old partition directory and
-renames the new one in: a reader in that window (milliseconds on one filesystem) or after a
-crash inside it sees the partition empty, never mixed; the rerun replaces it. A failure before
-the commit leaves the old partition as it was.
+A catalog write first stages the rows as parquet under the warehouse (hidden name). Then:
+
+- **registered** (a partitioned parquet table — Spark's ``USING parquet`` or Hive's parquet
+  serde — on a local filesystem, its partitions kept in the catalog, whose data columns have
+  the staged files' names and types): the staged directory is renamed into the table's
+  directory, ``<table>/_mmoe_partitions/<partition>-<id>/``, and one metastore call points the
+  partition at it (``ALTER TABLE t PARTITION (...) SET LOCATION``, or ``ADD PARTITION ...
+  LOCATION`` for a new one); the partition's old directory inside the table is then deleted.
+  No row is copied. A reader sees the old partition or the new one, never an empty or mixed
+  one (a query still reading the old files when they go fails, as with any overwrite); a crash
+  after the metastore call leaves the old files behind, unread (the next rerun does not delete
+  them: delete ``_mmoe_partitions`` directories no partition points at). A rename or a catalog
+  that refuses falls back to:
+- **inserted** (anything else: another format, a column of another type, a remote location,
+  an unpartitioned table): one ``INSERT OVERWRITE TABLE t PARTITION (ds='D'[,
+  model_version='V'])``. Spark's file-source commit writes the new files under the table's
+  ``.spark-staging-*`` directory and, at job commit, deletes the old partition directory and
+  renames the new one in: a reader in that window (milliseconds on one filesystem) or after a
+  crash inside it sees the partition empty, never mixed; the rerun replaces it.
+
+Either way a failure before the swap leaves the old partition as it was.
 """
 
 from __future__ import annotations
@@ -38,6 +52,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -48,6 +63,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema
 
+from jobs.core import signals
 from jobs.core.config import JobConfig, TableMapping
 from jobs.core.errors import MissingInputError, TableError
 from jobs.core.spark import read_partition
@@ -68,6 +84,9 @@ from jobs.core.warehouse import (
 # directory of the unpartitioned users / items tables.
 UNPARTITIONED = ("users", "items")
 NO_DS = UNPARTITIONED + ("ab_reports",)  # not partitioned by date
+# Where registered partitions live inside a catalog table's directory (hidden: a scan of the
+# table's root, e.g. ``MSCK REPAIR``, skips it).
+REGISTERED_DIR = "_mmoe_partitions"
 EXTRA_PARTITIONS = {"predictions": ("model_version",), "recommendations": ("model_version",),
                     "ab_reports": ("report",)}
 
@@ -432,8 +451,7 @@ class CatalogTable(Table):
             yield staged
             staging.mkdir(parents=True, exist_ok=True)
             staged.rows = _staged_rows(staging)
-            self._insert(spark, staging, part)
-            self._keep_sidecars(staging, part)
+            self._keep_sidecars(self._insert(spark, staging, part), part)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -449,7 +467,16 @@ class CatalogTable(Table):
         for path in extras:
             write_bytes(twin / path.name, path.read_bytes())
 
-    def _insert(self, spark: SparkSession, staging: Path, part: Partition) -> None:
+    def _spec(self, part: Partition) -> str:
+        """The partition as a SQL partition spec's contents (``ds='D', model_version='V'``)."""
+        values = ([] if part.ds is None else [(self.ds_column, part.ds)]) + list(part.more)
+        dated = self.mapping.partition_type == "date"
+        return ", ".join(f"`{k}`=" + (f"DATE'{v}'" if k == self.ds_column and dated else f"'{v}'")
+                         for k, v in values)
+
+    def _insert(self, spark: SparkSession, staging: Path, part: Partition) -> Path:
+        """Put the staged rows in as the partition; returns where the staged directory is now
+        (moved into the table when its files were registered, else still ``staging``)."""
         files = [str(p) for p in parquet_files(staging)]
         existing = self._existing()
         if files:
@@ -464,27 +491,123 @@ class CatalogTable(Table):
             self._create(spark, frame.schema)
             existing = self.check()
         self._check_columns(existing, frame.columns)
+        table_dir = self._registration_dir(spark, existing, frame.schema, part) if files else None
+        if table_dir is not None:
+            moved = self._register(spark, staging, part, table_dir, len(files))
+            if moved is not None:
+                return moved
         data_cols = self._data_columns(existing)
         view = f"mmoe_staged_{uuid.uuid4().hex[:12]}"
         frame.select(*data_cols).createOrReplaceTempView(view)
-        values = ([] if part.ds is None else [(self.ds_column, part.ds)]) + list(part.more)
-        dated = self.mapping.partition_type == "date"
-        spec = ", ".join(f"`{k}`=" + (f"DATE'{v}'" if k == self.ds_column and dated else f"'{v}'")
-                         for k, v in values)
+        spec = self._spec(part)
         try:
             spark.sql(f"INSERT OVERWRITE TABLE {_quote(self.name)}"
                       + (f" PARTITION ({spec})" if spec else "")
                       + f" SELECT {', '.join(f'`{c}`' for c in data_cols)} FROM {view}")
         finally:
             spark.catalog.dropTempView(view)
+        return staging
+
+    # ---- registering the staged files as the partition (no copy); see the module docstring
+
+    def _describe(self, spark: SparkSession, part: Partition | None = None) -> dict[str, str]:
+        """The detailed-information rows of ``DESCRIBE TABLE EXTENDED`` (of a partition)."""
+        spec = f" PARTITION ({self._spec(part)})" if part is not None else ""
+        rows = spark.sql(f"DESCRIBE TABLE EXTENDED {_quote(self.name)}{spec}").collect()
+        info, detail = {}, False
+        for row in rows:
+            key = (row[0] or "").strip()
+            if key.startswith("# Detailed"):
+                detail = True
+            elif detail and key and not key.startswith("#"):
+                # the first: a partition's own Location comes before its table's
+                info.setdefault(key, (row[1] or "").strip())
+        return info
+
+    def _table_dir(self, spark: SparkSession) -> Path | None:
+        """The table's directory when its partitions can take registered parquet files: a
+        parquet table (Spark's or Hive's parquet serde) on a local filesystem, its partitions
+        kept in the catalog."""
+        info = self._describe(spark)
+        parquet = info.get("Provider", "").lower() == "parquet" or (
+            info.get("Provider", "").lower() == "hive"
+            and "parquet" in info.get("Serde Library", "").lower())
+        managed = spark.conf.get("spark.sql.hive.manageFilesourcePartitions", "true") == "true"
+        location = info.get("Location", "")
+        if not (parquet and managed and location.startswith(("file:/", "/"))):
+            return None
+        return Path(_local_path(location))
+
+    def _registration_dir(self, spark: SparkSession, existing: T.StructType,
+                          staged: T.StructType, part: Partition) -> Path | None:
+        """The table's directory where the staged files can become the partition as they are:
+        Spark reads them as the table's own only in a partitioned parquet table whose data
+        columns have the staged files' names and types (None: insert the rows instead)."""
+        if part.ds is None and not part.more:
+            return None
+
+        def types(schema: T.StructType, skip: list[str]) -> dict[str, str]:
+            return {f.name: f.dataType.simpleString() for f in schema.fields if f.name not in skip}
+
+        if types(existing, self.partition_columns()) != types(staged, []):
+            return None
+        return self._table_dir(spark)
+
+    def _partition_dir(self, spark: SparkSession, part: Partition) -> Path | None:
+        """The partition's current directory (None: no such partition, or not local)."""
+        listed = f" PARTITION ({self._spec(part)})"
+        if not spark.sql(f"SHOW PARTITIONS {_quote(self.name)}{listed}").collect():
+            return None
+        location = self._describe(spark, part).get("Location", "")
+        return Path(_local_path(location)) if location.startswith(("file:/", "/")) else None
+
+    def _register(self, spark: SparkSession, staging: Path, part: Partition, table_dir: Path,
+                  files: int) -> Path | None:
+        """Move the staged directory into the table and point the partition at it (one
+        metastore call), then delete the partition's old directory. None where the move or the
+        catalog refuses (the caller then inserts the rows); the partition is untouched then."""
+        label = part.label(self.ds_column).replace("/", "__")
+        target = table_dir / REGISTERED_DIR / f"{label}-{uuid.uuid4().hex[:12]}"
+        old = self._partition_dir(spark, part)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging.rename(target)  # the same filesystem or OSError: nothing moved
+        except OSError:
+            return None
+        verb = "PARTITION ({}) SET LOCATION" if old is not None else "ADD PARTITION ({}) LOCATION"
+        try:
+            with signals.deferred():
+                spark.sql(f"ALTER TABLE {_quote(self.name)} {verb.format(self._spec(part))} "
+                          f"'file:{target}'")
+        except Exception:  # a catalog that cannot: insert the rows instead, as if never tried
+            target.rename(staging)
+            return None
+        spark.catalog.refreshTable(self.name)
+        seen = self._frame(part).inputFiles()
+        if len(seen) != files or not all(_local_path(f).startswith(f"{target}/") for f in seen):
+            raise TableError(f"{self.dataset} {self.table}: {self.where(part.ds, **dict(part.more))}"
+                             f" was registered at {target} but the catalog lists {len(seen)} "
+                             f"files elsewhere")
+        if old is not None and old != target and _inside(old, table_dir) \
+                and not _inside(target, old):
+            shutil.rmtree(old, ignore_errors=True)
+        return target
 
     def remove(self, ds=None, **more):
         if self._existing() is None:
             return
-        part = Partition.of(ds, more)
-        values = ([] if part.ds is None else [(self.ds_column, part.ds)]) + list(part.more)
-        spec = ", ".join(f"`{k}`='{v}'" for k, v in values)
+        spec = self._spec(Partition.of(ds, more))
         self._session().sql(f"ALTER TABLE {_quote(self.name)} DROP IF EXISTS PARTITION ({spec})")
+
+
+def _local_path(location: str) -> str:
+    """A catalog location (``file:/x``, ``file:///x`` or ``/x``) as a local path."""
+    return unquote(urlparse(location).path) if location.startswith("file:") else location
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    """``path`` lies strictly below ``parent``."""
+    return path != parent and path.is_relative_to(parent)
 
 
 def _staged_rows(staging: Path) -> int:
