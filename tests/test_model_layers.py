@@ -171,6 +171,22 @@ def test_ple_task_gates_see_only_own_and_shared_experts():
         torch.testing.assert_close(model(dense, cats), torch.stack(expected, 1))
 
 
+def test_omoe_matches_hand_written_forward():
+    """OMoE: one gate's mixture of the experts feeds every task's tower."""
+    model = build_model(small("omoe"), LAYOUT, num_tasks=3).eval()
+    dense, cats = inputs()
+    with torch.no_grad():
+        embs = [emb(cats[:, i]) for i, emb in enumerate(model.input.embeddings)]
+        x = torch.cat([dense] + embs, 1)
+        experts = [reference_expert(model.experts[0], e, x) for e in range(3)]
+        g = torch.softmax(x @ model.task_gate.weight[0] + model.task_gate.bias[0], -1)
+        mixed = sum(g[:, e:e + 1] * experts[e] for e in range(3))
+        expected = torch.stack([model.towers[t](mixed) for t in range(3)], 1)
+        logits, gates = model(dense, cats, return_gates=True)
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(gates, g.expand(3, -1, -1))
+
+
 def test_omoe_equals_mmoe_with_one_task():
     mmoe = build_model(small("mmoe", num_levels=2), LAYOUT, num_tasks=1).eval()
     omoe = build_model(small("omoe", num_levels=2), LAYOUT, num_tasks=1).eval()
