@@ -266,6 +266,26 @@ def test_an_output_table_gets_the_staged_files_registered_or_inserted(spark, flo
         assert where.name == f"model_version={v}"
 
 
+def test_a_stray_file_among_the_staged_ones_gets_the_rows_inserted(spark, tmp_path):
+    """A non-parquet file staged beside the rows (a README) would be read as data of a
+    registered partition: those rows are inserted instead, and the file is not data."""
+    from jobs.core.tables import table
+
+    cfg = _config(tmp_path / "wh", {"metrics": TableMapping(f"{DB}.stray_metrics")})
+    rows = pa.table({"metric": ["auc", "logloss"], "value": [0.71, 0.52]})
+    for ds, stray in (("2025-04-02", False), ("2025-04-03", True)):
+        with table(cfg, "synth", "metrics", spark).writing(spark, ds) as staged:
+            staged.dir.mkdir(parents=True)
+            pq.write_table(rows, staged.dir / "part-00000.parquet")
+            if stray:
+                (staged.dir / "README.txt").write_text("not data")
+        got = _catalog(spark, f"{DB}.stray_metrics", ds=ds)
+        assertDataFrameEqual(got, spark.createDataFrame(rows.to_pandas()))
+        where = _location(spark, f"{DB}.stray_metrics", ds=ds)
+        assert ("_mmoe_partitions" in where.parts) == (not stray)
+        assert not list(where.glob("*.txt"))
+
+
 # --------------------------------------------------------------------------------------------
 # Bad tables: one line naming the table, nothing written
 

@@ -25,21 +25,25 @@ A catalog write first stages the rows as parquet under the warehouse (hidden nam
 
 - **registered** (a partitioned parquet table — Spark's ``USING parquet`` or Hive's parquet
   serde — on a local filesystem, its partitions kept in the catalog, whose data columns have
-  the staged files' names and types): the staged directory is renamed into the table's
-  directory, ``<table>/_mmoe_partitions/<partition>-<id>/``, and one metastore call points the
+  the staged files' names and types, with nothing but those files staged): the staged
+  directory is renamed into the table's directory
+  (``<table>/_mmoe_partitions/<partition>-<id>/``), and one metastore call points the
   partition at it (``ALTER TABLE t PARTITION (...) SET LOCATION``, or ``ADD PARTITION ...
   LOCATION`` for a new one); the partition's old directory inside the table is then deleted.
   No row is copied. A reader sees the old partition or the new one, never an empty or mixed
   one (a query still reading the old files when they go fails, as with any overwrite); a crash
   after the metastore call leaves the old files behind, unread (the next rerun does not delete
   them: delete ``_mmoe_partitions`` directories no partition points at). A rename or a catalog
-  that refuses falls back to:
-- **inserted** (anything else: another format, a column of another type, a remote location,
-  an unpartitioned table): one ``INSERT OVERWRITE TABLE t PARTITION (ds='D'[,
-  model_version='V'])``. Spark's file-source commit writes the new files under the table's
-  ``.spark-staging-*`` directory and, at job commit, deletes the old partition directory and
-  renames the new one in: a reader in that window (milliseconds on one filesystem) or after a
-  crash inside it sees the partition empty, never mixed; the rerun replaces it.
+  that refuses falls back to the insert; a catalog that then lists other files than those
+  registered (e.g. a Spark Connect server that does not see this directory) gets the partition
+  pointed back at its old files, and the write is refused in one line.
+- **inserted** (anything else: another format, a column of another type, a stray non-parquet
+  file staged, a remote location, an unpartitioned table): one ``INSERT OVERWRITE TABLE t
+  PARTITION (ds='D'[, model_version='V'])``. Spark's file-source commit writes the new files
+  under the table's ``.spark-staging-*`` directory and, at job commit, deletes the old
+  partition directory and renames the new one in: a reader in that window (milliseconds on one
+  filesystem) or after a crash inside it sees the partition empty, never mixed; the rerun
+  replaces it.
 
 Either way a failure before the swap leaves the old partition as it was.
 """
@@ -68,6 +72,7 @@ from jobs.core.config import JobConfig, TableMapping
 from jobs.core.errors import MissingInputError, TableError
 from jobs.core.spark import read_partition
 from jobs.core.warehouse import (
+    HIDDEN,
     Warehouse,
     fingerprint,
     parquet_files,
@@ -491,7 +496,8 @@ class CatalogTable(Table):
             self._create(spark, frame.schema)
             existing = self.check()
         self._check_columns(existing, frame.columns)
-        table_dir = self._registration_dir(spark, existing, frame.schema, part) if files else None
+        table_dir = self._registration_dir(spark, existing, frame.schema, part) \
+            if files and _only_parquet(staging, files) else None
         if table_dir is not None:
             moved = self._register(spark, staging, part, table_dir, len(files))
             if moved is not None:
@@ -585,9 +591,18 @@ class CatalogTable(Table):
         spark.catalog.refreshTable(self.name)
         seen = self._frame(part).inputFiles()
         if len(seen) != files or not all(_local_path(f).startswith(f"{target}/") for f in seen):
-            raise TableError(f"{self.dataset} {self.table}: {self.where(part.ds, **dict(part.more))}"
-                             f" was registered at {target} but the catalog lists {len(seen)} "
-                             f"files elsewhere")
+            # e.g. a Spark Connect server that does not see this machine's directory: the
+            # partition goes back to its old files before the one-line refusal
+            name, spec = _quote(self.name), self._spec(part)
+            if old is not None:
+                spark.sql(f"ALTER TABLE {name} PARTITION ({spec}) SET LOCATION 'file:{old}'")
+            else:
+                spark.sql(f"ALTER TABLE {name} DROP IF EXISTS PARTITION ({spec})")
+            spark.catalog.refreshTable(self.name)
+            where = self.where(part.ds, **dict(part.more))
+            raise TableError(f"{self.dataset} {self.table}: {where}: the catalog lists "
+                             f"{len(seen)} files of the {files} registered at {target}; the "
+                             f"partition was left as it was")
         if old is not None and old != target and _inside(old, table_dir) \
                 and not _inside(target, old):
             shutil.rmtree(old, ignore_errors=True)
@@ -603,6 +618,14 @@ class CatalogTable(Table):
 def _local_path(location: str) -> str:
     """A catalog location (``file:/x``, ``file:///x`` or ``/x``) as a local path."""
     return unquote(urlparse(location).path) if location.startswith("file:") else location
+
+
+def _only_parquet(staging: Path, files: list[str]) -> bool:
+    """Whether the staged parquet files are all Spark would list in the directory (a stray
+    non-hidden file, e.g. a README, would be read as data of a registered partition)."""
+    listed = [p for p in staging.rglob("*") if p.is_file()
+              and not any(part.startswith(HIDDEN) for part in p.relative_to(staging).parts)]
+    return sorted(map(str, listed)) == sorted(files)
 
 
 def _inside(path: Path, parent: Path) -> bool:
