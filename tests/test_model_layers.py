@@ -139,13 +139,18 @@ def test_gate_prior_initialises_bias_and_is_shape_checked():
         small("shared-bottom", gate_prior=prior)
 
 
+def hand_written_experts(model, dense, cats, num_experts=3):
+    """The input (dense features, then each embedding) and every expert's output, by hand."""
+    embs = [emb(cats[:, i]) for i, emb in enumerate(model.input.embeddings)]
+    x = torch.cat([dense] + embs, 1)
+    return x, [reference_expert(model.experts[0], e, x) for e in range(num_experts)]
+
+
 def test_mmoe_matches_hand_written_forward():
     model = build_model(small("mmoe"), LAYOUT, num_tasks=2).eval()
     dense, cats = inputs()
     with torch.no_grad():
-        embs = [emb(cats[:, i]) for i, emb in enumerate(model.input.embeddings)]
-        x = torch.cat([dense] + embs, 1)
-        experts = [reference_expert(model.experts[0], e, x) for e in range(3)]
+        x, experts = hand_written_experts(model, dense, cats)
         expected = []
         for t in range(2):
             g = torch.softmax(x @ model.task_gate.weight[t] + model.task_gate.bias[t], -1)
@@ -176,9 +181,7 @@ def test_omoe_matches_hand_written_forward():
     model = build_model(small("omoe"), LAYOUT, num_tasks=3).eval()
     dense, cats = inputs()
     with torch.no_grad():
-        embs = [emb(cats[:, i]) for i, emb in enumerate(model.input.embeddings)]
-        x = torch.cat([dense] + embs, 1)
-        experts = [reference_expert(model.experts[0], e, x) for e in range(3)]
+        x, experts = hand_written_experts(model, dense, cats)
         g = torch.softmax(x @ model.task_gate.weight[0] + model.task_gate.bias[0], -1)
         mixed = sum(g[:, e:e + 1] * experts[e] for e in range(3))
         expected = torch.stack([model.towers[t](mixed) for t in range(3)], 1)

@@ -72,7 +72,6 @@ from jobs.core.config import JobConfig, TableMapping
 from jobs.core.errors import MissingInputError, TableError
 from jobs.core.spark import read_partition
 from jobs.core.warehouse import (
-    HIDDEN,
     Warehouse,
     fingerprint,
     parquet_files,
@@ -82,6 +81,7 @@ from jobs.core.warehouse import (
     replacing,
     require_columns,
     safe_name,
+    visible_files,
     write_bytes,
 )
 
@@ -623,9 +623,7 @@ def _local_path(location: str) -> str:
 def _only_parquet(staging: Path, files: list[str]) -> bool:
     """Whether the staged parquet files are all Spark would list in the directory (a stray
     non-hidden file, e.g. a README, would be read as data of a registered partition)."""
-    listed = [p for p in staging.rglob("*") if p.is_file()
-              and not any(part.startswith(HIDDEN) for part in p.relative_to(staging).parts)]
-    return sorted(map(str, listed)) == sorted(files)
+    return [str(p) for p in visible_files(staging)] == sorted(files)
 
 
 def _inside(path: Path, parent: Path) -> bool:

@@ -297,13 +297,19 @@ def report_id(baseline: str, candidate: str, start: str, end: str) -> str:
 # Listing and footers
 
 
-def parquet_files(directory: Path) -> list[Path]:
-    """The data files of a directory, sorted; nothing under a hidden name counts."""
+def visible_files(directory: Path, pattern: str = "*") -> list[Path]:
+    """The files of a directory tree matching ``pattern``, sorted, as Spark lists them: nothing
+    under a hidden name (``_``/``.``, e.g. ``_SUCCESS`` or a failed attempt's partial file)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.rglob("*.parquet")
-                  if not any(part.startswith(HIDDEN) for part in p.relative_to(directory).parts))
+    return sorted(p for p in directory.rglob(pattern) if p.is_file()
+                  and not any(part.startswith(HIDDEN) for part in p.relative_to(directory).parts))
+
+
+def parquet_files(directory: Path) -> list[Path]:
+    """The data files of a directory, sorted; nothing under a hidden name counts."""
+    return visible_files(directory, "*.parquet")
 
 
 def spark_paths(directory: Path) -> list[str]:
