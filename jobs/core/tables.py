@@ -623,7 +623,7 @@ def _local_path(location: str) -> str:
 def _only_parquet(staging: Path, files: list[str]) -> bool:
     """Whether the staged parquet files are all Spark would list in the directory (a stray
     non-hidden file, e.g. a README, would be read as data of a registered partition)."""
-    return [str(p) for p in visible_files(staging)] == sorted(files)
+    return sorted(map(str, visible_files(staging))) == sorted(files)
 
 
 def _inside(path: Path, parent: Path) -> bool:
