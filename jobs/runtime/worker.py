@@ -7,6 +7,8 @@ by the artifact's SHA-256 for every later batch and task (Spark reuses Python wo
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import zipimport
 from typing import Any, Callable, Mapping
@@ -58,9 +60,42 @@ def reread_zips_only_when_changed() -> None:
     zipimport.zipimporter.invalidate_caches = invalidate_caches
 
 
+# glibc's mallopt parameters (malloc.h) and the values a scoring worker runs with.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's ceiling for it on 64-bit (HEAP_MAX_SIZE / 2)
+TRIM_THRESHOLD_BYTES = 1 << 30
+_ALLOCATOR_SET: list[bool] = []  # [True] once this process's allocator is set
+
+
+def keep_freed_memory() -> bool:
+    """Stop glibc's malloc from handing a scored batch's memory back to the kernel. By default
+    a block over 128 KiB (a threshold that rises with use) is mmap'd and unmapped on free, and
+    the heap's free top is trimmed, so the next batch's tensors and arrays of the same sizes
+    fault every page in again, zeroed. Measured in direct-reader workers (2M rows, 2 cores):
+    0.36-0.5 minor page faults per row scored, 2.0-2.9 s of the workers' ~11 CPU-s in the
+    kernel; with blocks under 32 MiB kept on the heap and the heap never trimmed, 15-24k faults
+    in all and 0.2 s. A worker's memory then stays at its peak (one batch's working set), which
+    the scoring bench's peak-RSS figure covers. Once per process; False where the C library is
+    not glibc (nothing changed)."""
+    if _ALLOCATOR_SET:
+        return _ALLOCATOR_SET[0]
+    ok = False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS): leave the allocator alone
+        mallopt = None
+    if mallopt is not None:
+        ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) \
+            and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    _ALLOCATOR_SET.append(ok)
+    return ok
+
+
 def worker_artifact(files: Mapping[str, bytes], sha256: str):
     """The artifact of ``files``, verified and built on first use in this process."""
     reread_zips_only_when_changed()
+    keep_freed_memory()
     artifact = _WORKER_MODELS.get(sha256)
     if artifact is None:
         artifact = ModelArtifact.from_files(files)  # verifies every checksum on the executor
