@@ -23,7 +23,8 @@ def cfg(job_config):
 
 
 def test_scoring_bench_smoke(spark, cfg):
-    result = bench_scoring(cfg, rows=3000, record=False)
+    result = bench_scoring(cfg, rows=3000, record=False, repeats=2)
+    assert all(len(rates) == 2 for rates in result["rounds_rows_per_s"].values())
     for key in ("rows", "ours_rows_per_s", "predict_batch_udf_rows_per_s", "naive_udf_rows_per_s",
                 "io_floor_rows_per_s", "torch_inprocess_rows_per_s", "udf_rows_per_s"):
         assert result[key] > 0, key

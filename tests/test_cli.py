@@ -141,3 +141,12 @@ def test_py4j_root_logger_tracebacks_stay_off_stderr(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stderr.strip().splitlines() == ["a warning people should see"], out.stderr
+
+
+@pytest.mark.parametrize("flag", [["--repeats", "2"], ["--connect", "sc://127.0.0.1:1"]])
+def test_scoring_only_bench_flags_are_refused_elsewhere(tmp_path, flag):
+    result = _run(["bench", "evaluation", "--rows", "10", *flag], tmp_path)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {flag[0]} applies to `mmoe bench scoring` only"]
+    assert not (tmp_path / "wh").exists()

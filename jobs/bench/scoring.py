@@ -28,6 +28,7 @@ from jobs.bench.common import (
 )
 from jobs.bench.connect import connect_columns
 from jobs.core.config import JobConfig
+from jobs.core.errors import InputError
 from jobs.core.spark import default_parallelism, get_spark, session_conf
 from jobs.core.warehouse import Warehouse, parquet_files, read_table, replacing
 from jobs.runtime.udf import mmoe_udf
@@ -113,10 +114,16 @@ def _with_arity(fn: Callable, arity: int) -> Callable:
 
 
 def bench_scoring(cfg: JobConfig, rows: int | None = None, results: Path | None = None,
-                  record: bool = True, connect: str | None = None) -> dict[str, Any]:
-    """Every scoring method on the same data and model; with ``connect`` (a Spark Connect URL)
-    also both readers from a Connect client of that server (:mod:`jobs.bench.connect`)."""
+                  record: bool = True, connect: str | None = None,
+                  repeats: int = 3) -> dict[str, Any]:
+    """Every scoring method on the same data and model, each timed ``repeats`` times in
+    rounds (every method once per round, the order rotated each round so that no method is
+    always first after another's run); rates and ratios are the medians of the rounds. With
+    ``connect`` (a Spark Connect URL) also both readers from a Connect client of that server
+    (:mod:`jobs.bench.connect`)."""
     rows = rows or 1_000_000
+    if repeats < 1:
+        raise InputError(f"--repeats must be at least 1, got {repeats}")
     cfg = _bench_config(cfg)
     spec = load_spec("synth")
     part = ensure_synth_partition(cfg, rows)
@@ -126,7 +133,7 @@ def bench_scoring(cfg: JobConfig, rows: int | None = None, results: Path | None 
     spark = get_spark(cfg.spark)
     batch = cfg.scoring.batch_size
     with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(batch)}):
-        result = _scoring_runs(spark, cfg, spec, part, files, artifact, rows, batch)
+        result = _scoring_runs(spark, cfg, spec, part, files, artifact, rows, batch, repeats)
     if connect:
         result.update(connect_columns(connect, cfg, part, model_dir, rows, result))
     if record:
@@ -135,7 +142,9 @@ def bench_scoring(cfg: JobConfig, rows: int | None = None, results: Path | None 
 
 
 def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows: int,
-                  batch: int) -> dict[str, Any]:
+                  batch: int, repeats: int) -> dict[str, Any]:
+    import copy
+
     import torch
     from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql import functions as F
@@ -145,12 +154,12 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
     out_root = Warehouse(cfg.warehouse).scratch("bench-out")
     features = spread_partitions(spark, spark.read.parquet(str(part)))
     scored_at = dt.datetime.now(dt.timezone.utc)
-    keys, feats, _tasks = spec.key_names, spec.feature_names, spec.task_names
+    keys, feats = spec.key_names, spec.feature_names
     pred_cols = spec.prediction_columns
+    stamp = F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at")
 
-    def write(frame, name: str) -> float:
-        seconds, _ = _timed(lambda: frame.write.mode("overwrite").parquet(str(out_root / name)))
-        return seconds
+    def writing(frame_of: Callable[[], Any], name: str) -> Callable[[], None]:
+        return lambda: frame_of().write.mode("overwrite").parquet(str(out_root / name))
 
     # Warm-up, untimed: start the Python workers and import torch there (every method below
     # reuses them), and let the driver's torch initialise its kernels.
@@ -163,28 +172,21 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
     _score_direct(spark, part, files, artifact, spec, cfg, out_root / "warmup-direct", scored_at)
     torch.set_num_threads(cores)
     artifact.predict(read_table(part, columns=feats).slice(0, batch))
-    # (d) the I/O floor: same read and write, no model.
-    floor = features.select(*keys, *feats).select(
-        *keys, *[F.lit(0.5).alias(c) for c in pred_cols],
-        F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"))
-    io_seconds = write(floor, "io_floor")
-    # (a) ours: the score job's direct reader (what `mmoe score` runs on a parquet partition),
-    # with the peak RSS of any Python worker while it runs.
-    with WorkerRssSampler() as rss:
-        ours_seconds, _ = _timed(lambda: _score_direct(spark, part, files, artifact, spec, cfg,
-                                                       out_root / "ours", scored_at))
-    # (a'') ours with the other scoring.pipeline setting (read-ahead / background writer).
-    import copy
 
+    # (d) the I/O floor: same read and write, no model.
+    def floor():
+        return features.select(*keys, *feats).select(
+            *keys, *[F.lit(0.5).alias(c) for c in pred_cols], stamp)
+
+    # (a) ours: the score job's direct reader (what `mmoe score` runs on a parquet partition);
+    # (a'') the same with the other scoring.pipeline setting (read-ahead / background writer).
     other_cfg = copy.deepcopy(cfg)
     other_cfg.scoring.pipeline = not cfg.scoring.pipeline
-    other_seconds, _ = _timed(lambda: _score_direct(spark, part, files, artifact, spec,
-                                                    other_cfg, out_root / "ours-other",
-                                                    scored_at))
-    timed = {cfg.scoring.pipeline: ours_seconds, other_cfg.scoring.pipeline: other_seconds}
-    # (a') ours through mapInArrow (scoring.reader: spark), for the record.
-    spark_reader_seconds = write(score_frame(spark, features, files, artifact, spec, cfg, scored_at),
-                                 "ours_spark_reader")
+
+    def direct(run_cfg: JobConfig, name: str) -> Callable[[], None]:
+        return lambda: _score_direct(spark, part, files, artifact, spec, run_cfg,
+                                     out_root / name, scored_at)
+
     # (b) Spark's predict_batch_udf, same model, same encoder, same batch size.
     broadcast = spark.sparkContext.broadcast(files)
 
@@ -200,41 +202,63 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
 
     pb_udf = predict_batch_udf(make_predict_fn, return_type=T.StructType(
         [T.StructField(c, T.DoubleType()) for c in pred_cols]), batch_size=batch)
-    pb_frame = features.select(*keys, pb_udf(*feats).alias("p")).select(
-        *keys, "p.*", F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"))
-    pb_seconds = write(pb_frame, "predict_batch_udf")
     # (f) the public Spark UDF (jobs.runtime.udf.mmoe_udf), same model and batch size, same write.
-
     public = mmoe_udf(files, threads_per_task=cfg.scoring.threads_per_task, spark=spark)
-    udf_frame = features.select(*keys, public(*public.input_columns).alias("p")).select(
-        *keys, "p.*", F.lit(scored_at.replace(tzinfo=None)).cast("timestamp").alias("scored_at"))
-    udf_seconds = write(udf_frame, "public_udf")
-    # (c) a straightforward iterator pandas UDF over a struct, Python loop over experts.
-    naive_seconds = write(_naive_frame(spark, features, spec, broadcast, scored_at), "naive_udf")
     # (e) in-process torch on the same rows in memory, same total thread count.
     table = read_table(part, columns=feats)
-    inproc_seconds, _ = _timed(lambda: artifact.predict(table, batch_size=batch))
-    result = {
+    methods: dict[str, Callable[[], Any]] = {
+        "io_floor": writing(floor, "io_floor"),
+        "ours": direct(cfg, "ours"),
+        "ours_other": direct(other_cfg, "ours-other"),
+        # (a') ours through mapInArrow (scoring.reader: spark), for the record
+        "ours_spark_reader": writing(lambda: score_frame(spark, features, files, artifact, spec,
+                                                         cfg, scored_at), "ours_spark_reader"),
+        "predict_batch_udf": writing(lambda: features.select(*keys, pb_udf(*feats).alias("p"))
+                                     .select(*keys, "p.*", stamp), "predict_batch_udf"),
+        "udf": writing(lambda: features.select(*keys, public(*public.input_columns).alias("p"))
+                       .select(*keys, "p.*", stamp), "public_udf"),
+        # (c) a straightforward iterator pandas UDF over a struct, Python loop over experts
+        "naive_udf": writing(lambda: _naive_frame(spark, features, spec, broadcast, scored_at),
+                             "naive_udf"),
+        "torch_inprocess": lambda: artifact.predict(table, batch_size=batch),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in methods}
+    names = list(methods)
+    rss_peak = 0.0
+    for round_ in range(repeats):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            if name == "ours":  # with the peak RSS of any Python worker while it runs
+                with WorkerRssSampler() as rss:
+                    took, _ = _timed(methods[name])
+                rss_peak = max(rss_peak, rss.peak_mib)
+            else:
+                took, _ = _timed(methods[name])
+            seconds[name].append(took)
+    med = {name: float(np.median(times)) for name, times in seconds.items()}
+    timed = {cfg.scoring.pipeline: med["ours"], other_cfg.scoring.pipeline: med["ours_other"]}
+    return {
         "bench": "scoring", "rows": rows, "batch_size": batch, "spark_cores": cores,
-        "ours_seconds": round(ours_seconds, 3),
-        "ours_rows_per_s": round(rows / ours_seconds),
-        "ours_spark_reader_rows_per_s": round(rows / spark_reader_seconds),
+        "repeats": repeats,
+        "ours_seconds": round(med["ours"], 3),
+        "ours_rows_per_s": round(rows / med["ours"]),
+        "ours_spark_reader_rows_per_s": round(rows / med["ours_spark_reader"]),
         "ours_pipeline": cfg.scoring.pipeline,
         "ours_sequential_rows_per_s": round(rows / timed[False]),
         "ours_pipelined_rows_per_s": round(rows / timed[True]),
-        "predict_batch_udf_rows_per_s": round(rows / pb_seconds),
-        "udf_rows_per_s": round(rows / udf_seconds),
-        "naive_udf_rows_per_s": round(rows / naive_seconds),
-        "io_floor_rows_per_s": round(rows / io_seconds),
-        "torch_inprocess_rows_per_s": round(rows / inproc_seconds),
-        "ours_vs_predict_batch_udf": round(pb_seconds / ours_seconds, 2),
-        "udf_vs_predict_batch_udf": round(pb_seconds / udf_seconds, 2),
-        "ours_vs_inprocess": round(inproc_seconds / ours_seconds, 2),
-        "ours_wall_vs_io_floor": round(ours_seconds / io_seconds, 2),
-        "ours_peak_python_worker_rss_mib": round(rss.peak_mib, 1),
+        "predict_batch_udf_rows_per_s": round(rows / med["predict_batch_udf"]),
+        "udf_rows_per_s": round(rows / med["udf"]),
+        "naive_udf_rows_per_s": round(rows / med["naive_udf"]),
+        "io_floor_rows_per_s": round(rows / med["io_floor"]),
+        "torch_inprocess_rows_per_s": round(rows / med["torch_inprocess"]),
+        "ours_vs_predict_batch_udf": round(med["predict_batch_udf"] / med["ours"], 2),
+        "udf_vs_predict_batch_udf": round(med["predict_batch_udf"] / med["udf"], 2),
+        "ours_vs_inprocess": round(med["torch_inprocess"] / med["ours"], 2),
+        "ours_wall_vs_io_floor": round(med["ours"] / med["io_floor"], 2),
+        "ours_peak_python_worker_rss_mib": round(rss_peak, 1),
+        "rounds_rows_per_s": {name: [round(rows / t) for t in times]
+                              for name, times in seconds.items()},
         **_machine(),
     }
-    return result
 
 
 def _naive_frame(spark, features, spec, broadcast, scored_at):

@@ -26,6 +26,9 @@ def bench(
     connect: Optional[str] = typer.Option(
         None, "--connect", help="scoring: also time both readers from a client of this Spark "
                                 "Connect server (sc://HOST:PORT)."),
+    repeats: Optional[int] = typer.Option(
+        None, "--repeats", min=1, help="scoring: rounds of every method, medians reported "
+                                       "(default 3)."),
 ) -> None:
     """Benchmark a stage; prints one JSON object as the last line and appends it to --results."""
     try:
@@ -33,9 +36,10 @@ def bench(
         cfg = ctx.obj.job_config()
         from jobs import bench as bench_mod  # deferred: pyspark, torch (CLI start-up)
 
-        extra = {"connect": connect} if connect else {}
-        if connect and which != "scoring":
-            raise InputError("--connect applies to `mmoe bench scoring` only")
+        extra = {k: v for k, v in (("connect", connect), ("repeats", repeats)) if v}
+        for flag in extra:
+            if which != "scoring":
+                raise InputError(f"--{flag} applies to `mmoe bench scoring` only")
         result = getattr(bench_mod, f"bench_{which}")(cfg, rows, results, **extra)
     except Exception as exc:
         exit_on_error(exc)
