@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 import zipimport
 from typing import Any, Callable, Mapping
@@ -93,7 +94,14 @@ def keep_freed_memory() -> bool:
 
 
 def worker_artifact(files: Mapping[str, bytes], sha256: str):
-    """The artifact of ``files``, verified and built on first use in this process."""
+    """The artifact of ``files``, verified and built on first use in this process.
+
+    Once built, every object alive (the imported libraries, the model) is moved out of the
+    cyclic garbage collector's reach (``gc.freeze``): a reused Spark Python worker runs a full
+    ``gc.collect()`` after every task (``pyspark.daemon``), and with torch, pyarrow and pandas
+    loaded that walks ~230k objects, 0.1 s a task; measured, that was 0.8 of the 4 CPU-µs a
+    direct-reader worker spent per row (131k-row tasks). After the freeze a collection sees only
+    what the task itself created."""
     reread_zips_only_when_changed()
     keep_freed_memory()
     artifact = _WORKER_MODELS.get(sha256)
@@ -102,6 +110,7 @@ def worker_artifact(files: Mapping[str, bytes], sha256: str):
         _WORKER_MODELS.clear()  # keep one model per worker: a new version evicts the old one
         _WORKER_CACHE.clear()
         _WORKER_MODELS[sha256] = artifact
+        gc.freeze()
     return artifact
 
 
