@@ -74,7 +74,7 @@ class ScoringConfig:
     reader: Literal["direct", "spark"] = "direct"
     batch_size: int = 8192
     threads_per_task: int = 0
-    pipeline: bool = True
+    pipeline: bool = False
     runtime: Literal["torch", "onnxruntime"] = "torch"
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
 
