@@ -82,19 +82,25 @@ def reference_sized_model(tmp_path_factory):
     return out
 
 
-def _faults(model_dir, how: str) -> int:
-    """Minor page faults while ``BATCHES`` 8192-row batches are scored (after two warm-ups)."""
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(model_dir), how],
+def _fresh_interpreter(script: str, model_dir, how: str):
+    """What ``script`` prints last (JSON), run in a new Python with the model and ``how``
+    ("worker": through the worker's model cache; "plain": a plain artifact load)."""
+    done = subprocess.run([sys.executable, "-c", script, str(model_dir), how],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _faults(model_dir, how: str) -> int:
+    """Minor page faults while ``BATCHES`` 8192-row batches are scored (after two warm-ups)."""
+    return _fresh_interpreter(SCRIPT, model_dir, how)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
 def test_the_worker_does_not_fault_its_batches_memory_in_again(reference_sized_model):
     plain = _faults(reference_sized_model, "plain")
     worker = _faults(reference_sized_model, "worker")
-    # Measured (16 runs of each): glibc's defaults fault 2,000-6,000 pages in for most batches
+    # Measured (12 runs of each): glibc's defaults fault 2,000-6,000 pages in for most batches
     # (30-83k in all; it sometimes settles after a few batches); the worker's setting none in
     # most batches, 0-3,700 in all (the heap growing to a new high-water mark now and then).
     # The control shows the test can tell them apart.
@@ -103,13 +109,8 @@ def test_the_worker_does_not_fault_its_batches_memory_in_again(reference_sized_m
 
 
 def test_the_worker_keeps_its_model_and_libraries_out_of_every_collection(reference_sized_model):
-    def state(how: str) -> dict:
-        done = subprocess.run([sys.executable, "-c", FREEZE_SCRIPT, str(reference_sized_model),
-                               how], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr[-2000:]
-        return json.loads(done.stdout.strip().splitlines()[-1])
-
-    plain, worker = state("plain"), state("worker")
+    plain, worker = (_fresh_interpreter(FREEZE_SCRIPT, reference_sized_model, how)
+                     for how in ("plain", "worker"))
     assert plain["model_walked"] and plain["spec_walked"] and plain["frozen"] == 0  # control
     assert not worker["model_walked"] and not worker["spec_walked"]
     # what a collection walks afterwards: a few objects, not the libraries' ~10^5
