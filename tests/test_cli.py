@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -102,6 +103,9 @@ def test_help_shows_flags_bare_and_every_option_described():
             if param.param_type_name != "option":
                 continue
             assert param.help, (path, param.name)  # described
+            # a value is named as the README's CLI block names it (N, DATE, FILE...), never
+            # by Typer's type placeholder (`--days <int range>`, `--out <path>`)
+            assert not re.search(rf"{re.escape(param.opts[0])}(/\S+)? <", text), (path, text)
             if param.opts[0] in ("--ds", "--start", "--end", "--effective"):
                 assert f"{param.opts[0]} DATE" in text, (path, text)
             if param.opts[0] in ("--dataset",):

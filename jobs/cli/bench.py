@@ -17,17 +17,17 @@ BENCHES = ("scoring", "evaluation", "validation", "scaling", "compare", "catalog
 @app.command(short_help="Benchmark a stage against its peers (JSON on stdout).")
 def bench(
     ctx: typer.Context,
-    which: str = typer.Argument(..., help=f"One of: {', '.join(BENCHES)}."),
-    rows: Optional[int] = typer.Option(None, "--rows", min=1,
+    which: str = typer.Argument(..., metavar="WHICH", help=f"One of: {', '.join(BENCHES)}."),
+    rows: Optional[int] = typer.Option(None, "--rows", min=1, metavar="N",
                                        help="Rows to time (default: the bench's own size)."),
     results: Optional[Path] = typer.Option(
-        None, "--results", help="Markdown file to append the results to "
+        None, "--results", metavar="FILE", help="Markdown file to append the results to "
                                 "(default: <warehouse>/_bench/benchmarks.md)."),
     connect: Optional[str] = typer.Option(
-        None, "--connect", help="scoring: also time both readers from a client of this Spark "
+        None, "--connect", metavar="URL", help="scoring: also time both readers from a client of this Spark "
                                 "Connect server (sc://HOST:PORT)."),
     repeats: Optional[int] = typer.Option(
-        None, "--repeats", min=1, help="scoring: rounds of every method, medians reported "
+        None, "--repeats", min=1, metavar="N", help="scoring: rounds of every method, medians reported "
                                        "(default 3)."),
 ) -> None:
     """Benchmark a stage; prints one JSON object as the last line and appends it to --results."""

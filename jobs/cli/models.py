@@ -24,17 +24,17 @@ from jobs.core.warehouse import safe_name
 
 
 # Shared by register and import (typer reads the defaults; they are never mutated).
-ALIAS = typer.Option(None, "--alias", help="Also promote it to this alias.")
+ALIAS = typer.Option(None, "--alias", metavar="A", help="Also promote it to this alias.")
 EFFECTIVE = typer.Option(None, "--effective", metavar="DATE",
                          help="With --alias: first ds it is in force (default: today, UTC).")
-REASON = typer.Option(None, "--reason", help="Why (kept in the history).")
+REASON = typer.Option(None, "--reason", metavar="TEXT", help="Why (kept in the history).")
 
 
 @models_app.command("register",
                     short_help="Copy an artifact into the registry (optionally alias it).")
 def models_register(
     ctx: typer.Context,
-    directory: Path = typer.Argument(..., help="Model artifact directory."),
+    directory: Path = typer.Argument(..., metavar="DIR", help="Model artifact directory."),
     alias: Optional[str] = ALIAS,
     effective: Optional[str] = EFFECTIVE,
     reason: Optional[str] = REASON,
@@ -49,11 +49,11 @@ def models_register(
 @models_app.command("promote", short_help="Point an alias at a version from an effective date.")
 def models_promote(
     ctx: typer.Context,
-    version: str = typer.Argument(..., help="A registered model version."),
-    alias: str = typer.Option(..., "--alias", help="champion, challenger[-NAME], or any name."),
+    version: str = typer.Argument(..., metavar="V", help="A registered model version."),
+    alias: str = typer.Option(..., "--alias", metavar="A", help="champion, challenger[-NAME], or any name."),
     effective: Optional[str] = typer.Option(None, "--effective", metavar="DATE",
                                             help="First ds it is in force (default: today, UTC)."),
-    reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the history)."),
+    reason: Optional[str] = typer.Option(None, "--reason", metavar="TEXT", help="Why (kept in the history)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", metavar="NAME",
                                           help="Needed only when several datasets hold V."),
 ) -> None:
@@ -70,8 +70,8 @@ def models_promote(
 @models_app.command("import", short_help="Register an ONNX model trained elsewhere.")
 def models_import(
     ctx: typer.Context,
-    file: Path = typer.Argument(..., help="The model file (an ONNX graph)."),
-    fmt: str = typer.Option(..., "--format", help="onnx"),
+    file: Path = typer.Argument(..., metavar="FILE", help="The model file (an ONNX graph)."),
+    fmt: str = typer.Option(..., "--format", metavar="onnx", help="The model format: onnx."),
     dataset: str = typer.Option(..., "--dataset", metavar="NAME",
                                 help="The dataset whose spec it scores."),
     alias: Optional[str] = ALIAS,
@@ -89,10 +89,10 @@ def models_import(
 @models_app.command("export", short_help="Write a model as one ONNX graph (encoding included).")
 def models_export(
     ctx: typer.Context,
-    model: str = typer.Argument(..., help="An artifact directory, a registered version, or "
+    model: str = typer.Argument(..., metavar="DIR|V|@ALIAS", help="An artifact directory, a registered version, or "
                                           "@alias."),
-    fmt: str = typer.Option(..., "--format", help="onnx"),
-    out: Path = typer.Option(..., "--out", help="The ONNX file to write."),
+    fmt: str = typer.Option(..., "--format", metavar="onnx", help="The model format: onnx."),
+    out: Path = typer.Option(..., "--out", metavar="FILE", help="The ONNX file to write."),
     dataset: Optional[str] = typer.Option(None, "--dataset", metavar="NAME",
                                           help="Needed only when several datasets hold MODEL."),
     ds: Optional[str] = typer.Option(None, "--ds", metavar="DATE",

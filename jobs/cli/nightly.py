@@ -67,7 +67,7 @@ def evaluate(
     dataset: str = typer.Option(..., "--dataset", metavar="NAME", help=DATASET_HELP),
     ds: str = typer.Option(..., "--ds", metavar="DATE", help=DS_HELP),
     model_version: Optional[list[str]] = typer.Option(
-        None, "--model-version",
+        None, "--model-version", metavar="V",
         help="Only these models (repeatable): a version, @alias or artifact directory."),
 ) -> None:
     """Join predictions with labels and write the metrics table for a ds."""

@@ -40,23 +40,23 @@ def model_options(model, gate: str | None, gate_k: int | None,
 def train(
     ctx: typer.Context,
     dataset: str = typer.Option(..., "--dataset", metavar="NAME", help="Dataset spec name (schemas/specs/NAME.yaml)."),
-    arch: str = typer.Option(..., "--arch", help=f"One of: {', '.join(ARCHS)}."),
+    arch: str = typer.Option(..., "--arch", metavar="ARCH", help=f"One of: {', '.join(ARCHS)}."),
     start: str = typer.Option(..., "--start", metavar="DATE", help="First training ds YYYY-MM-DD."),
     end: str = typer.Option(..., "--end", metavar="DATE", help="Last training ds YYYY-MM-DD (inclusive)."),
-    out: Path = typer.Option(..., "--out", help="Artifact directory to write."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1,
+    out: Path = typer.Option(..., "--out", metavar="DIR", help="Artifact directory to write."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, metavar="N",
                                          help="Training epochs (default: the config's "
                                               "training.epochs)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed of the initial weights and the "
+    seed: int = typer.Option(0, "--seed", metavar="S", help="Random seed of the initial weights and the "
                                               "shuffling."),
-    gate: Optional[str] = typer.Option(None, "--gate",
+    gate: Optional[str] = typer.Option(None, "--gate", metavar="KIND",
                                        help="Gate kind: softmax, topk, max or constant "
                                             "(default: the config's training.gate)."),
-    gate_k: Optional[int] = typer.Option(None, "--gate-k", min=1,
+    gate_k: Optional[int] = typer.Option(None, "--gate-k", min=1, metavar="K",
                                          help="Experts a topk gate keeps per row "
                                               "(default: the config's training.gate_k)."),
     expert_group: Optional[list[str]] = typer.Option(
-        None, "--expert-group",
+        None, "--expert-group", metavar="GROUP",
         help="Repeatable: one expert group of a heterogeneous / field-split bank, e.g. "
              "'6xmlp' '2xcross:2' or '2xmlp:64@work' (replaces training.expert_layout; "
              "num_experts becomes their total)."),
@@ -64,7 +64,7 @@ def train(
                                 help="Continue an interrupted run of the same --out after its "
                                      "last finished epoch (default), or start over."),
     checkpoint_dir: Optional[Path] = typer.Option(
-        None, "--checkpoint-dir",
+        None, "--checkpoint-dir", metavar="DIR",
         help="Where the per-epoch checkpoint goes (default: under the warehouse's "
              "<dataset>/_checkpoints/, keyed on --out); removed once the artifact is written."),
 ) -> None:
