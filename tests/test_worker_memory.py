@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 import pytest
-
+from tiny_models import tiny_model
 
 BATCHES = 16
 SCRIPT = f"BATCHES = {BATCHES}\n" + r"""
@@ -64,22 +64,10 @@ print(json.dumps({"model_walked": id(artifact.model) in tracked,
 def reference_sized_model(tmp_path_factory):
     """The library's default MMoE (the bench's reference size): its batches allocate blocks
     large enough for glibc to unmap."""
-    import torch
+    from mmoe_model.models import ModelConfig
 
-    from mmoe_model.artifact import save_artifact
-    from mmoe_model.features import FeatureEncoder, InputLayout
-    from mmoe_model.models import ModelConfig, build_model
-    from mmoe_model.sample import sample_frame
-    from schemas import load_spec
-
-    spec = load_spec("synth")
-    torch.manual_seed(0)
-    config = ModelConfig(arch="mmoe")
-    model = build_model(config, InputLayout.from_spec(spec), len(spec.tasks)).eval()
-    encoder = FeatureEncoder.fit(spec, sample_frame(spec, 500, seed=0))
-    out = tmp_path_factory.mktemp("memory") / "model"
-    save_artifact(out, model, config, spec, encoder, None)
-    return out
+    return tiny_model(tmp_path_factory.mktemp("memory") / "model", seed=0,
+                      config=ModelConfig(arch="mmoe"))
 
 
 def _fresh_interpreter(script: str, model_dir, how: str):

@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def tiny_model(out: Path, seed: int, dataset: str = "synth", metrics: dict | None = None) -> Path:
+def tiny_model(out: Path, seed: int, dataset: str = "synth", metrics: dict | None = None,
+               config=None) -> Path:
     """An artifact of a tiny MMoE for ``dataset``; another ``seed`` gives another version;
-    ``metrics``: what its metrics.json records (as training writes it: range, epochs...)."""
+    ``metrics``: what its metrics.json records (as training writes it: range, epochs...);
+    ``config``: another ModelConfig instead of the tiny one."""
     import torch
 
     from mmoe_model.artifact import save_artifact
@@ -19,8 +21,8 @@ def tiny_model(out: Path, seed: int, dataset: str = "synth", metrics: dict | Non
 
     spec = load_spec(dataset)
     torch.manual_seed(seed)
-    config = ModelConfig(arch="mmoe", num_experts=2, expert_hidden=(8,), expert_dim=4,
-                         tower_hidden=(4,))
+    config = config or ModelConfig(arch="mmoe", num_experts=2, expert_hidden=(8,),
+                                   expert_dim=4, tower_hidden=(4,))
     model = build_model(config, InputLayout.from_spec(spec), len(spec.tasks)).eval()
     encoder = FeatureEncoder.fit(spec, sample_frame(spec, 200, seed=seed))
     save_artifact(out, model, config, spec, encoder, metrics)

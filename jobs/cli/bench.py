@@ -21,14 +21,15 @@ def bench(
     rows: Optional[int] = typer.Option(None, "--rows", min=1, metavar="N",
                                        help="Rows to time (default: the bench's own size)."),
     results: Optional[Path] = typer.Option(
-        None, "--results", metavar="FILE", help="Markdown file to append the results to "
-                                "(default: <warehouse>/_bench/benchmarks.md)."),
+        None, "--results", metavar="FILE",
+        help="Markdown file to append the results to (default: <warehouse>/_bench/benchmarks.md)."),
     connect: Optional[str] = typer.Option(
-        None, "--connect", metavar="URL", help="scoring: also time both readers from a client of this Spark "
-                                "Connect server (sc://HOST:PORT)."),
+        None, "--connect", metavar="URL",
+        help="scoring: also time both readers from a client of this Spark Connect server "
+             "(sc://HOST:PORT)."),
     repeats: Optional[int] = typer.Option(
-        None, "--repeats", min=1, metavar="N", help="scoring: rounds of every method, medians reported "
-                                       "(default 3)."),
+        None, "--repeats", min=1, metavar="N",
+        help="scoring: rounds of every method, medians reported (default 3)."),
 ) -> None:
     """Benchmark a stage; prints one JSON object as the last line and appends it to --results."""
     try:

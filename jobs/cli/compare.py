@@ -29,7 +29,8 @@ def compare(
     end: str = typer.Option(..., "--end", metavar="DATE",
                             help="Last ds YYYY-MM-DD (the manifest's ds)."),
     segment: Optional[list[str]] = typer.Option(
-        None, "--segment", metavar="COL", help="Segment column (repeatable; default: evaluation.segments / the spec's)."),
+        None, "--segment", metavar="COL",
+        help="Segment column (repeatable; default: evaluation.segments / the spec's)."),
     fail_on_regression: bool = typer.Option(
         False, "--fail-on-regression", help="Exit 3 when the candidate breaks a guardrail."),
 ) -> None:

@@ -16,7 +16,8 @@ from jobs.data import CENSUS_DATASETS
 @data_app.command("census", short_help="Ingest a raw UCI Census-Income file (two data sets).")
 def data_census(
     ctx: typer.Context,
-    input: Path = typer.Option(..., "--input", metavar="PATH", help="Raw UCI Census-Income file (.gz or plain)."),
+    input: Path = typer.Option(..., "--input", metavar="PATH",
+                               help="Raw UCI Census-Income file (.gz or plain)."),
     ds: str = typer.Option(..., "--ds", metavar="DATE", help="Partition date YYYY-MM-DD."),
 ) -> None:
     """Ingest a raw UCI Census-Income file into census-group1 and census-group2."""
@@ -37,10 +38,14 @@ def data_synth(
     ctx: typer.Context,
     start: str = typer.Option(..., "--start", metavar="DATE",
                               help="First partition date YYYY-MM-DD."),
-    days: int = typer.Option(..., "--days", min=1, metavar="N", help="Number of daily partitions."),
-    rows_per_day: int = typer.Option(..., "--rows-per-day", min=1, metavar="N", help="Impressions per day."),
-    seed: int = typer.Option(0, "--seed", metavar="S", help="Random seed (the same seed, the same data)."),
-    task_correlation: float = typer.Option(0.5, "--task-correlation", min=-1.0, max=1.0, metavar="RHO",
+    days: int = typer.Option(..., "--days", min=1, metavar="N",
+                             help="Number of daily partitions."),
+    rows_per_day: int = typer.Option(..., "--rows-per-day", min=1, metavar="N",
+                                     help="Impressions per day."),
+    seed: int = typer.Option(0, "--seed", metavar="S",
+                             help="Random seed (the same seed, the same data)."),
+    task_correlation: float = typer.Option(0.5, "--task-correlation", min=-1.0, max=1.0,
+                                           metavar="RHO",
                                            help="Cosine between the tasks' weight vectors (rho)."),
 ) -> None:
     """Generate synthetic impression logs (click, like, conversion) plus catalog tables."""

@@ -50,10 +50,12 @@ def models_register(
 def models_promote(
     ctx: typer.Context,
     version: str = typer.Argument(..., metavar="V", help="A registered model version."),
-    alias: str = typer.Option(..., "--alias", metavar="A", help="champion, challenger[-NAME], or any name."),
+    alias: str = typer.Option(..., "--alias", metavar="A",
+                              help="champion, challenger[-NAME], or any name."),
     effective: Optional[str] = typer.Option(None, "--effective", metavar="DATE",
                                             help="First ds it is in force (default: today, UTC)."),
-    reason: Optional[str] = typer.Option(None, "--reason", metavar="TEXT", help="Why (kept in the history)."),
+    reason: Optional[str] = typer.Option(None, "--reason", metavar="TEXT",
+                                         help="Why (kept in the history)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", metavar="NAME",
                                           help="Needed only when several datasets hold V."),
 ) -> None:
@@ -89,8 +91,8 @@ def models_import(
 @models_app.command("export", short_help="Write a model as one ONNX graph (encoding included).")
 def models_export(
     ctx: typer.Context,
-    model: str = typer.Argument(..., metavar="DIR|V|@ALIAS", help="An artifact directory, a registered version, or "
-                                          "@alias."),
+    model: str = typer.Argument(..., metavar="DIR|V|@ALIAS",
+                                help="An artifact directory, a registered version, or @alias."),
     fmt: str = typer.Option(..., "--format", metavar="onnx", help="The model format: onnx."),
     out: Path = typer.Option(..., "--out", metavar="FILE", help="The ONNX file to write."),
     dataset: Optional[str] = typer.Option(None, "--dataset", metavar="NAME",

@@ -47,8 +47,8 @@ def train(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, metavar="N",
                                          help="Training epochs (default: the config's "
                                               "training.epochs)."),
-    seed: int = typer.Option(0, "--seed", metavar="S", help="Random seed of the initial weights and the "
-                                              "shuffling."),
+    seed: int = typer.Option(0, "--seed", metavar="S",
+                             help="Random seed of the initial weights and the shuffling."),
     gate: Optional[str] = typer.Option(None, "--gate", metavar="KIND",
                                        help="Gate kind: softmax, topk, max or constant "
                                             "(default: the config's training.gate)."),

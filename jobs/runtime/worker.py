@@ -65,7 +65,6 @@ def reread_zips_only_when_changed() -> None:
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's ceiling for it on 64-bit (HEAP_MAX_SIZE / 2)
 TRIM_THRESHOLD_BYTES = 1 << 30
-_ALLOCATOR_SET: list[bool] = []  # [True] once this process's allocator is set
 
 
 def keep_freed_memory() -> bool:
@@ -74,23 +73,16 @@ def keep_freed_memory() -> bool:
     the heap's free top is trimmed, so the next batch's tensors and arrays of the same sizes
     fault every page in again, zeroed. Measured in direct-reader workers (2M rows, 2 cores):
     0.36-0.5 minor page faults per row scored, 2.0-2.9 s of the workers' ~11 CPU-s in the
-    kernel; with blocks under 32 MiB kept on the heap and the heap never trimmed, 15-24k faults
+    kernel; with blocks under 32 MiB kept on the heap and the heap never trimmed, 15-28k faults
     in all and 0.2 s. A worker's memory then stays at its peak (one batch's working set), which
-    the scoring bench's peak-RSS figure covers. Once per process; False where the C library is
-    not glibc (nothing changed)."""
-    if _ALLOCATOR_SET:
-        return _ALLOCATOR_SET[0]
-    ok = False
+    the scoring bench's peak-RSS figure covers. Idempotent; False where the C library is not
+    glibc (nothing changed)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):  # not glibc (musl, macOS): leave the allocator alone
-        mallopt = None
-    if mallopt is not None:
-        ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) \
-            and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
-    _ALLOCATOR_SET.append(ok)
-    return ok
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) \
+        and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
 
 
 def worker_artifact(files: Mapping[str, bytes], sha256: str):
@@ -101,15 +93,16 @@ def worker_artifact(files: Mapping[str, bytes], sha256: str):
     ``gc.collect()`` after every task (``pyspark.daemon``), and with torch, pyarrow and pandas
     loaded that walks ~230k objects, 0.1 s a task; measured, that was 0.8 of the 4 CPU-µs a
     direct-reader worker spent per row (131k-row tasks). After the freeze a collection sees only
-    what the task itself created."""
+    what the task itself created; the allocator keeps freed batches' memory from then on
+    (:func:`keep_freed_memory`). Both once per model built, not per task."""
     reread_zips_only_when_changed()
-    keep_freed_memory()
     artifact = _WORKER_MODELS.get(sha256)
     if artifact is None:
         artifact = ModelArtifact.from_files(files)  # verifies every checksum on the executor
         _WORKER_MODELS.clear()  # keep one model per worker: a new version evicts the old one
         _WORKER_CACHE.clear()
         _WORKER_MODELS[sha256] = artifact
+        keep_freed_memory()
         gc.freeze()
     return artifact
 
