@@ -180,3 +180,70 @@ def test_rare_task_scores_spread_over_the_log_odds_bins_and_reliability_uses_qua
     # neighbouring bins do not overlap on the log-odds axis (a fine bin is never split)
     ends = np.cumsum([b["rows"] for b in bins])[:-1]
     assert np.all(np.floor((z[order][ends] + 16) / PLOT_STEP) > np.floor((z[order][ends - 1] + 16) / PLOT_STEP))
+
+
+# --------------------------------------------------------------------------------------------
+# A row's verdict, interval and adjusted p-value agree (issue 32, item 3's fix)
+
+
+def _seed_vs_seed(rng, n=3000, users=150, shift=0.0):
+    """Two arms from the same model up to noise (a seed-vs-seed A/A pair), ``shift`` moving the
+    candidate's log-odds toward the truth, and two segment columns."""
+    u = rng.integers(0, users, n)
+    z = rng.normal(0, 1.2, n) + rng.normal(0, 0.8, users)[u]
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(np.int64)
+    noise_b, noise_c = rng.normal(0, 1, n), rng.normal(0, 1, n)
+    b = 1 / (1 + np.exp(-(z + noise_b)))
+    c = 1 / (1 + np.exp(-(z + (1 - shift) * noise_c)))
+    return pd.DataFrame({"task": "like", "scope": "all", "u": u.astype(np.int64), "y": y, "b": b,
+                         "c": c, "seg0": rng.choice(["android", "ios", "web"], n),
+                         "seg1": rng.choice(["new", "old"], n)})
+
+
+@pytest.mark.parametrize("method", ["bh", "holm"])
+def test_every_rows_verdict_agrees_with_its_interval_and_adjusted_p(method):
+    """Many random reports (seed-vs-seed pairs and small real differences, six segments, every
+    metric): for every row, a difference <=> its [ci_low, ci_high] excludes 0 <=> adjusted
+    p < alpha; and the sign of delta matches the side of 0 the interval lies on. Checked from
+    the written columns alone, not from the code's own rule."""
+    rng = np.random.default_rng(32)
+    alpha, differences = 0.05, 0
+    for trial in range(12):
+        pdf = _seed_vs_seed(rng, shift=[0.0, 0.05, 0.15][trial % 3])
+        report = finish_report(group_records(pdf, ["platform", "cohort"], replicates=60,
+                                             seed=trial, alpha=alpha), method, alpha)
+        tested = report[np.isfinite(report["p_value_adjusted"])]
+        excludes = (tested["ci_low"] > 0) | (tested["ci_high"] < 0)
+        differs = tested["verdict"] != "no_difference"
+        significant = tested["p_value_adjusted"] < alpha
+        bad = tested[(excludes != differs) | (significant != differs)]
+        assert bad.empty, (trial, bad[["segment", "metric", "delta", "ci_low", "ci_high",
+                                       "p_value_adjusted", "verdict"]])
+        assert ((tested["ci_low"] <= tested["delta"]) & (tested["delta"] <= tested["ci_high"])).all()
+        # the row's interval is never narrower than the raw 95 % one
+        assert (tested["ci_high"] - tested["ci_low"] >=
+                tested["ci_high_raw"] - tested["ci_low_raw"] - 1e-15).all()
+        differences += int(differs.sum())
+    assert differences > 0  # the reports exercise both sides
+
+
+def test_a_broken_guardrail_stops_the_ship_even_when_another_task_is_better():
+    """click clearly better, like worse by more than its auc guardrail but not significantly:
+    no task is worse, one is better, and yet the broken guardrail must stop the ship."""
+    from jobs.core.config import Guardrail
+
+    def row(task, metric, base, cand, p):
+        return {"task": task, "scope": "all", "segment": "all", "metric": metric,
+                "method": "delong", "baseline_value": base, "candidate_value": cand,
+                "delta": cand - base, "se": 0.01, "p_value": p, "ci_low": cand - base - 0.02,
+                "ci_high": cand - base + 0.02, "n": 1000, "payload": None}
+
+    records = pd.DataFrame([row("click", "auc", 0.70, 0.75, 1e-9),
+                            row("like", "auc", 0.70, 0.69, 0.3)])
+    report = finish_report(records, "bh", 0.05)
+    d = decide(report, ["auc"], [Guardrail("auc", 0.005)], ["click", "like"])
+    assert d.tasks == {"click": "better", "like": "no_difference"}
+    assert d.broken_guardrails and d.broken_guardrails[0].startswith("like: auc regressed")
+    assert not d.ship
+    # the same report without the guardrail ships (the guardrail is what stops it)
+    assert decide(report, ["auc"], [], ["click", "like"]).ship

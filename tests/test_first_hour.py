@@ -130,11 +130,11 @@ def test_adjusted_intervals_agree_with_the_verdicts_and_an_independent_oracle(me
             rank = np.argsort(np.argsort(p)) + 1
             level = np.where(rank <= r, 0.05 / (m - rank + 1), 0.05 / max(m - r, 1))
         z = norm.ppf(1 - level / 2)
-        np.testing.assert_allclose(report["ci_low_adjusted"], delta - z * se, rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(report["ci_high_adjusted"], delta + z * se, rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(report["ci_level_adjusted"], 1 - level, rtol=1e-12)
-        # consistent by construction: the adjusted interval excludes 0 <=> a verdict
-        excludes = (report["ci_low_adjusted"] > 0) | (report["ci_high_adjusted"] < 0)
+        np.testing.assert_allclose(report["ci_low"], delta - z * se, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(report["ci_high"], delta + z * se, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(report["ci_level"], 1 - level, rtol=1e-12)
+        # consistent by construction: the row's interval excludes 0 <=> a verdict
+        excludes = (report["ci_low"] > 0) | (report["ci_high"] < 0)
         differs = report["verdict"] != "no_difference"
         assert (excludes == differs).all(), (trial, report[excludes != differs])
         assert differs.sum() == r
@@ -149,10 +149,10 @@ def test_the_issues_case_raw_interval_excludes_0_adjusted_does_not():
     delta = np.array([-0.0055] + [0.0] * 11)
     report = finish_report(_records(delta, np.full(12, se)), "bh", 0.05)
     like = report.iloc[0]
-    assert like["ci_high"] < 0                                   # raw: excludes 0
+    assert like["ci_high_raw"] < 0                               # raw: excludes 0
     assert like["verdict"] == "no_difference" and like["p_value_adjusted"] >= 0.05
-    assert like["ci_low_adjusted"] < 0 < like["ci_high_adjusted"]  # adjusted: includes 0
-    assert like["ci_level_adjusted"] == pytest.approx(1 - 0.05 / 12)
+    assert like["ci_low"] < 0 < like["ci_high"]                  # the row's interval: includes 0
+    assert like["ci_level"] == pytest.approx(1 - 0.05 / 12)
 
 
 def test_report_shows_both_intervals_says_which_is_which_and_the_guardrail_per_task():

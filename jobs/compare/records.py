@@ -239,23 +239,37 @@ regression = metric_registry.regression    # how much worse (positive = worse)
 
 
 def verdict(metric: str, row: dict, alpha: float) -> str:
+    """``better`` / ``worse`` only when the adjusted p-value is below ``alpha`` AND the row's own
+    interval (``ci_low`` / ``ci_high``, at the adjusted level) excludes 0: the three agree by
+    construction (:func:`stats.adjusted_levels` makes them agree in exact arithmetic; the
+    conjunction keeps a rounding tie at the boundary from splitting them)."""
     p = row["p_value_adjusted"]
     if p is None or not math.isfinite(p) or p >= alpha or row["delta"] == 0:
+        return "no_difference"
+    if not (row["ci_low"] > 0 or row["ci_high"] < 0):
         return "no_difference"
     return "better" if is_better(metric, row["baseline_value"], row["candidate_value"]) else "worse"
 
 
 def finish_report(records: pd.DataFrame, method: str, alpha: float) -> pd.DataFrame:
-    """Adjusted p-values over every test of the report, and a verdict per row."""
+    """Adjusted p-values over every test of the report, each row's interval at the same
+    multiplicity, and a verdict per row.
+
+    ``ci_low`` / ``ci_high`` are the verdict's interval (level ``ci_level``,
+    :func:`stats.adjusted_levels`): it excludes 0 exactly when the verdict is a difference.
+    The unadjusted 95 % interval of the row alone is kept as ``ci_low_raw`` / ``ci_high_raw``."""
     rows = records[records["metric"] != "plot"].copy()
+    rows = rows.rename(columns={"ci_low": "ci_low_raw", "ci_high": "ci_high_raw"})
     p = rows["p_value"].to_numpy(dtype=float)
     rows["p_value_adjusted"] = stats.adjust_pvalues(p, method)
-    # The interval adjusted to the same multiplicity as the verdict (stats.adjusted_levels):
-    # it excludes 0 exactly when the verdict is a difference; ci_low / ci_high stay the raw 95 %.
     level = stats.adjusted_levels(p, method, alpha)
-    rows["ci_level_adjusted"] = 1.0 - level
-    rows["ci_low_adjusted"], rows["ci_high_adjusted"] = stats.normal_interval(
+    rows["ci_level"] = 1.0 - level
+    rows["ci_low"], rows["ci_high"] = stats.normal_interval(
         rows["delta"].to_numpy(dtype=float), rows["se"].to_numpy(dtype=float), level)
+    # se 0 (identical or degenerate arms): the point itself is the interval, as the raw one
+    degenerate = rows["se"].to_numpy(dtype=float) == 0
+    rows.loc[degenerate, "ci_low"] = rows.loc[degenerate, "ci_low_raw"]
+    rows.loc[degenerate, "ci_high"] = rows.loc[degenerate, "ci_high_raw"]
     rows["verdict"] = [verdict(m, r, alpha) for m, r in zip(rows["metric"], rows.to_dict("records"))]
     return rows.reset_index(drop=True)
 

@@ -195,8 +195,8 @@ def daily_figure(report: pd.DataFrame, tasks: list[str]):
             ax = axes[i][j]
             d = daily[(daily["task"] == t) & (daily["metric"] == m)].copy()
             x = np.array([days.index(str(v)) for v in d["day"]])
-            low = d["ci_low_adjusted"].fillna(d["ci_low"]).to_numpy(float)
-            high = d["ci_high_adjusted"].fillna(d["ci_high"]).to_numpy(float)
+            low = d["ci_low"].to_numpy(float)
+            high = d["ci_high"].to_numpy(float)
             delta = d["delta"].to_numpy(float)
             err = np.nan_to_num(np.vstack([delta - low, high - delta]), nan=0.0).clip(min=0)
             ax.axhline(0.0, color="#999", lw=0.8)
@@ -257,10 +257,10 @@ def _verdict_table(rows: pd.DataFrame, label_col: str, header: str | None = None
         body.append(
             f"<tr class={_esc(r['verdict'])}><td class=l>{_esc(r[label_col])}</td><td class=l>{_esc(r['metric'])}</td>"
             f"<td>{_f(r['baseline_value'])}</td><td>{_f(r['candidate_value'])}</td><td>{_f(r['delta'], 3)}</td>"
-            f"<td>{_interval(r, '_adjusted')} ({_level(r.get('ci_level_adjusted'))})</td>"
+            f"<td>{_interval(r, '')} ({_level(r.get('ci_level'))})</td>"
             f"<td>{_f(r['p_value_adjusted'], 3)}</td>"
             f"<td class=l>{_esc(r['verdict']).replace('_', ' ')}</td>"
-            f"<td class=raw>{_interval(r, '')}</td><td class=raw>{_f(r['p_value'], 3)}</td>"
+            f"<td class=raw>{_interval(r, '_raw')}</td><td class=raw>{_f(r['p_value'], 3)}</td>"
             f"<td>{_f(r['n'])}</td></tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
@@ -465,7 +465,7 @@ def render_markdown(result) -> str:
         rows = {r["metric"]: r for r in pooled[pooled["task"] == t].to_dict("records")}
         a, ll = rows.get("auc"), rows.get("logloss")
         auc = f"{_f(a['baseline_value'])} -> {_f(a['candidate_value'])}" if a else "n/a"
-        da = f"{_f(a['delta'], 3)} {_interval(a, '_adjusted')}" if a else "n/a"
+        da = f"{_f(a['delta'], 3)} {_interval(a, '')}" if a else "n/a"
         dl = f"{_f(ll['delta'], 3)} {_interval(ll, '_adjusted')}" if ll else "n/a"
         broken = getattr(d, "guardrails_by_task", {}).get(t, [])
         lines.append(f"| {t} | {v.replace('_', ' ')} | {'broken: ' + '; '.join(broken) if broken else 'ok'} "

@@ -63,9 +63,9 @@ AB_SCHEMA = pa.schema([
     ("verdict", pa.string()), ("n", pa.int64()), ("day", pa.date32()),
     # beyond the contract
     ("method", pa.string()), ("se", pa.float64()), ("start", pa.date32()), ("end", pa.date32()),
-    # the interval adjusted to the verdict's multiplicity (jobs.compare.stats.adjusted_levels)
-    ("ci_low_adjusted", pa.float64()), ("ci_high_adjusted", pa.float64()),
-    ("ci_level_adjusted", pa.float64()),
+    # ci_low / ci_high are the verdict's interval, at the adjusted level ci_level
+    # (jobs.compare.stats.adjusted_levels); the unadjusted 95 % interval of the row alone:
+    ("ci_level", pa.float64()), ("ci_low_raw", pa.float64()), ("ci_high_raw", pa.float64()),
 ])
 
 
