@@ -466,7 +466,7 @@ def render_markdown(result) -> str:
         a, ll = rows.get("auc"), rows.get("logloss")
         auc = f"{_f(a['baseline_value'])} -> {_f(a['candidate_value'])}" if a else "n/a"
         da = f"{_f(a['delta'], 3)} {_interval(a, '')}" if a else "n/a"
-        dl = f"{_f(ll['delta'], 3)} {_interval(ll, '_adjusted')}" if ll else "n/a"
+        dl = f"{_f(ll['delta'], 3)} {_interval(ll, '')}" if ll else "n/a"
         broken = getattr(d, "guardrails_by_task", {}).get(t, [])
         lines.append(f"| {t} | {v.replace('_', ' ')} | {'broken: ' + '; '.join(broken) if broken else 'ok'} "
                      f"| {auc} | {da} | {dl} |")
