@@ -4,7 +4,9 @@ are in force, which day's labels have matured, does the CLI have `compare`).
 
 Kept out of the DAG files so they parse fast and this logic is testable without Airflow. It
 imports neither Spark, torch nor Great Expectations: the jobs run in their own `mmoe` process
-(a Spark driver), the decisions read the warehouse through ``jobs.core.warehouse`` / ``jobs.core.registry``.
+(a Spark driver); the decisions read tables through the jobs' own table layer
+(:func:`table_facts`: path tables here, catalog tables through ``mmoe tables``) and the registry
+through ``jobs.core.registry``.
 """
 
 from __future__ import annotations
@@ -254,12 +256,25 @@ def log_failure(context) -> None:
 # The nightly DAG's decisions
 
 
-def features_ready(settings: Settings, ds: str) -> bool:
-    """The sensor's check: the day's features partition holds data."""
-    from jobs.core.warehouse import Warehouse
+def table_facts(settings: Settings, table: str, ds: str) -> dict:
+    """What the dataset's logical ``table`` holds on ``ds``, through the jobs' own table layer
+    (``jobs.core.table_facts``): a path table is read here; a table the config maps to the
+    Spark catalog is asked through ``mmoe tables``, launched like every job (its own driver,
+    the Connect server or spark-submit), so the DAG sees exactly what the jobs read."""
+    from jobs.core.table_facts import is_catalog
+    from jobs.core.table_facts import table_facts as local_facts
 
     cfg = settings.job_config()
-    return Warehouse(cfg.warehouse).has_partition(settings.dataset, "features", ds)
+    if not is_catalog(cfg, settings.dataset, table):
+        return local_facts(cfg, settings.dataset, table, ds).as_dict()
+    manifest = run_job(["tables"], ds, settings.dataset, config=settings.config,
+                       launch=settings.launch(), warehouse=settings.warehouse, table=table)
+    return manifest["details"]
+
+
+def features_ready(settings: Settings, ds: str) -> bool:
+    """The sensor's check: the day's features partition holds data."""
+    return bool(table_facts(settings, "features", ds)["exists"])
 
 
 def models_to_score(settings: Settings, ds: str) -> list[str]:
@@ -287,11 +302,8 @@ def matured_ds(settings: Settings, ds: str) -> str:
 
 
 def has_predictions(settings: Settings, ds: str) -> bool:
-    from jobs.core.warehouse import Warehouse
-
-    cfg = settings.job_config()
-    return bool(Warehouse(cfg.warehouse).sub_partitions(settings.dataset, "predictions", ds,
-                                                        "model_version"))
+    """Whether any model version's predictions of ``ds`` hold data."""
+    return bool(table_facts(settings, "predictions", ds)["sub_partitions"].get("model_version"))
 
 
 def compare_pairs(versions: list[str]) -> list[dict[str, str]]:

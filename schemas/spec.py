@@ -114,6 +114,7 @@ class Task:
     description: str = ""
     source: str | None = None
     positive: tuple[str, ...] = ()
+    parent: str | None = None   # observed only after the parent task's positive (conversion: click)
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ class DatasetSpec:
     attributes: tuple[Attribute, ...] = ()
     segments: tuple[str, ...] = ()
     user_column: str | None = None
+    request_column: str | None = None   # the ranking metrics' list: one request's impressions
     catalog: CatalogSpec | None = None
     row_count: RowCountPolicy = field(default_factory=RowCountPolicy)
     source: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
@@ -186,6 +188,11 @@ class DatasetSpec:
     @property
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
+
+    @property
+    def conditional_tasks(self) -> list[tuple[str, str]]:
+        """(parent, child) for every task observed only after its parent's positive."""
+        return [(t.parent, t.name) for t in self.tasks if t.parent is not None]
 
     @property
     def features_table_columns(self) -> list[str]:
@@ -268,7 +275,7 @@ def parse_spec(raw: dict[str, Any], origin: str = "<dict>") -> DatasetSpec:
 
 _TOP_LEVEL = {
     "name", "description", "keys", "features", "tasks", "attributes", "segments", "user_column",
-    "row_count", "source", "exclude", "catalog",
+    "request_column", "row_count", "source", "exclude", "catalog",
 }
 
 
@@ -293,6 +300,7 @@ def _parse(raw: dict[str, Any]) -> DatasetSpec:
                          for a in raw.get("attributes", []) if a["name"] not in excluded),
         segments=tuple(raw.get("segments", [])),
         user_column=raw.get("user_column"),
+        request_column=raw.get("request_column"),
         catalog=CatalogSpec(**raw["catalog"]) if raw.get("catalog") else None,
         row_count=RowCountPolicy(**raw.get("row_count", {})),
         source=dict(raw.get("source", {})),
@@ -313,6 +321,7 @@ def _parse_task(raw: dict[str, Any]) -> Task:
         description=raw.get("description", ""),
         source=raw.get("source"),
         positive=tuple(str(v) for v in raw.get("positive", ())),
+        parent=raw.get("parent"),
     )
 
 
@@ -439,6 +448,13 @@ def _check_consistency(spec: DatasetSpec) -> None:
             raise SpecError(f"segment column {seg!r} is not a column of the features table")
     if spec.user_column is not None and spec.user_column not in table_columns:
         raise SpecError(f"user_column {spec.user_column!r} is not a column of the features table")
+    if spec.request_column is not None and spec.request_column not in table_columns:
+        raise SpecError(f"request_column {spec.request_column!r} is not a column of the features "
+                        f"table")
+    names = set(spec.task_names)
+    for t in spec.tasks:
+        if t.parent is not None and (t.parent not in names or t.parent == t.name):
+            raise SpecError(f"task {t.name!r}: parent {t.parent!r} is not another task of the spec")
     if spec.catalog is not None:
         for role in ("user_key", "item_key", "rank_by"):
             column = getattr(spec.catalog, role)

@@ -389,3 +389,33 @@ def test_connect_launcher_adds_the_remote_and_bad_launchers_are_refused(tmp_path
         Launch("connect")
     with pytest.raises(JobFailed, match="mmoe_launcher must be one of"):
         Launch("ssh")
+
+
+def test_the_sensor_and_the_evaluate_check_read_the_tables_the_jobs_read(tmp_path):
+    """Path layout, decided in the task itself: features on one day only (labels on another),
+    predictions of one version on one day (an empty version directory on another). The sensor
+    sees only the features day, the evaluate check only the scored day. The catalog-mapped
+    twin runs end to end in tests/test_dag_catalog.py."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from airflow_dags.runner import Settings, features_ready, has_predictions, table_facts
+    from jobs.core.warehouse import Warehouse
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"warehouse: {tmp_path / 'wh'}\n")
+    wh = Warehouse(tmp_path / "wh")
+    rows = pa.table({"impression_id": [1, 2]})
+    for table, ds, more in (("features", "2026-11-03", {}), ("labels", "2026-11-04", {}),
+                            ("predictions", "2026-11-03", {"model_version": "v1"})):
+        part = wh.partition("synth", table, ds, **more)
+        part.mkdir(parents=True)
+        pq.write_table(rows, part / "part-00000.parquet")
+    wh.partition("synth", "predictions", "2026-11-04", model_version="v2").mkdir(parents=True)
+    settings = Settings(dataset="synth", config=str(config))
+    assert features_ready(settings, "2026-11-03")
+    assert not features_ready(settings, "2026-11-04")  # labels only: not the features
+    assert has_predictions(settings, "2026-11-03")
+    assert not has_predictions(settings, "2026-11-04")  # a version directory without data
+    assert table_facts(settings, "predictions", "2026-11-03")["sub_partitions"] == {
+        "model_version": ["v1"]}

@@ -17,7 +17,7 @@ import typer.main
 
 # registers the commands; `mmoe --help` lists them in this order (the groups data, models last)
 # isort: off
-from jobs.cli import nightly, compare, backfill, train, demo, bench, data, models  # noqa: F401
+from jobs.cli import nightly, compare, backfill, train, demo, bench, data, models, tables  # noqa: F401
 # isort: on
 from jobs.cli._app import app
 

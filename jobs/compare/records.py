@@ -29,7 +29,7 @@ import pyarrow as pa
 from scipy import sparse
 
 from jobs.compare import stats
-from jobs.core import metric_registry
+from jobs.core import metric_registry, ranking
 from jobs.core.metric_registry import Sums
 from mmoe_model.hashing import splitmix64
 from schemas.tables import ddl_arrow_schema
@@ -110,10 +110,40 @@ class _Level:
     hist: list                # per arm: (positives, rows) per pair x logit bin, sparse
     ap: list                  # per arm: exact average precision per group
     deltas: list = field(default_factory=list)
+    ranking: list = field(default_factory=list)   # ranking metrics: X[:, 9:] = per arm sums, then lists
+    lists: np.ndarray | None = None               # judged requests (lists) per group
+
+
+@dataclass
+class _Lists:
+    """What the ranking metrics need of a group: each row's request code and key order."""
+
+    request: np.ndarray
+    requests: int
+    tie: np.ndarray
+    ks: tuple[int, ...]
+
+
+def _ranking_columns(code: np.ndarray, y: np.ndarray, b: _Arm, c: _Arm, ucode: np.ndarray,
+                     users: int, pair_key: np.ndarray, lists: _Lists) -> tuple[list[str], np.ndarray]:
+    """Per (segment, user) pair: each ranking metric's sum over the pair's judged requests, per
+    arm, then the judged requests. A list is one request within one segment value
+    (``jobs.core.ranking``); it belongs to the user of its rows."""
+    group = code * lists.requests + lists.request
+    per_arm = [ranking.request_values(group, y, a.s, lists.tie, lists.ks) for a in (b, c)]
+    judged = per_arm[0].judged
+    first_row = np.unique(group, return_index=True)[1]
+    list_pair = np.searchsorted(pair_key, (per_arm[0].groups // lists.requests) * users
+                                + ucode[first_row])[judged]
+    names = list(per_arm[0].values)
+    cols = [np.bincount(list_pair, weights=arm.values[m][judged], minlength=len(pair_key))
+            for m in names for arm in per_arm]
+    cols.append(np.bincount(list_pair, minlength=len(pair_key)).astype(np.float64))
+    return names, np.column_stack(cols)
 
 
 def _level(code: np.ndarray, groups: int, y: np.ndarray, b: _Arm, c: _Arm, ucode: np.ndarray,
-           users: int) -> _Level:
+           users: int, lists: _Lists | None = None) -> _Level:
     """Clusters are (segment value, user) pairs; a pair's weight is its user's, so a user weighs
     the same in every segment. Pairs are numbered in (segment, user) order, so a segment's
     pairs are one slice."""
@@ -132,8 +162,27 @@ def _level(code: np.ndarray, groups: int, y: np.ndarray, b: _Arm, c: _Arm, ucode
     hist = [(sparse.csr_matrix((np.ones(int(y.sum())), (pair[y], a.bins[y])), shape=shape),
              sparse.csr_matrix((np.ones(len(y)), (pair, a.bins)), shape=shape)) for a in (b, c)]
     ap = [stats.grouped_average_precision(code, y, a.s, groups, a.rank) for a in (b, c)]
-    return _Level(groups, np.searchsorted(pair_key // users, np.arange(groups + 1)),
-                  pair_key % users, X, hist, ap, [{} for _ in range(groups)])
+    names: list[str] = []
+    if lists is not None:
+        names, R = _ranking_columns(code, y, b, c, ucode, users, pair_key, lists)
+        X = np.hstack([X, R])
+    bounds = np.searchsorted(pair_key // users, np.arange(groups + 1))
+    judged = np.array([X[lo:hi, -1].sum() if names else 0.0
+                       for lo, hi in zip(bounds[:-1], bounds[1:])])
+    return _Level(groups, bounds, pair_key % users, X, hist, ap, [{} for _ in range(groups)],
+                  names, judged)
+
+
+def _ranking_values(level: _Level, S: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(baseline, candidate) ranking values per replicate row of pair sums S: the weighted sum
+    of the per-request values over the weighted judged requests."""
+    out = {}
+    count = S[:, -1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for i, m in enumerate(level.ranking):
+            vb, vc = S[:, 9 + 2 * i], S[:, 10 + 2 * i]
+            out[m] = (np.where(count > 0, vb / count, np.nan), np.where(count > 0, vc / count, np.nan))
+    return out
 
 
 def _replicates(level: _Level, W_users: np.ndarray) -> None:
@@ -142,7 +191,9 @@ def _replicates(level: _Level, W_users: np.ndarray) -> None:
     for g in range(level.groups):
         lo, hi = level.bounds[g], level.bounds[g + 1]
         Wg = W[lo:hi]
-        values = _sum_metrics(Wg.T @ level.X[lo:hi])
+        S = Wg.T @ level.X[lo:hi]
+        values = _sum_metrics(S)
+        values.update(_ranking_values(level, S))
         values["pr_auc"] = tuple(
             stats.average_precision(np.asarray((h_pos[lo:hi].T @ Wg).T),
                                     np.asarray((h_cnt[lo:hi].T @ Wg).T)) for h_pos, h_cnt in level.hist)
@@ -154,8 +205,10 @@ def _level_tests(level: _Level, alpha: float) -> list[dict[str, stats.Test]]:
     out = []
     for g in range(level.groups):
         lo, hi = level.bounds[g], level.bounds[g + 1]
-        point = _sum_metrics(level.X[lo:hi].sum(axis=0, keepdims=True))
+        S = level.X[lo:hi].sum(axis=0, keepdims=True)
+        point = _sum_metrics(S)
         point["pr_auc"] = (level.ap[0][g:g + 1], level.ap[1][g:g + 1])
+        point.update(_ranking_values(level, S))
         out.append({m: stats.bootstrap_test(float(point[m][0][0]), float(point[m][1][0]),
                                             np.concatenate(level.deltas[g][m]), alpha) for m in point})
     return out
@@ -176,20 +229,36 @@ def _segment_codes(values: pd.Series, column: str) -> tuple[np.ndarray, list[str
     return codes.reshape(-1).astype(np.int64), [f"{column}={v}" for v in names]
 
 
-def group_records_arrow(table, segments: list[str], replicates: int, seed: int, alpha: float):
+def _lists(pdf: pd.DataFrame, ks) -> _Lists | None:
+    """The ranking metrics' lists of a group: column ``r`` (the request) and ``k0..`` (the key
+    columns, the tie-break); None without them."""
+    if "r" not in pdf.columns or not ks:
+        return None
+    request, rcode = np.unique(pdf["r"].to_numpy(dtype=np.int64), return_inverse=True)
+    keys = [pdf[c].to_numpy() for c in sorted((c for c in pdf.columns if c[:1] == "k" and
+                                                 c[1:].isdigit()), key=lambda c: int(c[1:]))]
+    return _Lists(rcode.reshape(-1).astype(np.int64), len(request), ranking.tie_ranks(*keys),
+                  tuple(ks))
+
+
+def group_records_arrow(table, segments: list[str], replicates: int, seed: int, alpha: float,
+                        ks=()):
     """``group_records`` on an Arrow table (``applyInArrow``): strings become categoricals, so a
     10M-row group costs no Python object per row."""
-    out = group_records(table.to_pandas(strings_to_categorical=True), segments, replicates, seed, alpha)
+    out = group_records(table.to_pandas(strings_to_categorical=True), segments, replicates, seed,
+                        alpha, ks)
     return pa.Table.from_pandas(out, schema=ddl_arrow_schema(RECORD_SCHEMA), preserve_index=False)
 
 
 def group_records(pdf: pd.DataFrame, segments: list[str], replicates: int, seed: int,
-                  alpha: float) -> pd.DataFrame:
+                  alpha: float, ks=()) -> pd.DataFrame:
     """All records of one (task, scope) group of paired, labelled rows.
 
     ``pdf`` columns: task, scope, u (int64 user hash), y (0/1), b, c (the two arms' scores) and
-    seg0.. (string value of each segment column). One record per segment x metric, plus, for
-    segment ``all``, a ``plot`` record whose payload holds the report's histograms.
+    seg0.. (string value of each segment column); with ``ks`` and columns r (the request) and
+    k0.. (the keys), the per-request ranking metrics too (``jobs.core.ranking``; their ``n`` is
+    the requests with a positive). One record per segment x metric, plus, for segment ``all``,
+    a ``plot`` record whose payload holds the report's histograms.
 
     Cost: two float sorts (one per arm), then integer sorts per segment level; the bootstrap is
     O(pairs x replicates) on (segment, user) sums, never O(rows x replicates).
@@ -209,7 +278,9 @@ def group_records(pdf: pd.DataFrame, segments: list[str], replicates: int, seed:
     levels: list[tuple[np.ndarray, list[str]]] = [(np.zeros(len(y), dtype=np.int64), ["all"])]
     for i, col in enumerate(segments):
         levels.append(_segment_codes(pdf[f"seg{i}"], col))
-    prepared = [_level(code, len(names), y, b, c, ucode, len(uniq_users)) for code, names in levels]
+    lists = _lists(pdf, ks)
+    prepared = [_level(code, len(names), y, b, c, ucode, len(uniq_users), lists)
+                for code, names in levels]
     for start in range(0, replicates, 64):  # weights drawn once per user and chunk, for every level
         W_users = stats.poisson_weights(user_hashes, np.arange(start, min(start + 64, replicates)),
                                         seed).astype(np.float64)
@@ -224,7 +295,9 @@ def group_records(pdf: pd.DataFrame, segments: list[str], replicates: int, seed:
         for g, name in enumerate(names):
             out.append(_record(task, scope, name, "auc", "delong",
                                stats.delong_test(moments[g], alpha), counts[g]))
-            out += [_record(task, scope, name, m, "bootstrap", t, counts[g]) for m, t in boot[g].items()]
+            out += [_record(task, scope, name, m, "bootstrap", t,
+                            level.lists[g] if m in level.ranking else counts[g])
+                    for m, t in boot[g].items()]
     nan = stats.Test(*(math.nan,) * 7)
     out.append(_record(task, scope, "all", "plot", "none", nan, len(y), _plot_payload(y, b.s, c.s)))
     return pd.DataFrame(out, columns=RECORD_COLUMNS)

@@ -83,6 +83,7 @@ class ScoringConfig:
 class EvaluationConfig:
     label_wait_days: int = 0
     segments: list[str] | None = None
+    ranking_ks: list[int] = field(default_factory=lambda: [5, 10])   # ndcg@K, map@K, ...
 
 
 # The ``training`` section is flat in YAML (``num_experts: 8``, ``epochs: 8``) but has no
@@ -380,6 +381,11 @@ def _check(cfg: JobConfig) -> None:
         raise ConfigError("scoring.catalog.top_k and max_items_per_user must be >= 1")
     if cfg.evaluation.label_wait_days < 0:
         raise ConfigError("evaluation.label_wait_days must be >= 0")
+    ks = cfg.evaluation.ranking_ks
+    if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
+        raise ConfigError(f"evaluation.ranking_ks must be a non-empty list of positive integers; "
+                          f"got {ks!r}")
+    cfg.evaluation.ranking_ks = sorted(set(ks))
     if cfg.locks.wait_seconds < 0:
         raise ConfigError("locks.wait_seconds must be >= 0")
     if cfg.locks.poll_seconds <= 0:

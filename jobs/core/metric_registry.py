@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 
 Direction = Literal["higher", "lower", "closer_to_1"]
-Role = Literal["size", "quality", "support", "drift", "gate"]
+Role = Literal["size", "quality", "support", "drift", "gate", "ranking"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,36 @@ REGISTRY: tuple[Metric, ...] = (
 BY_NAME: dict[str, Metric] = {m.name: m for m in REGISTRY}
 
 
+# Per-request ranking metrics (``jobs.core.ranking`` computes them): a family with a cut-off K
+# is named ``<family>@K`` (K from ``evaluation.ranking_ks``); ``mrr`` has none. All higher-better.
+RANKING_AT_K = {
+    "ndcg": "DCG@K / ideal DCG@K per request, gain 2^y - 1, discount 1 / log2(rank + 1)",
+    "map": "precision at each positive ranked <= K, summed, / min(positives, K) per request",
+    "recall": "positives ranked <= K / positives per request",
+    "hit_rate": "1 when a positive is ranked <= K, per request",
+}
+RANKING_PLAIN = {"mrr": "1 / rank of the first positive, per request"}
+_RANKING_ORDER = (*RANKING_AT_K, *RANKING_PLAIN)
+
+
+def _ranking(name: str) -> Metric | None:
+    family, at, k = name.partition("@")
+    if (at and family in RANKING_AT_K and k.isdigit() and int(k) >= 1) or \
+            (not at and family in RANKING_PLAIN):
+        doc = RANKING_AT_K[family] if at else RANKING_PLAIN[family]
+        return Metric(name, "ranking", "higher", doc + "; mean over requests with a positive")
+    return None
+
+
+def ranking_names(ks) -> list[str]:
+    """The ranking metrics for cut-offs ``ks``, in display order (ndcg@K first)."""
+    return [f"{f}@{k}" for f in RANKING_AT_K for k in sorted(ks)] + list(RANKING_PLAIN)
+
+
+def is_ranking(name: str) -> bool:
+    return _ranking(name) is not None
+
+
 def names(*roles: Role) -> tuple[str, ...]:
     """Metric names of the given roles (all without roles), in display order."""
     return tuple(m.name for m in REGISTRY if not roles or m.role in roles)
@@ -137,10 +167,11 @@ GATES = names("gate")
 
 
 def metric(name: str) -> Metric:
-    try:
-        return BY_NAME[name]
-    except KeyError:
-        raise ValueError(f"unknown metric {name!r} (one of {', '.join(BY_NAME)})") from None
+    found = BY_NAME.get(name) or _ranking(name)
+    if found is None:
+        raise ValueError(f"unknown metric {name!r} (one of {', '.join(BY_NAME)}, or a ranking "
+                         f"metric: {', '.join([f + '@K' for f in RANKING_AT_K] + list(RANKING_PLAIN))})")
+    return found
 
 
 def values(sums: Sums, which: Iterable[str] = ENGINE) -> dict[str, np.ndarray]:
@@ -155,7 +186,11 @@ def values(sums: Sums, which: Iterable[str] = ENGINE) -> dict[str, np.ndarray]:
 
 
 def rank(name: str) -> int:
-    """Display position of a metric (unknown names sort last)."""
+    """Display position of a metric: the ranking metrics first (by family, then K), then the
+    registry's order; unknown names sort last."""
+    if is_ranking(name):
+        family, _, k = name.partition("@")
+        return -1_000_000 + _RANKING_ORDER.index(family) * 10_000 + (int(k) if k else 9_999)
     return _RANK.get(name, len(_RANK))
 
 

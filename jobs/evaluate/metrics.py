@@ -500,7 +500,7 @@ def _combine_group(pdf: pd.DataFrame, with_user: bool) -> pd.DataFrame:
 # Spark plumbing
 
 
-def _shuffle_partitions(scored: DataFrame) -> int:
+def shuffle_partitions(scored: DataFrame) -> int:
     """spark.sql.shuffle.partitions, raised to the default parallelism (every core busy)."""
     session = scored.sparkSession
     try:
@@ -536,7 +536,7 @@ def compute_metrics(scored: DataFrame, tasks: list[str], segment_columns: list[s
         cols.append(F.col(user_column).alias(_U))
     rows = scored.where(F.col(_MV).isNotNull()).select(*cols)
 
-    parts = _shuffle_partitions(scored)
+    parts = shuffle_partitions(scored)
     blobs = rows.mapInArrow(
         partial(_send, tasks=tasks, n_segments=len(segment_columns),
                 with_user=user_column is not None, dest_keys=_dest_keys(parts)),

@@ -16,6 +16,7 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -33,6 +34,7 @@ from jobs.core.warehouse import (
 )
 from jobs.evaluate.gates import gate_metric_rows, gate_sizes
 from jobs.evaluate.metrics import compute_metrics
+from jobs.evaluate.ranking import ranking_metrics
 from schemas.spec import DatasetSpec
 from schemas.tables import METRICS_STRUCT
 
@@ -114,13 +116,13 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     ds = parse_date(ds, "ds").isoformat()
     versions = _select_versions(cfg, tb, spec, ds, model_versions)
     segments = segment_columns(cfg, spec)
-    user = spec.user_column
+    user, request = spec.user_column, spec.request_column
     keys, tasks = spec.key_names, spec.task_names
 
     labels_t, features_t = tb["labels"], tb["features"]
     if not labels_t.exists(ds):
         raise _labels_missing(spec, ds, labels_t.where(ds), cfg.evaluation.label_wait_days)
-    feature_columns = list(dict.fromkeys(segments + ([user] if user else [])))
+    feature_columns = list(dict.fromkeys(segments + [c for c in (user, request) if c]))
     if feature_columns and not features_t.exists(ds):
         raise MissingInputError(f"features for {spec.name} ds={ds} are missing "
                                 f"({features_t.where(ds)}); "
@@ -146,7 +148,8 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     if feature_columns:
         features = features_t.read(spark, ds, keys + [c for c in feature_columns if c not in keys])
         scored = scored.join(features, keys, "inner")
-    metrics = compute_metrics(scored, tasks, segments, user)
+    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)  # read by each metric family below
+    metrics = task_metrics(scored, spec, segments, cfg.evaluation.ranking_ks)
     if all_gates:
         gate_rows = gate_metric_rows(predictions, tasks, gate_sizes(predictions, tasks))
         if gate_rows is not None:
@@ -159,6 +162,7 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     with wh.lock(spec.name, "metrics", ds, wait_seconds=cfg.locks.wait_seconds,
                  poll_seconds=cfg.locks.poll_seconds):
         rows_written, kept = _replace_partition(spark, target, ds, metrics, versions)
+    scored.unpersist()
 
     shown = metric_registry.names("size", "quality")
     summary = (target.read(spark, ds)
@@ -182,11 +186,60 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
                            for t in by_task} for v, by_task in pooled.items()},
             "segments": segments,
             "user_column": user,
+            "ranking": ranking_note(spec, cfg.evaluation.ranking_ks),
+            "joint_tasks": [joint_task(p, c) for p, c in spec.conditional_tasks],
             "matched_rows": matched,
             "unmatched_prediction_rows": {v: int(read_rows.get(v, 0)) - matched[v]
                                           for v in versions},
             "kept_rows_of_other_versions": kept,
         })
+
+
+def joint_task(parent: str, child: str) -> str:
+    return f"{parent}_and_{child}"
+
+
+def with_joint_tasks(scored: DataFrame, spec: DatasetSpec) -> tuple[DataFrame, list[str]]:
+    """Every task plus, for each conditional (parent, child) of the spec, the joint task
+    ``<parent>_and_<child>``: label both happened, score ``p_parent * p_child``."""
+    joint = []
+    for parent, child in spec.conditional_tasks:
+        name = joint_task(parent, child)
+        label = F.when(F.col(parent).isNull() | F.col(child).isNull(), F.lit(None)) \
+            .otherwise(((F.col(parent) > 0) & (F.col(child) > 0)).cast("int"))
+        scored = scored.withColumn(name, label).withColumn(
+            f"p_{name}", F.col(f"p_{parent}").cast("double") * F.col(f"p_{child}").cast("double"))
+        joint.append(name)
+    return scored, spec.task_names + joint
+
+
+def task_metrics(scored: DataFrame, spec: DatasetSpec, segments: list[str],
+                 ks: list[int]) -> DataFrame:
+    """The pointwise metrics (``compute_metrics``) and, when the spec names a request column,
+    the per-request ranking metrics of every task and joint task over every segment; plus, for
+    each conditional task, both families over the parent's positives as segment
+    ``<parent>=1``."""
+    user, request, keys = spec.user_column, spec.request_column, spec.key_names
+    extended, tasks = with_joint_tasks(scored, spec)
+
+    def families(frame: DataFrame, which: list[str], segs: list[str]) -> DataFrame:
+        out = compute_metrics(frame, which, segs, user)
+        if request is not None:
+            out = out.unionByName(ranking_metrics(frame, which, segs, request, keys, ks))
+        return out
+
+    metrics = families(extended, tasks, segments)
+    for parent, child in spec.conditional_tasks:
+        among = families(extended.where(F.col(parent) > 0), [child], [])
+        metrics = metrics.unionByName(among.withColumn("segment", F.lit(f"{parent}=1")))
+    return metrics
+
+
+def ranking_note(spec: DatasetSpec, ks: list[int]) -> str:
+    if spec.request_column is None:
+        return (f"none: the {spec.name} spec names no request_column, so there is no list per "
+                f"request to rank (pointwise metrics only)")
+    return f"per request ({spec.request_column}), K = {', '.join(map(str, ks))}"
 
 
 def _replace_partition(spark: SparkSession, target: Table, ds: str, metrics: DataFrame,
