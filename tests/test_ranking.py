@@ -128,3 +128,45 @@ def test_spark_equals_the_loop_with_requests_split_across_partitions(spark):
     assert (merged["_merge"] == "both").all(), merged[merged["_merge"] != "both"]
     np.testing.assert_allclose(merged["value_got"], merged["value_want"], rtol=0, atol=1e-9)
     assert (merged["n_got"] == merged["n_want"]).all()
+
+
+def test_compare_pairs_ranking_metrics_with_a_user_clustered_bootstrap():
+    """compare's records (one group, numpy): each arm's ranking values equal the plain loop;
+    the bootstrap SE of delta equals the analytic user-clustered SE of a ratio estimator
+    (requests of one user resampled together), with 400 replicates within 20 %."""
+    from jobs.compare.records import group_records
+
+    rng = np.random.default_rng(8)
+    request, y, s, key = _requests(rng, n_requests=1200)
+    users = 60
+    user_of_request = rng.integers(0, users, 1200)
+    u = user_of_request[request]
+    good = (rng.random(users) < 0.5)[u]                  # the candidate ranks half the users
+    b = np.clip(s + 0.3 * rng.normal(size=len(s)), 0, 1)  # well, the others at random: the
+    c = np.where(good, s, rng.random(len(s)))             # deltas cluster by user
+    pdf = pd.DataFrame({"task": "click", "scope": "all", "u": u.astype(np.int64), "y": y,
+                        "b": b, "c": c, "r": request.astype(np.int64), "k0": key})
+    rec = group_records(pdf, [], replicates=400, seed=3, alpha=0.05, ks=KS)
+    got = rec[rec.segment == "all"].set_index("metric")
+    per = {}
+    for r in np.unique(request):
+        rows = request == r
+        mb = _loop_metrics(list(y[rows]), list(b[rows]), list(key[rows]))
+        if mb is not None:
+            mc = _loop_metrics(list(y[rows]), list(c[rows]), list(key[rows]))
+            per[r] = (user_of_request[r], mb, mc)
+    for name in metric_names(KS):
+        vb = np.array([m[name] for _, m, _ in per.values()])
+        vc = np.array([m[name] for _, _, m in per.values()])
+        assert got.loc[name, "baseline_value"] == pytest.approx(vb.mean(), abs=1e-12)
+        assert got.loc[name, "candidate_value"] == pytest.approx(vc.mean(), abs=1e-12)
+        assert got.loc[name, "n"] == len(per)
+    # the analytic clustered SE of delta = sum(D) / N, D and N summed per user
+    owner = np.array([o for o, _, _ in per.values()])
+    d = np.array([mc["ndcg@5"] - mb["ndcg@5"] for _, mb, mc in per.values()])
+    delta = d.mean()
+    resid = np.bincount(owner, weights=d - delta, minlength=users)
+    se_user = np.sqrt(np.sum(resid ** 2)) / len(d)
+    se_request = np.sqrt(np.sum((d - delta) ** 2)) / len(d)
+    assert se_user > 1.3 * se_request                  # the data tells the two apart
+    assert got.loc["ndcg@5", "se"] == pytest.approx(se_user, rel=0.2), (se_user, se_request)

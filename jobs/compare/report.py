@@ -178,6 +178,9 @@ def _reliability_table(payload: dict) -> str:
             "<th>mean predicted</th><th>observed rate</th></tr>" + "".join(rows) + "</table></details>")
 
 
+DAILY_RANKING = "ndcg@10"   # the per-day plot's first row: this metric's value for both arms
+
+
 def daily_figure(report: pd.DataFrame, tasks: list[str]):
     """Per metric and task, each day's delta with its adjusted interval (the verdict's: filled
     when that day is a difference) as a point with an error bar; one tick per day, labelled
@@ -187,10 +190,30 @@ def daily_figure(report: pd.DataFrame, tasks: list[str]):
         return None
     plt = _plt()
     days = sorted({str(d) for d in daily["day"]})
-    metrics = [m for m in ("auc", "logloss", "calibration") if m in set(daily["metric"])]
-    fig, axes = plt.subplots(len(metrics), len(tasks), squeeze=False,
-                             figsize=(max(4.2, 0.28 * len(days) + 1.5) * len(tasks), 2.8 * len(metrics)))
-    for i, m in enumerate(metrics):
+    present = set(daily["metric"])
+    arms_row = [DAILY_RANKING] if DAILY_RANKING in present else []
+    metrics = [m for m in ("auc", "logloss", "calibration") if m in present]
+    rows = len(arms_row) + len(metrics)
+    fig, axes = plt.subplots(rows, len(tasks), squeeze=False,
+                             figsize=(max(4.2, 0.28 * len(days) + 1.5) * len(tasks), 2.8 * rows))
+
+    def day_axis(ax, title):
+        ax.set_xticks(range(len(days)), days, rotation=90 if len(days) > 6 else 30,
+                      ha="center" if len(days) > 6 else "right")
+        ax.set_xlim(-0.6, len(days) - 0.4)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=7)
+
+    for j, t in enumerate(tasks if arms_row else []):  # ranking: both arms' values per day
+        ax = axes[0][j]
+        d = daily[(daily["task"] == t) & (daily["metric"] == DAILY_RANKING)]
+        x = np.array([days.index(str(v)) for v in d["day"]])
+        for arm in ("baseline", "candidate"):
+            ax.plot(x, d[f"{arm}_value"].to_numpy(float), "o-", color=ARM_COLORS[arm], ms=4,
+                    label=arm)
+        ax.legend(fontsize=7)
+        day_axis(ax, f"{t}: {DAILY_RANKING} per day")
+    for i, m in enumerate(metrics, start=len(arms_row)):
         for j, t in enumerate(tasks):
             ax = axes[i][j]
             d = daily[(daily["task"] == t) & (daily["metric"] == m)].copy()
@@ -204,11 +227,7 @@ def daily_figure(report: pd.DataFrame, tasks: list[str]):
             differs = (d["verdict"] != "no_difference").to_numpy()
             ax.plot(x[differs], delta[differs], "o", color=ARM_COLORS["candidate"], ms=5)
             ax.plot(x[~differs], delta[~differs], "o", mfc="white", color=ARM_COLORS["candidate"], ms=5)
-            ax.set_xticks(range(len(days)), days, rotation=90 if len(days) > 6 else 30,
-                          ha="center" if len(days) > 6 else "right")
-            ax.set_xlim(-0.6, len(days) - 0.4)
-            ax.set_title(f"{t}: {m} delta (adjusted CI)", fontsize=9)
-            ax.tick_params(labelsize=7)
+            day_axis(ax, f"{t}: {m} delta (adjusted CI)")
     fig.tight_layout()
     return fig
 
@@ -335,6 +354,34 @@ def _versions_section(result) -> str:
     return f"<h2>What is compared</h2><div class=wide><table class=versions>{head}{body}</table></div>"
 
 
+def _verdict_sections(pooled: pd.DataFrame, tasks: list[str]) -> list[str]:
+    """The whole range's verdicts: per-request ranking metrics first, then pointwise, then each
+    conditional task among its parent's positives (segment ``<parent>=1``)."""
+    overall = _ordered(pooled[pooled["segment"] == "all"], tasks)
+    ranked = overall["metric"].map(metric_registry.is_ranking).astype(bool)
+    out = []
+    if ranked.any():
+        out += ["<h2>Ranking per request (whole range, all rows)</h2><div class=wide>",
+                _verdict_table(overall[ranked], "task"), "</div>"]
+    else:
+        out.append("<p class=sub>No ranking metrics: this data set's spec names no request "
+                   "column, so there is no per-request list to rank.</p>")
+    out += ["<h2>Pointwise (whole range, all rows)</h2><div class=wide>",
+            _verdict_table(overall[~ranked], "task"), "</div>"]
+    conditional = pooled[pooled["segment"].isin(conditional_segments(pooled, tasks))]
+    if not conditional.empty:
+        rows = _ordered(conditional, tasks)
+        out += ["<h2>Conditional tasks (among the parent's positives)</h2><div class=wide>",
+                _verdict_table(rows.assign(label=rows["task"] + " | " + rows["segment"]), "label",
+                               "task | among"), "</div>"]
+    return out
+
+
+def conditional_segments(pooled: pd.DataFrame, tasks: list[str]) -> list[str]:
+    """Segments ``<task>=1`` naming a task of the report (the conditional slices)."""
+    return [f"{t}=1" for t in tasks if f"{t}=1" in set(pooled["segment"])]
+
+
 def _segments_section(segs: pd.DataFrame, columns: list[str], tasks: list[str]) -> str:
     """One block per segment column: its rows with a verdict (better / worse) in a table, the
     rows without a difference collapsed under it."""
@@ -404,8 +451,7 @@ def render_html(result) -> str:
         "<h2>Pairing</h2><table>"
         + "".join(f"<tr><th class=l>{_esc(k.replace('_', ' '))}</th><td>{v:,}</td></tr>" for k, v in
                   [*p.__dict__.items(), ("labelled_rows", p.labelled_rows)]) + "</table>",
-        "<h2>Verdicts (whole range, all rows)</h2><div class=wide>",
-        _verdict_table(_ordered(pooled[pooled["segment"] == "all"], tasks), "task"), "</div>",
+        *_verdict_sections(pooled, tasks),
     ]
     for t in tasks:
         auc = pooled[(pooled["task"] == t) & (pooled["segment"] == "all") & (pooled["metric"] == "auc")]

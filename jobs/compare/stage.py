@@ -153,9 +153,11 @@ def pairing_counts(paired: DataFrame) -> Pairing:
 
 
 def labelled_pairs(paired: DataFrame, features: DataFrame | None, keys: list[str],
-                   user: str | None, segments: list[str]) -> DataFrame:
+                   user: str | None, segments: list[str], request: str | None = None) -> DataFrame:
     """Rows in both arms with labels, plus ``u`` (a 64-bit user hash: the bootstrap cluster; a
-    row without a user is its own cluster) and the segment columns as strings."""
+    row without a user is its own cluster), the segment columns as strings and, with a
+    ``request`` column, ``r`` (a 64-bit hash of the day and request: one ranked list) and
+    ``k0..`` (the keys: the ranking's tie-break)."""
     rows = paired.where(F.col("_in_b") & F.col("_in_c") & F.col("_labelled"))
     on = keys + [DAY]
     if features is not None:
@@ -164,29 +166,69 @@ def labelled_pairs(paired: DataFrame, features: DataFrame | None, keys: list[str
     u = own if user is None else F.when(F.col(user).isNull(), own).otherwise(F.xxhash64(F.col(user)))
     segs = [F.coalesce(F.col(s).cast("string"), F.lit("null")).alias(f"seg{i}")
             for i, s in enumerate(segments)]
-    return rows.select(F.col(DAY).cast("string").alias(DAY), u.alias("u"), *segs,
+    lists = []
+    if request is not None:
+        r = F.when(F.col(request).isNotNull(), F.xxhash64(F.col(DAY), F.col(request)))
+        lists = [r.alias("r"), *(F.col(k).alias(f"k{i}") for i, k in enumerate(keys))]
+    return rows.select(F.col(DAY).cast("string").alias(DAY), u.alias("u"), *segs, *lists,
                        *(c for c in rows.columns if c[:2] in ("b_", "c_", "y_")))
 
 
-def stack_tasks(rows: DataFrame, tasks: list[str], segments: list[str], per_day: bool) -> DataFrame:
-    """One row per (input row, task, scope): task, scope (``all`` or the day), u, y, b, c, seg*.
-    Rows whose label or either score is null / NaN are left out of that task."""
+AMONG = "\x1f"   # task name of a conditional group: child AMONG parent=1 (see conditional_name)
+
+
+def conditional_name(parent: str, child: str) -> str:
+    """The stacked task of ``child`` among ``parent``'s positives; its records come back as
+    task ``child``, segment ``<parent>=1`` (:func:`conditional_records`)."""
+    return f"{child}{AMONG}{parent}=1"
+
+
+def stack_tasks(rows: DataFrame, tasks: list[str], segments: list[str], per_day: bool,
+                conditional: list[tuple[str, str]] = ()) -> DataFrame:
+    """One row per (input row, task, scope): task, scope (``all`` or the day), u, y, b, c, seg*
+    (and r, k* when ``rows`` has them). For each conditional (parent, child): the joint task
+    ``<parent>_and_<child>`` (label both, score the product) and the child among the parent's
+    positives (:func:`conditional_name`). Rows whose label or either score is null / NaN are
+    left out of that task."""
     scopes = [F.lit("all")] + ([F.col(DAY)] if per_day else [])
-    items = F.array(*[F.struct(F.lit(t).alias("task"), sc.alias("scope"),
-                               F.col(f"y_{t}").cast("int").alias("y"),
-                               F.col(f"b_{t}").cast("double").alias("b"),
-                               F.col(f"c_{t}").cast("double").alias("c"))
-                      for t in tasks for sc in scopes])
+
+    def item(name, y, b, c, sc):
+        return F.struct(F.lit(name).alias("task"), sc.alias("scope"), y.cast("int").alias("y"),
+                        b.cast("double").alias("b"), c.cast("double").alias("c"))
+
+    def arm(prefix, t):
+        return F.col(f"{prefix}_{t}").cast("double")
+
+    items = [item(t, F.col(f"y_{t}"), arm("b", t), arm("c", t), sc) for t in tasks for sc in scopes]
+    for parent, child in conditional:
+        both = (F.col(f"y_{parent}") > 0) & (F.col(f"y_{child}") > 0)
+        items += [item(f"{parent}_and_{child}", both, arm("b", parent) * arm("b", child),
+                       arm("c", parent) * arm("c", child), sc) for sc in scopes]
+        among = F.when(F.col(f"y_{parent}") > 0, F.col(f"y_{child}"))
+        items += [item(conditional_name(parent, child), among, arm("b", child), arm("c", child), sc)
+                  for sc in scopes]
     segs = [f"seg{i}" for i in range(len(segments))]
-    out = rows.select("u", *segs, F.explode(items).alias("x")).select("x.*", "u", *segs)
+    extra = [c for c in rows.columns if c == "r" or (c[:1] == "k" and c[1:].isdigit())]
+    out = rows.select("u", *segs, *extra, F.explode(F.array(*items)).alias("x")) \
+        .select("x.*", "u", *segs, *extra)
     return out.where(F.col("y").isNotNull() & F.col("b").isNotNull() & F.col("c").isNotNull()
                      & ~F.isnan("b") & ~F.isnan("c"))
 
 
+def conditional_records(records: pd.DataFrame) -> pd.DataFrame:
+    """A conditional group's records as task ``child``, segment ``<parent>=1`` (its segment
+    ``all``; its per-segment-column rows are dropped: one conditional slice per task)."""
+    is_cond = records["task"].str.contains(AMONG, regex=False)
+    cond = records[is_cond & (records["segment"] == "all")].copy()
+    split = cond["task"].str.split(AMONG, n=1, regex=False)
+    cond["task"], cond["segment"] = split.str[0], split.str[1]
+    return pd.concat([records[~is_cond], cond], ignore_index=True)
+
+
 def compute_records(stacked: DataFrame, segments: list[str], replicates: int, seed: int,
-                    alpha: float) -> DataFrame:
+                    alpha: float, ks=()) -> DataFrame:
     def fn(table):
-        return group_records_arrow(table, segments, replicates, seed, alpha)
+        return group_records_arrow(table, segments, replicates, seed, alpha, ks)
 
     return stacked.groupBy("task", "scope").applyInArrow(fn, RECORD_SCHEMA)
 
@@ -235,7 +277,8 @@ def _paired_records(spark, cfg: JobConfig, spec: DatasetSpec, tb: DatasetTables,
             f"none of the {pairing.paired_rows} rows shared by {baseline} and {candidate} in "
             f"{start}..{end} has labels", details={"pairing": pairing.__dict__})
 
-    feature_cols = list(dict.fromkeys(segments + ([user] if user else [])))
+    request = spec.request_column
+    feature_cols = list(dict.fromkeys(segments + [c for c in (user, request) if c]))
     features = None
     if feature_cols:
         feature_days = [d for d in days if tb["features"].exists(d)]
@@ -244,12 +287,14 @@ def _paired_records(spark, cfg: JobConfig, spec: DatasetSpec, tb: DatasetTables,
                                     f"{feature_cols} from them")
         features = _read_days(spark, tb["features"], feature_days,
                               keys + [c for c in feature_cols if c not in keys])
-    rows = labelled_pairs(paired, features, keys, user, segments)
+    rows = labelled_pairs(paired, features, keys, user, segments, request)
     labelled_days = sorted(set(arm_days[baseline]) & set(arm_days[candidate]) & set(label_days))
     per_day = len(labelled_days) > 1
-    stacked = stack_tasks(rows, tasks, segments, per_day)
+    stacked = stack_tasks(rows, tasks, segments, per_day, spec.conditional_tasks)
     c = cfg.compare
-    records = compute_records(stacked, segments, c.replicates, c.seed, c.alpha).toPandas()
+    ks = cfg.evaluation.ranking_ks if request else ()
+    records = conditional_records(
+        compute_records(stacked, segments, c.replicates, c.seed, c.alpha, ks).toPandas())
     return records, pairing, per_day, labelled_days
 
 
@@ -309,7 +354,8 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
     if not per_day and labelled_days:  # a one-day range: its day rows are the pooled rows
         report = pd.concat([report, report.assign(scope=labelled_days[0])], ignore_index=True)
     decision = decide(report, c.decision_metrics, c.guardrail_list(), tasks)
-    table = ab_table(report, baseline, candidate, start, end, tasks)
+    shown = list(tasks) + [f"{p}_and_{ch}" for p, ch in spec.conditional_tasks]
+    table = ab_table(report, baseline, candidate, start, end, shown)
 
     gates = None
     if gate_cols:
@@ -319,7 +365,7 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
     drift = {arm: version_drift(tb["drift"], v, days)
              for arm, v in (("baseline", baseline), ("candidate", candidate))}
     result = CompareResult(spec.name, baseline, candidate, start, end, segments, days, pairing,
-                           table, plots, decision, gates, prediction_drift=drift, tasks=list(tasks),
+                           table, plots, decision, gates, prediction_drift=drift, tasks=shown,
                            versions={arm: describe_model(cfg, spec.name, end, ref)
                                      for arm, ref in refs.items()})
     with tb.wh.ab_report_lock(spec.name, baseline, candidate, start, end,
