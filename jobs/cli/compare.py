@@ -32,7 +32,7 @@ def compare(
         None, "--segment", metavar="COL",
         help="Segment column (repeatable; default: evaluation.segments / the spec's)."),
     fail_on_regression: bool = typer.Option(
-        False, "--fail-on-regression", help="Exit 3 when the candidate breaks a guardrail."),
+        False, "--fail-on-regression", help="Exit 3 when the candidate breaks a guardrail or fails a gate."),
 ) -> None:
     """Offline A/B: the candidate vs the baseline per task x segment x metric, with intervals,
     adjusted p-values, verdicts and a ship decision -> ab_reports + HTML + Markdown."""
@@ -46,11 +46,12 @@ def compare(
 
         result = compare_models(spark_session(cfg), cfg, spec, base, cand, start, end,
                                 segment or None)
-        broken = result.decision.broken_guardrails
+        broken = result.decision.broken_guardrails + [
+            f"gate {g}" for g in result.decision.failed_gates]
         if fail_on_regression and broken:
             record = result.record()
             raise RegressionDetected(
-                f"candidate {result.candidate} breaks {len(broken)} guardrail(s) vs "
+                f"candidate {result.candidate} breaks {len(broken)} guardrail(s)/gate(s) vs "
                 f"{result.baseline}: {broken[0]}"
                 + (f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""),
                 details={**{k: v for k, v in record.__dict__.items() if k != "details"},

@@ -354,20 +354,50 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
     broken_guardrails: list[str] = field(default_factory=list)
     guardrails_by_task: dict[str, list[str]] = field(default_factory=dict)  # task -> broken ones
+    gates: list[dict] = field(default_factory=list)   # each gate: rule, figure, status
+
+    @property
+    def failed_gates(self) -> list[str]:
+        return [f"{g['rule']} ({g['figure']})" for g in self.gates if g["status"] == "failed"]
 
     def as_dict(self) -> dict:
         return {"ship": self.ship, "tasks": self.tasks, "reasons": self.reasons,
-                "broken_guardrails": self.broken_guardrails}
+                "broken_guardrails": self.broken_guardrails, "gates": self.gates}
 
 
 def _fmt(x: float) -> str:
     return f"{x:.4g}" if x is not None and math.isfinite(x) else "n/a"
 
 
-def decide(report: pd.DataFrame, decision_metrics: list[str], guardrails, tasks: list[str]) -> Decision:
+def check_gate(gate, row: dict | None) -> dict:
+    """One gate against its pooled row: status ``passed`` / ``failed``, or ``n/a`` when the
+    report has no such task, metric or slice (e.g. a ranking gate on a data set without
+    requests), and the figure it was judged on."""
+    out = {"rule": gate.describe(), "task": gate.task, "metric": gate.metric,
+           "segment": gate.segment, "kind": gate.kind, "threshold": gate.threshold}
+    if row is None:
+        return {**out, "status": "n/a", "figure": "no such row in this report", "value": None}
+    cand, base = row["candidate_value"], row["baseline_value"]
+    if gate.kind == "must_improve":
+        ok, value, figure = row["verdict"] == "better", None, f"verdict {row['verdict']}"
+    elif not (math.isfinite(cand) and (gate.kind == "min" or math.isfinite(base))):
+        ok, value, figure = False, None, "undefined value"
+    elif gate.kind == "min":
+        lower = metric_registry.metric(gate.metric).direction == "lower"
+        ok = cand <= gate.threshold if lower else cand >= gate.threshold
+        value, figure = cand, f"candidate {_fmt(cand)}"
+    else:
+        value = regression(gate.metric, base, cand)
+        ok, figure = value <= gate.threshold, f"regression {_fmt(value)}"
+    return {**out, "status": "passed" if ok else "failed", "figure": figure, "value": value}
+
+
+def decide(report: pd.DataFrame, decision_metrics: list[str], guardrails, tasks: list[str],
+           gates=()) -> Decision:
     """Per task: worse when a decision metric is significantly worse (pooled, segment all), better
     when one is significantly better and none worse. Ship when no task is worse, no guardrail
-    breaks and at least one task is better."""
+    breaks, no gate fails (:func:`check_gate`) and at least one task is better; no gates: the
+    decision as before."""
     pooled = report[(report["scope"] == "all") & (report["segment"] == "all")]
     by = {(r["task"], r["metric"]): r for r in pooled.to_dict("records")}
     verdicts, reasons, broken, by_task = {}, [], [], {}
@@ -392,8 +422,14 @@ def decide(report: pd.DataFrame, decision_metrics: list[str], guardrails, tasks:
                         f"(> {'relative ' if g.relative else ''}limit {_fmt(limit)})")
                 broken.append(f"{task}: {what}")
                 by_task.setdefault(task, []).append(what)
-    ship = not broken and "worse" not in verdicts.values() and "better" in verdicts.values()
+    rows = {(r["task"], r["segment"], r["metric"]): r
+            for r in report[report["scope"] == "all"].to_dict("records")}
+    checked = [check_gate(g, rows.get((g.task, g.segment, g.metric))) for g in gates]
+    failed = [g for g in checked if g["status"] == "failed"]
+    ship = (not broken and not failed and "worse" not in verdicts.values()
+            and "better" in verdicts.values())
     if not any(v == "better" for v in verdicts.values()):
         reasons.append("no task is significantly better")
-    return Decision(ship, verdicts, reasons + [f"guardrail broken: {b}" for b in broken], broken,
-                    by_task)
+    return Decision(ship, verdicts, reasons + [f"guardrail broken: {b}" for b in broken]
+                    + [f"gate failed: {g['rule']} ({g['figure']})" for g in failed], broken,
+                    by_task, checked)

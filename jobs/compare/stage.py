@@ -353,7 +353,7 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
     report = finish_report(records, c.adjustment, c.alpha)
     if not per_day and labelled_days:  # a one-day range: its day rows are the pooled rows
         report = pd.concat([report, report.assign(scope=labelled_days[0])], ignore_index=True)
-    decision = decide(report, c.decision_metrics, c.guardrail_list(), tasks)
+    decision = decide(report, c.decision_metrics, c.guardrail_list(), tasks, c.gate_list())
     shown = list(tasks) + [f"{p}_and_{ch}" for p, ch in spec.conditional_tasks]
     table = ab_table(report, baseline, candidate, start, end, shown)
 

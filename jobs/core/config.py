@@ -12,7 +12,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from jobs.core.errors import ConfigError, InputError
-from jobs.core.metric_registry import COMPARED
+from jobs.core.metric_registry import COMPARED, is_ranking
+from jobs.core.metric_registry import metric as registry_metric
 from jobs.core.warehouse import local_path
 from mmoe_model.config import ModelConfig, TrainConfig
 from mmoe_model.errors import ModelConfigError
@@ -133,6 +134,72 @@ class Guardrail:
     relative: bool = False
 
 
+GATE_KINDS = ("min", "max_regression", "must_improve")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A rule a team writes down for one task, metric and slice (``segment``, default ``all``;
+    pooled over the range): ``min`` - the candidate's value is at least ``threshold`` (at most,
+    for a lower-is-better metric); ``max_regression`` - the candidate is worse than the baseline
+    by at most ``threshold`` (the metric's own direction); ``must_improve`` - the row's verdict
+    is ``better``."""
+
+    task: str
+    metric: str
+    kind: str
+    threshold: float | None = None
+    segment: str = "all"
+
+    def describe(self) -> str:
+        where = f"{self.task}{'' if self.segment == 'all' else ' / ' + self.segment} {self.metric}"
+        if self.kind == "min":
+            return f"{where}: candidate {'<=' if _lower(self.metric) else '>='} {self.threshold:g}"
+        if self.kind == "max_regression":
+            return f"{where}: regression <= {self.threshold:g}"
+        return f"{where}: must improve"
+
+
+def _lower(metric: str) -> bool:
+    return registry_metric(metric).direction == "lower"
+
+
+def parse_gates(raw: Any) -> list[Gate]:
+    """``compare.gates``: a list of mappings {task, metric, [segment], one of min: X,
+    max_regression: X, must_improve: true}."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(f"compare.gates must be a list of mappings, got {raw!r}")
+    out = []
+    for i, g in enumerate(raw):
+        where = f"compare.gates[{i}]"
+        if not isinstance(g, dict) or not {"task", "metric"} <= set(g):
+            raise ConfigError(f"{where}: must be a mapping with task, metric and one of "
+                              f"{', '.join(GATE_KINDS)}")
+        extra = set(g) - {"task", "metric", "segment", *GATE_KINDS}
+        kinds = [k for k in GATE_KINDS if k in g]
+        if extra or len(kinds) != 1:
+            raise ConfigError(f"{where}: exactly one of {', '.join(GATE_KINDS)} (got "
+                              f"{sorted(set(g) - {'task', 'metric', 'segment'})})")
+        metric = str(g["metric"])
+        if metric not in COMPARED and not is_ranking(metric):
+            raise ConfigError(f"{where}.metric: {metric!r} is not a compared metric")
+        kind, value = kinds[0], g[kinds[0]]
+        if kind == "must_improve":
+            if value is not True:
+                raise ConfigError(f"{where}.must_improve: must be true, got {value!r}")
+            threshold = None
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    (kind == "max_regression" and value < 0):
+                raise ConfigError(f"{where}.{kind}: must be a number"
+                                  f"{' >= 0' if kind == 'max_regression' else ''}, got {value!r}")
+            threshold = float(value)
+        out.append(Gate(str(g["task"]), metric, kind, threshold, str(g.get("segment", "all"))))
+    return out
+
+
 @dataclass
 class CompareConfig:
     replicates: int = 200
@@ -141,6 +208,10 @@ class CompareConfig:
     adjustment: Literal["bh", "holm"] = "bh"
     decision_metrics: list[str] = field(default_factory=lambda: ["auc", "logloss"])
     guardrails: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gates: list[dict[str, Any]] = field(default_factory=list)
+
+    def gate_list(self) -> list[Gate]:
+        return parse_gates(self.gates)
 
     def guardrail_list(self) -> list[Guardrail]:
         out = []
@@ -415,8 +486,10 @@ def _check_compare(c: CompareConfig) -> None:
         raise ConfigError("compare.alpha must be within (0, 1)")
     if c.adjustment not in ("bh", "holm"):
         raise ConfigError("compare.adjustment must be 'bh' or 'holm'")
-    unknown = [m for m in c.decision_metrics if m not in COMPARED]
+    unknown = [m for m in c.decision_metrics if m not in COMPARED and not is_ranking(m)]
     if unknown or not c.decision_metrics:
         raise ConfigError(f"compare.decision_metrics must name metrics among "
-                          f"{', '.join(COMPARED)}; got {c.decision_metrics}")
+                          f"{', '.join(COMPARED)} or ranking metrics (ndcg@K, ...); got "
+                          f"{c.decision_metrics}")
     c.guardrail_list()
+    c.gate_list()
