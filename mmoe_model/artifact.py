@@ -113,6 +113,8 @@ def spec_to_dict(spec: DatasetSpec) -> dict[str, Any]:
     }
     if spec.catalog is not None:  # only when set: specs without one keep their old bytes
         out["catalog"] = asdict(spec.catalog)
+    if spec.request_column is not None:  # the same
+        out["request_column"] = spec.request_column
     return out
 
 

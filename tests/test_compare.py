@@ -148,10 +148,14 @@ def test_pairing_values_rerun_and_gates(spark, job_config, spec, warehouse, chro
     # a figure row per task, per-day deltas, gates; tables: tasks, versions, pairing, verdicts,
     # the segment columns with a difference, one prediction drift table per arm, and those
     # under <details> (closed: Chromium still lays them out): reliability bins, undecided segments
-    segs = table[table.day.isna() & (table.segment != "all")]
+    segs = table[table.day.isna() & (table.segment != "all")
+                 & ~table.segment.isin([f"{t}=1" for t in spec.task_names])]
     decided = {s.split("=")[0] for s in segs[segs.verdict.isin(["better", "worse"])].segment}
-    assert page.images == len(spec.task_names) + 2
-    assert page.tables == 4 + len(decided) + 2 + len(page.probes["collapsed"])
+    # one figure row per task shown: the spec's and each conditional pair's joint task
+    assert page.images == len(spec.task_names) + len(spec.conditional_tasks) + 2
+    ranked = table.metric.str.contains("@").any()      # the ranking table leads the verdicts
+    conditional = table.segment.str.endswith("=1").any()  # the child among parent positives
+    assert page.tables == 4 + ranked + conditional + len(decided) + 2 + len(page.probes["collapsed"])
     assert "Prediction drift" in page.text and "candidate B" in page.text and "p_click" in page.text
     (job_config.warehouse.parent / "compare.png").write_bytes(page.screenshot)
     assert page.screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(page.screenshot) > 50_000
@@ -163,7 +167,7 @@ def test_pairing_values_rerun_and_gates(spark, job_config, spec, warehouse, chro
 PROBES = {
     "h1": "document.querySelector('h1').innerText",
     "tasks": "[...document.querySelectorAll('table.tasks tr')].slice(1).map(tr => tr.cells[0].innerText)",
-    "verdict_tasks": "[...document.querySelectorAll('h2')].find(h => h.innerText.startsWith('Verdicts'))"
+    "verdict_tasks": "[...document.querySelectorAll('h2')].find(h => h.innerText.startsWith('Pointwise'))"
                      ".nextElementSibling.querySelector('table').innerText.split('\\n').slice(1)"
                      ".map(line => line.split('\\t')[0])",
     "versions": "[...document.querySelectorAll('table.versions tr')].map(tr =>"
@@ -183,9 +187,11 @@ def _check_report_reads_right(spec, result, table, page, summary):
     """Issue 22, item 9: one task order (the spec's) everywhere, what each version is, a date
     axis with one tick per day and per-day error bars, quantile reliability bins whose rows add
     up, segments grouped with the undecided rows collapsed, baseline before candidate."""
-    tasks = spec.task_names
+    # the spec's order, then each conditional pair's joint task
+    tasks = spec.task_names + [f"{p}_and_{c}" for p, c in spec.conditional_tasks]
     assert tasks != sorted(tasks)  # the spec's order is not the alphabet: the check can fail
-    assert result.tasks == tasks and page.probes["tasks"] == tasks
+    assert result.tasks == tasks
+    assert page.probes["tasks"] == spec.task_names  # the decision's tasks (joint ones do not decide)
     assert list(dict.fromkeys(page.probes["verdict_tasks"])) == tasks
     assert list(dict.fromkeys(table.task)) == tasks
     assert list(dict.fromkeys(table[table.day.isna()].task)) == tasks
@@ -197,7 +203,15 @@ def _check_report_reads_right(spec, result, table, page, summary):
     assert {"architecture", "epochs run", "training range", "aliases"} <= set(versions)
 
     fig = daily_figure(result.report, tasks)
+    arms = [ax for ax in fig.axes if ax.get_title().endswith("ndcg@10 per day")]
+    assert len(arms) == len(tasks)       # the first row: ndcg@10 of both arms per task
+    for ax in arms:
+        assert [t.get_text() for t in ax.get_xticklabels()] == DAYS
+        assert sorted(line.get_label() for line in ax.get_lines()) == ["baseline", "candidate"]
+        assert all(len(line.get_xdata()) == len(DAYS) for line in ax.get_lines())
     for ax in fig.axes:
+        if ax in arms:
+            continue
         assert [t.get_text() for t in ax.get_xticklabels()] == DAYS  # one tick per day, a date
         assert not any(isinstance(c, PolyCollection) for c in ax.collections)  # no band of steps
         bars = [c for c in ax.collections if isinstance(c, LineCollection)]
@@ -282,7 +296,8 @@ def test_cli_gates_on_regression_and_refuses_in_one_line(spark, job_config, spec
         assert shown[5] == f"... and {len(reasons) - 5} more reason(s) (the report lists every one)"
     assert f"  report: {manifest['outputs']['html']}" in lines
     table = read_table(warehouse.ab_report(spec.name, "B", "A", *DAYS)).to_pandas()
-    assert set(table.segment) == {"all", "platform=android", "platform=ios", "platform=web"}
+    assert set(table.segment) == {"all", "platform=android", "platform=ios", "platform=web",
+                                  "click=1"}
     assert manifest["output_rows"] == len(table)
 
     result = runner.invoke(app, [*base, "--baseline", "A", "--candidate", "A"])

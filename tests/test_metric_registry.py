@@ -125,7 +125,7 @@ def test_ab_table_and_report_follow_the_registry_order():
     result = CompareResult("ds", "1", "2", "2024-01-01", "2024-01-02", ["platform"], [],
                            Pairing(1, 1, 1, 0, 0, 0), table, {}, decision)
     page = render_html(result)
-    pooled = page.split("<h2>Verdicts (whole range, all rows)</h2>")[1].split("</table>")[0]
+    pooled = page.split("<h2>Pointwise (whole range, all rows)</h2>")[1].split("</table>")[0]
     shown = re.findall(r"<td class=l>click</td><td class=l>([a-z_]+)</td>", pooled)
     assert tuple(shown) == registry.COMPARED
     segments = page.split("<h2>Segments (whole range)</h2>")[1].split("<h2>")[0]

@@ -219,7 +219,7 @@ def conditional_records(records: pd.DataFrame) -> pd.DataFrame:
     """A conditional group's records as task ``child``, segment ``<parent>=1`` (its segment
     ``all``; its per-segment-column rows are dropped: one conditional slice per task)."""
     is_cond = records["task"].str.contains(AMONG, regex=False)
-    cond = records[is_cond & (records["segment"] == "all")].copy()
+    cond = records[is_cond & (records["segment"] == "all") & (records["metric"] != "plot")].copy()
     split = cond["task"].str.split(AMONG, n=1, regex=False)
     cond["task"], cond["segment"] = split.str[0], split.str[1]
     return pd.concat([records[~is_cond], cond], ignore_index=True)

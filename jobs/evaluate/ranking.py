@@ -39,7 +39,10 @@ def _codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 def _partition_sums(batches: Iterator[pa.RecordBatch], tasks: list[str], segments: list[str],
                     keys: list[str], ks: tuple[int, ...]) -> Iterator[pa.RecordBatch]:
-    table = pa.Table.from_batches(list(batches))
+    batches = list(batches)
+    if not batches:
+        return
+    table = pa.Table.from_batches(batches)
     if table.num_rows == 0:
         return
     mv, mv_names = _codes(table.column("__mv"))
