@@ -86,7 +86,13 @@ def _faults(model_dir, how: str) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
 def test_the_worker_does_not_fault_its_batches_memory_in_again(reference_sized_model):
-    plain = _faults(reference_sized_model, "plain")
+    # the control, up to 3 fresh interpreters: glibc sometimes settles early (a clean-clone run
+    # saw 5,960 once); the worker's own figure is measured once and never retried
+    plain = 0
+    for _ in range(3):
+        plain = max(plain, _faults(reference_sized_model, "plain"))
+        if plain > 20_000:
+            break
     worker = _faults(reference_sized_model, "worker")
     # Measured (12 runs of each): glibc's defaults fault 2,000-6,000 pages in for most batches
     # (30-83k in all; it sometimes settles after a few batches); the worker's setting none in
