@@ -194,6 +194,17 @@ class DatasetSpec:
         """(parent, child) for every task observed only after its parent's positive."""
         return [(t.parent, t.name) for t in self.tasks if t.parent is not None]
 
+    @staticmethod
+    def joint_task(parent: str, child: str) -> str:
+        """The joint task of a conditional pair: both happened (``click_and_conversion``)."""
+        return f"{parent}_and_{child}"
+
+    @property
+    def reported_tasks(self) -> list[str]:
+        """The tasks evaluate and compare report: the spec's, then each conditional pair's joint
+        task."""
+        return self.task_names + [self.joint_task(p, c) for p, c in self.conditional_tasks]
+
     @property
     def features_table_columns(self) -> list[str]:
         """Columns of the features table, in order: keys, features, attributes."""

@@ -48,6 +48,7 @@ RECORD_SCHEMA = ("task string, scope string, segment string, metric string, meth
 N_LOGIT_BINS = int(2 * LOGIT_RANGE / LOGIT_STEP) + 1
 # bootstrapped from per-user sums (registry formulas, as evaluate); auc by DeLong, pr_auc on bins
 SUM_METRICS = tuple(m for m in metric_registry.COMPARED if m not in ("auc", "pr_auc"))
+SUM_COLUMNS = 9   # _Level.X: rows, positives, 2 score sums, 2 log-loss sums, 3 GAUC terms
 
 
 def _logit_bin(s: np.ndarray, step: float = LOGIT_STEP) -> np.ndarray:
@@ -110,8 +111,8 @@ class _Level:
     hist: list                # per arm: (positives, rows) per pair x logit bin, sparse
     ap: list                  # per arm: exact average precision per group
     deltas: list = field(default_factory=list)
-    ranking: list = field(default_factory=list)   # ranking metrics: X[:, 9:] = per arm sums, then lists
-    lists: np.ndarray | None = None               # judged requests (lists) per group
+    ranking: list = field(default_factory=list)   # ranking metrics: X[:, SUM_COLUMNS:] holds their
+    lists: np.ndarray | None = None               # per-arm sums, then the judged requests; per group
 
 
 @dataclass
@@ -180,7 +181,7 @@ def _ranking_values(level: _Level, S: np.ndarray) -> dict[str, tuple[np.ndarray,
     count = S[:, -1]
     with np.errstate(divide="ignore", invalid="ignore"):
         for i, m in enumerate(level.ranking):
-            vb, vc = S[:, 9 + 2 * i], S[:, 10 + 2 * i]
+            vb, vc = S[:, SUM_COLUMNS + 2 * i], S[:, SUM_COLUMNS + 1 + 2 * i]
             out[m] = (np.where(count > 0, vb / count, np.nan), np.where(count > 0, vc / count, np.nan))
     return out
 

@@ -202,7 +202,7 @@ def stack_tasks(rows: DataFrame, tasks: list[str], segments: list[str], per_day:
     items = [item(t, F.col(f"y_{t}"), arm("b", t), arm("c", t), sc) for t in tasks for sc in scopes]
     for parent, child in conditional:
         both = (F.col(f"y_{parent}") > 0) & (F.col(f"y_{child}") > 0)
-        items += [item(f"{parent}_and_{child}", both, arm("b", parent) * arm("b", child),
+        items += [item(DatasetSpec.joint_task(parent, child), both, arm("b", parent) * arm("b", child),
                        arm("c", parent) * arm("c", child), sc) for sc in scopes]
         among = F.when(F.col(f"y_{parent}") > 0, F.col(f"y_{child}"))
         items += [item(conditional_name(parent, child), among, arm("b", child), arm("c", child), sc)
@@ -354,7 +354,7 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
     if not per_day and labelled_days:  # a one-day range: its day rows are the pooled rows
         report = pd.concat([report, report.assign(scope=labelled_days[0])], ignore_index=True)
     decision = decide(report, c.decision_metrics, c.guardrail_list(), tasks, c.gate_list())
-    shown = list(tasks) + [f"{p}_and_{ch}" for p, ch in spec.conditional_tasks]
+    shown = spec.reported_tasks
     table = ab_table(report, baseline, candidate, start, end, shown)
 
     gates = None

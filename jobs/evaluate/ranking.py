@@ -30,9 +30,15 @@ from schemas.tables import METRICS_STRUCT
 _PARTIAL = "model_version string, task string, segment string, metric string, total double, n long"
 
 
+def _values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A column as numpy: numbers without a Python object per row, strings as str."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return np.asarray(column.to_pylist(), dtype=str)
+    return column.to_numpy(zero_copy_only=False)
+
+
 def _codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    values = np.asarray(column.to_pylist() if pa.types.is_string(column.type)
-                        else column.to_numpy(zero_copy_only=False))
+    values = _values(column)
     uniq, codes = np.unique(values, return_inverse=True)
     return codes.reshape(-1).astype(np.int64), uniq
 
@@ -47,7 +53,7 @@ def _partition_sums(batches: Iterator[pa.RecordBatch], tasks: list[str], segment
         return
     mv, mv_names = _codes(table.column("__mv"))
     request, requests = _codes(table.column("__r"))
-    tie = tie_ranks(*(np.asarray(table.column(f"__k{i}").to_pylist()) for i in range(len(keys))))
+    tie = tie_ranks(*(_values(table.column(f"__k{i}")) for i in range(len(keys))))
     levels = [(np.zeros(table.num_rows, dtype=np.int64), np.array(["all"]), None)]
     for i, column in enumerate(segments):
         code, values = _codes(table.column(f"__seg{i}"))

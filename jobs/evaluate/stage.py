@@ -112,7 +112,7 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     tb = DatasetTables(cfg, spec.name, spark)
     tb.preflight(inputs=("predictions", "labels", "features"), outputs=("metrics",),
                  columns={"metrics": METRICS_STRUCT.names})
-    wh, predictions_t = tb.wh, tb["predictions"]
+    predictions_t = tb["predictions"]
     ds = parse_date(ds, "ds").isoformat()
     versions = _select_versions(cfg, tb, spec, ds, model_versions)
     segments = segment_columns(cfg, spec)
@@ -149,6 +149,19 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
         features = features_t.read(spark, ds, keys + [c for c in feature_columns if c not in keys])
         scored = scored.join(features, keys, "inner")
     scored = scored.persist(StorageLevel.MEMORY_AND_DISK)  # read by each metric family below
+    try:
+        return _evaluate_scored(spark, cfg, spec, tb, ds, versions, segments, scored,
+                                predictions, read_rows, all_gates)
+    finally:
+        scored.unpersist()
+
+
+def _evaluate_scored(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, tb: DatasetTables,
+                     ds: str, versions: list[str], segments: list[str], scored: DataFrame,
+                     predictions: DataFrame, read_rows: dict[str, int],
+                     all_gates: list[str]) -> EvaluateResult:
+    """The metrics of the joined, persisted rows, written under the partition lock."""
+    tasks, user, wh = spec.task_names, spec.user_column, tb.wh
     metrics = task_metrics(scored, spec, segments, cfg.evaluation.ranking_ks)
     if all_gates:
         gate_rows = gate_metric_rows(predictions, tasks, gate_sizes(predictions, tasks))
@@ -162,7 +175,6 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
     with wh.lock(spec.name, "metrics", ds, wait_seconds=cfg.locks.wait_seconds,
                  poll_seconds=cfg.locks.poll_seconds):
         rows_written, kept = _replace_partition(spark, target, ds, metrics, versions)
-    scored.unpersist()
 
     shown = metric_registry.names("size", "quality")
     summary = (target.read(spark, ds)
@@ -187,7 +199,7 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
             "segments": segments,
             "user_column": user,
             "ranking": ranking_note(spec, cfg.evaluation.ranking_ks),
-            "joint_tasks": [joint_task(p, c) for p, c in spec.conditional_tasks],
+            "joint_tasks": spec.reported_tasks[len(tasks):],
             "matched_rows": matched,
             "unmatched_prediction_rows": {v: int(read_rows.get(v, 0)) - matched[v]
                                           for v in versions},
@@ -195,22 +207,16 @@ def evaluate_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, d
         })
 
 
-def joint_task(parent: str, child: str) -> str:
-    return f"{parent}_and_{child}"
-
-
 def with_joint_tasks(scored: DataFrame, spec: DatasetSpec) -> tuple[DataFrame, list[str]]:
     """Every task plus, for each conditional (parent, child) of the spec, the joint task
     ``<parent>_and_<child>``: label both happened, score ``p_parent * p_child``."""
-    joint = []
     for parent, child in spec.conditional_tasks:
-        name = joint_task(parent, child)
+        name = spec.joint_task(parent, child)
         label = F.when(F.col(parent).isNull() | F.col(child).isNull(), F.lit(None)) \
             .otherwise(((F.col(parent) > 0) & (F.col(child) > 0)).cast("int"))
         scored = scored.withColumn(name, label).withColumn(
             f"p_{name}", F.col(f"p_{parent}").cast("double") * F.col(f"p_{child}").cast("double"))
-        joint.append(name)
-    return scored, spec.task_names + joint
+    return scored, spec.reported_tasks
 
 
 def task_metrics(scored: DataFrame, spec: DatasetSpec, segments: list[str],
