@@ -18,6 +18,7 @@ from matplotlib.collections import LineCollection, PolyCollection
 from sklearn.metrics import roc_auc_score
 
 from jobs.compare import stats
+from jobs.compare.records import TOO_SMALL
 from jobs.compare.report import daily_figure, reliability_bins, task_figure
 from jobs.compare.stage import compare_models, compute_records, labelled_pairs, stack_tasks
 from jobs.core.errors import InputError, MissingInputError
@@ -93,7 +94,8 @@ def _oracle_rows(wh, spec, days):
         b = read("predictions", model_version="B").drop(columns=["scored_at"])
         frames.append(a.merge(b, on="impression_id", suffixes=("_a", "_b"))
                       .merge(read("labels"), on="impression_id")
-                      .merge(read("features")[["impression_id", "platform", "user_id"]], on="impression_id")
+                      .merge(read("features")[["impression_id", "platform", "user_cohort", "user_id"]],
+                             on="impression_id")
                       .assign(day=ds))
     return pd.concat(frames, ignore_index=True)
 
@@ -128,7 +130,8 @@ def test_pairing_values_rerun_and_gates(spark, job_config, spec, warehouse, chro
                 assert got.n == len(sub)
     # candidate (less noise) wins on every task
     assert result.decision.tasks == {t: "better" for t in spec.task_names}
-    assert set(table.p_value_adjusted.dropna() >= table.p_value.dropna()) == {True}
+    adjusted = table.p_value_adjusted.notna()   # too-small slices have none
+    assert (table.p_value_adjusted[adjusted] >= table.p_value[adjusted]).all()
     # gates: task mass mostly on expert 0 (Dirichlet(20, 1, 1, 0.01)): collapsed? 20/22 = 0.91
     g = result.gates["candidate"]["tasks"]["click"]
     assert g["experts"] == EXPERTS and g["rows"] == 2 * (N - 3 + 4)
@@ -303,6 +306,67 @@ def test_cli_gates_on_regression_and_refuses_in_one_line(spark, job_config, spec
     result = runner.invoke(app, [*base, "--baseline", "A", "--candidate", "A"])
     assert result.exit_code == 2 and result.stderr.strip().count("\n") == 0
     assert "same version" in result.stderr
+
+
+def _bh(p):
+    """Benjamini-Hochberg by its definition: min over p_j >= p_i of m p_j / rank_j."""
+    m, out = len(p), np.empty(len(p))
+    ranks = np.array([(p <= q).sum() for q in p])
+    for i in range(m):
+        out[i] = min(1.0, min(m * p[j] / ranks[j] for j in range(m) if p[j] >= p[i]))
+    return out
+
+
+def test_crossed_slices_small_ones_and_gates(spark, job_config, spec, warehouse, chromium):
+    """compare.segments crossing platform x user_cohort: each combination's AUC and n equal
+    sklearn's on the oracle rows; a combination under compare.min_slice_rows (for a ranking
+    metric, its requests with a positive under min_slice_requests) is too_small: no adjusted
+    p-value, and not one of the tests the others are adjusted for (theirs equal BH over the judged
+    rows alone). A gate on a too-small slice is n/a, the report lists every gate."""
+    rows = _oracle_rows(warehouse, spec, DAYS)
+    sizes = rows.groupby(["platform", "user_cohort"]).size()
+    c = job_config.compare
+    c.segments = ["platform,user_cohort"]
+    c.min_slice_rows = int(sizes.median()) + 1
+    c.min_slice_requests = 15
+    small, big = sizes.idxmin(), sizes.idxmax()
+    name = lambda key: f"platform={key[0]} & user_cohort={key[1]}"
+    c.gates = [{"task": "click", "metric": "auc", "segment": name(big), "min": 0.0},
+               {"task": "click", "metric": "auc", "segment": name(small), "min": 0.0},
+               {"task": "click", "metric": "auc", "segment": name(big), "min": 1.01}]
+    result = compare_models(spark, job_config, spec, "A", "B", DAYS[0], DAYS[1])
+    table = read_table(warehouse.ab_report(spec.name, "A", "B", *DAYS)).to_pandas()
+    pooled = table[table.day.isna()]
+    assert result.segments == ["platform & user_cohort"]
+    crossed = pooled[pooled.segment.str.contains(" & ")]
+    assert set(crossed.segment) == {name(k) for k in sizes.index}
+    for key, n in sizes.items():
+        sub = rows[(rows.platform == key[0]) & (rows.user_cohort == key[1])]
+        got = crossed[(crossed.segment == name(key)) & (crossed.task == "like")]
+        auc = got[got.metric == "auc"].iloc[0]
+        assert auc.n == n and auc.baseline_value == pytest.approx(
+            roc_auc_score(sub["like"], sub["p_like_a"]), abs=1e-12)
+        pointwise = got[~got.metric.str.contains("@|mrr")]
+        assert set(pointwise.verdict == TOO_SMALL) == {n < c.min_slice_rows}
+        ranked = got[got.metric.str.contains("@|mrr")]
+        assert ((ranked.verdict == TOO_SMALL) == (ranked.n < c.min_slice_requests)).all()
+    judged = table.verdict != TOO_SMALL
+    assert (~judged).any() and judged.any()
+    assert table.loc[~judged, "p_value_adjusted"].isna().all()
+    assert table.loc[~judged, "ci_low"].isna().all()
+    p = table.loc[judged, "p_value"].to_numpy()
+    np.testing.assert_allclose(table.loc[judged, "p_value_adjusted"], _bh(p), atol=1e-12)
+    assert [g["status"] for g in result.decision.gates] == ["passed", "n/a", "failed"]
+    assert result.decision.ship is False and any("gate failed" in r for r in result.decision.reasons)
+    page = visit(chromium, result.outputs["html"], {
+        "gates": "[...[...document.querySelectorAll('h2')].find(h => h.innerText.startsWith("
+                 "'Decision gates')).nextElementSibling.rows].slice(1).map(r => r.cells[2].innerText)",
+        "slices": "[...document.querySelectorAll('h3')].map(h => h.innerText)"})
+    assert page.errors == [] and page.probes["gates"] == ["passed", "n/a", "failed"]
+    assert page.probes["slices"] == ["platform & user_cohort"]
+    assert "too small to judge" in page.text
+    assert "| click / " + name(small) + " auc: candidate >= 0 | slice too small" in \
+        open(result.outputs["summary"]).read()
 
 
 def test_evaluate_writes_gate_metrics(spark, job_config, spec, warehouse):

@@ -65,3 +65,27 @@ def test_gate_and_expert_layout_are_training_keys(tmp_path):
     path.write_text("training: {gate: argmax}\n")
     with pytest.raises(ConfigError, match="gate must be one of"):
         load_config(path)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("compare: {segments: [[platform, platform]]}", r"compare.segments\[0\]: a slice needs distinct"),
+    ("compare: {segments: [3]}", r"compare.segments\[0\]: a slice is a column name or a list"),
+    ("compare: {min_slice_rows: -1}", r"min_slice_rows and compare.min_slice_requests must be >= 0"),
+    ("compare: {gates: [{task: click, metric: auc}]}", r"compare.gates\[0\]: exactly one of"),
+    ("compare: {gates: [{task: click, metric: nosuch, min: 1}]}", r"is not a compared metric"),
+])
+def test_bad_compare_slices_or_gates_are_refused(refused_config, body, message):
+    refused_config(body, message)
+
+
+def test_compare_slices_cross_columns_however_written(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("compare:\n  segments: [platform, [platform, user_cohort], 'platform, user_cohort',"
+                    " 'user_cohort & platform']\n  gates:\n"
+                    "    - {task: click, metric: ndcg@10, segment: platform=ios, max_regression: 0.002}\n")
+    c = load_config(path).compare
+    assert c.segments == ["platform", "platform & user_cohort", "platform & user_cohort",
+                          "user_cohort & platform"]
+    (gate,) = c.gate_list()
+    assert (gate.task, gate.metric, gate.segment, gate.kind, gate.threshold) == \
+        ("click", "ndcg@10", "platform=ios", "max_regression", 0.002)

@@ -29,8 +29,9 @@ def compare(
     end: str = typer.Option(..., "--end", metavar="DATE",
                             help="Last ds YYYY-MM-DD (the manifest's ds)."),
     segment: Optional[list[str]] = typer.Option(
-        None, "--segment", metavar="COL",
-        help="Segment column (repeatable; default: evaluation.segments / the spec's)."),
+        None, "--segment", metavar="COL[,COL]",
+        help="Slice: a segment column, or columns crossed (platform,user_cohort); repeatable; "
+             "default: compare.segments / evaluation.segments / the spec's."),
     fail_on_regression: bool = typer.Option(
         False, "--fail-on-regression", help="Exit 3 when the candidate breaks a guardrail or fails a gate."),
 ) -> None:

@@ -133,8 +133,9 @@ def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
 
     _section(f"3. A/B on the held-out day {last}: @challenger ({arms['challenger']}) vs "
              f"@champion ({arms['champion']})")
+    gated = cfg if cfg.compare.gates else replace(cfg, compare=replace(cfg.compare, gates=demo.gates))
     runs["compare"] = _step("compare", spec.name, last, cfg, lambda: compare_models(
-        spark, cfg, spec, ModelRef.parse("@champion"), ModelRef.parse("@challenger"), last,
+        spark, gated, spec, ModelRef.parse("@champion"), ModelRef.parse("@challenger"), last,
         last))
     _indented(compare_summary(asdict(runs["compare"]), colour))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from typing import Any, Callable, TextIO
 
 from jobs.core import metric_registry
@@ -126,6 +127,11 @@ def compare_summary(m: Manifest, colour: bool = False) -> str:
     if len(reasons) > MAX_ITEMS:
         lines.append(f"  - ... and {len(reasons) - MAX_ITEMS} more reason(s) (the report lists "
                      f"every one)")
+    gates = decision.get("gates") or []
+    if gates:
+        counts = Counter(g["status"] for g in gates)
+        lines.append("  gates: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        lines += [f"    {_word(g['status'], colour)}: {g['rule']} ({g['figure']})" for g in gates]
     if out.get("html"):
         lines.append(f"  report: {out['html']}")
     return "\n".join(lines)

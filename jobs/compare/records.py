@@ -31,6 +31,7 @@ from scipy import sparse
 from jobs.compare import stats
 from jobs.core import metric_registry, ranking
 from jobs.core.metric_registry import Sums
+from jobs.core.slices import SEP
 from mmoe_model.hashing import splitmix64
 from schemas.tables import ddl_arrow_schema
 
@@ -216,8 +217,10 @@ def _level_tests(level: _Level, alpha: float) -> list[dict[str, stats.Test]]:
 
 
 def _segment_codes(values: pd.Series, column: str) -> tuple[np.ndarray, list[str]]:
-    """Dense codes of a segment column and the ``column=value`` names, sorted by value. A
-    categorical column (as Arrow dictionaries arrive) is coded without a Python object per row."""
+    """Dense codes of a slice's values and the ``column=value`` names, sorted by value (a
+    crossed slice's values arrive named: ``platform=ios & user_cohort=new``). A categorical
+    column (as Arrow dictionaries arrive) is coded without a Python object per row."""
+    prefix = "" if SEP in column else f"{column}="
     if isinstance(values.dtype, pd.CategoricalDtype):
         cats = np.asarray(values.cat.categories.astype(str))
         used, codes = np.unique(values.cat.codes.to_numpy(), return_inverse=True)
@@ -225,9 +228,9 @@ def _segment_codes(values: pd.Series, column: str) -> tuple[np.ndarray, list[str
         order = np.argsort(names, kind="stable")
         remap = np.empty(len(order), dtype=np.int64)
         remap[order] = np.arange(len(order))
-        return remap[codes.reshape(-1)], [f"{column}={v}" for v in names[order]]
+        return remap[codes.reshape(-1)], [f"{prefix}{v}" for v in names[order]]
     names, codes = np.unique(values.astype(str).to_numpy(), return_inverse=True)
-    return codes.reshape(-1).astype(np.int64), [f"{column}={v}" for v in names]
+    return codes.reshape(-1).astype(np.int64), [f"{prefix}{v}" for v in names]
 
 
 def _lists(pdf: pd.DataFrame, ks) -> _Lists | None:
@@ -325,27 +328,47 @@ def verdict(metric: str, row: dict, alpha: float) -> str:
     return "better" if is_better(metric, row["baseline_value"], row["candidate_value"]) else "worse"
 
 
-def finish_report(records: pd.DataFrame, method: str, alpha: float) -> pd.DataFrame:
-    """Adjusted p-values over every test of the report, each row's interval at the same
+TOO_SMALL = "too_small"   # a slice value below compare.min_slice_rows / min_slice_requests
+
+
+def too_small(rows: pd.DataFrame, min_rows: int, min_requests: int) -> np.ndarray:
+    """Rows of a slice (segment not ``all``) with fewer than ``min_rows`` rows, or, for a
+    ranking metric (whose ``n`` counts requests with a positive), fewer than ``min_requests``."""
+    ranked = rows["metric"].map(metric_registry.is_ranking).to_numpy(dtype=bool)
+    floor = np.where(ranked, min_requests, min_rows)
+    return ((rows["segment"] != "all").to_numpy() & (rows["n"].to_numpy(dtype=float) < floor))
+
+
+def finish_report(records: pd.DataFrame, method: str, alpha: float, min_rows: int = 0,
+                  min_requests: int = 0) -> pd.DataFrame:
+    """Adjusted p-values over every judged test of the report, each row's interval at the same
     multiplicity, and a verdict per row.
 
     ``ci_low`` / ``ci_high`` are the verdict's interval (level ``ci_level``,
     :func:`stats.adjusted_levels`): it excludes 0 exactly when the verdict is a difference.
-    The unadjusted 95 % interval of the row alone is kept as ``ci_low_raw`` / ``ci_high_raw``."""
-    rows = records[records["metric"] != "plot"].copy()
+    The unadjusted 95 % interval of the row alone is kept as ``ci_low_raw`` / ``ci_high_raw``.
+    A slice value that is :func:`too_small` is not judged: verdict ``too_small``, no adjusted
+    p-value or interval, and it is not one of the tests the others are adjusted for."""
+    rows = records[records["metric"] != "plot"].copy().reset_index(drop=True)
     rows = rows.rename(columns={"ci_low": "ci_low_raw", "ci_high": "ci_high_raw"})
-    p = rows["p_value"].to_numpy(dtype=float)
-    rows["p_value_adjusted"] = stats.adjust_pvalues(p, method)
+    small = too_small(rows, min_rows, min_requests)
+    judged = ~small
+    p = rows["p_value"].to_numpy(dtype=float)[judged]
+    delta, se = rows["delta"].to_numpy(dtype=float), rows["se"].to_numpy(dtype=float)
     level = stats.adjusted_levels(p, method, alpha)
-    rows["ci_level"] = 1.0 - level
-    rows["ci_low"], rows["ci_high"] = stats.normal_interval(
-        rows["delta"].to_numpy(dtype=float), rows["se"].to_numpy(dtype=float), level)
+    for col in ("p_value_adjusted", "ci_level", "ci_low", "ci_high"):
+        rows[col] = np.nan
+    rows.loc[judged, "p_value_adjusted"] = stats.adjust_pvalues(p, method)
+    rows.loc[judged, "ci_level"] = 1.0 - level
+    low, high = stats.normal_interval(delta[judged], se[judged], level)
+    rows.loc[judged, "ci_low"], rows.loc[judged, "ci_high"] = low, high
     # se 0 (identical or degenerate arms): the point itself is the interval, as the raw one
-    degenerate = rows["se"].to_numpy(dtype=float) == 0
+    degenerate = judged & (se == 0)
     rows.loc[degenerate, "ci_low"] = rows.loc[degenerate, "ci_low_raw"]
     rows.loc[degenerate, "ci_high"] = rows.loc[degenerate, "ci_high_raw"]
-    rows["verdict"] = [verdict(m, r, alpha) for m, r in zip(rows["metric"], rows.to_dict("records"))]
-    return rows.reset_index(drop=True)
+    rows["verdict"] = [TOO_SMALL if s else verdict(m, r, alpha) for s, m, r in
+                       zip(small, rows["metric"], rows.to_dict("records"))]
+    return rows
 
 
 @dataclass
@@ -378,6 +401,9 @@ def check_gate(gate, row: dict | None) -> dict:
            "segment": gate.segment, "kind": gate.kind, "threshold": gate.threshold}
     if row is None:
         return {**out, "status": "n/a", "figure": "no such row in this report", "value": None}
+    if row["verdict"] == TOO_SMALL:  # not judged: the gate neither passes nor fails on noise
+        return {**out, "status": "n/a", "figure": f"slice too small (n={int(row['n'])})",
+                "value": None}
     cand, base = row["candidate_value"], row["baseline_value"]
     if gate.kind == "must_improve":
         ok, value, figure = row["verdict"] == "better", None, f"verdict {row['verdict']}"

@@ -15,7 +15,9 @@ import math
 import numpy as np
 import pandas as pd
 
+from jobs.compare.records import TOO_SMALL
 from jobs.core import metric_registry
+from jobs.core.slices import in_slice, slice_values
 from jobs.validate.drift import DriftRow
 from jobs.validate.report import CSS as VALIDATION_CSS
 from jobs.validate.report import render_drift_rows
@@ -28,7 +30,8 @@ h1{font-size:22px;margin-bottom:4px}h2{font-size:18px;margin-top:28px;border-bot
 .ship{background:#dff3e4;color:#12622b;border:1px solid #8fd19e}.noship{background:#fbe3e4;color:#8a1f26;border:1px solid #eea5aa}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #d8dbe3;padding:4px 8px;text-align:right}
 th{background:#f2f4f8}td.l,th.l{text-align:left}
-.better{background:#dff3e4}.worse{background:#fbe3e4}.no_difference{color:#5a6275}
+.better{background:#dff3e4}.worse{background:#fbe3e4}.no_difference{color:#5a6275}.too_small{color:#9aa0ad;font-style:italic}
+.passed{background:#dff3e4}.failed{background:#fbe3e4}.na{color:#5a6275}
 .raw{color:#8a90a0}td{white-space:nowrap;font-variant-numeric:tabular-nums}
 h3{font-size:15px;margin:18px 0 4px}details{margin:4px 0 12px}summary{cursor:pointer;color:#3b5bdb}
 .wide{overflow-x:auto;max-width:100%}
@@ -382,25 +385,46 @@ def conditional_segments(pooled: pd.DataFrame, tasks: list[str]) -> list[str]:
     return [f"{t}=1" for t in tasks if f"{t}=1" in set(pooled["segment"])]
 
 
-def _segments_section(segs: pd.DataFrame, columns: list[str], tasks: list[str]) -> str:
-    """One block per segment column: its rows with a verdict (better / worse) in a table, the
-    rows without a difference collapsed under it."""
+def _segments_section(segs: pd.DataFrame, slices: list[str], tasks: list[str]) -> str:
+    """One block per slice (a segment column, or columns crossed): its rows with a verdict
+    (better / worse) in a table, the rows without a difference and the slice values too small
+    to judge collapsed under it."""
     out = []
-    for column in columns:
-        rows = _ordered(segs[segs["segment"].str.startswith(column + "=")], tasks)
+    for name in slices:
+        rows = _ordered(segs[segs["segment"].map(lambda s: in_slice(s, name))], tasks)
         if rows.empty:
             continue
-        rows = rows.assign(label=rows["task"] + " / " + rows["segment"].str[len(column) + 1:])
+        rows = rows.assign(label=rows["task"] + " / "
+                           + rows["segment"].map(lambda s: slice_values(s, name)))
         decided = rows[rows["verdict"].isin(["better", "worse"])]
-        rest = rows[~rows["verdict"].isin(["better", "worse"])]
-        out.append(f"<h3>{_esc(column)}</h3>")
-        header = f"task / {column}"
+        small = rows[rows["verdict"] == TOO_SMALL]
+        rest = rows[rows["verdict"] == "no_difference"]
+        out.append(f"<h3>{_esc(name)}</h3>")
+        header = f"task / {name}"
         out.append(_verdict_table(decided, "label", header) if not decided.empty else
-                   f"<p>No segment of {_esc(column)} differs.</p>")
+                   f"<p>No slice of {_esc(name)} differs.</p>")
         if not rest.empty:
             out.append(f"<details><summary>{len(rest)} rows without a difference</summary>"
                        f"{_verdict_table(rest, 'label', header)}</details>")
+        if not small.empty:
+            values = small["segment"].nunique()
+            out.append(f"<details><summary>{len(small)} rows of {values} slice value(s) too small "
+                       f"to judge (compare.min_slice_rows / min_slice_requests)</summary>"
+                       f"{_verdict_table(small, 'label', header)}</details>")
     return "".join(out)
+
+
+def decision_gates_section(d) -> str:
+    """``compare.gates``: each rule, the figure it was judged on and whether it passed."""
+    gates = getattr(d, "gates", None) or []
+    if not gates:
+        return ""
+    body = "".join(
+        f"<tr class={'na' if g['status'] == 'n/a' else g['status']}><td class=l>{_esc(g['rule'])}</td>"
+        f"<td class=l>{_esc(g['figure'])}</td><td class=l>{_esc(g['status'])}</td></tr>"
+        for g in gates)
+    return ("<h2>Decision gates (compare.gates)</h2><table><tr><th class=l>rule</th>"
+            f"<th class=l>figure</th><th class=l>status</th></tr>{body}</table>")
 
 
 def _drift_section(result) -> str:
@@ -447,6 +471,7 @@ def render_html(result) -> str:
                   f"<td class=l>{_esc(d.tasks[t]).replace('_', ' ')}</td>"
                   f"<td class=l>{_guardrails(d, t)}</td></tr>"
                   for t in tasks if t in d.tasks) + "</table>",
+        decision_gates_section(d),
         _versions_section(result),
         "<h2>Pairing</h2><table>"
         + "".join(f"<tr><th class=l>{_esc(k.replace('_', ' '))}</th><td>{v:,}</td></tr>" for k, v in
@@ -476,7 +501,7 @@ def render_html(result) -> str:
                     flags.append(f"{arm} {t}: collapsed gate (> 90% of the mass on one expert)")
                 if f["dead_experts"]:
                     flags.append(f"{arm} {t}: dead expert(s) {f['dead_experts']}")
-        parts += ["<h2>Gates</h2>", "<ul>" + "".join(f"<li>{_esc(x)}</li>" for x in flags) + "</ul>"
+        parts += ["<h2>Expert gates (mixture weights)</h2>", "<ul>" + "".join(f"<li>{_esc(x)}</li>" for x in flags) + "</ul>"
                   if flags else "<p>No collapsed gate, no dead expert.</p>",
                   f"<div class=figs>{_gate_figure(result.gates)}</div>"]
     drift = _drift_section(result)
@@ -516,6 +541,9 @@ def render_markdown(result) -> str:
         broken = getattr(d, "guardrails_by_task", {}).get(t, [])
         lines.append(f"| {t} | {v.replace('_', ' ')} | {'broken: ' + '; '.join(broken) if broken else 'ok'} "
                      f"| {auc} | {da} | {dl} |")
+    if d.gates:
+        lines += ["", "| gate | figure | status |", "|---|---|---|"]
+        lines += [f"| {g['rule']} | {g['figure']} | {g['status']} |" for g in d.gates]
     lines += ["", "Adjusted CI: at the verdicts' multiplicity (it excludes 0 exactly when the verdict "
               "is a difference); the report's tables show the raw 95% CI beside it."]
     p = result.pairing

@@ -43,6 +43,7 @@ from jobs.core.errors import InputError, MissingInputError
 from jobs.core.manifest import RunRecord
 from jobs.core.modelref import ModelRef
 from jobs.core.registry import describe_model, version_of
+from jobs.core.slices import SEP, compare_slices, slice_columns
 from jobs.core.tables import DatasetTables, Table
 from jobs.core.warehouse import (
     date_range,
@@ -51,7 +52,6 @@ from jobs.core.warehouse import (
     report_id,
 )
 from jobs.evaluate.gates import gate_diagnostics
-from jobs.evaluate.stage import segment_columns
 from schemas.spec import DatasetSpec
 
 DAY = "day"
@@ -152,10 +152,19 @@ def pairing_counts(paired: DataFrame) -> Pairing:
         paired_without_labels=total(lambda b, c, y: b and c and not y))
 
 
+def _slice_value(name: str):
+    """A row's value of a slice: the column's value as a string ("null" for none); for crossed
+    columns the whole row segment name (``platform=ios & user_cohort=new``)."""
+    values = [F.coalesce(F.col(c).cast("string"), F.lit("null")) for c in slice_columns(name)]
+    if len(values) == 1:
+        return values[0]
+    return F.concat_ws(SEP, *(F.concat(F.lit(f"{c}="), v) for c, v in zip(slice_columns(name), values)))
+
+
 def labelled_pairs(paired: DataFrame, features: DataFrame | None, keys: list[str],
                    user: str | None, segments: list[str], request: str | None = None) -> DataFrame:
     """Rows in both arms with labels, plus ``u`` (a 64-bit user hash: the bootstrap cluster; a
-    row without a user is its own cluster), the segment columns as strings and, with a
+    row without a user is its own cluster), each slice's value as a string (``seg0..``) and, with a
     ``request`` column, ``r`` (a 64-bit hash of the day and request: one ranked list) and
     ``k0..`` (the keys: the ranking's tie-break)."""
     rows = paired.where(F.col("_in_b") & F.col("_in_c") & F.col("_labelled"))
@@ -164,8 +173,7 @@ def labelled_pairs(paired: DataFrame, features: DataFrame | None, keys: list[str
         rows = rows.join(features, on, "left")
     own = F.xxhash64(*(F.col(k) for k in on))
     u = own if user is None else F.when(F.col(user).isNull(), own).otherwise(F.xxhash64(F.col(user)))
-    segs = [F.coalesce(F.col(s).cast("string"), F.lit("null")).alias(f"seg{i}")
-            for i, s in enumerate(segments)]
+    segs = [_slice_value(s).alias(f"seg{i}") for i, s in enumerate(segments)]
     lists = []
     if request is not None:
         r = F.when(F.col(request).isNotNull(), F.xxhash64(F.col(DAY), F.col(request)))
@@ -278,7 +286,8 @@ def _paired_records(spark, cfg: JobConfig, spec: DatasetSpec, tb: DatasetTables,
             f"{start}..{end} has labels", details={"pairing": pairing.__dict__})
 
     request = spec.request_column
-    feature_cols = list(dict.fromkeys(segments + [c for c in (user, request) if c]))
+    feature_cols = list(dict.fromkeys([c for s in segments for c in slice_columns(s)]
+                                      + [c for c in (user, request) if c]))
     features = None
     if feature_cols:
         feature_days = [d for d in days if tb["features"].exists(d)]
@@ -315,7 +324,7 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
     days = date_range(start, end)
     tb = DatasetTables(cfg, spec.name, spark)
     tb.preflight(inputs=("predictions", "labels", "features"), outputs=("ab_reports",))
-    segments = segment_columns(cfg, spec, segments)
+    segments = compare_slices(cfg, spec, segments)
     keys, tasks = spec.key_names, spec.task_names
     arm_days = {v: _versions_days(tb, v, days) for v in (baseline, candidate)}
     for role, v in (("baseline", baseline), ("candidate", candidate)):
@@ -350,7 +359,7 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
     c = cfg.compare
     plots = {r["task"]: json.loads(r["payload"]) for r in
              records[(records["metric"] == "plot") & (records["scope"] == "all")].to_dict("records")}
-    report = finish_report(records, c.adjustment, c.alpha)
+    report = finish_report(records, c.adjustment, c.alpha, c.min_slice_rows, c.min_slice_requests)
     if not per_day and labelled_days:  # a one-day range: its day rows are the pooled rows
         report = pd.concat([report, report.assign(scope=labelled_days[0])], ignore_index=True)
     decision = decide(report, c.decision_metrics, c.guardrail_list(), tasks, c.gate_list())

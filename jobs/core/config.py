@@ -14,6 +14,7 @@ import yaml
 from jobs.core.errors import ConfigError, InputError
 from jobs.core.metric_registry import COMPARED, is_ranking
 from jobs.core.metric_registry import metric as registry_metric
+from jobs.core.slices import slice_name
 from jobs.core.warehouse import local_path
 from mmoe_model.config import ModelConfig, TrainConfig
 from mmoe_model.errors import ModelConfigError
@@ -164,16 +165,16 @@ def _lower(metric: str) -> bool:
     return registry_metric(metric).direction == "lower"
 
 
-def parse_gates(raw: Any) -> list[Gate]:
+def parse_gates(raw: Any, source: str = "compare.gates") -> list[Gate]:
     """``compare.gates``: a list of mappings {task, metric, [segment], one of min: X,
     max_regression: X, must_improve: true}."""
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise ConfigError(f"compare.gates must be a list of mappings, got {raw!r}")
+        raise ConfigError(f"{source} must be a list of mappings, got {raw!r}")
     out = []
     for i, g in enumerate(raw):
-        where = f"compare.gates[{i}]"
+        where = f"{source}[{i}]"
         if not isinstance(g, dict) or not {"task", "metric"} <= set(g):
             raise ConfigError(f"{where}: must be a mapping with task, metric and one of "
                               f"{', '.join(GATE_KINDS)}")
@@ -209,6 +210,11 @@ class CompareConfig:
     decision_metrics: list[str] = field(default_factory=lambda: ["auc", "logloss"])
     guardrails: dict[str, dict[str, Any]] = field(default_factory=dict)
     gates: list[dict[str, Any]] = field(default_factory=list)
+    # slices to judge (default: evaluate's segment columns): a column, or a list of columns
+    # crossed ([platform, user_cohort] -> rows platform=ios & user_cohort=new)
+    segments: list[Any] | None = None
+    min_slice_rows: int = 100       # a slice value with fewer paired rows is too_small, not judged
+    min_slice_requests: int = 20    # ... for a ranking metric: fewer requests with a positive
 
     def gate_list(self) -> list[Gate]:
         return parse_gates(self.gates)
@@ -247,6 +253,8 @@ class DemoConfig:
     arch: str = "mmoe"
     challenger_arch: str = "shared-bottom"
     epochs: int = 3
+    # the gates the demo's A/B decides with where compare.gates names none (compare.gates' form)
+    gates: list[dict[str, Any]] = field(default_factory=list)
 
 
 # Logical tables a job config may map to Spark catalog tables (CONTRACT.md, "Tables").
@@ -462,6 +470,7 @@ def _check(cfg: JobConfig) -> None:
     if cfg.locks.poll_seconds <= 0:
         raise ConfigError("locks.poll_seconds must be > 0")
     _check_compare(cfg.compare)
+    parse_gates(cfg.demo.gates, "demo.gates")
     _check_drift(cfg.drift)
 
 
@@ -493,3 +502,7 @@ def _check_compare(c: CompareConfig) -> None:
                           f"{c.decision_metrics}")
     c.guardrail_list()
     c.gate_list()
+    if c.segments is not None:
+        c.segments = [slice_name(e, f"compare.segments[{i}]") for i, e in enumerate(c.segments)]
+    if c.min_slice_rows < 0 or c.min_slice_requests < 0:
+        raise ConfigError("compare.min_slice_rows and compare.min_slice_requests must be >= 0")

@@ -23,10 +23,11 @@ from pyspark.sql import types as T
 
 from jobs.core import metric_registry
 from jobs.core.config import JobConfig
-from jobs.core.errors import ConfigError, InputError, MissingInputError
+from jobs.core.errors import MissingInputError
 from jobs.core.manifest import RunRecord
 from jobs.core.modelref import ModelRef
 from jobs.core.registry import version_of
+from jobs.core.slices import segment_columns
 from jobs.core.tables import DatasetTables, Table
 from jobs.core.warehouse import (
     parse_date,
@@ -72,22 +73,6 @@ def _labels_missing(spec: DatasetSpec, ds: str, path: Path, wait_days: int) -> M
     return MissingInputError(
         f"labels for {spec.name} ds={ds} are missing ({path}); they are expected by "
         f"{deadline.isoformat()} (ds + evaluation.label_wait_days={wait_days}): {state}")
-
-
-def segment_columns(cfg: JobConfig, spec: DatasetSpec,
-                    requested: list[str] | None = None) -> list[str]:
-    """The segment columns of evaluate and compare: ``requested`` (compare's ``--segment``),
-    else ``evaluation.segments``, else the spec's; each must be a features column (an
-    :class:`InputError` for a requested one, a :class:`ConfigError` for the config's)."""
-    configured = cfg.evaluation.segments if cfg.evaluation.segments is not None else spec.segments
-    segments = list(requested or configured)
-    unknown = [s for s in segments if s not in spec.features_table_columns]
-    if unknown:
-        source = "--segment" if requested else "evaluation.segments"
-        raise (InputError if requested else ConfigError)(
-            f"{source} names column(s) {unknown} that the {spec.name} features table does not "
-            f"have")
-    return list(dict.fromkeys(segments))
 
 
 @dataclass
