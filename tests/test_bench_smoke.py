@@ -36,6 +36,10 @@ def test_evaluation_bench_smoke(spark, cfg):
     assert result["rows"] == 20000
     assert result["ours_seconds"] > 0 and result["mllib_seconds"] > 0
     assert result["max_abs_auc_error_vs_sklearn"] < 1e-9
+    # the ranking metrics against the bench's plain loop, on every request of the small table
+    assert result["ranking_loop_rows"] == 20000 and result["max_abs_ranking_error_vs_loop"] < 1e-9
+    assert set(result["ranking_metrics"]) == {"mrr", *(f"{m}@{k}" for m in ("ndcg", "map", "recall",
+                                                                         "hit_rate") for k in (5, 10))}
     assert {"auc", "gauc", "logloss", "ne", "calibration", "pr_auc", "count", "positives"} <= set(result["metrics"])
 
 
