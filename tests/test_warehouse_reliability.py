@@ -4,6 +4,7 @@ is released by the kernel, an interrupted swap is undone, a removal is never und
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -162,3 +163,52 @@ def test_a_removal_is_never_undone(tmp_path):
     _write(doomed, "part-0.parquet", "stale")
     recover(target)
     assert not target.exists() and not doomed.exists()
+
+
+def test_a_kill_before_the_rename_keeps_the_old_file_whole(tmp_path):
+    """write_bytes (exported models, manifests, registry state): killed with the new bytes
+    written but not yet renamed in, the target still holds the old bytes, whole; a rerun puts
+    the new ones in. Written in place, the target would already have changed (or be torn)."""
+    target = tmp_path / "model.onnx"
+    old, new = b"old" * 1000, b"new" * 300_000
+    target.write_bytes(old)
+    code = ("import sys; from pathlib import Path; from jobs.core.warehouse import write_bytes\n"
+            "write_bytes(Path(sys.argv[1]), b'new' * 300_000)\n")
+    markers = tmp_path / "markers"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], cwd=REPO,
+                            env=cli_env(MMOE_TEST_PAUSE_AT="file_written",
+                                        MMOE_TEST_PAUSE_DIR=str(markers)))
+    try:
+        wait_for(markers / "file_written", proc, timeout=60)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert target.read_bytes() == old
+    temps = [p for p in tmp_path.iterdir() if p.name.startswith(".model.onnx.")]
+    assert [p.read_bytes() == new for p in temps] == [True]   # the new bytes went elsewhere
+    subprocess.run([sys.executable, "-c", code, str(target)], cwd=REPO, env=cli_env(), check=True,
+                   timeout=60)
+    assert target.read_bytes() == new
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to watch the system calls")
+def test_a_history_line_is_fsynced_on_its_own_descriptor(tmp_path):
+    """append_json_line (the registry's history, the run records): the line's write is followed
+    by an fsync of the same descriptor before it is closed, watched with strace in a child (a
+    page-cache-only line is lost with the machine, whatever the process does)."""
+    history = tmp_path / "history.jsonl"
+    trace = tmp_path / "trace.txt"
+    code = ("import sys; from jobs.core.warehouse import append_json_line\n"
+            "append_json_line(sys.argv[1], {'version': 'v1'})\n")
+    subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,write,fsync,fdatasync,close", "-o",
+                    str(trace), sys.executable, "-c", code, str(history)], cwd=REPO, env=cli_env(),
+                   check=True, timeout=120)
+    assert history.read_text() == '{"version": "v1"}\n'
+    calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines()]
+    opened = [c for c in calls if c.startswith("openat(") and str(history) in c]
+    assert len(opened) == 1, opened
+    fd = opened[0].rsplit("=", 1)[1].strip()
+    after = calls[calls.index(opened[0]) + 1:]
+    on_fd = [c.split("(", 1)[0] for c in after if c.startswith((f"write({fd},", f"fsync({fd})",
+                                                                f"fdatasync({fd})", f"close({fd})"))]
+    assert on_fd[:3] in (["write", "fsync", "close"], ["write", "fdatasync", "close"]), on_fd

@@ -55,7 +55,8 @@ Test hook (off by default, for the kill tests only): with ``MMOE_TEST_PAUSE_AT=<
 ``<point>@<table>``, e.g. ``staged@predictions``) and ``MMOE_TEST_PAUSE_DIR=<dir>``,
 :func:`replacing` touches ``<dir>/<point>`` when it reaches that point and then sleeps (up to
 10 minutes) so that a test can ``kill -9`` the process there. Points: ``staged``, ``swapping``
-(right after the old copy is renamed away), ``renaming`` (right before the new one is renamed in).
+(right after the old copy is renamed away), ``renaming`` (right before the new one is renamed in);
+:func:`write_bytes`: ``file_written`` (the temporary file written, not yet renamed over the target).
 """
 
 from __future__ import annotations
@@ -534,6 +535,7 @@ def write_bytes(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_bytes(data)
+    _pause_point("file_written", path)
     tmp.replace(path)
     return path
 
