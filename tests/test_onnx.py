@@ -358,3 +358,27 @@ def test_imported_model_backfills_scores_and_udfs_like_a_native_one(spark, plain
 
 def test_unknown_runtime_is_refused(refused_config):
     refused_config("scoring: {runtime: tensorrt}", "scoring.runtime")
+
+
+def test_outputs_are_read_by_task_name_not_by_the_graphs_order():
+    """A graph declaring p_conversion, an extra output, then p_click and p_like: each task's
+    probabilities are its own output (sigmoid(x0 + shift) with a shift per task, computed
+    here with numpy), the extra one is ignored."""
+    spec = load_spec("synth")
+    shifts = {"click": 0.0, "like": 1.0, "conversion": 2.0}
+    nodes = [helper.make_node("Identity", ["x0"], ["debug_x0"])]
+    for t in shifts:
+        nodes += [helper.make_node("Add", ["x0", f"b_{t}"], [f"s_{t}"]),
+                  helper.make_node("Sigmoid", [f"s_{t}"], [f"p_{t}"])]
+    graph = _graph([_vi("x0")], [_vi("p_conversion"), _vi("debug_x0"), _vi("p_click"),
+                                 _vi("p_like")], nodes)
+    graph.graph.initializer.extend(numpy_helper.from_array(np.array([b], np.float32), f"b_{t}")
+                                   for t, b in shifts.items())
+    graph.ir_version = 10   # the onnx library writes a newer IR than this onnxruntime reads
+    artifact = ModelArtifact.from_files(build_imported_files(graph.SerializeToString(), spec, {}))
+    x = np.linspace(-3, 3, 61).astype(np.float32)
+    got = artifact.predict(pa.table({"x0": x}))
+    expected = np.stack([1 / (1 + np.exp(-(x.astype(np.float64) + shifts[t])))
+                         for t in spec.task_names], axis=1)
+    assert list(shifts) != spec.task_names[::-1] and got.shape == (61, len(spec.task_names))
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
