@@ -225,6 +225,27 @@ def test_drift_on_the_catalog_keeps_each_writers_rows(spark, tmp_path):
     assert list(Warehouse(cfg.warehouse).table("synth", "drift").rglob("*.parquet")) == []
 
 
+def test_removing_a_catalog_partition_drops_it_and_keeps_the_others(spark, tmp_path):
+    """What validate does on a clean rerun of a day it once quarantined rows of: the catalog
+    partition goes (plain SHOW PARTITIONS and spark.table no longer see it, so no stale
+    quarantine is read back), the other days stay; removing a missing one is a no-op."""
+    from jobs.core.tables import table
+
+    name = f"{DB}.quarantine_removed"
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {DB}")
+    (spark.createDataFrame([(1, "dup", "2025-04-01"), (2, "dup", "2025-04-01"),
+                            (3, "oov", "2025-04-02")], "impression_id long, reason string, ds string")
+     .write.mode("overwrite").partitionBy("ds").saveAsTable(name))
+    quarantine = table(_config(tmp_path / "wh", {"quarantine": TableMapping(name)}), "synth",
+                       "quarantine", spark)
+    quarantine.remove("2025-04-01")
+    quarantine.remove("2025-04-09")
+    partitions = [r[0] for r in spark.sql(f"SHOW PARTITIONS {name}").collect()]
+    assert partitions == ["ds=2025-04-02"]
+    spark.catalog.refreshTable(name)
+    assert [(r["impression_id"], r["ds"]) for r in spark.table(name).collect()] == [(3, "2025-04-02")]
+
+
 @pytest.mark.parametrize("case, registered", [("hive-parquet", True), ("date-partition", True),
                                               ("float-column", False), ("orc-table", False)])
 def test_an_output_table_gets_the_staged_files_registered_or_inserted(spark, flows, case,
