@@ -5,6 +5,7 @@ is released by the kernel, an interrupted swap is undone, a removal is never und
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -212,3 +213,37 @@ def test_a_history_line_is_fsynced_on_its_own_descriptor(tmp_path):
     on_fd = [c.split("(", 1)[0] for c in after if c.startswith((f"write({fd},", f"fsync({fd})",
                                                                 f"fdatasync({fd})", f"close({fd})"))]
     assert on_fd[:3] in (["write", "fsync", "close"], ["write", "fdatasync", "close"]), on_fd
+
+
+def test_a_sigterm_during_the_swap_waits_for_both_renames(tmp_path):
+    """SIGTERM while replacing() has the old copy renamed away (paused there for 2 s): the
+    signal is held until the new copy is in, then the job stops (JobStopped). The target is
+    the new content, whole; a reader never finds it missing or half swapped."""
+    target = tmp_path / "t"
+    target.mkdir()
+    _write(target, "part-0.parquet", "old")
+    code = ("import sys; from pathlib import Path\n"
+            "from jobs.core import signals\n"
+            "from jobs.core.errors import JobStopped\n"
+            "from jobs.core.warehouse import replacing\n"
+            "try:\n"
+            "    with signals.stop_on_signals():\n"
+            "        with replacing(Path(sys.argv[1])) as s:\n"
+            "            s.mkdir(); (s / 'part-1.parquet').write_text('new')\n"
+            "except JobStopped:\n"
+            "    sys.exit(7)\n")
+    markers = tmp_path / "markers"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], cwd=REPO,
+                            env=cli_env(MMOE_TEST_PAUSE_AT="swapping", MMOE_TEST_PAUSE_SECONDS="2",
+                                        MMOE_TEST_PAUSE_DIR=str(markers)))
+    try:
+        wait_for(markers / "swapping", proc, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 7      # stopped by the signal, after the block
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert sorted((p.name, p.read_text()) for p in target.iterdir()) == [("part-1.parquet", "new")]
+    recover(target)
+    assert sorted((p.name, p.read_text()) for p in target.iterdir()) == [("part-1.parquet", "new")]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith((".old-", ".staging-"))] == []

@@ -54,7 +54,8 @@ lock (at most its hidden, unlocked file, which the next run removes).
 Test hook (off by default, for the kill tests only): with ``MMOE_TEST_PAUSE_AT=<point>`` (or
 ``<point>@<table>``, e.g. ``staged@predictions``) and ``MMOE_TEST_PAUSE_DIR=<dir>``,
 :func:`replacing` touches ``<dir>/<point>`` when it reaches that point and then sleeps (up to
-10 minutes) so that a test can ``kill -9`` the process there. Points: ``staged``, ``swapping``
+10 minutes, or ``MMOE_TEST_PAUSE_SECONDS``) so that a test can ``kill -9`` (or signal) the
+process there. Points: ``staged``, ``swapping``
 (right after the old copy is renamed away), ``renaming`` (right before the new one is renamed in);
 :func:`write_bytes`: ``file_written`` (the temporary file written, not yet renamed over the target).
 """
@@ -438,6 +439,7 @@ def glob_escape(name: str) -> str:
 
 
 PAUSE_ENV, PAUSE_DIR_ENV = "MMOE_TEST_PAUSE_AT", "MMOE_TEST_PAUSE_DIR"
+PAUSE_SECONDS_ENV = "MMOE_TEST_PAUSE_SECONDS"   # how long the pause lasts (default 600)
 
 
 def _pause_point(point: str, target: Path) -> None:
@@ -452,7 +454,7 @@ def _pause_point(point: str, target: Path) -> None:
     marker_dir = Path(os.environ.get(PAUSE_DIR_ENV) or target.parent)
     marker_dir.mkdir(parents=True, exist_ok=True)
     (marker_dir / point).write_text(str(target))
-    time.sleep(600)
+    time.sleep(float(os.environ.get(PAUSE_SECONDS_ENV) or 600))
 
 
 @contextmanager
