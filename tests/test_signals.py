@@ -58,6 +58,22 @@ def _start(setup, name, args, **env):
     return proc, markers
 
 
+def _java_children(pid: int) -> list[int]:
+    """The JVMs the CLI's Python driver launched (its direct children named java)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if Path(f"/proc/{c}/comm").exists()
+            and Path(f"/proc/{c}/comm").read_text().strip() == "java"]
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 def test_sigterm_stops_score_validate_and_backfill_with_one_line_and_a_manifest(setup):
     model = str(setup["model"])
     jobs = {
@@ -72,15 +88,17 @@ def test_sigterm_stops_score_validate_and_backfill_with_one_line_and_a_manifest(
                                                 model], MMOE_FAULT="score_task_hang"),
                      "in_task", os.kill),
     }
-    seconds = {}
+    seconds, jvms, jvm_alive_after_exit = {}, {}, {}
     try:
         for name, ((proc, markers), point, kill) in jobs.items():
             wait_for(markers / point, proc, timeout=240)
+            jvms[name] = _java_children(proc.pid)
         for name, ((proc, markers), point, kill) in jobs.items():
             started = time.monotonic()
             kill(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)
             seconds[name] = time.monotonic() - started
+            jvm_alive_after_exit[name] = [pid for pid in jvms[name] if _alive(pid)]
     finally:
         for (proc, _), _, _ in jobs.values():
             if proc.poll() is None:
@@ -97,6 +115,9 @@ def test_sigterm_stops_score_validate_and_backfill_with_one_line_and_a_manifest(
         written = json.loads(Path(manifest["manifest_path"]).read_text())
         assert written == manifest and Path(manifest["manifest_path"]).parent == wh.runs_dir("synth")
         assert seconds[name] < 30, (name, seconds[name])  # "within seconds", on a loaded machine
+        # the driver stopped its JVM before it exited (signalled alone, the JVM would outlive
+        # it while its shutdown hooks run, printing after the error line)
+        assert len(jvms[name]) == 1 and jvm_alive_after_exit[name] == [], (name, jvms[name])
     # the locks are free: the next run would proceed at once (wait 0: refused if still held)
     version = json.loads((setup["model"] / "MANIFEST.json").read_text())["model_version"]
     for args in (("predictions", SCORE_DS, version), ("validation", VALIDATE_DS, None),
