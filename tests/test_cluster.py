@@ -194,6 +194,7 @@ def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, standalo
            "AIRFLOW__CORE__DAGS_FOLDER": str(repo / "airflow_dags"),
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "AIRFLOW_VAR_MMOE_DATASET": "synth", "AIRFLOW_VAR_MMOE_CONFIG": str(config),
+           "AIRFLOW_VAR_MMOE_COMPARE_DAYS": "2",
            "AIRFLOW_VAR_MMOE_BIN": f"{shlex.quote(sys.executable)} -m jobs.cli",
            "AIRFLOW_VAR_MMOE_LAUNCHER": "spark-submit",
            "AIRFLOW_CONN_SPARK_DEFAULT": standalone_cluster.url,
@@ -224,4 +225,11 @@ def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, standalo
     assert not parquet_files(wh.partition("synth", "metrics", "2026-06-03"))  # not matured
     assert "evaluate --dataset synth --ds 2026-06-02" in log
     assert f"spark-submit {repo / 'jobs' / 'submit.py'}" in log  # the SparkSubmit launcher ran
-    assert parquet_files(wh.table("synth", "ab_reports"))
+    # compare: the mmoe_compare_days (2) days ending at the matured day, champion vs challenger
+    from jobs.core.warehouse import report_id
+
+    reports = sorted(p.name for p in wh.table("synth", "ab_reports").iterdir() if p.name != "_docs")
+    assert reports == [f"report={report_id(champion, challenger, '2026-06-01', '2026-06-02')}"]
+    report = read_table(wh.table("synth", "ab_reports") / reports[0]).to_pandas()
+    assert {str(d) for d in report["start"]} == {"2026-06-01"}
+    assert {str(d) for d in report["end"]} == {"2026-06-02"}
