@@ -394,7 +394,11 @@ def test_compare_bench_smoke(spark, job_config, tmp_path):
     results = tmp_path / "bench.md"
     result = bench_compare(job_config, rows=2000, results=results)
     assert result["rows"] == result["paired_rows"] == 2000
-    assert result["compare_seconds"] > 0 and result["evaluate_seconds"] > 0
+    assert result["compare_over_evaluate"] == pytest.approx(
+        result["compare_seconds"] / result["evaluate_seconds"], rel=0.05, abs=0.01)
+    table = read_table(Warehouse(Warehouse(job_config.warehouse).bench_root()).ab_report(
+        "synth", "bench-champion", "bench-challenger", "2026-01-01", "2026-01-01"))
+    assert result["report_rows"] == table.num_rows
     assert '"compare_over_evaluate"' in results.read_text()
 
 
