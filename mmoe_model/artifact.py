@@ -112,7 +112,7 @@ def spec_to_dict(spec: DatasetSpec) -> dict[str, Any]:
         "source": spec.source,
     }
     if spec.catalog is not None:  # only when set: specs without one keep their old bytes
-        out["catalog"] = asdict(spec.catalog)
+        out["catalog"] = {k: v for k, v in asdict(spec.catalog).items() if v is not None}
     if spec.request_column is not None:  # the same
         out["request_column"] = spec.request_column
     return out

@@ -148,6 +148,7 @@ class CatalogSpec:
     rank_by: str
     user_features: tuple[str, ...] = ()
     item_features: tuple[str, ...] = ()
+    category: str | None = None   # the item column intra-list diversity is measured over
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "user_features", tuple(self.user_features))
@@ -467,9 +468,9 @@ def _check_consistency(spec: DatasetSpec) -> None:
         if t.parent is not None and (t.parent not in names or t.parent == t.name):
             raise SpecError(f"task {t.name!r}: parent {t.parent!r} is not another task of the spec")
     if spec.catalog is not None:
-        for role in ("user_key", "item_key", "rank_by"):
+        for role in ("user_key", "item_key", "rank_by", "category"):
             column = getattr(spec.catalog, role)
-            if column not in table_columns:
+            if column is not None and column not in table_columns:
                 raise SpecError(f"catalog.{role} {column!r} is not a column of the features table")
         features = set(spec.feature_names)
         for role in ("user_features", "item_features"):

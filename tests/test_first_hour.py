@@ -280,5 +280,9 @@ def test_the_demo_shows_the_nightly_day_an_ab_a_backfill_and_the_catalog(tmp_pat
     assert not any(line.lstrip().startswith("{") for line in lines)    # no manifest on screen
     runs = sorted(p.name.split("_")[0] for p in (wh / "synth" / "_runs").glob("*.json"))
     assert runs == sorted(["data-synth", "train", "train", "models-register", "models-register",
-                           "validate", "score", "evaluate", "backfill", "compare", "score"])
+                           "validate", "score", "evaluate", "backfill", "compare", "score",
+                           "evaluate"])
+    # the catalog's top-K evaluated against the held-out day's interactions, in one table
+    assert re.search(r"^   task +recall@10 +ndcg@10 +hit_rate@10 +precision@10$", text, re.M)
+    assert re.search(r"^   catalog: coverage \d\.\d{3} of the items", text, re.M)
     assert f"run manifest goes to {wh / 'synth' / '_runs'}" in lines[0]

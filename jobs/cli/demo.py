@@ -22,7 +22,13 @@ from dataclasses import asdict, replace
 import typer
 
 from jobs.cli._app import app, exit_on_error
-from jobs.cli.summary import backfill_summary, compare_summary, metrics_table, use_colour
+from jobs.cli.summary import (
+    backfill_summary,
+    compare_summary,
+    metrics_table,
+    recommendations_summary,
+    use_colour,
+)
 from jobs.core.config import JobConfig, load_config
 from jobs.core.errors import MmoeError
 from jobs.core.manifest import RunManifest, error_line, run_job
@@ -71,7 +77,7 @@ def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
     from jobs.core.registry import register_model
     from jobs.core.spark import get_spark
     from jobs.data.synth import generate_synth
-    from jobs.evaluate.stage import evaluate_partition
+    from jobs.evaluate.stage import evaluate_partition, evaluate_recommendations
     from jobs.score.catalog import score_catalog
     from jobs.score.stage import score_partition
     from jobs.train.stage import train_model
@@ -144,6 +150,11 @@ def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
         runs["catalog"] = _step("score", spec.name, last, cfg, lambda: score_catalog(
             spark, cfg, spec, last, ModelRef.parse("@champion")), label="score --catalog")
         _print_recommendations(spark, cfg, spec, last, runs["catalog"])
+        version = runs["catalog"].model_version
+        runs["catalog-evaluate"] = _step("evaluate", spec.name, last, cfg, lambda: evaluate_recommendations(
+            spark, cfg, spec, last, [version]), quiet=True)
+        k = max([x for x in cfg.evaluation.ranking_ks if x <= cfg.scoring.catalog.top_k] or [1])
+        _indented(recommendations_summary(asdict(runs["catalog-evaluate"]), spec.task_names, k))
     _what_next(cfg, spec, runs)
     return runs
 
@@ -163,7 +174,7 @@ def _what_next(cfg: JobConfig, spec, runs: dict[str, RunManifest]) -> None:
           f"challengers -> evaluate -> compare); ranges: airflow_dags/mmoe_backfill.py")
 
 
-def _print_recommendations(spark, cfg: JobConfig, spec, ds: str, run: RunManifest, users: int = 3,
+def _print_recommendations(spark, cfg: JobConfig, spec, ds: str, run: RunManifest, users: int = 1,
                            k: int = 3) -> None:
     """The top items of a few users from the catalog run's recommendations partition, one line
     per user."""
@@ -178,13 +189,16 @@ def _print_recommendations(spark, cfg: JobConfig, spec, ds: str, run: RunManifes
              .limit(users).collect()]
     rows = (recs.where(F.col(cat.user_key).isin(first) & (F.col("rank") <= k))
             .orderBy(cat.user_key, "rank").collect())
-    print(f"{INDENT}top {k} of {run.details.get('top_k')} items for {users} users "
-          f"({run.input_rows:,} candidate pairs, {run.details.get('method')} scoring, "
-          f"{run.details.get('fusion')} fusion; {cat.item_key} (score)):")
+    fused = f" {'×' if run.details.get('fusion') == 'product' else '+'} ".join(
+        f"p_{t}" for t in spec.task_names)
+    print(f"{INDENT}the top {run.details.get('top_k')} items of each user, ranked by {fused} "
+          f"({run.input_rows:,} candidate pairs, {run.details.get('method')} scoring); "
+          f"the first {k} for {'one user' if users == 1 else f'{users} users'} "
+          f"({cat.item_key} (score)):")
     for user in first:
         top = [r for r in rows if r[cat.user_key] == user]
         print(f"{INDENT}{cat.user_key} {user}: "
-              + ", ".join(f"{r[cat.item_key]} ({r['score']:.4f})" for r in top))
+              + ", ".join(f"{r[cat.item_key]} ({r['score']:.2g})" for r in top))
 
 
 def main(cfg: JobConfig | None = None) -> int:

@@ -69,14 +69,21 @@ def evaluate(
     model_version: Optional[list[str]] = typer.Option(
         None, "--model-version", metavar="V",
         help="Only these models (repeatable): a version, @alias or artifact directory."),
+    recommendations: bool = typer.Option(
+        False, "--recommendations",
+        help="Evaluate the catalog recommendations written for the ds (mmoe score --catalog) "
+             "against the interactions logged that day (+ evaluation."
+             "recommendations_label_offset_days): top-K accuracy, coverage, exposure Gini, "
+             "popularity bias, diversity, novelty (segment 'recommendations')."),
 ) -> None:
     """Join predictions with labels and write the metrics table for a ds."""
     def body(cfg: JobConfig, run_id: str):
         spec = load_dataset_spec(dataset)
         refs = [ModelRef.parse(v) for v in model_version or []]
         # deferred: pyspark (start-up)
-        from jobs.evaluate.stage import evaluate_partition
+        from jobs.evaluate.stage import evaluate_partition, evaluate_recommendations
 
-        return evaluate_partition(spark_session(cfg), cfg, spec, ds, refs or None)
+        run = evaluate_recommendations if recommendations else evaluate_partition
+        return run(spark_session(cfg), cfg, spec, ds, refs or None)
 
     run_command(ctx, "evaluate", dataset, ds, body)

@@ -199,3 +199,27 @@ def summarize(m: Manifest, colour: bool = False) -> str | None:
                                                 and (m.get("details") or {}).get("days")):
         return None
     return SUMMARIES.get(m.get("job"), generic_summary)(m, colour)
+
+
+def recommendations_summary(m: Manifest, tasks: list[str], k: int) -> str:
+    """``evaluate --recommendations``' figures of one version in a few lines: top-K accuracy
+    per task, the catalog figures, and what they mean."""
+    d = m.get("details", {})
+    figures = next(iter((d.get("recommendations") or {}).values()), {})
+
+    def cell(key: str) -> str:
+        value = figures.get(key)
+        return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) \
+            else f"{value:.3f}"
+
+    columns = ["task", f"recall@{k}", f"ndcg@{k}", f"hit_rate@{k}", f"precision@{k}"]
+    rows = [{"task": t, **{c: cell(f"{t}/{c}") for c in columns[1:]}} for t in tasks]
+    lines = [format_table(rows, columns),
+             f"catalog: coverage {cell('all/coverage')} of the items, exposure Gini "
+             f"{cell('all/exposure_gini')}, popularity bias {cell('all/popularity_bias')} "
+             f"(1 = only the most popular), diversity {cell('all/diversity')}, novelty "
+             f"{cell('all/novelty')} bits",
+             f"recall@{k}: share of a user's positives logged {d.get('recommendations_judged_on')} "
+             f"that made their top {k} (users with one); coverage: share of the items "
+             f"recommended to anyone"]
+    return "\n".join(lines)

@@ -86,6 +86,8 @@ class EvaluationConfig:
     label_wait_days: int = 0
     segments: list[str] | None = None
     ranking_ks: list[int] = field(default_factory=lambda: [5, 10])   # ndcg@K, map@K, ...
+    # evaluate --recommendations judges day D's lists on the interactions logged on D + this
+    recommendations_label_offset_days: int = 0
 
 
 # The ``training`` section is flat in YAML (``num_experts: 8``, ``epochs: 8``) but has no
@@ -458,6 +460,8 @@ def _check(cfg: JobConfig) -> None:
         raise ConfigError("scoring.batch_size must be >= 1")
     if cfg.scoring.catalog.top_k < 1 or cfg.scoring.catalog.max_items_per_user < 1:
         raise ConfigError("scoring.catalog.top_k and max_items_per_user must be >= 1")
+    if cfg.evaluation.recommendations_label_offset_days < 0:
+        raise ConfigError("evaluation.recommendations_label_offset_days must be >= 0")
     if cfg.evaluation.label_wait_days < 0:
         raise ConfigError("evaluation.label_wait_days must be >= 0")
     ks = cfg.evaluation.ranking_ks

@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 
 Direction = Literal["higher", "lower", "closer_to_1"]
-Role = Literal["size", "quality", "support", "drift", "gate", "ranking"]
+Role = Literal["size", "quality", "support", "drift", "gate", "ranking", "catalog"]
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,20 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("gate_entropy", "gate", None, "mean gate entropy / log E (jobs.evaluate.gates)"),
     Metric("gate_max_share", "gate", None,
            "share of the gate mass on the most used expert (jobs.evaluate.gates)"),
+    # the recommendations written for a day, beside their top-K accuracy (CATALOG_AT_K);
+    # computed by jobs.evaluate.recommendations, segment 'recommendations', task 'all'
+    Metric("coverage", "catalog", "higher", "distinct recommended items / items in the catalog"),
+    Metric("exposure_gini", "catalog", "lower",
+           "Gini coefficient of the items' recommendation counts over the whole catalog"),
+    Metric("popularity_bias", "catalog", "lower",
+           "mean popularity percentile (catalog.rank_by, 1 = the most popular) of the "
+           "recommended items"),
+    Metric("diversity", "catalog", "higher",
+           "intra-list diversity: share of a list's item pairs in different catalog.category "
+           "values, mean over users with >= 2 items"),
+    Metric("novelty", "catalog", "higher",
+           "mean self-information -log2((users shown the item + 1) / (users + 1)) of the "
+           "recommended items, from the day's logged impressions"),
 )
 BY_NAME: dict[str, Metric] = {m.name: m for m in REGISTRY}
 
@@ -135,6 +149,9 @@ RANKING_AT_K = {
     "hit_rate": "1 when a positive is ranked <= K, per request",
 }
 RANKING_PLAIN = {"mrr": "1 / rank of the first positive, per request"}
+# Top-K accuracy of the recommendations (per user with a logged positive, the list's top K):
+# recall, ndcg and hit_rate as above with a user's list for a request, and precision@K.
+CATALOG_AT_K = {"precision": "positives ranked <= K / K, per user with a positive"}
 _RANKING_ORDER = (*RANKING_AT_K, *RANKING_PLAIN)
 
 
@@ -166,8 +183,21 @@ COMPARED = names("quality")                      # A/B tests, guardrails, decisi
 GATES = names("gate")
 
 
+def _catalog_at_k(name: str) -> Metric | None:
+    family, at, k = name.partition("@")
+    if at and family in CATALOG_AT_K and k.isdigit() and int(k) >= 1:
+        return Metric(name, "catalog", "higher", CATALOG_AT_K[family])
+    return None
+
+
+def recommendation_names(ks) -> list[str]:
+    """The recommendations' metrics: top-K accuracy for cut-offs ``ks``, then the catalog's."""
+    families = ("recall", "ndcg", "hit_rate", *CATALOG_AT_K)
+    return [f"{f}@{k}" for f in families for k in sorted(ks)] + list(names("catalog"))
+
+
 def metric(name: str) -> Metric:
-    found = BY_NAME.get(name) or _ranking(name)
+    found = BY_NAME.get(name) or _ranking(name) or _catalog_at_k(name)
     if found is None:
         raise ValueError(f"unknown metric {name!r} (one of {', '.join(BY_NAME)}, or a ranking "
                          f"metric: {', '.join([f + '@K' for f in RANKING_AT_K] + list(RANKING_PLAIN))})")

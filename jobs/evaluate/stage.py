@@ -36,6 +36,8 @@ from jobs.core.warehouse import (
 from jobs.evaluate.gates import gate_metric_rows, gate_sizes
 from jobs.evaluate.metrics import compute_metrics
 from jobs.evaluate.ranking import ranking_metrics
+from jobs.evaluate.recommendations import SEGMENT as RECOMMENDATIONS
+from jobs.evaluate.recommendations import recommendation_metrics
 from schemas.spec import DatasetSpec
 from schemas.tables import METRICS_STRUCT
 
@@ -63,6 +65,37 @@ def _select_versions(cfg: JobConfig, tb: DatasetTables, spec: DatasetSpec, ds: s
     if not present:
         raise MissingInputError(f"no predictions for ds={ds}: {root} has no model_version=V partition")
     return present
+
+
+def evaluate_recommendations(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
+                             model_versions: "list[ModelRef | str] | None" = None) -> EvaluateResult:
+    """``mmoe evaluate --recommendations``: the recommendations written for ``ds`` (by the
+    requested versions, default every version that wrote some) evaluated
+    (``jobs.evaluate.recommendations``), into the metrics partition of ``ds`` as segment
+    ``recommendations``; the partition's other rows are kept."""
+    tb = DatasetTables(cfg, spec.name, spark)
+    tb.preflight(outputs=("metrics",), columns={"metrics": METRICS_STRUCT.names})
+    ds = parse_date(ds, "ds").isoformat()
+    present = tb["recommendations"].sub_partitions(ds, "model_version")
+    versions = (list(dict.fromkeys(version_of(cfg, spec.name, ds, ModelRef.parse(v, "--model-version"))
+                                   for v in model_versions)) if model_versions else present)
+    if not versions:
+        raise MissingInputError(f"no recommendations for {spec.name} ds={ds} "
+                                f"({tb['recommendations'].where(ds)}); write them with "
+                                f"mmoe score --catalog")
+    metrics, details = recommendation_metrics(spark, cfg, spec, ds, versions)
+    target = tb["metrics"]
+    with tb.wh.lock(spec.name, "metrics", ds, wait_seconds=cfg.locks.wait_seconds,
+                    poll_seconds=cfg.locks.poll_seconds):
+        written, kept = _replace_partition(spark, target, ds, metrics, versions, recommendations=True)
+    shown = {v: {(r["task"], r["metric"]): r["value"] for r in metrics.collect()
+                 if r["model_version"] == v} for v in versions}
+    return EvaluateResult(
+        versions=versions, input_rows=int(metrics.count()), output_rows=written,
+        output=target.where(ds), metrics=target.read(spark, ds),
+        details={**details, "segment": RECOMMENDATIONS, "kept_rows": kept,
+                 "recommendations": {v: {f"{t}/{m}": x for (t, m), x in by.items()}
+                                     for v, by in shown.items()}})
 
 
 def _labels_missing(spec: DatasetSpec, ds: str, path: Path, wait_days: int) -> MissingInputError:
@@ -234,9 +267,13 @@ def ranking_note(spec: DatasetSpec, ks: list[int]) -> str:
 
 
 def _replace_partition(spark: SparkSession, target: Table, ds: str, metrics: DataFrame,
-                       versions: list[str]) -> tuple[int, int]:
-    """Write ``metrics`` plus the rows of other versions already in ``target`` to a staging
-    directory, then swap it in. Returns (rows of the evaluated versions, rows kept)."""
+                       versions: list[str], recommendations: bool = False) -> tuple[int, int]:
+    """Write ``metrics`` plus the rows already in ``target`` that it does not replace (other
+    versions, and the evaluated versions' other family: segment ``recommendations`` rows for
+    a prediction evaluation, the rest for a recommendations one) to a staging directory, then
+    swap it in. Returns (rows written for the evaluated versions and family, rows kept)."""
+    family = F.col("segment") == RECOMMENDATIONS
+    mine = F.col("model_version").isin(versions) & (family if recommendations else ~family)
     # Always a union with a frame in METRICS_STRUCT's order, every field nullable (as Spark
     # reads any parquet file back): empty on the first run, the other versions' rows on a
     # rerun. So the written schema (column order, nullability) is the same on both.
@@ -244,14 +281,14 @@ def _replace_partition(spark: SparkSession, target: Table, ds: str, metrics: Dat
         [T.StructField(f.name, f.dataType, nullable=True) for f in METRICS_STRUCT]))
     if target.exists(ds):
         others = (target.read(spark, ds, METRICS_STRUCT.fieldNames(), schema=METRICS_STRUCT)
-                  .where(~F.col("model_version").isin(versions)))
+                  .where(~mine))
     content = others.unionByName(metrics)
     with target.writing(spark, ds) as staged:
         content.repartition(1).write.mode("overwrite").parquet(str(staged.dir))
         written = spark.read.schema(METRICS_STRUCT).parquet(*spark_paths(staged.dir))
         counts = {r["mine"]: r["count"] for r in written.groupBy(
-            F.col("model_version").isin(versions).alias("mine")).count().collect()}
-        if not counts.get(True):
+            mine.alias("mine")).count().collect()}
+        if not counts.get(True) and not recommendations:
             raise MissingInputError(
                 f"no prediction row of model_version {', '.join(versions)} on ds={ds} "
                 f"matched a label row (inner join on the keys): nothing to evaluate")
