@@ -23,6 +23,28 @@ def _write(staging: Path, name: str, text: str) -> None:
     (staging / name).write_text(text)
 
 
+def _paused_child(code: str, target: Path, point: str, markers: Path, **env) -> subprocess.Popen:
+    """A child process running ``code`` on ``target``, left at pause point ``point`` (see
+    jobs/core/warehouse.py's test hook); killed if it never gets there."""
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], cwd=REPO,
+                            env=cli_env(MMOE_TEST_PAUSE_AT=point, MMOE_TEST_PAUSE_DIR=str(markers),
+                                        **env))
+    try:
+        wait_for(markers / point, proc, timeout=60)
+    except BaseException:
+        proc.kill()
+        proc.wait(30)
+        raise
+    return proc
+
+
+def _killed_at(code: str, target: Path, point: str, markers: Path) -> None:
+    """``kill -9`` of a child at pause point ``point``."""
+    proc = _paused_child(code, target, point, markers)
+    proc.kill()
+    proc.wait(30)
+
+
 def test_concurrent_replacing_of_one_target_is_serialised(tmp_path):
     target = tmp_path / "table" / "ds=2026-01-01"
     a_inside, a_release, b_inside = threading.Event(), threading.Event(), threading.Event()
@@ -66,14 +88,7 @@ def test_a_killed_holder_releases_the_lock(tmp_path):
             "with replacing(Path(sys.argv[1])) as s:\n"
             "    s.mkdir(); (s / 'part-0.parquet').write_text('x')\n")
     markers = tmp_path / "markers"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], cwd=REPO,
-                            env=cli_env(MMOE_TEST_PAUSE_AT="staged",
-                                        MMOE_TEST_PAUSE_DIR=str(markers)))
-    try:
-        wait_for(markers / "staged", proc, timeout=60)
-    finally:
-        proc.kill()
-        proc.wait(30)
+    _killed_at(code, target, "staged", markers)
     done = threading.Event()
 
     def writer():
@@ -100,13 +115,7 @@ def test_a_kill_between_the_renames_keeps_the_old_copy_whole(tmp_path, point):
             "with replacing(Path(sys.argv[1])) as s:\n"
             "    s.mkdir(); (s / 'part-1.parquet').write_text('new')\n")
     markers = tmp_path / "markers"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], cwd=REPO,
-                            env=cli_env(MMOE_TEST_PAUSE_AT=point, MMOE_TEST_PAUSE_DIR=str(markers)))
-    try:
-        wait_for(markers / point, proc, timeout=60)
-    finally:
-        proc.kill()
-        proc.wait(30)
+    _killed_at(code, target, point, markers)
     assert not target.exists()                     # between the renames
     olds = list(tmp_path.glob(".old-t-*"))
     assert [sorted((p.name, p.read_text()) for p in o.iterdir()) for o in olds] == \
@@ -176,14 +185,7 @@ def test_a_kill_before_the_rename_keeps_the_old_file_whole(tmp_path):
     code = ("import sys; from pathlib import Path; from jobs.core.warehouse import write_bytes\n"
             "write_bytes(Path(sys.argv[1]), b'new' * 300_000)\n")
     markers = tmp_path / "markers"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], cwd=REPO,
-                            env=cli_env(MMOE_TEST_PAUSE_AT="file_written",
-                                        MMOE_TEST_PAUSE_DIR=str(markers)))
-    try:
-        wait_for(markers / "file_written", proc, timeout=60)
-    finally:
-        proc.kill()
-        proc.wait(30)
+    _killed_at(code, target, "file_written", markers)
     assert target.read_bytes() == old
     temps = [p for p in tmp_path.iterdir() if p.name.startswith(".model.onnx.")]
     assert [p.read_bytes() == new for p in temps] == [True]   # the new bytes went elsewhere
@@ -233,11 +235,8 @@ def test_a_sigterm_during_the_swap_waits_for_both_renames(tmp_path):
             "except JobStopped:\n"
             "    sys.exit(7)\n")
     markers = tmp_path / "markers"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], cwd=REPO,
-                            env=cli_env(MMOE_TEST_PAUSE_AT="swapping", MMOE_TEST_PAUSE_SECONDS="2",
-                                        MMOE_TEST_PAUSE_DIR=str(markers)))
+    proc = _paused_child(code, target, "swapping", markers, MMOE_TEST_PAUSE_SECONDS="2")
     try:
-        wait_for(markers / "swapping", proc, timeout=60)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 7      # stopped by the signal, after the block
     finally:

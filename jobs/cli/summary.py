@@ -212,7 +212,7 @@ def recommendations_summary(m: Manifest, tasks: list[str], k: int) -> str:
         return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) \
             else f"{value:.3f}"
 
-    columns = ["task", f"recall@{k}", f"ndcg@{k}", f"hit_rate@{k}", f"precision@{k}"]
+    columns = ["task", *(f"{family}@{k}" for family in metric_registry.RECOMMENDATION_AT_K)]
     rows = [{"task": t, **{c: cell(f"{t}/{c}") for c in columns[1:]}} for t in tasks]
     lines = [format_table(rows, columns),
              f"catalog: coverage {cell('all/coverage')} of the items, exposure Gini "

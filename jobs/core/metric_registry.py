@@ -152,6 +152,7 @@ RANKING_PLAIN = {"mrr": "1 / rank of the first positive, per request"}
 # Top-K accuracy of the recommendations (per user with a logged positive, the list's top K):
 # recall, ndcg and hit_rate as above with a user's list for a request, and precision@K.
 CATALOG_AT_K = {"precision": "positives ranked <= K / K, per user with a positive"}
+RECOMMENDATION_AT_K = ("recall", "ndcg", "hit_rate", *CATALOG_AT_K)   # in display order
 _RANKING_ORDER = (*RANKING_AT_K, *RANKING_PLAIN)
 
 
@@ -188,12 +189,6 @@ def _catalog_at_k(name: str) -> Metric | None:
     if at and family in CATALOG_AT_K and k.isdigit() and int(k) >= 1:
         return Metric(name, "catalog", "higher", CATALOG_AT_K[family])
     return None
-
-
-def recommendation_names(ks) -> list[str]:
-    """The recommendations' metrics: top-K accuracy for cut-offs ``ks``, then the catalog's."""
-    families = ("recall", "ndcg", "hit_rate", *CATALOG_AT_K)
-    return [f"{f}@{k}" for f in families for k in sorted(ks)] + list(names("catalog"))
 
 
 def metric(name: str) -> Metric:

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-
-import numpy as np
 from functools import reduce
 
-from pyspark.sql import DataFrame, SparkSession, Window
+import numpy as np
+from pyspark.sql import DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jobs.core.config import JobConfig
+from jobs.core.metric_registry import RECOMMENDATION_AT_K
 from jobs.core.errors import InputError, MissingInputError
 from jobs.core.tables import DatasetTables
 from jobs.core.warehouse import parse_date
@@ -43,10 +43,11 @@ CATALOG_TASK = "all"
 
 
 def recommendation_metrics(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
-                           versions: list[str]) -> tuple[DataFrame, dict]:
+                           versions: list[str]) -> tuple[list[Row], int, dict]:
     """The metrics of the recommendations written for ``ds`` by ``versions`` against the
     interactions logged on ds + ``evaluation.recommendations_label_offset_days``; returns the
-    METRICS_STRUCT rows and what the manifest says about them."""
+    METRICS_STRUCT rows (a few per version and task, collected), the recommendation rows read
+    and what the manifest says about them."""
     cat = spec.catalog
     if cat is None:
         raise InputError(f"the {spec.name} spec has no catalog section: there are no "
@@ -76,14 +77,14 @@ def recommendation_metrics(spark: SparkSession, cfg: JobConfig, spec: DatasetSpe
     items = tb["items"].read(spark, None, [c for c in dict.fromkeys([item, cat.rank_by, cat.category])
                                            if c is not None])
     ks = sorted(set(cfg.evaluation.ranking_ks) | {cfg.scoring.catalog.top_k})
-    lists = lists.persist()
+    lists = lists.persist()   # read by every task's join and every catalog figure
     try:
         rows = accuracy_rows(lists, logs, tasks, user, item, ks).unionByName(
-            catalog_rows(spark, lists, items, logs, user, item, cat.rank_by, cat.category))
-        rows = spark.createDataFrame(rows.collect(), METRICS_STRUCT)  # small: computed once
+            catalog_rows(spark, lists, items, logs, user, item, cat.rank_by, cat.category)).collect()
+        read = lists.count()
     finally:
         lists.unpersist()
-    return rows, {"recommendations_judged_on": logged, "recommendation_ks": ks}
+    return rows, read, {"recommendations_judged_on": logged, "recommendation_ks": ks}
 
 
 def _ideal_dcg(k_max: int) -> list[float]:
@@ -111,20 +112,19 @@ def accuracy_rows(lists: DataFrame, logs: DataFrame, tasks: list[str], user: str
                     .otherwise(0.0)).alias(f"_d{k}") for k in ks))
         judged = (lists.select("model_version", user).distinct().join(counts, user, "inner")
                   .join(hits, ["model_version", user], "left").na.fill(0))
-        per_user = []
+        per_user = {}
         for k in ks:
             h, p = F.col(f"_h{k}").cast("double"), F.col("_p").cast("double")
-            per_user += [(h / p).alias(f"recall@{k}"),
-                         (F.col(f"_d{k}") / F.element_at(ideal, (F.least(F.col("_p"), F.lit(k)) + 1).cast("int")))
-                         .alias(f"ndcg@{k}"),
-                         (F.col(f"_h{k}") > 0).cast("double").alias(f"hit_rate@{k}"),
-                         (h / k).alias(f"precision@{k}")]
-        values = judged.select("model_version", *per_user)
-        names = [c for c in values.columns if c != "model_version"]
+            ideal_k = F.element_at(ideal, (F.least(F.col("_p"), F.lit(k)) + 1).cast("int"))
+            per_user.update({f"recall@{k}": h / p, f"ndcg@{k}": F.col(f"_d{k}") / ideal_k,
+                             f"hit_rate@{k}": (F.col(f"_h{k}") > 0).cast("double"),
+                             f"precision@{k}": h / k})
+        names = [f"{family}@{k}" for family in RECOMMENDATION_AT_K for k in ks]
+        values = judged.select("model_version", *(per_user[m].alias(m) for m in names))
         means = values.groupBy("model_version").agg(
             F.count(F.lit(1)).alias("n"), *(F.avg(c).alias(c) for c in names))
         out.append(_long(means, t, names))
-    return _union(out)
+    return reduce(DataFrame.unionByName, out)
 
 
 def catalog_rows(spark: SparkSession, lists: DataFrame, items: DataFrame, logs: DataFrame,
@@ -190,7 +190,3 @@ def _long(means: DataFrame, task: str, names: list[str]) -> DataFrame:
         F.col("model_version").cast("string"), F.lit(task).alias("task"),
         F.lit(SEGMENT).alias("segment"), F.col("x.metric"), F.col("x.value"),
         F.col("n").cast("long")).select(*(F.col(f.name).cast(f.dataType) for f in METRICS_STRUCT))
-
-
-def _union(frames: list[DataFrame]) -> DataFrame:
-    return reduce(DataFrame.unionByName, frames)

@@ -83,19 +83,21 @@ def evaluate_recommendations(spark: SparkSession, cfg: JobConfig, spec: DatasetS
         raise MissingInputError(f"no recommendations for {spec.name} ds={ds} "
                                 f"({tb['recommendations'].where(ds)}); write them with "
                                 f"mmoe score --catalog")
-    metrics, details = recommendation_metrics(spark, cfg, spec, ds, versions)
+    rows, read, details = recommendation_metrics(spark, cfg, spec, ds, versions)
     target = tb["metrics"]
     with tb.wh.lock(spec.name, "metrics", ds, wait_seconds=cfg.locks.wait_seconds,
                     poll_seconds=cfg.locks.poll_seconds):
-        written, kept = _replace_partition(spark, target, ds, metrics, versions, recommendations=True)
-    shown = {v: {(r["task"], r["metric"]): r["value"] for r in metrics.collect()
-                 if r["model_version"] == v} for v in versions}
+        written, kept = _replace_partition(spark, target, ds,
+                                           spark.createDataFrame(rows, METRICS_STRUCT), versions,
+                                           recommendations=True)
+    figures: dict[str, dict[str, float]] = {v: {} for v in versions}
+    for r in rows:  # version -> "task/metric" -> value (the demo's table reads it)
+        figures[r["model_version"]][f"{r['task']}/{r['metric']}"] = r["value"]
     return EvaluateResult(
-        versions=versions, input_rows=int(metrics.count()), output_rows=written,
+        versions=versions, input_rows=read, output_rows=written,
         output=target.where(ds), metrics=target.read(spark, ds),
         details={**details, "segment": RECOMMENDATIONS, "kept_rows": kept,
-                 "recommendations": {v: {f"{t}/{m}": x for (t, m), x in by.items()}
-                                     for v, by in shown.items()}})
+                 "recommendations": figures})
 
 
 def _labels_missing(spec: DatasetSpec, ds: str, path: Path, wait_days: int) -> MissingInputError:
