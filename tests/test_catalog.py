@@ -7,6 +7,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -233,6 +234,11 @@ def test_job_scores_a_candidates_table(spark, job_config, tables, tmp_path, arch
     assert manifest.details["method"] == ("factored" if arch == "mmoe" else "rows")
     assert manifest.details["candidates"] == "table"
     assert manifest.input_rows == candidates.num_rows
+    # written without ds partitions (the older layout): read whole, and the manifest says so
+    assert manifest.details["snapshots"]["users"]["snapshot"] is None
+    assert manifest.details["warnings"] == [
+        f"{t} is one unpartitioned table ({wh.catalog(SPEC.name, t)}), not point-in-time "
+        f"snapshots: {DS} was read with its current values" for t in ("users", "items")]
     recs = spark.read.parquet(str(result.output)).toPandas()
     per_user = candidates.to_pandas().groupby(CAT.user_key).size().clip(upper=4)
     assert len(recs) == per_user.sum() == manifest.output_rows
@@ -241,6 +247,55 @@ def test_job_scores_a_candidates_table(spark, job_config, tables, tmp_path, arch
     np.testing.assert_allclose(got[SPEC.prediction_columns].to_numpy(),
                                oracle.loc[got.index, SPEC.prediction_columns].to_numpy(),
                                atol=1e-6, rtol=0)
+
+
+def _scaled(table: pa.Table, column: str, factor: float) -> pa.Table:
+    i = table.schema.get_field_index(column)
+    values = pc.multiply(table.column(column).cast(pa.float64()), factor)
+    return table.set_column(i, column, values.cast(table.schema.field(column).type))
+
+
+def test_an_old_day_reads_its_own_snapshot(spark, job_config, tables, model):
+    """Point in time: day D reads the latest users / items snapshot on or before D, so a
+    backfill of D is the same before and after a later snapshot lands; a day before the first
+    snapshot is refused naming the table and the day."""
+    from jobs.core.errors import MissingInputError
+
+    users, items, candidates = tables
+    model_dir = model[0]
+    wh = Warehouse(job_config.warehouse)
+    first, later = "2026-11-01", "2026-11-05"
+    _write(wh.catalog(SPEC.name, "users") / f"ds={first}", users)
+    _write(wh.catalog(SPEC.name, "items") / f"ds={first}", items)
+    for day in (DS, later):
+        _write(wh.partition(SPEC.name, "candidates", day), candidates)
+    job_config.scoring.catalog.top_k = 30  # every candidate: the whole scored frame compared
+
+    def scored(day: str) -> tuple[pd.DataFrame, dict]:
+        result = score_catalog(spark, job_config, SPEC, day, model_dir)
+        frame = spark.read.parquet(str(result.output)).toPandas().drop(columns="scored_at")
+        keys = [CAT.user_key, CAT.item_key]
+        return frame.sort_values(keys).reset_index(drop=True), result.details
+
+    before, details = scored(DS)
+    assert details["snapshots"]["users"]["snapshot"] == first
+    assert details["snapshots"]["items"]["snapshot"] == first and "warnings" not in details
+    # today's snapshot: other users' and items' values
+    _write(wh.catalog(SPEC.name, "users") / f"ds={later}", _scaled(users, "user_activity", 40.0))
+    _write(wh.catalog(SPEC.name, "items") / f"ds={later}", _scaled(items, "item_price", 9.0))
+    again, details = scored(DS)
+    pd.testing.assert_frame_equal(again, before)
+    assert details["snapshots"]["users"]["snapshot"] == first
+    # ... which the later day does read
+    today, details = scored(later)
+    assert details["snapshots"]["items"]["snapshot"] == later
+    moved = np.abs(today[SPEC.prediction_columns].to_numpy()
+                   - before[SPEC.prediction_columns].to_numpy()).max()
+    assert moved > 1e-3
+    with pytest.raises(MissingInputError,
+                       match=f"^synth users: no snapshot on or before 2026-10-31 in .* "
+                             f"\\(the first is {first}\\)$"):
+        score_catalog(spark, job_config, SPEC, "2026-10-31", model_dir)
 
 
 @pytest.mark.parametrize("body, message", [

@@ -187,7 +187,7 @@ def test_catalog_mode_writes_top_k_per_user(spark, job_config, synth, model_dir)
     manifest = RunManifest("score", synth.name, DS).apply(result.record())
     out = result.output
     recs = spark.read.parquet(str(out)).toPandas()
-    users = pq.read_table(catalog_path(job_config, "users")).num_rows
+    users = pq.read_table(catalog_path(job_config, "users", DS)).num_rows
     assert manifest.input_rows == users * 20
     assert len(recs) == users * 3 == manifest.output_rows
     assert sorted(recs["rank"].unique()) == [1, 2, 3]

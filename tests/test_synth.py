@@ -146,19 +146,36 @@ def test_generate_writes_days_catalog_and_manifest(job_config):
     assert again.equals(day2)  # and the rerun replaced the partition instead of adding to it
     assert len(list(wh.partition("synth", "features", days[1]).iterdir())) == len(files)
 
-    # the catalog agrees with the impressions' item and user fields
-    items = pq.read_table(catalog_path(cfg, "items")).to_pandas().set_index("item_id")
-    users = pq.read_table(catalog_path(cfg, "users")).to_pandas().set_index("user_id")
-    assert items.index.is_unique and users.index.is_unique
-    assert m.outputs["catalog/items"] == str(cfg.warehouse / "synth" / "catalog" / "items")
-    df = day2.to_pandas()
-    joined = df.join(items, on="item_id", rsuffix="_cat").join(users, on="user_id", rsuffix="_cat")
-    for col in ("item_category", "item_popularity", "platform", "user_cohort", "user_activity"):
-        assert (joined[col] == joined[f"{col}_cat"]).all(), col
-    priced = joined["item_price"].notna()
-    assert (joined.loc[priced, "item_price"] == joined.loc[priced, "item_price_cat"]).all()
+    # each day's catalog snapshot agrees with that day's impressions' item and user fields
+    snapshots = {}
+    for ds in days:
+        items = pq.read_table(catalog_path(cfg, "items", ds)).to_pandas().set_index("item_id")
+        users = pq.read_table(catalog_path(cfg, "users", ds)).to_pandas().set_index("user_id")
+        assert items.index.is_unique and users.index.is_unique
+        assert m.outputs[f"catalog/items/ds={ds}"] == \
+            str(cfg.warehouse / "synth" / "catalog" / "items" / f"ds={ds}")
+        df = pq.read_table(wh.partition("synth", "features", ds)).to_pandas()
+        joined = df.join(items, on="item_id", rsuffix="_cat").join(users, on="user_id",
+                                                                   rsuffix="_cat")
+        for col in ("item_category", "item_popularity", "platform", "user_cohort",
+                    "user_activity"):
+            assert (joined[col] == joined[f"{col}_cat"]).all(), (ds, col)
+        priced = joined["item_price"].notna()
+        assert (joined.loc[priced, "item_price"] == joined.loc[priced, "item_price_cat"]).all()
+        snapshots[ds] = items, users
+    # slowly changing: popularity and activity move a little from one day to the next (at
+    # most the factor exp(2 * 0.1) apart), the other attributes stay
+    (items1, users1), (items2, users2) = snapshots[days[0]], snapshots[days[1]]
+    for before, after, col in ((items1, items2, "item_popularity"),
+                               (users1, users2, "user_activity")):
+        moved = before[col] != after[col]
+        assert 0.05 < moved.mean() < 1.0, col
+        ratio = (after[col] + 1) / (before[col] + 1)
+        assert ratio.between(np.exp(-0.2), np.exp(0.2)).all(), col
+    assert (items1["item_category"] == items2["item_category"]).all()
+    assert (users1["platform"] == users2["platform"]).all()
     for table in ("items", "users"):
-        schema = pq.read_schema(next(catalog_path(cfg, table).glob("*.parquet")))
+        schema = pq.read_schema(next(catalog_path(cfg, table, DS).glob("*.parquet")))
         for field in schema:
             assert field.type == features_arrow_schema(SPEC).field(field.name).type
 

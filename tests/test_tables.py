@@ -246,6 +246,39 @@ def test_removing_a_catalog_partition_drops_it_and_keeps_the_others(spark, tmp_p
     assert [(r["impression_id"], r["ds"]) for r in spark.table(name).collect()] == [(3, "2025-04-02")]
 
 
+def test_users_and_items_tables_are_read_as_of_the_day(spark, tmp_path):
+    """A catalog users table partitioned by ds is read at the latest snapshot on or before the
+    day (a date-typed partition column too); one without partitions is read whole, flagged as
+    not point-in-time; a day before the first snapshot is refused naming the table."""
+    from jobs.core.tables import table
+
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {DB}")
+    rows = [(1, 10, "2025-04-01"), (2, 10, "2025-04-01"), (1, 30, "2025-04-05")]
+    (spark.createDataFrame(rows, "user_id long, user_activity long, ds string")
+     .withColumn("ds", F.to_date("ds")).write.mode("overwrite").partitionBy("ds")
+     .saveAsTable(f"{DB}.users_snapshots"))
+    spark.createDataFrame([(7, 3)], "item_id long, item_popularity long") \
+        .write.mode("overwrite").saveAsTable(f"{DB}.items_whole")
+    cfg = _config(tmp_path / "wh", {"users": TableMapping(f"{DB}.users_snapshots", "ds", "date"),
+                                    "items": TableMapping(f"{DB}.items_whole")})
+    users, items = table(cfg, "synth", "users", spark), table(cfg, "synth", "items", spark)
+    seen = {}
+    for day in ("2025-04-01", "2025-04-04", "2025-04-05", "2025-05-01"):
+        snapshot = users.as_of(day)
+        seen[day] = (snapshot.ds, sorted(tuple(r) for r in users.read(spark, snapshot.ds)
+                                         .collect()))
+    assert seen == {"2025-04-01": ("2025-04-01", [(1, 10), (2, 10)]),
+                    "2025-04-04": ("2025-04-01", [(1, 10), (2, 10)]),
+                    "2025-04-05": ("2025-04-05", [(1, 30)]),
+                    "2025-05-01": ("2025-04-05", [(1, 30)])}
+    with pytest.raises(MissingInputError, match="^synth users: no snapshot on or before "
+                                                "2025-03-31 in .*the first is 2025-04-01"):
+        users.as_of("2025-03-31")
+    whole = items.as_of("2025-04-04")
+    assert whole.ds is None and "not point-in-time" in whole.warning
+    assert [tuple(r) for r in items.read(spark, whole.ds).collect()] == [(7, 3)]
+
+
 @pytest.mark.parametrize("case, registered", [("hive-parquet", True), ("date-partition", True),
                                               ("float-column", False), ("orc-table", False)])
 def test_an_output_table_gets_the_staged_files_registered_or_inserted(spark, flows, case,

@@ -21,6 +21,7 @@ from jobs.bench.common import (
     _bench_config,
     _machine,
     _score_direct,
+    BENCH_DS,
     _timed,
     ensure_synth_partition,
     reference_artifact,
@@ -325,14 +326,15 @@ def bench_catalog(cfg: JobConfig, rows: int | None = None, results: Path | None 
     cfg = _bench_config(cfg)
     spec = load_spec("synth")
     wh = Warehouse(cfg.warehouse)
-    if not (parquet_files(wh.catalog(spec.name, "users"))
+    snapshot = {name: wh.catalog(spec.name, name) / f"ds={BENCH_DS}" for name in ("users", "items")}
+    if not (parquet_files(snapshot["users"])
             and Warehouse(cfg.warehouse).scratch("reference-mmoe").is_dir()):
-        ensure_synth_partition(cfg, 20_000)  # writes the catalog tables too
+        ensure_synth_partition(cfg, 20_000)  # writes the day's catalog snapshots too
     files = read_artifact_files(reference_artifact(cfg))
     artifact = ModelArtifact.from_files(files)
     spark = get_spark(cfg.spark)
     user_key, item_key = spec.catalog.user_key, spec.catalog.item_key
-    all_users = read_table(wh.catalog(spec.name, "users"))
+    all_users = read_table(snapshot["users"])
     n_users = max(1, rows // items)
     if n_users > all_users.num_rows:
         raise ValueError(f"bench catalog: {rows} pairs need {n_users} users, the synth catalog "
@@ -344,7 +346,7 @@ def bench_catalog(cfg: JobConfig, rows: int | None = None, results: Path | None 
             pq.write_table(all_users.slice(0, n_users), staging / "part-0.parquet",
                            row_group_size=max(1, n_users // default_parallelism(spark)))
     users = spark.read.parquet(str(users_dir))
-    items_df = spark.read.parquet(str(wh.catalog(spec.name, "items")))
+    items_df = spark.read.parquet(str(snapshot["items"]))
     top_items = top_items_frame(items_df, spec, items).toArrow()
     cfg.scoring.catalog.top_k = top_k
     out_root = Warehouse(cfg.warehouse).scratch("bench-out")

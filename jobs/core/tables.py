@@ -3,7 +3,7 @@
 A dataset's logical table (features, labels, predictions, ...) is either
 
 - a :class:`PathTable` — today's layout, ``<wh>/<dataset>/<table>/ds=D[/model_version=V]/``
-  (``catalog/<name>`` for the unpartitioned users / items), the embedded default; or
+  (``catalog/<name>/ds=D/`` for the users / items snapshots), the embedded default; or
 - a :class:`CatalogTable` — a Spark catalog table named in the job config's ``tables:``
   section (CONTRACT.md, "Tables"), read with ``spark.table(name)`` + a partition filter and
   written one whole partition at a time (below); created on first write from the staged
@@ -46,6 +46,12 @@ A catalog write first stages the rows as parquet under the warehouse (hidden nam
   replaces it.
 
 Either way a failure before the swap leaves the old partition as it was.
+
+Users and items are point-in-time snapshots, one ``ds`` partition per day they were taken: a
+job for day D reads :meth:`Table.as_of` D, the latest snapshot on or before D, so a backfill of
+an old day reads the values of that day however often it is rerun. An unpartitioned users or
+items table (the older layout, or a catalog table without partitions) is still read, whole,
+with a warning that it is not point-in-time.
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ from jobs.core.errors import MissingInputError, TableError
 from jobs.core.spark import read_partition
 from jobs.core.warehouse import (
     Warehouse,
+    ds_directories,
     fingerprint,
     parquet_files,
     parse_date,
@@ -85,10 +92,10 @@ from jobs.core.warehouse import (
     write_bytes,
 )
 
-# Tables a job config may map to the catalog (CONTRACT.md); ``catalog`` is the path twin's
-# directory of the unpartitioned users / items tables.
-UNPARTITIONED = ("users", "items")
-NO_DS = UNPARTITIONED + ("ab_reports",)  # not partitioned by date
+# Point-in-time tables: ``ds`` names the day a snapshot was taken (read with Table.as_of);
+# ``catalog`` is their path twins' directory.
+SNAPSHOTS = ("users", "items")
+NO_DS = ("ab_reports",)  # not partitioned by date
 # Where registered partitions live inside a catalog table's directory (hidden: a scan of the
 # table's root, e.g. ``MSCK REPAIR``, skips it).
 REGISTERED_DIR = "_mmoe_partitions"
@@ -114,6 +121,29 @@ class Partition:
         parts = ([f"{ds_column}={self.ds}"] if self.ds is not None else []) \
             + [f"{k}={v}" for k, v in self.more]
         return "/".join(parts)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The snapshot of a point-in-time table (users, items) a job for day ``for_ds`` reads:
+    ``ds`` the latest snapshot on or before it, None for an unpartitioned table."""
+
+    table: str
+    for_ds: str
+    ds: str | None
+    where: str
+
+    @property
+    def warning(self) -> str | None:
+        if self.ds is not None:
+            return None
+        return (f"{self.table} is one unpartitioned table ({self.where}), not point-in-time "
+                f"snapshots: {self.for_ds} was read with its current values")
+
+    def record(self) -> dict[str, str | None]:
+        """What a manifest says of the choice."""
+        return {"as_of": f"latest snapshot on or before {self.for_ds}", "snapshot": self.ds,
+                "where": self.where}
 
 
 @dataclass
@@ -211,6 +241,22 @@ class Table:
     def remove(self, ds: str | None = None, **more: str) -> None:
         raise NotImplementedError
 
+    def as_of(self, ds: str) -> Snapshot:
+        """The snapshot a job for ``ds`` reads: the latest ``ds`` partition on or before it
+        that holds data; a table without ``ds`` partitions but with data is read whole (see
+        :attr:`Snapshot.warning`). None to read is a :class:`MissingInputError` naming the
+        table and the day."""
+        ds = parse_date(ds, "ds").isoformat()
+        days = self.partitions()
+        for day in reversed([d for d in days if d <= ds]):
+            if self.exists(day):
+                return Snapshot(self.table, ds, day, self.where(day))
+        if not days and self.exists():
+            return Snapshot(self.table, ds, None, self.where())
+        first = f" (the first is {days[0]})" if days else ""
+        raise MissingInputError(f"{self.dataset} {self.table}: no snapshot on or before {ds} "
+                                f"in {self.where()}{first}")
+
 
 # --------------------------------------------------------------------------------------------
 # The path layout
@@ -223,8 +269,9 @@ class PathTable(Table):
     table: str
 
     def path(self, ds: str | None = None, **more: str) -> Path:
-        if self.table in UNPARTITIONED:
-            return self.wh.catalog(self.dataset, self.table)
+        if self.table in SNAPSHOTS:
+            base = self.wh.catalog(self.dataset, self.table)
+            return base if ds is None else base / f"ds={parse_date(ds, 'ds').isoformat()}"
         if ds is None:
             base = self.wh.table(self.dataset, self.table)
             for key, value in more.items():
@@ -239,6 +286,8 @@ class PathTable(Table):
         return bool(parquet_files(self.path(ds, **more)))
 
     def partitions(self):
+        if self.table in SNAPSHOTS:
+            return ds_directories(self.path())
         return self.wh.partitions(self.dataset, self.table)
 
     def sub_partitions(self, ds, key):
@@ -281,6 +330,7 @@ class CatalogTable(Table):
     spark: SparkSession | None = None
     _checked: bool = field(default=False, repr=False)
     _schema: T.StructType | None = field(default=None, repr=False)
+    _unpartitioned: bool | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -298,8 +348,20 @@ class CatalogTable(Table):
         return spark
 
     def partition_columns(self) -> list[str]:
-        cols = [] if self.table in NO_DS else [self.ds_column]
+        cols = [] if self.table in NO_DS or self._unpartitioned_snapshot() else [self.ds_column]
         return cols + list(EXTRA_PARTITIONS.get(self.table, ()))
+
+    def _declared(self) -> list[str]:
+        """The existing table's partition columns, as the catalog declares them."""
+        return [c.name for c in self._session().catalog.listColumns(self.name) if c.isPartition]
+
+    def _unpartitioned_snapshot(self) -> bool:
+        """A users / items table created without partitions (read whole, not point-in-time)."""
+        if self.table not in SNAPSHOTS or self._existing() is None:
+            return False
+        if self._unpartitioned is None:
+            self._unpartitioned = not self._declared()
+        return self._unpartitioned
 
     def where(self, ds=None, **more):
         label = Partition.of(ds, more).label(self.ds_column)
@@ -349,15 +411,14 @@ class CatalogTable(Table):
     def _check_partitioning(self, schema: T.StructType) -> None:
         if self._checked:
             return
-        spark = self._session()
-        declared = [c.name for c in spark.catalog.listColumns(self.name) if c.isPartition]
+        declared = self._declared()
         wanted = self.partition_columns()
         if declared != wanted:
             raise TableError(f"{self.dataset} {self.table}: catalog table {self.name} is "
                              f"partitioned by ({', '.join(declared) or 'nothing'}), expected "
                              f"({', '.join(wanted)}) (tables.{self.dataset}.{self.table}."
                              f"partition_column / partition_type)")
-        if self.table not in NO_DS:
+        if self.ds_column in wanted:
             got = schema[self.ds_column].dataType
             want = T.DateType() if self.mapping.partition_type == "date" else T.StringType()
             if got != want:
@@ -405,7 +466,7 @@ class CatalogTable(Table):
         return out
 
     def partitions(self):
-        if self._existing() is None:
+        if self._existing() is None or self._unpartitioned_snapshot():
             return []
         return sorted({p[self.ds_column] for p in self._partition_values(Partition(None))})
 
@@ -445,7 +506,7 @@ class CatalogTable(Table):
     def writing(self, spark, ds=None, **more):
         spark = spark or self._session()
         part = Partition.of(ds, more)
-        base = self.wh.table(self.dataset, self.table if self.table not in UNPARTITIONED
+        base = self.wh.table(self.dataset, self.table if self.table not in SNAPSHOTS
                              else "catalog")
         staging = base / f".catalog-staging-{uuid.uuid4().hex[:12]}"
         schema = self._existing()

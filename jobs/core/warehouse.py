@@ -171,7 +171,8 @@ class Warehouse:
         return path
 
     def catalog(self, dataset: str, name: str) -> Path:
-        """``<wh>/<dataset>/catalog/<name>`` (e.g. ``users``, ``items``): unpartitioned tables."""
+        """``<wh>/<dataset>/catalog/<name>`` (``users``, ``items``): their ``ds=D/`` snapshots,
+        or (an older layout, still read) one unpartitioned table."""
         return self.table(dataset, "catalog") / safe_name(name, "catalog table")
 
     def runs_dir(self, dataset: str) -> Path:
@@ -273,11 +274,7 @@ class Warehouse:
 
     def partitions(self, dataset: str, table: str) -> list[str]:
         """The ds values present in a table (visible ``ds=`` directories), sorted."""
-        base = self.table(dataset, table)
-        if not base.is_dir():
-            return []
-        return sorted(p.name[3:] for p in base.iterdir()
-                      if p.is_dir() and p.name.startswith("ds=") and _DATE.match(p.name[3:]))
+        return ds_directories(self.table(dataset, table))
 
     def sub_partitions(self, dataset: str, table: str, ds: str, key: str) -> list[str]:
         """The values of ``key`` under one ds that hold data, e.g. the model versions with
@@ -307,6 +304,14 @@ def visible_files(directory: Path, pattern: str = "*") -> list[Path]:
         return []
     return sorted(p for p in directory.rglob(pattern) if p.is_file()
                   and not any(part.startswith(HIDDEN) for part in p.relative_to(directory).parts))
+
+
+def ds_directories(base: Path) -> list[str]:
+    """The ds values of the visible ``ds=YYYY-MM-DD`` directories under ``base``, sorted."""
+    if not base.is_dir():
+        return []
+    return sorted(p.name[3:] for p in base.iterdir()
+                  if p.is_dir() and p.name.startswith("ds=") and _DATE.match(p.name[3:]))
 
 
 def parquet_files(directory: Path) -> list[Path]:

@@ -1,6 +1,6 @@
 """Synthetic recommendation logs (``mmoe data synth``): feed / e-commerce impressions with three
 binary tasks (click, like, conversion), written as the ``synth`` data set's features and labels
-partitions, plus an item catalog and a users table for catalog scoring.
+partitions, plus daily snapshots of the item catalog and the users table for catalog scoring.
 
 The generator is seeded and numpy-vectorised (no Spark). Its columns are exactly the ``synth``
 spec's (``schemas/specs/synth.yaml``): vocabularies, hours and value ranges are read from the spec.
@@ -23,6 +23,13 @@ ds, rows_per_day) only, never on which other days are generated: each day (and e
 of it) draws from its own ``SeedSequence([seed, day_number, chunk])``. ``impression_id`` =
 ``day_number * 10^10 + row`` (day_number = days since 1970-01-01): unique across days and runs.
 ``request_id`` groups 10 consecutive impressions of one user at one hour.
+
+Slowly changing attributes: a user's ``user_activity`` and an item's ``item_popularity`` move
+with the day, ``base * exp(0.1 * sin(2 pi day / 60 + phase))`` (rounded, clipped; a phase per
+user / item from the seed), the rest stay fixed. The day's impressions carry that day's values,
+and each generated day writes the users and items snapshot of that day
+(``catalog/{users,items}/ds=D/``), so a job for an old day can read the values it had then.
+The hidden effects behind the labels do not move: only what a model sees changes.
 """
 
 from __future__ import annotations
@@ -71,7 +78,8 @@ USER_COLUMNS = ("user_id", "platform", "user_cohort", "user_activity", "user_age
 
 _EPOCH = dt.date(1970, 1, 1)
 _LATENT = re.compile(r"^x(\d+)$")
-_WORLD_TAG, _CALIB_TAG, _DAY_TAG = 0x5EED, 0xCA11B, 0xDA7
+_WORLD_TAG, _CALIB_TAG, _DAY_TAG, _DRIFT_TAG = 0x5EED, 0xCA11B, 0xDA7, 0xD21F7
+DRIFT_AMPLITUDE, DRIFT_PERIOD_DAYS = 0.1, 60  # of the slowly changing attributes (above)
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,6 +337,30 @@ def _day_number(ds: str) -> int:
     return (parse_date(ds, "ds") - _EPOCH).days
 
 
+@lru_cache(maxsize=4)
+def _drift_phases(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per user and per item, the phase of its slowly changing attribute (from the seed alone:
+    drawing them does not move any other random draw)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _DRIFT_TAG]))
+    return rng.uniform(0.0, 2 * np.pi, N_USERS), rng.uniform(0.0, 2 * np.pi, N_ITEMS)
+
+
+def _drifted(spec: DatasetSpec, name: str, base: np.ndarray, phase: np.ndarray,
+             day: int) -> np.ndarray:
+    lo, hi = _bounds(spec, name)
+    factor = np.exp(DRIFT_AMPLITUDE * np.sin(2 * np.pi * day / DRIFT_PERIOD_DAYS + phase))
+    return np.clip(np.round(base * factor), lo, hi)
+
+
+def day_attributes(world: SynthWorld, ds: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(user_activity [N_USERS], item_popularity [N_ITEMS])`` on day ``ds``."""
+    day = _day_number(ds)
+    user_phase, item_phase = _drift_phases(world.seed)
+    return (_drifted(world.spec, "user_activity", world.users["user_activity"], user_phase, day),
+            _drifted(world.spec, "item_popularity", world.items["item_popularity"], item_phase,
+                     day))
+
+
 def _take_vocab(vocab: tuple[str, ...], idx: np.ndarray) -> pa.Array:
     return pa.array(vocab, type=pa.string()).take(pa.array(idx, type=pa.int32()))
 
@@ -352,6 +384,7 @@ def _chunks(world: SynthWorld, ds: str, rows: int) -> Iterator[tuple[pa.Table, p
     f_schema, l_schema = features_arrow_schema(spec), labels_arrow_schema(spec)
     platforms, cohorts = _vocab(spec, "platform"), _vocab(spec, "user_cohort")
     categories = _vocab(spec, "item_category")
+    activity, popularity = day_attributes(world, ds)
     for k, start in enumerate(range(0, rows, CHUNK_ROWS)):
         n = min(CHUNK_ROWS, rows - start)
         rng = np.random.default_rng(np.random.SeedSequence([world.seed, _DAY_TAG, day, k]))
@@ -368,8 +401,8 @@ def _chunks(world: SynthWorld, ds: str, rows: int) -> Iterator[tuple[pa.Table, p
             "platform": _take_vocab(platforms, world.users["platform"][user]),
             "user_cohort": _take_vocab(cohorts, world.users["user_cohort"][user]),
             "hour": world.hour_values[d["hour"]],
-            "user_activity": world.users["user_activity"][user],
-            "item_popularity": world.items["item_popularity"][item],
+            "user_activity": activity[user],
+            "item_popularity": popularity[item],
             "item_price": _float_col(price),
             "user_age": _float_col(world.users["user_age"][user]),
         }
@@ -395,22 +428,24 @@ def synth_day(spec: DatasetSpec | str, seed: int, ds: str, rows: int, rho: float
     return features, labels
 
 
-def catalog_tables(world: SynthWorld) -> dict[str, pa.Table]:
-    """The item catalog and users table (one row per item / user), typed like the features."""
+def catalog_tables(world: SynthWorld, ds: str) -> dict[str, pa.Table]:
+    """The item catalog and users table on day ``ds`` (one row per item / user), typed like the
+    features."""
     spec = world.spec
     schema = features_arrow_schema(spec)
     items, users = world.items, world.users
+    activity, popularity = day_attributes(world, ds)
     item_cols = {
         "item_id": items["item_id"],
         "item_category": _take_vocab(_vocab(spec, "item_category"), items["item_category"]),
-        "item_popularity": items["item_popularity"],
+        "item_popularity": popularity,
         "item_price": _float_col(items["item_price"]),
     }
     user_cols = {
         "user_id": users["user_id"],
         "platform": _take_vocab(_vocab(spec, "platform"), users["platform"]),
         "user_cohort": _take_vocab(_vocab(spec, "user_cohort"), users["user_cohort"]),
-        "user_activity": users["user_activity"],
+        "user_activity": activity,
         "user_age": _float_col(users["user_age"]),
     }
     out = {}
@@ -421,11 +456,12 @@ def catalog_tables(world: SynthWorld) -> dict[str, pa.Table]:
     return out
 
 
-def catalog_path(cfg: JobConfig, table: str) -> Path:
-    """``<wh>/synth/catalog/items`` or ``.../users``."""
+def catalog_path(cfg: JobConfig, table: str, ds: str | None = None) -> Path:
+    """``<wh>/synth/catalog/items`` or ``.../users``; with ``ds``, that day's snapshot."""
     if table not in CATALOG_TABLES:
         raise ValueError(f"unknown catalog table {table!r}")
-    return Warehouse(cfg.warehouse).catalog(DATASET, table)
+    base = Warehouse(cfg.warehouse).catalog(DATASET, table)
+    return base if ds is None else base / f"ds={parse_date(ds, 'ds').isoformat()}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,8 +494,9 @@ class SynthResult:
 def generate_synth(cfg: JobConfig, start: str, days: int, rows_per_day: int, seed: int = 0,
                    task_correlation: float = 0.5) -> SynthResult:
     """Write ``days`` daily partitions of ``rows_per_day`` impressions from ``start`` into
-    ``<wh>/synth/{features,labels}/ds=D/`` and the catalog into ``<wh>/synth/catalog/``, each
-    partition staged and swapped in (:func:`jobs.core.warehouse.replacing`)."""
+    ``<wh>/synth/{features,labels}/ds=D/`` and each day's users and items snapshot into
+    ``<wh>/synth/catalog/{users,items}/ds=D/``, each partition staged and swapped in
+    (:func:`jobs.core.warehouse.replacing`)."""
     first = parse_date(start, "--start")
     if not isinstance(days, int) or days < 1:
         raise InputError(f"--days must be a positive integer, got {days!r}")
@@ -501,13 +538,12 @@ def generate_synth(cfg: JobConfig, start: str, days: int, rows_per_day: int, see
         outputs[f"features/ds={ds}"] = str(f_dir)
         outputs[f"labels/ds={ds}"] = str(l_dir)
         total += rows_per_day
-
-    for name, table in catalog_tables(world).items():
-        target = catalog_path(cfg, name)
-        with replacing(target) as tmp:
-            tmp.mkdir(parents=True)
-            pq.write_table(table, tmp / "part-00000.parquet")
-        outputs[f"catalog/{name}"] = str(target)
+        for name, table in catalog_tables(world, ds).items():
+            target = catalog_path(cfg, name, ds)
+            with replacing(target) as tmp:
+                tmp.mkdir(parents=True)
+                pq.write_table(table, tmp / "part-00000.parquet")
+            outputs[f"catalog/{name}/ds={ds}"] = str(target)
 
     settings = {"seed": seed, "task_correlation": float(task_correlation),
                 "rows_per_day": rows_per_day}

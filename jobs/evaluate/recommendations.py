@@ -74,8 +74,9 @@ def recommendation_metrics(spark: SparkSession, cfg: JobConfig, spec: DatasetSpe
     logs = (tb["features"].read(spark, logged, list(dict.fromkeys(keys + [user, item])))
             .join(tb["labels"].read(spark, logged, keys + tasks), keys, "inner")
             .select(user, item, *tasks))
-    items = tb["items"].read(spark, None, [c for c in dict.fromkeys([item, cat.rank_by, cat.category])
-                                           if c is not None])
+    snapshot = tb["items"].as_of(ds)  # the catalog as it was when the lists were made
+    items = tb["items"].read(spark, snapshot.ds, [c for c in dict.fromkeys(
+        [item, cat.rank_by, cat.category]) if c is not None])
     ks = sorted(set(cfg.evaluation.ranking_ks) | {cfg.scoring.catalog.top_k})
     lists = lists.persist()   # read by every task's join and every catalog figure
     try:
@@ -84,7 +85,9 @@ def recommendation_metrics(spark: SparkSession, cfg: JobConfig, spec: DatasetSpe
         read = lists.count()
     finally:
         lists.unpersist()
-    return rows, read, {"recommendations_judged_on": logged, "recommendation_ks": ks}
+    return rows, read, {"recommendations_judged_on": logged, "recommendation_ks": ks,
+                        "snapshots": {"items": snapshot.record()},
+                        **({"warnings": [snapshot.warning]} if snapshot.warning else {})}
 
 
 def _ideal_dcg(k_max: int) -> list[float]:

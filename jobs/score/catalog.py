@@ -3,7 +3,9 @@
 Inputs (keys and sides from the spec's ``catalog`` section, no column named here):
 
 - a users table (``user_key`` + the user-side features), an items table (``item_key`` + the
-  item-side features): ``<wh>/<dataset>/catalog/{users,items}``;
+  item-side features): ``<wh>/<dataset>/catalog/{users,items}/ds=S/``, point-in-time snapshots
+  of which day D reads the latest S <= D (:meth:`jobs.core.tables.Table.as_of`; the choice is
+  in the manifest, and an unpartitioned table is read whole with a warning there);
 - candidates: a ``(user_key, item_key)`` table for the ds (``<wh>/<dataset>/candidates/ds=D``,
   e.g. from a retrieval stage) or, when there is none, "all items": every user × the catalog's
   ``scoring.catalog.max_items_per_user`` top items by ``catalog.rank_by``.
@@ -32,6 +34,7 @@ use ``method: rows``.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from typing import Any, Iterator
 
@@ -376,9 +379,8 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
     tb = DatasetTables(cfg, spec.name, spark)
     tb.preflight(inputs=("users", "items", "candidates"), outputs=("recommendations",))
     wh, users_t, items_t, candidates_t = tb.wh, tb["users"], tb["items"], tb["candidates"]
-    if not users_t.exists() or not items_t.exists():
-        raise MissingInputError(f"catalog mode needs {users_t.where()} and {items_t.where()} "
-                                f"(written by `mmoe data synth`)")
+    snapshots = {t.table: t.as_of(ds) for t in (users_t, items_t)}
+    at_user, at_item = snapshots["users"].ds, snapshots["items"].ds
     has_candidates = candidates_t.exists(ds)
     method = catalog.method
     if method == "factored" and artifact.imported:
@@ -388,7 +390,7 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
     if method == "factored" and not factorable(artifact.model, artifact.spec):
         method = "rows"  # e.g. single-task: one input layer per task
     scored_at = dt.datetime.now(dt.timezone.utc)
-    users_df = users_t.read(spark)
+    users_df = users_t.read(spark, at_user)
     version = artifact.model_version
     out = tb["recommendations"].where(ds, model_version=version)
     with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch":
@@ -398,15 +400,16 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
             tb["recommendations"].writing(spark, ds, model_version=version) as staged:
         if method == "factored" and has_candidates:
             recs = recommend_candidates(
-                spark, candidates_t.read(spark, ds), users_t.read_arrow(),
-                items_t.read_arrow(), files, artifact, spec, cfg, scored_at, catalog.top_k)
+                spark, candidates_t.read(spark, ds), users_t.read_arrow(at_user),
+                items_t.read_arrow(at_item), files, artifact, spec, cfg, scored_at,
+                catalog.top_k)
         elif method == "factored":
-            top_items = top_items_frame(items_t.read(spark), spec,
+            top_items = top_items_frame(items_t.read(spark, at_item), spec,
                                    catalog.max_items_per_user)
             recs = recommend_grid(spark, users_df, top_items.toArrow(), files, artifact, spec,
                                   cfg, scored_at, catalog.top_k)
         else:
-            items_df = items_t.read(spark)
+            items_df = items_t.read(spark, at_item)
             pairs = (candidates_t.read(spark, ds) if has_candidates
                      else grid_pairs(users_df, items_df, spec, catalog.max_items_per_user))
             recs = recommend_rows(spark, pairs, users_df, items_df, files, artifact, spec, cfg,
@@ -414,14 +417,20 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
         recs.write.mode("overwrite").parquet(str(staged.dir))
     written = staged.rows
     pairs_in = (candidates_t.count(ds) if has_candidates  # footers: no pass over the data
-                else users_t.count() * min(items_t.count(), catalog.max_items_per_user))
+                else users_t.count(at_user) * min(items_t.count(at_item),
+                                                  catalog.max_items_per_user))
+    warnings = [s.warning for s in snapshots.values() if s.warning]
+    for line in warnings:
+        logging.getLogger(__name__).warning("warning: %s", line)
     return ScoreResult(artifact.model_version, artifact.sha256, input_rows=pairs_in,
                        output_rows=written, quarantined_rows=0, output=out,
                        table="recommendations",
                        details={"top_k": catalog.top_k, "method": method,
                                 "candidates": "table" if has_candidates else "all_items",
                                 "max_items_per_user": catalog.max_items_per_user,
-                                "fusion": catalog.fusion})
+                                "fusion": catalog.fusion,
+                                "snapshots": {t: s.record() for t, s in snapshots.items()},
+                                **({"warnings": warnings} if warnings else {})})
 
 
 def top_items_frame(items: DataFrame, spec: DatasetSpec, max_items: int) -> DataFrame:
