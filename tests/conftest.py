@@ -21,7 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 # took 10 s to start and 19 s to work, 5 s and 10 s with C1 only. Inherited through the
 # environment (spark-submit reads SPARK_SUBMIT_OPTS); tests/_cluster.py passes it on to the
 # daemons and executors.
-JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
+# C1 alone gets a 48 MiB code cache by default: the session JVM of a pytest-xdist worker, which
+# runs hundreds of tests' Spark jobs, filled it ("CodeCache is full. Compiler has been
+# disabled"), ran interpreted from then on, and failed the next job that needed an adapter
+# (a Py4JJavaError in codegen, seen in the demo test). The cache is reserved, not committed.
+JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=512m"
 if JVM_OPTIONS not in os.environ.get("SPARK_SUBMIT_OPTS", ""):
     os.environ["SPARK_SUBMIT_OPTS"] = f"{os.environ.get('SPARK_SUBMIT_OPTS', '')} {JVM_OPTIONS}".strip()
 CENSUS_FILE = REPO.parent / "shared" / "data" / "census" / "census-income.dev.data.gz"

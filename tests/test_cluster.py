@@ -142,92 +142,161 @@ def test_standalone_cluster_matches_local_mode(spark, standalone_cluster, tmp_pa
     _assert_close(_sorted(registered[0]), want)
     print(f"catalog-table day on the cluster: {time.monotonic() - started:.1f}s")
 
-def test_nightly_dag_end_to_end_with_a_champion_and_a_challenger(spark, standalone_cluster,
-                                                                   tmp_path):
+# The team's tables of the DAG test: loaded by one plain-pyspark process, read back by another
+# (``spark.table`` + a filter: not the code under test). One JVM at a time opens the metastore.
+_LOAD = """
+import sys
+from pyspark.sql import SparkSession
+conf, src, db, loads = eval(sys.argv[1])
+b = SparkSession.builder.master("local[1]")
+for k, v in conf.items():
+    b = b.config(k, v)
+spark = b.config("spark.sql.sources.partitionColumnTypeInference.enabled", "false") \\
+    .enableHiveSupport().getOrCreate()
+spark.sql(f"CREATE DATABASE IF NOT EXISTS {db}")
+for table, days, partitions in loads:
+    frame = spark.read.option("basePath", f"{src}/synth/{table}").parquet(
+        *[f"{src}/synth/{table}/ds={d}" for d in days])
+    frame.write.mode("overwrite").partitionBy(*partitions).saveAsTable(f"{db}.{table}")
+spark.stop()
+"""
+
+_READ = """
+import json, sys
+from pyspark.sql import SparkSession
+conf, db = eval(sys.argv[1])
+b = SparkSession.builder.master("local[1]")
+for k, v in conf.items():
+    b = b.config(k, v)
+spark = b.enableHiveSupport().getOrCreate()
+out = {}
+for table in ("predictions", "metrics"):
+    rows = spark.table(f"{db}.{table}").groupBy("ds", "model_version").count().collect()
+    out[table] = sorted([r["ds"], r["model_version"], r["count"]] for r in rows)
+out["auc_rows"] = spark.table(f"{db}.metrics").where("metric = 'auc'").count()
+print(json.dumps(out))
+spark.stop()
+"""
+
+
+def _pyspark(script: str, args, env) -> str:
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", script, repr(args)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+def test_nightly_dag_end_to_end_on_catalog_tables_with_a_champion_and_a_challenger(
+        spark, standalone_cluster, tmp_path):
     """Fresh SQLite AIRFLOW_HOME, `airflow db migrate`, two registered models, then `airflow
     dags test mmoe_nightly 2026-06-05` (ds 2026-06-03; labels wait 1 day, so the matured day
-    is 2026-06-02, which an earlier night scored): the real jobs leave both models'
-    predictions for ds and both models' metrics for the matured day, and nothing else.
+    is 2026-06-02, which earlier nights scored): the real jobs leave both models' predictions
+    for ds and both models' metrics for the matured day, and nothing else, and compare the
+    mmoe_compare_days (2) days ending at the matured day.
+
+    Features, labels, predictions and metrics are all tables of an embedded Derby metastore,
+    nothing of them under the path layout (issue 34, item 0: the features sensor and the
+    has-predictions check go through the jobs' table layer, ``mmoe tables``, or the sensor
+    would wait until its timeout); ab_reports stays on the path layout.
 
     The jobs go through the Spark provider's SparkSubmitHook (``mmoe_launcher=spark-submit``,
     connection ``spark_default`` = the session's loopback standalone cluster, the project zip
     as --py-files, jobs/submit.py): what a YARN / Kubernetes deployment runs."""
-    import json
     import os
     import shlex
     import subprocess
     import sys
-    from pathlib import Path
 
+    from _reliability import cli_env
+    from conftest import hive_settings
     from tiny_models import tiny_model
 
     from jobs.core.config import load_config
     from jobs.core.registry import register_model
-    from jobs.core.warehouse import Warehouse, parquet_files, read_table
+    from jobs.core.warehouse import parquet_files, report_id
     from jobs.data.synth import generate_synth
     from jobs.score.stage import score_partition
     from jobs.validate.stage import validate_partition
     from schemas import load_spec
 
     repo = Path(__file__).resolve().parents[1]
+    db, mapped = "nightly34", ("features", "labels", "predictions", "metrics")
+    root = tmp_path / "metastore"
+    root.mkdir()
+    conf = {**hive_settings(root), "spark.ui.enabled": "false", "spark.driver.memory": "1g",
+            "spark.sql.shuffle.partitions": "2", "spark.sql.session.timeZone": "UTC",
+            "spark.sql.sources.partitionOverwriteMode": "dynamic"}
+    settings = {"spark": {"master": "local[1]", "conf": conf},
+                "validation": {"keep_data_docs": False},
+                "evaluation": {"label_wait_days": 1, "segments": []}}
     config = tmp_path / "config.yaml"
-    config.write_text(
-        f"warehouse: {tmp_path / 'wh'}\n"
-        "spark: {master: 'local[1]', conf: {spark.ui.enabled: 'false', "
-        "spark.sql.shuffle.partitions: '2', spark.driver.memory: 1g, "
-        "spark.sql.session.timeZone: UTC}}\n"
-        "validation: {keep_data_docs: false}\n"
-        "evaluation: {label_wait_days: 1, segments: []}\n")
+    config.write_text(yaml.safe_dump({**settings, "warehouse": str(tmp_path / "wh"),
+                                      "tables": {"synth": {t: f"{db}.{t}" for t in mapped}}}))
     cfg = load_config(config)
-    generate_synth(cfg, "2026-06-02", 2, 150, seed=3)
+    # The team's data and its earlier nights (both models scored 06-01 and 06-02): written on a
+    # path layout elsewhere, in-process, then loaded into the team's tables.
+    source_file = tmp_path / "source.yaml"
+    source_file.write_text(yaml.safe_dump({**settings, "warehouse": str(tmp_path / "source")}))
+    source = load_config(source_file)
+    generate_synth(source, "2026-06-01", 3, 150, seed=3)
     champion = register_model(cfg, tiny_model(tmp_path / "a", 1), alias="champion",
                               effective="2026-01-01").version
     challenger = register_model(cfg, tiny_model(tmp_path / "b", 2), alias="challenger",
                                 effective="2026-01-01").version
-    spec = load_spec("synth")
-    validate_partition(spark, cfg, spec, "2026-06-02")  # the earlier night, in-process
-    for alias in ("@champion", "@challenger"):
-        score_partition(spark, cfg, spec, "2026-06-02", alias)
-
-    home = tmp_path / "airflow"
-    env = {**os.environ, "AIRFLOW_HOME": str(home), "PYTHONPATH": str(repo),
-           "AIRFLOW__CORE__DAGS_FOLDER": str(repo / "airflow_dags"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW_VAR_MMOE_DATASET": "synth", "AIRFLOW_VAR_MMOE_CONFIG": str(config),
-           "AIRFLOW_VAR_MMOE_COMPARE_DAYS": "2",
-           "AIRFLOW_VAR_MMOE_BIN": f"{shlex.quote(sys.executable)} -m jobs.cli",
-           "AIRFLOW_VAR_MMOE_LAUNCHER": "spark-submit",
-           "AIRFLOW_CONN_SPARK_DEFAULT": standalone_cluster.url,
-           # one executor per job: this test is about the wiring, test_standalone_cluster_... about
-           # several executors
-           "AIRFLOW_VAR_MMOE_SUBMIT_CONF": json.dumps({**standalone_cluster.submit_conf(),
-                                                       "spark.cores.max": "1"}),
-           "PATH": f"{standalone_cluster.bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "SPARK_HOME": standalone_cluster.env["SPARK_HOME"], "SPARK_LOCAL_IP": "127.0.0.1"}
-    env.pop("MMOE_WAREHOUSE", None)
+    spec, earlier = load_spec("synth"), ["2026-06-01", "2026-06-02"]
+    for day in earlier:
+        validate_partition(spark, source, spec, day)
+        for model in (tmp_path / "a", tmp_path / "b"):
+            score_partition(spark, source, spec, day, model)
+    days = earlier + ["2026-06-03"]
+    env = cli_env(AIRFLOW_HOME=str(tmp_path / "airflow"),
+                  AIRFLOW__CORE__DAGS_FOLDER=str(repo / "airflow_dags"),
+                  AIRFLOW__CORE__LOAD_EXAMPLES="False",
+                  AIRFLOW_VAR_MMOE_DATASET="synth", AIRFLOW_VAR_MMOE_CONFIG=str(config),
+                  AIRFLOW_VAR_MMOE_COMPARE_DAYS="2",
+                  AIRFLOW_VAR_MMOE_BIN=f"{shlex.quote(sys.executable)} -m jobs.cli",
+                  AIRFLOW_VAR_MMOE_LAUNCHER="spark-submit",
+                  AIRFLOW_CONN_SPARK_DEFAULT=standalone_cluster.url,
+                  # one executor per job: this test is about the wiring, the one above about
+                  # several executors; Derby's log beside its metastore, not in the cwd
+                  AIRFLOW_VAR_MMOE_SUBMIT_CONF=json.dumps({
+                      **standalone_cluster.submit_conf(), "spark.cores.max": "1",
+                      "spark.driver.extraJavaOptions": conf["spark.driver.extraJavaOptions"]}),
+                  PATH=f"{standalone_cluster.bin_dir}{os.pathsep}{os.environ['PATH']}",
+                  SPARK_HOME=standalone_cluster.env["SPARK_HOME"], SPARK_LOCAL_IP="127.0.0.1")
     env.pop("MMOE_START_DATE", None)  # the default start date must not skip 2026-06-05
+    _pyspark(_LOAD, (conf, str(tmp_path / "source"), db,
+                     [("features", days, ["ds"]), ("labels", days, ["ds"]),
+                      ("predictions", earlier, ["ds", "model_version"])]), env)
+
     airflow = str(Path(sys.executable).parent / "airflow")
     migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True,
                              text=True, timeout=600)
     assert migrate.returncode == 0, migrate.stderr[-3000:]
+    # a sensor that never sees the day would wait (rescheduled) until this timeout
     run = subprocess.run([airflow, "dags", "test", "mmoe_nightly", "2026-06-05"], env=env,
                          capture_output=True, text=True, timeout=1800)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-5000:]
-
-    wh = Warehouse(cfg.warehouse)
-    assert wh.sub_partitions("synth", "predictions", "2026-06-03", "model_version") == sorted(
-        [champion, challenger])
-    metrics = read_table(wh.partition("synth", "metrics", "2026-06-02"),
-                         columns=["model_version", "metric"])
-    assert set(metrics.column("model_version").to_pylist()) == {champion, challenger}
-    assert "auc" in metrics.column("metric").to_pylist()
-    assert not parquet_files(wh.partition("synth", "metrics", "2026-06-03"))  # not matured
-    assert "evaluate --dataset synth --ds 2026-06-02" in log
     assert f"spark-submit {repo / 'jobs' / 'submit.py'}" in log  # the SparkSubmit launcher ran
-    # compare: the mmoe_compare_days (2) days ending at the matured day, champion vs challenger
-    from jobs.core.warehouse import report_id
+    # the two decisions went through the table layer's catalog path
+    assert "tables --dataset synth --ds 2026-06-03 --table features" in log
+    assert "tables --dataset synth --ds 2026-06-02 --table predictions" in log
+    assert "evaluate --dataset synth --ds 2026-06-02" in log
 
+    got = json.loads(_pyspark(_READ, (conf, db), env).strip().splitlines()[-1])
+    both = sorted([champion, challenger])
+    assert got["predictions"] == [[d, v, 150] for d in days for v in both]
+    # metrics: the matured day only (06-03's labels have not matured), for both models
+    assert [row[:2] for row in got["metrics"]] == [["2026-06-02", v] for v in both]
+    assert got["auc_rows"] > 0
+    wh = Warehouse(cfg.warehouse)
+    for table in mapped:  # nothing of the mapped tables' rows under the path layout
+        assert not parquet_files(wh.table("synth", table)), table
+    # compare: the mmoe_compare_days (2) days ending at the matured day, champion vs challenger
     reports = sorted(p.name for p in wh.table("synth", "ab_reports").iterdir() if p.name != "_docs")
     assert reports == [f"report={report_id(champion, challenger, '2026-06-01', '2026-06-02')}"]
     report = read_table(wh.table("synth", "ab_reports") / reports[0]).to_pandas()
