@@ -20,6 +20,7 @@ from jobs.core.tables import table as logical_table
 from jobs.core.warehouse import Warehouse
 from jobs.validate.drift import psi
 from schemas.spec import load_spec
+from schemas.tables import features_arrow_schema
 
 DAYS = ["2026-04-01"]
 TODAY = "2026-04-02"
@@ -175,3 +176,82 @@ def test_a_large_day_is_summarised_on_a_sample_and_counted_exactly(spark, spec, 
         differs += unsampled != got.quantiles
     assert differs == len(features)  # the sampled summaries are not the whole-day ones
     frame.unpersist()
+
+
+def test_training_profile_equals_a_value_by_value_profile(spec):
+    """The trainer's vectorised profile of a column equals drift's value-by-value one (dense
+    with nulls, a vocabulary with an unknown value and nulls, hashed ids)."""
+    import pandas as pd
+
+    from jobs.validate.drift import Watched, profile_values
+    from jobs.validate.feature_drift import column_profile
+
+    rng = np.random.default_rng(3)
+    dense = rng.normal(size=500)
+    dense[::7] = np.nan
+    cats = rng.choice(["ios", "android", "web", "tv", None], size=500).tolist()
+    ids = rng.integers(0, 10_000, 500).astype(float)
+    ids[::11] = np.nan
+    cases = [(Watched("x0", "dense"), pd.Series(dense), list(dense)),
+             (Watched("platform", "categorical", categories=("android", "ios", "web")),
+              pd.Series(cats, dtype=object), cats),
+             (Watched("item_id", "categorical", categories=tuple(map(str, range(8))), buckets=8),
+              pd.Series(ids).astype("Int64"), [None if np.isnan(v) else int(v) for v in ids])]
+    for feature, column, values in cases:
+        assert column_profile(feature, column) == profile_values(feature, values), feature.name
+
+
+def test_training_skew_against_the_models_training_profile(spark, job_config, spec):
+    """`mmoe train` records the training rows' profile; scoring a day writes that day's skew
+    against it to the drift table (reference = training, the scored model_version), beside
+    the trailing-days rows: a shifted feature is flagged with the PSI numpy computes from the
+    raw columns on the training data's deciles, an unshifted one is not."""
+    import json
+
+    from jobs.data.synth import generate_synth
+    from jobs.score.stage import score_partition
+    from jobs.train.stage import train_model
+    from jobs.validate.stage import validate_partition
+    from mmoe_model.artifact import ModelArtifact
+
+    cfg = job_config
+    cfg.validation.keep_data_docs = False
+    cfg.drift = dataclasses.replace(cfg.drift, reference_days=1)
+    train_day, day = "2026-04-01", "2026-04-02"
+    generate_synth(cfg, train_day, 2, 3000, seed=4)
+    wh = Warehouse(cfg.warehouse)
+    trained = train_model(cfg, "synth", "mmoe", train_day, train_day, wh.root / "model",
+                          epochs=1, seed=0, progress=False)
+    artifact = ModelArtifact.load(trained.artifact)
+    profile = json.loads(artifact.files["metrics.json"])["feature_profile"]["features"]
+    train_x = pq.read_table(wh.partition("synth", "features", train_day)).to_pandas()
+    np.testing.assert_allclose(profile["x0"]["quantiles"],
+                               np.quantile(train_x["x0"], (np.arange(100) + 0.5) / 100), rtol=0,
+                               atol=1e-12)
+    assert profile["platform"]["counts"] == {**{k: 0 for k in profile["platform"]["counts"]},
+                                             **train_x["platform"].value_counts().to_dict()}
+    # the scored day: x0 moves by half a standard deviation
+    path = wh.partition("synth", "features", day)
+    features = pq.read_table(path).to_pandas()
+    features["x0"] = features["x0"] + 0.5
+    for old in path.glob("*.parquet"):
+        old.unlink()
+    pq.write_table(pa.Table.from_pandas(features, preserve_index=False,
+                                        schema=features_arrow_schema(spec)),
+                   path / "part-0.parquet")
+    for d in (train_day, day):  # the training day: the trailing-days reference of the other
+        validate_partition(spark, cfg, spec, d)
+    result = score_partition(spark, cfg, spec, day, trained.artifact)
+    assert "x0" in result.details["training_skew"]["drifted"]
+    assert "x1" not in result.details["training_skew"]["drifted"]
+    rows = read_drift(logical_table(cfg, spec.name, "drift"), day).to_pylist()
+    skew = {(r["feature"], r["statistic"]): r for r in rows if r["reference"] == "training"}
+    assert {r["model_version"] for r in skew.values()} == {trained.model_version}
+    assert any(r["model_version"] is None for r in rows)  # validate's rows stay beside them
+    for name in ("x0", "x1"):
+        edges = np.quantile(train_x[name], np.linspace(0.1, 0.9, 9))
+        want = psi(np.bincount(np.searchsorted(edges, train_x[name], side="right"), minlength=10),
+                   np.bincount(np.searchsorted(edges, features[name], side="right"), minlength=10))
+        got = skew[(name, "psi")]["value"]
+        assert got == pytest.approx(want, rel=0.15, abs=0.01), name
+        assert skew[(name, "psi")]["drifted"] is (want > 0.2), name

@@ -67,9 +67,10 @@ def trailing_prediction_profiles(wh: Warehouse, dataset: str, ds: str, model_ver
 
 
 def prediction_drift(cfg: JobConfig, spec: DatasetSpec, ds: str, model_version: str,
-                     staging: Path) -> dict[str, Any]:
+                     staging: Path, skew: list[DriftRow] = ()) -> dict[str, Any]:
     """Profile the staged predictions, compare them with the version's trailing days, write the
-    drift rows; returns the manifest's ``details.prediction_drift``."""
+    drift rows (with the version's training-skew rows ``skew``, jobs/score/skew.py: one writer
+    of the version's rows); returns the manifest's ``details.prediction_drift``."""
     wh = Warehouse(cfg.warehouse)
     profile, values = prediction_profile(staging, spec, ds)
     write_json(Path(staging) / PREDICTION_PROFILE, profile.to_json())
@@ -83,7 +84,8 @@ def prediction_drift(cfg: JobConfig, spec: DatasetSpec, ds: str, model_version: 
         rows += compare(column, ref, prof, current_counts(ref, prof, values[column]),
                         cfg.drift.thresholds, cfg.drift.reference_days,
                         model_version=model_version, statistics=("psi", "js"))
-    table = replace_drift_rows(cfg, spec.name, ds, rows, model_version=model_version)
+    table = replace_drift_rows(cfg, spec.name, ds, rows + list(skew),
+                               model_version=model_version)
     judged = len(reference) >= cfg.drift.reference_days
     return {"judged": judged, "reference_days": len(reference),
             "wanted_days": cfg.drift.reference_days, "drifted": drifted_features(rows),

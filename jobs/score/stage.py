@@ -48,6 +48,7 @@ from jobs.score.direct import (
     score_fragments,
 )
 from jobs.score.drift import prediction_drift
+from jobs.score.skew import training_skew
 from jobs.validate.scorable import passed_rows, read_status
 from jobs.validate.stage import validate_partition
 from mmoe_model.artifact import ModelArtifact
@@ -172,8 +173,10 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
             features_fingerprint=features.fingerprint(ds), with_gates=with_gates,
             rows=written, scored_at=scored_at.isoformat()))
         if cfg.drift.enabled and written:
+            skew, details["training_skew"] = training_skew(cfg, spec, ds, files,
+                                                           artifact.model_version)
             details["prediction_drift"] = prediction_drift(cfg, spec, ds, artifact.model_version,
-                                                           staging)
+                                                           staging, skew)
     return ScoreResult(artifact.model_version, artifact.sha256,
                        input_rows=status.passed_rows if status else 0, output_rows=written,
                        quarantined_rows=status.quarantined_rows if status else 0, output=out,

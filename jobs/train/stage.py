@@ -24,6 +24,7 @@ from jobs.core.warehouse import (
     date_range,
     replacing,
 )
+from jobs.validate.feature_drift import PROFILE_KEY, training_profile
 from mmoe_model.archs import ARCHS
 from mmoe_model.artifact import (
     MANIFEST,
@@ -164,7 +165,8 @@ def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, o
             replaced = "unreadable"
     files = build_artifact_files(result.model, model_config, spec, result.encoder,
                                  {"dataset": dataset, "start": start, "end": end, "seed": seed,
-                                  "arch": arch, **result.summary()})
+                                  "arch": arch, **result.summary(),
+                                  PROFILE_KEY: training_profile(spec, cfg, frame)})
     with replacing(out) as staging:
         write_artifact_files(staging, files)
     artifact = ModelArtifact.from_files(files)

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from jobs.core.config import DriftConfig
+from jobs.core.config import DriftConfig, JobConfig
 from jobs.validate.drift import (
     OOV,
     DayProfile,
@@ -43,6 +44,8 @@ PERCENTILE_ACCURACY = 1_000
 PROFILE_SAMPLE_ROWS = 100_000
 _SAMPLE_SEED = 20_211  # a fixed seed: the same cached frame gives the same profile
 _UNIFORM = "_drift_uniform"  # never a feature's name: spec names start with a letter
+TRAINING = "training"  # the drift table's reference of training-skew rows (jobs/score/skew.py)
+PROFILE_KEY = "feature_profile"  # where an artifact's metrics.json keeps the training profile
 
 
 def watched(spec: DatasetSpec, cfg: DriftConfig) -> list[Watched]:
@@ -163,6 +166,35 @@ class DriftOutcome:
                 "features": sorted({r.feature for r in self.rows}),
                 "watched": len(self.profile.features), "note": self.note(),
                 "skipped_partitions": self.skipped}
+
+
+def column_profile(feature: Watched, values: pd.Series) -> FeatureProfile:
+    """A feature's profile from a training column, vectorised (what
+    :func:`jobs.validate.drift.profile_values` computes value by value)."""
+    if feature.kind == "dense":
+        arr = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        present = arr[~np.isnan(arr)]
+        quantiles = np.quantile(present, profile_probabilities()).tolist() if len(present) else []
+        return FeatureProfile("dense", len(arr), int(len(arr) - len(present)), quantiles=quantiles)
+    present = values[values.notna()]
+    if feature.buckets:
+        keys = (present.astype(np.int64) % feature.buckets).astype(str)
+    else:
+        keys = present.astype(str)
+        keys = keys.where(keys.isin(feature.categories), OOV)
+    counts = {c: 0 for c in feature.categories} | {OOV: 0}
+    for key, n in keys.value_counts().items():
+        counts[str(key)] += int(n)
+    return FeatureProfile("categorical", len(values), int(len(values) - len(present)),
+                          counts=counts)
+
+
+def training_profile(spec: DatasetSpec, cfg: JobConfig, frame: pd.DataFrame) -> dict[str, Any]:
+    """The ``feature_profile`` of ``metrics.json``: the training rows' profile of every
+    watched feature the frame has."""
+    features = {w.name: column_profile(w, frame[w.name]) for w in watched(spec, cfg.drift)
+                if w.name in frame.columns}
+    return DayProfile(TRAINING, features).to_json()
 
 
 def feature_drift(spec: DatasetSpec, ds: str, frame: DataFrame, cfg: DriftConfig,
