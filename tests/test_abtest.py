@@ -100,7 +100,7 @@ def test_same_seed_same_intervals():
 
 def test_bootstrap_se_equals_direct_cluster_resampling():
     """The per-(segment, user) path of group_records gives the same replicates as weighting each
-    row by its user's Poisson weight directly (stats.replicate_sums), in every segment."""
+    row by its user's Poisson weight directly (a plain loop here), in every segment."""
     from jobs.compare import stats
 
     rng = np.random.default_rng(6)
@@ -112,8 +112,14 @@ def test_bootstrap_se_equals_direct_cluster_resampling():
         y = pdf.y.to_numpy()[rows]
         llb = stats.logloss_terms(y, pdf.b.to_numpy()[rows])
         llc = stats.logloss_terms(y, pdf.c.to_numpy()[rows])
-        sums = stats.replicate_sums(cluster[rows], np.column_stack([np.ones(len(y)), llb, llc]),
-                                    hashes, 64, 9)
+        # each row weighted by its user's Poisson(1) weight of the replicate, one row at a time
+        # (the code under test sums per user first; only the weights' generator is shared)
+        weights = stats.poisson_weights(hashes, np.arange(64), 9)      # users x replicates
+        values = np.column_stack([np.ones(len(y)), llb, llc])
+        sums = np.zeros((64, 3))
+        for r in range(64):
+            for user, row in zip(cluster[rows], values):
+                sums[r] += weights[user, r] * row
         want = np.std(sums[:, 2] / sums[:, 0] - sums[:, 1] / sums[:, 0], ddof=1)
         row = got[(got.segment == seg) & (got.metric == "logloss")].iloc[0]
         assert row.se == pytest.approx(want, rel=1e-9)

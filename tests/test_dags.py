@@ -7,6 +7,7 @@ beside the other test of that cluster, so that one pytest-xdist worker starts it
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import stat
 from types import SimpleNamespace
@@ -35,13 +36,16 @@ def test_nightly_dag_parses_and_is_wired(dagbag):
         "models_in_force": ["challenger_pairs", "score"], "score": ["evaluate"],
         "evaluate": ["compare"], "challenger_pairs": ["compare"], "compare": []}
     sensor = dag.get_task("wait_for_features")
-    assert sensor.mode == "reschedule" and sensor.timeout > 0
+    # rescheduled every 5 minutes (no worker slot held) for at most 12 hours
+    assert (sensor.mode, sensor.poke_interval, sensor.timeout) == ("reschedule", 300, 12 * 3600)
     assert dag.get_task("score").is_mapped and dag.get_task("compare").is_mapped
     assert {a.name for a in dag.get_task("score").partial_kwargs["outlets"]} == {"mmoe_predictions"}
     assert {a.name for a in dag.get_task("evaluate").outlets} == {"mmoe_metrics"}
     for task_id in ("validate", "evaluate", "models_in_force"):
         task_ = dag.get_task(task_id)
-        assert task_.retries >= 1 and task_.execution_timeout and task_.on_failure_callback
+        assert (task_.retries, task_.retry_delay, task_.execution_timeout) == (
+            2, dt.timedelta(minutes=5), dt.timedelta(hours=3)), task_id
+        assert task_.on_failure_callback, task_id
     # an early default start date: no date a user asks for is silently before it
     assert dag.start_date.year <= 2020
     assert not dag.catchup

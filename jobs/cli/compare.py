@@ -39,7 +39,8 @@ def compare(
     adjusted p-values, verdicts and a ship decision -> ab_reports + HTML + Markdown."""
     def body(cfg: JobConfig, run_id: str):
         date_range(start, end)
-        base, cand = ModelRef.parse(baseline), ModelRef.parse(candidate)
+        base = ModelRef.parse(baseline, "--baseline")
+        cand = ModelRef.parse(candidate, "--candidate")
         spec = load_dataset_spec(dataset)
         precheck.different_models(cfg, spec.name, end, base, cand)  # before the JVM starts
         # deferred: pyspark (CLI start-up)

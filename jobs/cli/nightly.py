@@ -79,7 +79,7 @@ def evaluate(
     """Join predictions with labels and write the metrics table for a ds."""
     def body(cfg: JobConfig, run_id: str):
         spec = load_dataset_spec(dataset)
-        refs = [ModelRef.parse(v) for v in model_version or []]
+        refs = [ModelRef.parse(v, "--model-version") for v in model_version or []]
         # deferred: pyspark (start-up)
         from jobs.evaluate.stage import evaluate_partition, evaluate_recommendations
 

@@ -10,7 +10,7 @@ JVM starts.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +26,8 @@ Kind = Literal["directory", "version", "alias"]
 class ModelRef:
     kind: Kind
     value: str          # the directory's path, the version, or the alias name (without "@")
+    # the option it was given as (--model, --baseline, ...): every error about it names that
+    option: str = field(default="--model", compare=False)
 
     @classmethod
     def parse(cls, model: "ModelRef | Path | str", what: str = "--model") -> "ModelRef":
@@ -39,11 +41,11 @@ class ModelRef:
         if _URI_LIKE.match(text):  # file:///dir is the directory; other schemes are refused
             text = str(local_path(text, what))
         if text.startswith("@"):
-            return cls("alias", safe_name(text[1:], f"{what} alias"))
+            return cls("alias", safe_name(text[1:], f"{what} alias"), what)
         if Path(text).is_dir():
-            return cls("directory", text)
+            return cls("directory", text, what)
         try:
-            return cls("version", safe_name(text, what))
+            return cls("version", safe_name(text, what), what)
         except InputError:
             raise MissingInputError(
                 f"{what} {text} is neither an artifact directory, nor @alias, nor a registered "
@@ -53,7 +55,7 @@ class ModelRef:
     def directory(cls, path: Path | str, what: str = "--model") -> "ModelRef":
         if not Path(path).is_dir():
             raise MissingInputError(f"{what} {path} is not an artifact directory")
-        return cls("directory", str(path))
+        return cls("directory", str(path), what)
 
     @property
     def path(self) -> Path:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from jobs.core.config import JobConfig
 from jobs.core.errors import InputError, MissingInputError
 from jobs.core.modelref import ModelRef
-from jobs.core.registry import Registry, version_of
+from jobs.core.registry import Registry, RegistryError, version_of
 from jobs.core.warehouse import Warehouse, parquet_files
 
 
@@ -27,7 +27,10 @@ def model_known(cfg: JobConfig, dataset: str, ds: str, ref: ModelRef) -> str:
     """The model a reference names on ``ds`` exists: a directory holds an artifact manifest, a
     version is registered, an alias has a promotion in force. Returns its version."""
     if ref.kind == "version":
-        Registry.read(Warehouse(cfg.warehouse), dataset).model(ref.value)
+        try:
+            Registry.read(Warehouse(cfg.warehouse), dataset).model(ref.value)
+        except RegistryError as exc:
+            raise RegistryError(f"{ref.option} {ref}: {exc}") from None
         return ref.value
     return version_of(cfg, dataset, ds, ref)
 

@@ -201,12 +201,12 @@ def resolve_model(cfg: JobConfig, dataset: str, ds: str,
         return directory_choice(ref.path)
     registry = Registry.read(Warehouse(cfg.warehouse), dataset)
     if ref.kind == "alias":
-        promotion = registry.in_force(ref.value, ds)
+        promotion = _in_force(registry, ref, ds)
         files = registry.artifact_files(promotion.version)
         return ModelChoice(files, registry.model(promotion.version).sha256, promotion.version,
                            f"@{promotion.alias} (effective {promotion.effective})")
     if ref.value not in registry.models:
-        raise RegistryError(f"--model {ref} is neither an artifact directory nor a registered "
+        raise RegistryError(f"{ref.option} {ref} is neither an artifact directory nor a registered "
                             f"version of {dataset} (registered: "
                             f"{', '.join(sorted(registry.models)) or 'none'})")
     return ModelChoice(registry.artifact_files(ref.value), registry.model(ref.value).sha256,
@@ -221,12 +221,20 @@ def version_of(cfg: JobConfig, dataset: str, ds: str, model: "ModelRef | Path | 
     if ref.kind == "version":
         return ref.value
     if ref.kind == "alias":
-        return Registry.read(Warehouse(cfg.warehouse), dataset).in_force(ref.value, ds).version
+        return _in_force(Registry.read(Warehouse(cfg.warehouse), dataset), ref, ds).version
     files = read_files(ref.path)
     try:
         return safe_name(json.loads(files[MANIFEST])["model_version"], "model_version")
     except (KeyError, ValueError, TypeError):
         raise RegistryError(f"{ref} has no readable {MANIFEST}: not a model artifact") from None
+
+
+def _in_force(registry: "Registry", ref: ModelRef, ds: str):
+    """The promotion an alias reference names on ``ds``; a refusal names the option."""
+    try:
+        return registry.in_force(ref.value, ds)
+    except RegistryError as exc:
+        raise RegistryError(f"{ref.option} {ref}: {exc}") from None
 
 
 def directory_choice(directory: Path) -> ModelChoice:
