@@ -45,7 +45,7 @@ def ensure_synth_partition(cfg: JobConfig, rows: int, seed: int = 0) -> Path:
     """A synth features/labels partition of exactly ``rows`` rows (generated once, then reused)."""
     part = Warehouse(cfg.warehouse).partition("synth", "features", BENCH_DS)
     marker = part.parent / f".rows-{BENCH_DS}"
-    snapshot = Warehouse(cfg.warehouse).catalog("synth", "users") / f"ds={BENCH_DS}"
+    snapshot = Warehouse(cfg.warehouse).snapshot("synth", "users", BENCH_DS)
     if not (marker.exists() and marker.read_text() == str(rows) and snapshot.is_dir()):
         generate_synth(cfg, BENCH_DS, 1, rows, seed=seed)
         marker.write_text(str(rows))

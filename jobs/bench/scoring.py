@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd  # module level: the naive pandas UDF's type hints are resolved here
 
 from jobs.bench.common import (
+    BENCH_DS,
     _append_doc,
     _bench_config,
     _machine,
     _score_direct,
-    BENCH_DS,
     _timed,
     ensure_synth_partition,
     reference_artifact,
@@ -326,7 +326,7 @@ def bench_catalog(cfg: JobConfig, rows: int | None = None, results: Path | None 
     cfg = _bench_config(cfg)
     spec = load_spec("synth")
     wh = Warehouse(cfg.warehouse)
-    snapshot = {name: wh.catalog(spec.name, name) / f"ds={BENCH_DS}" for name in ("users", "items")}
+    snapshot = {name: wh.snapshot(spec.name, name, BENCH_DS) for name in ("users", "items")}
     if not (parquet_files(snapshot["users"])
             and Warehouse(cfg.warehouse).scratch("reference-mmoe").is_dir()):
         ensure_synth_partition(cfg, 20_000)  # writes the day's catalog snapshots too

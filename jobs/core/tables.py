@@ -56,6 +56,7 @@ with a warning that it is not point-in-time.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -92,6 +93,7 @@ from jobs.core.warehouse import (
     write_bytes,
 )
 
+log = logging.getLogger(__name__)
 # Point-in-time tables: ``ds`` names the day a snapshot was taken (read with Table.as_of);
 # ``catalog`` is their path twins' directory.
 SNAPSHOTS = ("users", "items")
@@ -144,6 +146,16 @@ class Snapshot:
         """What a manifest says of the choice."""
         return {"as_of": f"latest snapshot on or before {self.for_ds}", "snapshot": self.ds,
                 "where": self.where}
+
+
+def snapshot_details(snapshots: list[Snapshot]) -> dict:
+    """The manifest's ``details`` of the snapshots a job read (``snapshots``, and ``warnings``
+    for the unpartitioned ones, also logged to stderr)."""
+    warnings = [s.warning for s in snapshots if s.warning]
+    for line in warnings:
+        log.warning("warning: %s", line)
+    return {"snapshots": {s.table: s.record() for s in snapshots},
+            **({"warnings": warnings} if warnings else {})}
 
 
 @dataclass
@@ -270,8 +282,8 @@ class PathTable(Table):
 
     def path(self, ds: str | None = None, **more: str) -> Path:
         if self.table in SNAPSHOTS:
-            base = self.wh.catalog(self.dataset, self.table)
-            return base if ds is None else base / f"ds={parse_date(ds, 'ds').isoformat()}"
+            return (self.wh.catalog(self.dataset, self.table) if ds is None
+                    else self.wh.snapshot(self.dataset, self.table, ds))
         if ds is None:
             base = self.wh.table(self.dataset, self.table)
             for key, value in more.items():

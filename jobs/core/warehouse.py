@@ -175,6 +175,10 @@ class Warehouse:
         or (an older layout, still read) one unpartitioned table."""
         return self.table(dataset, "catalog") / safe_name(name, "catalog table")
 
+    def snapshot(self, dataset: str, name: str, ds: str) -> Path:
+        """``<wh>/<dataset>/catalog/<name>/ds=D/``: the snapshot of users / items taken on D."""
+        return self.catalog(dataset, name) / f"ds={parse_date(ds, 'ds').isoformat()}"
+
     def runs_dir(self, dataset: str) -> Path:
         return self.table(dataset, "_runs")
 

@@ -460,8 +460,8 @@ def catalog_path(cfg: JobConfig, table: str, ds: str | None = None) -> Path:
     """``<wh>/synth/catalog/items`` or ``.../users``; with ``ds``, that day's snapshot."""
     if table not in CATALOG_TABLES:
         raise ValueError(f"unknown catalog table {table!r}")
-    base = Warehouse(cfg.warehouse).catalog(DATASET, table)
-    return base if ds is None else base / f"ds={parse_date(ds, 'ds').isoformat()}"
+    wh = Warehouse(cfg.warehouse)
+    return wh.catalog(DATASET, table) if ds is None else wh.snapshot(DATASET, table, ds)
 
 
 # --------------------------------------------------------------------------------------------

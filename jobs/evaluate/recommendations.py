@@ -33,7 +33,7 @@ from pyspark.sql import functions as F
 from jobs.core.config import JobConfig
 from jobs.core.metric_registry import RECOMMENDATION_AT_K
 from jobs.core.errors import InputError, MissingInputError
-from jobs.core.tables import DatasetTables
+from jobs.core.tables import DatasetTables, snapshot_details
 from jobs.core.warehouse import parse_date
 from schemas.spec import DatasetSpec
 from schemas.tables import METRICS_STRUCT
@@ -86,8 +86,7 @@ def recommendation_metrics(spark: SparkSession, cfg: JobConfig, spec: DatasetSpe
     finally:
         lists.unpersist()
     return rows, read, {"recommendations_judged_on": logged, "recommendation_ks": ks,
-                        "snapshots": {"items": snapshot.record()},
-                        **({"warnings": [snapshot.warning]} if snapshot.warning else {})}
+                        **snapshot_details([snapshot])}
 
 
 def _ideal_dcg(k_max: int) -> list[float]:

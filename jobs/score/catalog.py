@@ -34,7 +34,6 @@ use ``method: rows``.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import uuid
 from typing import Any, Iterator
 
@@ -50,7 +49,7 @@ from pyspark.sql import types as T
 from jobs.core.config import JobConfig
 from jobs.core.errors import ConfigError, InputError, MissingInputError
 from jobs.core.spark import default_parallelism, session_conf, ship
-from jobs.core.tables import DatasetTables
+from jobs.core.tables import DatasetTables, snapshot_details
 from jobs.runtime.kernel import ShippedModel, arrow_schema, utc_us
 from jobs.runtime.worker import worker_cached
 from jobs.score.stage import ScoreResult, load_model, make_scorer, spread_partitions
@@ -419,9 +418,6 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
     pairs_in = (candidates_t.count(ds) if has_candidates  # footers: no pass over the data
                 else users_t.count(at_user) * min(items_t.count(at_item),
                                                   catalog.max_items_per_user))
-    warnings = [s.warning for s in snapshots.values() if s.warning]
-    for line in warnings:
-        logging.getLogger(__name__).warning("warning: %s", line)
     return ScoreResult(artifact.model_version, artifact.sha256, input_rows=pairs_in,
                        output_rows=written, quarantined_rows=0, output=out,
                        table="recommendations",
@@ -429,8 +425,7 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
                                 "candidates": "table" if has_candidates else "all_items",
                                 "max_items_per_user": catalog.max_items_per_user,
                                 "fusion": catalog.fusion,
-                                "snapshots": {t: s.record() for t, s in snapshots.items()},
-                                **({"warnings": warnings} if warnings else {})})
+                                **snapshot_details(list(snapshots.values()))})
 
 
 def top_items_frame(items: DataFrame, spec: DatasetSpec, max_items: int) -> DataFrame:

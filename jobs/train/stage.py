@@ -166,7 +166,7 @@ def train_model(cfg: JobConfig, dataset: str, arch: str, start: str, end: str, o
     files = build_artifact_files(result.model, model_config, spec, result.encoder,
                                  {"dataset": dataset, "start": start, "end": end, "seed": seed,
                                   "arch": arch, **result.summary(),
-                                  PROFILE_KEY: training_profile(spec, cfg, frame)})
+                                  PROFILE_KEY: training_profile(spec, cfg.drift, frame)})
     with replacing(out) as staging:
         write_artifact_files(staging, files)
     artifact = ModelArtifact.from_files(files)

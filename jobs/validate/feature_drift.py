@@ -13,7 +13,7 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from jobs.core.config import DriftConfig, JobConfig
+from jobs.core.config import DriftConfig
 from jobs.validate.drift import (
     OOV,
     DayProfile,
@@ -189,10 +189,10 @@ def column_profile(feature: Watched, values: pd.Series) -> FeatureProfile:
                           counts=counts)
 
 
-def training_profile(spec: DatasetSpec, cfg: JobConfig, frame: pd.DataFrame) -> dict[str, Any]:
+def training_profile(spec: DatasetSpec, cfg: DriftConfig, frame: pd.DataFrame) -> dict[str, Any]:
     """The ``feature_profile`` of ``metrics.json``: the training rows' profile of every
     watched feature the frame has."""
-    features = {w.name: column_profile(w, frame[w.name]) for w in watched(spec, cfg.drift)
+    features = {w.name: column_profile(w, frame[w.name]) for w in watched(spec, cfg)
                 if w.name in frame.columns}
     return DayProfile(TRAINING, features).to_json()
 
