@@ -3,6 +3,7 @@ measured by `mmoe bench`, never here)."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from jobs.bench import (
     bench_scoring,
     bench_validation,
 )
+from schemas import load_spec
 
 
 @pytest.fixture
@@ -22,19 +24,38 @@ def cfg(job_config):
     return job_config
 
 
+def _median_rate(rows: int, rates: list[int]) -> float:
+    """rows / the median of the rounds' seconds, from the rounds' rates (rows / seconds)."""
+    return rows / statistics.median(rows / r for r in rates)
+
+
 def test_scoring_bench_smoke(spark, cfg):
     result = bench_scoring(cfg, rows=3000, record=False, repeats=2)
-    assert all(len(rates) == 2 for rates in result["rounds_rows_per_s"].values())
-    for key in ("rows", "ours_rows_per_s", "predict_batch_udf_rows_per_s", "naive_udf_rows_per_s",
-                "io_floor_rows_per_s", "torch_inprocess_rows_per_s", "udf_rows_per_s"):
-        assert result[key] > 0, key
+    rounds = result["rounds_rows_per_s"]
+    assert all(len(rates) == 2 for rates in rounds.values())
     assert result["rows"] == 3000
+    # each reported rate is the median round's, each ratio the quotient of two of them
+    for path in ("ours", "predict_batch_udf", "naive_udf", "io_floor", "torch_inprocess", "udf"):
+        want = _median_rate(3000, rounds[path])
+        assert result[f"{path}_rows_per_s"] == pytest.approx(want, rel=2e-3, abs=1), path
+    for ratio, num, den in (("ours_vs_predict_batch_udf", "ours", "predict_batch_udf"),
+                            ("udf_vs_predict_batch_udf", "udf", "predict_batch_udf"),
+                            ("ours_vs_inprocess", "ours", "torch_inprocess"),
+                            ("ours_wall_vs_io_floor", "io_floor", "ours")):
+        want = _median_rate(3000, rounds[num]) / _median_rate(3000, rounds[den])
+        assert result[ratio] == pytest.approx(want, abs=0.006 + 2e-3 * want), ratio
+    assert result["ours_seconds"] == pytest.approx(3000 / result["ours_rows_per_s"], rel=2e-3,
+                                                   abs=1e-3)
 
 
 def test_evaluation_bench_smoke(spark, cfg):
     result = bench_evaluation(cfg, rows=20000, record=False)
     assert result["rows"] == 20000
     assert result["ours_seconds"] > 0 and result["mllib_seconds"] > 0
+    assert result["ours_vs_mllib_time"] == pytest.approx(
+        result["ours_seconds"] / result["mllib_seconds"], abs=0.01 * result["ours_vs_mllib_time"] + 2e-3)
+    assert result["ranking_overhead"] == pytest.approx(
+        result["ours_with_ranking_seconds"] / result["ours_seconds"] - 1, abs=0.01)
     assert result["max_abs_auc_error_vs_sklearn"] < 1e-9
     # the ranking metrics against the bench's plain loop, on every request of the small table
     assert result["ranking_loop_rows"] == 20000 and result["max_abs_ranking_error_vs_loop"] < 1e-9
@@ -53,6 +74,13 @@ def test_validation_bench_smoke(spark, cfg, tmp_path):
     assert result["rows"] == result["floor_rows"] == 3000
     assert result["spark_jobs"] >= 1
     assert result["seconds"] > 0 and result["one_pass_floor_seconds"] > 0 and result["scoring_seconds"] > 0
+    assert result["validation_vs_floor"] == pytest.approx(
+        result["seconds"] / result["one_pass_floor_seconds"], rel=0.02, abs=0.01)
+    # every dense feature and every categorical one with a vocabulary is profiled (ids skipped)
+    spec = load_spec("synth")
+    watched = [f for f in spec.features if f.kind == "dense" or f.vocabulary is not None]
+    assert result["drift_features"] == len(watched)
+    assert result["floor_distinct_keys"] == 3000
 
 
 def test_scaling_bench_smoke(spark, cfg):
@@ -64,6 +92,10 @@ def test_scaling_bench_smoke(spark, cfg):
 def test_catalog_bench_smoke(spark, cfg):
     result = bench_catalog(cfg, rows=4000, record=False, items=40, top_k=5)
     assert result["rows"] == 4000 and result["users"] == 100
-    assert result["factored_pairs_per_s"] > 0 and result["rows_pairs_per_s"] > 0
+    for path in ("factored", "rows"):
+        assert result[f"{path}_pairs_per_s"] == pytest.approx(
+            4000 / result[f"{path}_seconds"], rel=2e-3, abs=1), path
+    assert result["factored_vs_rows"] == pytest.approx(
+        result["rows_seconds"] / result["factored_seconds"], abs=0.006 + 2e-3 * result["factored_vs_rows"])
     assert result["top_k_pairs_in_both"] > 0.99 and result["max_abs_dp_factored_vs_rows"] < 1e-6
     assert result["max_score_gap_of_differing_pairs"] < 1e-6

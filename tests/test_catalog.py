@@ -16,7 +16,6 @@ from jobs.core.manifest import RunManifest
 from jobs.core.spark import session_conf
 from jobs.core.warehouse import Warehouse
 from jobs.score.catalog import (
-    grid_pairs,
     recommend_candidates,
     recommend_grid,
     recommend_rows,
@@ -88,6 +87,19 @@ def _oracle(artifact, users: pa.Table, items: pa.Table, candidates: pa.Table) ->
     return out.set_index([CAT.user_key, CAT.item_key]).sort_index()
 
 
+def _top_k_oracle(artifact, users: pa.Table, items: pa.Table, candidates: pa.Table,
+                  k: int) -> pd.DataFrame:
+    """Each user's k best candidates by the product of the task probabilities (the default
+    fusion), ties to the lower item key, ranked 1..k: pandas over :func:`_oracle`."""
+    scored = _oracle(artifact, users, items, candidates).reset_index()
+    scored["score"] = np.prod(scored[SPEC.prediction_columns].to_numpy(), axis=1)
+    scored = scored.sort_values([CAT.user_key, "score", CAT.item_key],
+                                ascending=[True, False, True])
+    top = scored.groupby(CAT.user_key).head(k).copy()
+    top["rank"] = top.groupby(CAT.user_key).cumcount() + 1
+    return top.sort_values([CAT.user_key, "rank"]).reset_index(drop=True)
+
+
 def _indexed(frame) -> pd.DataFrame:
     return frame.toPandas().set_index([CAT.user_key, CAT.item_key]).sort_index()
 
@@ -120,19 +132,18 @@ def test_factored_grid_equals_row_scoring_top_k(spark, job_config, tables, model
     job_config.scoring.batch_size = 1024  # several user chunks per batch
     got = recommend_grid(spark, spark.createDataFrame(users), items, files, artifact, SPEC,
                          job_config, NOW, top_k=5).toPandas()
-    pairs = grid_pairs(spark.createDataFrame(users), spark.createDataFrame(items), SPEC, 10_000)
-    want = recommend_rows(spark, pairs, spark.createDataFrame(users), spark.createDataFrame(items),
-                          files, artifact, SPEC, job_config, NOW, top_k=5).toPandas()
+    grid = pd.MultiIndex.from_product([users.column(CAT.user_key).to_pylist(),
+                                       items.column(CAT.item_key).to_pylist()])
+    want = _top_k_oracle(artifact, users, items, pa.table({
+        CAT.user_key: pa.array(grid.get_level_values(0), pa.int64()),
+        CAT.item_key: pa.array(grid.get_level_values(1), pa.int64())}), 5)
     key = [CAT.user_key, "rank"]
-    got, want = got.sort_values(key).reset_index(drop=True), want.sort_values(key).reset_index(drop=True)
+    got = got.sort_values(key).reset_index(drop=True)
     assert len(got) == users.num_rows * 5
-    assert (got[CAT.item_key] == want[CAT.item_key]).all()
+    assert got[key + [CAT.item_key]].values.tolist() == want[key + [CAT.item_key]].values.tolist()
     np.testing.assert_allclose(got[SPEC.prediction_columns + ["score"]].to_numpy(),
-                               want[SPEC.prediction_columns + ["score"]].to_numpy(), atol=1e-6)
-    oracle = _oracle(artifact, users, items, pa.table({
-        CAT.user_key: got[CAT.user_key].to_numpy(), CAT.item_key: got[CAT.item_key].to_numpy()}))
-    np.testing.assert_allclose(got.set_index([CAT.user_key, CAT.item_key]).sort_index()[
-        SPEC.prediction_columns].to_numpy(), oracle.to_numpy(), atol=1e-6, rtol=0)
+                               want[SPEC.prediction_columns + ["score"]].to_numpy(), atol=1e-6,
+                               rtol=0)
 
 
 def test_a_second_items_table_in_one_session_is_not_the_first(spark, job_config, tables, model):
@@ -162,15 +173,13 @@ def test_users_straddling_arrow_batches_get_one_top_k(spark, job_config, tables,
     with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": "5"}):
         got = recommend_candidates(spark, spark.createDataFrame(candidates), users, items, files,
                                    artifact, SPEC, job_config, NOW, top_k=3).toPandas()
-    want = recommend_rows(spark, spark.createDataFrame(candidates), spark.createDataFrame(users),
-                          spark.createDataFrame(items), files, artifact, SPEC, job_config, NOW,
-                          top_k=3).toPandas()
+    want = _top_k_oracle(artifact, users, items, candidates, 3)
     per_user = candidates.to_pandas().groupby(CAT.user_key).size()
     assert (per_user > 5).sum() > 30                      # the batches really split users
     counts = got.groupby(CAT.user_key).size()
     assert counts.to_dict() == {u: min(3, n) for u, n in per_user.items()}   # a plain count
     key = [CAT.user_key, "rank"]
-    got, want = got.sort_values(key).reset_index(drop=True), want.sort_values(key).reset_index(drop=True)
+    got = got.sort_values(key).reset_index(drop=True)
     assert got[key + [CAT.item_key]].values.tolist() == want[key + [CAT.item_key]].values.tolist()
     np.testing.assert_allclose(got["score"], want["score"], atol=1e-6, rtol=0)
 
