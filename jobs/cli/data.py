@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -47,6 +48,12 @@ def data_synth(
     task_correlation: float = typer.Option(0.5, "--task-correlation", min=-1.0, max=1.0,
                                            metavar="RHO",
                                            help="Cosine between the tasks' weight vectors (rho)."),
+    logging_policy: Optional[str] = typer.Option(
+        None, "--logging-policy", metavar="uniform|popularity|softmax",
+        help="Log exploration: each request shows 10 of a pool of candidates drawn by this "
+             "policy, with position and propensity (off: today's data)."),
+    pool_size: int = typer.Option(50, "--pool-size", metavar="M",
+                                  help="Candidates per request with --logging-policy."),
 ) -> None:
     """Generate synthetic impression logs (click, like, conversion) plus catalog tables."""
     def body(cfg: JobConfig, run_id: str):
@@ -54,6 +61,7 @@ def data_synth(
         from jobs.data.synth import generate_synth
 
         return generate_synth(cfg, start, days, rows_per_day, seed=seed,
-                              task_correlation=task_correlation)
+                              task_correlation=task_correlation, logging_policy=logging_policy,
+                              pool_size=pool_size)
 
     run_command(ctx, "data-synth", "synth", start, body)

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from jobs.compare import counterfactual_report
 from jobs.compare.records import TOO_SMALL
 from jobs.core import metric_registry
 from jobs.core.slices import in_slice, slice_values
@@ -504,6 +505,8 @@ def render_html(result) -> str:
         parts += ["<h2>Expert gates (mixture weights)</h2>", "<ul>" + "".join(f"<li>{_esc(x)}</li>" for x in flags) + "</ul>"
                   if flags else "<p>No collapsed gate, no dead expert.</p>",
                   f"<div class=figs>{_gate_figure(result.gates)}</div>"]
+    parts.append(counterfactual_report.html_section(
+        getattr(result, "counterfactual", None), tasks, _png))
     drift = _drift_section(result)
     if drift:
         parts += ["<h2>Prediction drift (score distribution vs the arm's trailing days)</h2>", drift]
@@ -546,8 +549,10 @@ def render_markdown(result) -> str:
         lines += [f"| {g['rule']} | {g['figure']} | {g['status']} |" for g in d.gates]
     lines += ["", "Adjusted CI: at the verdicts' multiplicity (it excludes 0 exactly when the verdict "
               "is a difference); the report's tables show the raw 95% CI beside it."]
+    lines += [""] + counterfactual_report.markdown_lines(
+        getattr(result, "counterfactual", None), task_order(result))
     p = result.pairing
-    lines += ["", f"Paired rows: {p.paired_rows} ({p.labelled_rows} labelled); baseline only: "
+    lines += [f"Paired rows: {p.paired_rows} ({p.labelled_rows} labelled); baseline only: "
               f"{p.baseline_only_rows}; candidate only: {p.candidate_only_rows}; paired without "
               f"labels: {p.paired_without_labels}.", ""]
     return "\n".join(lines)

@@ -35,6 +35,7 @@ from jobs.compare.records import (
     finish_report,
     group_records_arrow,
 )
+from jobs.compare.offpolicy import POLICY_VALUES_SCHEMA, Counterfactual, counterfactual_section
 from jobs.compare.report import render_html, render_markdown
 from jobs.core import metric_registry
 from jobs.core.config import JobConfig
@@ -103,6 +104,7 @@ class CompareResult:
     prediction_drift: dict[str, list[dict]] = field(default_factory=dict)  # arm -> drift rows
     tasks: list[str] = field(default_factory=list)       # the spec's task order
     versions: dict[str, dict] = field(default_factory=dict)  # arm -> registry.describe_model
+    counterfactual: Counterfactual | None = None          # the policy_values section
 
     def record(self):
         return RunRecord(
@@ -114,6 +116,8 @@ class CompareResult:
             details={"pairing": {**self.pairing.__dict__, "labelled_rows": self.pairing.labelled_rows},
                      "decision": self.decision.as_dict(), "segments": self.segments,
                      "days": self.days, "start": self.start, "end": self.end,
+                     "counterfactual": None if self.counterfactual is None
+                     else self.counterfactual.details(),
                      "gates": None if self.gates is None else {
                          arm: g.get("flags") for arm, g in self.gates.items()}})
 
@@ -323,7 +327,8 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
                          f"nothing to compare")
     days = date_range(start, end)
     tb = DatasetTables(cfg, spec.name, spark)
-    tb.preflight(inputs=("predictions", "labels", "features"), outputs=("ab_reports",))
+    tb.preflight(inputs=("predictions", "labels", "features"),
+                 outputs=("ab_reports", "policy_values"))
     segments = compare_slices(cfg, spec, segments)
     keys, tasks = spec.key_names, spec.task_names
     arm_days = {v: _versions_days(tb, v, days) for v in (baseline, candidate)}
@@ -373,10 +378,14 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
 
     drift = {arm: version_drift(tb["drift"], v, days)
              for arm, v in (("baseline", baseline), ("candidate", candidate))}
+    counterfactual = counterfactual_section(
+        spark, cfg, spec, tb, refs, {"baseline": baseline, "candidate": candidate}, start, end,
+        days)
     result = CompareResult(spec.name, baseline, candidate, start, end, segments, days, pairing,
                            table, plots, decision, gates, prediction_drift=drift, tasks=shown,
                            versions={arm: describe_model(cfg, spec.name, end, ref)
-                                     for arm, ref in refs.items()})
+                                     for arm, ref in refs.items()},
+                           counterfactual=counterfactual)
     with tb.wh.ab_report_lock(spec.name, baseline, candidate, start, end,
                               wait_seconds=cfg.locks.wait_seconds,
                               poll_seconds=cfg.locks.poll_seconds):
@@ -408,6 +417,16 @@ def _write(spark: SparkSession, tb: DatasetTables, result: CompareResult) -> Non
         pq.write_table(pa.Table.from_pandas(result.report, schema=AB_SCHEMA, preserve_index=False),
                        staged.dir / "part-00000.parquet")
     target = tb["ab_reports"].where(None, report=report)
+    values = result.counterfactual.table if result.counterfactual is not None else None
+    if values is not None and len(values):
+        with tb["policy_values"].writing(spark, None, report=report) as staged:
+            staged.dir.mkdir(parents=True)
+            pq.write_table(pa.Table.from_pandas(values, schema=POLICY_VALUES_SCHEMA,
+                                                preserve_index=False),
+                           staged.dir / "part-00000.parquet")
+        result.outputs["policy_values"] = str(tb["policy_values"].where(None, report=report))
+    elif tb["policy_values"].exists(None, report=report):   # a rerun without propensities
+        tb["policy_values"].remove(None, report=report)
     docs = tb.wh.ab_report_docs(*args)
     with replacing(docs) as staging:
         staging.mkdir(parents=True)

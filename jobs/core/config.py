@@ -204,6 +204,17 @@ def parse_gates(raw: Any, source: str = "compare.gates") -> list[Gate]:
 
 
 @dataclass
+class CounterfactualConfig:
+    """Off-policy estimates of each model's own lists (jobs/compare/counterfactual.py)."""
+
+    enabled: bool = True
+    policies: list[str] = field(default_factory=lambda: ["top_k", "softmax"])
+    temperature: float = 0.5          # softmax target: inclusion ~ exp(logit(p) / temperature)
+    max_weight: float = 1000.0        # importance weights clipped at this
+    reward_model: Literal["baseline", "candidate"] = "baseline"   # DR's q^ (both arms)
+
+
+@dataclass
 class CompareConfig:
     replicates: int = 200
     seed: int = 0
@@ -217,6 +228,7 @@ class CompareConfig:
     segments: list[Any] | None = None
     min_slice_rows: int = 100       # a slice value with fewer paired rows is too_small, not judged
     min_slice_requests: int = 20    # ... for a ranking metric: fewer requests with a positive
+    counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)
 
     def gate_list(self) -> list[Gate]:
         return parse_gates(self.gates)
@@ -261,7 +273,8 @@ class DemoConfig:
 
 # Logical tables a job config may map to Spark catalog tables (CONTRACT.md, "Tables").
 MAPPABLE_TABLES = ("features", "labels", "candidates", "users", "items", "predictions",
-                   "quarantine", "metrics", "ab_reports", "recommendations", "drift")
+                   "quarantine", "metrics", "ab_reports", "recommendations", "drift",
+                   "policy_values")
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
 _COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -510,3 +523,12 @@ def _check_compare(c: CompareConfig) -> None:
         c.segments = [slice_name(e, f"compare.segments[{i}]") for i, e in enumerate(c.segments)]
     if c.min_slice_rows < 0 or c.min_slice_requests < 0:
         raise ConfigError("compare.min_slice_rows and compare.min_slice_requests must be >= 0")
+    cf = c.counterfactual
+    bad = [p for p in cf.policies if p not in ("top_k", "softmax")]
+    if bad or not cf.policies:
+        raise ConfigError(f"compare.counterfactual.policies: must name top_k and/or softmax, "
+                          f"got {cf.policies}")
+    if not cf.temperature > 0:
+        raise ConfigError(f"compare.counterfactual.temperature must be > 0, got {cf.temperature}")
+    if not cf.max_weight >= 1:
+        raise ConfigError(f"compare.counterfactual.max_weight must be >= 1, got {cf.max_weight}")

@@ -97,12 +97,12 @@ log = logging.getLogger(__name__)
 # Point-in-time tables: ``ds`` names the day a snapshot was taken (read with Table.as_of);
 # ``catalog`` is their path twins' directory.
 SNAPSHOTS = ("users", "items")
-NO_DS = ("ab_reports",)  # not partitioned by date
+NO_DS = ("ab_reports", "policy_values")  # not partitioned by date
 # Where registered partitions live inside a catalog table's directory (hidden: a scan of the
 # table's root, e.g. ``MSCK REPAIR``, skips it).
 REGISTERED_DIR = "_mmoe_partitions"
 EXTRA_PARTITIONS = {"predictions": ("model_version",), "recommendations": ("model_version",),
-                    "ab_reports": ("report",)}
+                    "ab_reports": ("report",), "policy_values": ("report",)}
 
 
 @dataclass(frozen=True)

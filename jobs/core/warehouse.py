@@ -82,7 +82,7 @@ from jobs.core.locks import partition_lock
 
 TABLES = ("features", "labels", "predictions", "quarantine", "metrics", "ab_reports",
           "validation", "recommendations", "catalog", "candidates", "models", "_runs", "_locks",
-          "_checkpoints", "drift")
+          "_checkpoints", "drift", "candidate_truth", "policy_values")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 HIDDEN = (".", "_")  # staging / old copies, Spark's _temporary, _SUCCESS, .crc files

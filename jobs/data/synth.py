@@ -38,6 +38,7 @@ import datetime as dt
 import math
 import re
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -50,6 +51,7 @@ import pyarrow.parquet as pq
 from jobs.core.config import JobConfig
 from jobs.core.errors import ConfigError, InputError
 from jobs.core.manifest import RunRecord
+from jobs.core.policy import capped_inclusion, mixed_with_uniform, systematic_sample
 from jobs.core.warehouse import Warehouse, parse_date, replacing
 from schemas.spec import CategoricalFeature, DatasetSpec, DenseFeature, load_spec
 from schemas.tables import features_arrow_schema, labels_arrow_schema
@@ -78,8 +80,14 @@ USER_COLUMNS = ("user_id", "platform", "user_cohort", "user_activity", "user_age
 
 _EPOCH = dt.date(1970, 1, 1)
 _LATENT = re.compile(r"^x(\d+)$")
-_WORLD_TAG, _CALIB_TAG, _DAY_TAG, _DRIFT_TAG = 0x5EED, 0xCA11B, 0xDA7, 0xD21F7
+_WORLD_TAG, _CALIB_TAG, _DAY_TAG, _DRIFT_TAG, _LOG_TAG = 0x5EED, 0xCA11B, 0xDA7, 0xD21F7, 0x106
 DRIFT_AMPLITUDE, DRIFT_PERIOD_DAYS = 0.1, 60  # of the slowly changing attributes (above)
+# Logged exploration (module docstring): the policies, pool size, uniform share, softmax
+# temperature (over the true click logit)
+LOGGING_POLICIES = ("uniform", "popularity", "softmax")
+POOL_SIZE = 50
+EXPLORATION = 0.05
+LOGGING_TEMPERATURE = 1.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,16 +303,18 @@ def _sigmoid(v: np.ndarray) -> np.ndarray:
 # Drawing impressions
 
 
-def _draw(world: SynthWorld, rng: np.random.Generator, n: int, first_row: int) -> dict[str, Any]:
-    """n impressions: indices, latent features and logits (without intercept). The order of the
-    random draws is part of the format: changing it changes every data set."""
-    n_req = -(-n // REQUEST_SIZE)
+def _draw(world: SynthWorld, rng: np.random.Generator, n: int, first_row: int,
+          request_size: int = REQUEST_SIZE) -> dict[str, Any]:
+    """n impressions (or, for a logged day, candidates: ``request_size`` per pool): indices,
+    latent features and logits (without intercept). The order of the random draws is part of
+    the format: changing it changes every data set."""
+    n_req = -(-n // request_size)
     req_user = np.searchsorted(world.users["cdf"], rng.random(n_req), side="right")
     req_hour = np.searchsorted(world.hour_cdf, rng.random(n_req), side="right")
-    user = np.repeat(req_user, REQUEST_SIZE)[:n]
-    hour = np.repeat(req_hour, REQUEST_SIZE)[:n]
-    request = np.repeat(np.arange(n_req, dtype=np.int64), REQUEST_SIZE)[:n] \
-        + first_row // REQUEST_SIZE
+    user = np.repeat(req_user, request_size)[:n]
+    hour = np.repeat(req_hour, request_size)[:n]
+    request = np.repeat(np.arange(n_req, dtype=np.int64), request_size)[:n] \
+        + first_row // request_size
     item = np.searchsorted(world.items["cdf"], rng.random(n), side="right")
     lo, hi = _bounds(world.spec, world.latent_names[0])
     x = np.clip(rng.standard_normal((n, len(world.latent_names))), lo, hi)
@@ -319,6 +329,17 @@ def _draw(world: SynthWorld, rng: np.random.Generator, n: int, first_row: int) -
     return {"user": user, "item": item, "hour": hour, "request": request, "x": x,
             "price_missing": price_missing, "label_u": label_u, "linear": linear,
             "logits": logits}
+
+
+def true_probabilities(world: SynthWorld, draw: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Each row's probability that its label is 1, per task (a child's includes its parent's:
+    the child is drawn only after the parent's positive)."""
+    p = _sigmoid(draw["logits"] + world.intercept)
+    out: dict[str, np.ndarray] = {}
+    for t, name in enumerate(world.tasks):
+        parent = PARENT_TASK.get(name)
+        out[name] = p[:, t] * out[parent] if parent in out else p[:, t]
+    return out
 
 
 def _labels(world: SynthWorld, draw: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -378,40 +399,131 @@ def _table(schema: pa.Schema, columns: dict[str, Any]) -> pa.Table:
                                  else columns[f.name] for f in schema], schema=schema)
 
 
+def _columns(world: SynthWorld, day: int, d: dict[str, Any], rows: np.ndarray,
+             activity: np.ndarray, popularity: np.ndarray) -> dict[str, Any]:
+    """The features columns of drawn rows (``rows``: their index within the day)."""
+    spec = world.spec
+    user, item = d["user"], d["item"]
+    price = world.items["item_price"][item].copy()
+    price[d["price_missing"]] = np.nan
+    cols: dict[str, Any] = {
+        "impression_id": day * ID_STRIDE + rows,
+        "request_id": day * ID_STRIDE + d["request"],
+        "user_id": world.users["user_id"][user],
+        "item_id": world.items["item_id"][item],
+        "item_category": _take_vocab(_vocab(spec, "item_category"),
+                                     world.items["item_category"][item]),
+        "platform": _take_vocab(_vocab(spec, "platform"), world.users["platform"][user]),
+        "user_cohort": _take_vocab(_vocab(spec, "user_cohort"), world.users["user_cohort"][user]),
+        "hour": world.hour_values[d["hour"]],
+        "user_activity": activity[user],
+        "item_popularity": popularity[item],
+        "item_price": _float_col(price),
+        "user_age": _float_col(world.users["user_age"][user]),
+        "position": pa.nulls(len(rows), pa.int64()),      # not logged (see _logged_chunks)
+        "propensity": pa.nulls(len(rows), pa.float64()),
+    }
+    for j, name in enumerate(world.latent_names):
+        cols[name] = d["x"][:, j]
+    return cols
+
+
 def _chunks(world: SynthWorld, ds: str, rows: int) -> Iterator[tuple[pa.Table, pa.Table, np.ndarray]]:
     """The day's rows in chunks of CHUNK_ROWS: (features, labels, linear parts w_t.x)."""
     spec, day = world.spec, _day_number(ds)
     f_schema, l_schema = features_arrow_schema(spec), labels_arrow_schema(spec)
-    platforms, cohorts = _vocab(spec, "platform"), _vocab(spec, "user_cohort")
-    categories = _vocab(spec, "item_category")
     activity, popularity = day_attributes(world, ds)
     for k, start in enumerate(range(0, rows, CHUNK_ROWS)):
         n = min(CHUNK_ROWS, rows - start)
         rng = np.random.default_rng(np.random.SeedSequence([world.seed, _DAY_TAG, day, k]))
         d = _draw(world, rng, n, start)
-        user, item = d["user"], d["item"]
-        price = world.items["item_price"][item].copy()
-        price[d["price_missing"]] = np.nan
-        cols: dict[str, Any] = {
-            "impression_id": day * ID_STRIDE + start + np.arange(n, dtype=np.int64),
-            "request_id": day * ID_STRIDE + d["request"],
-            "user_id": world.users["user_id"][user],
-            "item_id": world.items["item_id"][item],
-            "item_category": _take_vocab(categories, world.items["item_category"][item]),
-            "platform": _take_vocab(platforms, world.users["platform"][user]),
-            "user_cohort": _take_vocab(cohorts, world.users["user_cohort"][user]),
-            "hour": world.hour_values[d["hour"]],
-            "user_activity": activity[user],
-            "item_popularity": popularity[item],
-            "item_price": _float_col(price),
-            "user_age": _float_col(world.users["user_age"][user]),
-        }
-        for j, name in enumerate(world.latent_names):
-            cols[name] = d["x"][:, j]
+        cols = _columns(world, day, d, start + np.arange(n, dtype=np.int64), activity, popularity)
         labels = _labels(world, d)
         yield (_table(f_schema, cols),
                _table(l_schema, {"impression_id": cols["impression_id"], **labels}),
                d["linear"])
+
+
+# --------------------------------------------------------------------------------------------
+# Logged exploration (--logging-policy): a pool per request, a stochastic list shown from it
+
+
+def logging_inclusion(world: SynthWorld, policy: str, d: dict[str, Any],
+                      popularity: np.ndarray, pool: int, k: np.ndarray) -> np.ndarray:
+    """The logging policy's inclusion probability of every candidate ([R * pool], pools
+    contiguous), see LOGGING_POLICIES; mixed with EXPLORATION uniform."""
+    n_req = len(k)
+    group = np.repeat(np.arange(n_req), pool)
+    if policy == "uniform":
+        weights = np.ones(n_req * pool)
+    elif policy == "popularity":
+        weights = popularity[d["item"]] + 1.0
+    elif policy == "softmax":
+        logit = (d["logits"][:, 0] + world.intercept[0]).reshape(n_req, pool)
+        weights = np.exp((logit - logit.max(axis=1, keepdims=True)) / LOGGING_TEMPERATURE).ravel()
+    else:
+        raise InputError(f"--logging-policy must be one of {', '.join(LOGGING_POLICIES)}, "
+                         f"got {policy!r}")
+    return mixed_with_uniform(capped_inclusion(weights, group, k), group, k, EXPLORATION)
+
+
+def _logged_chunks(world: SynthWorld, ds: str, rows: int, policy: str,
+                   pool: int) -> Iterator[tuple[pa.Table, pa.Table, pa.Table, pa.Table]]:
+    """The day's logged traffic in chunks of about CHUNK_ROWS candidates: (features of the
+    shown impressions, their labels, every candidate of the pools, the candidates' true label
+    probabilities). ``rows`` impressions are shown, REQUEST_SIZE per request (the last one
+    fewer), each request's from a pool of ``pool`` candidates drawn like impressions."""
+    spec, day = world.spec, _day_number(ds)
+    f_schema, l_schema = features_arrow_schema(spec), labels_arrow_schema(spec)
+    activity, popularity = day_attributes(world, ds)
+    requests = -(-rows // REQUEST_SIZE)
+    per_chunk = max(1, CHUNK_ROWS // pool)
+    for c, first in enumerate(range(0, requests, per_chunk)):
+        n_req = min(per_chunk, requests - first)
+        rng = np.random.default_rng(np.random.SeedSequence(
+            [world.seed, _LOG_TAG, LOGGING_POLICIES.index(policy), pool, day, c]))
+        d = _draw(world, rng, n_req * pool, first * pool, pool)
+        k = np.minimum(REQUEST_SIZE, rows - (first + np.arange(n_req)) * REQUEST_SIZE)
+        pi = logging_inclusion(world, policy, d, popularity, pool, k)
+        shown = systematic_sample(pi.reshape(n_req, pool), k, rng)
+        # positions: the shown candidates in a random order, 1..k
+        order = np.argsort(rng.random((n_req, pool)) + 2.0 * ~shown, axis=1)
+        position = np.empty((n_req, pool), dtype=np.int64)
+        np.put_along_axis(position, order, np.arange(1, pool + 1)[None, :], axis=1)
+        shown, position = shown.ravel(), position.ravel()
+        ids = first * pool + np.arange(n_req * pool, dtype=np.int64)
+        cols = _columns(world, day, d, ids, activity, popularity)
+        cols["propensity"] = pi
+        cols["position"] = pa.array(position, mask=~shown)
+        take = np.flatnonzero(shown)
+        take = take[np.lexsort((position[take], d["request"][take]))]
+        candidates = _table(f_schema, cols)
+        labels = _table(l_schema, {"impression_id": cols["impression_id"], **_labels(world, d)})
+        truth = pa.table({"impression_id": cols["impression_id"],
+                          **{f"q_{t}": q for t, q in true_probabilities(world, d).items()}})
+        yield candidates.take(take), labels.take(take), candidates, truth
+
+
+def synth_logged_day(spec: DatasetSpec | str, seed: int, ds: str, rows: int, policy: str,
+                     pool: int = POOL_SIZE, rho: float = 0.5,
+                     world: SynthWorld | None = None) -> dict[str, pa.Table]:
+    """One logged day in memory: ``features``, ``labels``, ``candidates``, ``truth`` (Arrow),
+    the same rows as ``generate_synth(..., logging_policy=policy, pool_size=pool)``."""
+    world = world or build_world(spec, seed, rho)
+    _check_rows(rows)
+    _check_pool(policy, pool)
+    parts = list(_logged_chunks(world, ds, rows, policy, pool))
+    return {name: pa.concat_tables([p[i] for p in parts])
+            for i, name in enumerate(("features", "labels", "candidates", "truth"))}
+
+
+def _check_pool(policy: str, pool: int) -> None:
+    if policy not in LOGGING_POLICIES:
+        raise InputError(f"--logging-policy must be one of {', '.join(LOGGING_POLICIES)}, "
+                         f"got {policy!r}")
+    if isinstance(pool, bool) or not isinstance(pool, int) or not REQUEST_SIZE <= pool <= 10_000:
+        raise InputError(f"--pool-size must be an integer within [{REQUEST_SIZE}, 10000] (a "
+                         f"request shows {REQUEST_SIZE}), got {pool!r}")
 
 
 def synth_day(spec: DatasetSpec | str, seed: int, ds: str, rows: int, rho: float = 0.5,
@@ -492,40 +604,50 @@ class SynthResult:
 
 
 def generate_synth(cfg: JobConfig, start: str, days: int, rows_per_day: int, seed: int = 0,
-                   task_correlation: float = 0.5) -> SynthResult:
+                   task_correlation: float = 0.5, logging_policy: str | None = None,
+                   pool_size: int = POOL_SIZE) -> SynthResult:
     """Write ``days`` daily partitions of ``rows_per_day`` impressions from ``start`` into
     ``<wh>/synth/{features,labels}/ds=D/`` and each day's users and items snapshot into
     ``<wh>/synth/catalog/{users,items}/ds=D/``, each partition staged and swapped in
-    (:func:`jobs.core.warehouse.replacing`)."""
+    (:func:`jobs.core.warehouse.replacing`). With ``logging_policy`` the impressions are logged
+    exploration: each request's pool goes to ``candidates/ds=D/`` and the pools' true label
+    probabilities to ``candidate_truth/ds=D/`` (module docstring)."""
     first = parse_date(start, "--start")
     if not isinstance(days, int) or days < 1:
         raise InputError(f"--days must be a positive integer, got {days!r}")
     _check_rows(rows_per_day)
     if not isinstance(seed, int) or seed < 0:
         raise InputError(f"--seed must be a non-negative integer, got {seed!r}")
+    if logging_policy is not None:
+        _check_pool(logging_policy, pool_size)
     t0 = time.perf_counter()
     world = build_world(load_spec(DATASET), seed, float(task_correlation))
     wh = Warehouse(cfg.warehouse)
     outputs: dict[str, str] = {}
     per_day: dict[str, Any] = {}
     total = 0
+    tables = ("features", "labels") + (("candidates", "candidate_truth") if logging_policy else ())
 
     for ds in [(first + dt.timedelta(days=i)).isoformat() for i in range(days)]:
         counts = {t: 0 for t in world.tasks}
-        f_dir, l_dir = wh.partition(DATASET, "features", ds), wh.partition(DATASET, "labels", ds)
+        targets = {t: wh.partition(DATASET, t, ds) for t in tables}
+        chunks = (_logged_chunks(world, ds, rows_per_day, logging_policy, pool_size)
+                  if logging_policy else
+                  ((f, lab) for f, lab, _ in _chunks(world, ds, rows_per_day)))
         files = 0
-        with wh.lock(DATASET, "features", ds, wait_seconds=cfg.locks.wait_seconds,
-                     poll_seconds=cfg.locks.poll_seconds), \
-                wh.lock(DATASET, "labels", ds, wait_seconds=cfg.locks.wait_seconds,
-                        poll_seconds=cfg.locks.poll_seconds), \
-                replacing(f_dir) as tmp_f, replacing(l_dir) as tmp_l:
-            tmp_f.mkdir(parents=True)
-            tmp_l.mkdir(parents=True)
-            for k, (feats, labels, _) in enumerate(_chunks(world, ds, rows_per_day)):
-                pq.write_table(feats, tmp_f / f"part-{k:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
-                pq.write_table(labels, tmp_l / f"part-{k:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
+        with ExitStack() as stack:
+            for t in ("features", "labels"):
+                stack.enter_context(wh.lock(DATASET, t, ds, wait_seconds=cfg.locks.wait_seconds,
+                                            poll_seconds=cfg.locks.poll_seconds))
+            staged = {t: stack.enter_context(replacing(targets[t])) for t in tables}
+            for tmp in staged.values():
+                tmp.mkdir(parents=True)
+            for k, parts in enumerate(chunks):
+                for t, part in zip(tables, parts):
+                    pq.write_table(part, staged[t] / f"part-{k:05d}.parquet",
+                                   row_group_size=ROW_GROUP_ROWS)
                 for t in world.tasks:
-                    counts[t] += int(np.asarray(labels.column(t)).sum())
+                    counts[t] += int(np.asarray(parts[1].column(t)).sum())
                 files += 1
 
         rates = {t: counts[t] / rows_per_day for t in world.tasks}
@@ -535,8 +657,7 @@ def generate_synth(cfg: JobConfig, start: str, days: int, rows_per_day: int, see
             if child in counts and parent in counts and counts[parent]:
                 info[f"{child}_given_{parent}"] = counts[child] / counts[parent]
         per_day[ds] = info
-        outputs[f"features/ds={ds}"] = str(f_dir)
-        outputs[f"labels/ds={ds}"] = str(l_dir)
+        outputs.update({f"{t}/ds={ds}": str(targets[t]) for t in tables})
         total += rows_per_day
         for name, table in catalog_tables(world, ds).items():
             target = catalog_path(cfg, name, ds)
@@ -546,10 +667,13 @@ def generate_synth(cfg: JobConfig, start: str, days: int, rows_per_day: int, see
             outputs[f"catalog/{name}/ds={ds}"] = str(target)
 
     settings = {"seed": seed, "task_correlation": float(task_correlation),
-                "rows_per_day": rows_per_day}
+                "rows_per_day": rows_per_day, "logging_policy": logging_policy}
+    if logging_policy:
+        settings.update(pool_size=pool_size, list_size=REQUEST_SIZE, exploration=EXPLORATION)
     return SynthResult(rows=total, seconds=round(time.perf_counter() - t0, 3), days=per_day,
                        outputs=outputs, settings=settings)
 
 
-__all__ = ["generate_synth", "synth_day", "build_world", "catalog_tables", "catalog_path",
+__all__ = ["generate_synth", "synth_day", "synth_logged_day", "true_probabilities",
+           "LOGGING_POLICIES", "build_world", "catalog_tables", "catalog_path",
            "SynthWorld", "CHUNK_ROWS", "ID_STRIDE"]
