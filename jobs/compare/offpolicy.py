@@ -117,9 +117,11 @@ def _pool_day(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, tb: Datase
         frame = frame.join(spark.read.parquet(str(truth_dir)).select(
             *keys, *(F.col(f"q_{t}") for t in tasks)), keys, "left")
         q = [f"q_{t}" for t in tasks]
+    # ties in a ranking go to the lower key (a single long key), else to the lower key hash
+    key = F.col(keys[0]) if [k.dtype for k in spec.keys] == ["long"] else F.xxhash64(*keys)
     return frame.select(
         F.xxhash64(F.col(user)).alias("u"), F.xxhash64(F.lit(day), F.col(request)).alias("r"),
-        F.xxhash64(*keys).alias("key"), F.coalesce(F.col("_shown"), F.lit(False)).alias("shown"),
+        key.cast("long").alias("key"), F.coalesce(F.col("_shown"), F.lit(False)).alias("shown"),
         F.coalesce(F.col("_logged"), F.col("_pool")).cast("double").alias(PROPENSITY),
         *(f"y_{t}" for t in tasks), *(f"{arm}_{t}" for arm in models for t in tasks), *q), \
         has_truth
