@@ -108,6 +108,10 @@ def test_pairing_values_rerun_and_gates(spark, job_config, spec, warehouse, chro
     assert p.paired_without_labels == 2 * (7 - 3)
     rec = result.record()
     assert rec.details["pairing"]["labelled_rows"] == 2 * (N - 7)
+    # propensities in the features but no candidates table: no off-policy estimate, said so
+    assert rec.details["counterfactual"]["status"] == "no_propensities"
+    assert "policy_values" not in result.outputs
+    assert "Not estimated: no day of" in open(result.outputs["html"]).read()
     assert rec.input_rows == p.baseline_rows + p.candidate_rows
 
     table = read_table(warehouse.ab_report(spec.name, "A", "B", *DAYS)).to_pandas()
@@ -400,6 +404,12 @@ def test_compare_bench_smoke(spark, job_config, tmp_path):
         "synth", "bench-champion", "bench-challenger", "2026-01-01", "2026-01-01"))
     assert result["report_rows"] == table.num_rows
     assert '"compare_over_evaluate"' in results.read_text()
+    cf = result["counterfactual"]
+    assert cf["logged_rows"] == 2000 and cf["candidate_rows"] == 2000 * 5
+    assert cf["counterfactual_over_compare"] == pytest.approx(
+        cf["with_counterfactual_seconds"] / cf["compare_seconds"], rel=0.05, abs=0.01)
+    # 2 arms x 2 policies x 3 tasks x 3 estimators, their 18 differences, 9 logged rows
+    assert cf["policy_value_rows"] == 36 + 18 + 9
 
 
 def test_bootstrap_se_is_clustered_by_user(spark, spec):

@@ -132,6 +132,14 @@ def compare_summary(m: Manifest, colour: bool = False) -> str:
         counts = Counter(g["status"] for g in gates)
         lines.append("  gates: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
         lines += [f"    {_word(g['status'], colour)}: {g['rule']} ({g['figure']})" for g in gates]
+    cf = d.get("counterfactual") or {}
+    if cf.get("status") == "estimated":
+        dr = {k.rsplit("/", 1)[0]: v for k, v in (cf.get("verdicts") or {}).items()
+              if k.endswith("/dr")}
+        lines.append("  counterfactual (doubly robust, each model's own lists): "
+                     + ", ".join(f"{k} {_word(v, colour)}" for k, v in dr.items()))
+    elif cf.get("status") == "no_propensities":
+        lines.append("  counterfactual: not estimated (no logged propensities in the range)")
     if out.get("html"):
         lines.append(f"  report: {out['html']}")
     return "\n".join(lines)
