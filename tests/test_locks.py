@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -15,8 +16,21 @@ from _reliability import run_concurrently
 
 from jobs.core.errors import PartitionLocked
 from jobs.core.locks import _UNREADABLE_LOCK_GRACE_S as GRACE
-from jobs.core.locks import _break_stale, _read_holder, partition_lock
+from jobs.core.locks import _break_stale, _read_holder, _try_create, partition_lock
 from jobs.core.warehouse import Warehouse
+
+
+def _on_refusal(callback):
+    """A ``sys.setprofile`` hook for the thread that installs it: ``callback()`` each time
+    partition_lock's O_EXCL create is refused (the lock file exists: someone holds it). It only
+    watches the real code, so a test knows a waiter has really tried, without sleeping."""
+    code = _try_create.__code__
+
+    def hook(frame, event, arg):
+        if event == "return" and frame.f_code is code and arg is False:
+            callback()
+
+    return hook
 
 
 def _dead_pid() -> int:
@@ -49,7 +63,9 @@ def test_a_held_lock_makes_the_second_writer_wait_then_refuse_naming_the_holder(
                      poll_seconds=0.1):
             pytest.fail("acquired a lock another live process holds")
     waited = time.monotonic() - started
-    assert 0.6 <= waited < 5
+    # at least the configured wait (exact: the deadline is monotonic); the upper bound only
+    # says it did not wait for ever, generous for a loaded 2-core machine
+    assert 0.6 <= waited < 60
     message = str(err.value)
     assert "\n" not in message
     assert f"pid {os.getpid()} on {socket.gethostname()}" in message
@@ -58,22 +74,28 @@ def test_a_held_lock_makes_the_second_writer_wait_then_refuse_naming_the_holder(
 
 
 def test_the_waiter_gets_the_lock_once_the_holder_releases(tmp_path):
+    """The holder keeps the lock until the waiter has been refused at least once (seen by a
+    profile hook on the real create, not by sleeping), then releases it: the waiter gets in
+    after the release, never while it is held."""
     path = tmp_path / "_locks" / "x.lock"
     order = []
-    ready = threading.Event()
+    tried = threading.Event()  # the waiter was refused once (or, wrongly, got in)
 
-    def holder():
-        with partition_lock(path, "x"):
-            ready.set()
-            time.sleep(0.5)
-            order.append("holder done")
+    def waiter():
+        sys.setprofile(_on_refusal(tried.set))
+        try:
+            with partition_lock(path, "x", wait_seconds=60, poll_seconds=0.01):
+                order.append("waiter in")
+                tried.set()
+        finally:
+            sys.setprofile(None)
 
-    thread = threading.Thread(target=holder)
-    thread.start()
-    ready.wait(5)
-    with partition_lock(path, "x", wait_seconds=10, poll_seconds=0.05):
-        order.append("waiter in")
-    thread.join()
+    thread = threading.Thread(target=waiter)
+    with partition_lock(path, "x"):
+        thread.start()
+        assert tried.wait(60), "the waiter never tried the lock"
+        order.append("holder done")
+    thread.join(60)
     assert order == ["holder done", "waiter in"]
     assert not path.exists()  # released
 
@@ -96,25 +118,41 @@ def test_another_hosts_lock_is_never_broken(tmp_path):
 
 def test_racing_breakers_of_a_stale_lock_never_hold_it_together(tmp_path):
     """Many threads find the same stale lock at once: each gets the lock in turn, never two at
-    a time (a breaker that removed a fresh lock would let two in)."""
+    a time (a breaker that removed a fresh lock would let two in). Each holder stays in until
+    another writer has been refused since it entered (or every other writer is done), so every
+    hold overlaps live contention, whatever the machine's speed."""
     path = tmp_path / "_locks" / "x.lock"
+    threads = 8
     for _ in range(5):
         _plant(path, _dead_pid())
-        inside, most = [0], [0]
-        guard = threading.Lock()
-        start = threading.Barrier(8)
+        inside, most, refusals, done = [0], [0], [0], [0]
+        cond = threading.Condition()
+        start = threading.Barrier(threads)
+
+        def refused():
+            with cond:
+                refusals[0] += 1
+                cond.notify_all()
 
         def writer():
-            start.wait()
-            with partition_lock(path, "x", wait_seconds=20, poll_seconds=0.005):
-                with guard:
-                    inside[0] += 1
-                    most[0] = max(most[0], inside[0])
-                time.sleep(0.01)
-                with guard:
-                    inside[0] -= 1
+            sys.setprofile(_on_refusal(refused))
+            try:
+                start.wait()
+                with partition_lock(path, "x", wait_seconds=60, poll_seconds=0.005):
+                    with cond:
+                        inside[0] += 1
+                        most[0] = max(most[0], inside[0])
+                        seen = refusals[0]
+                        cond.wait_for(lambda: refusals[0] > seen or done[0] == threads - 1
+                                      or most[0] > 1, 60)  # (an overlap: fail at once)
+                        inside[0] -= 1
+            finally:
+                sys.setprofile(None)
+                with cond:
+                    done[0] += 1
+                    cond.notify_all()
 
-        assert run_concurrently(writer, 8) == [] and most[0] == 1
+        assert run_concurrently(writer, threads) == [] and most[0] == 1
         assert not path.exists()
         assert not list(path.parent.glob(".broken-*"))
 
