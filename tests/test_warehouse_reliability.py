@@ -4,6 +4,7 @@ is released by the kernel, an interrupted swap is undone, a removal is never und
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -36,6 +37,29 @@ def _paused_child(code: str, target: Path, point: str, markers: Path, **env) -> 
         proc.wait(30)
         raise
     return proc
+
+
+def _flock_waiters(lock: Path) -> int:
+    """How many flock requests the kernel has queued behind the holder of ``lock`` (the
+    ``->`` lines of /proc/locks on its device and inode): a waiter seen blocked, not guessed."""
+    try:
+        st = lock.stat()
+    except FileNotFoundError:
+        return 0
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return sum(1 for line in Path("/proc/locks").read_text().splitlines()
+               if "->" in line and " FLOCK " in line and where in line.split())
+
+
+def _until(condition, timeout: float = 60) -> bool:
+    """Poll ``condition`` (every millisecond) until it holds or ``timeout`` passes; whether it
+    held. For conditions the test cannot be told about, with a bound no machine reaches."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 def _killed_at(code: str, target: Path, point: str, markers: Path) -> None:
@@ -72,7 +96,9 @@ def test_concurrent_replacing_of_one_target_is_serialised(tmp_path):
     assert a_inside.wait(30)
     b = threading.Thread(target=writer_b)
     b.start()
-    time.sleep(0.5)
+    # B is queued by the kernel behind A's flock (or, wrongly, already inside)
+    lock = target.parent / f".lock-{target.name}"
+    assert _until(lambda: _flock_waiters(lock) == 1 or b_inside.is_set())
     assert not b_inside.is_set()  # B waits for A's lock: its recovery cannot touch A's staging
     a_release.set()
     a.join(30)
@@ -127,20 +153,28 @@ def test_a_kill_between_the_renames_keeps_the_old_copy_whole(tmp_path, point):
 
 def test_many_writers_never_overlap(tmp_path):
     """Eight threads replacing one target: at most one inside at any time (the lock file is
-    deleted and re-created between holders), and the target ends whole."""
+    deleted and re-created between holders), and the target ends whole. Each holder stays in
+    until the kernel shows another writer blocked on its flock (or every other writer is done),
+    so every hold overlaps live contention, whatever the machine's speed."""
     target = tmp_path / "t"
-    inside, overlaps, lock = [0], [0], threading.Lock()
+    inside, overlaps, finished, lock = [0], [0], [0], threading.Lock()
+    flock_file = target.parent / f".lock-{target.name}"
 
     def writer(i):
-        for _ in range(5):
-            with replacing(target) as staging:
-                with lock:
-                    inside[0] += 1
-                    overlaps[0] += inside[0] > 1
-                _write(staging, "part-0.parquet", str(i))
-                time.sleep(0.002)
-                with lock:
-                    inside[0] -= 1
+        try:
+            for _ in range(5):
+                with replacing(target) as staging:
+                    with lock:
+                        inside[0] += 1
+                        overlaps[0] += inside[0] > 1
+                    _write(staging, "part-0.parquet", str(i))
+                    _until(lambda: _flock_waiters(flock_file) > 0 or finished[0] == 7
+                           or overlaps[0] > 0)
+                    with lock:
+                        inside[0] -= 1
+        finally:
+            with lock:
+                finished[0] += 1
 
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
     for t in threads:
