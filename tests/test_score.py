@@ -10,7 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from _oracle import Oracle
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
 from jobs.core.errors import NotValidated
@@ -80,6 +82,18 @@ def validated(spark, tmp_path_factory, synth, frame):
     return cfg
 
 
+def assert_float64_probabilities(predictions, columns, values: np.ndarray) -> None:
+    """p_<task> are doubles in the table and carry float64 precision: the model's logits are
+    float32 but its sigmoid is taken in float64, so hardly any value is float32-representable.
+    A float32 round trip anywhere on the way (a downcast that a 1e-6 comparison cannot see, it
+    moves a probability by at most ~3e-8) makes every one of them representable."""
+    for column in columns:
+        assert predictions.schema[column].dataType == T.DoubleType(), column
+    assert values.dtype == np.float64
+    representable = np.mean(values == values.astype(np.float32).astype(np.float64))
+    assert representable < 0.01, f"{representable:.0%} of the probabilities are float32-rounded"
+
+
 def _score(spark, cfg, spec, model_dir, with_gates=False, reader="direct"):
     cfg.scoring.reader = reader
     result = score_partition(spark, cfg, spec, DS, model_dir, with_gates)
@@ -88,16 +102,22 @@ def _score(spark, cfg, spec, model_dir, with_gates=False, reader="direct"):
 
 
 @pytest.mark.parametrize("reader", ["direct", "spark"])
-def test_spark_scores_equal_the_in_process_model(spark, validated, synth, model_dir, reader):
+def test_spark_scores_equal_an_independent_forward_pass(spark, validated, synth, model_dir, reader):
+    """The Spark job's probabilities equal tests/_oracle.py's: the artifact's files encoded row
+    by row and run through a float64 numpy forward pass written in the test (not
+    ModelArtifact.predict, the code the job itself runs). 1e-6: float32 model arithmetic
+    differs from it by ~2e-8."""
     from mmoe_model.artifact import ModelArtifact
 
     manifest, predictions = _score(spark, validated, synth, model_dir, reader=reader)
     assert manifest.details["reader"] == reader
     artifact = ModelArtifact.load(model_dir)
     rows = passed_rows(spark, validated, synth, DS).toPandas()
-    expected = artifact.predict(rows)
+    expected, _ = Oracle(model_dir).predict(rows.to_dict("records"))
     got = predictions.toPandas().set_index("impression_id").loc[rows["impression_id"]]
-    np.testing.assert_allclose(got[synth.prediction_columns].to_numpy(), expected, atol=1e-6, rtol=0)
+    values = got[synth.prediction_columns].to_numpy()
+    np.testing.assert_allclose(values, expected, atol=1e-6, rtol=0)
+    assert_float64_probabilities(predictions, synth.prediction_columns, values)
     assert len(got) == len(rows) == manifest.output_rows == manifest.input_rows
     assert manifest.input_rows + manifest.quarantined_rows == 3000
     assert manifest.quarantined_rows > 0  # the sample carries unknown categories
@@ -127,16 +147,20 @@ def test_rerun_replaces_the_partition(spark, validated, synth, model_dir):
 
 @pytest.mark.parametrize("reader", ["direct", "spark"])
 def test_with_gates_adds_gate_distributions(spark, validated, synth, model_dir, reader):
-    from mmoe_model.artifact import ModelArtifact
-
+    """gate_<task> are the task's softmax gate over the experts, as the independent forward
+    pass (tests/_oracle.py) computes it; the probabilities beside them are unchanged."""
     _, predictions = _score(spark, validated, synth, model_dir, with_gates=True, reader=reader)
     got = predictions.orderBy("impression_id").toPandas()
     gates = np.stack(got["gate_like"].to_numpy())
     assert gates.shape == (len(got), 4)
     np.testing.assert_allclose(gates.sum(axis=1), 1.0, atol=1e-5)
     rows = passed_rows(spark, validated, synth, DS).orderBy("impression_id").toPandas()
-    _, expected = ModelArtifact.load(model_dir).predict(rows, with_gates=True)  # [B, T, E]
-    np.testing.assert_allclose(gates, expected[:, synth.task_names.index("like"), :], atol=1e-6)
+    probs, expected = Oracle(model_dir).predict(rows.to_dict("records"))  # [B, T], [B, T, E]
+    assert list(got["impression_id"]) == list(rows["impression_id"])
+    for t, task in enumerate(synth.task_names):  # float32 columns: 1e-6 is a few of their ulps
+        np.testing.assert_allclose(np.stack(got[f"gate_{task}"].to_numpy()), expected[:, t, :],
+                                   atol=1e-6, rtol=0, err_msg=task)
+    np.testing.assert_allclose(got[synth.prediction_columns].to_numpy(), probs, atol=1e-6, rtol=0)
 
 
 def test_both_readers_write_the_same_table(spark, validated, synth, model_dir):

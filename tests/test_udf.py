@@ -1,4 +1,6 @@
-"""The public Spark UDF (jobs/runtime/udf.py) against the in-process model, through select and SQL."""
+"""The public Spark UDF (jobs/runtime/udf.py) through select and SQL, against an independent
+forward pass of the artifact (tests/_oracle.py: its files encoded row by row and run in float64
+numpy, not ModelArtifact.predict, which the UDF itself runs)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from _oracle import Oracle
 
 from jobs.core.errors import MissingInputError
 from jobs.runtime.udf import mmoe_udf
@@ -48,21 +51,32 @@ def _by_key(pdf, keys, columns):
     return pdf.set_index("impression_id").loc[keys, columns].to_numpy()
 
 
-def test_select_equals_the_in_process_model(spark, table, model_dir):
-    expected = ModelArtifact.load(model_dir).predict(table)
+def _assert_float64(values: np.ndarray) -> None:
+    """float64 precision kept (the model's sigmoid is taken in float64, so hardly any value is
+    float32-representable; after a float32 round trip every one is)."""
+    assert values.dtype == np.float64
+    assert np.mean(values == values.astype(np.float32).astype(np.float64)) < 0.01
+
+
+def test_select_equals_an_independent_forward_pass(spark, table, model_dir):
+    expected, _ = Oracle(model_dir).predict(table.to_pylist())
     score = mmoe_udf(model_dir)
     df = spark.createDataFrame(table).repartition(3)  # several tasks, several batches
     with_p = df.select("impression_id", score(*score.input_columns).alias("p"))
     got = with_p.select("impression_id", "p.*").toPandas()
     assert list(got.columns[1:]) == score.output_columns == ["p_click", "p_like", "p_conversion"]
+    assert [f.dataType.simpleString() for f in with_p.schema["p"].dataType.fields] == \
+        ["double"] * 3
     keys = table.column("impression_id").to_pylist()
     assert len(got) == len(keys)
-    np.testing.assert_allclose(_by_key(got, keys, score.output_columns), expected, atol=1e-6, rtol=0)
+    values = _by_key(got, keys, score.output_columns)
+    np.testing.assert_allclose(values, expected, atol=1e-6, rtol=0)
+    _assert_float64(values)
 
 
-def test_sql_equals_the_in_process_model(spark, table, model_dir):
+def test_sql_equals_an_independent_forward_pass(spark, table, model_dir):
     artifact = ModelArtifact.load(model_dir)
-    expected = artifact.predict(table)
+    expected, _ = Oracle(model_dir).predict(table.to_pylist())
     score = mmoe_udf(artifact)  # a loaded artifact works as well as its directory
     spark.udf.register("mmoe_score_test", score)
     spark.createDataFrame(table).createOrReplaceTempView("udf_rows")
@@ -70,7 +84,9 @@ def test_sql_equals_the_in_process_model(spark, table, model_dir):
     got = spark.sql(f"SELECT impression_id, mmoe_score_test({cols}) AS p FROM udf_rows") \
         .select("impression_id", "p.*").toPandas()
     keys = table.column("impression_id").to_pylist()
-    np.testing.assert_allclose(_by_key(got, keys, score.output_columns), expected, atol=1e-6, rtol=0)
+    values = _by_key(got, keys, score.output_columns)
+    np.testing.assert_allclose(values, expected, atol=1e-6, rtol=0)
+    _assert_float64(values)
     assert score.model_version == artifact.model_version
 
 
@@ -128,7 +144,7 @@ def test_the_readmes_udf_snippet_runs_as_written(spec, table, tmp_path):
     run = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    expected = ModelArtifact.load(model).predict(rows)
+    expected, _ = Oracle(model).predict(rows.to_pylist())
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in run.stdout.splitlines()
              if line.startswith("|")]
     headers = [c for c in cells if c[0] == "impression_id"]
