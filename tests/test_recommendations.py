@@ -153,3 +153,54 @@ def test_missing_inputs_are_one_line_and_the_cli_flag_runs_it(spark, job_config,
     assert run.exit_code == 0, run.output
     table = read_table(wh.partition(spec.name, "metrics", DS)).to_pandas()
     assert {"coverage", "recall@10", "precision@5"} <= set(table.metric)
+
+
+def _per_user_loop(lists: pd.DataFrame, logs: pd.DataFrame, task: str, k: int) -> dict:
+    """recall@k per user with a list and a positive, by its definition."""
+    out = {}
+    for u, lst in lists.groupby("user_id"):
+        positives = set(logs[(logs.user_id == u) & (logs[task] > 0)]["item_id"])
+        if positives:
+            top = list(lst.sort_values("rank")["item_id"])[:k]
+            out[u] = sum(i in positives for i in top) / len(positives)
+    return out
+
+
+def test_compare_pairs_the_two_versions_recommendations(spark, job_config, world):
+    from scipy import stats
+
+    from jobs.compare.stage import compare_models
+
+    spec, wh, items, lists, logs = world
+    rng = np.random.default_rng(8)
+    for v in ("A", "B"):   # compare needs both versions' scored impressions of the range
+        preds = pd.DataFrame({"impression_id": logs["impression_id"],
+                              **{f"p_{t}": rng.random(len(logs)) for t in spec.task_names}})
+        preds["scored_at"] = pd.Timestamp("2026-11-06", tz="UTC")
+        _write(wh.partition(spec.name, "predictions", DS, model_version=v),
+               pa.Table.from_pandas(preds, preserve_index=False))
+    job_config.compare.replicates = 20
+    result = compare_models(spark, job_config, spec, "A", "B", DS, DS)
+    assert result.recommendation_days == [DS]
+    written = read_table(result.outputs["ab_reports"]).to_pandas()
+    rec = written[written.segment == "recommendations"].set_index(["task", "metric"])
+    for t in spec.task_names:
+        a, b = (_per_user_loop(lists[v], logs, t, TOP_K) for v in ("A", "B"))
+        users = sorted(set(a) & set(b))
+        diff = np.array([b[u] - a[u] for u in users])
+        row = rec.loc[(t, f"recall@{TOP_K}")]
+        assert row["baseline_value"] == pytest.approx(np.mean([a[u] for u in users]), abs=1e-12)
+        assert row["delta"] == pytest.approx(diff.mean(), abs=1e-12)
+        assert row["n"] == len(users)
+        se = stats.sem(diff)   # one day: the paired t interval's standard error
+        assert row["ci_high"] - row["delta"] == pytest.approx(1.959964 * se, rel=1e-5)
+        lo, hi = row["ci_low"], row["ci_high"]
+        assert row["verdict"] == ("better" if lo > 0 else "worse" if hi < 0 else "no_difference")
+    catalog = {v: _catalog_loop(lists[v], logs, items) for v in ("A", "B")}
+    for m in ("coverage", "exposure_gini", "popularity_bias", "novelty", "diversity"):
+        row = rec.loc[("all", m)]
+        assert row["delta"] == pytest.approx(catalog["B"][m][0] - catalog["A"][m][0], abs=1e-12)
+        assert row["verdict"] == "not_tested" and pd.isna(row["ci_low"])
+    page = open(result.outputs["html"]).read()
+    assert "Recommendations (catalog top-K, paired by user)" in page
+    assert result.record().details["recommendations"] == {"days": [DS], "rows": len(rec)}

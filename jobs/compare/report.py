@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from jobs.compare import counterfactual_report
+from jobs.compare import counterfactual_report, recommendations
 from jobs.compare.records import TOO_SMALL
 from jobs.core import metric_registry
 from jobs.core.slices import in_slice, slice_values
@@ -505,6 +505,8 @@ def render_html(result) -> str:
         parts += ["<h2>Expert gates (mixture weights)</h2>", "<ul>" + "".join(f"<li>{_esc(x)}</li>" for x in flags) + "</ul>"
                   if flags else "<p>No collapsed gate, no dead expert.</p>",
                   f"<div class=figs>{_gate_figure(result.gates)}</div>"]
+    parts.append(recommendations.html_section(getattr(result, "recommendations", None),
+                                              getattr(result, "recommendation_days", []), tasks))
     parts.append(counterfactual_report.html_section(
         getattr(result, "counterfactual", None), tasks, _png))
     drift = _drift_section(result)
@@ -515,6 +517,12 @@ def render_html(result) -> str:
                  f"{INTERVALS_NOTE}</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _top_k(rows: pd.DataFrame) -> str:
+    """The largest K among the recommendation rows' metrics (the list length)."""
+    ks = [int(m.split("@")[1]) for m in rows["metric"] if "@" in m]
+    return str(max(ks)) if ks else ""
 
 
 def render_markdown(result) -> str:
@@ -549,6 +557,13 @@ def render_markdown(result) -> str:
         lines += [f"| {g['rule']} | {g['figure']} | {g['status']} |" for g in d.gates]
     lines += ["", "Adjusted CI: at the verdicts' multiplicity (it excludes 0 exactly when the verdict "
               "is a difference); the report's tables show the raw 95% CI beside it."]
+    rec = getattr(result, "recommendations", None)
+    if rec is not None and not rec.empty:
+        lines += ["", "Recommendations (paired by user): " + "; ".join(
+            f"{r['task']} {r['metric']} {_f(r['baseline_value'])} -> {_f(r['candidate_value'])} "
+            f"({r['verdict'].replace('_', ' ')})"
+            for r in rec.to_dict("records") if r["metric"].endswith(f"@{_top_k(rec)}")
+            or r["task"] == "all")]
     lines += [""] + counterfactual_report.markdown_lines(
         getattr(result, "counterfactual", None), task_order(result))
     p = result.pairing

@@ -36,6 +36,7 @@ from jobs.compare.records import (
     group_records_arrow,
 )
 from jobs.compare.offpolicy import POLICY_VALUES_SCHEMA, Counterfactual, counterfactual_section
+from jobs.compare.recommendations import recommendation_section
 from jobs.compare.report import render_html, render_markdown
 from jobs.core import metric_registry
 from jobs.core.config import JobConfig
@@ -105,6 +106,8 @@ class CompareResult:
     tasks: list[str] = field(default_factory=list)       # the spec's task order
     versions: dict[str, dict] = field(default_factory=dict)  # arm -> registry.describe_model
     counterfactual: Counterfactual | None = None          # the policy_values section
+    recommendations: pd.DataFrame | None = None           # AB_SCHEMA rows, segment recommendations
+    recommendation_days: list[str] = field(default_factory=list)
 
     def record(self):
         return RunRecord(
@@ -118,6 +121,9 @@ class CompareResult:
                      "days": self.days, "start": self.start, "end": self.end,
                      "counterfactual": None if self.counterfactual is None
                      else self.counterfactual.details(),
+                     "recommendations": {"days": self.recommendation_days,
+                                         "rows": 0 if self.recommendations is None
+                                         else len(self.recommendations)},
                      "gates": None if self.gates is None else {
                          arm: g.get("flags") for arm, g in self.gates.items()}})
 
@@ -378,6 +384,9 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
 
     drift = {arm: version_drift(tb["drift"], v, days)
              for arm, v in (("baseline", baseline), ("candidate", candidate))}
+    rec, rec_days = recommendation_section(spark, cfg, spec, tb, baseline, candidate, days)
+    rec_table = None if rec.empty else ab_table(rec, baseline, candidate, start, end,
+                                                [*shown, "all"])
     counterfactual = counterfactual_section(
         spark, cfg, spec, tb, refs, {"baseline": baseline, "candidate": candidate}, start, end,
         days)
@@ -385,7 +394,8 @@ def compare_models(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
                            table, plots, decision, gates, prediction_drift=drift, tasks=shown,
                            versions={arm: describe_model(cfg, spec.name, end, ref)
                                      for arm, ref in refs.items()},
-                           counterfactual=counterfactual)
+                           counterfactual=counterfactual, recommendations=rec_table,
+                           recommendation_days=rec_days)
     with tb.wh.ab_report_lock(spec.name, baseline, candidate, start, end,
                               wait_seconds=cfg.locks.wait_seconds,
                               poll_seconds=cfg.locks.poll_seconds):
@@ -414,7 +424,9 @@ def _write(spark: SparkSession, tb: DatasetTables, result: CompareResult) -> Non
     report = report_id(*args[1:])
     with tb["ab_reports"].writing(spark, None, report=report) as staged:
         staged.dir.mkdir(parents=True)
-        pq.write_table(pa.Table.from_pandas(result.report, schema=AB_SCHEMA, preserve_index=False),
+        rows = result.report if result.recommendations is None else pd.concat(
+            [result.report, result.recommendations], ignore_index=True)
+        pq.write_table(pa.Table.from_pandas(rows, schema=AB_SCHEMA, preserve_index=False),
                        staged.dir / "part-00000.parquet")
     target = tb["ab_reports"].where(None, report=report)
     values = result.counterfactual.table if result.counterfactual is not None else None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from dataclasses import dataclass
 from functools import reduce
 
 import numpy as np
@@ -42,12 +43,23 @@ SEGMENT = "recommendations"
 CATALOG_TASK = "all"
 
 
-def recommendation_metrics(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
-                           versions: list[str]) -> tuple[list[Row], int, dict]:
-    """The metrics of the recommendations written for ``ds`` by ``versions`` against the
-    interactions logged on ds + ``evaluation.recommendations_label_offset_days``; returns the
-    METRICS_STRUCT rows (a few per version and task, collected), the recommendation rows read
-    and what the manifest says about them."""
+@dataclass
+class JudgedLists:
+    """The recommendations of some versions for a day and what they are judged on."""
+
+    lists: DataFrame      # model_version, user, item, rank
+    logs: DataFrame       # user, item, one 0/1 column per task (the judged day's interactions)
+    items: DataFrame      # item, popularity[, category] (the catalog as of the lists' day)
+    logged: str           # the judged day
+    ks: list[int]
+    details: dict
+
+
+def judged_lists(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
+                 versions: list[str]) -> JudgedLists:
+    """Read the lists of ``versions`` for ``ds`` and the interactions of ds +
+    ``evaluation.recommendations_label_offset_days``; a missing input is a one-line
+    MissingInputError."""
     cat = spec.catalog
     if cat is None:
         raise InputError(f"the {spec.name} spec has no catalog section: there are no "
@@ -78,15 +90,29 @@ def recommendation_metrics(spark: SparkSession, cfg: JobConfig, spec: DatasetSpe
     items = tb["items"].read(spark, snapshot.ds, [c for c in dict.fromkeys(
         [item, cat.rank_by, cat.category]) if c is not None])
     ks = sorted(set(cfg.evaluation.ranking_ks) | {cfg.scoring.catalog.top_k})
-    lists = lists.persist()   # read by every task's join and every catalog figure
+    return JudgedLists(lists, logs, items, logged, ks,
+                       {"recommendations_judged_on": logged, "recommendation_ks": ks,
+                        **snapshot_details([snapshot])})
+
+
+def recommendation_metrics(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
+                           versions: list[str]) -> tuple[list[Row], int, dict]:
+    """The metrics of the recommendations written for ``ds`` by ``versions`` against the
+    interactions logged on ds + ``evaluation.recommendations_label_offset_days``; returns the
+    METRICS_STRUCT rows (a few per version and task, collected), the recommendation rows read
+    and what the manifest says about them."""
+    cat = spec.catalog
+    judged = judged_lists(spark, cfg, spec, ds, versions)
+    user, item, tasks = cat.user_key, cat.item_key, spec.task_names
+    lists = judged.lists.persist()   # read by every task's join and every catalog figure
     try:
-        rows = accuracy_rows(lists, logs, tasks, user, item, ks).unionByName(
-            catalog_rows(spark, lists, items, logs, user, item, cat.rank_by, cat.category)).collect()
+        rows = accuracy_rows(lists, judged.logs, tasks, user, item, judged.ks).unionByName(
+            catalog_rows(spark, lists, judged.items, judged.logs, user, item, cat.rank_by,
+                         cat.category)).collect()
         read = lists.count()
     finally:
         lists.unpersist()
-    return rows, read, {"recommendations_judged_on": logged, "recommendation_ks": ks,
-                        **snapshot_details([snapshot])}
+    return rows, read, judged.details
 
 
 def _ideal_dcg(k_max: int) -> list[float]:
@@ -98,31 +124,38 @@ def _ideal_dcg(k_max: int) -> list[float]:
     return out
 
 
+def user_accuracy(lists: DataFrame, logs: DataFrame, task: str, user: str, item: str,
+                  ks: list[int]) -> tuple[DataFrame, list[str]]:
+    """Per (model_version, user with a list and a positive of ``task``) the top-K accuracy
+    figures (module docstring), and their names in display order."""
+    ks = sorted(set(ks))
+    ideal = F.array(*(F.lit(x) for x in _ideal_dcg(max(ks))))
+    positives = logs.where(F.col(task) > 0).select(user, item).distinct()
+    counts = positives.groupBy(user).agg(F.count(F.lit(1)).alias("_p"))
+    hits = lists.join(positives, [user, item], "inner").groupBy("model_version", user).agg(
+        *(F.sum((F.col("rank") <= k).cast("long")).alias(f"_h{k}") for k in ks),
+        *(F.sum(F.when(F.col("rank") <= k, 1.0 / F.log2(F.col("rank") + 1.0))
+                .otherwise(0.0)).alias(f"_d{k}") for k in ks))
+    judged = (lists.select("model_version", user).distinct().join(counts, user, "inner")
+              .join(hits, ["model_version", user], "left").na.fill(0))
+    per_user = {}
+    for k in ks:
+        h, p = F.col(f"_h{k}").cast("double"), F.col("_p").cast("double")
+        ideal_k = F.element_at(ideal, (F.least(F.col("_p"), F.lit(k)) + 1).cast("int"))
+        per_user.update({f"recall@{k}": h / p, f"ndcg@{k}": F.col(f"_d{k}") / ideal_k,
+                         f"hit_rate@{k}": (F.col(f"_h{k}") > 0).cast("double"),
+                         f"precision@{k}": h / k})
+    names = [f"{family}@{k}" for family in RECOMMENDATION_AT_K for k in ks]
+    return judged.select("model_version", user, *(per_user[m].alias(m) for m in names)), names
+
+
 def accuracy_rows(lists: DataFrame, logs: DataFrame, tasks: list[str], user: str, item: str,
                   ks: list[int]) -> DataFrame:
     """``lists``: model_version, user, item, rank; ``logs``: user, item, one 0/1 column per task.
     -> METRICS_STRUCT rows of recall / ndcg / hit_rate / precision @K per task."""
-    ks = sorted(set(ks))
-    ideal = F.array(*(F.lit(x) for x in _ideal_dcg(max(ks))))
     out = []
     for t in tasks:
-        positives = logs.where(F.col(t) > 0).select(user, item).distinct()
-        counts = positives.groupBy(user).agg(F.count(F.lit(1)).alias("_p"))
-        hits = lists.join(positives, [user, item], "inner").groupBy("model_version", user).agg(
-            *(F.sum((F.col("rank") <= k).cast("long")).alias(f"_h{k}") for k in ks),
-            *(F.sum(F.when(F.col("rank") <= k, 1.0 / F.log2(F.col("rank") + 1.0))
-                    .otherwise(0.0)).alias(f"_d{k}") for k in ks))
-        judged = (lists.select("model_version", user).distinct().join(counts, user, "inner")
-                  .join(hits, ["model_version", user], "left").na.fill(0))
-        per_user = {}
-        for k in ks:
-            h, p = F.col(f"_h{k}").cast("double"), F.col("_p").cast("double")
-            ideal_k = F.element_at(ideal, (F.least(F.col("_p"), F.lit(k)) + 1).cast("int"))
-            per_user.update({f"recall@{k}": h / p, f"ndcg@{k}": F.col(f"_d{k}") / ideal_k,
-                             f"hit_rate@{k}": (F.col(f"_h{k}") > 0).cast("double"),
-                             f"precision@{k}": h / k})
-        names = [f"{family}@{k}" for family in RECOMMENDATION_AT_K for k in ks]
-        values = judged.select("model_version", *(per_user[m].alias(m) for m in names))
+        values, names = user_accuracy(lists, logs, t, user, item, ks)
         means = values.groupBy("model_version").agg(
             F.count(F.lit(1)).alias("n"), *(F.avg(c).alias(c) for c in names))
         out.append(_long(means, t, names))
