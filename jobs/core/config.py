@@ -56,6 +56,9 @@ class DriftConfig:
     skip_ids: bool = True          # hashed id features (no vocabulary): not compared
     id_buckets: int = 64           # with skip_ids false: ids compared over pmod(id, id_buckets)
     skip: list[str] = field(default_factory=list)   # feature names never compared
+    # segmented drift: every watched feature also per value of this categorical feature
+    # (rows with segment "<column>=<value>"); informational, never fails validation
+    segment_column: str | None = None
 
 
 @dataclass

@@ -23,7 +23,8 @@ from jobs.core.warehouse import Warehouse
 DRIFT_SCHEMA = pa.schema([
     ("feature", pa.string()), ("statistic", pa.string()), ("value", pa.float64()),
     ("threshold", pa.float64()), ("drifted", pa.bool_()), ("reference", pa.string()),
-    ("model_version", pa.string()), ("reference_days", pa.int32())])
+    ("model_version", pa.string()), ("reference_days", pa.int32()),
+    ("segment", pa.string())])   # segmented drift ("platform=ios"); null for the whole day
 
 
 def _own(table: pa.Table, model_version: str | None) -> pa.Array:
@@ -37,7 +38,10 @@ def read_drift(drift: Table, ds: str) -> pa.Table | None:
     """The drift rows of ``ds`` (None: no partition)."""
     if not drift.exists(ds):
         return None
-    return drift.read_arrow(ds, columns=DRIFT_SCHEMA.names).cast(DRIFT_SCHEMA)
+    table = drift.read_arrow(ds)
+    if "segment" not in table.column_names:   # written before segmented drift
+        table = table.append_column("segment", pa.nulls(table.num_rows, pa.string()))
+    return table.select(DRIFT_SCHEMA.names).cast(DRIFT_SCHEMA)
 
 
 def replace_drift_rows(cfg: JobConfig, dataset: str, ds: str, rows: Iterable,
@@ -49,7 +53,8 @@ def replace_drift_rows(cfg: JobConfig, dataset: str, ds: str, rows: Iterable,
         "feature": r.feature, "statistic": r.statistic, "value": float(r.value),
         "threshold": None if r.threshold is None else float(r.threshold),
         "drifted": bool(r.drifted), "reference": r.reference, "model_version": model_version,
-        "reference_days": int(r.reference_days)} for r in rows], schema=DRIFT_SCHEMA)
+        "reference_days": int(r.reference_days), "segment": getattr(r, "segment", None)}
+        for r in rows], schema=DRIFT_SCHEMA)
     with wh.lock(dataset, "drift", ds, wait_seconds=cfg.locks.wait_seconds,
                  poll_seconds=cfg.locks.poll_seconds):
         old = read_drift(drift, ds)

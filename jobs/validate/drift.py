@@ -130,17 +130,31 @@ class FeatureProfile:
 class DayProfile:
     ds: str
     features: dict[str, FeatureProfile]
+    # segmented drift: per "<column>=<value>", the profile of that value's rows
+    segments: dict[str, dict[str, FeatureProfile]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"ds": self.ds, "features": {k: asdict(v) for k, v in self.features.items()}}
+        out = {"ds": self.ds, "features": {k: asdict(v) for k, v in self.features.items()}}
+        if self.segments:
+            out["segments"] = {s: {k: asdict(v) for k, v in f.items()}
+                               for s, f in self.segments.items()}
+        return out
+
+    def segment(self, name: str) -> DayProfile:
+        """The profile of one segment's rows, as a day profile."""
+        return DayProfile(self.ds, self.segments.get(name, {}))
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> DayProfile:
-        return cls(ds=str(raw["ds"]), features={
-            k: FeatureProfile(kind=v["kind"], rows=int(v["rows"]), nulls=int(v["nulls"]),
-                              quantiles=[float(q) for q in v.get("quantiles") or []],
-                              counts={str(c): int(n) for c, n in (v.get("counts") or {}).items()})
-            for k, v in raw["features"].items()})
+        def features(block: dict) -> dict[str, FeatureProfile]:
+            return {k: FeatureProfile(
+                kind=v["kind"], rows=int(v["rows"]), nulls=int(v["nulls"]),
+                quantiles=[float(q) for q in v.get("quantiles") or []],
+                counts={str(c): int(n) for c, n in (v.get("counts") or {}).items()})
+                for k, v in block.items()}
+
+        return cls(ds=str(raw["ds"]), features=features(raw["features"]),
+                   segments={s: features(b) for s, b in (raw.get("segments") or {}).items()})
 
 
 @dataclass(frozen=True)
@@ -255,6 +269,7 @@ class DriftRow:
     reference: str
     reference_days: int
     model_version: str | None = None
+    segment: str | None = None        # "<column>=<value>" for segmented drift, else None
 
 
 def describe(reference: Reference | None, wanted: int) -> str:

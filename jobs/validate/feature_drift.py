@@ -5,6 +5,7 @@ trailing validated days (jobs/validate/drift.py has the statistics)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jobs.core.config import DriftConfig
+from jobs.core.errors import ConfigError
 from jobs.validate.drift import (
     OOV,
     DayProfile,
@@ -30,7 +32,7 @@ from jobs.validate.drift import (
     summary,
 )
 from jobs.validate.rules import REASON, _ident, _literal, vocabulary_values
-from schemas.spec import DatasetSpec
+from schemas.spec import DatasetSpec, SpecError
 
 # percentile_approx: rank error <= 1/1 000 of the rows. The profile's quantiles are 1 % apart
 # and PSI bins 10 %, so 0.1 % is far below what a threshold can see; 10 000 cost a third more
@@ -149,22 +151,38 @@ class DriftOutcome:
 
     @property
     def drifted(self) -> list[str]:
-        return drifted_features(self.rows)
+        """Features drifted over the whole day (segmented drift never fails a day)."""
+        return drifted_features(self.day_rows)
+
+    @property
+    def day_rows(self) -> list[DriftRow]:
+        return [r for r in self.rows if r.segment is None]
+
+    @property
+    def drifted_segments(self) -> list[str]:
+        """``x0 (platform=ios)`` for each feature drifted within a segment."""
+        return list(dict.fromkeys(f"{r.feature} ({r.segment})" for r in self.rows
+                                  if r.segment is not None and r.drifted))
 
     def note(self) -> str:
         ref = self.rows[0].reference if self.rows else describe(None, self.wanted_days)
         if not self.judged:
             return (f"drift not judged: the reference has {self.reference_days} of "
                     f"drift.reference_days {self.wanted_days} validated days")
+        within = (f"; within segments: {', '.join(self.drifted_segments)}"
+                  if self.drifted_segments else "")
         if self.drifted:
-            return f"drift in {len(self.drifted)} feature(s) against the {ref}: {summary(self.rows)}"
-        return f"no drift against the {ref}"
+            return (f"drift in {len(self.drifted)} feature(s) against the {ref}: "
+                    f"{summary(self.day_rows)}{within}")
+        return f"no drift against the {ref}{within}"
 
     def details(self) -> dict[str, Any]:
         return {"judged": self.judged, "reference_days": self.reference_days,
                 "wanted_days": self.wanted_days, "drifted_features": self.drifted,
                 "features": sorted({r.feature for r in self.rows}),
                 "watched": len(self.profile.features), "note": self.note(),
+                "segments": sorted(self.profile.segments),
+                "drifted_segments": self.drifted_segments,
                 "skipped_partitions": self.skipped}
 
 
@@ -197,17 +215,48 @@ def training_profile(spec: DatasetSpec, cfg: DriftConfig, frame: pd.DataFrame) -
     return DayProfile(TRAINING, features).to_json()
 
 
+def segment_values(spec: DatasetSpec, cfg: DriftConfig) -> list[tuple[str, str]]:
+    """``(label, SQL condition)`` per value of ``drift.segment_column`` (none when unset); the
+    column must be a categorical feature with a vocabulary."""
+    if cfg.segment_column is None:
+        return []
+    try:
+        col = spec.column(cfg.segment_column)
+    except SpecError:
+        col = None
+    if getattr(col, "vocabulary", None) is None:
+        raise ConfigError(f"drift.segment_column: {cfg.segment_column!r} is not a categorical "
+                          f"feature of {spec.name} with a vocabulary")
+    return [(f"{col.name}={v}", f"CAST({_ident(col.name)} AS STRING) = {_literal(str(v))}")
+            for v in col.vocabulary]
+
+
+def _drift_rows(spec, frame, features, reference: list[DayProfile], cfg: DriftConfig,
+                rows: int | None, segment: str | None = None):
+    refs = {w.name: r for w in features if (r := pool(w.name, reference, cfg.bins)) is not None}
+    profile, counts, _ = measure(spec, frame, features, refs, rows)
+    out: list[DriftRow] = []
+    for w in features:
+        out += [dataclasses.replace(r, segment=segment) for r in compare(
+            w.name, refs.get(w.name), profile.features[w.name], counts.get(w.name),
+            cfg.thresholds, cfg.reference_days)]
+    return profile, out
+
+
 def feature_drift(spec: DatasetSpec, ds: str, frame: DataFrame, cfg: DriftConfig,
                   reference: list[DayProfile], skipped: list[str],
                   rows: int | None = None) -> DriftOutcome:
     """Today's drift rows against ``reference`` (the trailing days' profiles); ``rows``: about
-    how many rows pass (sets the quantile summaries' sample, :func:`measure`)."""
+    how many rows pass (sets the quantile summaries' sample, :func:`measure`). With
+    ``drift.segment_column`` the same again per value of it (one more aggregate each, against
+    the same days' profiles of that value's rows)."""
     features = watched(spec, cfg)
-    refs = {w.name: r for w in features if (r := pool(w.name, reference, cfg.bins)) is not None}
-    profile, counts, _ = measure(spec, frame, features, refs, rows)
+    profile, out = _drift_rows(spec, frame, features, reference, cfg, rows)
     profile.ds = ds
-    rows: list[DriftRow] = []
-    for w in features:
-        rows += compare(w.name, refs.get(w.name), profile.features[w.name], counts.get(w.name),
-                        cfg.thresholds, cfg.reference_days)
-    return DriftOutcome(rows, profile, len(reference), cfg.reference_days, skipped)
+    for label, condition in segment_values(spec, cfg):
+        part, seg_rows = _drift_rows(spec, frame.where(F.expr(condition)), features,
+                                     [p.segment(label) for p in reference if label in p.segments],
+                                     cfg, rows, label)
+        profile.segments[label] = part.features
+        out += seg_rows
+    return DriftOutcome(out, profile, len(reference), cfg.reference_days, skipped)

@@ -78,6 +78,7 @@ def drift_history(tb: DatasetTables, ds: str, days: int) -> dict[str, list[tuple
         except (ValueError, OSError):
             continue
         for row in (table.to_pylist() if table is not None else []):
-            if row["model_version"] is None and row["statistic"] == "psi":
+            if row["model_version"] is None and row["segment"] is None \
+                    and row["statistic"] == "psi":
                 out.setdefault(row["feature"], []).append((day, float(row["value"])))
     return out

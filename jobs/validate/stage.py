@@ -366,7 +366,7 @@ def _drift(cfg: JobConfig, spec: DatasetSpec, ds: str, tb: DatasetTables, frame:
     wh = tb.wh
     reference, skipped = trailing_profiles(wh, spec, ds, cfg.drift.reference_days)
     outcome = feature_drift(spec, ds, frame, cfg.drift, reference, skipped, report.passed_rows)
-    report.drift, report.drift_details = outcome.rows, outcome.details()
+    report.drift, report.drift_details = outcome.day_rows, outcome.details()
     report.drift_details["table"] = str(replace_drift_rows(cfg, spec.name, ds, outcome.rows))
     write_json(wh.partition(spec.name, "validation", ds) / PROFILE_FILE, outcome.profile.to_json())
     report.drift_history = drift_history(tb, ds, cfg.drift.reference_days)
