@@ -41,7 +41,8 @@ from jobs.core.registry import ModelChoice, resolve_model
 from jobs.core.status import read_score_stamp
 from jobs.core.tables import DatasetTables
 from jobs.core.warehouse import date_range, parse_date
-from jobs.evaluate.stage import evaluate_partition
+from jobs.evaluate.stage import evaluate_partition, evaluate_recommendations
+from jobs.score.catalog import score_catalog
 from jobs.score.stage import score_partition
 from jobs.validate.scorable import checked_status
 from jobs.validate.stage import validate_partition
@@ -138,10 +139,12 @@ class BackfillResult:
 def backfill_range(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, start: str, end: str,
                    model, *, force: bool = False, fail_fast: bool = False,
                    as_of: dt.date | None = None,
-                   on_day: Callable[[DayResult], None] | None = None) -> BackfillResult:
+                   on_day: Callable[[DayResult], None] | None = None,
+                   catalog: bool = False) -> BackfillResult:
     """Every day of ``start``..``end`` for ``model`` (one reference or a list of them; see the
     module docstring). ``on_day`` is called after each model's day (progress reporting);
-    failures are in the result, never raised."""
+    failures are in the result, never raised. ``catalog``: each day's recommendations instead
+    (:func:`catalog_day`)."""
     models = parse_models(model)
     names = [str(m) for m in models]
     days = [DayResult(ds, model=name) for ds in date_range(start, end) for name in names]
@@ -149,7 +152,8 @@ def backfill_range(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, start
     result = BackfillResult(spec.name, start, end, ",".join(names), force, days, names)
     for first in range(0, len(days), len(models)):
         rows = days[first:first + len(models)]
-        backfill_day(spark, cfg, spec, list(zip(rows, models)), force, as_of, on_day)
+        fill = catalog_day if catalog else backfill_day
+        fill(spark, cfg, spec, list(zip(rows, models)), force, as_of, on_day)
         if fail_fast and any(d.status == "failed" for d in rows):
             break
     return result
@@ -193,6 +197,44 @@ def backfill_day(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
         day.seconds = round(day.seconds, 2)
         if on_day is not None:
             on_day(day)
+
+
+def catalog_day(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
+                rows: list[tuple[DayResult, object]], force: bool, as_of: dt.date,
+                on_day: Callable[[DayResult], None] | None = None) -> None:
+    """One day of a catalog backfill (``--catalog``), per model: resolve it for the day, write
+    the day's recommendations from the users and items snapshots as of the day
+    (:func:`jobs.score.catalog.score_catalog`, always rewritten: the partition is replaced),
+    and evaluate them once the judged day's interactions exist. Nothing is validated (the
+    catalog tables are not a day's logged features)."""
+    for day, model in rows:
+        began = time.perf_counter()
+        try:
+            choice = resolve_model(cfg, spec.name, day.ds, model)
+            day.model_sha256, day.model_source = choice.sha256, choice.source
+            scored = score_catalog(spark, cfg, spec, day.ds, choice)
+            day.status, day.model_version = "scored", scored.model_version
+            day.input_rows, day.output_rows = scored.input_rows, scored.output_rows
+            day.validation = "not needed"
+            day.evaluation = evaluate_recommendations_if_logged(spark, cfg, spec, day, as_of)
+        except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the others
+            day.fail(exc)
+        day.seconds = round(time.perf_counter() - began, 2)
+        if on_day is not None:
+            on_day(day)
+
+
+def evaluate_recommendations_if_logged(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
+                                       day: DayResult, as_of: dt.date) -> str:
+    judged = (parse_date(day.ds, "ds") + dt.timedelta(
+        days=cfg.evaluation.recommendations_label_offset_days)).isoformat()
+    tb = DatasetTables(cfg, spec.name, spark)
+    if not labels_matured(cfg, judged, as_of):
+        return "labels not matured"
+    if not (tb["features"].exists(judged) and tb["labels"].exists(judged)):
+        return "no labels"
+    evaluate_recommendations(spark, cfg, spec, day.ds, [day.model_version])
+    return "evaluated"
 
 
 def score_day(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, day: DayResult,

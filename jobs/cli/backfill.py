@@ -37,6 +37,9 @@ def backfill(
     force: bool = typer.Option(False, "--force", help="Validate, score and evaluate every day "
                                                       "again, even when up to date."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed day."),
+    catalog: bool = typer.Option(False, "--catalog", help="Each day's catalog recommendations "
+                                 "(mmoe score --catalog per day, point-in-time users and "
+                                 "items) instead of the day's impressions."),
 ) -> None:
     """Validate, score and evaluate every day of a range in one Spark application."""
     def body(cfg: JobConfig, run_id: str):
@@ -52,7 +55,8 @@ def backfill(
         with day_progress(len(days) * len(targets), f"backfill {dataset}",
                           lambda name, day: day_line(name, day, several)) as on_day:
             result = backfill_range(spark_session(cfg), cfg, spec, start, end, targets,
-                                    force=force, fail_fast=fail_fast, on_day=on_day)
+                                    force=force, fail_fast=fail_fast, on_day=on_day,
+                                    catalog=catalog)
         result.raise_if_failed()
         return result
 
