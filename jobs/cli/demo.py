@@ -101,7 +101,8 @@ def run_demo(cfg: JobConfig) -> dict[str, RunManifest]:
              f"registered as @champion ({arms['champion']}) and @challenger "
              f"({arms['challenger']})")
     runs["data"] = _step("data-synth", spec.name, days[0], cfg, lambda: generate_synth(
-        cfg, days[0], demo.days, demo.rows_per_day, seed=demo.seed), label="data synth")
+        cfg, days[0], demo.days, demo.rows_per_day, seed=demo.seed,
+        logging_policy=demo.logging_policy), label="data synth")
     for alias, arch in arms.items():
         runs[f"train-{alias}"] = _step("train", spec.name, train_end, cfg, lambda: train_model(
             cfg, spec.name, arch, days[0], train_end, model_dirs[alias], demo.epochs, demo.seed,

@@ -134,10 +134,13 @@ def compare_summary(m: Manifest, colour: bool = False) -> str:
         lines += [f"    {_word(g['status'], colour)}: {g['rule']} ({g['figure']})" for g in gates]
     cf = d.get("counterfactual") or {}
     if cf.get("status") == "estimated":
-        dr = {k.rsplit("/", 1)[0]: v for k, v in (cf.get("verdicts") or {}).items()
-              if k.endswith("/dr")}
+        by_policy: dict[str, list[str]] = {}
+        for key, v in (cf.get("verdicts") or {}).items():
+            policy, task, estimator = key.split("/")
+            if estimator == "dr":
+                by_policy.setdefault(policy, []).append(f"{task} {_word(v, colour)}")
         lines.append("  counterfactual (doubly robust, each model's own lists): "
-                     + ", ".join(f"{k} {_word(v, colour)}" for k, v in dr.items()))
+                     + "; ".join(f"{p}: {', '.join(t)}" for p, t in by_policy.items()))
     elif cf.get("status") == "no_propensities":
         lines.append("  counterfactual: not estimated (no logged propensities in the range)")
     if out.get("html"):

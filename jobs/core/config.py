@@ -270,6 +270,9 @@ class DemoConfig:
     arch: str = "mmoe"
     challenger_arch: str = "shared-bottom"
     epochs: int = 3
+    # logged exploration (synth --logging-policy): the A/B also estimates each model on its
+    # own lists (compare's counterfactual section); null: plain impressions
+    logging_policy: Literal["uniform", "popularity", "softmax"] | None = "softmax"
     # the gates the demo's A/B decides with where compare.gates names none (compare.gates' form)
     gates: list[dict[str, Any]] = field(default_factory=list)
 
