@@ -26,6 +26,7 @@ artifact that does not match with :class:`ArtifactTampered`.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import asdict
@@ -318,6 +319,24 @@ class ModelArtifact:
         self.metrics = metrics
 
     imported = False  # True for an ImportedArtifact (an ONNX graph, no torch model)
+    precision = "fp32"  # what ``model`` computes in (:meth:`with_precision`)
+
+    def with_precision(self, precision: str) -> "ModelArtifact":
+        """This artifact scoring in ``precision`` (``fp32`` | ``bf16`` | ``int8``,
+        :mod:`mmoe_model.precision`): a shallow copy whose ``model`` is the converted inference
+        copy; version, checksum, files, spec and encoder are this artifact's. ``fp32`` returns
+        ``self``. An imported ONNX graph refuses anything but fp32 (one line)."""
+        from mmoe_model.precision import check_precision, convert_model
+
+        check_precision(precision, self.imported, self.model_version)
+        if precision == self.precision:
+            return self
+        other = copy.copy(self)
+        base = getattr(self, "float_model", self.model)  # always from the trained model
+        other.float_model = base
+        other.model = base if precision == "fp32" else convert_model(base, precision)
+        other.precision = precision
+        return other
 
     def use_threads(self, threads: int) -> None:
         """Intra-op threads for this model (torch's are per process: jobs.runtime.worker)."""

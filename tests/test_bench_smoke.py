@@ -46,6 +46,25 @@ def test_scoring_bench_smoke(spark, cfg):
         assert result[ratio] == pytest.approx(want, abs=0.006 + 2e-3 * want), ratio
     assert result["ours_seconds"] == pytest.approx(3000 / result["ours_rows_per_s"], rel=2e-3,
                                                    abs=1e-3)
+    # the model-only anchor: in the run's precision, one process per core, their sum
+    assert result["precision"] == cfg.scoring.precision == "fp32"
+    workers = result["model_limit_worker_rows_per_s"]
+    assert len(workers) == result["spark_cores"] and min(workers) > 0
+    assert result["model_limit_rows_per_s"] == sum(workers)
+    only = result["model_only_rows_per_s"]
+    assert set(only) == {"fp32", "bf16", "int8"}
+    assert only[result["precision"]] == result["model_limit_rows_per_s"]
+    for precision, ratio in result["model_only_vs_fp32"].items():
+        assert ratio == pytest.approx(only[precision] / only["fp32"], abs=1e-3), precision
+    assert result["ours_vs_model_limit"] == pytest.approx(
+        result["ours_rows_per_s"] / result["model_limit_rows_per_s"], rel=3e-3, abs=1e-3)
+    parity = result["precision_parity"]
+    spec = load_spec("synth")
+    assert parity["rows"] == 3000 and set(parity["fp32_auc"]) == set(spec.task_names)
+    for precision, bound in (("bf16", 0.005), ("int8", 0.03)):  # tests/test_precision.py
+        assert 0 < parity[precision]["max_abs_dp"] <= bound, precision
+        assert set(parity[precision]["auc_delta"]) == set(spec.task_names)
+        assert all(abs(d) <= 0.02 for d in parity[precision]["auc_delta"].values())
 
 
 def test_evaluation_bench_smoke(spark, cfg):

@@ -9,7 +9,8 @@ Per day (read → decide → write, through the other stages):
    its features changed since (the fingerprint in ``status.json``); ``--force`` validates again.
    A stored *failed* decision for unchanged features fails the day without running GX again;
 3. **score** — per model; skipped when the predictions partition's stamp (``_scored.json``)
-   names the same model checksum and the same features fingerprint (the model's day is then
+   names the same model checksum, the same features fingerprint and the same
+   ``scoring.precision`` (the model's day is then
    ``skipped``), unless ``--force``;
 4. **evaluate** — per model, when the labels have matured (ds + ``evaluation.label_wait_days``
    <= the run's ``as_of`` date, today in UTC by default) and the labels partition exists, for
@@ -282,14 +283,16 @@ def _stamped_version(cfg: JobConfig, spec: DatasetSpec, ds: str,
 
 def is_up_to_date(cfg: JobConfig, spec: DatasetSpec, ds: str, version: str,
                   choice: ModelChoice) -> bool:
-    """Predictions of ``version`` exist for ``ds``, scored from the same artifact checksum and
-    the features as they are now."""
+    """Predictions of ``version`` exist for ``ds``, scored from the same artifact checksum,
+    the features as they are now and in this run's ``scoring.precision`` (a day scored in fp32
+    is not up to date for an int8 run, nor the other way round)."""
     tb = DatasetTables(cfg, spec.name)
     stamp = read_score_stamp(tb.wh, spec.name, ds, version)
     return bool(
         stamp and tb["predictions"].exists(ds, model_version=version)
         and stamp.model_sha256 == choice.sha256
-        and stamp.features_fingerprint == tb["features"].fingerprint(ds))
+        and stamp.features_fingerprint == tb["features"].fingerprint(ds)
+        and stamp.precision == cfg.scoring.precision)
 
 
 def labels_matured(cfg: JobConfig, ds: str, as_of: dt.date) -> bool:

@@ -204,9 +204,11 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
     pb_udf = predict_batch_udf(make_predict_fn, return_type=T.StructType(
         [T.StructField(c, T.DoubleType()) for c in pred_cols]), batch_size=batch)
     # (f) the public Spark UDF (jobs.runtime.udf.mmoe_udf), same model and batch size, same write.
-    public = mmoe_udf(files, threads_per_task=cfg.scoring.threads_per_task, spark=spark)
+    public = mmoe_udf(files, threads_per_task=cfg.scoring.threads_per_task, spark=spark,
+                      precision=cfg.scoring.precision)
     # (e) in-process torch on the same rows in memory, same total thread count.
     table = read_table(part, columns=feats)
+    in_precision = artifact.with_precision(cfg.scoring.precision)
     methods: dict[str, Callable[[], Any]] = {
         "io_floor": writing(floor, "io_floor"),
         "ours": direct(cfg, "ours"),
@@ -221,7 +223,7 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
         # (c) a straightforward iterator pandas UDF over a struct, Python loop over experts
         "naive_udf": writing(lambda: _naive_frame(spark, features, spec, broadcast, scored_at),
                              "naive_udf"),
-        "torch_inprocess": lambda: artifact.predict(table, batch_size=batch),
+        "torch_inprocess": lambda: in_precision.predict(table, batch_size=batch),
     }
     seconds: dict[str, list[float]] = {name: [] for name in methods}
     names = list(methods)
@@ -237,6 +239,8 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
             seconds[name].append(took)
     med = {name: float(np.median(times)) for name, times in seconds.items()}
     timed = {cfg.scoring.pipeline: med["ours"], other_cfg.scoring.pipeline: med["ours_other"]}
+    anchors = _model_anchors(cfg, spec, part, files, artifact, rows, batch, cores, repeats)
+    limit = anchors["model_only"][cfg.scoring.precision]
     return {
         "bench": "scoring", "rows": rows, "batch_size": batch, "spark_cores": cores,
         "repeats": repeats,
@@ -256,10 +260,43 @@ def _scoring_runs(spark, cfg: JobConfig, spec, part: Path, files, artifact, rows
         "ours_vs_inprocess": round(med["torch_inprocess"] / med["ours"], 2),
         "ours_wall_vs_io_floor": round(med["ours"] / med["io_floor"], 2),
         "ours_peak_python_worker_rss_mib": round(rss_peak, 1),
+        # the model alone (one process per core, pre-encoded tensors, no I/O), in this run's
+        # scoring.precision, which "ours" and the public UDF scored in too
+        "precision": cfg.scoring.precision,
+        "model_limit_rows_per_s": limit["rows_per_s"],
+        "model_limit_worker_rows_per_s": limit["worker_rows_per_s"],
+        "ours_vs_model_limit": round(rows / med["ours"] / limit["rows_per_s"], 3),
+        "model_only_rows_per_s": {p: v["rows_per_s"] for p, v in anchors["model_only"].items()},
+        "model_only_vs_fp32": {p: round(v["rows_per_s"] / anchors["model_only"]["fp32"]
+                                        ["rows_per_s"], 3)
+                               for p, v in anchors["model_only"].items()},
+        "precision_parity": anchors["parity"],
         "rounds_rows_per_s": {name: [round(rows / t) for t in times]
                               for name, times in seconds.items()},
         **_machine(),
     }
+
+
+PARITY_ROWS = 200_000  # labelled bench rows the precisions are compared on (at most)
+
+
+def _model_anchors(cfg: JobConfig, spec, part: Path, files, artifact, rows: int, batch: int,
+                   cores: int, repeats: int) -> dict[str, Any]:
+    """The model-only rate of every precision (:func:`jobs.bench.model_limit.model_limit`,
+    one process per Spark core) and bf16 / int8 parity with fp32 on labelled bench rows."""
+    from jobs.bench.model_limit import model_limit, precision_parity
+    from mmoe_model.precision import PRECISIONS
+
+    feats = spec.feature_names
+    model_only = {p: model_limit(files, part, feats, rows, batch, p, cores, repeats)
+                  for p in PRECISIONS}
+    n = min(rows, PARITY_ROWS)
+    features = read_table(part).slice(0, n)
+    labels = read_table(Warehouse(cfg.warehouse).partition("synth", "labels", BENCH_DS)
+                        ).to_pandas().set_index(spec.key_names[0])
+    aligned = labels.loc[features.column(spec.key_names[0]).to_numpy()]
+    parity = precision_parity(artifact, features.select(feats), aligned, spec.task_names, batch)
+    return {"model_only": model_only, "parity": parity}
 
 
 def _naive_frame(spark, features, spec, broadcast, scored_at):

@@ -30,6 +30,10 @@ def bench(
     repeats: Optional[int] = typer.Option(
         None, "--repeats", min=1, metavar="N",
         help="scoring: rounds of every method, medians reported (default 3)."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", metavar="P",
+        help="scoring: scoring.precision for ours, the public UDF and the model limit "
+             "(fp32 | bf16 | int8; default: the config's)."),
 ) -> None:
     """Benchmark a stage; prints one JSON object as the last line and appends it to --results."""
     try:
@@ -38,9 +42,14 @@ def bench(
         from jobs import bench as bench_mod  # deferred: pyspark, torch (CLI start-up)
 
         extra = {k: v for k, v in (("connect", connect), ("repeats", repeats)) if v}
-        for flag in extra:
+        for flag in [*extra, *(["precision"] if precision else [])]:
             if which != "scoring":
                 raise InputError(f"--{flag} applies to `mmoe bench scoring` only")
+        if precision:
+            from mmoe_model.precision import PRECISIONS
+
+            check_choice(precision, PRECISIONS, "--precision")
+            cfg.scoring.precision = precision
         result = getattr(bench_mod, f"bench_{which}")(cfg, rows, results, **extra)
     except Exception as exc:
         exit_on_error(exc)

@@ -18,6 +18,7 @@ from jobs.core.slices import slice_name
 from jobs.core.warehouse import local_path
 from mmoe_model.config import ModelConfig, TrainConfig
 from mmoe_model.errors import ModelConfigError
+from mmoe_model.precision import PRECISIONS
 
 # importlib resources: also found inside a --py-files zip (tests/test_cluster.py)
 DEFAULT_CONFIG = importlib.resources.files("jobs.core") / "default_config.yaml"
@@ -81,6 +82,7 @@ class ScoringConfig:
     threads_per_task: int = 0
     pipeline: bool = False
     runtime: Literal["torch", "onnxruntime"] = "torch"
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"  # mmoe_model/precision.py
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
 
 
@@ -475,6 +477,13 @@ def _check(cfg: JobConfig) -> None:
     if cfg.scoring.runtime not in RUNTIMES:
         raise ConfigError(f"scoring.runtime must be one of {', '.join(RUNTIMES)}; "
                           f"got {cfg.scoring.runtime!r}")
+    if cfg.scoring.precision not in PRECISIONS:
+        raise ConfigError(f"scoring.precision must be one of {', '.join(PRECISIONS)}; "
+                          f"got {cfg.scoring.precision!r}")
+    if cfg.scoring.precision != "fp32" and cfg.scoring.runtime != "torch":
+        raise ConfigError(f"scoring.precision {cfg.scoring.precision} needs scoring.runtime "
+                          f"torch (onnxruntime scores the exported float32 graph); got "
+                          f"{cfg.scoring.runtime!r}")
     if cfg.scoring.batch_size < 1:
         raise ConfigError("scoring.batch_size must be >= 1")
     if cfg.scoring.catalog.top_k < 1 or cfg.scoring.catalog.max_items_per_user < 1:

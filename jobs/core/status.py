@@ -4,7 +4,7 @@
   Written by the validate stage (:func:`write_validation_status`), read by score, backfill and
   validation's own reuse check (:func:`read_validation_status`).
 - :class:`ScoreStamp`: ``predictions/ds=D/model_version=V/_scored.json``, what a predictions
-  partition was scored from. Written by the score stage (:func:`write_score_stamp`), read by the
+  partition was scored from (model checksum, features fingerprint, gates, precision). Written by the score stage (:func:`write_score_stamp`), read by the
   backfill's skip check (:func:`read_score_stamp`).
 
 One reader and one writer each; nobody else opens these files.
@@ -83,10 +83,14 @@ class ScoreStamp:
     with_gates: bool = False
     rows: int = 0
     scored_at: str | None = None
+    # scoring.precision of the model pass; stamps written before it existed were all fp32
+    precision: str = "fp32"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ScoreStamp":
-        return cls(**_known(cls, data))
+        data = _known(cls, data)
+        data["precision"] = data.get("precision") or "fp32"
+        return cls(**data)
 
 
 def read_score_stamp(wh: Warehouse, dataset: str, ds: str, model_version: str) -> ScoreStamp | None:

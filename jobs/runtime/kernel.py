@@ -22,6 +22,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
+from jobs.core.errors import InputError
 from jobs.core.spark import ship
 from jobs.runtime.faults import after_first_batch
 from jobs.runtime.onnx import OnnxScorer, runtime_graph
@@ -34,25 +35,40 @@ class ShippedModel:
     on the executor."""
 
     def __init__(self, spark: SparkSession, files: Mapping[str, bytes], sha256: str,
-                 threads_per_task: int = 0, graph: bytes | None = None) -> None:
+                 threads_per_task: int = 0, graph: bytes | None = None,
+                 precision: str = "fp32") -> None:
+        if graph is not None and precision != "fp32":
+            raise InputError(f"scoring.precision {precision} needs scoring.runtime torch "
+                             f"(onnxruntime scores the exported float32 graph)")
         self._files = ship(spark, dict(files))
         self._graph = ship(spark, graph) if graph is not None else None
         self.sha256 = sha256
         self.threads = threads_per_task
+        self.precision = precision
 
     @classmethod
     def for_job(cls, spark: SparkSession, files: Mapping[str, bytes], artifact,
                 scoring) -> "ShippedModel":
-        """The model as ``scoring`` (a ScoringConfig) says: its threads, and for ``runtime:
-        onnxruntime`` the trained model's exported graph (exported once on the driver)."""
+        """The model as ``scoring`` (a ScoringConfig) says: its threads, its precision
+        (refused here, on the driver, for an imported ONNX graph unless fp32), and for
+        ``runtime: onnxruntime`` the trained model's exported graph (exported once on the
+        driver)."""
+        precision = getattr(scoring, "precision", "fp32")
+        check_artifact_precision(artifact, precision)
         return cls(spark, files, artifact.sha256, scoring.threads_per_task,
-                   runtime_graph(artifact, scoring.runtime))
+                   runtime_graph(artifact, scoring.runtime), precision)
 
     def load(self):
         """Executor side: the verified model of this worker (built once), its threads set; with
-        a shipped graph, an onnxruntime scorer over it (one session per worker, by checksum)."""
+        a shipped graph, an onnxruntime scorer over it (one session per worker, by checksum); in
+        ``precision`` bf16 / int8, the converted copy (built once per worker, by checksum and
+        precision: :meth:`mmoe_model.artifact.ModelArtifact.with_precision`)."""
         artifact = worker_artifact(self._files.value, self.sha256)
         threads = set_threads(self.threads)
+        precision = getattr(self, "precision", "fp32")
+        if precision != "fp32":
+            artifact = worker_cached(("precision", self.sha256, precision),
+                                     lambda: artifact.with_precision(precision))
         model = artifact
         if self._graph is not None:
             graph = self._graph
@@ -60,6 +76,18 @@ class ShippedModel:
                                   lambda: OnnxScorer(artifact, graph.value))
         model.use_threads(threads)
         return model
+
+
+def check_artifact_precision(artifact, precision: str) -> None:
+    """Refuse, on the driver and in one line, a precision the artifact cannot score in (an
+    imported ONNX graph is scored as given: fp32 only)."""
+    from mmoe_model.errors import ArtifactError
+    from mmoe_model.precision import check_precision
+
+    try:
+        check_precision(precision, artifact.imported, artifact.model_version)
+    except ArtifactError as exc:
+        raise InputError(str(exc)) from None
 
 
 def scored_batches(batches: Iterator, score: Callable[[Any], Any], faults: frozenset[str],

@@ -36,7 +36,7 @@ from pyspark.sql.functions import arrow_udf
 
 from jobs.core.errors import MissingInputError
 from jobs.runtime.faults import active_faults
-from jobs.runtime.kernel import ShippedModel, scored_batches
+from jobs.runtime.kernel import ShippedModel, check_artifact_precision, scored_batches
 from jobs.runtime.onnx import runtime_graph
 from mmoe_model.artifact import ModelArtifact, read_artifact_files
 
@@ -56,7 +56,8 @@ def _artifact_files(model: Any) -> dict[str, bytes]:
     return read_artifact_files(path)
 
 
-def mmoe_udf(model: Any, *, threads_per_task: int = 0, spark=None, runtime: str = "torch"):
+def mmoe_udf(model: Any, *, threads_per_task: int = 0, spark=None, runtime: str = "torch",
+             precision: str = "fp32"):
     """A Spark UDF scoring rows with ``model`` (an artifact directory, a loaded
     ``ModelArtifact``, or the artifact's files as a mapping).
 
@@ -66,14 +67,17 @@ def mmoe_udf(model: Any, *, threads_per_task: int = 0, spark=None, runtime: str 
     torch threads per Spark task (0: the task's CPUs, ``spark.task.cpus``). The UDF's batch size
     is the session's ``spark.sql.execution.arrow.maxRecordsPerBatch``. ``runtime``: ``torch`` or
     ``onnxruntime`` (a trained model's exported graph; an imported ONNX model always runs on
-    onnxruntime)."""
+    onnxruntime). ``precision``: ``fp32``, ``bf16`` or ``int8`` (the model pass, converted
+    once per Python worker: :mod:`mmoe_model.precision`; torch runtime, trained models only);
+    ``udf.precision`` says which."""
     files = _artifact_files(model)
     artifact = ModelArtifact.from_files(files)  # verified on the driver: fail before any task
     spark = spark or SparkSession.getActiveSession()
     if spark is None:
         raise MissingInputError("mmoe_udf needs an active SparkSession")
+    check_artifact_precision(artifact, precision)
     shipped = ShippedModel(spark, files, artifact.sha256, threads_per_task,
-                           runtime_graph(artifact, runtime))
+                           runtime_graph(artifact, runtime), precision)
     sha256, names = artifact.sha256, list(artifact.spec.feature_names)
     outputs = [f"p_{t}" for t in artifact.task_names]
     struct_type = pa.struct([pa.field(c, pa.float64()) for c in outputs])
@@ -102,6 +106,7 @@ def mmoe_udf(model: Any, *, threads_per_task: int = 0, spark=None, runtime: str 
     udf.output_columns = outputs
     udf.model_version = artifact.model_version
     udf.model_sha256 = sha256
+    udf.precision = precision
     return udf
 
 

@@ -25,6 +25,8 @@ Two ways to compute the same numbers (``scoring.catalog.method``):
   its batch of users with the (broadcast, precomputed) items. Exact to ~1e-8 vs row scoring.
 - ``rows``: join the features on, score the joined rows (``score_frame``), rank with a window.
   The fallback for archs the factored path does not know (``single-task``), and the reference.
+  Also what ``scoring.precision`` bf16 / int8 runs (the factored path splits the float32 first
+  layer itself); the manifest's ``details.method`` and ``details.precision`` say so.
 
 Limits: the items table (and, with a candidates table, the users table) is collected to the
 driver and broadcast as Arrow; a few million rows of a handful of columns is fine, beyond that
@@ -388,6 +390,11 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
                          f"scoring.catalog.method: rows")
     if method == "factored" and not factorable(artifact.model, artifact.spec):
         method = "rows"  # e.g. single-task: one input layer per task
+    precision = cfg.scoring.precision
+    if method == "factored" and precision != "fp32":
+        # the factored path splits the float32 first layer itself (mmoe_model.factored):
+        # a bf16 / int8 pass scores the joined rows through the converted model instead
+        method = "rows"
     scored_at = dt.datetime.now(dt.timezone.utc)
     users_df = users_t.read(spark, at_user)
     version = artifact.model_version
@@ -422,6 +429,7 @@ def score_catalog(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: st
                        output_rows=written, quarantined_rows=0, output=out,
                        table="recommendations",
                        details={"top_k": catalog.top_k, "method": method,
+                                "precision": precision,
                                 "candidates": "table" if has_candidates else "all_items",
                                 "max_items_per_user": catalog.max_items_per_user,
                                 "fusion": catalog.fusion,

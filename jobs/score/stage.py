@@ -132,7 +132,9 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
     ``model``: an artifact directory (Path), a registered version or ``@alias`` (str), or a
     :class:`jobs.core.registry.ModelChoice`. The write holds the partition's lock (dataset,
     predictions, ds, model_version) and leaves a stamp (``_scored.json``: model checksum,
-    features fingerprint) in the partition, which a backfill reads to skip up-to-date days."""
+    features fingerprint, precision) in the partition, which a backfill reads to skip
+    up-to-date days. ``cfg.scoring.precision`` is the model pass's precision (named in the
+    manifest's details and the stamp)."""
     files, artifact, choice = load_model(cfg, spec, ds, model)
     model_fields = {"model_version": artifact.model_version, "model_sha256": artifact.sha256}
     if with_gates and artifact.imported:
@@ -147,7 +149,9 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
         "predictions": predictions_struct(spec, with_gates=with_gates).names})
     wh, features, version = tb.wh, tb["features"], artifact.model_version
     out = tb["predictions"].where(ds, model_version=version)
-    details: dict[str, Any] = {"with_gates": with_gates, **choice.details()}
+    precision = cfg.scoring.precision
+    details: dict[str, Any] = {"with_gates": with_gates, "precision": precision,
+                               **choice.details()}
     if inline is not None:
         details["inline_validation"] = inline
     with wh.lock(spec.name, "predictions", ds, artifact.model_version,
@@ -171,7 +175,7 @@ def score_partition(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: 
         write_score_stamp(staging, ScoreStamp(
             model_version=artifact.model_version, model_sha256=artifact.sha256,
             features_fingerprint=features.fingerprint(ds), with_gates=with_gates,
-            rows=written, scored_at=scored_at.isoformat()))
+            rows=written, scored_at=scored_at.isoformat(), precision=precision))
         if cfg.drift.enabled and written:
             skew, details["training_skew"] = training_skew(cfg, spec, ds, files,
                                                            artifact.model_version)
