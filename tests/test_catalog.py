@@ -258,6 +258,15 @@ def test_job_scores_a_candidates_table(spark, job_config, tables, tmp_path, arch
                                atol=1e-6, rtol=0)
 
 
+def _first_snapshot(wh: Warehouse, tables, day: str, candidate_days) -> None:
+    """The users and items snapshot of ``day``, and the candidates of ``candidate_days``."""
+    users, items, candidates = tables
+    _write(wh.catalog(SPEC.name, "users") / f"ds={day}", users)
+    _write(wh.catalog(SPEC.name, "items") / f"ds={day}", items)
+    for d in candidate_days:
+        _write(wh.partition(SPEC.name, "candidates", d), candidates)
+
+
 def _scaled(table: pa.Table, column: str, factor: float) -> pa.Table:
     i = table.schema.get_field_index(column)
     values = pc.multiply(table.column(column).cast(pa.float64()), factor)
@@ -274,10 +283,7 @@ def test_an_old_day_reads_its_own_snapshot(spark, job_config, tables, model):
     model_dir = model[0]
     wh = Warehouse(job_config.warehouse)
     first, later = "2026-11-01", "2026-11-05"
-    _write(wh.catalog(SPEC.name, "users") / f"ds={first}", users)
-    _write(wh.catalog(SPEC.name, "items") / f"ds={first}", items)
-    for day in (DS, later):
-        _write(wh.partition(SPEC.name, "candidates", day), candidates)
+    _first_snapshot(wh, tables, first, (DS, later))
     job_config.scoring.catalog.top_k = 30  # every candidate: the whole scored frame compared
 
     def scored(day: str) -> tuple[pd.DataFrame, dict]:
@@ -344,10 +350,7 @@ def test_a_catalog_backfill_of_an_old_day_is_reproducible(spark, job_config, tab
     users, items, candidates = tables
     wh = Warehouse(job_config.warehouse)
     first, later = "2026-11-01", "2026-11-03"
-    _write(wh.catalog(SPEC.name, "users") / f"ds={first}", users)
-    _write(wh.catalog(SPEC.name, "items") / f"ds={first}", items)
-    for day in (DS, later):
-        _write(wh.partition(SPEC.name, "candidates", day), candidates)
+    _first_snapshot(wh, tables, first, (DS, later))
 
     def lists(day: str) -> pd.DataFrame:
         part = wh.partition(SPEC.name, "recommendations", day, model_version=version)

@@ -7,6 +7,12 @@ read (through ``jobs.core.warehouse``) -> pure DataFrame transforms (:func:`pair
 few records per task x scope x segment x metric) -> adjusted p-values, verdicts and the decision
 on the driver -> write (through ``jobs.core.warehouse.replacing``).
 
+Beside the logged-traffic rows (neither adjusted with them nor part of the decision): the two
+versions' catalog recommendations paired by user (:mod:`jobs.compare.recommendations`, segment
+``recommendations``) where both wrote some, and the counterfactual section
+(:mod:`jobs.compare.offpolicy`: each model on the lists it would show, off-policy, into the
+``policy_values`` table) where the features carry propensities and a candidates table the pools.
+
 Scopes: ``all`` (the whole range, ``day`` null in the table) and each day of the range. With a
 one-day range the day's rows are the pooled rows (same tests, same adjusted p-values).
 
