@@ -82,17 +82,40 @@ def test_standalone_cluster_matches_local_mode(spark, standalone_cluster, tmp_pa
     started = time.monotonic()
     # (the shared cluster is stopped, and checked for leftovers, by its fixture)
     zip_path = write_project_zip(tmp_path / "mmoe-project.zip")
+    cfg = job_config_file(tmp_path / "cluster-direct.yaml",
+                          scoring={"batch_size": 64, "reader": "direct"})
+    manifest = cluster.submit(zip_path, cfg, cluster_wh, *commands[0], executors=1)
+    assert manifest["quarantined_rows"] == 3
     readers = {}
-    for reader in ("direct", "spark"):
-        cfg = job_config_file(tmp_path / f"cluster-{reader}.yaml",
-                              scoring={"batch_size": 64, "reader": reader})
-        if reader == "direct":  # (one executor: only the scoring runs need both workers)
-            manifest = cluster.submit(zip_path, cfg, cluster_wh, *commands[0], executors=1)
-            assert manifest["quarantined_rows"] == 3
-        manifest = cluster.submit(zip_path, cfg, cluster_wh, *commands[1])
-        assert manifest["details"]["reader"] == reader
-        readers[reader] = _sorted(Warehouse(cluster_wh).partition(
-            "synth", "predictions", DS, model_version=version))
+    # Issue 18, one catalog-table day: the direct reader's run (both executors) scores into a
+    # catalog table of the cluster driver's own embedded metastore (one JVM per Derby: not the
+    # test session's); the driver registers the executors' staged files as the partition (no
+    # copy). The Spark reader's run below writes the path layout, which evaluate then reads.
+    # (One submission for both: each costs a driver JVM and two executors.)
+    root = tmp_path / "cluster-metastore"
+    conf = {**yaml.safe_load(cfg.read_text())["spark"]["conf"],
+            "spark.sql.catalogImplementation": "hive",
+            "spark.hadoop.javax.jdo.option.ConnectionURL":
+                f"jdbc:derby:;databaseName={root / 'metastore_db'};create=true",
+            "spark.sql.warehouse.dir": str(root / "spark-warehouse")}
+    catalog_cfg = job_config_file(tmp_path / "cluster-catalog.yaml", spark={"conf": conf},
+                                  scoring={"batch_size": 64, "reader": "direct"},
+                                  tables={"synth": {"predictions": "day18.predictions"}})
+    manifest = cluster.submit(zip_path, catalog_cfg, cluster_wh, *commands[1])
+    assert manifest["details"]["reader"] == "direct"
+    assert manifest["outputs"]["predictions"] == f"day18.predictions (ds={DS}/model_version={version})"
+    registered = list((root / "spark-warehouse" / "day18.db" / "predictions" / "_mmoe_partitions")
+                      .glob(f"ds={DS}__model_version={version}-*"))
+    assert len(registered) == 1
+    readers["direct"] = _sorted(registered[0])
+    path_layout = Warehouse(cluster_wh).partition("synth", "predictions", DS, model_version=version)
+    # the mapped table's rows are not under the path layout (its side files, the stamp, are)
+    assert not list(path_layout.rglob("*.parquet"))
+    cfg = job_config_file(tmp_path / "cluster-spark.yaml",
+                          scoring={"batch_size": 64, "reader": "spark"})
+    manifest = cluster.submit(zip_path, cfg, cluster_wh, *commands[1])
+    assert manifest["details"]["reader"] == "spark"
+    readers["spark"] = _sorted(path_layout)
     evaluated = cluster.submit(zip_path, cfg, cluster_wh, *commands[2], executors=1)
     assert evaluated["status"] == "succeeded"
     # A failure under spark-submit: Spark's PythonRunner merges the driver's stderr into
@@ -118,29 +141,6 @@ def test_standalone_cluster_matches_local_mode(spark, standalone_cluster, tmp_pa
         assert (status["status"], status["passed_rows"], status["quarantined_rows"]) == \
             ("quarantined", N - 3, 3)
     print(f"cluster part of the test: {seconds:.1f}s")
-
-    # Issue 18, one catalog-table day: the day scored again (direct reader on the executors)
-    # into a catalog table of the cluster driver's own embedded metastore (one JVM per Derby:
-    # not the test session's), equal to the local predictions.
-    started = time.monotonic()
-    root = tmp_path / "cluster-metastore"
-    conf = {**yaml.safe_load(cfg.read_text())["spark"]["conf"],
-            "spark.sql.catalogImplementation": "hive",
-            "spark.hadoop.javax.jdo.option.ConnectionURL":
-                f"jdbc:derby:;databaseName={root / 'metastore_db'};create=true",
-            "spark.sql.warehouse.dir": str(root / "spark-warehouse")}
-    catalog_cfg = job_config_file(tmp_path / "cluster-catalog.yaml", spark={"conf": conf},
-                                  scoring={"batch_size": 64, "reader": "direct"},
-                                  tables={"synth": {"predictions": "day18.predictions"}})
-    manifest = cluster.submit(zip_path, catalog_cfg, cluster_wh, *commands[1], executors=1)
-    assert manifest["details"]["reader"] == "direct"
-    assert manifest["outputs"]["predictions"] == f"day18.predictions (ds={DS}/model_version={version})"
-    # the driver registered the executors' staged files as the partition (no copy)
-    registered = list((root / "spark-warehouse" / "day18.db" / "predictions" / "_mmoe_partitions")
-                      .glob(f"ds={DS}__model_version={version}-*"))
-    assert len(registered) == 1
-    _assert_close(_sorted(registered[0]), want)
-    print(f"catalog-table day on the cluster: {time.monotonic() - started:.1f}s")
 
 # The team's tables of the DAG test: loaded by one plain-pyspark process, read back by another
 # (``spark.table`` + a filter: not the code under test). One JVM at a time opens the metastore.
