@@ -74,36 +74,40 @@ def _run(spark, cfg, end=END, **kw):
                           as_of=AS_OF, **kw)
 
 
-TWO_DAYS = DAYS[:2]  # enough for the concurrency and kill tests (a day each side of the kill)
+# enough for the concurrency and kill tests (a day each side of the kill), and for the
+# skip / force test (each of its three runs validates, scores and evaluates every day: a third
+# day added ~20 s and nothing that two days do not show)
+TWO_DAYS = DAYS[:2]
 
 
 def test_backfill_twice_skips_and_force_rewrites_identical_content(spark, cfg):
-    first = _run(spark, cfg)
-    assert [d.status for d in first.days] == ["scored"] * 3, first.days
-    assert [d.evaluation for d in first.days] == ["evaluated"] * 3
-    snapshot = _snapshot(spark, cfg)
-    for ds in DAYS:  # every passed row scored exactly once
+    end, days = TWO_DAYS[-1], TWO_DAYS
+    first = _run(spark, cfg, end=end)
+    assert [d.status for d in first.days] == ["scored"] * 2, first.days
+    assert [d.evaluation for d in first.days] == ["evaluated"] * 2
+    snapshot = _snapshot(spark, cfg, days)
+    for ds in days:  # every passed row scored exactly once
         day = next(d for d in first.days if d.ds == ds)
         assert len(snapshot[ds][0]) == day.output_rows == day.input_rows > 0
         assert len({row[0] for row in snapshot[ds][0]}) == day.output_rows
     files = {ds: [p.stat().st_mtime_ns for p in parquet_files(
-        Warehouse(cfg.warehouse).partition("synth", "predictions", ds))] for ds in DAYS}
+        Warehouse(cfg.warehouse).partition("synth", "predictions", ds))] for ds in days}
 
-    second = _run(spark, cfg)
-    assert [d.status for d in second.days] == ["skipped"] * 3
-    assert [d.evaluation for d in second.days] == ["up to date"] * 3
-    assert [d.validation for d in second.days] == ["passed (reused)"] * 3
-    assert _snapshot(spark, cfg) == snapshot
+    second = _run(spark, cfg, end=end)
+    assert [d.status for d in second.days] == ["skipped"] * 2
+    assert [d.evaluation for d in second.days] == ["up to date"] * 2
+    assert [d.validation for d in second.days] == ["passed (reused)"] * 2
+    assert _snapshot(spark, cfg, days) == snapshot
     assert files == {ds: [p.stat().st_mtime_ns for p in parquet_files(
-        Warehouse(cfg.warehouse).partition("synth", "predictions", ds))] for ds in DAYS}
-    assert second.record().details["counts"] == {"scored": 0, "skipped": 3, "failed": 0,
+        Warehouse(cfg.warehouse).partition("synth", "predictions", ds))] for ds in days}
+    assert second.record().details["counts"] == {"scored": 0, "skipped": 2, "failed": 0,
                                                  "not_run": 0}
 
-    forced = _run(spark, cfg, force=True)
-    assert [d.status for d in forced.days] == ["scored"] * 3
-    assert _snapshot(spark, cfg) == snapshot  # same content, new files
+    forced = _run(spark, cfg, end=end, force=True)
+    assert [d.status for d in forced.days] == ["scored"] * 2
+    assert _snapshot(spark, cfg, days) == snapshot  # same content, new files
     assert files != {ds: [p.stat().st_mtime_ns for p in parquet_files(
-        Warehouse(cfg.warehouse).partition("synth", "predictions", ds))] for ds in DAYS}
+        Warehouse(cfg.warehouse).partition("synth", "predictions", ds))] for ds in days}
 
 
 def test_changed_features_or_model_are_not_skipped(spark, cfg, models):
@@ -158,9 +162,11 @@ def test_failed_day_does_not_stop_the_others_and_fails_the_run(spark, cfg):
     assert any(line.startswith("backfill synth 2025-03-02: failed") for line in stderr)
     assert any(line.split()[:2] == ["ds", "status"] for line in stderr)  # the summary table
 
+    # (not forced: the first day, scored above, is skipped rather than done again; what
+    # fail_fast changes is that the day after the failure is not run)
     fail_fast = backfill_range(spark, cfg, load_spec("synth"), START, END, "@champion",
-                               as_of=AS_OF, fail_fast=True, force=True)
-    assert [d.status for d in fail_fast.days] == ["scored", "failed", "not_run"]
+                               as_of=AS_OF, fail_fast=True)
+    assert [d.status for d in fail_fast.days] == ["skipped", "failed", "not_run"]
 
 
 def test_concurrent_backfills_never_tear_or_duplicate(spark, cfg):
@@ -186,8 +192,11 @@ def test_a_killed_backfill_completes_on_rerun(spark, cfg, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
                MMOE_WAREHOUSE=str(cfg.warehouse))
     config = tmp_path / "config.yaml"
+    # the fixture's settings (no Data Docs, no segments, no drift): the test is about the kill
     config.write_text("spark: {master: 'local[1]', conf: {spark.ui.enabled: 'false', "
-                      "spark.sql.shuffle.partitions: '2'}}\nlocks: {wait_seconds: 60}\n")
+                      "spark.sql.shuffle.partitions: '2'}}\nlocks: {wait_seconds: 60}\n"
+                      "validation: {keep_data_docs: false}\nevaluation: {segments: []}\n"
+                      "drift: {enabled: false}\n")
     end = TWO_DAYS[-1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobs.cli", "--config", str(config), "backfill", "--dataset",
