@@ -10,7 +10,6 @@ synth's pools (``candidate_truth/ds=D/``, path layout), null otherwise.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from dataclasses import dataclass, field
 from functools import reduce
@@ -19,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from jobs.compare.counterfactual import (
     ARMS,
@@ -33,7 +33,8 @@ from jobs.core.errors import InputError
 from jobs.core.spark import default_parallelism
 from jobs.core.tables import DatasetTables
 from jobs.core.warehouse import parquet_files
-from jobs.score.stage import load_model, score_frame, spread_partitions
+from jobs.runtime.kernel import ShippedModel, arrow_schema
+from jobs.score.stage import load_model, spread_partitions
 from schemas.spec import DatasetSpec
 
 PROPENSITY = "propensity"
@@ -91,25 +92,30 @@ def logged_days(spark: SparkSession, spec: DatasetSpec, tb: DatasetTables,
 
 
 def _pool_day(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, tb: DatasetTables,
-              models: dict, day: str, scored_at: dt.datetime) -> tuple[DataFrame, bool]:
-    """One day's pools: u, r, key, shown, propensity, y_*, <arm>_*, q_* (when known)."""
+              models: dict, day: str) -> tuple[DataFrame, bool]:
+    """One day's pools: u, r, key, shown, propensity, y_*, <arm>_*, q_* (when known). Both
+    models score each Arrow batch in the same pass (:func:`pool_scorer`), so the pool is read
+    once and no scored frame is joined back."""
     keys, tasks = spec.key_names, spec.task_names
     request, user = spec.request_column, spec.user_column
     columns = list(dict.fromkeys(keys + [request, user, PROPENSITY] + spec.feature_names))
     pool = tb["candidates"].read(spark, day, columns)
-    scored = {}
-    for arm, (files, artifact) in models.items():
-        out = score_frame(spark, spread_partitions(spark, pool), files, artifact, spec, cfg,
-                          scored_at)
-        scored[arm] = out.select(*keys, *(F.col(f"p_{t}").alias(f"{arm}_{t}") for t in tasks))
+    carried = list(dict.fromkeys(keys + [request, user, PROPENSITY]))
+    shipped = {arm: ShippedModel.for_job(spark, files, artifact, cfg.scoring)
+               for arm, (files, artifact) in models.items()}
+    out_schema = T.StructType(
+        [f for f in pool.schema.fields if f.name in carried]
+        + [T.StructField(f"{arm}_{t}", T.DoubleType()) for arm in models for t in tasks])
+    frame = spread_partitions(spark, pool).mapInArrow(
+        pool_scorer(shipped, spec.feature_names, carried, out_schema), out_schema) \
+        .withColumnRenamed(PROPENSITY, "_pool")
     shown = tb["features"].read(spark, day, keys + [PROPENSITY]).where(
         F.col(PROPENSITY).isNotNull()).select(
         *keys, F.col(PROPENSITY).alias("_logged"), F.lit(True).alias("_shown"))
     labels = tb["labels"].read(spark, day, keys + tasks).select(
         *keys, *(F.col(t).alias(f"y_{t}") for t in tasks))
-    frame = reduce(lambda a, b: a.join(b, keys), scored.values(),
-                   pool.select(*keys, request, user, F.col(PROPENSITY).alias("_pool")))
-    frame = frame.join(shown, keys, "left").join(labels, keys, "left")
+    # the logged impressions are a small share of the pools: broadcast, the pools stay put
+    frame = frame.join(F.broadcast(shown.join(labels, keys, "left")), keys, "left")
     truth_dir = tb.wh.partition(spec.name, TRUTH_TABLE, day)
     has_truth = bool(parquet_files(truth_dir))
     q = []
@@ -125,6 +131,24 @@ def _pool_day(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, tb: Datase
         F.coalesce(F.col("_logged"), F.col("_pool")).cast("double").alias(PROPENSITY),
         *(f"y_{t}" for t in tasks), *(f"{arm}_{t}" for arm in models for t in tasks), *q), \
         has_truth
+
+
+def pool_scorer(models: dict, features: list[str], carried: list[str], out_schema: T.StructType):
+    """The ``mapInArrow`` body: per Arrow batch, the carried columns and every model's
+    ``p_<task>`` as ``<arm>_<task>`` (each model built once per Python worker)."""
+    schema = arrow_schema(out_schema)
+
+    def score(batches):
+        loaded = {arm: m.load() for arm, m in models.items()}
+        for batch in batches:
+            arrays = [batch.column(c) for c in carried]
+            inputs = batch.select(features)
+            for artifact in loaded.values():
+                probs = artifact.predict(inputs)
+                arrays += [pa.array(probs[:, i], type=pa.float64()) for i in range(probs.shape[1])]
+            yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    return score
 
 
 def counterfactual_section(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
@@ -150,8 +174,7 @@ def counterfactual_section(spark: SparkSession, cfg: JobConfig, spec: DatasetSpe
             raise InputError(f"{arm} resolves to {artifact.model_version} for scoring the pools "
                              f"but to {versions[arm]} for its predictions")
         models[arm] = (files, artifact)
-    scored_at = dt.datetime.now(dt.timezone.utc)
-    frames = [_pool_day(spark, cfg, spec, tb, models, day, scored_at) for day in logged]
+    frames = [_pool_day(spark, cfg, spec, tb, models, day) for day in logged]
     truth = all(has for _, has in frames)
     pool = reduce(DataFrame.unionByName, [f if truth else f.drop(*[c for c in f.columns
                                                                  if c.startswith("q_")])
