@@ -5,8 +5,9 @@ The logged traffic (``mmoe data synth --logging-policy``, or any features table 
 ``propensity``) shows each request a list of ``k`` candidates out of the request's pool (the
 ``candidates`` table), candidate ``i`` with inclusion probability ``pi0_i`` (its
 ``propensity``). A target policy shows ``k`` of the same pool with inclusion ``pi_i``
-(:mod:`jobs.core.policy`): ``top_k`` the model's ``k`` best by ``p_<task>``; ``softmax``
-inclusion proportional to ``exp(logit(p)/temperature)``, capped at 1. Its value for a task is
+(:mod:`jobs.core.policy`): ``top_k`` the model's ``k`` best by ``p_<task>`` (ties: the lower
+key); ``softmax`` inclusion proportional to ``exp(logit(p)/temperature)`` (p clipped to
+[1e-6, 1 - 1e-6]), capped at 1. Its value for a task is
 the expected number of positives per shown slot, ``V = sum_r sum_i pi_i q_i / sum_r k_r``. The
 labels do not depend on the position (the simulator has no position effect), so a list's value
 is that of its set, and the estimators weigh each logged impression by

@@ -1,5 +1,6 @@
 """The counterfactual section of ``mmoe compare``: score every request's candidate pool with
-both models (the same executor as ``mmoe score``), sum per user on the executors
+both models in one pass (the models shipped and built once per Python worker as for ``mmoe
+score``), sum per user on the executors
 (:func:`jobs.compare.counterfactual.user_sums`), estimate on the driver
 (:func:`jobs.compare.counterfactual.policy_values`) -> the ``policy_values`` rows.
 
