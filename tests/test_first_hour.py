@@ -280,7 +280,7 @@ def test_the_demo_shows_the_nightly_day_an_ab_a_backfill_and_the_catalog(tmp_pat
     assert re.search(r"^   ds +model +status", text, re.M)                 # the per-day table
     assert re.search(r"^   compare synth .*: (SHIP|NO SHIP)$", text, re.M)  # the decision
     # the counterfactual section: each model on its own lists, from the logged propensities
-    assert re.search(r"^     counterfactual \(doubly robust, each model's own lists\): top_k/click "
+    assert re.search(r"^     counterfactual \(doubly robust, each model's own lists\): top_k: click "
                      r"(better|worse|no_difference)", text, re.M)
     assert "4 model-day(s) (2 models)" in text
     assert "A/B report " + str(wh) in text and "report.html" in text
