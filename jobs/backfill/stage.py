@@ -42,6 +42,7 @@ from jobs.core.registry import ModelChoice, resolve_model
 from jobs.core.status import read_score_stamp
 from jobs.core.tables import DatasetTables
 from jobs.core.warehouse import date_range, parse_date
+from jobs.evaluate.recommendations import judged_day
 from jobs.evaluate.stage import evaluate_partition, evaluate_recommendations
 from jobs.score.catalog import score_catalog
 from jobs.score.stage import score_partition
@@ -227,8 +228,7 @@ def catalog_day(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
 
 def evaluate_recommendations_if_logged(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec,
                                        day: DayResult, as_of: dt.date) -> str:
-    judged = (parse_date(day.ds, "ds") + dt.timedelta(
-        days=cfg.evaluation.recommendations_label_offset_days)).isoformat()
+    judged = judged_day(cfg, day.ds)
     tb = DatasetTables(cfg, spec.name, spark)
     if not labels_matured(cfg, judged, as_of):
         return "labels not matured"

@@ -40,6 +40,7 @@ from jobs.evaluate.recommendations import (
     CATALOG_TASK,
     SEGMENT,
     catalog_rows,
+    judged_day,
     judged_lists,
     user_accuracy,
 )
@@ -53,10 +54,9 @@ def recommendation_days(cfg: JobConfig, spec: DatasetSpec, tb: DatasetTables,
     """The days both versions have recommendations and the judged day has interactions."""
     if spec.catalog is None:
         return []
-    offset = cfg.evaluation.recommendations_label_offset_days
     out = []
     for day in days:
-        judged = (pd.Timestamp(day) + pd.Timedelta(days=offset)).date().isoformat()
+        judged = judged_day(cfg, day)
         if all(tb["recommendations"].exists(day, model_version=v) for v in versions) and \
                 tb["features"].exists(judged) and tb["labels"].exists(judged):
             out.append(day)

@@ -55,6 +55,13 @@ class JudgedLists:
     details: dict
 
 
+def judged_day(cfg: JobConfig, ds: str) -> str:
+    """The day whose interactions judge the lists of ``ds``: ds +
+    ``evaluation.recommendations_label_offset_days``."""
+    offset = cfg.evaluation.recommendations_label_offset_days
+    return (parse_date(ds, "ds") + dt.timedelta(days=offset)).isoformat()
+
+
 def judged_lists(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str,
                  versions: list[str]) -> JudgedLists:
     """Read the lists of ``versions`` for ``ds`` and the interactions of ds +
@@ -67,7 +74,7 @@ def judged_lists(spark: SparkSession, cfg: JobConfig, spec: DatasetSpec, ds: str
     tb = DatasetTables(cfg, spec.name, spark)
     tb.preflight(inputs=("recommendations", "items", "features", "labels"))
     offset = cfg.evaluation.recommendations_label_offset_days
-    logged = (parse_date(ds, "ds") + dt.timedelta(days=offset)).isoformat()
+    logged = judged_day(cfg, ds)
     recs_t = tb["recommendations"]
     for v in versions:
         if not recs_t.exists(ds, model_version=v):
